@@ -1,0 +1,221 @@
+"""Concept banks: named concepts in groups, stored as one safetensors file.
+
+Layout of the file: tensor `"<concept>/<tensor>"` for each tensor of each concept (CoDSMa and SDisc:
+`c`; RespoDiff: `ram` and `sam`), and the JSON metadata under the header key `"hsteer"`:
+
+    {"format": 1, "hsteer_version": ..., "hspace_shape": [C, h, w], "unet_fingerprint": ...,
+     "concepts": {"<name>": {"group": ..., "objective": ..., "tensors": [...], "meta": {...}}}}
+
+No pickles anywhere: loading a bank can never run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from hsteer.errors import BankError, ModelMismatchError, ShapeMismatchError, UnknownConceptError
+
+FORMAT_VERSION = 1
+_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+
+
+def _check_name(kind: str, name: str) -> None:
+    if not name or not set(name) <= _NAME_CHARS:
+        raise BankError(f"invalid {kind} name {name!r}: use letters, digits, '_', '-' or '.'")
+
+
+@dataclass
+class Concept:
+    """One learned concept: its tensors (summed at use) and how it was made."""
+
+    name: str
+    group: str
+    objective: str
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_name("concept", self.name)
+        _check_name("group", self.group)
+        if not self.tensors:
+            raise BankError(f"concept {self.name!r} has no tensors")
+        shapes = {tuple(t.shape) for t in self.tensors.values()}
+        if len(shapes) != 1:
+            raise ShapeMismatchError(f"concept {self.name!r} mixes tensor shapes {sorted(shapes)}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(next(iter(self.tensors.values())).shape)
+
+    def delta(self) -> torch.Tensor:
+        """What the concept adds to h: the sum of its tensors (h + ram + sam for RespoDiff)."""
+        tensors = list(self.tensors.values())
+        total = tensors[0].detach().float().clone()
+        for t in tensors[1:]:
+            total += t.detach().float()
+        return total
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "group": self.group, "objective": self.objective,
+                "tensors": {k: list(v.shape) for k, v in self.tensors.items()}, **self.meta}
+
+
+class ConceptBank:
+    """Named concepts for one model's h-space.
+
+    `hspace_shape` and `unet_fingerprint` are fixed by the first concept added (or given).
+    """
+
+    def __init__(self, hspace_shape: Iterable[int] | None = None, unet_fingerprint: str | None = None,
+                 concepts: Iterable[Concept] = ()) -> None:
+        self.hspace_shape = tuple(hspace_shape) if hspace_shape is not None else None
+        self.unet_fingerprint = unet_fingerprint
+        self._concepts: dict[str, Concept] = {}
+        for concept in concepts:
+            self.add(concept)
+
+    # --- contents -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._concepts)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._concepts
+
+    def __iter__(self):
+        return iter(self._concepts.values())
+
+    def __getitem__(self, name: str) -> Concept:
+        try:
+            return self._concepts[name]
+        except KeyError:
+            known = ", ".join(sorted(self._concepts)) or "none"
+            raise UnknownConceptError(f"unknown concept {name!r}; this bank holds: {known}") from None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._concepts)
+
+    def groups(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for concept in self._concepts.values():
+            out.setdefault(concept.group, []).append(concept.name)
+        return out
+
+    def group(self, group: str) -> list[Concept]:
+        members = [c for c in self._concepts.values() if c.group == group]
+        if not members:
+            known = ", ".join(sorted(self.groups())) or "none"
+            raise UnknownConceptError(f"unknown group {group!r}; this bank's groups: {known}")
+        return members
+
+    def add(self, concept: Concept, replace: bool = True) -> None:
+        if self.hspace_shape is None:
+            self.hspace_shape = concept.shape
+        if concept.shape != self.hspace_shape:
+            raise ShapeMismatchError(f"concept {concept.name!r} has shape {concept.shape} but this bank's "
+                                     f"h-space is {self.hspace_shape}")
+        fingerprint = concept.meta.get("unet_fingerprint")
+        if fingerprint and self.unet_fingerprint and fingerprint != self.unet_fingerprint:
+            raise ModelMismatchError(f"concept {concept.name!r} was learned on U-Net {fingerprint}, this bank "
+                                     f"is for U-Net {self.unet_fingerprint}")
+        if self.unet_fingerprint is None and fingerprint:
+            self.unet_fingerprint = fingerprint
+        if concept.name in self._concepts and not replace:
+            raise BankError(f"concept {concept.name!r} already exists; pass replace=True to overwrite it")
+        self._concepts[concept.name] = concept
+
+    def remove(self, name: str) -> None:
+        self[name]  # raises a clear error if unknown
+        del self._concepts[name]
+
+    def merge(self, other: ConceptBank, replace: bool = False) -> ConceptBank:
+        """A new bank with the concepts of both; on a name clash `other` wins only if `replace`."""
+        merged = ConceptBank(self.hspace_shape, self.unet_fingerprint, self)
+        if other.unet_fingerprint and merged.unet_fingerprint and other.unet_fingerprint != merged.unet_fingerprint:
+            raise ModelMismatchError(f"cannot merge banks of different U-Nets ({merged.unet_fingerprint} vs "
+                                     f"{other.unet_fingerprint})")
+        for concept in other:
+            merged.add(concept, replace=replace)
+        return merged
+
+    # --- validation -----------------------------------------------------------------------------
+    def check_compatible(self, unet, expected_shape: tuple[int, int, int] | None = None,
+                         allow_other_model: bool = False) -> None:
+        """Refuse to steer a U-Net whose h-space shape (never overridable) or config differs."""
+        from hsteer.models import hspace_shape, unet_fingerprint
+
+        shape = tuple(expected_shape) if expected_shape is not None else hspace_shape(unet)
+        if self.hspace_shape is not None and tuple(self.hspace_shape) != shape:
+            raise ShapeMismatchError(f"the bank's concepts have shape {self.hspace_shape} but the model's h-space "
+                                     f"is {shape} at this resolution; use a bank learned for this model and size")
+        fingerprint = unet_fingerprint(unet)
+        if self.unet_fingerprint and fingerprint != self.unet_fingerprint and not allow_other_model:
+            raise ModelMismatchError(f"this bank was learned on another U-Net (fingerprint {self.unet_fingerprint}, "
+                                     f"this model: {fingerprint}); retrain it for this model, or pass "
+                                     "allow_other_model=True (CLI: --allow-other-model) if you know they match")
+
+    # --- files ----------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        return {"format": FORMAT_VERSION, "hspace_shape": list(self.hspace_shape or []),
+                "unet_fingerprint": self.unet_fingerprint, "groups": self.groups(),
+                "concepts": [c.describe() for c in self]}
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically: a failed save leaves any earlier file at `path` intact."""
+        from hsteer import __version__
+
+        path = Path(path)
+        tensors = {f"{c.name}/{k}": v.detach().to("cpu", torch.float32).contiguous()
+                   for c in self for k, v in c.tensors.items()}
+        header = {"format": FORMAT_VERSION, "hsteer_version": __version__,
+                  "hspace_shape": list(self.hspace_shape or []), "unet_fingerprint": self.unet_fingerprint,
+                  "concepts": {c.name: {"group": c.group, "objective": c.objective, "tensors": list(c.tensors),
+                                        "meta": c.meta} for c in self}}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata={"hsteer": json.dumps(header)})
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> ConceptBank:
+        path = Path(path)
+        if not path.is_file():
+            raise BankError(f"bank file {path} does not exist; create it with `hsteer train --bank {path} ...`")
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise BankError(f"bank file {path} is corrupt or not a safetensors file ({exc})") from None
+        if "hsteer" not in metadata:
+            raise BankError(f"{path} is a safetensors file but not an hsteer bank (no 'hsteer' metadata)")
+        try:
+            header = json.loads(metadata["hsteer"])
+            if header.get("format") != FORMAT_VERSION:
+                raise BankError(f"bank {path} has format {header.get('format')}, this hsteer reads format "
+                                f"{FORMAT_VERSION}; upgrade hsteer")
+            bank = cls(header["hspace_shape"] or None, header.get("unet_fingerprint"))
+            for name, entry in header["concepts"].items():
+                parts = {k: tensors[f"{name}/{k}"] for k in entry["tensors"]}
+                bank.add(Concept(name, entry["group"], entry["objective"], parts, entry.get("meta", {})))
+        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise BankError(f"bank file {path} has inconsistent metadata ({exc!r}); it is corrupt") from None
+        return bank

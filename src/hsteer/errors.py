@@ -1,0 +1,32 @@
+"""Errors hsteer raises on bad input. The CLI prints them as one line, without a traceback."""
+
+
+class HsteerError(Exception):
+    """Base class: a problem with the user's input, files or settings, stated with its fix."""
+
+
+class BankError(HsteerError):
+    """A concept bank is missing, corrupt, or does not fit the model it is used with."""
+
+
+class ShapeMismatchError(BankError):
+    """A concept's tensor does not have the shape of the model's h-space at this resolution."""
+
+
+class ModelMismatchError(BankError):
+    """A bank was learned on a U-Net with another configuration."""
+
+
+class UnknownConceptError(BankError, KeyError):
+    """A concept or group name that the bank does not hold."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class TrainingDivergedError(HsteerError):
+    """The loss became NaN or infinite."""
+
+
+class ModelLoadError(HsteerError):
+    """A model path or id that cannot be loaded as a supported diffusers pipeline."""

@@ -1,0 +1,233 @@
+"""Generation with concepts: plain, fair, safe, or explicit, on any SD / SDXL pipeline, in batches.
+
+Every image has its own seed (`seed + i` for the i-th image of a prompt) and, under a policy, its
+own concepts: a fair batch mixes concepts image by image in one U-Net call. The manifest records for
+each image exactly what is needed to regenerate it alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hsteer.bank import ConceptBank
+from hsteer.errors import HsteerError
+from hsteer.models import default_resolution, pipeline_hspace_shape
+from hsteer.steering import SteeringConfig, steer
+
+# --- policies -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlainPolicy:
+    """No concept: the unmodified model."""
+
+    name: str = "plain"
+
+    def assign(self, bank: ConceptBank | None, image_seed: int) -> list[tuple[str, float]]:
+        return []
+
+
+@dataclass(frozen=True)
+class FairPolicy:
+    """One concept per group, drawn uniformly per image from the image's seed, summed with per-group scales."""
+
+    groups: tuple[str, ...]
+    scales: dict[str, float] = field(default_factory=dict)
+    name: str = "fair"
+
+    def assign(self, bank: ConceptBank | None, image_seed: int) -> list[tuple[str, float]]:
+        if bank is None:
+            raise HsteerError("fair generation needs a bank (--bank)")
+        rng = random.Random(f"hsteer-fair-{image_seed}")
+        out = []
+        for group in self.groups:
+            members = sorted(c.name for c in bank.group(group))
+            out.append((rng.choice(members), float(self.scales.get(group, 1.0))))
+        return out
+
+
+@dataclass(frozen=True)
+class SafePolicy:
+    """The sum of every concept of the safety group."""
+
+    group: str = "safety"
+    scale: float = 1.0
+    name: str = "safe"
+
+    def assign(self, bank: ConceptBank | None, image_seed: int) -> list[tuple[str, float]]:
+        if bank is None:
+            raise HsteerError("safe generation needs a bank (--bank)")
+        return [(c.name, self.scale) for c in bank.group(self.group)]
+
+
+@dataclass(frozen=True)
+class ConceptPolicy:
+    """Named concepts with scales for every image (e.g. {"woman": 0.5, "man": 0.5} interpolates)."""
+
+    concepts: tuple[tuple[str, float], ...]
+    name: str = "concepts"
+
+    def assign(self, bank: ConceptBank | None, image_seed: int) -> list[tuple[str, float]]:
+        if bank is None:
+            raise HsteerError("explicit concepts need a bank (--bank)")
+        for concept, _ in self.concepts:
+            bank[concept]  # unknown names fail with the bank's list
+        return list(self.concepts)
+
+
+Policy = PlainPolicy | FairPolicy | SafePolicy | ConceptPolicy
+
+
+def parse_concept_specs(specs: Iterable[str]) -> ConceptPolicy:
+    """'name' or 'name=scale' -> ConceptPolicy."""
+    pairs = []
+    for spec in specs:
+        name, _, scale = spec.partition("=")
+        try:
+            pairs.append((name.strip(), float(scale) if scale else 1.0))
+        except ValueError:
+            raise HsteerError(f"bad concept {spec!r}: write NAME or NAME=SCALE, e.g. square=0.8") from None
+    return ConceptPolicy(tuple(pairs))
+
+
+# --- outputs --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageRecord:
+    """One manifest line: enough to regenerate this image alone."""
+
+    file: str | None
+    prompt: str
+    seed: int
+    concepts: list[dict[str, Any]]
+    policy: str
+    steps: int
+    guidance: float
+    height: int
+    width: int
+    index: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        extra = data.pop("extra")
+        return json.dumps({**data, **extra})
+
+
+@dataclass
+class GenerationOutput:
+    """Images with what was applied to each (the SLD-style record of the steering)."""
+
+    images: list[Any]
+    records: list[ImageRecord]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def delta_for(bank: ConceptBank, concepts: Sequence[tuple[str, float]], shape: tuple[int, ...]) -> torch.Tensor:
+    """Sum of scale * concept over `concepts` (zeros when empty)."""
+    total = torch.zeros(shape)
+    for name, scale in concepts:
+        total += scale * bank[name].delta()
+    return total
+
+
+def image_jobs(prompts: Sequence[str], num_images: int, seed: int) -> list[tuple[str, int, int]]:
+    """(prompt, index, seed) per image: the i-th image of any prompt has seed `seed + i`."""
+    if not prompts:
+        raise HsteerError("no prompt given; pass at least one --prompt")
+    for p in prompts:
+        if not p or not p.strip():
+            raise HsteerError("empty prompt; pass a non-empty --prompt")
+    if num_images < 1:
+        raise HsteerError(f"--num-images must be >= 1, got {num_images}")
+    return [(p, i, seed + i) for p in prompts for i in range(num_images)]
+
+
+def generate(pipe, prompts: str | Sequence[str], *, num_images_per_prompt: int = 1, seed: int = 0,
+             bank: ConceptBank | None = None, policy: Policy | None = None, steps: int = 50,
+             guidance: float = 7.5, height: int | None = None, width: int | None = None, batch_size: int = 8,
+             steer_unconditional: bool = False, allow_other_model: bool = False, out_dir: str | Path | None = None,
+             progress: bool = True, negative_prompt: str | None = None) -> GenerationOutput:
+    """Generate `num_images_per_prompt` images per prompt under `policy`, `batch_size` images per U-Net batch.
+
+    With `out_dir`, images are written as PNGs with `manifest.jsonl` (one JSON object per image).
+    """
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    policy = policy or PlainPolicy()
+    jobs = image_jobs(prompts, num_images_per_prompt, seed)
+    native = default_resolution(pipe)
+    height, width = height or native[0], width or native[1]
+    shape = pipeline_hspace_shape(pipe, height, width)
+    if bank is not None and not isinstance(policy, PlainPolicy):
+        bank.check_compatible(pipe.unet, shape, allow_other_model=allow_other_model)
+    assignments = [policy.assign(bank, s) for _, _, s in jobs]
+    return _run_jobs(pipe, jobs, assignments, bank, policy.name, steps=steps, guidance=guidance, height=height,
+                     width=width, shape=shape, batch_size=batch_size, steer_unconditional=steer_unconditional,
+                     out_dir=out_dir, progress=progress, negative_prompt=negative_prompt)
+
+
+def _run_jobs(pipe, jobs, assignments, bank, policy_name, *, steps, guidance, height, width, shape, batch_size,
+              steer_unconditional, out_dir, progress, negative_prompt) -> GenerationOutput:
+    from tqdm.auto import tqdm
+
+    out_path = Path(out_dir) if out_dir is not None else None
+    if out_path is not None:
+        out_path.mkdir(parents=True, exist_ok=True)
+    images, records = [], []
+    device = pipe.unet.device
+    gen_device = "cpu" if device.type == "mps" else device
+    bar = tqdm(total=len(jobs), disable=not progress, desc=f"generate ({policy_name})", unit="img")
+    for start in range(0, len(jobs), batch_size):
+        batch = jobs[start:start + batch_size]
+        concepts = assignments[start:start + batch_size]
+        steered = any(concepts)
+        config = None
+        if steered:
+            delta = torch.stack([delta_for(bank, c, shape) for c in concepts])
+            config = SteeringConfig(delta, steer_unconditional=steer_unconditional)
+        generators = [torch.Generator(gen_device).manual_seed(s) for _, _, s in batch]
+        kwargs = {}
+        if negative_prompt:
+            kwargs["negative_prompt"] = [negative_prompt] * len(batch)
+        with steer(pipe, config):
+            result = pipe([p for p, _, _ in batch], num_inference_steps=steps, guidance_scale=guidance,
+                          height=height, width=width, generator=generators, **kwargs)
+        for (prompt, index, image_seed), applied, image in zip(batch, concepts, result.images):
+            record = ImageRecord(None, prompt, image_seed, [{"name": n, "scale": s} for n, s in applied],
+                                 policy_name, steps, guidance, height, width, index)
+            if out_path is not None:
+                record.file = f"{len(records):05d}.png"
+                _save_png(image, out_path / record.file)
+            images.append(image)
+            records.append(record)
+        bar.update(len(batch))
+    bar.close()
+    if out_path is not None:
+        write_manifest(out_path / "manifest.jsonl", records)
+    return GenerationOutput(images, records)
+
+
+def _save_png(image, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def write_manifest(path: Path, records: Sequence[ImageRecord]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        handle.writelines(r.to_json() + "\n" for r in records)
+    os.replace(tmp, path)

@@ -1,0 +1,152 @@
+"""h-space steering: one forward hook on `unet.mid_block` that adds a constant to its output.
+
+Attach, generate, detach: no forked pipeline or U-Net. Hooks are registered by name on the U-Net
+and removing them restores the unmodified model bit for bit.
+
+    config = SteeringConfig(delta=bank["square"].delta())
+    with steer(pipe, config):
+        images = pipe("a photo of a doctor").images
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from hsteer.errors import HsteerError, ShapeMismatchError
+
+_REGISTRY_ATTR = "_hsteer_steering_hooks"
+
+
+@dataclass
+class SteeringConfig:
+    """What to add to the mid-block output.
+
+    delta: `(C, h, w)` added to every image, or `(B, C, h, w)`: one row per image of the batch
+        (in the order diffusers lays out `prompt x num_images_per_prompt`).
+    scale: multiplies delta.
+    steer_unconditional: with classifier-free guidance, also steer the unconditional half
+        (both reference codes steer only the conditional half, the default here).
+    guided: whether U-Net batches are guidance batches `[uncond, cond]`; None asks the pipeline
+        the hook is attached to (a bare U-Net: not guided, unless per-image deltas show the layout).
+    """
+
+    delta: torch.Tensor
+    scale: float = 1.0
+    steer_unconditional: bool = False
+    guided: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.delta.dim() not in (3, 4):
+            raise ShapeMismatchError(f"steering delta must be (C, h, w) or (B, C, h, w), got {tuple(self.delta.shape)}")
+        if not torch.isfinite(self.delta).all():
+            raise HsteerError("steering delta holds NaN or infinite values; retrain or reload the concept")
+
+
+class SteeringHook:
+    """The forward hook itself; `remove()` detaches it."""
+
+    def __init__(self, unet, config: SteeringConfig, name: str, pipe=None) -> None:
+        self.config = config
+        self.name = name
+        self._unet = unet
+        self._pipe = weakref.ref(pipe) if pipe is not None else None
+        self._handle = unet.mid_block.register_forward_hook(self._hook)
+        self.calls = 0
+
+    def _uses_cfg(self, rows: int) -> bool:
+        if self.config.guided is not None:
+            return self.config.guided
+        pipe = self._pipe() if self._pipe is not None else None
+        if pipe is None:
+            return False
+        return bool(getattr(pipe, "do_classifier_free_guidance", False)) and rows % 2 == 0
+
+    def _delta_for(self, h: torch.Tensor) -> torch.Tensor:
+        # Not cached: during training the delta is a parameter updated in place.
+        delta = self.config.delta.to(device=h.device, dtype=h.dtype)
+        return delta if self.config.scale == 1.0 else delta * self.config.scale
+
+    def _hook(self, module, inputs, h: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        delta = self._delta_for(h)
+        if delta.shape[-3:] != h.shape[-3:]:
+            raise ShapeMismatchError(
+                f"concept shape {tuple(delta.shape[-3:])} does not match this model's h-space "
+                f"{tuple(h.shape[-3:])} at this resolution; generate at the resolution the concept was "
+                "learned at, or learn it for this model and size")
+        rows = h.shape[0]
+        if delta.dim() == 3:
+            if self._uses_cfg(rows) and not self.config.steer_unconditional:
+                half = rows // 2
+                return torch.cat([h[:half], h[half:] + delta], dim=0)
+            return h + delta
+        images = delta.shape[0]
+        if rows == images:  # no guidance: every row is an image
+            return h + delta
+        if rows % images:
+            raise HsteerError(f"the steering config holds {images} per-image deltas but the U-Net batch has "
+                              f"{rows} rows; build the config for the batch you generate")
+        chunks = rows // images  # diffusers lays guidance batches out as [uncond, cond, (extra...)]
+        first = 0 if self.config.steer_unconditional else 1
+        parts = [h[i * images:(i + 1) * images] + (delta if i >= first else 0) for i in range(chunks)]
+        return torch.cat(parts, dim=0)
+
+    def remove(self) -> None:
+        self._handle.remove()
+        registry = getattr(self._unet, _REGISTRY_ATTR, {})
+        if registry.get(self.name) is self:
+            del registry[self.name]
+
+
+def _unet_of(pipe_or_unet):
+    unet = getattr(pipe_or_unet, "unet", pipe_or_unet)
+    if getattr(unet, "mid_block", None) is None:
+        raise HsteerError(f"{type(pipe_or_unet).__name__} has no U-Net mid-block to steer")
+    return unet
+
+
+def apply_steering(pipe_or_unet, config: SteeringConfig, name: str = "hsteer") -> SteeringHook:
+    """Attach `config` to a pipeline's (or a bare U-Net's) mid-block under `name`, replacing any hook of that name.
+
+    On a pipeline, guidance is read from the pipeline at each call so that only the conditional half
+    is steered; on a bare U-Net every row is steered unless per-image deltas reveal the layout.
+    """
+    unet = _unet_of(pipe_or_unet)
+    registry = unet.__dict__.setdefault(_REGISTRY_ATTR, {})
+    if name in registry:
+        registry[name].remove()
+    pipe = pipe_or_unet if pipe_or_unet is not unet else None
+    hook = SteeringHook(unet, config, name, pipe)
+    registry[name] = hook
+    return hook
+
+
+def remove_steering(pipe_or_unet, name: str | None = None) -> None:
+    """Remove the hook called `name`, or every hsteer hook when `name` is None."""
+    unet = _unet_of(pipe_or_unet)
+    registry = getattr(unet, _REGISTRY_ATTR, {})
+    for key in list(registry) if name is None else [name]:
+        if key in registry:
+            registry[key].remove()
+
+
+def active_hooks(pipe_or_unet) -> dict[str, SteeringHook]:
+    return dict(getattr(_unet_of(pipe_or_unet), _REGISTRY_ATTR, {}))
+
+
+@contextlib.contextmanager
+def steer(pipe_or_unet, config: SteeringConfig | None, name: str = "hsteer") -> Iterator[SteeringHook | None]:
+    """Steer inside a `with` block; the hook is removed on exit, even on error. `None` steers nothing."""
+    if config is None:
+        yield None
+        return
+    hook = apply_steering(pipe_or_unet, config, name)
+    try:
+        yield hook
+    finally:
+        hook.remove()

@@ -1,0 +1,360 @@
+"""Learning concepts: one trainer for CoDSMa and RespoDiff (and SDisc, which trains on images).
+
+Each iteration draws, per sample, a step k of the DDIM schedule, runs the reverse process from noise
+with the neutral prompt and the current concept (no gradient) down to z_t, and takes one optimiser
+step on the objective evaluated at the timestep z_t actually has.
+
+Randomness of iteration i depends only on (seed, i), so a run resumed from a checkpoint ends exactly
+where an uninterrupted run ends. Checkpoints and the loss log are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from hsteer import objectives
+from hsteer.bank import Concept, ConceptBank
+from hsteer.errors import BankError, HsteerError, TrainingDivergedError
+from hsteer.models import default_resolution, pipeline_hspace_shape, unet_fingerprint
+from hsteer.sampling import DDIMSchedule, encode_text, encode_unconditional, reverse_to_steps
+from hsteer.steering import SteeringConfig, active_hooks, steer
+
+OBJECTIVES = ("codsma", "respodiff", "sdisc")
+MODULES = {"codsma": ("c",), "respodiff": ("ram", "sam"), "sdisc": ("c",)}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a concept; stored in the bank with it.
+
+    target: the target prompt (fairness: "a woman"); negative: a prompt to steer away from
+    (safety: "violence"); at least one is needed. The target noise is
+    eps(base) + target_guidance * (eps(positive) - eps(base)) with positive = target or neutral,
+    base = negative or the empty prompt.
+    """
+
+    concept: str
+    group: str
+    neutral: str
+    target: str | None = None
+    negative: str | None = None
+    objective: str = "codsma"
+    iterations: int = 1000
+    batch_size: int = 8
+    steps: int = 50
+    lr: float = 0.05
+    target_guidance: float = 4.0
+    sampling_guidance: float = 3.0
+    seed: int = 0
+    init_std: float = 0.0
+    height: int | None = None
+    width: int | None = None
+    # RespoDiff
+    lr_sam: float = 1e-3
+    lam: float = 0.5
+    # SDisc
+    sdisc_images: int = 64
+    sdisc_epochs: int = 20
+
+    def validate(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise HsteerError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        if not self.neutral or not self.neutral.strip():
+            raise HsteerError("the neutral prompt is empty; pass --neutral, e.g. 'a photo of a person'")
+        if self.target is not None and not self.target.strip():
+            raise HsteerError("the target prompt is empty; pass a non-empty --target, e.g. 'a photo of a woman'")
+        if self.negative is not None and not self.negative.strip():
+            raise HsteerError("the negative prompt is empty; pass a non-empty --negative, e.g. 'violence'")
+        if self.target is None and self.negative is None:
+            raise HsteerError("give a target prompt (--target) or a negative prompt (--negative)")
+        if self.objective == "sdisc" and self.target is None:
+            raise HsteerError("sdisc learns from images of the target prompt; pass --target")
+        for name in ("iterations", "batch_size", "steps"):
+            if getattr(self, name) < 1:
+                raise HsteerError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (self.lr > 0 and self.lr_sam > 0):
+            raise HsteerError("learning rates must be > 0")
+
+    @property
+    def modules(self) -> tuple[str, ...]:
+        return MODULES[self.objective]
+
+    def resume_key(self) -> dict[str, Any]:
+        """The settings a checkpoint must share to be resumed (iterations may grow)."""
+        return {k: v for k, v in asdict(self).items() if k != "iterations"}
+
+
+@dataclass
+class TrainResult:
+    concept: Concept
+    losses: list[dict[str, float]]
+    seconds: float
+    resumed_from: int = 0
+    run_dir: Path | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def run_dir_for(bank_path: str | Path, concept: str) -> Path:
+    """Where checkpoints and loss logs of `concept` live: beside the bank."""
+    bank_path = Path(bank_path)
+    return bank_path.parent / f"{bank_path.stem}.runs" / concept
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def _iteration_generator(seed: int, iteration: int) -> torch.Generator:
+    return torch.Generator("cpu").manual_seed(seed * 1_000_003 + iteration)
+
+
+class _Checkpoint:
+    """Concept tensors + Adam states + progress, in one safetensors file (no pickles)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "checkpoint.safetensors"
+
+    def save(self, iteration: int, config: TrainConfig, params: dict[str, torch.Tensor],
+             optimizers: dict[str, torch.optim.Optimizer]) -> None:
+        tensors = {f"param/{k}": v.detach().cpu().contiguous() for k, v in params.items()}
+        steps = {}
+        for name, opt in optimizers.items():
+            state = opt.state_dict()["state"].get(0, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    tensors[f"adam/{name}/{key}"] = state[key].detach().cpu().contiguous()
+            if "step" in state:
+                steps[name] = float(state["step"])
+        meta = {"iteration": iteration, "config": config.resume_key(), "adam_steps": steps}
+        fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", dir=self.path.parent)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata={"hsteer_checkpoint": json.dumps(meta)})
+            os.replace(tmp, self.path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def load(self, config: TrainConfig, params: dict[str, torch.Tensor],
+             optimizers: dict[str, torch.optim.Optimizer]) -> int:
+        try:
+            with safe_open(str(self.path), framework="pt") as handle:
+                meta = json.loads(handle.metadata()["hsteer_checkpoint"])
+                tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        except Exception as exc:  # noqa: BLE001 - any failure here means an unusable file
+            raise BankError(f"checkpoint {self.path} is corrupt ({exc}); delete it to start over") from None
+        if meta["config"] != json.loads(json.dumps(config.resume_key())):
+            changed = sorted(k for k, v in config.resume_key().items() if meta["config"].get(k) != v)
+            raise HsteerError(f"checkpoint {self.path} was made with other settings ({', '.join(changed)}); "
+                              "use the same settings to resume, or drop --resume to start over")
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(tensors[f"param/{k}"].to(p.device, p.dtype))
+        for name, opt in optimizers.items():
+            if name not in meta["adam_steps"]:
+                continue
+            state = opt.state_dict()
+            p = opt.param_groups[0]["params"][0]
+            state["state"] = {0: {"step": torch.tensor(meta["adam_steps"][name]),
+                                  "exp_avg": tensors[f"adam/{name}/exp_avg"].to(p.device),
+                                  "exp_avg_sq": tensors[f"adam/{name}/exp_avg_sq"].to(p.device)}}
+            opt.load_state_dict(state)
+        return int(meta["iteration"])
+
+
+class _LossLog:
+    """losses.jsonl, rewritten atomically at each checkpoint and at the end."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "losses.jsonl"
+        self.rows: list[dict[str, float]] = []
+
+    def restore(self, up_to: int) -> None:
+        if self.path.is_file():
+            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            self.rows = [r for r in rows if r["iteration"] < up_to]
+
+    def flush(self) -> None:
+        _atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
+
+    def plot(self) -> Path | None:
+        if not self.rows:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        keys = [k for k in self.rows[0] if k.startswith("loss")]
+        its = [r["iteration"] for r in self.rows]
+        for key in keys:
+            ax.plot(its, [r[key] for r in self.rows], label=key, lw=0.8)
+        ax.set_xlabel("iteration")
+        ax.set_yscale("log")
+        ax.legend()
+        fig.tight_layout()
+        out = self.path.with_suffix(".png")
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        return out
+
+
+def _check_finite(loss: torch.Tensor, name: str, iteration: int, lr: float) -> None:
+    if not torch.isfinite(loss):
+        raise TrainingDivergedError(f"{name} became {loss.item()} at iteration {iteration}; lower the learning "
+                                    f"rate (now {lr}) or check the prompts")
+
+
+def train_concept(pipe, config: TrainConfig, *, run_dir: str | Path | None = None, resume: bool = False,
+                  checkpoint_every: int = 100, progress: bool = True,
+                  callback: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+    """Learn one concept on `pipe` (SD 1.x/2.x or SDXL) with `config.objective`; returns the concept.
+
+    With `run_dir`, a checkpoint is written every `checkpoint_every` iterations and the loss history
+    to `losses.jsonl` / `losses.png`; `resume=True` continues from the checkpoint there.
+    """
+    config.validate()
+    if config.objective == "sdisc":
+        from hsteer.sdisc import train_sdisc
+
+        return train_sdisc(pipe, config, run_dir=run_dir, progress=progress)
+    unet = pipe.unet
+    if active_hooks(unet):
+        raise HsteerError(f"the pipeline is being steered ({', '.join(active_hooks(unet))}); remove its hooks "
+                          "before training")
+    unet.requires_grad_(False)
+    device = unet.device
+    height, width = (config.height, config.width) if config.height and config.width else default_resolution(pipe)
+    shape = pipeline_hspace_shape(pipe, height, width)
+    latent_shape = (unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+    schedule = DDIMSchedule(pipe.scheduler, config.steps, device)
+
+    # Text embeddings, computed once.
+    y_neu = encode_text(pipe, [config.neutral], height, width)
+    y_empty = encode_unconditional(pipe, height, width)
+    y_pos = encode_text(pipe, [config.target], height, width) if config.target else y_neu
+    y_base = encode_text(pipe, [config.negative], height, width) if config.negative else y_empty
+
+    init = torch.Generator("cpu").manual_seed(config.seed)
+    params = {name: torch.nn.Parameter((config.init_std * torch.randn(shape, generator=init)).to(device))
+              for name in config.modules}
+    lrs = {"c": config.lr, "ram": config.lr, "sam": config.lr_sam}
+    optimizers = {name: torch.optim.Adam([p], lr=lrs[name], betas=(0.9, 0.999)) for name, p in params.items()}
+
+    start = 0
+    ckpt = log = None
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt, log = _Checkpoint(run_dir), _LossLog(run_dir)
+        if resume and ckpt.path.is_file():
+            start = ckpt.load(config, params, optimizers)
+            log.restore(start)
+        _atomic_write_text(run_dir / "config.json", json.dumps(asdict(config), indent=2))
+    rows: list[dict[str, float]] = log.rows if log else []
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(start, config.iterations), initial=start, total=config.iterations, disable=not progress,
+               desc=f"train {config.concept} ({config.objective})", unit="it")
+    began = time.perf_counter()
+    B = config.batch_size
+    for it in bar:
+        g = _iteration_generator(config.seed, it)
+        k = torch.randint(0, config.steps, (B,), generator=g).to(device)
+        x_T = (torch.randn((B, *latent_shape), generator=g) * schedule.init_noise_sigma).to(device, unet.dtype)
+        current = sum(p.detach() for p in params.values())
+        guided = config.sampling_guidance != 1.0
+        with steer(unet, SteeringConfig(current, guided=guided), name="hsteer-sample"):
+            z_t = reverse_to_steps(unet, schedule, x_T, k, y_neu.expand(B), y_empty.expand(B),
+                                   config.sampling_guidance)
+        t = schedule.timesteps[k]
+        eps_target = objectives.guided_target(unet, schedule, z_t, t, y_pos.expand(B), y_base.expand(B),
+                                              config.target_guidance)
+        row: dict[str, float] = {"iteration": it}
+        if config.objective == "codsma":
+            loss = objectives.codsma_loss(unet, schedule, z_t, t, params["c"], y_neu.expand(B), eps_target)
+            _check_finite(loss, "loss", it, config.lr)
+            optimizers["c"].zero_grad(set_to_none=True)
+            loss.backward()
+            optimizers["c"].step()
+            row["loss"] = loss.item()
+        else:  # respodiff: step RAM on L_resp, then recompute and step SAM on L_sem
+            loss_resp = objectives.respodiff_resp_loss(unet, schedule, z_t, t, params["ram"], y_neu.expand(B),
+                                                       eps_target)
+            _check_finite(loss_resp, "L_resp", it, config.lr)
+            optimizers["ram"].zero_grad(set_to_none=True)
+            loss_resp.backward()
+            optimizers["ram"].step()
+            with torch.no_grad():
+                eps_frozen = objectives.eps(unet, schedule, z_t, t, y_neu.expand(B))
+            loss_sem = objectives.respodiff_sem_loss(unet, schedule, z_t, t, params["ram"], params["sam"],
+                                                     y_neu.expand(B), eps_frozen, config.lam)
+            _check_finite(loss_sem, "L_sem", it, config.lr_sam)
+            optimizers["sam"].zero_grad(set_to_none=True)
+            loss_sem.backward()
+            optimizers["sam"].step()
+            row["loss"] = loss_resp.item()
+            row["loss_sem"] = loss_sem.item()
+        rows.append(row)
+        bar.set_postfix(loss=f"{row['loss']:.4g}")
+        if callback is not None:
+            callback(it, row)
+        done = it + 1
+        if ckpt is not None and (done % checkpoint_every == 0 or done == config.iterations):
+            ckpt.save(done, config, params, optimizers)
+            log.flush()
+    bar.close()
+    if log is not None:
+        log.flush()
+        log.plot()
+    concept = Concept(config.concept, config.group, config.objective,
+                      {k: p.detach().cpu().float().clone() for k, p in params.items()},
+                      meta=concept_meta(pipe, config, shape))
+    return TrainResult(concept, rows, time.perf_counter() - began, start, run_dir)
+
+
+def concept_meta(pipe, config: TrainConfig, shape: tuple[int, int, int]) -> dict[str, Any]:
+    from hsteer import __version__
+
+    meta = {k: v for k, v in asdict(config).items() if k not in ("concept", "group", "objective")}
+    if config.objective != "respodiff":
+        meta.pop("lr_sam")
+        meta.pop("lam")
+    if config.objective != "sdisc":
+        meta.pop("sdisc_images")
+        meta.pop("sdisc_epochs")
+    meta.update({"hspace_shape": list(shape), "unet_fingerprint": unet_fingerprint(pipe.unet),
+                 "hsteer_version": __version__, "model": str(getattr(pipe, "name_or_path", "") or "")})
+    return {k: v for k, v in meta.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+def train_into_bank(pipe, config: TrainConfig, bank_path: str | Path, *, resume: bool = False,
+                    checkpoint_every: int = 100, progress: bool = True) -> TrainResult:
+    """Train `config.concept` and add (or replace) it in the bank at `bank_path`, creating the bank if missing."""
+    bank_path = Path(bank_path)
+    bank = ConceptBank.load(bank_path) if bank_path.exists() else None
+    if bank is not None:  # fail before hours of training, not after
+        bank.check_compatible(pipe.unet, pipeline_hspace_shape(pipe, config.height, config.width))
+    result = train_concept(pipe, config, run_dir=run_dir_for(bank_path, config.concept), resume=resume,
+                           checkpoint_every=checkpoint_every, progress=progress)
+    bank = ConceptBank.load(bank_path) if bank_path.exists() else ConceptBank()
+    bank.add(result.concept, replace=True)
+    bank.save(bank_path)
+    return result
