@@ -77,7 +77,7 @@ def build_sd(folder: Path, *, v2: bool = False, seed: int = 0) -> Path:
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
         attention_head_dim=(2, 4, 4) if v2 else 4, use_linear_projection=v2, norm_num_groups=8)
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, prediction_type="v_prediction" if v2 else "epsilon")
+                              set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction" if v2 else "epsilon")
     pipe = StableDiffusionPipeline(vae=_vae(), text_encoder=_text_encoder(len(tokenizer)), tokenizer=tokenizer,
                                    unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,19 @@ def default_model() -> str:
     from hsteer.world import default_model_path
 
     return str(default_model_path())
+
+
+SD_SAMPLING = {"steps": 50, "guidance": 7.5}
+
+
+def sampling_defaults(model: str | Path | None = None) -> dict[str, float]:
+    """Default steps and CFG scale: SD's, unless the model folder ships an `hsteer.json` with its own."""
+    folder = Path(default_model() if model is None else model)
+    card = folder / "hsteer.json"
+    if card.is_file():
+        data = json.loads(card.read_text())
+        return {"steps": int(data.get("steps", 50)), "guidance": float(data.get("guidance", 7.5))}
+    return dict(SD_SAMPLING)
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -68,9 +82,12 @@ def load_pipeline(model: str | Path | None = None, *, device: str | torch.device
     if "XL" not in class_name:
         extra = {"safety_checker": None, "requires_safety_checker": False}
     try:
-        pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=torch_dtype, **extra, **kwargs)
-    except TypeError:  # a pipeline class that takes no safety-checker arguments
-        pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=torch_dtype, **kwargs)
+        with warnings.catch_warnings():  # newer diffusers rename torch_dtype; older ones know only it
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            try:
+                pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=torch_dtype, **extra, **kwargs)
+            except TypeError:  # a pipeline class that takes no safety-checker arguments
+                pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=torch_dtype, **kwargs)
     except OSError as exc:
         raise ModelLoadError(f"cannot load model {model!r}: {str(exc).splitlines()[0]} "
                              "(offline? pass a local diffusers folder)") from exc

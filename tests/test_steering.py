@@ -1,0 +1,125 @@
+"""Steering on stock SD 1.x, SD 2.x-style and SDXL pipelines: exactness, per-image concepts, CFG halves."""
+
+import numpy as np
+import pytest
+import torch
+
+from hsteer import ConceptBank, ConceptPolicy, FairPolicy, SteeringConfig, apply_steering, generate, steer
+from hsteer.bank import Concept
+from hsteer.errors import ShapeMismatchError
+from hsteer.models import load_pipeline, pipeline_hspace_shape, unet_fingerprint
+from hsteer.steering import active_hooks
+
+
+def _images(pipe, prompts=("a photo of a person", "a man"), seeds=(0, 1), steps=3, guidance=3.0):
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    out = pipe(list(prompts), num_inference_steps=steps, guidance_scale=guidance, generator=gens, output_type="np")
+    return out.images
+
+
+@pytest.fixture(params=["sd_dir", "sd2_dir", "sdxl_dir"])
+def any_pipe(request):
+    return load_pipeline(request.getfixturevalue(request.param))
+
+
+def test_zero_concept_is_bit_identical_and_detach_restores(any_pipe):
+    pipe = any_pipe
+    shape = pipeline_hspace_shape(pipe)
+    plain = _images(pipe)
+    with steer(pipe, SteeringConfig(torch.zeros(shape))) as hook:
+        zero = _images(pipe)
+    assert hook.calls > 0
+    assert np.array_equal(plain, zero)
+    with steer(pipe, SteeringConfig(torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 5)):
+        steered = _images(pipe)
+    assert np.abs(steered - plain).max() > 1e-3
+    assert not active_hooks(pipe)
+    assert np.array_equal(_images(pipe), plain)
+
+
+def test_hook_is_replaced_by_name_and_removed_on_error(sd_pipe):
+    shape = pipeline_hspace_shape(sd_pipe)
+    apply_steering(sd_pipe, SteeringConfig(torch.ones(shape)))
+    apply_steering(sd_pipe, SteeringConfig(torch.ones(shape)))
+    assert len(sd_pipe.unet.mid_block._forward_hooks) == 1
+    with pytest.raises(RuntimeError):
+        with steer(sd_pipe, SteeringConfig(torch.ones(shape)), name="other"):
+            raise RuntimeError("boom")
+    assert list(active_hooks(sd_pipe)) == ["hsteer"]
+    active_hooks(sd_pipe)["hsteer"].remove()
+    assert not sd_pipe.unet.mid_block._forward_hooks
+
+
+def test_only_conditional_half_is_steered_by_default(sd_pipe):
+    shape = pipeline_hspace_shape(sd_pipe)
+    seen = {}
+
+    def record(module, inputs, output):
+        seen["h"] = output.detach().clone()
+
+    delta = torch.full(shape, 0.5)
+    plain_h = []
+    handle = sd_pipe.unet.mid_block.register_forward_hook(lambda m, i, o: plain_h.append(o.detach().clone()))
+    _images(sd_pipe, prompts=("a man",), seeds=(0,), steps=1)
+    handle.remove()
+    with steer(sd_pipe, SteeringConfig(delta)):
+        # a later hook sees the steered output
+        handle = sd_pipe.unet.mid_block.register_forward_hook(record)
+        _images(sd_pipe, prompts=("a man",), seeds=(0,), steps=1)
+        handle.remove()
+    diff = seen["h"] - plain_h[0]
+    assert diff.shape[0] == 2  # [uncond, cond]
+    assert torch.equal(diff[0], torch.zeros(shape))
+    assert torch.allclose(diff[1], delta, atol=1e-5)
+    with steer(sd_pipe, SteeringConfig(delta, steer_unconditional=True)):
+        handle = sd_pipe.unet.mid_block.register_forward_hook(record)
+        _images(sd_pipe, prompts=("a man",), seeds=(0,), steps=1)
+        handle.remove()
+    assert torch.allclose((seen["h"] - plain_h[0])[0], delta, atol=1e-5)
+
+
+def _bank_for(pipe, names=("woman", "man"), group="gender"):
+    shape = pipeline_hspace_shape(pipe)
+    g = torch.Generator().manual_seed(3)
+    meta = {"unet_fingerprint": unet_fingerprint(pipe.unet)}
+    return ConceptBank(concepts=[Concept(n, group, "codsma", {"c": torch.randn(shape, generator=g) * 3}, meta)
+                                 for n in names])
+
+
+@pytest.mark.parametrize("fixture", ["sd_dir", "sdxl_dir"])
+def test_per_image_concepts_in_one_batch_equal_one_at_a_time(fixture, request):
+    pipe = load_pipeline(request.getfixturevalue(fixture))
+    bank = _bank_for(pipe)
+    prompts = ["a photo of a person", "a doctor"]
+    kwargs = dict(num_images_per_prompt=3, seed=10, bank=bank, policy=FairPolicy(("gender",)), steps=3,
+                  guidance=3.0, progress=False)
+    batched = generate(pipe, prompts, batch_size=6, **kwargs)
+    drawn = {r.concepts[0]["name"] for r in batched.records}
+    assert drawn == {"woman", "man"}, "fixture seeds should draw both concepts"
+    for record, image in zip(batched.records, batched.images):
+        single = generate(pipe, record.prompt, num_images_per_prompt=1, seed=record.seed, bank=bank,
+                          policy=ConceptPolicy(tuple((c["name"], c["scale"]) for c in record.concepts)), steps=3,
+                          guidance=3.0, progress=False)
+        a = np.asarray(image, dtype=np.int16)
+        b = np.asarray(single.images[0], dtype=np.int16)
+        assert np.abs(a - b).max() <= 1, record  # uint8 rounding of float noise in batched matmuls
+
+
+def test_num_images_per_prompt_layout_matches_per_image_deltas(sd_pipe):
+    """Pipeline-level batching (prompt x num_images_per_prompt) lines up with per-image delta rows."""
+    shape = pipeline_hspace_shape(sd_pipe)
+    deltas = torch.stack([torch.zeros(shape), torch.full(shape, 2.0)])
+    gens = [torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)]
+    with steer(sd_pipe, SteeringConfig(deltas)):
+        out = sd_pipe("a man", num_images_per_prompt=2, num_inference_steps=3, guidance_scale=3.0,
+                      generator=gens, output_type="np").images
+    plain = _images(sd_pipe, prompts=("a man",), seeds=(0,))
+    assert np.abs(out[0] - plain[0]).max() < 1e-5
+    assert np.abs(out[1] - plain[0]).max() > 1e-3
+
+
+def test_wrong_shape_is_a_clear_error(sd_pipe):
+    with pytest.raises(ShapeMismatchError, match="does not match this model's h-space"):
+        with steer(sd_pipe, SteeringConfig(torch.zeros(7, 4, 4))):
+            _images(sd_pipe, steps=1)
+    assert not active_hooks(sd_pipe)
