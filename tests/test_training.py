@@ -20,6 +20,7 @@ def _config(**kw):
 
 
 def test_loss_falls_toward_a_planted_target(sd_pipe, monkeypatch):
+    # reference mode: the planted target replaces guided_target, which the fast mode inlines
     """With the target made by a planted concept c*, CoDSMa moves toward c* and the loss falls > 5x."""
     shape = pipeline_hspace_shape(sd_pipe)
     c_star = torch.randn(shape, generator=torch.Generator().manual_seed(5))
@@ -31,7 +32,7 @@ def test_loss_falls_toward_a_planted_target(sd_pipe, monkeypatch):
             return objectives.eps(unet, schedule, z_t, t, y_neu.expand(len(z_t)), c_star)
 
     monkeypatch.setattr(objectives, "guided_target", planted_target)
-    result = train_concept(sd_pipe, _config(iterations=80, batch_size=4, lr=0.1), progress=False)
+    result = train_concept(sd_pipe, _config(iterations=80, batch_size=4, lr=0.1, mode="reference"), progress=False)
     losses = [r["loss"] for r in result.losses]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < first / 5, (first, last)  # measured: ~9x at 80 iterations
@@ -68,11 +69,12 @@ def test_gradient_reaches_the_concept_only_through_the_up_blocks(sd_pipe):
     assert all(p.grad is None for p in unet.parameters())
 
 
-def test_resume_ends_where_an_uninterrupted_run_ends(sd_pipe, tmp_path):
-    full = train_concept(sd_pipe, _config(iterations=6), run_dir=tmp_path / "full", progress=False)
+@pytest.mark.parametrize("mode", ["fast", "reference"])
+def test_resume_ends_where_an_uninterrupted_run_ends(sd_pipe, tmp_path, mode):
+    full = train_concept(sd_pipe, _config(iterations=6, mode=mode), run_dir=tmp_path / "full", progress=False)
     part = tmp_path / "part"
-    train_concept(sd_pipe, _config(iterations=3), run_dir=part, checkpoint_every=3, progress=False)
-    resumed = train_concept(sd_pipe, _config(iterations=6), run_dir=part, resume=True, progress=False)
+    train_concept(sd_pipe, _config(iterations=3, mode=mode), run_dir=part, checkpoint_every=3, progress=False)
+    resumed = train_concept(sd_pipe, _config(iterations=6, mode=mode), run_dir=part, resume=True, progress=False)
     assert resumed.resumed_from == 3
     assert torch.allclose(full.concept.tensors["c"], resumed.concept.tensors["c"], atol=1e-6, rtol=0)
     rows = [json.loads(line) for line in (part / "losses.jsonl").read_text().splitlines()]
@@ -80,13 +82,14 @@ def test_resume_ends_where_an_uninterrupted_run_ends(sd_pipe, tmp_path):
     assert rows[-1]["loss"] == pytest.approx(full.losses[-1]["loss"], rel=1e-5)
     assert (part / "losses.png").is_file()
     with pytest.raises(HsteerError, match="other settings"):
-        train_concept(sd_pipe, _config(iterations=8, lr=0.5), run_dir=part, resume=True, progress=False)
+        train_concept(sd_pipe, _config(iterations=8, lr=0.5, mode=mode), run_dir=part, resume=True, progress=False)
 
 
-def test_nan_loss_is_a_clear_error(sd_pipe, monkeypatch):
-    monkeypatch.setattr(objectives, "guided_target", lambda *a, **k: torch.full((2, 4, 16, 16), float("nan")))
+@pytest.mark.parametrize("mode", ["fast", "reference"])
+def test_nan_loss_is_a_clear_error(sd_pipe, monkeypatch, mode):
+    monkeypatch.setattr(objectives, "guidance_combination", lambda base, pos, s: torch.full_like(base, float("nan")))
     with pytest.raises(TrainingDivergedError, match="lower the learning rate"):
-        train_concept(sd_pipe, _config(iterations=2), progress=False)
+        train_concept(sd_pipe, _config(iterations=2, mode=mode), progress=False)
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -135,13 +138,15 @@ def test_ddim_matches_diffusers_scheduler(sd2_dir):
     assert torch.allclose(ours, x, atol=1e-4)
 
 
+@pytest.mark.parametrize("objective", ["codsma", "respodiff"])
+@pytest.mark.parametrize("mode", ["fast", "reference"])
 @pytest.mark.parametrize("fixture", ["sd2_dir", "sdxl_dir"])
-def test_training_runs_on_sd2_and_sdxl(fixture, request):
+def test_training_runs_on_sd2_and_sdxl(fixture, mode, objective, request):
     pipe = load_pipeline(request.getfixturevalue(fixture))
-    result = train_concept(pipe, _config(iterations=2), progress=False)
+    result = train_concept(pipe, _config(iterations=2, mode=mode, objective=objective), progress=False)
     assert result.concept.shape == pipeline_hspace_shape(pipe)
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in result.losses)
-    assert result.concept.tensors["c"].abs().sum() > 0
+    assert all(t.abs().sum() > 0 for t in result.concept.tensors.values())
 
 
 def test_respodiff_steps_ram_then_sam(sd_pipe, monkeypatch):
@@ -149,3 +154,13 @@ def test_respodiff_steps_ram_then_sam(sd_pipe, monkeypatch):
     assert set(result.concept.tensors) == {"ram", "sam"}
     assert all("loss_sem" in r for r in result.losses)
     assert result.concept.tensors["ram"].abs().sum() > 0 and result.concept.tensors["sam"].abs().sum() > 0
+
+
+def test_sdisc_learns_from_cached_target_images(sd_pipe, tmp_path):
+    config = _config(objective="sdisc", sdisc_images=4, sdisc_epochs=2, batch_size=2, lr=0.1, steps=3)
+    first = train_concept(sd_pipe, config, run_dir=tmp_path, progress=False)
+    assert len(first.losses) == 4 and first.concept.objective == "sdisc"
+    assert list(tmp_path.glob("sdisc_latents_*.safetensors"))
+    again = train_concept(sd_pipe, config, run_dir=tmp_path, progress=False)  # reuses the cached images
+    assert torch.equal(first.concept.tensors["c"], again.concept.tensors["c"])
+    assert first.concept.tensors["c"].abs().sum() > 0

@@ -31,7 +31,11 @@ def guided_target(unet, schedule: DDIMSchedule, z_t: torch.Tensor, t: torch.Tens
     """
     n = z_t.shape[0]
     both = eps(unet, schedule, torch.cat([z_t, z_t]), torch.cat([t, t]), TextCondition.cat([y_base, y_pos]))
-    eps_base, eps_pos = both[:n], both[n:]
+    return guidance_combination(both[:n], both[n:], s)
+
+
+def guidance_combination(eps_base: torch.Tensor, eps_pos: torch.Tensor, s: float) -> torch.Tensor:
+    """eps_base + s * (eps_pos - eps_base): classifier-free guidance, and negative prompting."""
     return eps_base + s * (eps_pos - eps_base)
 
 

@@ -28,11 +28,12 @@ from hsteer import objectives
 from hsteer.bank import Concept, ConceptBank
 from hsteer.errors import BankError, HsteerError, TrainingDivergedError
 from hsteer.models import default_resolution, pipeline_hspace_shape, unet_fingerprint
-from hsteer.sampling import DDIMSchedule, encode_text, encode_unconditional, reverse_to_steps
+from hsteer.sampling import DDIMSchedule, TextCondition, encode_text, encode_unconditional, reverse_to_steps
 from hsteer.steering import SteeringConfig, active_hooks, steer
 
 OBJECTIVES = ("codsma", "respodiff", "sdisc")
 MODULES = {"codsma": ("c",), "respodiff": ("ram", "sam"), "sdisc": ("c",)}
+MODES = ("fast", "reference")
 
 
 @dataclass
@@ -59,6 +60,7 @@ class TrainConfig:
     sampling_guidance: float = 3.0
     seed: int = 0
     init_std: float = 0.0
+    mode: str = "fast"
     height: int | None = None
     width: int | None = None
     # RespoDiff
@@ -77,6 +79,8 @@ class TrainConfig:
             raise HsteerError("the target prompt is empty; pass a non-empty --target, e.g. 'a photo of a woman'")
         if self.negative is not None and not self.negative.strip():
             raise HsteerError("the negative prompt is empty; pass a non-empty --negative, e.g. 'violence'")
+        if self.mode not in MODES:
+            raise HsteerError(f"unknown training mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.target is None and self.negative is None:
             raise HsteerError("give a target prompt (--target) or a negative prompt (--negative)")
         if self.objective == "sdisc" and self.target is None:
@@ -128,10 +132,13 @@ class _Checkpoint:
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / "checkpoint.safetensors"
+        self.extra: dict[str, torch.Tensor] = {}
 
     def save(self, iteration: int, config: TrainConfig, params: dict[str, torch.Tensor],
-             optimizers: dict[str, torch.optim.Optimizer]) -> None:
+             optimizers: dict[str, torch.optim.Optimizer], pool: _TrajectoryPool | None = None) -> None:
         tensors = {f"param/{k}": v.detach().cpu().contiguous() for k, v in params.items()}
+        if pool is not None:
+            tensors.update(pool.state())
         steps = {}
         for name, opt in optimizers.items():
             state = opt.state_dict()["state"].get(0, {})
@@ -165,6 +172,7 @@ class _Checkpoint:
         with torch.no_grad():
             for k, p in params.items():
                 p.copy_(tensors[f"param/{k}"].to(p.device, p.dtype))
+        self.extra = {k: v for k, v in tensors.items() if k.startswith("pool/")}
         for name, opt in optimizers.items():
             if name not in meta["adam_steps"]:
                 continue
@@ -275,50 +283,30 @@ def train_concept(pipe, config: TrainConfig, *, run_dir: str | Path | None = Non
                desc=f"train {config.concept} ({config.objective})", unit="it")
     began = time.perf_counter()
     B = config.batch_size
+    conds = _Conditions(y_neu.expand(B), y_empty.expand(B), y_pos.expand(B), y_base.expand(B),
+                        base_is_empty=config.negative is None)
+    pool = _TrajectoryPool(schedule, B, latent_shape, device, unet.dtype) if config.mode == "fast" else None
+    if pool is not None:
+        if start and ckpt is not None:
+            pool.load(ckpt.extra)
+        else:
+            current = sum(p.detach() for p in params.values())
+            with steer(unet, SteeringConfig(current, guided=config.sampling_guidance != 1.0), name="hsteer-sample"):
+                pool.start(config.seed, lambda x, k: reverse_to_steps(unet, schedule, x, k, conds.neutral, conds.empty,
+                                                                      config.sampling_guidance))
     for it in bar:
         g = _iteration_generator(config.seed, it)
-        k = torch.randint(0, config.steps, (B,), generator=g).to(device)
-        x_T = (torch.randn((B, *latent_shape), generator=g) * schedule.init_noise_sigma).to(device, unet.dtype)
-        current = sum(p.detach() for p in params.values())
-        guided = config.sampling_guidance != 1.0
-        with steer(unet, SteeringConfig(current, guided=guided), name="hsteer-sample"):
-            z_t = reverse_to_steps(unet, schedule, x_T, k, y_neu.expand(B), y_empty.expand(B),
-                                   config.sampling_guidance)
-        t = schedule.timesteps[k]
-        eps_target = objectives.guided_target(unet, schedule, z_t, t, y_pos.expand(B), y_base.expand(B),
-                                              config.target_guidance)
-        row: dict[str, float] = {"iteration": it}
-        if config.objective == "codsma":
-            loss = objectives.codsma_loss(unet, schedule, z_t, t, params["c"], y_neu.expand(B), eps_target)
-            _check_finite(loss, "loss", it, config.lr)
-            optimizers["c"].zero_grad(set_to_none=True)
-            loss.backward()
-            optimizers["c"].step()
-            row["loss"] = loss.item()
-        else:  # respodiff: step RAM on L_resp, then recompute and step SAM on L_sem
-            loss_resp = objectives.respodiff_resp_loss(unet, schedule, z_t, t, params["ram"], y_neu.expand(B),
-                                                       eps_target)
-            _check_finite(loss_resp, "L_resp", it, config.lr)
-            optimizers["ram"].zero_grad(set_to_none=True)
-            loss_resp.backward()
-            optimizers["ram"].step()
-            with torch.no_grad():
-                eps_frozen = objectives.eps(unet, schedule, z_t, t, y_neu.expand(B))
-            loss_sem = objectives.respodiff_sem_loss(unet, schedule, z_t, t, params["ram"], params["sam"],
-                                                     y_neu.expand(B), eps_frozen, config.lam)
-            _check_finite(loss_sem, "L_sem", it, config.lr_sam)
-            optimizers["sam"].zero_grad(set_to_none=True)
-            loss_sem.backward()
-            optimizers["sam"].step()
-            row["loss"] = loss_resp.item()
-            row["loss_sem"] = loss_sem.item()
+        if pool is None:
+            row = _reference_step(unet, schedule, config, params, optimizers, conds, g, latent_shape, it)
+        else:
+            row = _fast_step(unet, schedule, config, params, optimizers, conds, pool, g, it)
         rows.append(row)
         bar.set_postfix(loss=f"{row['loss']:.4g}")
         if callback is not None:
             callback(it, row)
         done = it + 1
         if ckpt is not None and (done % checkpoint_every == 0 or done == config.iterations):
-            ckpt.save(done, config, params, optimizers)
+            ckpt.save(done, config, params, optimizers, pool)
             log.flush()
     bar.close()
     if log is not None:
@@ -328,6 +316,136 @@ def train_concept(pipe, config: TrainConfig, *, run_dir: str | Path | None = Non
                       {k: p.detach().cpu().float().clone() for k, p in params.items()},
                       meta=concept_meta(pipe, config, shape))
     return TrainResult(concept, rows, time.perf_counter() - began, start, run_dir)
+
+
+@dataclass
+class _Conditions:
+    """Text conditions of one batch: neutral, empty, and the target's positive and base branches."""
+
+    neutral: TextCondition
+    empty: TextCondition
+    positive: TextCondition
+    base: TextCondition
+    base_is_empty: bool
+
+
+def _optimise(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def _objective_step(unet, schedule, config, params, optimizers, conds, z_t, t, eps_target, it,
+                    eps_steered: torch.Tensor | None = None) -> dict[str, float]:
+    """One optimiser step of the objective at (z_t, t); `eps_steered` reuses a pass made with gradient."""
+    row: dict[str, float] = {"iteration": it}
+    if config.objective == "codsma":
+        if eps_steered is None:
+            loss = objectives.codsma_loss(unet, schedule, z_t, t, params["c"], conds.neutral, eps_target)
+        else:  # the same loss, on the sampling pass's own steered prediction
+            loss = torch.nn.functional.mse_loss(eps_steered.float(), eps_target.float())
+        _check_finite(loss, "loss", it, config.lr)
+        _optimise(optimizers["c"], loss)
+        row["loss"] = loss.item()
+        return row
+    # RespoDiff: step RAM on L_resp, then recompute and step SAM on L_sem.
+    loss_resp = objectives.respodiff_resp_loss(unet, schedule, z_t, t, params["ram"], conds.neutral, eps_target)
+    _check_finite(loss_resp, "L_resp", it, config.lr)
+    _optimise(optimizers["ram"], loss_resp)
+    with torch.no_grad():
+        eps_frozen = objectives.eps(unet, schedule, z_t, t, conds.neutral)
+    loss_sem = objectives.respodiff_sem_loss(unet, schedule, z_t, t, params["ram"], params["sam"], conds.neutral,
+                                             eps_frozen, config.lam)
+    _check_finite(loss_sem, "L_sem", it, config.lr_sam)
+    _optimise(optimizers["sam"], loss_sem)
+    row["loss"] = loss_resp.item()
+    row["loss_sem"] = loss_sem.item()
+    return row
+
+
+def _reference_step(unet, schedule, config, params, optimizers, conds, g, latent_shape, it) -> dict[str, float]:
+    """The papers' procedure: a fresh reverse process per sample down to its own random step k."""
+    B = config.batch_size
+    device = unet.device
+    k = torch.randint(0, config.steps, (B,), generator=g).to(device)
+    x_T = (torch.randn((B, *latent_shape), generator=g) * schedule.init_noise_sigma).to(device, unet.dtype)
+    current = sum(p.detach() for p in params.values())
+    with steer(unet, SteeringConfig(current, guided=config.sampling_guidance != 1.0), name="hsteer-sample"):
+        z_t = reverse_to_steps(unet, schedule, x_T, k, conds.neutral, conds.empty, config.sampling_guidance)
+    t = schedule.timesteps[k]
+    eps_target = objectives.guided_target(unet, schedule, z_t, t, conds.positive, conds.base,
+                                          config.target_guidance)
+    return _objective_step(unet, schedule, config, params, optimizers, conds, z_t, t, eps_target, it)
+
+
+def _fast_step(unet, schedule, config, params, optimizers, conds, pool, g, it) -> dict[str, float]:
+    """Trajectory reuse: every DDIM step of B staggered reverse processes is a training signal.
+
+    The sampling step's unconditional pass (unsteered) doubles as the target's empty-prompt branch; for
+    CoDSMa its conditional pass, run with gradient, is the steered neutral prediction of the loss.
+    """
+    z_t, k = pool.current()
+    t = schedule.timesteps[k]
+    frozen_prompts = [conds.empty, conds.positive] + ([] if conds.base_is_empty else [conds.base])
+    n = len(frozen_prompts)
+    with torch.no_grad():
+        frozen = objectives.eps(unet, schedule, z_t.repeat(n, 1, 1, 1), t.repeat(n),
+                                TextCondition.cat(frozen_prompts)).chunk(n)
+    eps_uncond, eps_pos = frozen[0], frozen[1]
+    eps_base = eps_uncond if conds.base_is_empty else frozen[2]
+    eps_target = objectives.guidance_combination(eps_base, eps_pos, config.target_guidance)
+    if config.objective == "codsma":
+        eps_steered = objectives.eps(unet, schedule, z_t, t, conds.neutral, params["c"])
+        row = _objective_step(unet, schedule, config, params, optimizers, conds, z_t, t, eps_target, it,
+                              eps_steered=eps_steered)
+        eps_cond = eps_steered.detach()
+    else:
+        row = _objective_step(unet, schedule, config, params, optimizers, conds, z_t, t, eps_target, it)
+        with torch.no_grad():
+            eps_cond = objectives.eps(unet, schedule, z_t, t, conds.neutral, sum(p.detach() for p in params.values()))
+    guided = eps_uncond + config.sampling_guidance * (eps_cond - eps_uncond)
+    pool.advance(guided, g)
+    return row
+
+
+class _TrajectoryPool:
+    """B reverse processes at staggered steps; a finished one restarts from fresh noise.
+
+    At the start, trajectory i is brought to step i * K / B by a warm-up reverse process, so that every
+    batch spans the whole schedule and each step is visited equally often.
+    """
+
+    def __init__(self, schedule: DDIMSchedule, size: int, latent_shape, device, dtype) -> None:
+        self.schedule, self.size, self.latent_shape = schedule, size, latent_shape
+        self.device, self.dtype = device, dtype
+        self.x = torch.empty(0)
+        self.k = torch.empty(0, dtype=torch.long)
+
+    def _noise(self, n: int, g: torch.Generator) -> torch.Tensor:
+        x = torch.randn((n, *self.latent_shape), generator=g) * self.schedule.init_noise_sigma
+        return x.to(self.device, self.dtype)
+
+    def start(self, seed: int, warm_up: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        g = torch.Generator("cpu").manual_seed(seed * 7919 + 17)
+        self.k = (torch.arange(self.size) * self.schedule.steps // self.size).to(self.device)
+        self.x = warm_up(self._noise(self.size, g), self.k)
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        self.x, self.k = state["pool/x"].to(self.device, self.dtype), state["pool/k"].to(self.device)
+
+    def current(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x, self.k
+
+    def advance(self, eps: torch.Tensor, g: torch.Generator) -> None:
+        self.x = self.schedule.step(eps, self.x, self.k)
+        self.k = self.k + 1
+        done = self.k >= self.schedule.steps
+        if done.any():
+            self.x[done] = self._noise(int(done.sum()), g)
+            self.k[done] = 0
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"pool/x": self.x.detach().cpu().contiguous(), "pool/k": self.k.detach().cpu().contiguous()}
 
 
 def concept_meta(pipe, config: TrainConfig, shape: tuple[int, int, int]) -> dict[str, Any]:
