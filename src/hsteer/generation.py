@@ -143,6 +143,18 @@ def delta_for(bank: ConceptBank, concepts: Sequence[tuple[str, float]], shape: t
     return total
 
 
+@dataclass
+class ImageJob:
+    """One image to make: prompt, its index among the prompt's images, its seed, its concepts, its file name."""
+
+    prompt: str
+    index: int
+    seed: int
+    concepts: list[tuple[str, float]] = field(default_factory=list)
+    file: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
 def image_jobs(prompts: Sequence[str], num_images: int, seed: int) -> list[tuple[str, int, int]]:
     """(prompt, index, seed) per image: the i-th image of any prompt has seed `seed + i`."""
     if not prompts:
@@ -172,16 +184,32 @@ def generate(pipe, prompts: str | Sequence[str], *, num_images_per_prompt: int =
     shape = pipeline_hspace_shape(pipe, height, width)
     if bank is not None and not isinstance(policy, PlainPolicy):
         bank.check_compatible(pipe.unet, shape, allow_other_model=allow_other_model)
-    assignments = [policy.assign(bank, s) for _, _, s in jobs]
-    return _run_jobs(pipe, jobs, assignments, bank, policy.name, steps=steps, guidance=guidance, height=height,
-                     width=width, shape=shape, batch_size=batch_size, steer_unconditional=steer_unconditional,
-                     out_dir=out_dir, progress=progress, negative_prompt=negative_prompt)
+    elif bank is None and not isinstance(policy, PlainPolicy):
+        raise HsteerError(f"the {policy.name} policy needs a bank of concepts")
+    work = [ImageJob(p, i, s, policy.assign(bank, s), f"{n:05d}.png" if out_dir is not None else None)
+            for n, (p, i, s) in enumerate(jobs)]
+    out = generate_jobs(pipe, work, bank, policy.name, steps=steps, guidance=guidance, height=height, width=width,
+                        batch_size=batch_size, steer_unconditional=steer_unconditional, out_dir=out_dir,
+                        progress=progress, negative_prompt=negative_prompt)
+    if out_dir is not None:
+        write_manifest(Path(out_dir) / "manifest.jsonl", out.records)
+    return out
 
 
-def _run_jobs(pipe, jobs, assignments, bank, policy_name, *, steps, guidance, height, width, shape, batch_size,
-              steer_unconditional, out_dir, progress, negative_prompt) -> GenerationOutput:
+def generate_jobs(pipe, jobs: Sequence[ImageJob], bank: ConceptBank | None, policy_name: str, *, steps: int,
+                  guidance: float, height: int | None = None, width: int | None = None, batch_size: int = 8,
+                  steer_unconditional: bool = False, out_dir: str | Path | None = None, progress: bool = True,
+                  negative_prompt: str | None = None) -> GenerationOutput:
+    """Generate explicit jobs in batches (each with its own seed and concepts); PNGs go to `out_dir/job.file`.
+
+    The lower-level entry point of `generate`, for harnesses that shard, skip finished images or choose
+    file names themselves. Writes no manifest.
+    """
     from tqdm.auto import tqdm
 
+    native = default_resolution(pipe)
+    height, width = height or native[0], width or native[1]
+    shape = pipeline_hspace_shape(pipe, height, width)
     out_path = Path(out_dir) if out_dir is not None else None
     if out_path is not None:
         out_path.mkdir(parents=True, exist_ok=True)
@@ -191,31 +219,28 @@ def _run_jobs(pipe, jobs, assignments, bank, policy_name, *, steps, guidance, he
     bar = tqdm(total=len(jobs), disable=not progress, desc=f"generate ({policy_name})", unit="img")
     for start in range(0, len(jobs), batch_size):
         batch = jobs[start:start + batch_size]
-        concepts = assignments[start:start + batch_size]
-        steered = any(concepts)
         config = None
-        if steered:
-            delta = torch.stack([delta_for(bank, c, shape) for c in concepts])
+        if any(job.concepts for job in batch):
+            if bank is None:
+                raise HsteerError("jobs name concepts but no bank was given")
+            delta = torch.stack([delta_for(bank, job.concepts, shape) for job in batch])
             config = SteeringConfig(delta, steer_unconditional=steer_unconditional)
-        generators = [torch.Generator(gen_device).manual_seed(s) for _, _, s in batch]
+        generators = [torch.Generator(gen_device).manual_seed(job.seed) for job in batch]
         kwargs = {}
         if negative_prompt:
             kwargs["negative_prompt"] = [negative_prompt] * len(batch)
         with steer(pipe, config):
-            result = pipe([p for p, _, _ in batch], num_inference_steps=steps, guidance_scale=guidance,
+            result = pipe([job.prompt for job in batch], num_inference_steps=steps, guidance_scale=guidance,
                           height=height, width=width, generator=generators, **kwargs)
-        for (prompt, index, image_seed), applied, image in zip(batch, concepts, result.images):
-            record = ImageRecord(None, prompt, image_seed, [{"name": n, "scale": s} for n, s in applied],
-                                 policy_name, steps, guidance, height, width, index)
-            if out_path is not None:
-                record.file = f"{len(records):05d}.png"
-                _save_png(image, out_path / record.file)
+        for job, image in zip(batch, result.images):
+            record = ImageRecord(job.file, job.prompt, job.seed, [{"name": n, "scale": s} for n, s in job.concepts],
+                                 policy_name, steps, guidance, height, width, job.index, dict(job.extra))
+            if out_path is not None and job.file:
+                _save_png(image, out_path / job.file)
             images.append(image)
             records.append(record)
         bar.update(len(batch))
     bar.close()
-    if out_path is not None:
-        write_manifest(out_path / "manifest.jsonl", records)
     return GenerationOutput(images, records)
 
 

@@ -1,0 +1,10 @@
+"""Evaluation: attribute classifiers behind one protocol, bias and safety metrics, and reports.
+
+The bundled world's exact probes and a CLIP zero-shot classifier are interchangeable
+`AttributeClassifier`s, so the world evaluation and the real-model WinoBias harness share the metrics.
+"""
+
+from hsteer.evaluation.metrics import deviation_ratio, distribution, summarize_bias
+from hsteer.evaluation.protocol import AttributeClassifier
+
+__all__ = ["AttributeClassifier", "deviation_ratio", "distribution", "summarize_bias"]
