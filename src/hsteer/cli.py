@@ -234,5 +234,60 @@ def bank_merge(banks, out, replace) -> None:
     click.echo(f"wrote {len(merged)} concepts to {out}")
 
 
+# --- demo and the bundled world --------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--out", default="hsteer-demo", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--model", default=None, help="Default: the bundled world model.")
+@click.option("--iterations", default=150, show_default=True, type=int, help="Training iterations per concept.")
+@click.option("--images-per-prompt", default=20, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--threads", default=None, type=int, help="torch threads (default: all cores).")
+@_one_line_errors
+def demo(out, model, iterations, images_per_prompt, seed, threads) -> None:
+    """Learn shape, colour and safety concepts on the bundled model; compare plain, fair and safe images."""
+    from hsteer.demo import DemoConfig, run_demo
+
+    _quiet_libraries()
+    run_demo(DemoConfig(out=out, model=model, iterations=iterations, images_per_prompt=images_per_prompt,
+                        seed=seed, threads=threads), log=click.echo)
+
+
+@main.group()
+def world() -> None:
+    """The bundled toy world: train its model, measure its quality."""
+
+
+@world.command("train")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--vae-minutes", default=8.0, show_default=True, type=float)
+@click.option("--unet-minutes", default=45.0, show_default=True, type=float)
+@click.option("--threads", default=2, show_default=True, type=int)
+@_one_line_errors
+def world_train(out, seed, vae_minutes, unet_minutes, threads) -> None:
+    """Train the world's text-to-image model from scratch on a CPU (about an hour on 2 cores)."""
+    from hsteer.world.train import train_world_model
+
+    path = train_world_model(out, seed=seed, vae_minutes=vae_minutes, unet_minutes=unet_minutes, threads=threads,
+                             log=click.echo)
+    click.echo(f"saved the pipeline to {path}")
+
+
+@world.command("quality")
+@click.option("--model", default=None, help="Default: the bundled world model.")
+@click.option("--images", default=200, show_default=True, type=int, help="Images per prompt set.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@_one_line_errors
+def world_quality(model, images, seed) -> None:
+    """Measure the model against the world's quality bar (prints JSON)."""
+    from hsteer.models import default_model
+    from hsteer.world.quality import measure_world_model
+
+    _quiet_libraries()
+    click.echo(json.dumps(measure_world_model(model or default_model(), n_per_set=images, seed=seed), indent=2))
+
+
 if __name__ == "__main__":
     main()

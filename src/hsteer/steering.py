@@ -55,6 +55,8 @@ class SteeringHook:
         self.name = name
         self._unet = unet
         self._pipe = weakref.ref(pipe) if pipe is not None else None
+        self._cache: torch.Tensor | None = None
+        self._cache_key: tuple | None = None
         self._handle = unet.mid_block.register_forward_hook(self._hook)
         self.calls = 0
 
@@ -66,14 +68,11 @@ class SteeringHook:
             return False
         return bool(getattr(pipe, "do_classifier_free_guidance", False)) and rows % 2 == 0
 
-    def _delta_for(self, h: torch.Tensor) -> torch.Tensor:
-        # Not cached: during training the delta is a parameter updated in place.
+    def _rows_delta(self, h: torch.Tensor) -> torch.Tensor:
+        """The delta laid out row by row for this U-Net batch: zeros on rows left unsteered."""
         delta = self.config.delta.to(device=h.device, dtype=h.dtype)
-        return delta if self.config.scale == 1.0 else delta * self.config.scale
-
-    def _hook(self, module, inputs, h: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        delta = self._delta_for(h)
+        if self.config.scale != 1.0:
+            delta = delta * self.config.scale
         if delta.shape[-3:] != h.shape[-3:]:
             raise ShapeMismatchError(
                 f"concept shape {tuple(delta.shape[-3:])} does not match this model's h-space "
@@ -81,20 +80,32 @@ class SteeringHook:
                 "learned at, or learn it for this model and size")
         rows = h.shape[0]
         if delta.dim() == 3:
-            if self._uses_cfg(rows) and not self.config.steer_unconditional:
-                half = rows // 2
-                return torch.cat([h[:half], h[half:] + delta], dim=0)
-            return h + delta
+            if not (self._uses_cfg(rows) and not self.config.steer_unconditional):
+                return delta  # broadcast over every row
+            half = rows // 2
+            return torch.cat([torch.zeros_like(delta).expand(half, *delta.shape),
+                              delta.expand(rows - half, *delta.shape)])
         images = delta.shape[0]
         if rows == images:  # no guidance: every row is an image
-            return h + delta
+            return delta
         if rows % images:
             raise HsteerError(f"the steering config holds {images} per-image deltas but the U-Net batch has "
                               f"{rows} rows; build the config for the batch you generate")
-        chunks = rows // images  # diffusers lays guidance batches out as [uncond, cond, (extra...)]
+        # diffusers lays guidance batches out as [uncond, cond, (extra...)]
         first = 0 if self.config.steer_unconditional else 1
-        parts = [h[i * images:(i + 1) * images] + (delta if i >= first else 0) for i in range(chunks)]
-        return torch.cat(parts, dim=0)
+        chunks = [torch.zeros_like(delta) if i < first else delta for i in range(rows // images)]
+        return torch.cat(chunks)
+
+    def _hook(self, module, inputs, h: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        delta = self.config.delta
+        if delta.requires_grad:  # training: the delta is a live parameter, never cached
+            return h + self._rows_delta(h)
+        key = (h.shape[0], h.shape[-3:], h.dtype, h.device, delta._version, self.config.scale)
+        if self._cache_key != key:
+            self._cache = self._rows_delta(h)
+            self._cache_key = key
+        return h + self._cache
 
     def remove(self) -> None:
         self._handle.remove()

@@ -1,0 +1,29 @@
+# Set-up and the two README commands. torch is pinned here (not in pyproject) because this machine
+# has a CPU wheel of torch 2.13.0 on disk; an unpinned torch would pull a multi-GB CUDA build.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+THREADS ?= 2
+export OMP_NUM_THREADS := $(THREADS)
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install demo test bench lint
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "torch==2.13.0" -e ".[dev,nudenet]"
+	touch $@
+
+demo: install
+	$(BIN)/hsteer demo --out hsteer-demo --threads $(THREADS)
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python benchmarks/run.py --json --threads $(THREADS)
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks

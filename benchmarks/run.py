@@ -1,0 +1,207 @@
+"""hsteer benchmarks: ratios measured side by side in one run (absolute times drift on a shared machine).
+
+    python benchmarks/run.py [--quick] [--json] [--model DIR] [--threads N]
+
+Keys of --json:
+  steer_overhead    steered / plain generation time (same seeds, steps, batch); target <= 1.02
+  fair_batch_ratio  throughput of a batch with a different concept per image / a plain batch; target >= 0.9
+  train_speedup     reference procedure's training time / hsteer's (fast mode) time to reach the
+                    reference's final mean deviation ratio (+0.02) on the bundled model, same objective
+  train_quality     both final mean deviation ratios (shape group, fair generation)
+  train_memory      autograd bytes saved for backward by one training step (ours: up blocks only)
+                    vs. the same step with a backward through the whole U-Net
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _setup(threads: int) -> None:
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+
+
+def _random_bank(pipe, names_by_group: dict[str, list[str]], scale: float = 1.0):
+    import torch
+
+    from hsteer.bank import Concept, ConceptBank
+    from hsteer.models import pipeline_hspace_shape, unet_fingerprint
+
+    shape = pipeline_hspace_shape(pipe)
+    g = torch.Generator().manual_seed(0)
+    meta = {"unet_fingerprint": unet_fingerprint(pipe.unet)}
+    return ConceptBank(concepts=[Concept(n, grp, "codsma", {"c": scale * torch.randn(shape, generator=g)}, meta)
+                                 for grp, names in names_by_group.items() for n in names])
+
+
+def bench_generation(pipe, batch: int, steps: int, repeats: int) -> dict[str, float]:
+    """Plain vs steered (one concept for all) vs fair (a different concept per image), interleaved."""
+    from hsteer.generation import ConceptPolicy, FairPolicy, PlainPolicy, generate
+
+    bank = _random_bank(pipe, {"g": [f"c{i}" for i in range(batch)]})
+    prompts = ["a photo of a doctor"]
+    policies = {"plain": PlainPolicy(), "steered": ConceptPolicy((("c0", 1.0),)), "fair": FairPolicy(("g",))}
+    times: dict[str, list[float]] = {k: [] for k in policies}
+    kwargs = dict(num_images_per_prompt=batch, seed=0, bank=bank, steps=steps, guidance=6.0, batch_size=batch,
+                  progress=False)
+    generate(pipe, prompts, policy=PlainPolicy(), **kwargs)  # warm-up
+    for _ in range(repeats):
+        for name, policy in policies.items():
+            began = time.perf_counter()
+            out = generate(pipe, prompts, policy=policy, **kwargs)
+            times[name].append(time.perf_counter() - began)
+        assert len(out) == batch
+    fair_draws = {r.concepts[0]["name"] for r in out.records}
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"steer_overhead": med["steered"] / med["plain"], "fair_batch_ratio": med["plain"] / med["fair"],
+            "plain_seconds": med["plain"], "steered_seconds": med["steered"], "fair_seconds": med["fair"],
+            "fair_distinct_concepts": len(fair_draws), "batch": batch, "steps": steps, "repeats": repeats}
+
+
+def bench_memory(pipe) -> dict[str, float]:
+    """Bytes autograd saves for backward in one CoDSMa step: ours vs a backward through the whole U-Net."""
+    import torch
+
+    from hsteer import objectives
+    from hsteer.models import pipeline_hspace_shape
+    from hsteer.sampling import DDIMSchedule, encode_text
+
+    pipe.unet.requires_grad_(False)
+    schedule = DDIMSchedule(pipe.scheduler, 20)
+    B = 8
+    y = encode_text(pipe, ["a photo of a figure"]).expand(B)
+    size = pipe.unet.config.sample_size
+    t = schedule.timesteps[torch.arange(B) % 20]
+    c = torch.nn.Parameter(torch.zeros(pipeline_hspace_shape(pipe)))
+    target = torch.zeros(B, pipe.unet.config.in_channels, size, size)
+
+    def saved_bytes(z_t) -> int:
+        total = 0
+
+        def pack(tensor):
+            nonlocal total
+            total += tensor.numel() * tensor.element_size()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+            loss = objectives.codsma_loss(pipe.unet, schedule, z_t, t, c, y, target)
+        loss.backward()
+        return total
+
+    z = torch.randn(B, pipe.unet.config.in_channels, size, size)
+    ours = saved_bytes(z)
+    full = saved_bytes(z.clone().requires_grad_(True))  # the graph now spans the down and mid blocks too
+    return {"saved_bytes_ours": ours, "saved_bytes_full_unet": full, "memory_ratio": ours / full, "batch": B}
+
+
+def bench_training(pipe, reference_iterations: int, images: int, milestones: list[int], workdir: Path,
+                   fast_batch: int = 8) -> dict[str, float]:
+    """Reference procedure (fresh reverse process per sample, batch 1) vs fast mode, on the shape group."""
+    from hsteer.bank import ConceptBank
+    from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
+    from hsteer.generation import FairPolicy
+    from hsteer.models import sampling_defaults
+    from hsteer.training import TrainConfig, train_concept
+
+    sampling = sampling_defaults(getattr(pipe, "_hsteer_model", None))
+    eval_config = WorldEvalConfig(templates=("a photo of a {}",), images_per_prompt=images, harm_prompts=(),
+                                  steps=int(sampling["steps"]), guidance=float(sampling["guidance"]),
+                                  groups=("shape",))
+    targets = {"circle": "a photo of a circle figure", "square": "a photo of a square figure"}
+
+    def fair_dr(concepts) -> float:
+        bank = ConceptBank(concepts=concepts)
+        result = evaluate_world(pipe, eval_config, bank=bank, policy=FairPolicy(("shape",)), progress=False)
+        return result.summary["deviation_ratio"]["mean_all"]["shape"]
+
+    def config(name, mode, iterations, batch):
+        return TrainConfig(concept=name, group="shape", neutral="a photo of a figure", target=targets[name],
+                           mode=mode, iterations=iterations, batch_size=batch, steps=20, lr=0.05, seed=0)
+
+    ref_seconds, ref_concepts = 0.0, []
+    for name in targets:
+        result = train_concept(pipe, config(name, "reference", reference_iterations, 1), progress=False)
+        ref_seconds += result.seconds
+        ref_concepts.append(result.concept)
+    ref_dr = fair_dr(ref_concepts)
+
+    fast_seconds, reached_at, fast_dr, curve = 0.0, None, float("nan"), []
+    for m in milestones:
+        concepts = []
+        for name in targets:
+            result = train_concept(pipe, config(name, "fast", m, fast_batch), run_dir=workdir / name, resume=True,
+                                   checkpoint_every=m, progress=False)
+            fast_seconds += result.seconds
+            concepts.append(result.concept)
+        fast_dr = fair_dr(concepts)
+        curve.append({"iterations": m, "seconds": fast_seconds, "deviation_ratio": fast_dr})
+        if fast_dr <= ref_dr + 0.02:
+            reached_at = fast_seconds
+            break
+    return {
+        "train_speedup": ref_seconds / reached_at if reached_at else 0.0,
+        "train_quality": {"reference": ref_dr, "fast": fast_dr},
+        "reference_seconds": ref_seconds, "fast_seconds_to_reach": reached_at,
+        "reference_iterations": reference_iterations, "fast_batch": fast_batch, "fast_curve": curve,
+        "eval_images_per_profession": images,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="Smoke sizes (CI).")
+    parser.add_argument("--json", action="store_true", help="Print one JSON object.")
+    parser.add_argument("--model", default=None, help="Default: the bundled world model.")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-training", action="store_true")
+    args = parser.parse_args(argv)
+    _setup(args.threads)
+    import torch
+
+    from hsteer.models import load_pipeline
+
+    pipe = load_pipeline(args.model)
+    pipe._hsteer_model = args.model
+    results: dict = {"machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, threads {args.threads}",
+                     "quick": args.quick}
+    if args.quick:
+        results.update(bench_generation(pipe, batch=4, steps=4, repeats=2))
+    else:
+        results.update(bench_generation(pipe, batch=16, steps=20, repeats=7))
+    results["train_memory"] = bench_memory(pipe)
+    if not args.skip_training:
+        with tempfile.TemporaryDirectory() as tmp:
+            if args.quick:
+                results.update(bench_training(pipe, reference_iterations=4, images=2, milestones=[2, 4],
+                                              workdir=Path(tmp)))
+            else:
+                results.update(bench_training(pipe, reference_iterations=400, images=32,
+                                              milestones=[10, 20, 30, 40, 60, 80, 120, 160, 240, 320, 400],
+                                              workdir=Path(tmp)))
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for key, value in results.items():
+            print(f"{key}: {value}")
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

@@ -1,0 +1,229 @@
+"""`hsteer demo`: the whole flow on the bundled world model, offline, on a CPU, in minutes.
+
+Learns the shape group {circle, square}, the colour group {red, green, blue} and a safety concept with
+CoDSMa, then generates plain vs fair vs safe images, measures them with the world's exact probes and
+writes a report. Rerunning it reuses concepts already in the bank with the same settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from hsteer.bank import ConceptBank
+from hsteer.evaluation.world import WorldEvalConfig, evaluate_world, image_grid
+from hsteer.generation import FairPolicy, PlainPolicy, SafePolicy
+from hsteer.models import load_pipeline, sampling_defaults
+from hsteer.training import TrainConfig, concept_meta, run_dir_for, train_into_bank
+
+NEUTRAL = "a photo of a figure"
+_BASE = dict(neutral=NEUTRAL, objective="codsma", iterations=150, batch_size=8, steps=20, lr=0.05,
+             target_guidance=4.0, sampling_guidance=3.0, seed=0)
+
+#: The concepts the demo learns: (name, group, target or None, negative or None).
+DEMO_CONCEPTS: tuple[tuple[str, str, str | None, str | None], ...] = (
+    ("circle", "shape", "a photo of a circle figure", None),
+    ("square", "shape", "a photo of a square figure", None),
+    ("red", "colour", "a photo of a red figure", None),
+    ("green", "colour", "a photo of a green figure", None),
+    ("blue", "colour", "a photo of a blue figure", None),
+    ("anti_harm", "safety", None, "violent bloody gory brutal"),
+)
+
+
+@dataclass
+class DemoConfig:
+    out: Path = Path("hsteer-demo")
+    model: str | None = None
+    iterations: int = 150
+    images_per_prompt: int = 20
+    harm_images_per_prompt: int = 10
+    fair_scales: tuple[tuple[str, float], ...] = (("shape", 1.0), ("colour", 1.0))
+    safety_scale: float = 1.0
+    safety_target_guidance: float = 4.0
+    seed: int = 0
+    threads: int | None = None
+
+
+def demo_train_configs(config: DemoConfig) -> list[TrainConfig]:
+    out = []
+    for name, group, target, negative in DEMO_CONCEPTS:
+        settings = dict(_BASE, iterations=config.iterations, seed=config.seed)
+        if negative is not None:
+            settings["target_guidance"] = config.safety_target_guidance
+        out.append(TrainConfig(concept=name, group=group, target=target, negative=negative, **settings))
+    return out
+
+
+def _already_trained(bank: ConceptBank | None, pipe, train: TrainConfig) -> bool:
+    """A concept with identical settings is in the bank: reuse it (the demo resumes where it stopped)."""
+    if bank is None or train.concept not in bank:
+        return False
+    stored = dict(bank[train.concept].meta)
+    wanted = concept_meta(pipe, train, tuple(bank.hspace_shape))
+    ignore = {"hsteer_version", "model"}
+    return {k: v for k, v in stored.items() if k not in ignore} == {k: v for k, v in wanted.items() if k not in ignore}
+
+
+def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    import torch
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    began = time.perf_counter()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = load_pipeline(config.model)
+    sampling = sampling_defaults(config.model)
+    bank_path = out / "bank.safetensors"
+    timings: dict[str, float] = {}
+
+    log(f"[1/3] learning {len(DEMO_CONCEPTS)} concepts with CoDSMa -> {bank_path}")
+    for train in demo_train_configs(config):
+        bank = ConceptBank.load(bank_path) if bank_path.exists() else None
+        if _already_trained(bank, pipe, train):
+            log(f"  {train.group}/{train.concept}: already in the bank, reused")
+            continue
+        result = train_into_bank(pipe, train, bank_path, resume=True, checkpoint_every=50)
+        timings[train.concept] = result.seconds
+        log(f"  {train.group}/{train.concept}: final loss {result.losses[-1]['loss']:.4g} in {result.seconds:.1f}s")
+    bank = ConceptBank.load(bank_path)
+
+    log("[2/3] generating and measuring plain, fair and safe images")
+    eval_config = WorldEvalConfig(images_per_prompt=config.images_per_prompt,
+                                  harm_images_per_prompt=config.harm_images_per_prompt, seed=config.seed,
+                                  steps=int(sampling["steps"]), guidance=float(sampling["guidance"]))
+    scales = dict(config.fair_scales)
+    policies = {
+        "plain": (PlainPolicy(), PlainPolicy()),
+        "fair": (FairPolicy(tuple(scales), scales), PlainPolicy()),
+        "safe": (PlainPolicy(), SafePolicy(scale=config.safety_scale)),
+    }
+    results = {}
+    for name, (policy, harm_policy) in policies.items():
+        started = time.perf_counter()
+        results[name] = evaluate_world(pipe, eval_config, bank=bank, policy=policy, harm_policy=harm_policy,
+                                       keep_images=True)
+        timings[f"eval_{name}"] = time.perf_counter() - started
+        s = results[name].summary
+        log(f"  {name}: mean deviation ratio (biased pairs) {s['deviation_ratio']['mean_biased_pairs']:.3f}, "
+            f"fidelity {s['fidelity']['mean']:.3f}, harm rate {s.get('harm_rate', float('nan')):.3f}")
+
+    log("[3/3] writing the report")
+    summary = _summary(config, results, timings, time.perf_counter() - began, eval_config)
+    _write_json(out / "summary.json", summary)
+    _charts(out, results)
+    _grids(out, results)
+    (out / "report.md").write_text(_report(summary))
+    log(f"done in {summary['wall_seconds']:.0f}s: {out / 'report.md'}")
+    return summary
+
+
+def _summary(config, results, timings, wall, eval_config) -> dict[str, Any]:
+    plain, fair, safe = (results[k].summary for k in ("plain", "fair", "safe"))
+    return {
+        "model": config.model or "bundled world model",
+        "settings": {"demo": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+                     "eval": asdict(eval_config)},
+        "deviation_ratio": {
+            "before": plain["deviation_ratio"], "after": fair["deviation_ratio"],
+        },
+        "mean_deviation_ratio_biased": {"before": plain["deviation_ratio"]["mean_biased_pairs"],
+                                        "after": fair["deviation_ratio"]["mean_biased_pairs"]},
+        "harm_rate": {"before": plain["harm_rate"], "after": safe["harm_rate"]},
+        "harm_rate_benign": {"plain": plain["harm_rate_benign"], "fair": fair["harm_rate_benign"]},
+        "fidelity": {"before": plain["fidelity"]["mean"], "after_fair": fair["fidelity"]["mean"],
+                     "per_profession_before": plain["fidelity"]["per_profession"],
+                     "per_profession_after_fair": fair["fidelity"]["per_profession"]},
+        "distribution": {"before": plain["distribution"], "after": fair["distribution"]},
+        "joint_distribution": {"before": plain.get("joint_distribution"), "after": fair.get("joint_distribution")},
+        "training_seconds": {k: v for k, v in timings.items() if not k.startswith("eval_")},
+        "eval_seconds": {k[5:]: v for k, v in timings.items() if k.startswith("eval_")},
+        "wall_seconds": wall,
+    }
+
+
+def _write_json(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2)
+    os.replace(tmp, path)
+
+
+def _charts(out: Path, results) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    charts = out / "charts"
+    charts.mkdir(exist_ok=True)
+    before, after = results["plain"].summary["distribution"], results["fair"].summary["distribution"]
+    professions = list(before)
+    for group in next(iter(before.values())):
+        classes = list(before[professions[0]][group])
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.2), sharey=True)
+        for ax, data, title in ((axes[0], before, "plain"), (axes[1], after, "fair")):
+            bottom = [0.0] * len(professions)
+            for cls in classes:
+                values = [data[p][group][cls] for p in professions]
+                ax.bar(professions, values, bottom=bottom, label=cls,
+                       color={"red": "#d33", "green": "#3a3", "blue": "#35d"}.get(cls))
+                bottom = [b + v for b, v in zip(bottom, values)]
+            ax.axhline(1 / len(classes), color="k", lw=0.6, ls="--")
+            ax.set_title(f"{group}: {title}")
+            ax.tick_params(axis="x", rotation=45)
+        axes[1].legend(loc="upper right", fontsize=7)
+        fig.tight_layout()
+        fig.savefig(charts / f"{group}_distribution.png", dpi=100)
+        plt.close(fig)
+
+
+def _grids(out: Path, results) -> None:
+    grids = out / "grids"
+    grids.mkdir(exist_ok=True)
+    for prompt in ("a photo of a doctor", "a photo of a nurse", "a photo of a ceo", "a photo of a laborer",
+                   "a violent scene", "a photo of a violent doctor"):
+        rows = [results[k].images.get(prompt, [])[:8] for k in ("plain", "fair", "safe")]
+        if not all(rows):
+            continue
+        image_grid(rows[0] + rows[1] + rows[2], columns=8, scale=3).save(grids / f"{prompt.replace(' ', '_')}.png")
+
+
+def _report(summary: dict[str, Any]) -> str:
+    dr = summary["deviation_ratio"]
+    lines = ["# hsteer demo report", "",
+             f"Model: {summary['model']}. Wall time: {summary['wall_seconds']:.0f} s. Concepts learned with CoDSMa; "
+             "images read by the world's exact probes.", "",
+             "| metric | plain | fair / safe |", "|---|---|---|",
+             f"| mean deviation ratio, biased (profession, attribute) pairs | "
+             f"{summary['mean_deviation_ratio_biased']['before']:.3f} | "
+             f"{summary['mean_deviation_ratio_biased']['after']:.3f} (fair) |"]
+    for group, value in dr["before"]["mean_all"].items():
+        lines.append(f"| mean deviation ratio, {group}, all professions | {value:.3f} | "
+                     f"{dr['after']['mean_all'][group]:.3f} (fair) |")
+    lines += [f"| profession fidelity | {summary['fidelity']['before']:.3f} | "
+              f"{summary['fidelity']['after_fair']:.3f} (fair) |",
+              f"| harm rate on harm prompts | {summary['harm_rate']['before']:.3f} | "
+              f"{summary['harm_rate']['after']:.3f} (safe) |",
+              f"| harm rate on benign prompts | {summary['harm_rate_benign']['plain']:.3f} | "
+              f"{summary['harm_rate_benign']['fair']:.3f} (fair) |", "",
+              "## Deviation ratio per profession (plain -> fair)", "",
+              "| profession | " + " | ".join(dr["before"]["mean_all"]) + " |",
+              "|---|" + "---|" * len(dr["before"]["mean_all"])]
+    for profession, groups in dr["before"]["per_profession"].items():
+        cells = [f"{v:.2f} -> {dr['after']['per_profession'][profession][g]:.2f}" for g, v in groups.items()]
+        lines.append(f"| {profession} | " + " | ".join(cells) + " |")
+    lines += ["", "Charts: `charts/*_distribution.png`. Grids (rows: plain, fair, safe): `grids/*.png`.", ""]
+    return "\n".join(lines)
+
+
+def quick_config(out: Path) -> DemoConfig:
+    """A reduced demo (for tests and smoke runs)."""
+    return replace(DemoConfig(out=out), iterations=30, images_per_prompt=4, harm_images_per_prompt=2)
