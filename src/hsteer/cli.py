@@ -254,6 +254,32 @@ def demo(out, model, iterations, images_per_prompt, seed, threads) -> None:
                         seed=seed, threads=threads), log=click.echo)
 
 
+@main.command()
+@click.option("--out", default="hsteer-compare", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--model", default=None, help="Default: the bundled world model.")
+@click.option("--iterations", default=150, show_default=True, type=int)
+@click.option("--images-per-prompt", default=20, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--method", "methods", multiple=True, type=click.Choice(["sd", "sdisc", "codsma", "respodiff"]),
+              help="Methods to compare (default: all).")
+@click.option("--readme", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the results table into this README between its results markers.")
+@_one_line_errors
+def compare(out, model, iterations, images_per_prompt, seed, methods, readme) -> None:
+    """Compare SD, SDisc, CoDSMa and RespoDiff on the bundled model (shape, colour, both, safety)."""
+    from hsteer.compare import METHODS, CompareConfig, results_table, run_compare, update_readme
+
+    _quiet_libraries()
+    result = run_compare(CompareConfig(out=out, model=model, iterations=iterations,
+                                       images_per_prompt=images_per_prompt, seed=seed,
+                                       methods=tuple(methods) or METHODS), log=click.echo)
+    table = results_table(result)
+    click.echo(table)
+    if readme:
+        update_readme(readme, table)
+        click.echo(f"updated {readme}")
+
+
 @main.group()
 def world() -> None:
     """The bundled toy world: train its model, measure its quality."""
@@ -287,6 +313,11 @@ def world_quality(model, images, seed) -> None:
 
     _quiet_libraries()
     click.echo(json.dumps(measure_world_model(model or default_model(), n_per_set=images, seed=seed), indent=2))
+
+
+from hsteer.cli_eval import register as _register_eval  # noqa: E402
+
+_register_eval(main)
 
 
 if __name__ == "__main__":

@@ -23,11 +23,12 @@ from hsteer.models import load_pipeline, sampling_defaults
 from hsteer.training import TrainConfig, concept_meta, run_dir_for, train_into_bank
 
 NEUTRAL = "a photo of a figure"
-_BASE = dict(neutral=NEUTRAL, objective="codsma", iterations=150, batch_size=8, steps=20, lr=0.05,
-             target_guidance=4.0, sampling_guidance=3.0, seed=0)
+_BASE = dict(neutral=NEUTRAL, objective="codsma", batch_size=8, steps=20, lr=0.05, target_guidance=4.0,
+             sampling_guidance=3.0)
+SAFETY_TARGET_GUIDANCE = 4.0
 
-#: The concepts the demo learns: (name, group, target or None, negative or None).
-DEMO_CONCEPTS: tuple[tuple[str, str, str | None, str | None], ...] = (
+#: The world's concepts: (name, group, target or None, negative or None).
+WORLD_CONCEPTS: tuple[tuple[str, str, str | None, str | None], ...] = (
     ("circle", "shape", "a photo of a circle figure", None),
     ("square", "shape", "a photo of a square figure", None),
     ("red", "colour", "a photo of a red figure", None),
@@ -46,19 +47,22 @@ class DemoConfig:
     harm_images_per_prompt: int = 10
     fair_scales: tuple[tuple[str, float], ...] = (("shape", 1.0), ("colour", 1.0))
     safety_scale: float = 1.0
-    safety_target_guidance: float = 4.0
     seed: int = 0
     threads: int | None = None
 
 
+def world_train_config(name: str, iterations: int, seed: int = 0) -> TrainConfig:
+    """The CoDSMa recipe for one of the world's concepts."""
+    by_name = {c[0]: c for c in WORLD_CONCEPTS}
+    _, group, target, negative = by_name[name]
+    settings = dict(_BASE, iterations=iterations, seed=seed)
+    if negative is not None:
+        settings["target_guidance"] = SAFETY_TARGET_GUIDANCE
+    return TrainConfig(concept=name, group=group, target=target, negative=negative, **settings)
+
+
 def demo_train_configs(config: DemoConfig) -> list[TrainConfig]:
-    out = []
-    for name, group, target, negative in DEMO_CONCEPTS:
-        settings = dict(_BASE, iterations=config.iterations, seed=config.seed)
-        if negative is not None:
-            settings["target_guidance"] = config.safety_target_guidance
-        out.append(TrainConfig(concept=name, group=group, target=target, negative=negative, **settings))
-    return out
+    return [world_train_config(name, config.iterations, config.seed) for name, *_ in WORLD_CONCEPTS]
 
 
 def _already_trained(bank: ConceptBank | None, pipe, train: TrainConfig) -> bool:
@@ -84,7 +88,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     bank_path = out / "bank.safetensors"
     timings: dict[str, float] = {}
 
-    log(f"[1/3] learning {len(DEMO_CONCEPTS)} concepts with CoDSMa -> {bank_path}")
+    log(f"[1/3] learning {len(WORLD_CONCEPTS)} concepts with CoDSMa -> {bank_path}")
     for train in demo_train_configs(config):
         bank = ConceptBank.load(bank_path) if bank_path.exists() else None
         if _already_trained(bank, pipe, train):

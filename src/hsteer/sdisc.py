@@ -1,13 +1,15 @@
 """SDisc (Li et al., CVPR 2024), the baseline: learn c from images of the target prompt.
 
 1. Generate `sdisc_images` images of the target prompt with the plain model (kept as latents,
-   cached in the run folder so a rerun does not regenerate them).
+   cached in the run folder so a rerun does not regenerate them). For safety concepts (no target,
+   a negative prompt), the images are the neutral prompt's, generated with the negative prompt.
 2. Learn c with the plain denoising loss conditioned on the *neutral* prompt,
    || eps(x_t; h + c, y_neu, t) - eps ||^2, t ~ U(0, T), for `sdisc_epochs` epochs (Adam).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -22,7 +24,9 @@ from hsteer.sampling import DDIMSchedule, encode_text
 
 def target_latents(pipe, config, run_dir: Path | None, progress: bool) -> torch.Tensor:
     """Latents of images generated from the target prompt by the unmodified model (seeded, cached)."""
-    cache = run_dir / f"sdisc_latents_{config.sdisc_images}_{config.seed}.safetensors" if run_dir else None
+    key = hashlib.sha256(repr((config.target, config.neutral, config.negative, config.sdisc_images, config.seed,
+                                config.steps, config.target_guidance)).encode()).hexdigest()[:12]
+    cache = run_dir / f"sdisc_latents_{key}.safetensors" if run_dir else None
     if cache is not None and cache.is_file():
         return load_file(str(cache))["latents"].to(pipe.unet.device)
     height, width = (config.height, config.width) if config.height and config.width else default_resolution(pipe)
@@ -33,8 +37,10 @@ def target_latents(pipe, config, run_dir: Path | None, progress: bool) -> torch.
     for start in tqdm(range(0, config.sdisc_images, batch), disable=not progress, desc="sdisc: target images"):
         n = min(batch, config.sdisc_images - start)
         gens = [torch.Generator("cpu").manual_seed(config.seed * 100_003 + start + i) for i in range(n)]
-        out = pipe([config.target] * n, num_inference_steps=config.steps, guidance_scale=config.target_guidance,
-                   height=height, width=width, generator=gens, output_type="latent")
+        negative = [config.negative] * n if config.negative else None
+        out = pipe([config.target or config.neutral] * n, negative_prompt=negative, num_inference_steps=config.steps,
+                   guidance_scale=config.target_guidance, height=height, width=width, generator=gens,
+                   output_type="latent")
         chunks.append(out.images.detach())
     latents = torch.cat(chunks)
     if cache is not None:

@@ -83,8 +83,6 @@ class TrainConfig:
             raise HsteerError(f"unknown training mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.target is None and self.negative is None:
             raise HsteerError("give a target prompt (--target) or a negative prompt (--negative)")
-        if self.objective == "sdisc" and self.target is None:
-            raise HsteerError("sdisc learns from images of the target prompt; pass --target")
         for name in ("iterations", "batch_size", "steps"):
             if getattr(self, name) < 1:
                 raise HsteerError(f"{name} must be >= 1, got {getattr(self, name)}")

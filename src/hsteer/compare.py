@@ -1,0 +1,133 @@
+"""`hsteer compare`: SD, SDisc, CoDSMa and RespoDiff on the bundled model, one command, fixed seeds.
+
+For each method: the shape group, the colour group, both composed (fair generation over two groups),
+and safety; reported as mean deviation ratio, profession fidelity, harm rate and training wall time.
+The table it writes is pasted into the README as is (`--readme README.md` does it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from hsteer.bank import ConceptBank
+from hsteer.demo import WORLD_CONCEPTS, world_train_config
+from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
+from hsteer.generation import FairPolicy, PlainPolicy, SafePolicy
+from hsteer.models import load_pipeline, sampling_defaults
+from hsteer.training import TrainConfig, train_into_bank
+
+METHODS = ("sd", "sdisc", "codsma", "respodiff")
+SETTINGS = ("shape", "colour", "shape+colour", "safety")
+
+#: Per-objective settings on the bundled model (the rest comes from the demo's recipe).
+OBJECTIVE_SETTINGS: dict[str, dict[str, Any]] = {
+    "codsma": {},
+    "respodiff": {"lr_sam": 0.005, "lam": 0.5},
+    "sdisc": {"lr": 0.1, "sdisc_images": 64, "sdisc_epochs": 20},
+}
+
+
+@dataclass
+class CompareConfig:
+    out: Path = Path("hsteer-compare")
+    model: str | None = None
+    iterations: int = 150
+    images_per_prompt: int = 20
+    harm_images_per_prompt: int = 10
+    seed: int = 0
+    methods: tuple[str, ...] = METHODS
+
+
+def method_configs(method: str, config: CompareConfig) -> list[TrainConfig]:
+    return [replace(world_train_config(name, config.iterations, config.seed), objective=method,
+                    **OBJECTIVE_SETTINGS[method]) for name, *_ in WORLD_CONCEPTS]
+
+
+def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = load_pipeline(config.model)
+    sampling = sampling_defaults(config.model)
+    eval_config = WorldEvalConfig(templates=("a photo of a {}",), images_per_prompt=config.images_per_prompt,
+                                  harm_images_per_prompt=config.harm_images_per_prompt, seed=config.seed,
+                                  steps=int(sampling["steps"]), guidance=float(sampling["guidance"]))
+    rows: dict[str, dict[str, Any]] = {}
+    for method in config.methods:
+        bank, train_seconds = None, {}
+        if method != "sd":
+            bank_path = out / f"{method}.safetensors"
+            for train in method_configs(method, config):
+                began = time.perf_counter()
+                train_into_bank(pipe, train, bank_path, resume=True, checkpoint_every=50, progress=False)
+                train_seconds[train.group] = train_seconds.get(train.group, 0.0) + time.perf_counter() - began
+                log(f"  {method}: trained {train.group}/{train.concept}")
+            bank = ConceptBank.load(bank_path)
+        rows[method] = {}
+        for setting in SETTINGS:
+            groups = tuple(setting.split("+"))
+            if method == "sd":
+                policy, harm_policy = PlainPolicy(), PlainPolicy()
+            elif setting == "safety":
+                policy, harm_policy = PlainPolicy(), SafePolicy()
+            else:
+                policy, harm_policy = FairPolicy(groups), PlainPolicy()
+            cfg = replace(eval_config, groups=("shape", "colour"))
+            s = evaluate_world(pipe, cfg, bank=bank, policy=policy, harm_policy=harm_policy, progress=False).summary
+            dr = s["deviation_ratio"]["mean_biased"]
+            entry = {"deviation_ratio": {g: dr[g] for g in ("shape", "colour")},
+                     "deviation_ratio_target": (sum(dr[g] for g in groups) / len(groups)
+                                                if setting != "safety" else None),
+                     "fidelity": s["fidelity"]["mean"], "harm_rate": s["harm_rate"],
+                     "train_seconds": (sum(train_seconds.get(g, 0.0) for g in groups) if method != "sd" else 0.0)}
+            if setting == "shape+colour":
+                entry["joint_distribution"] = s.get("joint_distribution")
+            rows[method][setting] = entry
+            log(f"  {method:9s} {setting:13s} DR {entry['deviation_ratio_target'] or 0:.3f} "
+                f"fidelity {entry['fidelity']:.3f} harm {entry['harm_rate']:.3f}")
+    result = {"settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+                           "eval": asdict(eval_config), "objectives": OBJECTIVE_SETTINGS},
+              "results": rows}
+    (out / "compare.json").write_text(json.dumps(result, indent=2))
+    table = results_table(result)
+    (out / "results.md").write_text(table)
+    return result
+
+
+def results_table(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    lines = [f"Bundled model, CoDSMa/RespoDiff {s['iterations']} iterations per concept (batch 8, fast mode), "
+             f"SDisc {OBJECTIVE_SETTINGS['sdisc']['sdisc_images']} images x {OBJECTIVE_SETTINGS['sdisc']['sdisc_epochs']} "
+             f"epochs; {s['images_per_prompt']} images per profession ('a photo of a <profession>'), "
+             f"{s['harm_images_per_prompt']} per harm prompt, seed {s['seed']}. Deviation ratio: mean over the "
+             "professions with a planted bias in that attribute (lower is better); fidelity: share of images "
+             "showing the profession's pattern; harm rate: share of harm-prompt images with the harm mark.", "",
+             "| method | setting | deviation ratio | fidelity | harm rate | training s |",
+             "|---|---|---|---|---|---|"]
+    for method, settings in result["results"].items():
+        for setting, e in settings.items():
+            if setting == "safety":
+                dr = "-"
+            elif setting == "shape+colour":
+                dr = f"{e['deviation_ratio']['shape']:.3f} / {e['deviation_ratio']['colour']:.3f}"
+            else:
+                dr = f"{e['deviation_ratio_target']:.3f}"
+            lines.append(f"| {method} | {setting} | {dr} | {e['fidelity']:.3f} | {e['harm_rate']:.3f} | "
+                         f"{e['train_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(readme: Path, table: str) -> None:
+    """Replace the text between the README's results markers with `table`."""
+    text = readme.read_text()
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    block = f"{start}\n{table}{end}"
+    if start in text:
+        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text += f"\n## Results on the bundled model\n\nGenerated by `hsteer compare --readme README.md`.\n\n{block}\n"
+    readme.write_text(text)
