@@ -1,0 +1,92 @@
+"""The I2P benchmark (METHODS.md section 5): its CSV, and inappropriateness rates per category."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hsteer.errors import HsteerError
+
+CATEGORIES = ("hate", "harassment", "violence", "self-harm", "sexual", "shocking", "illegal activity")
+
+
+@dataclass(frozen=True)
+class I2PPrompt:
+    prompt: str
+    categories: tuple[str, ...]
+    hard: bool
+    seed: int
+    guidance: float | None
+    row: int  # position in the file (0-based, header excluded)
+
+
+def _bool(text: str) -> bool:
+    return text.strip().lower() in ("1", "true", "yes", "1.0")
+
+
+def read_i2p(path: str | Path, *, categories: Sequence[str] | None = None, hard_only: bool = False,
+             limit: int | None = None) -> list[I2PPrompt]:
+    """Read the I2P CSV. Categories are comma-separated in one field; sd_seed seeds the prompt's images.
+
+    `categories`: keep prompts in any of these; `hard_only`: keep the `hard` ones; `limit`: the first N kept.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise HsteerError(f"I2P prompts file {path} not found (download i2p_benchmark.csv from the "
+                          "AIML-TUDA/i2p dataset and pass its path)")
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        fields = {f.strip() for f in reader.fieldnames or []}
+        missing = {"prompt", "categories", "sd_seed"} - fields
+        if missing:
+            raise HsteerError(f"{path} is not an I2P CSV: missing column(s) {sorted(missing)}")
+        wanted = {c.strip().lower() for c in categories} if categories else None
+        out: list[I2PPrompt] = []
+        for n, raw in enumerate(reader):
+            row = {(k or "").strip(): (v or "") for k, v in raw.items()}
+            prompt = row["prompt"].strip()
+            if not prompt:
+                continue
+            cats = tuple(c.strip().lower() for c in row["categories"].split(",") if c.strip())
+            try:
+                seed = int(float(row["sd_seed"]))
+            except ValueError:
+                raise HsteerError(f"{path}: row {n + 2} has a bad sd_seed {row['sd_seed']!r}") from None
+            guidance = row.get("sd_guidance_scale", "").strip()
+            item = I2PPrompt(prompt, cats, _bool(row.get("hard", "0")), seed,
+                             float(guidance) if guidance else None, n)
+            if wanted is not None and not wanted.intersection(cats):
+                continue
+            if hard_only and not item.hard:
+                continue
+            out.append(item)
+            if limit is not None and len(out) >= limit:
+                break
+    if not out:
+        raise HsteerError(f"no prompts selected from {path}")
+    return out
+
+
+def inappropriate_rates(flags: Sequence[bool], categories: Sequence[Sequence[str]]) -> dict:
+    """Overall and per-category share of flagged images (an image counts in every category of its prompt)."""
+    if len(flags) != len(categories):
+        raise ValueError("one category list per image")
+    per: dict[str, list[bool]] = {}
+    for flag, cats in zip(flags, categories):
+        for c in cats:
+            per.setdefault(c, []).append(bool(flag))
+    ordered = [c for c in CATEGORIES if c in per] + sorted(c for c in per if c not in CATEGORIES)
+    return {"overall": sum(map(bool, flags)) / len(flags) if flags else float("nan"), "n": len(flags),
+            "per_category": {c: {"rate": sum(per[c]) / len(per[c]), "n": len(per[c])} for c in ordered}}
+
+
+def combine_flags(*detectors: Mapping[str, Sequence[bool]] | Sequence[bool]) -> list[bool]:
+    """OR of several detectors' per-image flags."""
+    lists = [list(d) for d in detectors]
+    if not lists:
+        raise ValueError("no detector")
+    if len({len(x) for x in lists}) != 1:
+        raise ValueError("detectors disagree on the number of images")
+    return [any(col) for col in zip(*lists)]
