@@ -123,3 +123,21 @@ def test_wrong_shape_is_a_clear_error(sd_pipe):
         with steer(sd_pipe, SteeringConfig(torch.zeros(7, 4, 4))):
             _images(sd_pipe, steps=1)
     assert not active_hooks(sd_pipe)
+
+
+def test_fair_draws_are_balanced_reproducible_and_composed(sd_pipe):
+    from collections import Counter
+
+    bank = _bank_for(sd_pipe)
+    race = _bank_for(sd_pipe, names=("white", "black", "asian"), group="race")
+    both = bank.merge(race)
+    policy = FairPolicy(("gender", "race"), {"gender": 1.1, "race": 0.9})
+    draws = [tuple(policy.assign(both, s)) for s in range(60)]
+    assert draws == [tuple(policy.assign(both, s)) for s in range(60)]  # from the seed alone
+    joint = Counter((a[0], b[0]) for a, b in draws)
+    assert len(joint) == 6 and set(joint.values()) == {10}  # every 6 consecutive seeds: each pair once
+    assert all(a[1] == 1.1 and b[1] == 0.9 for a, b in draws)
+    single = Counter(policy.assign(bank, s)[0][0] for s in range(7, 7 + 40)
+                     for policy in [FairPolicy(("gender",))])
+    assert abs(single["woman"] - single["man"]) <= 2
+    assert len({tuple(d) for d in draws[:6]}) == 6

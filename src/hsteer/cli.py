@@ -241,7 +241,8 @@ def bank_merge(banks, out, replace) -> None:
 @click.option("--out", default="hsteer-demo", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--model", default=None, help="Default: the bundled world model.")
 @click.option("--iterations", default=150, show_default=True, type=int, help="Training iterations per concept.")
-@click.option("--images-per-prompt", default=20, show_default=True, type=int)
+@click.option("--images-per-prompt", default=24, show_default=True, type=int,
+              help="Images per prompt (a multiple of 6 balances fair draws exactly).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--threads", default=None, type=int, help="torch threads (default: all cores).")
 @_one_line_errors
@@ -258,7 +259,8 @@ def demo(out, model, iterations, images_per_prompt, seed, threads) -> None:
 @click.option("--out", default="hsteer-compare", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--model", default=None, help="Default: the bundled world model.")
 @click.option("--iterations", default=150, show_default=True, type=int)
-@click.option("--images-per-prompt", default=20, show_default=True, type=int)
+@click.option("--images-per-prompt", default=24, show_default=True, type=int,
+              help="Images per prompt (a multiple of 6 balances fair draws exactly).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--method", "methods", multiple=True, type=click.Choice(["sd", "sdisc", "codsma", "respodiff"]),
               help="Methods to compare (default: all).")

@@ -37,7 +37,7 @@ class CompareConfig:
     out: Path = Path("hsteer-compare")
     model: str | None = None
     iterations: int = 150
-    images_per_prompt: int = 20
+    images_per_prompt: int = 24
     harm_images_per_prompt: int = 10
     seed: int = 0
     methods: tuple[str, ...] = METHODS

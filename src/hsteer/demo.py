@@ -43,7 +43,7 @@ class DemoConfig:
     out: Path = Path("hsteer-demo")
     model: str | None = None
     iterations: int = 150
-    images_per_prompt: int = 20
+    images_per_prompt: int = 24
     harm_images_per_prompt: int = 10
     fair_scales: tuple[tuple[str, float], ...] = (("shape", 1.0), ("colour", 1.0))
     safety_scale: float = 1.0

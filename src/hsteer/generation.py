@@ -7,6 +7,7 @@ each image exactly what is needed to regenerate it alone.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -38,7 +39,13 @@ class PlainPolicy:
 
 @dataclass(frozen=True)
 class FairPolicy:
-    """One concept per group, drawn uniformly per image from the image's seed, summed with per-group scales."""
+    """One concept per group for each image, drawn uniformly from the image's seed, summed with per-group scales.
+
+    The draw is stratified: the combinations of the groups' concepts are shuffled (by a permutation
+    seeded with `seed // K`, K the number of combinations) and image seed s takes combination `s % K`.
+    Each image's concepts are thus uniform and depend on its seed alone, and any K consecutive seeds
+    cover every combination exactly once, so a fair batch is balanced, not just balanced on average.
+    """
 
     groups: tuple[str, ...]
     scales: dict[str, float] = field(default_factory=dict)
@@ -47,12 +54,15 @@ class FairPolicy:
     def assign(self, bank: ConceptBank | None, image_seed: int) -> list[tuple[str, float]]:
         if bank is None:
             raise HsteerError("fair generation needs a bank (--bank)")
-        rng = random.Random(f"hsteer-fair-{image_seed}")
-        out = []
-        for group in self.groups:
-            members = sorted(c.name for c in bank.group(group))
-            out.append((rng.choice(members), float(self.scales.get(group, 1.0))))
-        return out
+        if not self.groups:
+            raise HsteerError("fair generation needs at least one group, e.g. --fair gender")
+        members = [sorted(c.name for c in bank.group(group)) for group in self.groups]
+        combos = list(itertools.product(*members))
+        block, position = divmod(image_seed, len(combos))
+        order = list(range(len(combos)))
+        random.Random(f"hsteer-fair-{block}").shuffle(order)
+        chosen = combos[order[position]]
+        return [(name, float(self.scales.get(group, 1.0))) for group, name in zip(self.groups, chosen)]
 
 
 @dataclass(frozen=True)
