@@ -20,6 +20,7 @@ demo: install
 	$(BIN)/hsteer demo --out hsteer-demo --threads $(THREADS)
 
 test: install
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
 
 bench: install

@@ -20,7 +20,7 @@ from hsteer.bank import ConceptBank
 from hsteer.evaluation.world import WorldEvalConfig, evaluate_world, image_grid
 from hsteer.generation import FairPolicy, PlainPolicy, SafePolicy
 from hsteer.models import load_pipeline, sampling_defaults
-from hsteer.training import TrainConfig, concept_meta, run_dir_for, train_into_bank
+from hsteer.training import TrainConfig, concept_meta, train_into_bank
 
 NEUTRAL = "a photo of a figure"
 _BASE = dict(neutral=NEUTRAL, objective="codsma", batch_size=8, steps=20, lr=0.05, target_guidance=4.0,
@@ -43,6 +43,7 @@ class DemoConfig:
     out: Path = Path("hsteer-demo")
     model: str | None = None
     iterations: int = 150
+    safety_iterations: int | None = None  # default: `iterations`
     images_per_prompt: int = 24
     harm_images_per_prompt: int = 10
     fair_scales: tuple[tuple[str, float], ...] = (("shape", 1.0), ("colour", 1.0))
@@ -62,7 +63,9 @@ def world_train_config(name: str, iterations: int, seed: int = 0) -> TrainConfig
 
 
 def demo_train_configs(config: DemoConfig) -> list[TrainConfig]:
-    return [world_train_config(name, config.iterations, config.seed) for name, *_ in WORLD_CONCEPTS]
+    safety = config.safety_iterations or config.iterations
+    return [world_train_config(name, safety if group == "safety" else config.iterations, config.seed)
+            for name, group, *_ in WORLD_CONCEPTS]
 
 
 def _already_trained(bank: ConceptBank | None, pipe, train: TrainConfig) -> bool:
@@ -228,6 +231,7 @@ def _report(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def quick_config(out: Path) -> DemoConfig:
-    """A reduced demo (for tests and smoke runs)."""
-    return replace(DemoConfig(out=out), iterations=30, images_per_prompt=4, harm_images_per_prompt=2)
+def quick_config(out: Path, model: str | None = None) -> DemoConfig:
+    """The reduced demo of the CI test: fewer iterations and images, same recipe and seeds."""
+    return replace(DemoConfig(out=out, model=model), iterations=60, safety_iterations=150, images_per_prompt=6,
+                   harm_images_per_prompt=4)

@@ -217,7 +217,7 @@ def task_jobs(generation: dict[str, Any]) -> list[dict[str, Any]]:
         from hsteer.evaluation.winobias import winobias_prompts
 
         pairs = winobias_prompts(args["professions"], args["templates"], args.get("max_templates"))
-        for template_n, (profession, prompt) in enumerate(pairs):
+        for profession, prompt in pairs:
             for i in range(int(args["images_per_prompt"])):
                 jobs.append({"prompt": prompt, "index": i, "seed": seed + i,
                              "extra": {"profession": profession}})
