@@ -12,8 +12,6 @@ No pickles anywhere: loading a bank can never run code.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from hsteer.fileio import atomic_save
 from hsteer.errors import BankError, ModelMismatchError, ShapeMismatchError, UnknownConceptError
 
 FORMAT_VERSION = 1
@@ -181,15 +180,7 @@ class ConceptBank:
                   "hspace_shape": list(self.hspace_shape or []), "unet_fingerprint": self.unet_fingerprint,
                   "concepts": {c.name: {"group": c.group, "objective": c.objective, "tensors": list(c.tensors),
                                         "meta": c.meta} for c in self}}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"hsteer": json.dumps(header)})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_save(path, lambda tmp: save_file(tensors, tmp, metadata={"hsteer": json.dumps(header)}))
         return path
 
     @classmethod

@@ -8,8 +8,6 @@ writes a report. Rerunning it reuses concepts already in the bank with the same 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -18,6 +16,7 @@ from typing import Any
 
 from hsteer.bank import ConceptBank
 from hsteer.evaluation.world import WorldEvalConfig, evaluate_world, image_grid
+from hsteer.fileio import atomic_write_text
 from hsteer.generation import FairPolicy, PlainPolicy, SafePolicy
 from hsteer.models import load_pipeline, sampling_defaults
 from hsteer.training import TrainConfig, concept_meta, train_into_bank
@@ -124,7 +123,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
 
     log("[3/3] writing the report")
     summary = _summary(config, results, timings, time.perf_counter() - began, eval_config)
-    _write_json(out / "summary.json", summary)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     _charts(out, results)
     _grids(out, results)
     (out / "report.md").write_text(_report(summary))
@@ -154,13 +153,6 @@ def _summary(config, results, timings, wall, eval_config) -> dict[str, Any]:
         "eval_seconds": {k[5:]: v for k, v in timings.items() if k.startswith("eval_")},
         "wall_seconds": wall,
     }
-
-
-def _write_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2)
-    os.replace(tmp, path)
 
 
 def _charts(out: Path, results) -> None:

@@ -7,11 +7,10 @@ each image exactly what is needed to regenerate it alone.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
-import os
 import random
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 
 from hsteer.bank import ConceptBank
 from hsteer.errors import HsteerError
+from hsteer.fileio import atomic_save, atomic_write_text
 from hsteer.models import default_resolution, pipeline_hspace_shape
 from hsteer.steering import SteeringConfig, steer
 
@@ -246,7 +246,7 @@ def generate_jobs(pipe, jobs: Sequence[ImageJob], bank: ConceptBank | None, poli
             record = ImageRecord(job.file, job.prompt, job.seed, [{"name": n, "scale": s} for n, s in job.concepts],
                                  policy_name, steps, guidance, height, width, job.index, dict(job.extra))
             if out_path is not None and job.file:
-                _save_png(image, out_path / job.file)
+                atomic_save(out_path / job.file, functools.partial(image.save, format="PNG"), suffix=".png")
             images.append(image)
             records.append(record)
         bar.update(len(batch))
@@ -254,15 +254,5 @@ def generate_jobs(pipe, jobs: Sequence[ImageJob], bank: ConceptBank | None, poli
     return GenerationOutput(images, records)
 
 
-def _save_png(image, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
 def write_manifest(path: Path, records: Sequence[ImageRecord]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.writelines(r.to_json() + "\n" for r in records)
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(r.to_json() + "\n" for r in records))

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -26,6 +24,7 @@ from safetensors.torch import save_file
 
 from hsteer import objectives
 from hsteer.bank import Concept, ConceptBank
+from hsteer.fileio import atomic_save, atomic_write_text
 from hsteer.errors import BankError, HsteerError, TrainingDivergedError
 from hsteer.models import default_resolution, pipeline_hspace_shape, unet_fingerprint
 from hsteer.sampling import DDIMSchedule, TextCondition, encode_text, encode_unconditional, reverse_to_steps
@@ -114,13 +113,6 @@ def run_dir_for(bank_path: str | Path, concept: str) -> Path:
     return bank_path.parent / f"{bank_path.stem}.runs" / concept
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def _iteration_generator(seed: int, iteration: int) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(seed * 1_000_003 + iteration)
 
@@ -146,14 +138,7 @@ class _Checkpoint:
             if "step" in state:
                 steps[name] = float(state["step"])
         meta = {"iteration": iteration, "config": config.resume_key(), "adam_steps": steps}
-        fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", dir=self.path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"hsteer_checkpoint": json.dumps(meta)})
-            os.replace(tmp, self.path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_save(self.path, lambda tmp: save_file(tensors, tmp, metadata={"hsteer_checkpoint": json.dumps(meta)}))
 
     def load(self, config: TrainConfig, params: dict[str, torch.Tensor],
              optimizers: dict[str, torch.optim.Optimizer]) -> int:
@@ -196,7 +181,7 @@ class _LossLog:
             self.rows = [r for r in rows if r["iteration"] < up_to]
 
     def flush(self) -> None:
-        _atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
 
     def plot(self) -> Path | None:
         if not self.rows:
@@ -272,7 +257,7 @@ def train_concept(pipe, config: TrainConfig, *, run_dir: str | Path | None = Non
         if resume and ckpt.path.is_file():
             start = ckpt.load(config, params, optimizers)
             log.restore(start)
-        _atomic_write_text(run_dir / "config.json", json.dumps(asdict(config), indent=2))
+        atomic_write_text(run_dir / "config.json", json.dumps(asdict(config), indent=2))
     rows: list[dict[str, float]] = log.rows if log else []
 
     from tqdm.auto import tqdm

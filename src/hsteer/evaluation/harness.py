@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hsteer.fileio import atomic_write_text
 from hsteer.errors import HsteerError
 from hsteer.generation import ImageJob, ImageRecord, generate_jobs
 
@@ -43,16 +43,6 @@ SLD_PRESETS = ("weak", "medium", "strong", "max")
 
 
 # --- small file helpers -----------------------------------------------------------------------------
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -165,7 +165,7 @@ def write_report(run_dir: str | Path, summary: dict[str, Any], per_image: Sequen
         _grid(run_dir, [i["file"] for i in per_image[:grid_images]], out)
         lines += ["", f"![samples](grids/{out.name})"]
     path = run_dir / "report.md"
-    from hsteer.evaluation.harness import atomic_write_text
+    from hsteer.fileio import atomic_write_text
 
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
