@@ -1,0 +1,550 @@
+"""Train the bundled toy-world Stable Diffusion model from scratch, on CPU.
+
+    python -m hsteer.world.train --out runs/world_model --vae-minutes 8 --unet-minutes 45
+
+produces a standard diffusers ``StableDiffusionPipeline`` folder (tiny ``AutoencoderKL``
+32x32 RGB -> 16x16x4, word-level ``CLIPTokenizer`` + from-scratch ``CLIPTextModel``,
+``UNet2DConditionModel`` with cross-attention, ``DDIMScheduler``) loadable with
+``StableDiffusionPipeline.from_pretrained(out)``.  Everything is budgeted in wall-clock
+minutes so the run fits a fixed CPU time slot; snapshots of the full pipeline are written
+atomically during U-Net training and the run can be resumed from its training state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from hsteer.world import scene
+
+MAX_LENGTH = 16
+SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
+
+VAE_CONFIG = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ("DownEncoderBlock2D", "DownEncoderBlock2D"),
+    "up_block_types": ("UpDecoderBlock2D", "UpDecoderBlock2D"),
+    "block_out_channels": (16, 32),
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 16,
+    "sample_size": 32,
+}
+TEXT_CONFIG = {
+    "hidden_size": 128,
+    "intermediate_size": 512,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "max_position_embeddings": MAX_LENGTH,
+    "projection_dim": 128,
+    "bos_token_id": 0,
+    "eos_token_id": 1,
+    "pad_token_id": 1,
+}
+UNET_CONFIG = {
+    "sample_size": 16,
+    "in_channels": 4,
+    "out_channels": 4,
+    # no attention at 16x16 (it triples the CPU cost); cross-attention at 8x8, 4x4 and in the mid block
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "block_out_channels": (32, 64, 64),
+    "layers_per_block": 1,
+    "cross_attention_dim": 128,
+    "attention_head_dim": 4,
+    "norm_num_groups": 16,
+}
+SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+}
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def _bpe(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
+    """CLIP-style BPE of one lower-case word (mirrors ``CLIPTokenizer.bpe``)."""
+    syms = list(word[:-1]) + [word[-1] + "</w>"]
+    while len(syms) > 1:
+        r, i = min((ranks.get((syms[i], syms[i + 1]), 1 << 60), i) for i in range(len(syms) - 1))
+        if r == 1 << 60:
+            break
+        a, b = syms[i], syms[i + 1]
+        out, j = [], 0
+        while j < len(syms):
+            if j < len(syms) - 1 and syms[j] == a and syms[j + 1] == b:
+                out.append(a + b)
+                j += 2
+            else:
+                out.append(syms[j])
+                j += 1
+        syms = out
+    return syms
+
+
+def build_tokenizer_files(directory: Path, words=scene.VOCABULARY) -> None:
+    """Write vocab.json / merges.txt / configs of a word-level CLIP tokenizer.
+
+    Every world word becomes exactly one token; other text falls back to single
+    characters (lower-case letters, digits, a little punctuation).
+    """
+    import string
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab: dict[str, int] = {}
+
+    def add(tok: str) -> None:
+        vocab.setdefault(tok, len(vocab))
+
+    for t in SPECIAL_TOKENS:
+        add(t)
+    for ch in string.ascii_lowercase + string.digits + ".,'!?-":
+        add(ch)
+        add(ch + "</w>")
+    merges: list[tuple[str, str]] = []
+    ranks: dict[tuple[str, str], int] = {}
+    for _ in range(50):  # add merge chains until every word is a single token
+        changed = False
+        for w in words:
+            pieces = _bpe(w, ranks)
+            if len(pieces) > 1:
+                changed = True
+                cur = pieces[0]
+                for p in pieces[1:]:
+                    if (cur, p) not in ranks:
+                        ranks[(cur, p)] = len(merges)
+                        merges.append((cur, p))
+                    cur += p
+                    add(cur)
+        if not changed:
+            break
+    assert all(len(_bpe(w, ranks)) == 1 for w in words)
+    (directory / "vocab.json").write_text(json.dumps(vocab, indent=0))
+    (directory / "merges.txt").write_text(
+        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)
+    )
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "CLIPTokenizer",
+                "model_max_length": MAX_LENGTH,
+                "bos_token": SPECIAL_TOKENS[0],
+                "eos_token": SPECIAL_TOKENS[1],
+                "unk_token": SPECIAL_TOKENS[1],
+                "pad_token": SPECIAL_TOKENS[1],
+                "do_lower_case": True,
+                "clean_up_tokenization_spaces": True,
+            },
+            indent=2,
+        )
+    )
+    (directory / "special_tokens_map.json").write_text(
+        json.dumps(
+            {"bos_token": SPECIAL_TOKENS[0], "eos_token": SPECIAL_TOKENS[1], "unk_token": SPECIAL_TOKENS[1],
+             "pad_token": SPECIAL_TOKENS[1]},
+            indent=2,
+        )
+    )
+
+
+def load_tokenizer(directory: Path):
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(str(directory))
+    for w in scene.VOCABULARY:
+        ids = tok(w, add_special_tokens=False).input_ids
+        if len(ids) != 1:
+            raise RuntimeError(f"tokenizer splits world word {w!r} into {ids}")
+    return tok
+
+
+# --------------------------------------------------------------------------- data
+
+
+def render_dataset(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """``n`` (image, caption) pairs from :func:`scene.sample_example`: uint8 (n,32,32,3), captions."""
+    rng = np.random.default_rng(seed)
+    images = np.empty((n, scene.SIZE, scene.SIZE, 3), dtype=np.uint8)
+    captions: list[str] = []
+    for i in range(n):
+        cap = scene.make_caption(rng)
+        shape, colour, prof, harm = scene.sample_attributes(cap, rng)
+        images[i] = scene.render_array(shape, colour, prof, harm, rng)
+        captions.append(cap)
+    return images, captions
+
+
+def _to_tensor(images_u8: np.ndarray):
+    import torch
+
+    x = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float()
+    return x / 127.5 - 1.0
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _Logger:
+    def __init__(self, path: Path | None, echo: Callable[[str], None] | None):
+        self.path, self.echo, self.t0 = path, echo, time.time()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')} +{time.time() - self.t0:7.1f}s] {msg}"
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(line + "\n")
+        if self.echo is not None:
+            self.echo(line)
+
+
+def _lr_factor(step: int, frac: float, warmup: int, final: float = 0.1) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay (in elapsed-time fraction) to ``final``."""
+    w = min(1.0, (step + 1) / warmup)
+    frac = min(max(frac, 0.0), 1.0)
+    return w * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def _dir_size(p: Path) -> int:
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def save_pipeline(out_dir: Path, vae, text_encoder, unet, tok_dir: Path, extra: dict | None = None) -> None:
+    """Save the full pipeline folder atomically (tmp dir, then rename)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=CLIPTokenizer.from_pretrained(str(tok_dir)),
+        unet=unet,
+        scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(tmp), safe_serialization=True)
+    if extra is not None:
+        (tmp / "training_info.json").write_text(json.dumps(extra, indent=2))
+    if out_dir.exists():
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _train_vae(images_u8: np.ndarray, minutes: float, seed: int, log, batch: int = 32, lr: float = 2e-3):
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**VAE_CONFIG)
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    rng = np.random.default_rng(seed + 1)
+    n = len(images_u8)
+    t0, step, budget = time.time(), 0, minutes * 60.0
+    run = None
+    vae.train()
+    while time.time() - t0 < budget:
+        f = _lr_factor(step, (time.time() - t0) / budget, warmup=100, final=0.05)
+        for g in opt.param_groups:
+            g["lr"] = lr * f
+        x = _to_tensor(images_u8[rng.integers(0, n, size=batch)])
+        post = vae.encode(x).latent_dist
+        z = post.sample()
+        rec = vae.decode(z).sample
+        l1 = (rec - x).abs().mean()
+        mse = ((rec - x) ** 2).mean()
+        kl = post.kl().mean() / (4 * 16 * 16)
+        loss = l1 + mse + 1e-5 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        run = mse.item() if run is None else 0.98 * run + 0.02 * mse.item()
+        step += 1
+        if step % 100 == 0:
+            log(f"vae step {step} mse(ema) {run:.5f} l1 {l1.item():.4f} kl {kl.item():.2f} "
+                f"lr {lr * f:.2e} {(time.time() - t0) / step * 1000:.0f} ms/step")
+        if step % 500 == 0:
+            vae.eval()
+            _reconstruction_check(vae, images_u8[-200:], log, n=200)
+            vae.train()
+    vae.eval()
+    log(f"vae done: {step} steps in {time.time() - t0:.0f}s, final mse(ema) {run:.5f}")
+    return vae, step
+
+
+def _encode_all(vae, images_u8: np.ndarray, log, batch: int = 512):
+    import torch
+
+    t0 = time.time()
+    means, stds = [], []
+    with torch.no_grad():
+        for i in range(0, len(images_u8), batch):
+            d = vae.encode(_to_tensor(images_u8[i : i + batch])).latent_dist
+            means.append(d.mean.to(torch.float16))
+            stds.append(d.std.to(torch.float16))
+    mean, std = torch.cat(means), torch.cat(stds)
+    log(f"encoded {len(mean)} latents in {time.time() - t0:.0f}s; posterior std mean {std.float().mean():.4f}")
+    return mean, std
+
+
+def _reconstruction_check(vae, images_u8, log, n: int = 300) -> dict:
+    """Probe accuracy on VAE reconstructions (a ceiling for the generator)."""
+    import torch
+    from PIL import Image
+
+    with torch.no_grad():
+        x = _to_tensor(images_u8[:n])
+        rec = vae.decode(vae.encode(x).latent_dist.mean).sample
+    rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    probe = scene.WorldProbe()
+    got = probe.classify([Image.fromarray(r) for r in rec])
+    ref = probe.classify([Image.fromarray(r) for r in images_u8[:n]])
+    acc = {k: float(np.mean([a == b for a, b in zip(got[k], ref[k])])) for k in got}
+    log(f"vae reconstruction probe agreement: {acc}")
+    return acc
+
+
+def train_world_model(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    vae_minutes: float,
+    unet_minutes: float,
+    threads: int = 2,
+    snapshot_every_minutes: float = 10,
+    log: Callable[[str], None] | None = None,
+    n_images: int = 60_000,
+    batch_size: int = 64,
+    lr: float = 8e-4,
+    ema_decay: float = 0.999,
+    caption_dropout: float = 0.1,
+    resume: bool = True,
+) -> Path:
+    """Train the toy-world pipeline from scratch and save it to ``out_dir``.
+
+    Stage 1 trains the VAE for ``vae_minutes``, stage 2 encodes the pre-rendered dataset
+    once and trains text encoder + U-Net jointly (epsilon loss, caption dropout for
+    classifier-free guidance, EMA weights saved) for ``unet_minutes``.  The training
+    state lives next to ``out_dir`` (``<out_dir>.state/``) so an interrupted run resumes.
+    Returns ``out_dir``.
+    """
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.set_num_threads(threads)
+    out_dir = Path(out_dir).resolve()
+    state_dir = out_dir.with_name(out_dir.name + ".state")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    L = _Logger(out_dir.with_name(out_dir.name + ".train.log"), log)
+    L(f"train_world_model out={out_dir} seed={seed} vae_minutes={vae_minutes} unet_minutes={unet_minutes} "
+      f"threads={threads} n_images={n_images} batch={batch_size} lr={lr} torch={torch.__version__}")
+
+    tok_dir = state_dir / "tokenizer"
+    build_tokenizer_files(tok_dir)
+    tokenizer = load_tokenizer(tok_dir)
+
+    t = time.time()
+    images, captions = render_dataset(n_images, seed)
+    L(f"rendered {n_images} training pairs in {time.time() - t:.0f}s")
+    uniq = sorted(set(captions) | {""})
+    enc = tokenizer(uniq, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt")
+    cap_index = {c: i for i, c in enumerate(uniq)}
+    cap_ids = torch.tensor([cap_index[c] for c in captions])
+    uniq_ids = enc.input_ids
+    empty_id = cap_index[""]
+    L(f"{len(uniq)} distinct captions")
+
+    # ---- stage 1: VAE
+    vae_path = state_dir / "vae"
+    if resume and (vae_path / "config.json").exists():
+        vae = AutoencoderKL.from_pretrained(str(vae_path)).eval()
+        info = json.loads((state_dir / "vae_info.json").read_text())
+        L(f"resumed VAE from {vae_path}")
+    else:
+        vae, vae_steps = _train_vae(images, vae_minutes, seed, L)
+        info = {"vae_steps": vae_steps, "vae_minutes": vae_minutes}
+    vae.requires_grad_(False)
+    lat_mean, lat_std = _encode_all(vae, images, L)
+    scaling = float(1.0 / lat_mean.float().std())
+    vae.register_to_config(scaling_factor=scaling)
+    if not (vae_path / "config.json").exists():
+        vae.save_pretrained(str(vae_path), safe_serialization=True)
+        info["scaling_factor"] = scaling
+        info["recon_probe_agreement"] = _reconstruction_check(vae, images, L)
+        (state_dir / "vae_info.json").write_text(json.dumps(info))
+    L(f"latent scaling_factor {scaling:.4f} (latent std {lat_mean.float().std():.4f})")
+    lat_mean = lat_mean * scaling
+    lat_std = lat_std * scaling
+
+    # ---- stage 2: text encoder + U-Net
+    torch.manual_seed(seed + 2)
+    text_cfg = CLIPTextConfig(vocab_size=len(tokenizer), **TEXT_CONFIG)
+    text_encoder = CLIPTextModel(text_cfg)
+    unet = UNet2DConditionModel(**UNET_CONFIG)
+    sched = DDIMScheduler(**SCHEDULER_CONFIG)
+    n_unet = sum(p.numel() for p in unet.parameters())
+    n_text = sum(p.numel() for p in text_encoder.parameters())
+    n_vae = sum(p.numel() for p in vae.parameters())
+    L(f"params: unet {n_unet / 1e6:.2f}M text {n_text / 1e6:.2f}M vae {n_vae / 1e6:.2f}M")
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2, betas=(0.9, 0.99))
+    ema_unet = UNet2DConditionModel(**UNET_CONFIG)
+    ema_text = CLIPTextModel(text_cfg)
+    step, elapsed_before = 0, 0.0
+    ckpt = state_dir / "unet_state.pt"
+    if resume and ckpt.exists():
+        st = torch.load(ckpt, map_location="cpu", weights_only=True)
+        unet.load_state_dict(st["unet"])
+        text_encoder.load_state_dict(st["text"])
+        ema_unet.load_state_dict(st["ema_unet"])
+        ema_text.load_state_dict(st["ema_text"])
+        opt.load_state_dict(st["opt"])
+        step, elapsed_before = int(st["step"]), float(st["elapsed"])
+        L(f"resumed U-Net training at step {step} ({elapsed_before / 60:.1f} min done)")
+    else:
+        ema_unet.load_state_dict(unet.state_dict())
+        ema_text.load_state_dict(text_encoder.state_dict())
+    ema_unet.requires_grad_(False).eval()
+    ema_text.requires_grad_(False).eval()
+    ema_params = list(ema_unet.parameters()) + list(ema_text.parameters())
+    alphas = sched.alphas_cumprod.float()
+
+    rng = np.random.default_rng(seed + 3 + step)
+    n = len(lat_mean)
+    budget = unet_minutes * 60.0
+    t0 = time.time() - elapsed_before
+    last_snap = time.time()
+    run = None
+    unet.train()
+    text_encoder.train()
+
+    def snapshot(final: bool = False) -> None:
+        meta = {
+            "seed": seed,
+            "vae_minutes": vae_minutes,
+            "unet_minutes": unet_minutes,
+            "unet_steps": step,
+            "unet_elapsed_min": round((time.time() - t0) / 60, 2),
+            "batch_size": batch_size,
+            "lr": lr,
+            "ema_decay": ema_decay,
+            "caption_dropout": caption_dropout,
+            "n_images": n_images,
+            "threads": threads,
+            "final": final,
+            **info,
+        }
+        save_pipeline(out_dir, vae, ema_text, ema_unet, tok_dir, meta)
+        torch.save(
+            {"unet": unet.state_dict(), "text": text_encoder.state_dict(), "ema_unet": ema_unet.state_dict(),
+             "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "step": step,
+             "elapsed": time.time() - t0},
+            state_dir / "unet_state.tmp",
+        )
+        os.replace(state_dir / "unet_state.tmp", ckpt)
+        L(f"snapshot at step {step} -> {out_dir} ({_dir_size(out_dir) / 1e6:.2f} MB)")
+
+    while time.time() - t0 < budget:
+        f = _lr_factor(step, (time.time() - t0) / budget, warmup=300, final=0.1)
+        for g in opt.param_groups:
+            g["lr"] = lr * f
+        idx = torch.from_numpy(rng.integers(0, n, size=batch_size))
+        z0 = lat_mean[idx].float() + lat_std[idx].float() * torch.randn(batch_size, 4, 16, 16)
+        cid = cap_ids[idx].clone()
+        drop = torch.from_numpy(rng.random(batch_size) < caption_dropout)
+        cid[drop] = empty_id
+        ids = uniq_ids[cid]
+        tt = torch.randint(0, 1000, (batch_size,))
+        noise = torch.randn_like(z0)
+        ab = alphas[tt].view(-1, 1, 1, 1)
+        zt = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
+        cond = text_encoder(ids).last_hidden_state
+        pred = unet(zt, tt, encoder_hidden_states=cond).sample
+        loss = ((pred - noise) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        d = min(ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema_params, params):
+                pe.lerp_(p.detach(), 1 - d)
+        if not math.isfinite(loss.item()):
+            raise RuntimeError(f"loss diverged at step {step}")
+        run = loss.item() if run is None else 0.99 * run + 0.01 * loss.item()
+        if step % 100 == 0:
+            el = time.time() - t0
+            L(f"unet step {step} loss(ema) {run:.4f} gn {float(gn):.2f} lr {lr * f:.2e} "
+              f"{el / 60:.1f}/{unet_minutes} min, {batch_size * step / el:.0f} img/s")
+        if time.time() - last_snap > snapshot_every_minutes * 60:
+            snapshot()
+            last_snap = time.time()
+    snapshot(final=True)
+    L(f"done: {step} U-Net steps; model folder {out_dir} {_dir_size(out_dir) / 1e6:.2f} MB")
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vae-minutes", type=float, default=8.0)
+    ap.add_argument("--unet-minutes", type=float, default=45.0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--snapshot-every-minutes", type=float, default=10.0)
+    ap.add_argument("--n-images", type=int, default=60_000)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=8e-4)
+    ap.add_argument("--no-resume", action="store_true")
+    a = ap.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
+    if a.no_resume:
+        shutil.rmtree(a.out.resolve().with_name(a.out.resolve().name + ".state"), ignore_errors=True)
+    train_world_model(
+        a.out,
+        seed=a.seed,
+        vae_minutes=a.vae_minutes,
+        unet_minutes=a.unet_minutes,
+        threads=a.threads,
+        snapshot_every_minutes=a.snapshot_every_minutes,
+        log=lambda s: print(s, flush=True),
+        n_images=a.n_images,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        resume=not a.no_resume,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
