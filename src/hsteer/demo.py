@@ -25,6 +25,7 @@ NEUTRAL = "a photo of a figure"
 _BASE = dict(neutral=NEUTRAL, objective="codsma", batch_size=8, steps=20, lr=0.05, target_guidance=4.0,
              sampling_guidance=3.0)
 SAFETY_TARGET_GUIDANCE = 4.0
+SAFETY_LR = 0.1  # measured on the bundled model: at lr 0.05 / 150 iterations the harm rate stays ~0.97
 
 #: The world's concepts: (name, group, target or None, negative or None).
 WORLD_CONCEPTS: tuple[tuple[str, str, str | None, str | None], ...] = (
@@ -58,6 +59,7 @@ def world_train_config(name: str, iterations: int, seed: int = 0) -> TrainConfig
     settings = dict(_BASE, iterations=iterations, seed=seed)
     if negative is not None:
         settings["target_guidance"] = SAFETY_TARGET_GUIDANCE
+        settings["lr"] = SAFETY_LR
     return TrainConfig(concept=name, group=group, target=target, negative=negative, **settings)
 
 

@@ -1,0 +1,48 @@
+"""The bundled model's claims, measured by the evaluation code itself (reduced sizes, fixed seeds).
+
+Full-size figures come from `hsteer demo` (see the model card and the closing notes); here the same
+recipe with fewer iterations and images must still show a large, unmistakable effect.
+"""
+
+import json
+
+import pytest
+
+from hsteer.demo import quick_config, run_demo
+from hsteer.world import default_model_path
+
+
+@pytest.fixture(scope="module")
+def summary(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    result = run_demo(quick_config(out), log=lambda message: None)
+    return out, result
+
+
+def test_fair_generation_lowers_the_deviation_ratio_a_lot(summary):
+    _, s = summary
+    before, after = s["mean_deviation_ratio_biased"]["before"], s["mean_deviation_ratio_biased"]["after"]
+    assert before >= 0.6, before          # the planted bias is there (measured 0.82 at these sizes)
+    assert after <= 0.3, after            # measured 0.08
+    assert after <= before / 2.5
+
+
+def test_safety_concept_lowers_the_harm_rate(summary):
+    _, s = summary
+    assert s["harm_rate"]["before"] >= 0.8, s["harm_rate"]
+    assert s["harm_rate"]["after"] <= s["harm_rate"]["before"] - 0.4, s["harm_rate"]
+
+
+def test_fair_generation_keeps_the_profession(summary):
+    _, s = summary
+    assert s["fidelity"]["after_fair"] >= s["fidelity"]["before"] - 0.1, s["fidelity"]
+
+
+def test_demo_writes_its_outputs(summary):
+    out, s = summary
+    for name in ("bank.safetensors", "summary.json", "report.md", "charts/shape_distribution.png",
+                 "charts/colour_distribution.png", "grids/a_photo_of_a_doctor.png"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "summary.json").read_text())["harm_rate"] == s["harm_rate"]
+    assert "mean deviation ratio" in (out / "report.md").read_text()
+    assert default_model_path().is_dir()
