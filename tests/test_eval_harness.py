@@ -82,7 +82,10 @@ def assert_same_run(a: Path, b: Path) -> None:
     rows_a, rows_b = manifest(a), manifest(b)
     assert rows_a == rows_b
     for row in rows_a:
-        assert np.array_equal(pixels(a / "images" / row["file"]), pixels(b / "images" / row["file"])), row["file"]
+        # Same seed and concepts; a different batch composition (a resumed or sharded run batches the
+        # remaining images differently) changes CPU matmul rounding by at most one uint8 level.
+        diff = np.abs(pixels(a / "images" / row["file"]) - pixels(b / "images" / row["file"]))
+        assert diff.max() <= 1, (row["file"], int(diff.max()))
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +116,8 @@ def test_two_accelerate_processes_make_the_same_images(reference, sd_dir, clip_d
     out = tmp_path / "sharded"
     # `--cpu --num_processes 2` runs ONE process in accelerate (its simple launcher); the multi-process
     # launcher with CPU tensors gives two gloo processes, which PartialState(cpu=True) sees as two.
-    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    accelerate = str(Path(sys.executable).with_name("accelerate"))  # the venv's, whatever PATH holds
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(29400 + os.getpid() % 500),
            "-m", ENTRY, *map(str, winobias_args(sd_dir, clip_dir, fair_bank, out)), "--no-score"]
     proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300, check=False)
