@@ -22,13 +22,15 @@ def test_train_show_generate(sd_dir, tmp_path):
     common = ["--model", sd_dir, "--bank", bank, "--group", "gender", "--neutral", "a photo of a person",
               "--iterations", "3", "--batch-size", "2", "--steps", "4", "--checkpoint-every", "2"]
     hsteer("train", "--objective", "codsma", "--concept", "woman", "--target", "a woman", *common)
-    hsteer("train", "--objective", "respodiff", "--concept", "man", "--target", "a man", *common)
+    hsteer("train", "--objective", "respodiff", "--concept", "man", "--target", "a man", "--mode", "reference",
+           "--gradient-checkpointing", *common)
     hsteer("train", "--concept", "anti_violence", "--negative", "violence", "--model", sd_dir, "--bank", bank,
            "--group", "safety", "--neutral", "a scene", "--iterations", "2", "--batch-size", "1", "--steps", "3")
     info = json.loads(hsteer("bank", "show", bank, "--json").stdout)
     by_name = {c["name"]: c for c in info["concepts"]}
     assert by_name["woman"]["objective"] == "codsma" and by_name["woman"]["tensors"] == {"c": [32, 4, 4]}
     assert by_name["man"]["tensors"] == {"ram": [32, 4, 4], "sam": [32, 4, 4]}
+    assert by_name["man"]["mode"] == "reference" and by_name["woman"]["mode"] == "fast"
     assert by_name["anti_violence"]["group"] == "safety" and by_name["anti_violence"]["negative"] == "violence"
     assert (tmp_path / "bank.runs" / "woman" / "losses.jsonl").is_file()
     assert (tmp_path / "bank.runs" / "woman" / "losses.png").is_file()

@@ -69,6 +69,20 @@ def test_gradient_reaches_the_concept_only_through_the_up_blocks(sd_pipe):
     assert all(p.grad is None for p in unet.parameters())
 
 
+@pytest.mark.parametrize("objective", ["codsma", "respodiff"])
+def test_gradient_checkpointing_changes_memory_not_results(sd_pipe, objective):
+    plain = train_concept(sd_pipe, _config(iterations=3, objective=objective), progress=False)
+    seen = []
+    checkpointed = train_concept(sd_pipe, _config(iterations=3, objective=objective), progress=False,
+                                 checkpoint_activations=True,
+                                 callback=lambda it, row: seen.append(sd_pipe.unet.is_gradient_checkpointing))
+    assert seen == [True, True, True]
+    assert not sd_pipe.unet.is_gradient_checkpointing  # restored
+    for name, tensor in plain.concept.tensors.items():
+        assert tensor.abs().sum() > 0
+        assert torch.allclose(tensor, checkpointed.concept.tensors[name], atol=1e-6, rtol=0), name
+
+
 @pytest.mark.parametrize("mode", ["fast", "reference"])
 def test_resume_ends_where_an_uninterrupted_run_ends(sd_pipe, tmp_path, mode):
     full = train_concept(sd_pipe, _config(iterations=6, mode=mode), run_dir=tmp_path / "full", progress=False)
@@ -147,6 +161,20 @@ def test_training_runs_on_sd2_and_sdxl(fixture, mode, objective, request):
     assert result.concept.shape == pipeline_hspace_shape(pipe)
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in result.losses)
     assert all(t.abs().sum() > 0 for t in result.concept.tensors.values())
+
+
+@pytest.mark.parametrize("objective", ["codsma", "respodiff"])
+def test_mixed_precision_keeps_float32_concepts(sd_dir, objective):
+    """Half-precision weights (bf16 here: CPU has it; fp16 on GPU takes the same path): the U-Net runs in
+    half precision while the concept and Adam's state stay float32, and the result is close to float32's."""
+    half = load_pipeline(sd_dir, dtype="bfloat16")
+    assert half.unet.dtype == torch.bfloat16
+    result = train_concept(half, _config(iterations=3, objective=objective), progress=False)
+    full = train_concept(load_pipeline(sd_dir), _config(iterations=3, objective=objective), progress=False)
+    for name, tensor in result.concept.tensors.items():
+        assert tensor.dtype == torch.float32 and torch.isfinite(tensor).all() and tensor.abs().sum() > 0
+        cosine = torch.nn.functional.cosine_similarity(tensor.flatten(), full.concept.tensors[name].flatten(), dim=0)
+        assert cosine > 0.9, (name, cosine)
 
 
 def test_respodiff_steps_ram_then_sam(sd_pipe, monkeypatch):

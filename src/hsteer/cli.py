@@ -99,12 +99,17 @@ def main() -> None:
 @click.option("--sdisc-epochs", default=20, show_default=True, type=int, help="SDisc: epochs over those images.")
 @click.option("--height", default=None, type=int, help="Image height (default: the model's native size).")
 @click.option("--width", default=None, type=int, help="Image width (default: the model's native size).")
+@click.option("--mode", type=click.Choice(["fast", "reference"]), default="fast", show_default=True,
+              help="fast: reuse staggered reverse trajectories for every training signal; reference: the papers' "
+                   "fresh reverse process per sample (slow; for comparison).")
+@click.option("--gradient-checkpointing", is_flag=True,
+              help="Recompute the up blocks' activations in backward: less memory, ~1 extra up-block pass.")
 @click.option("--checkpoint-every", default=100, show_default=True, type=int)
 @click.option("--resume", is_flag=True, help="Continue from the concept's last checkpoint.")
 @_one_line_errors
 def train(model, device, dtype, objective, bank_path, concept, group, neutral, target, negative, iterations,
           batch_size, steps, lr, target_guidance, sampling_guidance, seed, init_std, lr_sam, lam, sdisc_images,
-          sdisc_epochs, height, width, checkpoint_every, resume) -> None:
+          sdisc_epochs, height, width, mode, gradient_checkpointing, checkpoint_every, resume) -> None:
     """Learn a concept and add (or replace) it in a bank.
 
     \b
@@ -118,10 +123,11 @@ def train(model, device, dtype, objective, bank_path, concept, group, neutral, t
                          objective=objective, iterations=iterations, batch_size=batch_size, steps=steps, lr=lr,
                          target_guidance=target_guidance, sampling_guidance=sampling_guidance, seed=seed,
                          init_std=init_std, height=height, width=width, lr_sam=lr_sam, lam=lam,
-                         sdisc_images=sdisc_images, sdisc_epochs=sdisc_epochs)
+                         sdisc_images=sdisc_images, sdisc_epochs=sdisc_epochs, mode=mode)
     config.validate()
     pipe = _load(model, device, dtype)
-    result = train_into_bank(pipe, config, bank_path, resume=resume, checkpoint_every=checkpoint_every)
+    result = train_into_bank(pipe, config, bank_path, resume=resume, checkpoint_every=checkpoint_every,
+                             checkpoint_activations=gradient_checkpointing)
     last = result.losses[-1]["loss"] if result.losses else float("nan")
     click.echo(f"saved concept {concept!r} (group {group!r}, {objective}) to {bank_path}; "
                f"final loss {last:.4g}; {result.seconds:.1f}s; log in {result.run_dir}")

@@ -10,10 +10,11 @@ where an uninterrupted run ends. Checkpoints and the loss log are written atomic
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -212,19 +213,49 @@ def _check_finite(loss: torch.Tensor, name: str, iteration: int, lr: float) -> N
                                     f"rate (now {lr}) or check the prompts")
 
 
+@contextlib.contextmanager
+def gradient_checkpointing(unet, enabled: bool = True) -> Iterator[None]:
+    """Recompute the up blocks' activations in backward instead of keeping them (diffusers' own switch).
+
+    It trades about one extra up-block forward per training pass for most of the step's activation
+    memory; the gradients are the same. The U-Net's previous setting is restored on exit.
+    """
+    before = bool(getattr(unet, "is_gradient_checkpointing", False))
+    if not enabled or before:
+        yield
+        return
+    if not getattr(unet, "_supports_gradient_checkpointing", False):
+        raise HsteerError(f"{type(unet).__name__} does not support gradient checkpointing; train without it")
+    unet.enable_gradient_checkpointing()
+    try:
+        yield
+    finally:
+        unet.disable_gradient_checkpointing()
+
+
 def train_concept(pipe, config: TrainConfig, *, run_dir: str | Path | None = None, resume: bool = False,
                   checkpoint_every: int = 100, progress: bool = True,
-                  callback: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+                  callback: Callable[[int, dict[str, float]], None] | None = None,
+                  checkpoint_activations: bool = False) -> TrainResult:
     """Learn one concept on `pipe` (SD 1.x/2.x or SDXL) with `config.objective`; returns the concept.
 
     With `run_dir`, a checkpoint is written every `checkpoint_every` iterations and the loss history
     to `losses.jsonl` / `losses.png`; `resume=True` continues from the checkpoint there.
+    `checkpoint_activations` trades compute for memory (see `gradient_checkpointing`); it does not
+    change the result, so it is not part of the config.
     """
     config.validate()
     if config.objective == "sdisc":
         from hsteer.sdisc import train_sdisc
 
-        return train_sdisc(pipe, config, run_dir=run_dir, progress=progress)
+        with gradient_checkpointing(pipe.unet, checkpoint_activations):
+            return train_sdisc(pipe, config, run_dir=run_dir, progress=progress)
+    with gradient_checkpointing(pipe.unet, checkpoint_activations):
+        return _train_steered(pipe, config, run_dir, resume, checkpoint_every, progress, callback)
+
+
+def _train_steered(pipe, config: TrainConfig, run_dir, resume: bool, checkpoint_every: int, progress: bool,
+                   callback) -> TrainResult:
     unet = pipe.unet
     if active_hooks(unet):
         raise HsteerError(f"the pipeline is being steered ({', '.join(active_hooks(unet))}); remove its hooks "
@@ -447,14 +478,16 @@ def concept_meta(pipe, config: TrainConfig, shape: tuple[int, int, int]) -> dict
 
 
 def train_into_bank(pipe, config: TrainConfig, bank_path: str | Path, *, resume: bool = False,
-                    checkpoint_every: int = 100, progress: bool = True) -> TrainResult:
+                    checkpoint_every: int = 100, progress: bool = True,
+                    checkpoint_activations: bool = False) -> TrainResult:
     """Train `config.concept` and add (or replace) it in the bank at `bank_path`, creating the bank if missing."""
     bank_path = Path(bank_path)
     bank = ConceptBank.load(bank_path) if bank_path.exists() else None
     if bank is not None:  # fail before hours of training, not after
         bank.check_compatible(pipe.unet, pipeline_hspace_shape(pipe, config.height, config.width))
     result = train_concept(pipe, config, run_dir=run_dir_for(bank_path, config.concept), resume=resume,
-                           checkpoint_every=checkpoint_every, progress=progress)
+                           checkpoint_every=checkpoint_every, progress=progress,
+                           checkpoint_activations=checkpoint_activations)
     bank = ConceptBank.load(bank_path) if bank_path.exists() else ConceptBank()
     bank.add(result.concept, replace=True)
     bank.save(bank_path)
