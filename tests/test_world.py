@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections import Counter
 
 import numpy as np
@@ -186,7 +187,6 @@ def test_planted_bias_frequencies():
 
 
 def test_tokenizer_word_level(tmp_path):
-    pytest.importorskip("transformers")
     from hsteer.world.train import MAX_LENGTH, build_tokenizer_files, load_tokenizer
 
     build_tokenizer_files(tmp_path)
@@ -254,3 +254,32 @@ def test_bundled_model_generates():
     assert out[0].size == (32, 32)
     assert sum(probe_shape(i) == "square" for i in out) >= 6
     assert sum(probe_colour(i) == "red" for i in out) >= 6
+
+
+@pytest.mark.slow
+def test_world_training_script_saves_a_loadable_pipeline(tmp_path):
+    """`hsteer world train`'s engine, for seconds instead of an hour: a standard SD folder with hsteer.json."""
+    import torch
+
+    from hsteer.models import load_pipeline, sampling_defaults
+    from hsteer.world import DEFAULT_GUIDANCE, DEFAULT_STEPS
+    from hsteer.world.train import train_world_model
+
+    out = train_world_model(tmp_path / "model", vae_minutes=0.05, unet_minutes=0.1, threads=2, n_images=256,
+                            batch_size=16, log=lambda s: None)
+    assert sampling_defaults(out) == {"steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE}
+    assert (tmp_path / "model.train.log").is_file() and (out / "training_info.json").is_file()
+    assert not [f for f in out.rglob("*") if f.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
+    pipe = load_pipeline(out)
+    assert type(pipe).__name__ == "StableDiffusionPipeline" and pipe.unet.config.sample_size == 16
+    image = pipe("a photo of a red square", num_inference_steps=2, guidance_scale=DEFAULT_GUIDANCE,
+                 generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+    assert image.shape == (32, 32, 3) and np.isfinite(image).all()
+
+    lines: list[str] = []  # the training state (safetensors, no pickles) resumes
+    train_world_model(tmp_path / "model", vae_minutes=0.05, unet_minutes=0.1, threads=2, n_images=256,
+                      batch_size=16, log=lines.append)
+    assert any("] resumed VAE" in line for line in lines), lines
+    resumed = [re.search(r"\] resumed U-Net training at step (\d+)", line) for line in lines]
+    assert [int(m.group(1)) for m in resumed if m][:1] > [0], lines
+    assert (tmp_path / "model.state" / "unet_state.safetensors").is_file()

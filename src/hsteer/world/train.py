@@ -24,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hsteer.world import scene
+from hsteer.errors import TrainingDivergedError
+from hsteer.fileio import atomic_save
+from hsteer.world import DEFAULT_GUIDANCE, DEFAULT_STEPS, scene
 
 MAX_LENGTH = 16
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
@@ -247,6 +249,8 @@ def save_pipeline(out_dir: Path, vae, text_encoder, unet, tok_dir: Path, extra: 
         requires_safety_checker=False,
     )
     pipe.save_pretrained(str(tmp), safe_serialization=True)
+    # the sampling defaults every hsteer command reads from the model folder (hsteer.models.sampling_defaults)
+    (tmp / "hsteer.json").write_text(json.dumps({"steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE}) + "\n")
     if extra is not None:
         (tmp / "training_info.json").write_text(json.dumps(extra, indent=2))
     if out_dir.exists():
@@ -330,6 +334,38 @@ def _reconstruction_check(vae, images_u8, log, n: int = 300) -> dict:
     acc = {k: float(np.mean([a == b for a, b in zip(got[k], ref[k])])) for k in got}
     log(f"vae reconstruction probe agreement: {acc}")
     return acc
+
+
+def _save_training_state(path: Path, modules: dict, opt, step: int, elapsed: float) -> None:
+    """Weights, EMA weights and AdamW state in one safetensors file (no pickles), written atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {f"{name}/{k}": v.detach().contiguous() for name, m in modules.items()
+               for k, v in m.state_dict().items()}
+    opt_state = opt.state_dict()
+    for index, state in opt_state["state"].items():
+        for key, value in state.items():
+            tensors[f"opt/{index}/{key}"] = value.detach().contiguous()
+    meta = {"step": step, "elapsed": elapsed, "param_groups": opt_state["param_groups"]}
+    atomic_save(path, lambda tmp: save_file(tensors, tmp, metadata={"hsteer_world_state": json.dumps(meta)}))
+
+
+def _load_training_state(path: Path, modules: dict, opt) -> tuple[int, float]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        meta = json.loads(handle.metadata()["hsteer_world_state"])
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    for name, module in modules.items():
+        prefix = f"{name}/"
+        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt/"):
+            _, index, field = key.split("/", 2)
+            state.setdefault(int(index), {})[field] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return int(meta["step"]), float(meta["elapsed"])
 
 
 def train_world_model(
@@ -420,15 +456,10 @@ def train_world_model(
     ema_unet = UNet2DConditionModel(**UNET_CONFIG)
     ema_text = CLIPTextModel(text_cfg)
     step, elapsed_before = 0, 0.0
-    ckpt = state_dir / "unet_state.pt"
+    ckpt = state_dir / "unet_state.safetensors"
+    modules = {"unet": unet, "text": text_encoder, "ema_unet": ema_unet, "ema_text": ema_text}
     if resume and ckpt.exists():
-        st = torch.load(ckpt, map_location="cpu", weights_only=True)
-        unet.load_state_dict(st["unet"])
-        text_encoder.load_state_dict(st["text"])
-        ema_unet.load_state_dict(st["ema_unet"])
-        ema_text.load_state_dict(st["ema_text"])
-        opt.load_state_dict(st["opt"])
-        step, elapsed_before = int(st["step"]), float(st["elapsed"])
+        step, elapsed_before = _load_training_state(ckpt, modules, opt)
         L(f"resumed U-Net training at step {step} ({elapsed_before / 60:.1f} min done)")
     else:
         ema_unet.load_state_dict(unet.state_dict())
@@ -464,13 +495,7 @@ def train_world_model(
             **info,
         }
         save_pipeline(out_dir, vae, ema_text, ema_unet, tok_dir, meta)
-        torch.save(
-            {"unet": unet.state_dict(), "text": text_encoder.state_dict(), "ema_unet": ema_unet.state_dict(),
-             "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "step": step,
-             "elapsed": time.time() - t0},
-            state_dir / "unet_state.tmp",
-        )
-        os.replace(state_dir / "unet_state.tmp", ckpt)
+        _save_training_state(ckpt, modules, opt, step, time.time() - t0)
         L(f"snapshot at step {step} -> {out_dir} ({_dir_size(out_dir) / 1e6:.2f} MB)")
 
     while time.time() - t0 < budget:
@@ -500,7 +525,7 @@ def train_world_model(
             for pe, p in zip(ema_params, params):
                 pe.lerp_(p.detach(), 1 - d)
         if not math.isfinite(loss.item()):
-            raise RuntimeError(f"loss diverged at step {step}")
+            raise TrainingDivergedError(f"the world model's loss diverged at step {step}; lower --lr")
         run = loss.item() if run is None else 0.99 * run + 0.01 * loss.item()
         if step % 100 == 0:
             el = time.time() - t0
