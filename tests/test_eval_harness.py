@@ -153,11 +153,13 @@ def test_killed_run_resumes_without_losing_or_repeating_images(reference, sd_dir
     again = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300, check=False)
     assert again.returncode == 0, again.stdout + again.stderr
     counts = generated_counts(out)
-    # A kill between writing a PNG and logging it leaves an image the next run keeps ("recovered").
+    # A kill after writing a batch's PNGs but before its shard manifest leaves images the next run keeps
+    # and records ("recovered"), without making them again; they may or may not be logged as generated,
+    # depending on whether the kill came before or after the log line.
     recovered = generated_counts(out, "recovered")
-    assert all(v == 1 for v in recovered.values()) and len(recovered) <= 1
-    assert not set(recovered) & set(counts)
-    assert f"generated {12 - len(before) - len(recovered)}, kept {len(before) + len(recovered)}" in again.stdout
+    assert all(v == 1 for v in recovered.values()) and len(recovered) <= 1  # batches of one image
+    kept = set(before) | set(recovered)
+    assert f"generated {12 - len(kept)}, kept {len(kept)}" in again.stdout
     assert set(counts) | set(recovered) == {f"{n:06d}.png" for n in range(12)}
     assert all(v == 1 for v in counts.values()), counts  # each image made exactly once
     assert not list((out / "images").glob(".*"))  # no temporary files left behind
@@ -313,7 +315,6 @@ def test_coco_end_to_end_without_fid(sd_dir, clip_dir, tmp_path):
 
 
 def test_world_classifier(sd_dir, tmp_path):
-    pytest.importorskip("hsteer.world.scene")
     out = tmp_path / "world"
     run_cli("eval", "winobias", "--model", sd_dir, "--classifier", "world", "--professions", "doctor",
             "--max-templates", "1", "--images-per-prompt", "2", "--steps", "2", "--out", out, "--quiet")

@@ -177,6 +177,13 @@ def image_jobs(prompts: Sequence[str], num_images: int, seed: int) -> list[tuple
     return [(p, i, seed + i) for p in prompts for i in range(num_images)]
 
 
+def _resolution_and_shape(pipe, height: int | None, width: int | None) -> tuple[int, int, tuple[int, int, int]]:
+    """The image size (the model's native one where not given) and the h-space shape at that size."""
+    native = default_resolution(pipe)
+    height, width = height or native[0], width or native[1]
+    return height, width, pipeline_hspace_shape(pipe, height, width)
+
+
 def generate(pipe, prompts: str | Sequence[str], *, num_images_per_prompt: int = 1, seed: int = 0,
              bank: ConceptBank | None = None, policy: Policy | None = None, steps: int = 50,
              guidance: float = 7.5, height: int | None = None, width: int | None = None, batch_size: int = 8,
@@ -189,9 +196,7 @@ def generate(pipe, prompts: str | Sequence[str], *, num_images_per_prompt: int =
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     policy = policy or PlainPolicy()
     jobs = image_jobs(prompts, num_images_per_prompt, seed)
-    native = default_resolution(pipe)
-    height, width = height or native[0], width or native[1]
-    shape = pipeline_hspace_shape(pipe, height, width)
+    height, width, shape = _resolution_and_shape(pipe, height, width)
     if bank is not None and not isinstance(policy, PlainPolicy):
         bank.check_compatible(pipe.unet, shape, allow_other_model=allow_other_model)
     elif bank is None and not isinstance(policy, PlainPolicy):
@@ -217,9 +222,7 @@ def generate_jobs(pipe, jobs: Sequence[ImageJob], bank: ConceptBank | None, poli
     """
     from tqdm.auto import tqdm
 
-    native = default_resolution(pipe)
-    height, width = height or native[0], width or native[1]
-    shape = pipeline_hspace_shape(pipe, height, width)
+    height, width, shape = _resolution_and_shape(pipe, height, width)
     out_path = Path(out_dir) if out_dir is not None else None
     if out_path is not None:
         out_path.mkdir(parents=True, exist_ok=True)
