@@ -54,7 +54,8 @@ def _random_bank(pipe, names_by_group: dict[str, list[str]], scale: float = 1.0)
 
 
 def bench_generation(pipe, batch: int, steps: int, repeats: int) -> dict[str, float]:
-    """Plain vs steered (one concept for all) vs fair (a different concept per image), interleaved."""
+    """Plain vs steered (one concept for all) vs fair (a different concept per image), interleaved in a
+    rotating order; medians."""
     from hsteer.generation import ConceptPolicy, FairPolicy, PlainPolicy, generate
 
     bank = _random_bank(pipe, {"g": [f"c{i}" for i in range(batch)]})
@@ -64,53 +65,107 @@ def bench_generation(pipe, batch: int, steps: int, repeats: int) -> dict[str, fl
     kwargs = dict(num_images_per_prompt=batch, seed=0, bank=bank, steps=steps, guidance=6.0, batch_size=batch,
                   progress=False)
     generate(pipe, prompts, policy=PlainPolicy(), **kwargs)  # warm-up
-    for _ in range(repeats):
-        for name, policy in policies.items():
+    names = list(policies)
+    fair_draws: set[str] = set()
+    for r in range(repeats):
+        for name in names[r % 3:] + names[:r % 3]:  # rotate the order: no policy always runs first
             began = time.perf_counter()
-            out = generate(pipe, prompts, policy=policy, **kwargs)
+            out = generate(pipe, prompts, policy=policies[name], **kwargs)
             times[name].append(time.perf_counter() - began)
-        assert len(out) == batch
-    fair_draws = {r.concepts[0]["name"] for r in out.records}
+            assert len(out) == batch
+            if name == "fair":
+                fair_draws = {record.concepts[0]["name"] for record in out.records}
     med = {k: statistics.median(v) for k, v in times.items()}
+    hook = _hook_cost(pipe, bank, batch, steps)
     return {"steer_overhead": med["steered"] / med["plain"], "fair_batch_ratio": med["plain"] / med["fair"],
+            "steer_overhead_hook_bound": 1 + hook["seconds_per_generation"] / med["plain"],
             "plain_seconds": med["plain"], "steered_seconds": med["steered"], "fair_seconds": med["fair"],
+            "hook_seconds_per_call": hook["seconds_per_call"], "hook_calls_per_generation": hook["calls"],
             "fair_distinct_concepts": len(fair_draws), "batch": batch, "steps": steps, "repeats": repeats}
 
 
-def bench_memory(pipe) -> dict[str, float]:
-    """Bytes autograd saves for backward in one CoDSMa step: ours vs a backward through the whole U-Net."""
+def _hook_cost(pipe, bank, batch: int, steps: int) -> dict[str, float]:
+    """What the steering hook itself costs: its calls per generation x its time per call on that batch's h.
+
+    A low-noise bound on the steering overhead: on a tiny model the whole-generation ratio above is
+    dominated by the machine's noise (a few percent either way)."""
     import torch
+
+    from hsteer.models import pipeline_hspace_shape
+    from hsteer.steering import SteeringConfig, active_hooks, steer
+
+    calls = {}
+    with steer(pipe, SteeringConfig(bank["c0"].delta()), name="hsteer-bench") as hook:
+        pipe("a photo", num_inference_steps=steps, guidance_scale=6.0, num_images_per_prompt=batch,
+             output_type="latent")
+        calls["n"] = hook.calls
+        h = torch.randn(2 * batch, *pipeline_hspace_shape(pipe))
+        hook._hook(None, (), h)  # fills the cache, as the first step of a generation does
+        repeats = 2000
+        began = time.perf_counter()
+        for _ in range(repeats):
+            hook._hook(None, (), h)
+        per_call = (time.perf_counter() - began) / repeats
+    assert not active_hooks(pipe)
+    return {"calls": calls["n"], "seconds_per_call": per_call, "seconds_per_generation": calls["n"] * per_call}
+
+
+def bench_memory(pipe) -> dict[str, float]:
+    """Memory autograd keeps for backward in one CoDSMa step: ours, ours with gradient checkpointing,
+    and a backward through the whole U-Net.
+
+    Counted as the distinct storages the graph holds (saved tensors, and the inputs a checkpointed
+    block keeps for its recomputation), so a tensor saved by two ops counts once.
+    """
+    import torch
+    import torch.utils.checkpoint
 
     from hsteer import objectives
     from hsteer.models import pipeline_hspace_shape
     from hsteer.sampling import DDIMSchedule, encode_text
 
-    pipe.unet.requires_grad_(False)
+    unet = pipe.unet
+    unet.requires_grad_(False)
     schedule = DDIMSchedule(pipe.scheduler, 20)
     B = 8
     y = encode_text(pipe, ["a photo of a figure"]).expand(B)
-    size = pipe.unet.config.sample_size
+    size = unet.config.sample_size
     t = schedule.timesteps[torch.arange(B) % 20]
     c = torch.nn.Parameter(torch.zeros(pipeline_hspace_shape(pipe)))
-    target = torch.zeros(B, pipe.unet.config.in_channels, size, size)
+    target = torch.zeros(B, unet.config.in_channels, size, size)
 
-    def saved_bytes(z_t) -> int:
-        total = 0
+    def held_bytes(z_t, checkpointing: bool) -> int:
+        seen: dict[int, int] = {}
 
-        def pack(tensor):
-            nonlocal total
-            total += tensor.numel() * tensor.element_size()
+        def hold(tensor):
+            storage = tensor.untyped_storage()
+            seen.setdefault(storage.data_ptr(), storage.nbytes())
             return tensor
 
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-            loss = objectives.codsma_loss(pipe.unet, schedule, z_t, t, c, y, target)
-        loss.backward()
-        return total
+        def counting_checkpoint(module, *args):
+            if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+                for a in args:  # the inputs stay alive until the recomputation in backward
+                    if isinstance(a, torch.Tensor):
+                        hold(a)
+            return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False)
 
-    z = torch.randn(B, pipe.unet.config.in_channels, size, size)
-    ours = saved_bytes(z)
-    full = saved_bytes(z.clone().requires_grad_(True))  # the graph now spans the down and mid blocks too
-    return {"saved_bytes_ours": ours, "saved_bytes_full_unet": full, "memory_ratio": ours / full, "batch": B}
+        if checkpointing:
+            unet.enable_gradient_checkpointing(counting_checkpoint)
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(hold, lambda x: x):
+                loss = objectives.codsma_loss(unet, schedule, z_t, t, c, y, target)
+            loss.backward()
+        finally:
+            if checkpointing:
+                unet.disable_gradient_checkpointing()
+        return sum(seen.values())
+
+    z = torch.randn(B, unet.config.in_channels, size, size)
+    ours = held_bytes(z, checkpointing=False)
+    checkpointed = held_bytes(z, checkpointing=True)
+    full = held_bytes(z.clone().requires_grad_(True), checkpointing=False)  # the graph spans down and mid blocks
+    return {"saved_bytes_ours": ours, "saved_bytes_checkpointed": checkpointed, "saved_bytes_full_unet": full,
+            "memory_ratio": ours / full, "memory_ratio_checkpointed": checkpointed / full, "batch": B}
 
 
 def bench_training(pipe, reference_milestones: list[int], fast_milestones: list[int], images: int, workdir: Path,
@@ -194,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         results.update(bench_generation(pipe, batch=4, steps=4, repeats=2))
     else:
-        results.update(bench_generation(pipe, batch=16, steps=20, repeats=7))
+        results.update(bench_generation(pipe, batch=16, steps=20, repeats=15))
     results["train_memory"] = bench_memory(pipe)
     if not args.skip_training:
         with tempfile.TemporaryDirectory() as tmp:

@@ -4,15 +4,28 @@ import importlib.util
 from pathlib import Path
 
 
+def _load(name: str):
+    path = Path(__file__).parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"hsteer_bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_quick_benchmark_reports_every_key():
-    path = Path(__file__).parent.parent / "benchmarks" / "run.py"
-    spec = importlib.util.spec_from_file_location("hsteer_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    results = bench.main(["--quick", "--json", "--threads", "2"])
+    results = _load("run").main(["--quick", "--json", "--threads", "2"])
     for key in ("steer_overhead", "fair_batch_ratio", "train_speedup", "train_quality", "train_memory"):
         assert key in results, key
     assert results["steer_overhead"] > 0 and results["fair_batch_ratio"] > 0
     assert results["fair_distinct_concepts"] > 1  # the fair batch really mixed concepts
-    assert 0 < results["train_memory"]["memory_ratio"] < 1
+    memory = results["train_memory"]
+    assert 0 < memory["memory_ratio_checkpointed"] < memory["memory_ratio"] < 1
     assert set(results["train_quality"]) >= {"reference", "fast"}
+
+
+def test_quick_eval_scaling_makes_the_same_images_in_one_and_two_processes():
+    results = _load("eval_scaling").main(["--quick", "--json"])
+    assert results, "the two runs differ"
+    assert results["same_manifest"] and results["max_pixel_difference"] <= 1 and results["images"] == 8
+    assert results["same_deviation_ratio"]
+    assert results["one_process_seconds"] > 0 and results["two_process_seconds"] > 0
