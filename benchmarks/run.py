@@ -99,7 +99,7 @@ def _hook_cost(pipe, bank, batch: int, steps: int) -> dict[str, float]:
         pipe("a photo", num_inference_steps=steps, guidance_scale=6.0, num_images_per_prompt=batch,
              output_type="latent")
         calls["n"] = hook.calls
-        h = torch.randn(2 * batch, *pipeline_hspace_shape(pipe))
+        h = torch.randn(2 * batch, *pipeline_hspace_shape(pipe), device=pipe.unet.device, dtype=pipe.unet.dtype)
         hook._hook(None, (), h)  # fills the cache, as the first step of a generation does
         repeats = 2000
         began = time.perf_counter()
@@ -126,13 +126,14 @@ def bench_memory(pipe) -> dict[str, float]:
 
     unet = pipe.unet
     unet.requires_grad_(False)
-    schedule = DDIMSchedule(pipe.scheduler, 20)
+    device, dtype = unet.device, unet.dtype
+    schedule = DDIMSchedule(pipe.scheduler, 20, device)
     B = 8
     y = encode_text(pipe, ["a photo of a figure"]).expand(B)
     size = unet.config.sample_size
-    t = schedule.timesteps[torch.arange(B) % 20]
-    c = torch.nn.Parameter(torch.zeros(pipeline_hspace_shape(pipe)))
-    target = torch.zeros(B, unet.config.in_channels, size, size)
+    t = schedule.timesteps[torch.arange(B, device=device) % 20]
+    c = torch.nn.Parameter(torch.zeros(pipeline_hspace_shape(pipe), device=device))
+    target = torch.zeros(B, unet.config.in_channels, size, size, device=device)
 
     def held_bytes(z_t, checkpointing: bool) -> int:
         seen: dict[int, int] = {}
@@ -160,12 +161,47 @@ def bench_memory(pipe) -> dict[str, float]:
                 unet.disable_gradient_checkpointing()
         return sum(seen.values())
 
-    z = torch.randn(B, unet.config.in_channels, size, size)
-    ours = held_bytes(z, checkpointing=False)
-    checkpointed = held_bytes(z, checkpointing=True)
-    full = held_bytes(z.clone().requires_grad_(True), checkpointing=False)  # the graph spans down and mid blocks
+    z = torch.randn(B, unet.config.in_channels, size, size, device=device, dtype=dtype)
+    cuda = device.type == "cuda"
+    peaks = {}
+
+    def measured(name: str, z_t, checkpointing: bool) -> int:
+        if cuda:  # on a GPU, the allocator's peak too
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+        held = held_bytes(z_t, checkpointing)
+        if cuda:
+            peaks[f"peak_bytes_{name}"] = torch.cuda.max_memory_allocated(device) - base
+        return held
+
+    ours = measured("ours", z, checkpointing=False)
+    checkpointed = measured("checkpointed", z, checkpointing=True)
+    full = measured("full_unet", z.clone().requires_grad_(True), checkpointing=False)  # spans down + mid blocks
     return {"saved_bytes_ours": ours, "saved_bytes_checkpointed": checkpointed, "saved_bytes_full_unet": full,
-            "memory_ratio": ours / full, "memory_ratio_checkpointed": checkpointed / full, "batch": B}
+            "memory_ratio": ours / full, "memory_ratio_checkpointed": checkpointed / full, "batch": B, **peaks}
+
+
+def bench_train_throughput(pipe, steps: int, iterations: int) -> dict[str, dict[str, float]]:
+    """Steady-state training speed of each mode on any model (no evaluation): iterations/s and training
+    signals (samples) per second, timed between iterations after the first two (warm-up, trajectory pool)."""
+    from hsteer.training import TrainConfig, train_concept
+
+    out = {}
+    for name, mode, batch, checkpointing in (("fast", "fast", 8, False), ("fast_checkpointed", "fast", 8, True),
+                                             ("reference", "reference", 1, False)):
+        stamps: list[float] = []
+        config = TrainConfig(concept="c", group="g", neutral="a photo of a person", target="a photo of a woman",
+                             mode=mode, iterations=iterations + 2, batch_size=batch, steps=steps, seed=0)
+        train_concept(pipe, config, progress=False, checkpoint_activations=checkpointing,
+                      callback=lambda it, row, stamps=stamps: stamps.append(time.perf_counter()))
+        per_iteration = (stamps[-1] - stamps[1]) / (len(stamps) - 2)
+        out[name] = {"iterations_per_second": 1 / per_iteration, "signals_per_second": batch / per_iteration,
+                     "batch": batch, "steps": steps}
+    out["signals_per_second_ratio"] = out["fast"]["signals_per_second"] / out["reference"]["signals_per_second"]
+    out["checkpointing_slowdown"] = (out["fast"]["iterations_per_second"]
+                                     / out["fast_checkpointed"]["iterations_per_second"])
+    return out
 
 
 def bench_training(pipe, reference_milestones: list[int], fast_milestones: list[int], images: int, workdir: Path,
@@ -235,22 +271,33 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", action="store_true", help="Print one JSON object.")
     parser.add_argument("--model", default=None, help="Default: the bundled world model.")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--device", default="cpu", help="e.g. cuda (the ratios are then GPU figures).")
+    parser.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16 weights.")
+    parser.add_argument("--train-throughput", action="store_true",
+                        help="Also time training iterations/s of both modes (any model; 50-step schedule).")
+    parser.add_argument("--skip-training", action="store_true",
+                        help="Generation and memory only (the training benchmark needs the world model's probes).")
     args = parser.parse_args(argv)
     _setup(args.threads)
     import torch
 
     from hsteer.models import load_pipeline
 
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
     pipe._hsteer_model = args.model
-    results: dict = {"machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, threads {args.threads}",
+    machine = f"{os.cpu_count()} CPU cores, torch {torch.__version__}, threads {args.threads}"
+    if pipe.unet.device.type == "cuda":
+        machine += f", {torch.cuda.get_device_name(pipe.unet.device)}, {args.dtype}"
+    results: dict = {"machine": machine,
                      "quick": args.quick}
     if args.quick:
         results.update(bench_generation(pipe, batch=4, steps=4, repeats=2))
     else:
         results.update(bench_generation(pipe, batch=16, steps=20, repeats=15))
     results["train_memory"] = bench_memory(pipe)
+    if args.train_throughput:
+        results["train_throughput"] = bench_train_throughput(pipe, steps=4 if args.quick else 50,
+                                                             iterations=2 if args.quick else 10)
     if not args.skip_training:
         with tempfile.TemporaryDirectory() as tmp:
             if args.quick:

@@ -29,3 +29,19 @@ def test_quick_eval_scaling_makes_the_same_images_in_one_and_two_processes():
     assert results["same_manifest"] and results["max_pixel_difference"] <= 1 and results["images"] == 8
     assert results["same_deviation_ratio"]
     assert results["one_process_seconds"] > 0 and results["two_process_seconds"] > 0
+
+
+def test_random_sd_architecture_and_training_throughput(tmp_path):
+    """The GPU recipe of BENCHMARKS.md, at toy widths: a random SD-1.5-layout pipeline, timed in both modes."""
+    folder = _load("random_sd").build(tmp_path / "tiny-sd15", size="tiny")
+    from hsteer.models import load_pipeline, pipeline_hspace_shape
+
+    pipe = load_pipeline(folder)
+    assert len(pipe.unet.down_blocks) == 4 and pipe.tokenizer.model_max_length == 77
+    assert pipeline_hspace_shape(pipe) == (64, 2, 2)  # 128 px / 8 (VAE) / 8 (three U-Net downsamplings)
+    results = _load("run").main(["--quick", "--json", "--threads", "2", "--model", str(folder), "--skip-training",
+                                 "--train-throughput"])
+    throughput = results["train_throughput"]
+    assert throughput["fast"]["batch"] == 8 and throughput["reference"]["batch"] == 1
+    assert throughput["signals_per_second_ratio"] > 0 and throughput["checkpointing_slowdown"] > 0
+    assert 0 < results["train_memory"]["memory_ratio_checkpointed"] < results["train_memory"]["memory_ratio"]
