@@ -125,6 +125,22 @@ def test_wrong_shape_is_a_clear_error(sd_pipe):
     assert not active_hooks(sd_pipe)
 
 
+@pytest.mark.parametrize("how", ["wrapped", "in_place"])
+def test_a_compiled_unet_is_refused_not_silently_unsteered(sd_pipe, how):
+    """Compiled code ignores hooks attached after compilation (measured on the bundled model: the
+    steered images came out plain), so steering a compiled U-Net is an error, and nothing is attached."""
+    from hsteer.errors import HsteerError
+
+    if how == "wrapped":
+        sd_pipe.unet = torch.compile(sd_pipe.unet)  # compiles lazily: nothing runs here
+    else:
+        sd_pipe.unet.compile()
+    c = torch.ones(pipeline_hspace_shape(sd_pipe))
+    with pytest.raises(HsteerError, match="torch.compile"):
+        apply_steering(sd_pipe, SteeringConfig(c))
+    assert not active_hooks(sd_pipe)
+
+
 def test_fair_draws_are_balanced_reproducible_and_composed(sd_pipe):
     from collections import Counter
 

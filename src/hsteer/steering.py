@@ -121,6 +121,15 @@ def _unet_of(pipe_or_unet):
     return unet
 
 
+def _refuse_compiled(unet) -> None:
+    """torch.compile'd code does not see hooks attached after compilation: steering would be silently
+    ignored (measured: a compiled U-Net made the plain images with a concept attached)."""
+    compiled = hasattr(unet, "_orig_mod") or getattr(unet, "_compiled_call_impl", None) is not None
+    if compiled or getattr(unet.mid_block, "_compiled_call_impl", None) is not None:
+        raise HsteerError("the U-Net is torch.compile'd, and compiled code ignores hooks attached after "
+                          "compilation; steer the uncompiled U-Net (e.g. pipe.unet = pipe.unet._orig_mod)")
+
+
 def apply_steering(pipe_or_unet, config: SteeringConfig, name: str = "hsteer") -> SteeringHook:
     """Attach `config` to a pipeline's (or a bare U-Net's) mid-block under `name`, replacing any hook of that name.
 
@@ -128,6 +137,7 @@ def apply_steering(pipe_or_unet, config: SteeringConfig, name: str = "hsteer") -
     is steered; on a bare U-Net every row is steered unless per-image deltas reveal the layout.
     """
     unet = _unet_of(pipe_or_unet)
+    _refuse_compiled(unet)
     registry = unet.__dict__.setdefault(_REGISTRY_ATTR, {})
     if name in registry:
         registry[name].remove()
