@@ -234,6 +234,27 @@ def test_score_and_report(reference, tmp_path):
     assert json.loads((out / "summary.json").read_text()) == again  # scoring is deterministic
 
 
+def test_score_elsewhere_with_the_classifier_in_another_place(reference, clip_dir, tmp_path):
+    """Scoring on another machine: `--location` points the stored classifier at a local copy, same scores."""
+    here, moved = tmp_path / "here", tmp_path / "moved"
+    shutil.copytree(reference, here)
+    shutil.copytree(reference, moved)
+    clip_copy = tmp_path / "models" / "clip"
+    shutil.copytree(clip_dir, clip_copy)
+    run_cli("score", here, "--quiet")
+    run_cli("score", moved, "--location", f"classifier={clip_copy}", "--location", f"align_model={clip_copy}",
+            "--quiet")
+    summary_here = json.loads((here / "summary.json").read_text())
+    summary_moved = json.loads((moved / "summary.json").read_text())
+    assert summary_moved["classifier"] == str(clip_copy)
+    assert summary_moved["mean_deviation_ratio"] == summary_here["mean_deviation_ratio"]
+    assert summary_moved["winoalign"] == pytest.approx(summary_here["winoalign"])
+    bad = run_cli("score", moved, "--location", "steps=3", "--quiet", ok=False)
+    assert bad.exit_code != 0 and "cannot relocate 'steps'" in bad.output and "classifier" in bad.output
+    bad = run_cli("score", moved, "--location", "classifier", "--quiet", ok=False)
+    assert bad.exit_code != 0 and "KEY=PATH" in bad.output
+
+
 def test_generate_and_score_in_one_command_with_two_groups(sd_dir, clip_dir, tmp_path):
     out = tmp_path / "groups"
     result = run_cli("eval", "winobias", "--model", sd_dir, "--classifier", clip_dir,

@@ -346,15 +346,24 @@ def register(main: click.Group) -> None:
     @main.command("score")
     @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
     @click.option("--device", default=None, help="torch device for the scorers (default: the run's).")
+    @click.option("--location", "locations", multiple=True, metavar="KEY=PATH",
+                  help="Where a scorer's weights or data live here, e.g. classifier=/models/clip-vit-base-patch32 "
+                       "(keys: classifier, align_model, clip, q16_clip, q16_prompts, reference, fid_weights).")
     @click.option("--quiet", is_flag=True)
     @_one_line_errors
-    def score(run_dir, device, quiet) -> None:
+    def score(run_dir, device, locations, quiet) -> None:
         """Score a generated evaluation folder with the settings stored in its config.json."""
         from hsteer.evaluation.harness import merge_manifests, score_run
 
+        moved = {}
+        for item in locations:
+            key, sep, value = item.partition("=")
+            if not sep or not key or not value:
+                raise HsteerError(f"--location takes KEY=PATH, got {item!r}")
+            moved[key.strip()] = value.strip()
         _quiet_libraries()
         merge_manifests(run_dir)
-        summary = score_run(run_dir, device=device, progress=not quiet)
+        summary = score_run(run_dir, device=device, progress=not quiet, locations=moved)
         click.echo(_summary_line(summary) + f"; report in {Path(run_dir) / 'report.md'}")
 
     @main.group("q16")

@@ -495,15 +495,28 @@ def _alignment(scorer, embeds, prompts: Sequence[str], cache: dict[str, Any]) ->
     return (100.0 * (embeds * text).sum(-1)).tolist()
 
 
+# Scoring settings that only say where a scorer's weights or data live: scoring elsewhere may move them.
+RELOCATABLE = ("classifier", "align_model", "clip", "q16_clip", "q16_prompts", "reference", "fid_weights")
+
+
 def score_run(run_dir: str | Path, *, device: str | None = None, progress: bool = True,
-              write_report: bool = True) -> dict[str, Any]:
-    """Score a fully generated run with the settings in its config; writes scores.jsonl, summary.json, report.md."""
+              write_report: bool = True, locations: dict[str, str] | None = None) -> dict[str, Any]:
+    """Score a fully generated run with the settings in its config; writes scores.jsonl, summary.json, report.md.
+
+    `locations` points scorers at other copies of their weights or data (e.g. `{"classifier": "/models/clip"}`
+    on a machine without hub access); only the keys in RELOCATABLE can be changed this way.
+    """
     from tqdm.auto import tqdm
 
     run_dir = Path(run_dir)
     spec = read_config(run_dir)
     rows = finished_records(run_dir)
     scoring = dict(spec.scoring)
+    for key, value in (locations or {}).items():
+        if key not in RELOCATABLE:
+            raise HsteerError(f"cannot relocate {key!r}; the keys that name weights or data are "
+                              f"{', '.join(RELOCATABLE)}")
+        scoring[key] = value
     device = device or scoring.get("device") or "cpu"
     batch = int(scoring.get("batch_size", 32))
     scorers = _Scorers(device)
