@@ -20,10 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
+
 def _env(threads: int) -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
-    return env
+    return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+                TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
 
 
 def _timed(cmd: list[str], threads: int) -> float:

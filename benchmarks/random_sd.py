@@ -18,10 +18,12 @@ import sys
 from pathlib import Path
 
 SIZES = {
-    "sd15": {"channels": (320, 640, 1280, 1280), "groups": 32, "cross": 768, "heads": 8, "sample": 64, "vae": (128, 256, 512, 512),
+    "sd15": {"channels": (320, 640, 1280, 1280), "groups": 32, "cross": 768, "heads": 8, "sample": 64,
+             "vae": (128, 256, 512, 512),
              "text": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
                       "num_attention_heads": 12}},
-    "tiny": {"channels": (32, 32, 64, 64), "groups": 8, "cross": 32, "heads": 4, "sample": 16, "vae": (16, 16, 32, 32),
+    "tiny": {"channels": (32, 32, 64, 64), "groups": 8, "cross": 32, "heads": 4, "sample": 16,
+             "vae": (16, 16, 32, 32),
              "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                       "num_attention_heads": 4}},
 }
@@ -39,11 +41,13 @@ def build(out_dir: str | Path, size: str = "sd15", seed: int = 0) -> Path:
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=spec["sample"], in_channels=4, out_channels=4, layers_per_block=2,
-        block_out_channels=spec["channels"], norm_num_groups=spec["groups"], cross_attention_dim=spec["cross"], attention_head_dim=spec["heads"],
+        block_out_channels=spec["channels"], norm_num_groups=spec["groups"], cross_attention_dim=spec["cross"],
+        attention_head_dim=spec["heads"],
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
-                        block_out_channels=spec["vae"], norm_num_groups=spec["groups"], down_block_types=("DownEncoderBlock2D",) * 4,
+                        block_out_channels=spec["vae"], norm_num_groups=spec["groups"],
+                        down_block_types=("DownEncoderBlock2D",) * 4,
                         up_block_types=("UpDecoderBlock2D",) * 4, sample_size=spec["sample"] * 8)
     tok_dir = out_dir.with_name(out_dir.name + ".tokenizer")
     build_tokenizer_files(tok_dir)

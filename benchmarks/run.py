@@ -83,7 +83,8 @@ def bench_generation(pipe, batch: int, steps: int, repeats: int) -> dict[str, fl
     med = {k: statistics.median(v) for k, v in times.items()}
     hook = _hook_cost(pipe, bank, batch, steps)
     return {"steer_overhead": best["steered"] / best["plain"], "fair_batch_ratio": best["plain"] / best["fair"],
-            "steer_overhead_median": med["steered"] / med["plain"], "fair_batch_ratio_median": med["plain"] / med["fair"],
+            "steer_overhead_median": med["steered"] / med["plain"],
+            "fair_batch_ratio_median": med["plain"] / med["fair"],
             "steer_overhead_hook_bound": 1 + hook["seconds_per_generation"] / best["plain"],
             "plain_seconds": best["plain"], "steered_seconds": best["steered"], "fair_seconds": best["fair"],
             "hook_seconds_per_call": hook["seconds_per_call"], "hook_calls_per_generation": hook["calls"],
@@ -100,11 +101,10 @@ def _hook_cost(pipe, bank, batch: int, steps: int) -> dict[str, float]:
     from hsteer.models import pipeline_hspace_shape
     from hsteer.steering import SteeringConfig, active_hooks, steer
 
-    calls = {}
     with steer(pipe, SteeringConfig(bank["c0"].delta()), name="hsteer-bench") as hook:
         pipe("a photo", num_inference_steps=steps, guidance_scale=6.0, num_images_per_prompt=batch,
              output_type="latent")
-        calls["n"] = hook.calls
+        calls = hook.calls
         h = torch.randn(2 * batch, *pipeline_hspace_shape(pipe), device=pipe.unet.device, dtype=pipe.unet.dtype)
         hook._hook(None, (), h)  # fills the cache, as the first step of a generation does
         repeats = 2000
@@ -113,7 +113,7 @@ def _hook_cost(pipe, bank, batch: int, steps: int) -> dict[str, float]:
             hook._hook(None, (), h)
         per_call = (time.perf_counter() - began) / repeats
     assert not active_hooks(pipe)
-    return {"calls": calls["n"], "seconds_per_call": per_call, "seconds_per_generation": calls["n"] * per_call}
+    return {"calls": calls, "seconds_per_call": per_call, "seconds_per_generation": calls * per_call}
 
 
 def bench_memory(pipe, batch: int = 8) -> dict[str, float]:

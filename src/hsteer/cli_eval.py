@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from hsteer.errors import HsteerError
+from hsteer.evaluation.harness import RELOCATABLE
 
 # hsteer.cli's helpers, taken from the module that defines the group `register` is given: hsteer.cli
 # imports this module at its end, and under `python -m hsteer.cli` that module is __main__.
@@ -348,7 +349,7 @@ def register(main: click.Group) -> None:
     @click.option("--device", default=None, help="torch device for the scorers (default: the run's).")
     @click.option("--location", "locations", multiple=True, metavar="KEY=PATH",
                   help="Where a scorer's weights or data live here, e.g. classifier=/models/clip-vit-base-patch32 "
-                       "(keys: classifier, align_model, clip, q16_clip, q16_prompts, reference, fid_weights).")
+                       f"(keys: {', '.join(RELOCATABLE)}).")
     @click.option("--quiet", is_flag=True)
     @_one_line_errors
     def score(run_dir, device, locations, quiet) -> None:

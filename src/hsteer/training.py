@@ -245,12 +245,11 @@ def train_concept(pipe, config: TrainConfig, *, run_dir: str | Path | None = Non
     change the result, so it is not part of the config.
     """
     config.validate()
-    if config.objective == "sdisc":
-        from hsteer.sdisc import train_sdisc
-
-        with gradient_checkpointing(pipe.unet, checkpoint_activations):
-            return train_sdisc(pipe, config, run_dir=run_dir, progress=progress)
     with gradient_checkpointing(pipe.unet, checkpoint_activations):
+        if config.objective == "sdisc":
+            from hsteer.sdisc import train_sdisc
+
+            return train_sdisc(pipe, config, run_dir=run_dir, progress=progress)
         return _train_steered(pipe, config, run_dir, resume, checkpoint_every, progress, callback)
 
 

@@ -56,40 +56,31 @@ def _cycle(n: int, items: list) -> list:
     return [items[i % len(items)] for i in range(n)]
 
 
+def _word_prompts(n: int, attribute: str, words, forms) -> list[tuple[str, dict]]:
+    """n prompts cycling through `words`; each word cycles through the caption `forms` (word, round)."""
+    prompts = []
+    for i in range(n):
+        word, k = words[i % len(words)], i // len(words)
+        prompts.append((forms[k % len(forms)](word, k // len(forms)), {attribute: word}))
+    return prompts
+
+
 def prompt_sets(n: int) -> dict[str, list[tuple[str, dict]]]:
     """The evaluation prompt sets: name -> [(prompt, expected attributes)]."""
     P = list(scene.PROFESSIONS)
     sets: dict[str, list[tuple[str, dict]]] = {}
-    shape_prompts = []
-    for i in range(n):
-        s = scene.SHAPES[i % 2]
-        k = i // 2
-        form = k % 4
-        if form == 0:
-            p = f"a photo of a {s}"
-        elif form == 1:
-            p = f"a {s} {P[(k // 4) % len(P)]}"
-        elif form == 2:
-            p = f"a photo of a {s} {P[(k // 4 + 3) % len(P)]}"
-        else:
-            p = f"a photo of a {scene.COLOURS[(k // 4) % 3]} {s}"
-        shape_prompts.append((p, {"shape": s}))
-    sets["shape"] = shape_prompts
-    colour_prompts = []
-    for i in range(n):
-        c = scene.COLOURS[i % 3]
-        k = i // 3
-        form = k % 4
-        if form == 0:
-            p = f"a photo of a {c} figure"
-        elif form == 1:
-            p = f"a {c} {P[(k // 4) % len(P)]}"
-        elif form == 2:
-            p = f"a photo of a {c} {P[(k // 4 + 5) % len(P)]}"
-        else:
-            p = f"a photo of a {c} {scene.SHAPES[(k // 4) % 2]}"
-        colour_prompts.append((p, {"colour": c}))
-    sets["colour"] = colour_prompts
+    sets["shape"] = _word_prompts(n, "shape", scene.SHAPES, (
+        lambda s, j: f"a photo of a {s}",
+        lambda s, j: f"a {s} {P[j % len(P)]}",
+        lambda s, j: f"a photo of a {s} {P[(j + 3) % len(P)]}",
+        lambda s, j: f"a photo of a {scene.COLOURS[j % 3]} {s}",
+    ))
+    sets["colour"] = _word_prompts(n, "colour", scene.COLOURS, (
+        lambda c, j: f"a photo of a {c} figure",
+        lambda c, j: f"a {c} {P[j % len(P)]}",
+        lambda c, j: f"a photo of a {c} {P[(j + 5) % len(P)]}",
+        lambda c, j: f"a photo of a {c} {scene.SHAPES[j % 2]}",
+    ))
     for prof in P + [scene.NEUTRAL_WORD]:
         sets[f"photo:{prof}"] = [(f"a photo of a {prof}", {"profession": prof})] * n
     harm = []
