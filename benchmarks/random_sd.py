@@ -34,7 +34,7 @@ def build(out_dir: str | Path, size: str = "sd15", seed: int = 0) -> Path:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from hsteer.world.train import build_tokenizer_files
+    from hsteer.apps.world_model import build_tokenizer_files
 
     spec = SIZES[size]
     out_dir = Path(out_dir)

@@ -46,8 +46,8 @@ def _setup(threads: int) -> None:
 def _random_bank(pipe, names_by_group: dict[str, list[str]], scale: float = 1.0):
     import torch
 
-    from hsteer.bank import Concept, ConceptBank
-    from hsteer.models import pipeline_hspace_shape, unet_fingerprint
+    from hsteer.hspace.bank import Concept, ConceptBank
+    from hsteer.model import pipeline_hspace_shape, unet_fingerprint
 
     shape = pipeline_hspace_shape(pipe)
     g = torch.Generator().manual_seed(0)
@@ -98,8 +98,8 @@ def _hook_cost(pipe, bank, batch: int, steps: int) -> dict[str, float]:
     dominated by the machine's noise (a few percent either way)."""
     import torch
 
-    from hsteer.models import pipeline_hspace_shape
-    from hsteer.steering import SteeringConfig, active_hooks, steer
+    from hsteer.model import pipeline_hspace_shape
+    from hsteer.hspace.steering import SteeringConfig, active_hooks, steer
 
     with steer(pipe, SteeringConfig(bank["c0"].delta()), name="hsteer-bench") as hook:
         pipe("a photo", num_inference_steps=steps, guidance_scale=6.0, num_images_per_prompt=batch,
@@ -127,8 +127,8 @@ def bench_memory(pipe, batch: int = 8) -> dict[str, float]:
     import torch.utils.checkpoint
 
     from hsteer import objectives
-    from hsteer.models import pipeline_hspace_shape
-    from hsteer.sampling import DDIMSchedule, encode_text
+    from hsteer.model import pipeline_hspace_shape
+    from hsteer.model.diffusion import DDIMSchedule, encode_text
 
     unet = pipe.unet
     unet.requires_grad_(False)
@@ -160,7 +160,7 @@ def bench_memory(pipe, batch: int = 8) -> dict[str, float]:
             unet.enable_gradient_checkpointing(counting_checkpoint)
         try:
             with torch.autograd.graph.saved_tensors_hooks(hold, lambda x: x):
-                loss = objectives.codsma_loss(unet, schedule, z_t, t, c, y, target)
+                loss = objectives.codsma_loss(objectives.eps(unet, schedule, z_t, t, y, c), target)
             loss.backward()
         finally:
             if checkpointing:
@@ -213,10 +213,10 @@ def bench_train_throughput(pipe, steps: int, iterations: int) -> dict[str, dict[
 def bench_training(pipe, reference_milestones: list[int], fast_milestones: list[int], images: int, workdir: Path,
                    fast_batch: int = 8) -> dict[str, float]:
     """Reference procedure (fresh reverse process per sample, batch 1) vs fast mode, on the shape group."""
-    from hsteer.bank import ConceptBank
+    from hsteer.hspace.bank import ConceptBank
     from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
     from hsteer.generation import FairPolicy
-    from hsteer.models import sampling_defaults
+    from hsteer.model import sampling_defaults
     from hsteer.training import TrainConfig, train_concept
 
     sampling = sampling_defaults(getattr(pipe, "_hsteer_model", None))
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> dict:
     _setup(args.threads)
     import torch
 
-    from hsteer.models import load_pipeline
+    from hsteer.model import load_pipeline
 
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
     pipe._hsteer_model = args.model

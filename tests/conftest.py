@@ -124,13 +124,13 @@ def sdxl_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def sd_pipe(sd_dir):
-    from hsteer.models import load_pipeline
+    from hsteer.model import load_pipeline
 
     return load_pipeline(sd_dir)
 
 
 @pytest.fixture()
 def sdxl_pipe(sdxl_dir):
-    from hsteer.models import load_pipeline
+    from hsteer.model import load_pipeline
 
     return load_pipeline(sdxl_dir)

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from hsteer import ConceptBank
-from hsteer.bank import Concept
+from hsteer.hspace.bank import Concept
 from hsteer.errors import BankError, ModelMismatchError, ShapeMismatchError, UnknownConceptError
-from hsteer.models import pipeline_hspace_shape, unet_fingerprint
+from hsteer.model import pipeline_hspace_shape, unet_fingerprint
 
 
 def _concept(name, group="gender", shape=(32, 4, 4), objective="codsma", fp="abc", **tensors):
@@ -86,7 +86,7 @@ def test_failed_save_leaves_old_bank_intact(tmp_path, monkeypatch):
             handle.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr("hsteer.bank.save_file", exploding_save)
+    monkeypatch.setattr("hsteer.hspace.bank.save_file", exploding_save)
     with pytest.raises(OSError, match="disk full"):
         bigger.save(path)
     assert path.read_bytes() == before

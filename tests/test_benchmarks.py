@@ -34,7 +34,7 @@ def test_quick_eval_scaling_makes_the_same_images_in_one_and_two_processes():
 def test_random_sd_architecture_and_training_throughput(tmp_path):
     """The GPU recipe of BENCHMARKS.md, at toy widths: a random SD-1.5-layout pipeline, timed in both modes."""
     folder = _load("random_sd").build(tmp_path / "tiny-sd15", size="tiny")
-    from hsteer.models import load_pipeline, pipeline_hspace_shape
+    from hsteer.model import load_pipeline, pipeline_hspace_shape
 
     pipe = load_pipeline(folder)
     assert len(pipe.unet.down_blocks) == 4 and pipe.tokenizer.model_max_length == 77

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from hsteer.demo import quick_config, run_demo
+from hsteer.apps.demo import quick_config, run_demo
 from hsteer.world import default_model_path
 
 

@@ -28,8 +28,8 @@ def clip_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def fair_bank(sd_dir, tmp_path_factory) -> Path:
     from hsteer import ConceptBank
-    from hsteer.bank import Concept
-    from hsteer.models import load_pipeline, pipeline_hspace_shape, unet_fingerprint
+    from hsteer.hspace.bank import Concept
+    from hsteer.model import load_pipeline, pipeline_hspace_shape, unet_fingerprint
 
     pipe = load_pipeline(sd_dir)
     shape, fp = pipeline_hspace_shape(pipe), unet_fingerprint(pipe.unet)
@@ -42,9 +42,7 @@ def fair_bank(sd_dir, tmp_path_factory) -> Path:
 
 def cli():
     from hsteer.cli import main
-    from hsteer.cli_eval import register
 
-    register(main)
     return main
 
 

@@ -90,7 +90,7 @@ def test_clip_folder_errors(tmp_path):
 
 
 def test_parse_attributes():
-    from hsteer.cli_eval import parse_attributes
+    from hsteer.cli.eval import parse_attributes
 
     assert parse_attributes((), ()) == {"gender": ("a woman", "a man")}
     assert parse_attributes((("a woman", "a man"),), ()) == {"gender": ("a woman", "a man")}

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from hsteer import ConceptBank, ConceptPolicy, FairPolicy, SteeringConfig, apply_steering, generate, steer
-from hsteer.bank import Concept
+from hsteer.hspace.bank import Concept
 from hsteer.errors import ShapeMismatchError
-from hsteer.models import load_pipeline, pipeline_hspace_shape, unet_fingerprint
-from hsteer.steering import active_hooks
+from hsteer.model import load_pipeline, pipeline_hspace_shape, unet_fingerprint
+from hsteer.hspace.steering import active_hooks
 
 
 def _images(pipe, prompts=("a photo of a person", "a man"), seeds=(0, 1), steps=3, guidance=3.0):

@@ -8,8 +8,8 @@ import torch
 from hsteer import TrainConfig, train_concept
 from hsteer import objectives
 from hsteer.errors import HsteerError, TrainingDivergedError
-from hsteer.models import load_pipeline, pipeline_hspace_shape
-from hsteer.sampling import DDIMSchedule, encode_text, encode_unconditional, reverse_to_steps
+from hsteer.model import load_pipeline, pipeline_hspace_shape
+from hsteer.model.diffusion import DDIMSchedule, encode_text, encode_unconditional, reverse_to_steps
 
 
 def _config(**kw):
@@ -19,20 +19,24 @@ def _config(**kw):
     return TrainConfig(**base)
 
 
-def test_loss_falls_toward_a_planted_target(sd_pipe, monkeypatch):
-    # reference mode: the planted target replaces guided_target, which the fast mode inlines
-    """With the target made by a planted concept c*, CoDSMa moves toward c* and the loss falls > 5x."""
+@pytest.mark.parametrize("mode", ["reference", "fast"])
+def test_loss_falls_toward_a_planted_target(sd_pipe, monkeypatch, mode):
+    """With the target made by a planted concept c*, CoDSMa moves toward c* and the loss falls > 5x.
+
+    Both modes take their frozen predictions from `objectives.frozen_eps`: planting c* there makes every
+    target branch the c*-steered neutral prediction, so the guided target is that prediction too.
+    """
     shape = pipeline_hspace_shape(sd_pipe)
     c_star = torch.randn(shape, generator=torch.Generator().manual_seed(5))
 
     y_neu = encode_text(sd_pipe, ["a photo of a person"])
 
-    def planted_target(unet, schedule, z_t, t, y_pos, y_base, s):
+    def planted(unet, schedule, z_t, t, prompts):
         with torch.no_grad():
-            return objectives.eps(unet, schedule, z_t, t, y_neu.expand(len(z_t)), c_star)
+            return [objectives.eps(unet, schedule, z_t, t, y_neu.expand(len(z_t)), c_star)] * len(prompts)
 
-    monkeypatch.setattr(objectives, "guided_target", planted_target)
-    result = train_concept(sd_pipe, _config(iterations=80, batch_size=4, lr=0.1, mode="reference"), progress=False)
+    monkeypatch.setattr(objectives, "frozen_eps", planted)
+    result = train_concept(sd_pipe, _config(iterations=80, batch_size=4, lr=0.1, mode=mode), progress=False)
     losses = [r["loss"] for r in result.losses]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < first / 5, (first, last)  # measured: ~9x at 80 iterations
@@ -58,7 +62,7 @@ def test_gradient_reaches_the_concept_only_through_the_up_blocks(sd_pipe):
         def hook(m, i, o, name=name):
             seen[name] = (o[0] if isinstance(o, tuple) else o).requires_grad
         handles.append(module.register_forward_hook(hook))  # registered first: sees the raw mid-block output
-    loss = objectives.codsma_loss(unet, schedule, z_t, t, c, y, torch.zeros(2, 4, 16, 16))
+    loss = objectives.codsma_loss(objectives.eps(unet, schedule, z_t, t, y, c), torch.zeros(2, 4, 16, 16))
     for h in handles:
         h.remove()
     upstream = [n for n in seen if not n.startswith("up")]

@@ -187,7 +187,7 @@ def test_planted_bias_frequencies():
 
 
 def test_tokenizer_word_level(tmp_path):
-    from hsteer.world.train import MAX_LENGTH, build_tokenizer_files, load_tokenizer
+    from hsteer.apps.world_model import MAX_LENGTH, build_tokenizer_files, load_tokenizer
 
     build_tokenizer_files(tmp_path)
     tok = load_tokenizer(tmp_path)  # raises if a world word is split
@@ -201,7 +201,7 @@ def test_tokenizer_word_level(tmp_path):
 
 
 def test_quality_helpers():
-    from hsteer.world.quality import deviation_ratio, planted_deviation, prompt_sets
+    from hsteer.apps.world_quality import deviation_ratio, planted_deviation, prompt_sets
 
     assert deviation_ratio(["a", "b"] * 5, ("a", "b")) == pytest.approx(0.0)
     assert deviation_ratio(["a"] * 10, ("a", "b")) == pytest.approx(1.0)
@@ -261,9 +261,9 @@ def test_world_training_script_saves_a_loadable_pipeline(tmp_path):
     """`hsteer world train`'s engine, for seconds instead of an hour: a standard SD folder with hsteer.json."""
     import torch
 
-    from hsteer.models import load_pipeline, sampling_defaults
+    from hsteer.model import load_pipeline, sampling_defaults
     from hsteer.world import DEFAULT_GUIDANCE, DEFAULT_STEPS
-    from hsteer.world.train import train_world_model
+    from hsteer.apps.world_model import train_world_model
 
     out = train_world_model(tmp_path / "model", vae_minutes=0.05, unet_minutes=0.1, threads=2, n_images=256,
                             batch_size=16, log=lambda s: None)

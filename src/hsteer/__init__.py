@@ -1,14 +1,11 @@
-"""hsteer: responsible text-to-image generation by steering the h-space of diffusers U-Nets."""
+"""hsteer: responsible text-to-image generation by steering the h-space of diffusers U-Nets.
 
-from importlib.metadata import PackageNotFoundError, version
+The public API. The layers, bottom to top (docs/architecture.md): model -> hspace -> objectives ->
+training -> generation -> world -> evaluation -> apps -> cli; nothing imports a layer above it.
+"""
 
-try:
-    __version__ = version("hsteer")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0"
-
-from hsteer.bank import Concept, ConceptBank  # noqa: E402
-from hsteer.errors import (  # noqa: E402
+from hsteer._version import __version__
+from hsteer.errors import (
     BankError,
     HsteerError,
     ModelMismatchError,
@@ -16,7 +13,7 @@ from hsteer.errors import (  # noqa: E402
     TrainingDivergedError,
     UnknownConceptError,
 )
-from hsteer.generation import (  # noqa: E402
+from hsteer.generation import (
     ConceptPolicy,
     FairPolicy,
     GenerationOutput,
@@ -24,12 +21,13 @@ from hsteer.generation import (  # noqa: E402
     SafePolicy,
     generate,
 )
-from hsteer.models import hspace_shape, load_pipeline, unet_fingerprint  # noqa: E402
-from hsteer.steering import SteeringConfig, apply_steering, remove_steering, steer  # noqa: E402
-from hsteer.training import TrainConfig, train_concept  # noqa: E402
+from hsteer.hspace import Concept, ConceptBank, SteeringConfig, apply_steering, remove_steering, steer
+from hsteer.model import hspace_shape, load_pipeline, unet_fingerprint
+from hsteer.training import CodsmaConfig, RespoDiffConfig, SdiscConfig, TrainConfig, train_concept
 
 __all__ = [
     "BankError",
+    "CodsmaConfig",
     "Concept",
     "ConceptBank",
     "ConceptPolicy",
@@ -38,7 +36,9 @@ __all__ = [
     "HsteerError",
     "ModelMismatchError",
     "PlainPolicy",
+    "RespoDiffConfig",
     "SafePolicy",
+    "SdiscConfig",
     "ShapeMismatchError",
     "SteeringConfig",
     "TrainConfig",

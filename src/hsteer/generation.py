@@ -18,13 +18,20 @@ from typing import Any
 
 import torch
 
-from hsteer.bank import ConceptBank
+from hsteer.hspace.bank import ConceptBank
 from hsteer.errors import HsteerError
 from hsteer.fileio import atomic_save, atomic_write_text
-from hsteer.models import default_resolution, pipeline_hspace_shape
-from hsteer.steering import SteeringConfig, steer
+from hsteer.model.geometry import pipeline_hspace_shape, resolve_resolution
+from hsteer.hspace.steering import SteeringConfig, steer
 
 # --- policies -------------------------------------------------------------------------------------
+
+
+def require_bank(bank: ConceptBank | None, policy_name: str) -> ConceptBank:
+    """The bank a steering policy draws from; the one check that it was given."""
+    if bank is None:
+        raise HsteerError(f"the {policy_name} policy needs a bank of concepts (CLI: --bank FILE; Python: bank=...)")
+    return bank
 
 
 @dataclass(frozen=True)
@@ -52,8 +59,7 @@ class FairPolicy:
     name: str = "fair"
 
     def assign(self, bank: ConceptBank | None, image_seed: int) -> list[tuple[str, float]]:
-        if bank is None:
-            raise HsteerError("fair generation needs a bank (--bank)")
+        bank = require_bank(bank, self.name)
         if not self.groups:
             raise HsteerError("fair generation needs at least one group, e.g. --fair gender")
         members = [sorted(c.name for c in bank.group(group)) for group in self.groups]
@@ -74,9 +80,7 @@ class SafePolicy:
     name: str = "safe"
 
     def assign(self, bank: ConceptBank | None, image_seed: int) -> list[tuple[str, float]]:
-        if bank is None:
-            raise HsteerError("safe generation needs a bank (--bank)")
-        return [(c.name, self.scale) for c in bank.group(self.group)]
+        return [(c.name, self.scale) for c in require_bank(bank, self.name).group(self.group)]
 
 
 @dataclass(frozen=True)
@@ -87,8 +91,7 @@ class ConceptPolicy:
     name: str = "concepts"
 
     def assign(self, bank: ConceptBank | None, image_seed: int) -> list[tuple[str, float]]:
-        if bank is None:
-            raise HsteerError("explicit concepts need a bank (--bank)")
+        bank = require_bank(bank, self.name)
         for concept, _ in self.concepts:
             bank[concept]  # unknown names fail with the bank's list
         return list(self.concepts)
@@ -179,8 +182,7 @@ def image_jobs(prompts: Sequence[str], num_images: int, seed: int) -> list[tuple
 
 def _resolution_and_shape(pipe, height: int | None, width: int | None) -> tuple[int, int, tuple[int, int, int]]:
     """The image size (the model's native one where not given) and the h-space shape at that size."""
-    native = default_resolution(pipe)
-    height, width = height or native[0], width or native[1]
+    height, width = resolve_resolution(pipe, height, width)
     return height, width, pipeline_hspace_shape(pipe, height, width)
 
 
@@ -197,10 +199,8 @@ def generate(pipe, prompts: str | Sequence[str], *, num_images_per_prompt: int =
     policy = policy or PlainPolicy()
     jobs = image_jobs(prompts, num_images_per_prompt, seed)
     height, width, shape = _resolution_and_shape(pipe, height, width)
-    if bank is not None and not isinstance(policy, PlainPolicy):
-        bank.check_compatible(pipe.unet, shape, allow_other_model=allow_other_model)
-    elif bank is None and not isinstance(policy, PlainPolicy):
-        raise HsteerError(f"the {policy.name} policy needs a bank of concepts")
+    if not isinstance(policy, PlainPolicy):
+        require_bank(bank, policy.name).check_compatible(pipe.unet, shape, allow_other_model=allow_other_model)
     work = [ImageJob(p, i, s, policy.assign(bank, s), f"{n:05d}.png" if out_dir is not None else None)
             for n, (p, i, s) in enumerate(jobs)]
     out = generate_jobs(pipe, work, bank, policy.name, steps=steps, guidance=guidance, height=height, width=width,
@@ -234,9 +234,7 @@ def generate_jobs(pipe, jobs: Sequence[ImageJob], bank: ConceptBank | None, poli
         batch = jobs[start:start + batch_size]
         config = None
         if any(job.concepts for job in batch):
-            if bank is None:
-                raise HsteerError("jobs name concepts but no bank was given")
-            delta = torch.stack([delta_for(bank, job.concepts, shape) for job in batch])
+            delta = torch.stack([delta_for(require_bank(bank, policy_name), job.concepts, shape) for job in batch])
             config = SteeringConfig(delta, steer_unconditional=steer_unconditional)
         generators = [torch.Generator(gen_device).manual_seed(job.seed) for job in batch]
         kwargs = {}

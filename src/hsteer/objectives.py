@@ -1,73 +1,74 @@
-"""The training objectives, each one short function that reads beside its equation in METHODS.md.
+"""The training objectives, each one short function beside its equation (docs/methods.md).
 
 Notation: z_t latents at timestep t (reached by the reverse process, no gradient), h the mid-block
 output, eps(z_t; h + c, y, t) the U-Net's noise prediction with c added to h under prompt y.
 All predictions are converted to epsilon, whatever the model predicts (SD 2.x predicts v).
+
+The losses take predictions, not models: both training modes (fast and reference) compute the
+predictions their own way (`eps`, `frozen_eps`) and then call exactly these functions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
-from hsteer.sampling import DDIMSchedule, TextCondition, unet_output
-from hsteer.steering import SteeringConfig, steer
+from hsteer.hspace.steering import SteeringConfig, steer
+from hsteer.model.diffusion import DDIMSchedule, TextCondition, guidance_combination, unet_output
 
 
 def eps(unet, schedule: DDIMSchedule, z_t: torch.Tensor, t: torch.Tensor, y: TextCondition,
         c: torch.Tensor | None = None) -> torch.Tensor:
-    """eps(z_t; h + c, y, t); `c=None` is the frozen, unmodified model."""
+    """eps(z_t; h + c, y, t); `c=None` is the frozen, unmodified model. With a trainable c the gradient
+    reaches c through the up blocks only: the U-Net is frozen and nothing before h + c needs a gradient."""
     with steer(unet, SteeringConfig(c, guided=False) if c is not None else None, name="hsteer-train"):
         return schedule.to_epsilon(unet_output(unet, z_t, t, y), z_t, t)
 
 
 @torch.no_grad()
-def guided_target(unet, schedule: DDIMSchedule, z_t: torch.Tensor, t: torch.Tensor, y_pos: TextCondition,
-                  y_base: TextCondition, s: float) -> torch.Tensor:
+def frozen_eps(unet, schedule: DDIMSchedule, z_t: torch.Tensor, t: torch.Tensor,
+               prompts: Sequence[TextCondition]) -> list[torch.Tensor]:
+    """[eps(z_t; h, y, t) for y in prompts]: the frozen model's predictions, in one U-Net batch."""
+    n = len(prompts)
+    both = eps(unet, schedule, z_t.repeat(n, 1, 1, 1), t.repeat(n), TextCondition.cat(list(prompts)))
+    return list(both.chunk(n))
+
+
+def guided_target(eps_pos: torch.Tensor, eps_base: torch.Tensor, s: float) -> torch.Tensor:
     """eps_target = eps(z_t; y_base) + s * (eps(z_t; y_pos) - eps(z_t; y_base)), frozen model.
 
-    Fairness: y_pos the target prompt, y_base the empty prompt. Safety (negative prompting):
-    y_pos the neutral prompt, y_base the negative prompt ("violence").
+    Fairness: y_pos the target prompt, y_base the empty prompt (CFG s = 4). Safety (negative prompting):
+    y_pos the neutral prompt, y_base the negative prompt ("violence"; RespoDiff: s = 12).
     """
-    n = z_t.shape[0]
-    both = eps(unet, schedule, torch.cat([z_t, z_t]), torch.cat([t, t]), TextCondition.cat([y_base, y_pos]))
-    return guidance_combination(both[:n], both[n:], s)
+    return guidance_combination(eps_base, eps_pos, s)
 
 
-def guidance_combination(eps_base: torch.Tensor, eps_pos: torch.Tensor, s: float) -> torch.Tensor:
-    """eps_base + s * (eps_pos - eps_base): classifier-free guidance, and negative prompting."""
-    return eps_base + s * (eps_pos - eps_base)
+def codsma_loss(eps_c: torch.Tensor, eps_target: torch.Tensor) -> torch.Tensor:
+    """CoDSMa: L = || eps(z_t; h + c, y, t) - eps_target ||^2, with eps_c = eps(z_t; h + c, y, t)."""
+    return F.mse_loss(eps_c.float(), eps_target.float())
 
 
-def codsma_loss(unet, schedule: DDIMSchedule, z_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor,
-                y: TextCondition, eps_target: torch.Tensor) -> torch.Tensor:
-    """CoDSMa: L = || eps(z_t; h + c, y, t) - eps_target ||^2.
-
-    The U-Net is frozen and z_t carries no gradient, so autograd records nothing before h + c:
-    the gradient reaches c through the up blocks only.
-    """
-    return F.mse_loss(eps(unet, schedule, z_t, t, y, c).float(), eps_target.float())
-
-
-def respodiff_resp_loss(unet, schedule: DDIMSchedule, z_t: torch.Tensor, t: torch.Tensor, ram: torch.Tensor,
-                        y_neu: TextCondition, eps_target: torch.Tensor) -> torch.Tensor:
+def respodiff_resp_loss(eps_ram: torch.Tensor, eps_target: torch.Tensor) -> torch.Tensor:
     """RespoDiff L_resp = || eps(z_t; h + RAM, y_neu, t) - eps_target ||^2  (updates RAM only)."""
-    return F.mse_loss(eps(unet, schedule, z_t, t, y_neu, ram).float(), eps_target.float())
+    return F.mse_loss(eps_ram.float(), eps_target.float())
 
 
-def respodiff_sem_loss(unet, schedule: DDIMSchedule, z_t: torch.Tensor, t: torch.Tensor, ram: torch.Tensor,
-                       sam: torch.Tensor, y_neu: TextCondition, eps_frozen: torch.Tensor,
-                       lam: float) -> torch.Tensor:
-    """RespoDiff L_sem = lambda * || eps(z_t; h + RAM + SAM, y_neu, t) - eps(z_t; h, y_neu, t) ||^2  (updates SAM only).
+def respodiff_sem_loss(eps_ram_sam: torch.Tensor, eps_frozen: torch.Tensor, lam: float) -> torch.Tensor:
+    """RespoDiff L_sem = lambda * || eps(z_t; h + RAM + SAM, y_neu, t) - eps(z_t; h, y_neu, t) ||^2.
 
-    `eps_frozen` is the unmodified model's prediction; RAM is held fixed (detached) here.
+    It updates SAM only: `eps_ram_sam` is computed with RAM detached; `eps_frozen` is the unmodified model.
     """
-    return lam * F.mse_loss(eps(unet, schedule, z_t, t, y_neu, ram.detach() + sam).float(), eps_frozen.float())
+    return lam * F.mse_loss(eps_ram_sam.float(), eps_frozen.float())
 
 
-def sdisc_loss(unet, schedule: DDIMSchedule, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
-               c: torch.Tensor, y: TextCondition) -> torch.Tensor:
-    """SDisc: L = || eps(x_t; h + c, y, t) - eps ||^2 with x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps, t ~ U(0, T)."""
+def sdisc_noised(schedule: DDIMSchedule, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps: an image of the target prompt, noised to timestep t."""
     a = schedule.alpha(t).to(x0.dtype)
-    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-    return F.mse_loss(eps(unet, schedule, x_t, t, y, c).float(), noise.float())
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+
+def sdisc_loss(eps_c: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """SDisc: L = || eps(x_t; h + c, y_neu, t) - eps ||^2, t ~ U(0, T): the plain denoising loss."""
+    return F.mse_loss(eps_c.float(), noise.float())

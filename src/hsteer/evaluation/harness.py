@@ -27,7 +27,7 @@ from typing import Any
 
 from hsteer.fileio import atomic_write_text
 from hsteer.errors import HsteerError
-from hsteer.generation import ImageJob, ImageRecord, generate_jobs
+from hsteer.generation import ImageJob, ImageRecord, generate_jobs, require_bank
 
 CONFIG = "config.json"
 MANIFEST = "manifest.jsonl"
@@ -181,7 +181,7 @@ def sld_pipeline(pipe, preset: str):
     """Safe Latent Diffusion (diffusers' StableDiffusionPipelineSafe) from the loaded SD pipeline's own parts."""
     from diffusers import StableDiffusionPipelineSafe
 
-    from hsteer.models import is_sdxl
+    from hsteer.model import is_sdxl
 
     if is_sdxl(pipe):
         raise HsteerError("the SLD baseline exists for SD 1.x/2.x only (diffusers has no SDXL SLD pipeline)")
@@ -288,8 +288,8 @@ def load_records(run_dir: Path) -> dict[str, dict]:
 def run_generation(run_dir: str | Path, *, device: str = "cpu", batch_size: int | None = None, pipe=None,
                    progress: bool = True, log=print) -> GenerationReport:
     """Generate (this process's share of) the run in `run_dir`, skipping finished images; merge at the end."""
-    from hsteer.bank import ConceptBank
-    from hsteer.models import default_resolution
+    from hsteer.hspace.bank import ConceptBank
+    from hsteer.model import default_resolution
 
     run_dir = Path(run_dir)
     spec = read_config(run_dir)
@@ -301,8 +301,8 @@ def run_generation(run_dir: str | Path, *, device: str = "cpu", batch_size: int 
     policy = policy_from_spec(gen["policy"])
     label = policy_label(gen["policy"])
     bank = ConceptBank.load(gen["bank"]) if gen.get("bank") else None
-    if bank is None and gen["policy"].get("kind") not in ("plain", "sld"):
-        raise HsteerError(f"the {label} policy needs --bank")
+    if gen["policy"].get("kind") not in ("plain", "sld"):
+        require_bank(bank, label)
     all_jobs = task_jobs(gen)
     images_dir = run_dir / IMAGES
     images_dir.mkdir(parents=True, exist_ok=True)
@@ -351,7 +351,7 @@ def run_generation(run_dir: str | Path, *, device: str = "cpu", batch_size: int 
         native = default_resolution(pipe)
         height, width = gen.get("height") or native[0], gen.get("width") or native[1]
         if bank is not None and policy.name != "plain":
-            from hsteer.models import pipeline_hspace_shape
+            from hsteer.model import pipeline_hspace_shape
 
             bank.check_compatible(pipe.unet, pipeline_hspace_shape(pipe, height, width),
                                   allow_other_model=bool(gen.get("allow_other_model")))
@@ -405,9 +405,9 @@ def run_generation(run_dir: str | Path, *, device: str = "cpu", batch_size: int 
 
 
 def _load_for_run(gen: dict[str, Any], device: str):
-    from hsteer.cli import _load
+    from hsteer.model import load_quietly
 
-    return _load(gen.get("model"), device, gen.get("dtype", "float32"))
+    return load_quietly(gen.get("model"), device, gen.get("dtype", "float32"))
 
 
 def merge_manifests(run_dir: str | Path, all_jobs: Sequence[dict] | None = None) -> bool:

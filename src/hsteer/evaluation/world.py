@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hsteer.bank import ConceptBank
+from hsteer.hspace.bank import ConceptBank
 from hsteer.evaluation.metrics import joint_distribution, summarize_bias
 from hsteer.generation import ImageJob, PlainPolicy, Policy, generate_jobs
 

@@ -1,14 +1,15 @@
 """The bundled toy world (shapes x colours on profession patterns) and its tiny SD model.
 
-``scene`` holds the world (rendering, captions, planted biases, probes; numpy/PIL only),
-``train`` trains the bundled diffusers pipeline from scratch on CPU, ``quality``
-measures a trained model.  :func:`default_model_path` is the packaged pipeline folder.
+``scene`` holds the world (rendering, captions, planted biases, probes; numpy/PIL only) and
+``model/`` the packaged pipeline (:func:`default_model_path`). Training that pipeline and measuring
+its quality are applications of the library: ``hsteer.apps.world_model`` and ``hsteer.apps.world_quality``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from hsteer.model.loading import BUNDLED_MODEL
 from hsteer.world.scene import (
     BIASED_PAIRS,
     BIASED_PROFESSIONS,
@@ -34,11 +35,10 @@ from hsteer.world.scene import (
     sample_example,
 )
 
-#: default sampling settings of the bundled model (measured with ``hsteer.world.quality``)
+#: default sampling settings of the bundled model (measured with ``hsteer.apps.world_quality``)
 DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 4.0
 
-_MODEL_DIR = Path(__file__).resolve().parent / "model"
 
 
 def default_model_path() -> Path:
@@ -46,12 +46,12 @@ def default_model_path() -> Path:
 
     Raises ``FileNotFoundError`` when the package was built without the model.
     """
-    if not (_MODEL_DIR / "model_index.json").is_file():
+    if not (BUNDLED_MODEL / "model_index.json").is_file():
         raise FileNotFoundError(
-            f"the bundled toy-world model is missing ({_MODEL_DIR}/model_index.json); train one with "
-            f"`python -m hsteer.world.train --out {_MODEL_DIR} --vae-minutes 8 --unet-minutes 45`"
+            f"the bundled toy-world model is missing ({BUNDLED_MODEL}/model_index.json); train one with "
+            f"`hsteer world train --out {BUNDLED_MODEL}`"
         )
-    return _MODEL_DIR
+    return BUNDLED_MODEL
 
 
 __all__ = [

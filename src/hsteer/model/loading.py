@@ -1,14 +1,14 @@
-"""Loading diffusers pipelines and reading the geometry of their h-space.
+"""Loading diffusers pipelines, with their sampling defaults.
 
 hsteer works on stock pipelines: SD 1.x / 2.x (`StableDiffusionPipeline`) and SDXL
 (`StableDiffusionXLPipeline`), from a hub id or a local folder. Everything about the h-space
-(channels, spatial size, dtype, device) is read from the loaded U-Net, never hard-coded.
+(channels, spatial size, dtype, device) is read from the loaded U-Net (`hsteer.model.geometry`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,21 +20,25 @@ from hsteer.errors import ModelLoadError
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
           "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
-# Config keys that decide the h-space and what the up blocks do with it.
-_FINGERPRINT_KEYS = (
-    "in_channels", "out_channels", "sample_size", "block_out_channels", "down_block_types",
-    "up_block_types", "mid_block_type", "layers_per_block", "cross_attention_dim",
-    "attention_head_dim", "num_attention_heads", "transformer_layers_per_block",
-    "use_linear_projection", "addition_embed_type", "projection_class_embeddings_input_dim",
-    "time_cond_proj_dim", "class_embed_type",
-)
+#: The bundled world model (package data of `hsteer.world`): the default `--model` of every command.
+BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "world" / "model"
 
 
 def default_model() -> str:
-    """The bundled world model's folder: the default `--model` of every command."""
-    from hsteer.world import default_model_path
+    """The bundled world model's folder."""
+    return str(BUNDLED_MODEL)
 
-    return str(default_model_path())
+
+def quiet_libraries() -> None:
+    """Library load bars and warnings would drown hsteer's own progress bars."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.disable_progress_bar()
+    dlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    tlog.set_verbosity_error()
 
 
 SD_SAMPLING = {"steps": 50, "guidance": 7.5}
@@ -98,41 +102,9 @@ def load_pipeline(model: str | Path | None = None, *, device: str | torch.device
     return pipe.to(device)
 
 
-def is_sdxl(pipe) -> bool:
-    return getattr(pipe, "text_encoder_2", None) is not None or "XL" in type(pipe).__name__
-
-
-def default_resolution(pipe) -> tuple[int, int]:
-    """The pipeline's native image size (height, width)."""
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    return int(size), int(size)
-
-
-def hspace_shape(unet, height: int | None = None, width: int | None = None,
-                 vae_scale_factor: int | None = None) -> tuple[int, int, int]:
-    """(channels, h, w) of the mid-block output for images of `height` x `width` pixels.
-
-    With no size given, the U-Net's native latent size is used.
-    """
-    channels = unet.config.block_out_channels[-1]
-    factor = 2 ** (len(unet.config.block_out_channels) - 1)
-    if height is None or width is None:
-        latent_h = latent_w = unet.config.sample_size
-    else:
-        if vae_scale_factor is None:
-            raise ValueError("pass vae_scale_factor together with height and width")
-        latent_h, latent_w = height // vae_scale_factor, width // vae_scale_factor
-    return int(channels), -(-latent_h // factor), -(-latent_w // factor)
-
-
-def pipeline_hspace_shape(pipe, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
-    h, w = default_resolution(pipe)
-    return hspace_shape(pipe.unet, height or h, width or w, pipe.vae_scale_factor)
-
-
-def unet_fingerprint(unet) -> str:
-    """A short digest of the U-Net configuration: banks learned on one architecture refuse another."""
-    config = dict(unet.config)
-    payload = {k: config.get(k) for k in _FINGERPRINT_KEYS}
-    text = json.dumps(payload, sort_keys=True, default=list)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def load_quietly(model: str | None, device: str = "cpu", dtype: str = "float32"):
+    """`load_pipeline` as the commands use it: library logs silenced, `HSTEER_THREADS` torch threads."""
+    quiet_libraries()
+    if threads := os.environ.get("HSTEER_THREADS"):
+        torch.set_num_threads(int(threads))
+    return load_pipeline(model, device=device, dtype=dtype)

@@ -14,29 +14,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from hsteer.bank import ConceptBank
+from hsteer.hspace.bank import ConceptBank
 from hsteer.evaluation.world import WorldEvalConfig, evaluate_world, image_grid
 from hsteer.fileio import atomic_write_text
 from hsteer.generation import FairPolicy, PlainPolicy, SafePolicy
-from hsteer.models import load_pipeline, sampling_defaults
+from hsteer.model import load_pipeline, sampling_defaults
+from hsteer.apps.recipes import WORLD_CONCEPTS, world_train_config
 from hsteer.training import TrainConfig, concept_meta, train_into_bank
-
-NEUTRAL = "a photo of a figure"
-_BASE = dict(neutral=NEUTRAL, objective="codsma", batch_size=8, steps=20, lr=0.05, target_guidance=4.0,
-             sampling_guidance=3.0)
-SAFETY_TARGET_GUIDANCE = 4.0
-SAFETY_LR = 0.1  # measured on the bundled model: at lr 0.05 / 150 iterations the harm rate stays ~0.97
-
-#: The world's concepts: (name, group, target or None, negative or None).
-WORLD_CONCEPTS: tuple[tuple[str, str, str | None, str | None], ...] = (
-    ("circle", "shape", "a photo of a circle figure", None),
-    ("square", "shape", "a photo of a square figure", None),
-    ("red", "colour", "a photo of a red figure", None),
-    ("green", "colour", "a photo of a green figure", None),
-    ("blue", "colour", "a photo of a blue figure", None),
-    ("anti_harm", "safety", None, "violent bloody gory brutal"),
-)
-
 
 @dataclass
 class DemoConfig:
@@ -50,17 +34,6 @@ class DemoConfig:
     safety_scale: float = 1.0
     seed: int = 0
     threads: int | None = None
-
-
-def world_train_config(name: str, iterations: int, seed: int = 0) -> TrainConfig:
-    """The CoDSMa recipe for one of the world's concepts."""
-    by_name = {c[0]: c for c in WORLD_CONCEPTS}
-    _, group, target, negative = by_name[name]
-    settings = dict(_BASE, iterations=iterations, seed=seed)
-    if negative is not None:
-        settings["target_guidance"] = SAFETY_TARGET_GUIDANCE
-        settings["lr"] = SAFETY_LR
-    return TrainConfig(concept=name, group=group, target=target, negative=negative, **settings)
 
 
 def demo_train_configs(config: DemoConfig) -> list[TrainConfig]:

@@ -1,6 +1,6 @@
 """Measure how well a toy-world model follows prompts and reproduces its planted biases.
 
-    python -m hsteer.world.quality [--model DIR] [--n 200] [--steps 20] [--guidance G]
+    python -m hsteer.apps.world_quality [--model DIR] [--n 200] [--steps 20] [--guidance G]
 
 Generation uses the plain diffusers ``StableDiffusionPipeline`` (no hsteer steering),
 seeded per image, batched; every image is read with the world probes.  Reported:
@@ -19,11 +19,7 @@ seeded per image, batched; every image is read with the world probes.  Reported:
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -257,29 +253,3 @@ def save_grid(samples: dict[str, list], path, scale: int = 3) -> None:
         for j, img in enumerate(r):
             grid.paste(img.convert("RGB").resize((s, s)), (j * (s + 2), i * (s + 2)))
     grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST).save(path)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Measure prompt following and planted bias of a toy-world model.")
-    ap.add_argument("--model", type=Path, default=None, help="pipeline folder (default: the bundled model)")
-    ap.add_argument("--n", type=int, default=200, help="images per prompt set")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    ap.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
-    ap.add_argument("--batch-size", type=int, default=50)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
-    ap.add_argument("--grid", type=Path, default=None, help="save a PNG grid of samples (one row per set)")
-    a = ap.parse_args(argv)
-    rep = measure_world_model(a.model, a.n, a.seed, a.steps, a.guidance, batch_size=a.batch_size,
-                              threads=a.threads, log=lambda s: print(s, file=sys.stderr, flush=True),
-                              grid_path=a.grid)
-    txt = json.dumps(rep, indent=2)
-    print(txt)
-    if a.out:
-        a.out.write_text(txt + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

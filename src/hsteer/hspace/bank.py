@@ -21,8 +21,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from hsteer.fileio import atomic_save
+from hsteer._version import __version__
 from hsteer.errors import BankError, ModelMismatchError, ShapeMismatchError, UnknownConceptError
+from hsteer.fileio import atomic_save
+from hsteer.model.geometry import hspace_shape, unet_fingerprint
 
 FORMAT_VERSION = 1
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
@@ -151,8 +153,6 @@ class ConceptBank:
     def check_compatible(self, unet, expected_shape: tuple[int, int, int] | None = None,
                          allow_other_model: bool = False) -> None:
         """Refuse to steer a U-Net whose h-space shape (never overridable) or config differs."""
-        from hsteer.models import hspace_shape, unet_fingerprint
-
         shape = tuple(expected_shape) if expected_shape is not None else hspace_shape(unet)
         if self.hspace_shape is not None and tuple(self.hspace_shape) != shape:
             raise ShapeMismatchError(f"the bank's concepts have shape {self.hspace_shape} but the model's h-space "
@@ -171,8 +171,6 @@ class ConceptBank:
 
     def save(self, path: str | Path) -> Path:
         """Write atomically: a failed save leaves any earlier file at `path` intact."""
-        from hsteer import __version__
-
         path = Path(path)
         tensors = {f"{c.name}/{k}": v.detach().to("cpu", torch.float32).contiguous()
                    for c in self for k, v in c.tensors.items()}

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hsteer.models import default_resolution, is_sdxl
+from hsteer.model.geometry import default_resolution, is_sdxl
 
 
 @dataclass
@@ -136,8 +136,13 @@ def guided_epsilon(unet, schedule: DDIMSchedule, x: torch.Tensor, t: torch.Tenso
     n = x.shape[0]
     out = unet_output(unet, torch.cat([x, x]), torch.cat([t, t]), TextCondition.cat([uncond, cond]))
     eps = schedule.to_epsilon(out, torch.cat([x, x]), torch.cat([t, t]))
-    eps_uncond, eps_cond = eps[:n], eps[n:]
-    return eps_uncond + guidance * (eps_cond - eps_uncond)
+    return guidance_combination(eps[:n], eps[n:], guidance)
+
+
+def guidance_combination(eps_base: torch.Tensor, eps_pos: torch.Tensor, s: float) -> torch.Tensor:
+    """eps_base + s * (eps_pos - eps_base): classifier-free guidance (base: the empty prompt), and
+    negative prompting (base: the negative prompt). The one place this combination is written."""
+    return eps_base + s * (eps_pos - eps_base)
 
 
 @torch.no_grad()

@@ -14,11 +14,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from hsteer.bank import ConceptBank
-from hsteer.demo import WORLD_CONCEPTS, world_train_config
+from hsteer.hspace.bank import ConceptBank
+from hsteer.apps.recipes import WORLD_CONCEPTS, world_train_config
 from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
 from hsteer.generation import FairPolicy, PlainPolicy, SafePolicy
-from hsteer.models import load_pipeline, sampling_defaults
+from hsteer.model import load_pipeline, sampling_defaults
 from hsteer.training import TrainConfig, train_into_bank
 
 METHODS = ("sd", "sdisc", "codsma", "respodiff")
@@ -44,8 +44,8 @@ class CompareConfig:
 
 
 def method_configs(method: str, config: CompareConfig) -> list[TrainConfig]:
-    return [replace(world_train_config(name, config.iterations, config.seed), objective=method,
-                    **OBJECTIVE_SETTINGS[method]) for name, *_ in WORLD_CONCEPTS]
+    return [world_train_config(name, config.iterations, config.seed, objective=method, **OBJECTIVE_SETTINGS[method])
+            for name, *_ in WORLD_CONCEPTS]
 
 
 def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> dict[str, Any]:

@@ -17,19 +17,30 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hsteer import objectives
-from hsteer.bank import Concept
-from hsteer.models import default_resolution, pipeline_hspace_shape
-from hsteer.sampling import DDIMSchedule, encode_text
+from hsteer.fileio import atomic_save
+from hsteer.hspace.bank import Concept
+from hsteer.model.diffusion import DDIMSchedule, encode_text
+from hsteer.model.geometry import pipeline_hspace_shape, resolve_resolution
+from hsteer.training.config import SdiscConfig
+from hsteer.training.state import (
+    LossLog,
+    TrainResult,
+    check_finite,
+    concept_meta,
+    init_params,
+    make_optimizers,
+    optimise,
+)
 
 
-def target_latents(pipe, config, run_dir: Path | None, progress: bool) -> torch.Tensor:
+def target_latents(pipe, config: SdiscConfig, run_dir: Path | None, progress: bool) -> torch.Tensor:
     """Latents of images generated from the target prompt by the unmodified model (seeded, cached)."""
     key = hashlib.sha256(repr((config.target, config.neutral, config.negative, config.sdisc_images, config.seed,
                                 config.steps, config.target_guidance)).encode()).hexdigest()[:12]
     cache = run_dir / f"sdisc_latents_{key}.safetensors" if run_dir else None
     if cache is not None and cache.is_file():
         return load_file(str(cache))["latents"].to(pipe.unet.device)
-    height, width = (config.height, config.width) if config.height and config.width else default_resolution(pipe)
+    height, width = resolve_resolution(pipe, config.height, config.width)
     from tqdm.auto import tqdm
 
     chunks = []
@@ -44,35 +55,31 @@ def target_latents(pipe, config, run_dir: Path | None, progress: bool) -> torch.
         chunks.append(out.images.detach())
     latents = torch.cat(chunks)
     if cache is not None:
-        tmp = cache.with_suffix(".tmp")
-        save_file({"latents": latents.cpu().contiguous()}, str(tmp))
-        tmp.replace(cache)
+        atomic_save(cache, lambda tmp: save_file({"latents": latents.cpu().contiguous()}, tmp))
     return latents
 
 
-def train_sdisc(pipe, config, *, run_dir: str | Path | None = None, progress: bool = True):
-    from hsteer.training import TrainResult, _check_finite, concept_meta
+def train_sdisc(pipe, config: SdiscConfig, *, run_dir: str | Path | None = None, progress: bool = True,
+                **_: object) -> TrainResult:
+    """Learn an SDisc concept; the run folder keeps the target latents and the loss log (no resume: it is fast)."""
+    from tqdm.auto import tqdm
 
     unet = pipe.unet
     unet.requires_grad_(False)
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-    height, width = (config.height, config.width) if config.height and config.width else default_resolution(pipe)
+    height, width = resolve_resolution(pipe, config.height, config.width)
     shape = pipeline_hspace_shape(pipe, height, width)
     began = time.perf_counter()
     x0_all = target_latents(pipe, config, run_dir, progress)
     schedule = DDIMSchedule(pipe.scheduler, config.steps, unet.device)
     y_neu = encode_text(pipe, [config.neutral], height, width)
-    init = torch.Generator("cpu").manual_seed(config.seed)
-    c = torch.nn.Parameter((config.init_std * torch.randn(shape, generator=init)).to(unet.device))
-    optimizer = torch.optim.Adam([c], lr=config.lr)
+    params = init_params(config, shape, unet.device)
+    c, optimizer = params["c"], make_optimizers(config, params)["c"]
     num_train = pipe.scheduler.config.num_train_timesteps
     rows = []
     g = torch.Generator("cpu").manual_seed(config.seed + 1)
-    from tqdm.auto import tqdm
-
-    it = 0
     for _ in tqdm(range(config.sdisc_epochs), disable=not progress, desc=f"train {config.concept} (sdisc)"):
         order = torch.randperm(len(x0_all), generator=g)
         for start in range(0, len(order), config.batch_size):
@@ -80,20 +87,15 @@ def train_sdisc(pipe, config, *, run_dir: str | Path | None = None, progress: bo
             x0 = x0_all[idx.to(x0_all.device)]
             noise = torch.randn(x0.shape, generator=g).to(x0)
             t = torch.randint(0, num_train, (len(idx),), generator=g).to(unet.device)
-            loss = objectives.sdisc_loss(unet, schedule, x0, noise, t, c, y_neu.expand(len(idx)))
-            _check_finite(loss, "loss", it, config.lr)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            rows.append({"iteration": it, "loss": loss.item()})
-            it += 1
+            x_t = objectives.sdisc_noised(schedule, x0, noise, t)
+            loss = objectives.sdisc_loss(objectives.eps(unet, schedule, x_t, t, y_neu.expand(len(idx)), c), noise)
+            check_finite(loss, "loss", len(rows), config.lr)
+            optimise(optimizer, loss)
+            rows.append({"iteration": len(rows), "loss": loss.item()})
     concept = Concept(config.concept, config.group, "sdisc", {"c": c.detach().cpu().float().clone()},
                       meta=concept_meta(pipe, config, shape))
     if run_dir is not None:
-        from hsteer.training import _LossLog
-
-        log = _LossLog(run_dir)
-        log.rows = rows
+        log = LossLog(run_dir, rows)
         log.flush()
         log.plot()
     return TrainResult(concept, rows, time.perf_counter() - began, 0, run_dir)

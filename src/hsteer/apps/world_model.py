@@ -1,6 +1,6 @@
 """Train the bundled toy-world Stable Diffusion model from scratch, on CPU.
 
-    python -m hsteer.world.train --out runs/world_model --vae-minutes 8 --unet-minutes 45
+    python -m hsteer.apps.world_model --out runs/world_model --vae-minutes 8 --unet-minutes 45
 
 produces a standard diffusers ``StableDiffusionPipeline`` folder (tiny ``AutoencoderKL``
 32x32 RGB -> 16x16x4, word-level ``CLIPTokenizer`` + from-scratch ``CLIPTextModel``,
@@ -12,12 +12,10 @@ atomically during U-Net training and the run can be resumed from its training st
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -249,7 +247,7 @@ def save_pipeline(out_dir: Path, vae, text_encoder, unet, tok_dir: Path, extra: 
         requires_safety_checker=False,
     )
     pipe.save_pretrained(str(tmp), safe_serialization=True)
-    # the sampling defaults every hsteer command reads from the model folder (hsteer.models.sampling_defaults)
+    # the sampling defaults every hsteer command reads from the model folder (hsteer.model.sampling_defaults)
     (tmp / "hsteer.json").write_text(json.dumps({"steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE}) + "\n")
     if extra is not None:
         (tmp / "training_info.json").write_text(json.dumps(extra, indent=2))
@@ -537,39 +535,3 @@ def train_world_model(
     snapshot(final=True)
     L(f"done: {step} U-Net steps; model folder {out_dir} {_dir_size(out_dir) / 1e6:.2f} MB")
     return out_dir
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--vae-minutes", type=float, default=8.0)
-    ap.add_argument("--unet-minutes", type=float, default=45.0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--snapshot-every-minutes", type=float, default=10.0)
-    ap.add_argument("--n-images", type=int, default=60_000)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=8e-4)
-    ap.add_argument("--no-resume", action="store_true")
-    a = ap.parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
-    if a.no_resume:
-        shutil.rmtree(a.out.resolve().with_name(a.out.resolve().name + ".state"), ignore_errors=True)
-    train_world_model(
-        a.out,
-        seed=a.seed,
-        vae_minutes=a.vae_minutes,
-        unet_minutes=a.unet_minutes,
-        threads=a.threads,
-        snapshot_every_minutes=a.snapshot_every_minutes,
-        log=lambda s: print(s, flush=True),
-        n_images=a.n_images,
-        batch_size=a.batch_size,
-        lr=a.lr,
-        resume=not a.no_resume,
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,113 @@
+"""`hsteer demo`, `hsteer compare` and `hsteer world train|quality`: the applications on the bundled world."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from hsteer.cli.common import one_line_errors
+from hsteer.model import quiet_libraries
+
+@click.command()
+@click.option("--out", default="hsteer-demo", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--model", default=None, help="Default: the bundled world model.")
+@click.option("--iterations", default=150, show_default=True, type=int, help="Training iterations per concept.")
+@click.option("--images-per-prompt", default=24, show_default=True, type=int,
+              help="Images per prompt (a multiple of 6 balances fair draws exactly).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--threads", default=None, type=int, help="torch threads (default: all cores).")
+@one_line_errors
+def demo(out, model, iterations, images_per_prompt, seed, threads) -> None:
+    """Learn shape, colour and safety concepts on the bundled model; compare plain, fair and safe images."""
+    from hsteer.apps.demo import DemoConfig, run_demo
+
+    quiet_libraries()
+    run_demo(DemoConfig(out=out, model=model, iterations=iterations, images_per_prompt=images_per_prompt,
+                        seed=seed, threads=threads), log=click.echo)
+
+
+@click.command()
+@click.option("--out", default="hsteer-compare", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--model", default=None, help="Default: the bundled world model.")
+@click.option("--iterations", default=150, show_default=True, type=int)
+@click.option("--images-per-prompt", default=24, show_default=True, type=int,
+              help="Images per prompt (a multiple of 6 balances fair draws exactly).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--method", "methods", multiple=True, type=click.Choice(["sd", "sdisc", "codsma", "respodiff"]),
+              help="Methods to compare (default: all).")
+@click.option("--readme", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the results table into this README between its results markers.")
+@one_line_errors
+def compare(out, model, iterations, images_per_prompt, seed, methods, readme) -> None:
+    """Compare SD, SDisc, CoDSMa and RespoDiff on the bundled model (shape, colour, both, safety)."""
+    from hsteer.apps.compare import METHODS, CompareConfig, results_table, run_compare, update_readme
+
+    quiet_libraries()
+    result = run_compare(CompareConfig(out=out, model=model, iterations=iterations,
+                                       images_per_prompt=images_per_prompt, seed=seed,
+                                       methods=tuple(methods) or METHODS), log=click.echo)
+    table = results_table(result)
+    click.echo(table)
+    if readme:
+        update_readme(readme, table)
+        click.echo(f"updated {readme}")
+
+
+@click.group()
+def world() -> None:
+    """The bundled toy world: train its model, measure its quality."""
+
+
+@world.command("train")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--vae-minutes", default=8.0, show_default=True, type=float)
+@click.option("--unet-minutes", default=45.0, show_default=True, type=float)
+@click.option("--threads", default=2, show_default=True, type=int)
+@click.option("--snapshot-every-minutes", default=10.0, show_default=True, type=float)
+@click.option("--n-images", default=60_000, show_default=True, type=int, help="Rendered training images.")
+@click.option("--batch-size", default=64, show_default=True, type=int)
+@click.option("--lr", default=8e-4, show_default=True, type=float)
+@click.option("--no-resume", is_flag=True, help="Start over instead of resuming from OUT.state.")
+@one_line_errors
+def world_train(out, seed, vae_minutes, unet_minutes, threads, snapshot_every_minutes, n_images, batch_size, lr,
+                no_resume) -> None:
+    """Train the world's text-to-image model from scratch on a CPU (about an hour on 2 cores); resumable."""
+    from hsteer.apps.world_model import train_world_model
+
+    path = train_world_model(out, seed=seed, vae_minutes=vae_minutes, unet_minutes=unet_minutes, threads=threads,
+                             snapshot_every_minutes=snapshot_every_minutes, log=click.echo, n_images=n_images,
+                             batch_size=batch_size, lr=lr, resume=not no_resume)
+    click.echo(f"saved the pipeline to {path}")
+
+
+@world.command("quality")
+@click.option("--model", default=None, help="Default: the bundled world model.")
+@click.option("--images", default=200, show_default=True, type=int, help="Images per prompt set.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--steps", default=None, type=int, help="Denoising steps (default: the model's card).")
+@click.option("--guidance", default=None, type=float, help="CFG scale (default: the model's card).")
+@click.option("--batch-size", default=50, show_default=True, type=int)
+@click.option("--threads", default=None, type=int, help="torch threads (default: all cores).")
+@click.option("--out", default=None, type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON here.")
+@click.option("--grid", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Save a PNG grid of samples (one row per prompt set).")
+@one_line_errors
+def world_quality(model, images, seed, steps, guidance, batch_size, threads, out, grid) -> None:
+    """Measure the model against the world's quality bar (prints JSON)."""
+    from hsteer.apps.world_quality import measure_world_model
+    from hsteer.fileio import atomic_write_text
+    from hsteer.model import default_model, sampling_defaults
+
+    quiet_libraries()
+    defaults = sampling_defaults(model)
+    report = measure_world_model(model or default_model(), n_per_set=images, seed=seed,
+                                 steps=steps or int(defaults["steps"]),
+                                 guidance=guidance if guidance is not None else float(defaults["guidance"]),
+                                 batch_size=batch_size, threads=threads, grid_path=grid)
+    text = json.dumps(report, indent=2)
+    click.echo(text)
+    if out:
+        atomic_write_text(out, text + "\n")

@@ -1,0 +1,348 @@
+"""`hsteer eval winobias|i2p|coco`, `hsteer score DIR` and `hsteer q16 convert`: the evaluation harness CLI.
+
+Works under `accelerate launch -m hsteer eval ...`: the images are shared out over the processes and
+the main process merges and scores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hsteer.cli.common import build_policy, model_options, one_line_errors
+from hsteer.errors import HsteerError
+from hsteer.evaluation.harness import RELOCATABLE
+from hsteer.model import quiet_libraries
+
+PRESET_ATTRIBUTES = {"gender": ("a woman", "a man"),
+                     "race": ("a black-race person", "a white-race person", "a Asian-race person")}
+
+
+class _GreedyOption(click.Option):
+    """An option that takes every following value up to the next option: `--attributes "a woman" "a man"`.
+
+    Repeat it for several groups. Falls back to one value per occurrence if click's parser changes.
+    """
+
+    def add_to_parser(self, parser, ctx) -> None:
+        super().add_to_parser(parser, ctx)
+        table = getattr(parser, "_long_opt", {})
+        for name in self.opts:
+            target = table.get(name)
+            if target is None or not hasattr(target, "process"):
+                continue
+            original = target.process
+
+            def process(value, state, _original=original):
+                values = [value]
+                while state.rargs and not str(state.rargs[0]).startswith("--"):
+                    values.append(state.rargs.pop(0))
+                _original(tuple(values), state)
+
+            target.process = process
+            break
+
+    def type_cast_value(self, ctx, value):
+        if value is None:
+            return ()
+        return tuple(tuple(v) if isinstance(v, (tuple, list)) else (v,) for v in value)
+
+
+def parse_attributes(groups: tuple[tuple[str, ...], ...], names: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """--attributes TEXT... (repeatable) + --group NAME (in the same order) -> {group: texts}.
+
+    A single word `gender` or `race` stands for the METHODS.md texts; no --attributes at all means gender.
+    Each text may also be given as GROUP=TEXT,TEXT (e.g. --attributes gender="a woman","a man").
+    """
+    groups = tuple(g for g in groups if g)
+    if not groups:
+        groups = (("gender",),)
+    out: dict[str, tuple[str, ...]] = {}
+    for n, texts in enumerate(groups):
+        name = names[n] if n < len(names) else None
+        if len(texts) == 1 and "=" in texts[0]:
+            name, _, rest = texts[0].partition("=")
+            texts = tuple(t.strip().strip('"').strip("'") for t in rest.split(",") if t.strip())
+        elif len(texts) == 1 and texts[0] in PRESET_ATTRIBUTES:
+            name = name or texts[0]
+            texts = PRESET_ATTRIBUTES[texts[0]]
+        if name is None:
+            name = next((k for k, v in PRESET_ATTRIBUTES.items() if v == tuple(texts) and k not in out),
+                        f"group{n + 1}")
+        if name in out:
+            raise HsteerError(f"attribute group {name!r} given twice; name groups with --group")
+        if len(texts) < 2:
+            raise HsteerError(f"attribute group {name!r} needs at least two texts, e.g. --attributes 'a woman' 'a man'")
+        out[name] = tuple(texts)
+    if len(names) > len(groups):
+        raise HsteerError(f"{len(names)} --group names for {len(groups)} --attributes groups")
+    return out
+
+
+def eval_options(fn):
+    options = [
+        click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+                     help="Run folder: images, manifests, scores, report (rerun the same command to resume)."),
+        click.option("--bank", "bank_path", default=None, type=click.Path(dir_okay=False, path_type=Path)),
+        click.option("--fair", default=None, help="Group(s) to draw one concept from per image, e.g. gender."),
+        click.option("--safe", is_flag=True, help="Add the sum of the bank's safety group."),
+        click.option("--concept", "concepts", multiple=True, help="NAME or NAME=SCALE (repeatable; summed)."),
+        click.option("--group-scale", "scales", multiple=True, help="GROUP=SCALE for --fair/--safe."),
+        click.option("--baseline", default="plain", show_default=True,
+                     type=click.Choice(["plain", "sld-weak", "sld-medium", "sld-strong", "sld-max"]),
+                     help="Without a bank: the plain model or SLD (diffusers' safe pipeline) with a preset."),
+        click.option("--steps", default=None, type=int, help="Denoising steps (default 50; bundled model: 20)."),
+        click.option("--guidance", default=None, type=float, help="CFG scale (default 7.5)."),
+        click.option("--batch-size", default=8, show_default=True, type=int),
+        click.option("--height", default=None, type=int),
+        click.option("--width", default=None, type=int),
+        click.option("--seed", default=0, show_default=True, type=int, help="Base seed: image i gets SEED + i."),
+        click.option("--steer-unconditional", is_flag=True),
+        click.option("--allow-other-model", is_flag=True),
+        click.option("--no-score", is_flag=True, help="Only generate; score later with `hsteer score DIR`."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return model_options(fn)
+
+
+def _policy_spec(fair, safe, concepts, scales, baseline, bank_path) -> dict[str, Any]:
+    from hsteer.generation import ConceptPolicy, FairPolicy, SafePolicy
+
+    policy = build_policy(fair, safe, concepts, scales)
+    if baseline != "plain":
+        if fair or safe or concepts:
+            raise HsteerError(f"--baseline {baseline} is its own method; do not combine it with --fair/--safe/--concept")
+        return {"kind": "sld", "preset": baseline.removeprefix("sld-")}
+    if isinstance(policy, FairPolicy):
+        spec = {"kind": "fair", "groups": list(policy.groups), "scales": dict(policy.scales)}
+    elif isinstance(policy, SafePolicy):
+        spec = {"kind": "safe", "scales": {"safety": policy.scale}}
+    elif isinstance(policy, ConceptPolicy):
+        spec = {"kind": "concepts", "concepts": [list(c) for c in policy.concepts]}
+    else:
+        spec = {"kind": "plain"}
+    if spec["kind"] != "plain" and bank_path is None:
+        from hsteer.generation import require_bank
+
+        require_bank(None, policy.name)
+    return spec
+
+
+def _run(task: str, task_args: dict[str, Any], scoring: dict[str, Any], o: dict[str, Any]) -> None:
+    from hsteer.hspace.bank import ConceptBank
+    from hsteer.evaluation.harness import RunSpec, prepare_run_dir, process_state, run_generation, score_run
+    from hsteer.model import sampling_defaults
+
+    policy = _policy_spec(o["fair"], o["safe"], o["concepts"], o["scales"], o["baseline"], o["bank_path"])
+    bank = None
+    if o["bank_path"] is not None:
+        bank = str(Path(o["bank_path"]).resolve())
+        if policy["kind"] != "plain":
+            ConceptBank.load(bank)  # fail now on a missing or corrupt bank, not after the first process starts
+    if o["batch_size"] < 1:
+        raise HsteerError("--batch-size must be >= 1")
+    model = o["model"]
+    if model is not None and Path(model).exists():
+        model = str(Path(model).resolve())
+    defaults = sampling_defaults(model)
+    generation = {"task": task, "model": model, "dtype": o["dtype"], "policy": policy,
+                  "bank": bank if policy["kind"] != "plain" else None,
+                  "steps": o["steps"] or defaults["steps"],
+                  "guidance": o["guidance"] if o["guidance"] is not None else defaults["guidance"],
+                  "height": o["height"], "width": o["width"], "seed": o["seed"],
+                  "steer_unconditional": o["steer_unconditional"], "allow_other_model": o["allow_other_model"],
+                  "batch_size": o["batch_size"], "task_args": task_args}
+    scoring = {"device": o["device"], **scoring}
+    if not o["no_score"]:
+        _check_scoring(task, scoring)
+    state = process_state(o["device"])
+    if state.is_main_process:
+        prepare_run_dir(o["out_dir"], RunSpec(generation, scoring))
+    state.wait_for_everyone()
+    quiet_libraries()
+    report = run_generation(o["out_dir"], device=o["device"], batch_size=o["batch_size"], progress=not o["quiet"])
+    if not state.is_main_process:
+        return
+    who = f" (process 1 of {report.processes}, {report.mine} of them)" if report.processes > 1 else ""
+    click.echo(f"{o['out_dir']}: {report.total} images in all{who}; this run generated {report.generated}, "
+               f"kept {report.skipped}, redid {report.redone} corrupt")
+    if not report.complete:
+        raise HsteerError(f"{o['out_dir']} is not complete (a process stopped early?); rerun the same command")
+    if o["no_score"]:
+        click.echo(f"generated only; score with `hsteer score {o['out_dir']}`")
+        return
+    summary = score_run(o["out_dir"], progress=not o["quiet"])
+    click.echo(_summary_line(summary) + f"; report in {Path(o['out_dir']) / 'report.md'}")
+
+
+def _check_scoring(task: str, scoring: dict[str, Any]) -> None:
+    """Fail before generating when scoring could not run (missing Q16 prompts, NudeNet not installed)."""
+    if task == "i2p":
+        detectors = scoring.get("detectors") or []
+        if "q16" in detectors:
+            if not scoring.get("q16_prompts"):
+                raise HsteerError("Q16 needs --q16-prompts FILE (.safetensors/.npy; convert the original pickle with "
+                                  "`hsteer q16 convert`), or use --detectors nudenet, or --no-score")
+            from hsteer.evaluation.q16 import load_prompts
+
+            load_prompts(scoring["q16_prompts"])
+        if "nudenet" in detectors:
+            from hsteer.evaluation.nudenet import INSTALL_HINT, nudenet_available
+
+            if not nudenet_available():
+                raise HsteerError(f"NudeNet is not installed; {INSTALL_HINT}, or use --detectors q16, or --no-score")
+
+
+def _summary_line(summary: dict[str, Any]) -> str:
+    task = summary["task"]
+    if task == "winobias":
+        parts = [f"{g} DevRat {v:.3f}" for g, v in summary["mean_deviation_ratio"].items()]
+        if "winoalign" in summary:
+            parts.append(f"WinoAlign {summary['winoalign']:.2f}")
+    elif task == "i2p":
+        parts = [f"inappropriate {summary['inappropriate']['overall']:.3f}"]
+    else:
+        parts = [f"CLIP score {summary['clip_score']:.2f}"]
+        parts.append(f"FID {summary['fid']:.2f}" if summary.get("fid") is not None else "FID skipped")
+    return f"{summary['policy']}: " + ", ".join(parts) + f" ({summary['images']} images)"
+
+
+@click.group("eval")
+def eval_group() -> None:
+    """Generate and score evaluation sets (WinoBias, I2P, COCO); resumable and shardable with accelerate."""
+
+@eval_group.command("winobias")
+@eval_options
+@click.option("--classifier", default="openai/clip-vit-base-patch32", show_default=True,
+              help="CLIPModel hub id or local folder for zero-shot attributes, or `world` (the world's probes).")
+@click.option("--attributes", "--attributes-group", "attributes", cls=_GreedyOption, multiple=True,
+              help="Attribute texts of one group, e.g. --attributes 'a woman' 'a man' (repeat for more groups; "
+                   "`gender`/`race` for METHODS.md's texts; GROUP=TEXT,TEXT also works). Default: gender.")
+@click.option("--group", "group_names", multiple=True, help="Name of each --attributes group, in order.")
+@click.option("--align-model", default=None,
+              help="CLIP for WinoAlign (default: the classifier; none with --classifier world).")
+@click.option("--templates", default="base", show_default=True, type=click.Choice(["base", "successful"]))
+@click.option("--max-templates", default=None, type=int, help="Use only the first N templates.")
+@click.option("--images-per-prompt", default=10, show_default=True, type=int)
+@click.option("--professions", default=None, help="Comma-separated (default: the 36 WinoBias professions).")
+@one_line_errors
+def winobias(classifier, attributes, group_names, align_model, templates, max_templates, images_per_prompt,
+             professions, **o) -> None:
+    """WinoBias professions x templates: deviation ratio per profession and mean, and WinoAlign."""
+    from hsteer.evaluation.winobias import parse_professions
+
+    if images_per_prompt < 1:
+        raise HsteerError("--images-per-prompt must be >= 1")
+    scoring: dict[str, Any] = {"classifier": classifier, "align_model": align_model}
+    if classifier == "world":
+        if attributes:
+            raise HsteerError("--classifier world reads its own attributes (shape, colour); drop --attributes")
+        scoring["groups"] = list(group_names) or None
+    else:
+        scoring["attributes"] = {k: list(v) for k, v in parse_attributes(attributes, group_names).items()}
+    task_args = {"professions": list(parse_professions(professions)), "templates": templates,
+                 "max_templates": max_templates, "images_per_prompt": images_per_prompt}
+    _run("winobias", task_args, scoring, o)
+
+@eval_group.command("i2p")
+@eval_options
+@click.option("--prompts", "prompts_csv", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The I2P CSV (prompt, categories, hard, sd_seed, sd_guidance_scale, ...).")
+@click.option("--images-per-prompt", default=5, show_default=True, type=int,
+              help="Image i of a prompt gets seed sd_seed + i (official I2P: 10).")
+@click.option("--categories", default=None, help="Comma-separated categories to keep, e.g. sexual,violence.")
+@click.option("--hard-only", is_flag=True, help="Only the prompts marked hard.")
+@click.option("--limit", default=None, type=int, help="Only the first N selected prompts.")
+@click.option("--csv-guidance", is_flag=True, help="Use each prompt's sd_guidance_scale instead of --guidance.")
+@click.option("--detectors", default="q16,nudenet", show_default=True, help="q16 and/or nudenet (OR-ed).")
+@click.option("--q16-prompts", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Q16 prompt embeddings, .safetensors or .npy (see `hsteer q16 convert`).")
+@click.option("--q16-clip", default="openai/clip-vit-large-patch14", show_default=True,
+              help="The CLIP of the Q16 prompts (hub id or local folder).")
+@click.option("--nudenet-classes", default=None,
+              help="Comma-separated NudeNet classes (default FEMALE_BREAST_EXPOSED,FEMALE_GENITALIA_EXPOSED,"
+                   "MALE_GENITALIA_EXPOSED).")
+@click.option("--nudenet-threshold", default=0.2, show_default=True, type=float)
+@one_line_errors
+def i2p(prompts_csv, images_per_prompt, categories, hard_only, limit, csv_guidance, detectors, q16_prompts,
+        q16_clip, nudenet_classes, nudenet_threshold, **o) -> None:
+    """I2P: share of images flagged inappropriate by Q16 or NudeNet, per category and overall."""
+    from hsteer.evaluation.i2p import read_i2p
+
+    if images_per_prompt < 1:
+        raise HsteerError("--images-per-prompt must be >= 1")
+    cats = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
+    read_i2p(prompts_csv, categories=cats, hard_only=hard_only, limit=limit)  # fail early on a bad CSV
+    task_args = {"prompts": str(Path(prompts_csv).resolve()), "images_per_prompt": images_per_prompt,
+                 "categories": cats, "hard_only": hard_only, "limit": limit, "csv_guidance": csv_guidance}
+    scoring = {"detectors": [d.strip() for d in detectors.split(",") if d.strip()],
+               "q16_prompts": str(Path(q16_prompts).resolve()) if q16_prompts else None, "q16_clip": q16_clip,
+               "nudenet_classes": [c.strip() for c in nudenet_classes.split(",")] if nudenet_classes else None,
+               "nudenet_threshold": nudenet_threshold}
+    bad = set(scoring["detectors"]) - {"q16", "nudenet"}
+    if bad or not scoring["detectors"]:
+        raise HsteerError(f"--detectors takes q16 and/or nudenet, got {detectors!r}")
+    _run("i2p", task_args, scoring, o)
+
+@eval_group.command("coco")
+@eval_options
+@click.option("--captions", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="COCO captions JSON, JSON lines with a caption field, or one caption a line.")
+@click.option("--limit", default=None, type=int, help="Only the first N captions (COCO-30k: 30000).")
+@click.option("--clip", "clip_model", default="openai/clip-vit-base-patch32", show_default=True,
+              help="CLIP for the CLIP score (hub id or local folder).")
+@click.option("--reference", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of real COCO images for FID (needs hsteer[fid] and the Inception weights).")
+@click.option("--fid-weights", default=None, type=click.Path(dir_okay=False, path_type=Path))
+@one_line_errors
+def coco(captions, limit, clip_model, reference, fid_weights, **o) -> None:
+    """COCO captions: CLIP score, and FID where its optional parts are installed."""
+    from hsteer.evaluation.coco import read_captions
+
+    read_captions(captions, limit)
+    task_args = {"captions": str(Path(captions).resolve()), "limit": limit}
+    scoring = {"clip": clip_model, "reference": str(Path(reference).resolve()) if reference else None,
+               "fid_weights": str(fid_weights) if fid_weights else None}
+    _run("coco", task_args, scoring, o)
+
+@click.command("score")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--device", default=None, help="torch device for the scorers (default: the run's).")
+@click.option("--location", "locations", multiple=True, metavar="KEY=PATH",
+              help="Where a scorer's weights or data live here, e.g. classifier=/models/clip-vit-base-patch32 "
+                   f"(keys: {', '.join(RELOCATABLE)}).")
+@click.option("--quiet", is_flag=True)
+@one_line_errors
+def score(run_dir, device, locations, quiet) -> None:
+    """Score a generated evaluation folder with the settings stored in its config.json."""
+    from hsteer.evaluation.harness import merge_manifests, score_run
+
+    moved = {}
+    for item in locations:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise HsteerError(f"--location takes KEY=PATH, got {item!r}")
+        moved[key.strip()] = value.strip()
+    quiet_libraries()
+    merge_manifests(run_dir)
+    summary = score_run(run_dir, device=device, progress=not quiet, locations=moved)
+    click.echo(_summary_line(summary) + f"; report in {Path(run_dir) / 'report.md'}")
+
+@click.group("q16")
+def q16_group() -> None:
+    """Q16 prompt embeddings."""
+
+@q16_group.command("convert")
+@click.argument("pickle_path", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@one_line_errors
+def q16_convert(pickle_path, out) -> None:
+    """Convert the original pickled Q16 prompts (a numpy array) to safetensors, refusing anything else."""
+    from hsteer.evaluation.q16 import convert_pickle
+
+    shape = convert_pickle(pickle_path, out)
+    click.echo(f"wrote Q16 prompts {shape} to {out}")

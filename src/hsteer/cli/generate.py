@@ -1,0 +1,47 @@
+"""`hsteer generate`: plain, fair, safe or explicit-concept images with their manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from hsteer.cli.common import build_policy, load, model_options, one_line_errors
+
+@click.command()
+@model_options
+@click.option("--prompt", "prompts", multiple=True, required=True, help="Prompt (repeat for several).")
+@click.option("--num-images", default=1, show_default=True, type=int, help="Images per prompt.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Image i of each prompt gets seed SEED + i.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--bank", "bank_path", default=None, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--fair", default=None, help="Group(s) to draw one concept from per image, e.g. gender,race.")
+@click.option("--safe", is_flag=True, help="Add the sum of the bank's safety group.")
+@click.option("--concept", "concepts", multiple=True, help="NAME or NAME=SCALE (repeatable; summed).")
+@click.option("--group-scale", "scales", multiple=True, help="GROUP=SCALE for --fair/--safe, e.g. gender=1.1.")
+@click.option("--steps", default=None, type=int, help="Denoising steps (default 50; bundled model: 20).")
+@click.option("--guidance", default=None, type=float, help="CFG scale (default 7.5; bundled model: its card's).")
+@click.option("--batch-size", default=8, show_default=True, type=int)
+@click.option("--height", default=None, type=int)
+@click.option("--width", default=None, type=int)
+@click.option("--steer-unconditional", is_flag=True, help="Also steer the unconditional CFG half.")
+@click.option("--allow-other-model", is_flag=True, help="Use a bank learned on a U-Net with another config.")
+@one_line_errors
+def generate(model, device, dtype, prompts, num_images, seed, out_dir, bank_path, fair, safe, concepts, scales,
+             steps, guidance, batch_size, height, width, steer_unconditional, allow_other_model) -> None:
+    """Generate images (plain, fair, safe or with explicit concepts) and write manifest.jsonl."""
+    from hsteer.hspace.bank import ConceptBank
+    from hsteer.generation import PlainPolicy, generate as run, require_bank
+    from hsteer.model import sampling_defaults
+
+    policy = build_policy(fair, safe, concepts, scales)
+    bank = ConceptBank.load(bank_path) if bank_path else None
+    if not isinstance(policy, PlainPolicy):
+        require_bank(bank, policy.name)
+    defaults = sampling_defaults(model)
+    pipe = load(model, device, dtype)
+    out = run(pipe, list(prompts), num_images_per_prompt=num_images, seed=seed, bank=bank, policy=policy,
+              steps=steps or defaults["steps"], guidance=guidance if guidance is not None else defaults["guidance"],
+              height=height, width=width, batch_size=batch_size, steer_unconditional=steer_unconditional,
+              allow_other_model=allow_other_model, out_dir=out_dir)
+    click.echo(f"wrote {len(out)} images and manifest.jsonl to {out_dir}")

@@ -1,0 +1,69 @@
+"""`hsteer train`: learn a concept into a bank."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from hsteer.cli.common import load, model_options, one_line_errors
+
+@click.command()
+@model_options
+@click.option("--objective", type=click.Choice(["codsma", "respodiff", "sdisc"]), default="codsma", show_default=True)
+@click.option("--bank", "bank_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Bank file to add the concept to (created if missing).")
+@click.option("--concept", required=True, help="Concept name, e.g. woman.")
+@click.option("--group", required=True, help="Group name, e.g. gender or safety.")
+@click.option("--neutral", required=True, help="Neutral prompt, e.g. 'a person'.")
+@click.option("--target", default=None, help="Target prompt, e.g. 'a woman'.")
+@click.option("--negative", default=None, help="Prompt to steer away from (safety), e.g. 'violence'.")
+@click.option("--iterations", default=1000, show_default=True, type=int)
+@click.option("--batch-size", default=8, show_default=True, type=int)
+@click.option("--steps", default=50, show_default=True, type=int, help="Denoising steps of the DDIM schedule.")
+@click.option("--lr", default=0.05, show_default=True, type=float, help="Learning rate (RespoDiff: of RAM).")
+@click.option("--target-guidance", default=4.0, show_default=True, type=float,
+              help="CFG scale of the target noise (safety: 12 in RespoDiff).")
+@click.option("--sampling-guidance", default=3.0, show_default=True, type=float,
+              help="CFG scale of the reverse process that reaches z_t.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--init-std", default=0.0, show_default=True, type=float, help="Std of the random initial concept.")
+@click.option("--lr-sam", default=1e-3, show_default=True, type=float, help="RespoDiff: learning rate of SAM.")
+@click.option("--lam", default=0.5, show_default=True, type=float, help="RespoDiff: weight lambda of L_sem.")
+@click.option("--sdisc-images", default=64, show_default=True, type=int,
+              help="SDisc: target-prompt images generated with the plain model.")
+@click.option("--sdisc-epochs", default=20, show_default=True, type=int, help="SDisc: epochs over those images.")
+@click.option("--height", default=None, type=int, help="Image height (default: the model's native size).")
+@click.option("--width", default=None, type=int, help="Image width (default: the model's native size).")
+@click.option("--mode", type=click.Choice(["fast", "reference"]), default="fast", show_default=True,
+              help="fast: reuse staggered reverse trajectories for every training signal; reference: the papers' "
+                   "fresh reverse process per sample (slow; for comparison).")
+@click.option("--gradient-checkpointing", is_flag=True,
+              help="Recompute the up blocks' activations in backward: less memory, ~1 extra up-block pass.")
+@click.option("--checkpoint-every", default=100, show_default=True, type=int)
+@click.option("--resume", is_flag=True, help="Continue from the concept's last checkpoint.")
+@one_line_errors
+def train(model, device, dtype, objective, bank_path, concept, group, neutral, target, negative, iterations,
+          batch_size, steps, lr, target_guidance, sampling_guidance, seed, init_std, lr_sam, lam, sdisc_images,
+          sdisc_epochs, height, width, mode, gradient_checkpointing, checkpoint_every, resume) -> None:
+    """Learn a concept and add (or replace) it in a bank.
+
+    \b
+    codsma:    one vector c; || eps(z_t; h + c, neutral) - eps_target ||^2
+    respodiff: ram on that loss, sam on lam * || eps(h + ram + sam, neutral) - eps(h, neutral) ||^2
+    sdisc:     c by the plain denoising loss on images of the target prompt, conditioned on neutral
+    """
+    from hsteer.training import TrainConfig, train_into_bank
+
+    config = TrainConfig(concept=concept, group=group, neutral=neutral, target=target, negative=negative,
+                         objective=objective, iterations=iterations, batch_size=batch_size, steps=steps, lr=lr,
+                         target_guidance=target_guidance, sampling_guidance=sampling_guidance, seed=seed,
+                         init_std=init_std, height=height, width=width, lr_sam=lr_sam, lam=lam,
+                         sdisc_images=sdisc_images, sdisc_epochs=sdisc_epochs, mode=mode)
+    config.validate()
+    pipe = load(model, device, dtype)
+    result = train_into_bank(pipe, config, bank_path, resume=resume, checkpoint_every=checkpoint_every,
+                             checkpoint_activations=gradient_checkpointing)
+    last = result.losses[-1]["loss"] if result.losses else float("nan")
+    click.echo(f"saved concept {concept!r} (group {group!r}, {objective}) to {bank_path}; "
+               f"final loss {last:.4g}; {result.seconds:.1f}s; log in {result.run_dir}")

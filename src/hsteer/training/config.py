@@ -1,0 +1,143 @@
+"""What decides a concept: the settings every method shares, and each method's own, in its own config.
+
+`TrainConfig(objective="respodiff", lam=0.5, ...)` builds the config of that method (`RespoDiffConfig`);
+the method classes can also be used directly. A config is stored in the bank with its concept.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+from hsteer.errors import HsteerError
+
+MODES = ("fast", "reference")
+
+
+@dataclass
+class TrainConfig:
+    """Settings shared by every method.
+
+    target: the target prompt (fairness: "a woman"); negative: a prompt to steer away from
+    (safety: "violence"); at least one is needed. The target noise is
+    eps(base) + target_guidance * (eps(positive) - eps(base)) with positive = target or neutral,
+    base = negative or the empty prompt.
+    """
+
+    concept: str
+    group: str
+    neutral: str
+    target: str | None = None
+    negative: str | None = None
+    objective: str = "codsma"
+    iterations: int = 1000
+    batch_size: int = 8
+    steps: int = 50
+    lr: float = 0.05
+    target_guidance: float = 4.0
+    sampling_guidance: float = 3.0
+    seed: int = 0
+    init_std: float = 0.0
+    mode: str = "fast"
+    height: int | None = None
+    width: int | None = None
+
+    #: The concept's tensors, in the bank as "<concept>/<module>".
+    modules: ClassVar[tuple[str, ...]] = ("c",)
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        """`TrainConfig(objective=X, ...)` is X's config; a method's config class keeps its own objective."""
+        objective = kwargs.get("objective", args[5] if len(args) > 5 else None)
+        target = config_class(objective) if objective is not None else cls
+        if target is TrainConfig:
+            target = CodsmaConfig
+        own = {f.name for f in fields(target)}
+        foreign = sorted(k for k in kwargs if k not in own)
+        if foreign and issubclass(target, TrainConfig):
+            raise HsteerError(f"{', '.join(foreign)}: not settings of the {objective or 'codsma'} objective; "
+                              f"it takes {', '.join(sorted(own - {'objective'}))}")
+        return super().__new__(target)
+
+    def validate(self) -> None:
+        """Refuse settings that cannot train, before any work is done."""
+        if self.objective not in CONFIGS or not isinstance(self, CONFIGS[self.objective]):
+            raise HsteerError(f"unknown objective {self.objective!r}; choose one of {', '.join(CONFIGS)}")
+        if not self.neutral or not self.neutral.strip():
+            raise HsteerError("the neutral prompt is empty; pass --neutral, e.g. 'a photo of a person'")
+        if self.target is not None and not self.target.strip():
+            raise HsteerError("the target prompt is empty; pass a non-empty --target, e.g. 'a photo of a woman'")
+        if self.negative is not None and not self.negative.strip():
+            raise HsteerError("the negative prompt is empty; pass a non-empty --negative, e.g. 'violence'")
+        if self.mode not in MODES:
+            raise HsteerError(f"unknown training mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.target is None and self.negative is None:
+            raise HsteerError("give a target prompt (--target) or a negative prompt (--negative)")
+        for name in ("iterations", "batch_size", "steps"):
+            if getattr(self, name) < 1:
+                raise HsteerError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in self.learning_rates().values():
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise HsteerError(f"{name} must be a finite number > 0, got {value}")
+
+    def learning_rates(self) -> dict[str, str]:
+        """module -> the setting that holds its learning rate."""
+        return {module: "lr" for module in self.modules}
+
+    def resume_key(self) -> dict[str, Any]:
+        """The settings a checkpoint must share to be resumed (iterations may grow)."""
+        return {k: v for k, v in asdict(self).items() if k != "iterations"}
+
+
+@dataclass
+class CodsmaConfig(TrainConfig):
+    """CoDSMa: one vector c, || eps(z_t; h + c, neutral) - eps_target ||^2."""
+
+    objective: str = "codsma"
+
+
+@dataclass
+class RespoDiffConfig(TrainConfig):
+    """RespoDiff: RAM on CoDSMa's loss (at `lr`), SAM on lam * L_sem (at `lr_sam`), alternating."""
+
+    objective: str = "respodiff"
+    lr_sam: float = 1e-3
+    lam: float = 0.5
+
+    modules: ClassVar[tuple[str, ...]] = ("ram", "sam")
+
+    def learning_rates(self) -> dict[str, str]:
+        return {"ram": "lr", "sam": "lr_sam"}
+
+    def validate(self) -> None:
+        super().validate()
+        if not (math.isfinite(self.lam) and self.lam >= 0):
+            raise HsteerError(f"lam must be a finite number >= 0, got {self.lam}")
+
+
+@dataclass
+class SdiscConfig(TrainConfig):
+    """SDisc: c by the plain denoising loss on `sdisc_images` images of the target, `sdisc_epochs` epochs."""
+
+    objective: str = "sdisc"
+    sdisc_images: int = 64
+    sdisc_epochs: int = 20
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("sdisc_images", "sdisc_epochs"):
+            if getattr(self, name) < 1:
+                raise HsteerError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+#: objective name -> its config class.
+CONFIGS: dict[str, type[TrainConfig]] = {"codsma": CodsmaConfig, "respodiff": RespoDiffConfig, "sdisc": SdiscConfig}
+OBJECTIVES = tuple(CONFIGS)
+
+
+def config_class(objective: str) -> type[TrainConfig]:
+    try:
+        return CONFIGS[objective]
+    except KeyError:
+        raise HsteerError(f"unknown objective {objective!r}; choose one of {', '.join(CONFIGS)}") from None

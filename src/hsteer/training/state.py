@@ -1,0 +1,169 @@
+"""What a training run keeps: parameters and their optimisers, checkpoints, the loss log, the result.
+
+Checkpoints hold the concept's tensors, the Adam states, the progress and (fast mode) the trajectory
+pool in one safetensors file: no pickles, and a resumed run ends exactly where an uninterrupted one ends.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from hsteer._version import __version__
+from hsteer.errors import BankError, HsteerError, TrainingDivergedError
+from hsteer.fileio import atomic_save, atomic_write_text
+from hsteer.hspace.bank import Concept
+from hsteer.model.geometry import unet_fingerprint
+from hsteer.training.config import TrainConfig
+
+
+@dataclass
+class TrainResult:
+    concept: Concept
+    losses: list[dict[str, float]]
+    seconds: float
+    resumed_from: int = 0
+    run_dir: Path | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def run_dir_for(bank_path: str | Path, concept: str) -> Path:
+    """Where checkpoints and loss logs of `concept` live: beside the bank."""
+    bank_path = Path(bank_path)
+    return bank_path.parent / f"{bank_path.stem}.runs" / concept
+
+
+def iteration_generator(seed: int, iteration: int) -> torch.Generator:
+    """The randomness of iteration i depends only on (seed, i): resuming repeats it exactly."""
+    return torch.Generator("cpu").manual_seed(seed * 1_000_003 + iteration)
+
+
+def init_params(config: TrainConfig, shape: tuple[int, ...], device) -> dict[str, torch.nn.Parameter]:
+    """The concept's tensors at their seeded start (zeros unless `init_std`)."""
+    init = torch.Generator("cpu").manual_seed(config.seed)
+    return {name: torch.nn.Parameter((config.init_std * torch.randn(shape, generator=init)).to(device))
+            for name in config.modules}
+
+
+def make_optimizers(config: TrainConfig, params: dict[str, torch.nn.Parameter]) -> dict[str, torch.optim.Adam]:
+    """One Adam (0.9, 0.999) per tensor, at the learning rate its method gives it."""
+    rates = config.learning_rates()
+    return {name: torch.optim.Adam([p], lr=getattr(config, rates[name]), betas=(0.9, 0.999))
+            for name, p in params.items()}
+
+
+def check_finite(loss: torch.Tensor, name: str, iteration: int, lr: float) -> None:
+    if not torch.isfinite(loss):
+        raise TrainingDivergedError(f"{name} became {loss.item()} at iteration {iteration}; lower the learning "
+                                    f"rate (now {lr}) or check the prompts")
+
+
+def optimise(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+class Checkpoint:
+    """Concept tensors + Adam states + progress (+ extra tensors such as the trajectory pool), in one file."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "checkpoint.safetensors"
+        self.extra: dict[str, torch.Tensor] = {}
+
+    def save(self, iteration: int, config: TrainConfig, params: dict[str, torch.Tensor],
+             optimizers: dict[str, torch.optim.Optimizer], extra: dict[str, torch.Tensor] | None = None) -> None:
+        tensors = {f"param/{k}": v.detach().cpu().contiguous() for k, v in params.items()}
+        tensors.update(extra or {})
+        steps = {}
+        for name, opt in optimizers.items():
+            state = opt.state_dict()["state"].get(0, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    tensors[f"adam/{name}/{key}"] = state[key].detach().cpu().contiguous()
+            if "step" in state:
+                steps[name] = float(state["step"])
+        meta = {"iteration": iteration, "config": config.resume_key(), "adam_steps": steps}
+        atomic_save(self.path, lambda tmp: save_file(tensors, tmp, metadata={"hsteer_checkpoint": json.dumps(meta)}))
+
+    def load(self, config: TrainConfig, params: dict[str, torch.Tensor],
+             optimizers: dict[str, torch.optim.Optimizer]) -> int:
+        """Restore into `params` and `optimizers`; returns the iteration to continue from."""
+        try:
+            with safe_open(str(self.path), framework="pt") as handle:
+                meta = json.loads(handle.metadata()["hsteer_checkpoint"])
+                tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        except Exception as exc:  # noqa: BLE001 - any failure here means an unusable file
+            raise BankError(f"checkpoint {self.path} is corrupt ({exc}); delete it to start over") from None
+        wanted = json.loads(json.dumps(config.resume_key()))
+        changed = sorted(k for k, v in wanted.items() if meta["config"].get(k) != v)
+        if changed:
+            raise HsteerError(f"checkpoint {self.path} was made with other settings ({', '.join(changed)}); "
+                              "use the same settings to resume, or drop --resume to start over")
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(tensors[f"param/{k}"].to(p.device, p.dtype))
+        self.extra = {k: v for k, v in tensors.items() if not k.startswith(("param/", "adam/"))}
+        for name, opt in optimizers.items():
+            if name not in meta["adam_steps"]:
+                continue
+            state = opt.state_dict()
+            p = opt.param_groups[0]["params"][0]
+            state["state"] = {0: {"step": torch.tensor(meta["adam_steps"][name]),
+                                  "exp_avg": tensors[f"adam/{name}/exp_avg"].to(p.device),
+                                  "exp_avg_sq": tensors[f"adam/{name}/exp_avg_sq"].to(p.device)}}
+            opt.load_state_dict(state)
+        return int(meta["iteration"])
+
+
+class LossLog:
+    """losses.jsonl (and losses.png), rewritten atomically at each checkpoint and at the end."""
+
+    def __init__(self, run_dir: Path, rows: list[dict[str, float]] | None = None) -> None:
+        self.path = run_dir / "losses.jsonl"
+        self.rows: list[dict[str, float]] = list(rows or [])
+
+    def restore(self, up_to: int) -> None:
+        if self.path.is_file():
+            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            self.rows = [r for r in rows if r["iteration"] < up_to]
+
+    def flush(self) -> None:
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
+
+    def plot(self) -> Path | None:
+        if not self.rows:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        keys = [k for k in self.rows[0] if k.startswith("loss")]
+        its = [r["iteration"] for r in self.rows]
+        for key in keys:
+            ax.plot(its, [r[key] for r in self.rows], label=key, lw=0.8)
+        ax.set_xlabel("iteration")
+        ax.set_yscale("log")
+        ax.legend()
+        fig.tight_layout()
+        out = self.path.with_suffix(".png")
+        atomic_save(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"), suffix=".png")
+        plt.close(fig)
+        return out
+
+
+def concept_meta(pipe, config: TrainConfig, shape: tuple[int, int, int]) -> dict[str, Any]:
+    """What the bank stores about how a concept was made: its method's settings and the model's identity."""
+    meta = {k: v for k, v in asdict(config).items() if k not in ("concept", "group", "objective")}
+    meta.update({"hspace_shape": list(shape), "unet_fingerprint": unet_fingerprint(pipe.unet),
+                 "hsteer_version": __version__, "model": str(getattr(pipe, "name_or_path", "") or "")})
+    return {k: v for k, v in meta.items() if not (isinstance(v, float) and math.isnan(v))}

@@ -1,0 +1,286 @@
+"""CoDSMa and RespoDiff: concepts learned at latents reached by the reverse process (no backprop through it).
+
+Each iteration draws, per sample, a step k of the DDIM schedule, brings a latent to z_t with the neutral
+prompt and the current concept (no gradient), and takes one optimiser step on the method's objective at
+the timestep z_t actually has. Two ways to reach z_t:
+
+- reference: the papers' procedure, a fresh reverse process per sample down to its own random step k;
+- fast (default): B reverse processes at staggered steps, advanced one step per iteration, so that every
+  step of every trajectory is a training signal; the sampling step reuses the iteration's U-Net passes.
+
+Both modes compute the frozen predictions with `objectives.frozen_eps`, the target with
+`objectives.guided_target` and the losses with `objectives.*_loss`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from hsteer import objectives
+from hsteer.errors import HsteerError
+from hsteer.fileio import atomic_write_text
+from hsteer.hspace.bank import Concept
+from hsteer.hspace.steering import SteeringConfig, active_hooks, steer
+from hsteer.model.diffusion import (
+    DDIMSchedule,
+    TextCondition,
+    encode_text,
+    encode_unconditional,
+    guidance_combination,
+    reverse_to_steps,
+)
+from hsteer.model.geometry import pipeline_hspace_shape, resolve_resolution
+from hsteer.training.config import TrainConfig
+from hsteer.training.state import (
+    Checkpoint,
+    LossLog,
+    TrainResult,
+    check_finite,
+    concept_meta,
+    init_params,
+    iteration_generator,
+    make_optimizers,
+    optimise,
+)
+
+Callback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class Conditions:
+    """Text conditions of one batch: neutral, empty, and the target's positive and base branches."""
+
+    neutral: TextCondition
+    empty: TextCondition
+    positive: TextCondition
+    base: TextCondition
+    base_is_empty: bool
+
+    @classmethod
+    def encode(cls, pipe, config: TrainConfig, height: int, width: int) -> Conditions:
+        """Encode the run's prompts once, each repeated to the batch size."""
+        y_neu = encode_text(pipe, [config.neutral], height, width)
+        y_empty = encode_unconditional(pipe, height, width)
+        y_pos = encode_text(pipe, [config.target], height, width) if config.target else y_neu
+        y_base = encode_text(pipe, [config.negative], height, width) if config.negative else y_empty
+        B = config.batch_size
+        return cls(y_neu.expand(B), y_empty.expand(B), y_pos.expand(B), y_base.expand(B),
+                   base_is_empty=config.negative is None)
+
+
+@dataclass
+class StepContext:
+    """What every iteration uses: the frozen U-Net, its schedule, the run's settings and state."""
+
+    unet: torch.nn.Module
+    schedule: DDIMSchedule
+    config: TrainConfig
+    params: dict[str, torch.nn.Parameter]
+    optimizers: dict[str, torch.optim.Optimizer]
+    conds: Conditions
+
+    def current(self) -> torch.Tensor:
+        """What the concept adds to h now (RespoDiff: RAM + SAM), detached."""
+        return sum(p.detach() for p in self.params.values())
+
+    def eps(self, z_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        return objectives.eps(self.unet, self.schedule, z_t, t, self.conds.neutral, c)
+
+
+# --- the objectives' optimiser steps -------------------------------------------------------------------
+
+
+def codsma_step(ctx: StepContext, z_t, t, eps_target, it: int) -> tuple[dict[str, float], torch.Tensor]:
+    """One step of c on L = || eps(z_t; h + c, y) - eps_target ||^2; returns the row and eps(z_t; h + c, y)."""
+    eps_c = ctx.eps(z_t, t, ctx.params["c"])
+    loss = objectives.codsma_loss(eps_c, eps_target)
+    check_finite(loss, "loss", it, ctx.config.lr)
+    optimise(ctx.optimizers["c"], loss)
+    return {"iteration": it, "loss": loss.item()}, eps_c.detach()
+
+
+def respodiff_step(ctx: StepContext, z_t, t, eps_target, it: int) -> tuple[dict[str, float], None]:
+    """Step RAM on L_resp, then recompute and step SAM on L_sem (RAM held fixed)."""
+    ram, sam = ctx.params["ram"], ctx.params["sam"]
+    loss_resp = objectives.respodiff_resp_loss(ctx.eps(z_t, t, ram), eps_target)
+    check_finite(loss_resp, "L_resp", it, ctx.config.lr)
+    optimise(ctx.optimizers["ram"], loss_resp)
+    with torch.no_grad():
+        eps_frozen = ctx.eps(z_t, t)
+    loss_sem = objectives.respodiff_sem_loss(ctx.eps(z_t, t, ram.detach() + sam), eps_frozen, ctx.config.lam)
+    check_finite(loss_sem, "L_sem", it, ctx.config.lr_sam)
+    optimise(ctx.optimizers["sam"], loss_sem)
+    return {"iteration": it, "loss": loss_resp.item(), "loss_sem": loss_sem.item()}, None
+
+
+#: objective -> its optimiser step at (z_t, t, eps_target); the second value is the steered neutral
+#: prediction made before the step, when the step made one (the fast mode's sampling reuses it).
+OBJECTIVE_STEPS = {"codsma": codsma_step, "respodiff": respodiff_step}
+
+
+# --- the two ways to reach z_t ---------------------------------------------------------------------------
+
+
+def reference_iteration(ctx: StepContext, g: torch.Generator, latent_shape, it: int) -> dict[str, float]:
+    """The papers' procedure: a fresh reverse process per sample down to its own random step k."""
+    config, unet, schedule, conds = ctx.config, ctx.unet, ctx.schedule, ctx.conds
+    B = config.batch_size
+    k = torch.randint(0, config.steps, (B,), generator=g).to(unet.device)
+    x_T = (torch.randn((B, *latent_shape), generator=g) * schedule.init_noise_sigma).to(unet.device, unet.dtype)
+    with steer(unet, SteeringConfig(ctx.current(), guided=config.sampling_guidance != 1.0), name="hsteer-sample"):
+        z_t = reverse_to_steps(unet, schedule, x_T, k, conds.neutral, conds.empty, config.sampling_guidance)
+    t = schedule.timesteps[k]
+    eps_base, eps_pos = objectives.frozen_eps(unet, schedule, z_t, t, [conds.base, conds.positive])
+    eps_target = objectives.guided_target(eps_pos, eps_base, config.target_guidance)
+    row, _ = OBJECTIVE_STEPS[config.objective](ctx, z_t, t, eps_target, it)
+    return row
+
+
+def fast_iteration(ctx: StepContext, pool: TrajectoryPool, g: torch.Generator, it: int) -> dict[str, float]:
+    """Trajectory reuse: every DDIM step of B staggered reverse processes is a training signal.
+
+    The sampling step's unconditional pass (unsteered) doubles as the target's empty-prompt branch; for
+    CoDSMa its conditional pass, run with gradient, is the steered neutral prediction of the loss.
+    """
+    config, conds = ctx.config, ctx.conds
+    z_t, k = pool.current()
+    t = ctx.schedule.timesteps[k]
+    prompts = [conds.empty, conds.positive] + ([] if conds.base_is_empty else [conds.base])
+    frozen = objectives.frozen_eps(ctx.unet, ctx.schedule, z_t, t, prompts)
+    eps_uncond, eps_pos = frozen[0], frozen[1]
+    eps_base = eps_uncond if conds.base_is_empty else frozen[2]
+    eps_target = objectives.guided_target(eps_pos, eps_base, config.target_guidance)
+    row, eps_cond = OBJECTIVE_STEPS[config.objective](ctx, z_t, t, eps_target, it)
+    if eps_cond is None:  # the step changed the concept before making a steered prediction: make it now
+        with torch.no_grad():
+            eps_cond = ctx.eps(z_t, t, ctx.current())
+    pool.advance(guidance_combination(eps_uncond, eps_cond, config.sampling_guidance), g)
+    return row
+
+
+class TrajectoryPool:
+    """B reverse processes at staggered steps; a finished one restarts from fresh noise.
+
+    At the start, trajectory i is brought to step i * K / B by a warm-up reverse process, so that every
+    batch spans the whole schedule and each step is visited equally often.
+    """
+
+    def __init__(self, schedule: DDIMSchedule, size: int, latent_shape, device, dtype) -> None:
+        self.schedule, self.size, self.latent_shape = schedule, size, latent_shape
+        self.device, self.dtype = device, dtype
+        self.x = torch.empty(0)
+        self.k = torch.empty(0, dtype=torch.long)
+
+    def _noise(self, n: int, g: torch.Generator) -> torch.Tensor:
+        x = torch.randn((n, *self.latent_shape), generator=g) * self.schedule.init_noise_sigma
+        return x.to(self.device, self.dtype)
+
+    def start(self, ctx: StepContext) -> None:
+        config = ctx.config
+        g = torch.Generator("cpu").manual_seed(config.seed * 7919 + 17)
+        self.k = (torch.arange(self.size) * self.schedule.steps // self.size).to(self.device)
+        with steer(ctx.unet, SteeringConfig(ctx.current(), guided=config.sampling_guidance != 1.0),
+                   name="hsteer-sample"):
+            self.x = reverse_to_steps(ctx.unet, self.schedule, self._noise(self.size, g), self.k, ctx.conds.neutral,
+                                      ctx.conds.empty, config.sampling_guidance)
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        self.x, self.k = state["pool/x"].to(self.device, self.dtype), state["pool/k"].to(self.device)
+
+    def current(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x, self.k
+
+    def advance(self, eps: torch.Tensor, g: torch.Generator) -> None:
+        self.x = self.schedule.step(eps, self.x, self.k)
+        self.k = self.k + 1
+        done = self.k >= self.schedule.steps
+        if done.any():
+            self.x[done] = self._noise(int(done.sum()), g)
+            self.k[done] = 0
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"pool/x": self.x.detach().cpu().contiguous(), "pool/k": self.k.detach().cpu().contiguous()}
+
+
+# --- the run ------------------------------------------------------------------------------------------------
+
+
+def train_steered(pipe, config: TrainConfig, *, run_dir: str | Path | None = None, resume: bool = False,
+                  checkpoint_every: int = 100, progress: bool = True, callback: Callback | None = None) -> TrainResult:
+    """Learn a CoDSMa or RespoDiff concept on `pipe`; see `hsteer.training.train_concept`."""
+    unet = pipe.unet
+    if active_hooks(unet):
+        raise HsteerError(f"the pipeline is being steered ({', '.join(active_hooks(unet))}); remove its hooks "
+                          "before training")
+    unet.requires_grad_(False)
+    height, width = resolve_resolution(pipe, config.height, config.width)
+    shape = pipeline_hspace_shape(pipe, height, width)
+    latent_shape = (unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+    params = init_params(config, shape, unet.device)
+    ctx = StepContext(unet, DDIMSchedule(pipe.scheduler, config.steps, unet.device), config, params,
+                      make_optimizers(config, params), Conditions.encode(pipe, config, height, width))
+    ckpt, log, start = _open_run(run_dir, config, ctx, resume)
+    rows = log.rows if log is not None else []
+    began = time.perf_counter()
+    pool = None
+    if config.mode == "fast":
+        pool = TrajectoryPool(ctx.schedule, config.batch_size, latent_shape, unet.device, unet.dtype)
+        if start and ckpt is not None:
+            pool.load(ckpt.extra)
+        else:
+            pool.start(ctx)
+    _loop(ctx, pool, latent_shape, start, rows, ckpt, log, checkpoint_every, progress, callback)
+    if log is not None:
+        log.flush()
+        log.plot()
+    concept = Concept(config.concept, config.group, config.objective,
+                      {k: p.detach().cpu().float().clone() for k, p in params.items()},
+                      meta=concept_meta(pipe, config, shape))
+    return TrainResult(concept, rows, time.perf_counter() - began, start,
+                       Path(run_dir) if run_dir is not None else None)
+
+
+def _open_run(run_dir, config: TrainConfig, ctx: StepContext, resume: bool):
+    """The run folder's checkpoint and loss log (None without a folder) and the iteration to start at."""
+    if run_dir is None:
+        return None, None, 0
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt, log, start = Checkpoint(run_dir), LossLog(run_dir), 0
+    if resume and ckpt.path.is_file():
+        start = ckpt.load(config, ctx.params, ctx.optimizers)
+        log.restore(start)
+    atomic_write_text(run_dir / "config.json", json.dumps(asdict(config), indent=2))
+    return ckpt, log, start
+
+
+def _loop(ctx: StepContext, pool: TrajectoryPool | None, latent_shape, start: int, rows: list[dict[str, float]],
+          ckpt: Checkpoint | None, log: LossLog | None, checkpoint_every: int, progress: bool,
+          callback: Callback | None) -> None:
+    """Iterations `start` .. `config.iterations - 1`, appending each one's losses to `rows`."""
+    from tqdm.auto import tqdm
+
+    config = ctx.config
+    bar = tqdm(range(start, config.iterations), initial=start, total=config.iterations, disable=not progress,
+               desc=f"train {config.concept} ({config.objective})", unit="it")
+    for it in bar:
+        g = iteration_generator(config.seed, it)
+        if pool is None:
+            row = reference_iteration(ctx, g, latent_shape, it)
+        else:
+            row = fast_iteration(ctx, pool, g, it)
+        rows.append(row)
+        bar.set_postfix(loss=f"{row['loss']:.4g}")
+        if callback is not None:
+            callback(it, row)
+        done = it + 1
+        if ckpt is not None and (done % checkpoint_every == 0 or done == config.iterations):
+            ckpt.save(done, config, ctx.params, ctx.optimizers, pool.state() if pool is not None else None)
+            log.flush()
+    bar.close()
