@@ -36,3 +36,9 @@ def atomic_save(path: str | Path, save: Callable[[str], None], suffix: str = ".t
     """Run `save(temporary_name)` and move the result to `path` atomically."""
     with atomic_path(path, suffix) as tmp:
         save(tmp)
+
+
+def atomic_png(path: str | Path, picture, **options) -> None:
+    """Write a PIL image or a matplotlib figure as a PNG, atomically (`options`: e.g. dpi for a figure)."""
+    save = getattr(picture, "savefig", None) or picture.save
+    atomic_save(path, lambda tmp: save(tmp, format="png", **options), suffix=".png")

@@ -7,7 +7,6 @@ each image exactly what is needed to regenerate it alone.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import random
@@ -20,7 +19,7 @@ import torch
 
 from hsteer.hspace.bank import ConceptBank
 from hsteer.errors import HsteerError
-from hsteer.fileio import atomic_save, atomic_write_text
+from hsteer.fileio import atomic_png, atomic_write_text
 from hsteer.model.geometry import pipeline_hspace_shape, resolve_resolution
 from hsteer.hspace.steering import SteeringConfig, steer
 
@@ -247,7 +246,7 @@ def generate_jobs(pipe, jobs: Sequence[ImageJob], bank: ConceptBank | None, poli
             record = ImageRecord(job.file, job.prompt, job.seed, [{"name": n, "scale": s} for n, s in job.concepts],
                                  policy_name, steps, guidance, height, width, job.index, dict(job.extra))
             if out_path is not None and job.file:
-                atomic_save(out_path / job.file, functools.partial(image.save, format="PNG"), suffix=".png")
+                atomic_png(out_path / job.file, image)
             images.append(image)
             records.append(record)
         bar.update(len(batch))

@@ -16,7 +16,7 @@ from typing import Any
 
 from hsteer.hspace.bank import ConceptBank
 from hsteer.evaluation.world import WorldEvalConfig, evaluate_world, image_grid
-from hsteer.fileio import atomic_write_text
+from hsteer.fileio import atomic_png, atomic_write_text
 from hsteer.generation import FairPolicy, PlainPolicy, SafePolicy
 from hsteer.model import load_pipeline, sampling_defaults
 from hsteer.apps.recipes import WORLD_CONCEPTS, world_train_config
@@ -101,7 +101,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     _charts(out, results)
     _grids(out, results)
-    (out / "report.md").write_text(_report(summary))
+    atomic_write_text(out / "report.md", _report(summary))
     log(f"done in {summary['wall_seconds']:.0f}s: {out / 'report.md'}")
     return summary
 
@@ -155,7 +155,7 @@ def _charts(out: Path, results) -> None:
             ax.tick_params(axis="x", rotation=45)
         axes[1].legend(loc="upper right", fontsize=7)
         fig.tight_layout()
-        fig.savefig(charts / f"{group}_distribution.png", dpi=100)
+        atomic_png(charts / f"{group}_distribution.png", fig, dpi=100)
         plt.close(fig)
 
 
@@ -167,7 +167,7 @@ def _grids(out: Path, results) -> None:
         rows = [results[k].images.get(prompt, [])[:8] for k in ("plain", "fair", "safe")]
         if not all(rows):
             continue
-        image_grid(rows[0] + rows[1] + rows[2], columns=8, scale=3).save(grids / f"{prompt.replace(' ', '_')}.png")
+        atomic_png(grids / f"{prompt.replace(' ', '_')}.png", image_grid(rows[0] + rows[1] + rows[2], columns=8, scale=3))
 
 
 def _report(summary: dict[str, Any]) -> str:

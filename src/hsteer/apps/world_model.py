@@ -1,6 +1,6 @@
 """Train the bundled toy-world Stable Diffusion model from scratch, on CPU.
 
-    python -m hsteer.apps.world_model --out runs/world_model --vae-minutes 8 --unet-minutes 45
+    hsteer world train --out runs/world_model --vae-minutes 8 --unet-minutes 45
 
 produces a standard diffusers ``StableDiffusionPipeline`` folder (tiny ``AutoencoderKL``
 32x32 RGB -> 16x16x4, word-level ``CLIPTokenizer`` + from-scratch ``CLIPTextModel``,
@@ -18,12 +18,13 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from hsteer.errors import TrainingDivergedError
-from hsteer.fileio import atomic_save
+from hsteer.fileio import atomic_save, atomic_write_text
 from hsteer.world import DEFAULT_GUIDANCE, DEFAULT_STEPS, scene
 
 MAX_LENGTH = 16
@@ -366,23 +367,43 @@ def _load_training_state(path: Path, modules: dict, opt) -> tuple[int, float]:
     return int(meta["step"]), float(meta["elapsed"])
 
 
-def train_world_model(
-    out_dir: Path,
-    *,
-    seed: int = 0,
-    vae_minutes: float,
-    unet_minutes: float,
-    threads: int = 2,
-    snapshot_every_minutes: float = 10,
-    log: Callable[[str], None] | None = None,
-    n_images: int = 60_000,
-    batch_size: int = 64,
-    lr: float = 8e-4,
-    ema_decay: float = 0.999,
-    caption_dropout: float = 0.1,
-    resume: bool = True,
-) -> Path:
-    """Train the toy-world pipeline from scratch and save it to ``out_dir``.
+@dataclass
+class WorldTrainSettings:
+    """The recipe of the bundled model (see its model card); stored with each snapshot."""
+
+    seed: int = 0
+    vae_minutes: float = 8.0
+    unet_minutes: float = 45.0
+    threads: int = 2
+    snapshot_every_minutes: float = 10
+    n_images: int = 60_000
+    batch_size: int = 64
+    lr: float = 8e-4
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1
+    resume: bool = True
+
+
+@dataclass
+class _Captions:
+    """Every distinct caption tokenised once; each training image points at its caption's row."""
+
+    ids: object  # (distinct captions, MAX_LENGTH) token ids
+    of_image: object  # caption row of each image
+    empty: int  # row of the empty caption (caption dropout)
+
+    @classmethod
+    def build(cls, tokenizer, captions: list[str]) -> _Captions:
+        import torch
+
+        uniq = sorted(set(captions) | {""})
+        enc = tokenizer(uniq, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt")
+        index = {c: i for i, c in enumerate(uniq)}
+        return cls(enc.input_ids, torch.tensor([index[c] for c in captions]), index[""])
+
+
+def train_world_model(out_dir: Path, *, log: Callable[[str], None] | None = None, **settings) -> Path:
+    """Train the toy-world pipeline from scratch and save it to ``out_dir`` (settings: `WorldTrainSettings`).
 
     Stage 1 trains the VAE for ``vae_minutes``, stage 2 encodes the pre-rendered dataset
     once and trains text encoder + U-Net jointly (epsilon loss, caption dropout for
@@ -391,147 +412,170 @@ def train_world_model(
     Returns ``out_dir``.
     """
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
-    torch.set_num_threads(threads)
+    cfg = WorldTrainSettings(**settings)
+    torch.set_num_threads(cfg.threads)
     out_dir = Path(out_dir).resolve()
     state_dir = out_dir.with_name(out_dir.name + ".state")
     state_dir.mkdir(parents=True, exist_ok=True)
     L = _Logger(out_dir.with_name(out_dir.name + ".train.log"), log)
-    L(f"train_world_model out={out_dir} seed={seed} vae_minutes={vae_minutes} unet_minutes={unet_minutes} "
-      f"threads={threads} n_images={n_images} batch={batch_size} lr={lr} torch={torch.__version__}")
-
+    L(f"train_world_model out={out_dir} seed={cfg.seed} vae_minutes={cfg.vae_minutes} "
+      f"unet_minutes={cfg.unet_minutes} threads={cfg.threads} n_images={cfg.n_images} batch={cfg.batch_size} "
+      f"lr={cfg.lr} torch={torch.__version__}")
     tok_dir = state_dir / "tokenizer"
     build_tokenizer_files(tok_dir)
     tokenizer = load_tokenizer(tok_dir)
-
     t = time.time()
-    images, captions = render_dataset(n_images, seed)
-    L(f"rendered {n_images} training pairs in {time.time() - t:.0f}s")
-    uniq = sorted(set(captions) | {""})
-    enc = tokenizer(uniq, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt")
-    cap_index = {c: i for i, c in enumerate(uniq)}
-    cap_ids = torch.tensor([cap_index[c] for c in captions])
-    uniq_ids = enc.input_ids
-    empty_id = cap_index[""]
-    L(f"{len(uniq)} distinct captions")
+    images, captions = render_dataset(cfg.n_images, cfg.seed)
+    L(f"rendered {cfg.n_images} training pairs in {time.time() - t:.0f}s")
+    caps = _Captions.build(tokenizer, captions)
+    L(f"{len(caps.ids)} distinct captions")
+    vae, info, lat_mean, lat_std = _vae_stage(images, state_dir, cfg, L)
+    _unet_stage(_UNetRun(out_dir, state_dir, tok_dir, len(tokenizer), vae, info, cfg, L), lat_mean, lat_std, caps)
+    return out_dir
 
-    # ---- stage 1: VAE
+
+def _vae_stage(images_u8: np.ndarray, state_dir: Path, cfg: WorldTrainSettings, L):
+    """Stage 1: the VAE (trained, or resumed), its latent scaling, and every image's latent mean and std."""
+    from diffusers import AutoencoderKL
+
     vae_path = state_dir / "vae"
-    if resume and (vae_path / "config.json").exists():
+    if cfg.resume and (vae_path / "config.json").exists():
         vae = AutoencoderKL.from_pretrained(str(vae_path)).eval()
         info = json.loads((state_dir / "vae_info.json").read_text())
         L(f"resumed VAE from {vae_path}")
     else:
-        vae, vae_steps = _train_vae(images, vae_minutes, seed, L)
-        info = {"vae_steps": vae_steps, "vae_minutes": vae_minutes}
+        vae, vae_steps = _train_vae(images_u8, cfg.vae_minutes, cfg.seed, L)
+        info = {"vae_steps": vae_steps, "vae_minutes": cfg.vae_minutes}
     vae.requires_grad_(False)
-    lat_mean, lat_std = _encode_all(vae, images, L)
+    lat_mean, lat_std = _encode_all(vae, images_u8, L)
     scaling = float(1.0 / lat_mean.float().std())
     vae.register_to_config(scaling_factor=scaling)
     if not (vae_path / "config.json").exists():
         vae.save_pretrained(str(vae_path), safe_serialization=True)
         info["scaling_factor"] = scaling
-        info["recon_probe_agreement"] = _reconstruction_check(vae, images, L)
-        (state_dir / "vae_info.json").write_text(json.dumps(info))
+        info["recon_probe_agreement"] = _reconstruction_check(vae, images_u8, L)
+        atomic_write_text(state_dir / "vae_info.json", json.dumps(info))
     L(f"latent scaling_factor {scaling:.4f} (latent std {lat_mean.float().std():.4f})")
-    lat_mean = lat_mean * scaling
-    lat_std = lat_std * scaling
+    return vae, info, lat_mean * scaling, lat_std * scaling
 
-    # ---- stage 2: text encoder + U-Net
-    torch.manual_seed(seed + 2)
-    text_cfg = CLIPTextConfig(vocab_size=len(tokenizer), **TEXT_CONFIG)
+
+@dataclass
+class _UNetRun:
+    """Stage 2's fixed context: where it writes, the frozen VAE, the recipe, the log."""
+
+    out_dir: Path
+    state_dir: Path
+    tok_dir: Path
+    vocab_size: int
+    vae: object
+    info: dict
+    cfg: WorldTrainSettings
+    log: Callable[[str], None]
+
+
+def _unet_modules(run: _UNetRun):
+    """Text encoder + U-Net, their EMA copies and AdamW; resumed from the state file where there is one."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = run.cfg
+    torch.manual_seed(cfg.seed + 2)
+    text_cfg = CLIPTextConfig(vocab_size=run.vocab_size, **TEXT_CONFIG)
     text_encoder = CLIPTextModel(text_cfg)
     unet = UNet2DConditionModel(**UNET_CONFIG)
-    sched = DDIMScheduler(**SCHEDULER_CONFIG)
-    n_unet = sum(p.numel() for p in unet.parameters())
-    n_text = sum(p.numel() for p in text_encoder.parameters())
-    n_vae = sum(p.numel() for p in vae.parameters())
-    L(f"params: unet {n_unet / 1e6:.2f}M text {n_text / 1e6:.2f}M vae {n_vae / 1e6:.2f}M")
+    counts = {n: sum(p.numel() for p in m.parameters()) / 1e6
+              for n, m in (("unet", unet), ("text", text_encoder), ("vae", run.vae))}
+    run.log("params: " + " ".join(f"{n} {v:.2f}M" for n, v in counts.items()))
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2, betas=(0.9, 0.99))
-    ema_unet = UNet2DConditionModel(**UNET_CONFIG)
-    ema_text = CLIPTextModel(text_cfg)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2, betas=(0.9, 0.99))
+    modules = {"unet": unet, "text": text_encoder, "ema_unet": UNet2DConditionModel(**UNET_CONFIG),
+               "ema_text": CLIPTextModel(text_cfg)}
     step, elapsed_before = 0, 0.0
-    ckpt = state_dir / "unet_state.safetensors"
-    modules = {"unet": unet, "text": text_encoder, "ema_unet": ema_unet, "ema_text": ema_text}
-    if resume and ckpt.exists():
+    ckpt = run.state_dir / "unet_state.safetensors"
+    if cfg.resume and ckpt.exists():
         step, elapsed_before = _load_training_state(ckpt, modules, opt)
-        L(f"resumed U-Net training at step {step} ({elapsed_before / 60:.1f} min done)")
+        run.log(f"resumed U-Net training at step {step} ({elapsed_before / 60:.1f} min done)")
     else:
-        ema_unet.load_state_dict(unet.state_dict())
-        ema_text.load_state_dict(text_encoder.state_dict())
-    ema_unet.requires_grad_(False).eval()
-    ema_text.requires_grad_(False).eval()
-    ema_params = list(ema_unet.parameters()) + list(ema_text.parameters())
-    alphas = sched.alphas_cumprod.float()
+        modules["ema_unet"].load_state_dict(unet.state_dict())
+        modules["ema_text"].load_state_dict(text_encoder.state_dict())
+    for name in ("ema_unet", "ema_text"):
+        modules[name].requires_grad_(False).eval()
+    return modules, params, opt, step, elapsed_before
 
-    rng = np.random.default_rng(seed + 3 + step)
-    n = len(lat_mean)
-    budget = unet_minutes * 60.0
+
+def _unet_stage(run: _UNetRun, lat_mean, lat_std, caps: _Captions) -> None:
+    """Stage 2: text encoder + U-Net for `unet_minutes`, snapshots of the EMA pipeline along the way."""
+    import torch
+    from diffusers import DDIMScheduler
+
+    cfg, L = run.cfg, run.log
+    modules, params, opt, step, elapsed_before = _unet_modules(run)
+    unet, text_encoder = modules["unet"], modules["text"]
+    ema_params = list(modules["ema_unet"].parameters()) + list(modules["ema_text"].parameters())
+    alphas = DDIMScheduler(**SCHEDULER_CONFIG).alphas_cumprod.float()
+    ckpt = run.state_dir / "unet_state.safetensors"
+    rng = np.random.default_rng(cfg.seed + 3 + step)
+    budget = cfg.unet_minutes * 60.0
     t0 = time.time() - elapsed_before
     last_snap = time.time()
-    run = None
+    running = None
     unet.train()
     text_encoder.train()
 
     def snapshot(final: bool = False) -> None:
-        meta = {
-            "seed": seed,
-            "vae_minutes": vae_minutes,
-            "unet_minutes": unet_minutes,
-            "unet_steps": step,
-            "unet_elapsed_min": round((time.time() - t0) / 60, 2),
-            "batch_size": batch_size,
-            "lr": lr,
-            "ema_decay": ema_decay,
-            "caption_dropout": caption_dropout,
-            "n_images": n_images,
-            "threads": threads,
-            "final": final,
-            **info,
-        }
-        save_pipeline(out_dir, vae, ema_text, ema_unet, tok_dir, meta)
+        meta = {k: getattr(cfg, k) for k in ("seed", "vae_minutes", "unet_minutes")}
+        meta.update({"unet_steps": step, "unet_elapsed_min": round((time.time() - t0) / 60, 2),
+                     **{k: getattr(cfg, k) for k in ("batch_size", "lr", "ema_decay", "caption_dropout",
+                                                     "n_images", "threads")},
+                     "final": final, **run.info})
+        save_pipeline(run.out_dir, run.vae, modules["ema_text"], modules["ema_unet"], run.tok_dir, meta)
         _save_training_state(ckpt, modules, opt, step, time.time() - t0)
-        L(f"snapshot at step {step} -> {out_dir} ({_dir_size(out_dir) / 1e6:.2f} MB)")
+        L(f"snapshot at step {step} -> {run.out_dir} ({_dir_size(run.out_dir) / 1e6:.2f} MB)")
 
     while time.time() - t0 < budget:
         f = _lr_factor(step, (time.time() - t0) / budget, warmup=300, final=0.1)
         for g in opt.param_groups:
-            g["lr"] = lr * f
-        idx = torch.from_numpy(rng.integers(0, n, size=batch_size))
-        z0 = lat_mean[idx].float() + lat_std[idx].float() * torch.randn(batch_size, 4, 16, 16)
-        cid = cap_ids[idx].clone()
-        drop = torch.from_numpy(rng.random(batch_size) < caption_dropout)
-        cid[drop] = empty_id
-        ids = uniq_ids[cid]
-        tt = torch.randint(0, 1000, (batch_size,))
-        noise = torch.randn_like(z0)
-        ab = alphas[tt].view(-1, 1, 1, 1)
-        zt = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
-        cond = text_encoder(ids).last_hidden_state
-        pred = unet(zt, tt, encoder_hidden_states=cond).sample
-        loss = ((pred - noise) ** 2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+            g["lr"] = cfg.lr * f
+        loss, gn = _unet_step(unet, text_encoder, opt, params, alphas, lat_mean, lat_std, caps, rng, cfg)
         step += 1
-        d = min(ema_decay, (1 + step) / (10 + step))
+        d = min(cfg.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for pe, p in zip(ema_params, params):
                 pe.lerp_(p.detach(), 1 - d)
-        if not math.isfinite(loss.item()):
+        if not math.isfinite(loss):
             raise TrainingDivergedError(f"the world model's loss diverged at step {step}; lower --lr")
-        run = loss.item() if run is None else 0.99 * run + 0.01 * loss.item()
+        running = loss if running is None else 0.99 * running + 0.01 * loss
         if step % 100 == 0:
             el = time.time() - t0
-            L(f"unet step {step} loss(ema) {run:.4f} gn {float(gn):.2f} lr {lr * f:.2e} "
-              f"{el / 60:.1f}/{unet_minutes} min, {batch_size * step / el:.0f} img/s")
-        if time.time() - last_snap > snapshot_every_minutes * 60:
+            L(f"unet step {step} loss(ema) {running:.4f} gn {gn:.2f} lr {cfg.lr * f:.2e} "
+              f"{el / 60:.1f}/{cfg.unet_minutes} min, {cfg.batch_size * step / el:.0f} img/s")
+        if time.time() - last_snap > cfg.snapshot_every_minutes * 60:
             snapshot()
             last_snap = time.time()
     snapshot(final=True)
-    L(f"done: {step} U-Net steps; model folder {out_dir} {_dir_size(out_dir) / 1e6:.2f} MB")
-    return out_dir
+    L(f"done: {step} U-Net steps; model folder {run.out_dir} {_dir_size(run.out_dir) / 1e6:.2f} MB")
+
+
+def _unet_step(unet, text_encoder, opt, params, alphas, lat_mean, lat_std, caps: _Captions, rng,
+               cfg: WorldTrainSettings) -> tuple[float, float]:
+    """One AdamW step of the epsilon loss on a random batch (captions dropped for CFG); (loss, grad norm)."""
+    import torch
+
+    B = cfg.batch_size
+    idx = torch.from_numpy(rng.integers(0, len(lat_mean), size=B))
+    z0 = lat_mean[idx].float() + lat_std[idx].float() * torch.randn(B, 4, 16, 16)
+    cid = caps.of_image[idx].clone()
+    cid[torch.from_numpy(rng.random(B) < cfg.caption_dropout)] = caps.empty
+    tt = torch.randint(0, 1000, (B,))
+    noise = torch.randn_like(z0)
+    ab = alphas[tt].view(-1, 1, 1, 1)
+    zt = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
+    pred = unet(zt, tt, encoder_hidden_states=text_encoder(caps.ids[cid]).last_hidden_state).sample
+    loss = ((pred - noise) ** 2).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gn = torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    return loss.item(), float(gn)

@@ -1,6 +1,6 @@
 """Measure how well a toy-world model follows prompts and reproduces its planted biases.
 
-    python -m hsteer.apps.world_quality [--model DIR] [--n 200] [--steps 20] [--guidance G]
+    hsteer world quality [--model DIR] [--images 200] [--steps 20] [--guidance G]
 
 Generation uses the plain diffusers ``StableDiffusionPipeline`` (no hsteer steering),
 seeded per image, batched; every image is read with the world probes.  Reported:

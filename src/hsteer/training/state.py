@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from hsteer._version import __version__
 from hsteer.errors import BankError, HsteerError, TrainingDivergedError
-from hsteer.fileio import atomic_save, atomic_write_text
+from hsteer.fileio import atomic_png, atomic_save, atomic_write_text
 from hsteer.hspace.bank import Concept
 from hsteer.model.geometry import unet_fingerprint
 from hsteer.training.config import TrainConfig
@@ -156,7 +156,7 @@ class LossLog:
         ax.legend()
         fig.tight_layout()
         out = self.path.with_suffix(".png")
-        atomic_save(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"), suffix=".png")
+        atomic_png(out, fig, dpi=110)
         plt.close(fig)
         return out
 
