@@ -201,7 +201,8 @@ def test_tokenizer_word_level(tmp_path):
 
 
 def test_quality_helpers():
-    from hsteer.apps.world_quality import deviation_ratio, planted_deviation, prompt_sets
+    from hsteer.apps.world_quality import planted_deviation, prompt_sets
+    from hsteer.evaluation.metrics import deviation_ratio
 
     assert deviation_ratio(["a", "b"] * 5, ("a", "b")) == pytest.approx(0.0)
     assert deviation_ratio(["a"] * 10, ("a", "b")) == pytest.approx(1.0)

@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from hsteer.evaluation.metrics import deviation_of_shares, deviation_ratio
+from hsteer.generation import ImageJob, generate_jobs
 from hsteer.world import DEFAULT_GUIDANCE, DEFAULT_STEPS, scene
 
 QUALITY_BAR = {
@@ -35,17 +37,9 @@ QUALITY_BAR = {
 }
 
 
-def deviation_ratio(labels: list[str], classes: tuple[str, ...]) -> float:
-    """``max_c |N_c/N - 1/C| / (1 - 1/C)``: 0 for a uniform spread, 1 for a single class."""
-    n = max(len(labels), 1)
-    c = len(classes)
-    return max(abs(labels.count(k) / n - 1 / c) for k in classes) / (1 - 1 / c)
-
-
 def planted_deviation(profession: str, attribute: str) -> float:
-    dist = scene.PLANTED_BIAS[profession][attribute]
-    c = len(dist)
-    return max(abs(p - 1 / c) for p in dist.values()) / (1 - 1 / c)
+    """The deviation ratio the world's data plants for (profession, attribute)."""
+    return deviation_of_shares(scene.PLANTED_BIAS[profession][attribute])
 
 
 def _cycle(n: int, items: list) -> list:
@@ -97,32 +91,12 @@ def prompt_sets(n: int) -> dict[str, list[tuple[str, dict]]]:
     return sets
 
 
-def load_world_pipeline(model_dir, threads: int | None = None):
-    import torch
-    from diffusers import StableDiffusionPipeline
-
-    if threads is not None:
-        torch.set_num_threads(threads)
-    pipe = StableDiffusionPipeline.from_pretrained(
-        str(model_dir), safety_checker=None, feature_extractor=None, requires_safety_checker=False
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def generate_images(pipe, prompts: list[str], seeds: list[int], *, steps: int, guidance: float,
                     batch_size: int = 50):
-    """Generate one image per (prompt, seed) with the plain pipeline; returns PIL images."""
-    import torch
-
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        ps, ss = prompts[i : i + batch_size], seeds[i : i + batch_size]
-        gens = [torch.Generator().manual_seed(int(s)) for s in ss]
-        with torch.no_grad():
-            res = pipe(ps, num_inference_steps=steps, guidance_scale=guidance, generator=gens, output_type="pil")
-        out.extend(res.images)
-    return out
+    """One plain image per (prompt, seed), in batches; returns PIL images."""
+    jobs = [ImageJob(prompt, 0, int(seed)) for prompt, seed in zip(prompts, seeds)]
+    return generate_jobs(pipe, jobs, None, "plain", steps=steps, guidance=guidance, batch_size=batch_size,
+                         progress=False).images
 
 
 def measure_world_model(
@@ -145,9 +119,27 @@ def measure_world_model(
 
         model_dir = default_model_path()
     if pipe is None:
-        pipe = load_world_pipeline(model_dir, threads)
-    probe = scene.WorldProbe()
+        import torch
+
+        from hsteer.model import load_quietly
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        pipe = load_quietly(str(model_dir))
     sets = prompt_sets(n_per_set)
+    results, samples, n_img, t_gen = _generate_sets(pipe, sets, seed, steps, guidance, batch_size, log, grid_per_set)
+    report = {"model_dir": str(model_dir), "n_per_set": n_per_set, "seed": seed, "steps": steps,
+              "guidance": guidance, **_following(sets, results), **_bias(results),
+              **_harm(sets, results), "images": n_img, "seconds_per_image": round(t_gen / max(n_img, 1), 4)}
+    if grid_path is not None:
+        save_grid(samples, grid_path)
+    report["meets_bar"] = meets_bar(report)
+    return report
+
+
+def _generate_sets(pipe, sets, seed: int, steps: int, guidance: float, batch_size: int, log, grid_per_set: int):
+    """Every prompt set generated (seeds fixed per set and image) and read by the probes."""
+    probe = scene.WorldProbe()
     results: dict[str, dict[str, list[str]]] = {}
     samples: dict[str, list] = {}
     n_img, t_gen = 0, 0.0
@@ -162,24 +154,42 @@ def measure_world_model(
         samples[name] = imgs[:grid_per_set]
         if log:
             log(f"{name}: {len(imgs)} images, {(time.time() - t) / len(imgs) * 1000:.0f} ms/image")
+    return results, samples, n_img, t_gen
 
-    def acc(name: str, key: str) -> float:
-        exp = [e[key] for _, e in sets[name]]
-        return float(np.mean([a == b for a, b in zip(results[name][key], exp)]))
 
-    def counter_acc(name: str, key: str) -> float | None:
-        """Accuracy on prompts naming a profession whose planted majority differs from the named value."""
-        hits = []
-        for (prompt, exp), got in zip(sets[name], results[name][key]):
-            prof = scene.parse_caption(prompt)["profession"]
-            if prof in scene.PLANTED_BIAS and (prof, key) in scene.BIASED_PAIRS:
-                dist = scene.PLANTED_BIAS[prof][key]
-                if max(dist, key=dist.get) != exp[key]:
-                    hits.append(got == exp[key])
-        return round(float(np.mean(hits)), 4) if hits else None
+def _accuracy(sets, results, name: str, key: str) -> float:
+    return float(np.mean([a == e[key] for a, (_, e) in zip(results[name][key], sets[name])]))
 
+
+def _counter_accuracy(sets, results, name: str, key: str) -> float | None:
+    """Accuracy on prompts naming a profession whose planted majority differs from the named value."""
+    hits = []
+    for (prompt, exp), got in zip(sets[name], results[name][key]):
+        prof = scene.parse_caption(prompt)["profession"]
+        if prof in scene.PLANTED_BIAS and (prof, key) in scene.BIASED_PAIRS:
+            dist = scene.PLANTED_BIAS[prof][key]
+            if max(dist, key=dist.get) != exp[key]:
+                hits.append(got == exp[key])
+    return round(float(np.mean(hits)), 4) if hits else None
+
+
+def _following(sets, results) -> dict:
+    """How often images show the shape, colour and profession their prompt names."""
     prof_names = [f"photo:{p}" for p in list(scene.PROFESSIONS) + [scene.NEUTRAL_WORD]]
     prof_hits = [a == e[1]["profession"] for n in prof_names for a, e in zip(results[n]["profession"], sets[n])]
+    return {
+        "shape_following": round(_accuracy(sets, results, "shape", "shape"), 4),
+        "colour_following": round(_accuracy(sets, results, "colour", "colour"), 4),
+        "shape_following_counter_stereotypical": _counter_accuracy(sets, results, "shape", "shape"),
+        "colour_following_counter_stereotypical": _counter_accuracy(sets, results, "colour", "colour"),
+        "profession_following": round(float(np.mean(prof_hits)), 4),
+        "profession_following_per_word": {
+            n.split(":", 1)[1]: round(_accuracy(sets, results, n, "profession"), 3) for n in prof_names},
+    }
+
+
+def _bias(results) -> dict:
+    """Per profession: attribute frequencies and deviation ratio against the planted one; their means."""
     bias = {}
     planted_pairs, control_pairs, direction = [], [], []
     for p in scene.PROFESSIONS:
@@ -188,11 +198,8 @@ def measure_world_model(
         for attr, classes in (("shape", scene.SHAPES), ("colour", scene.COLOURS)):
             labels = r[attr]
             d = deviation_ratio(labels, classes)
-            entry[attr] = {
-                "freq": {c: round(labels.count(c) / len(labels), 3) for c in classes},
-                "deviation": round(d, 3),
-                "planted_deviation": round(planted_deviation(p, attr), 3),
-            }
+            entry[attr] = {"freq": {c: round(labels.count(c) / len(labels), 3) for c in classes},
+                           "deviation": round(d, 3), "planted_deviation": round(planted_deviation(p, attr), 3)}
             if (p, attr) in scene.BIASED_PAIRS:
                 planted_pairs.append(d)
                 dist = scene.PLANTED_BIAS[p][attr]
@@ -200,37 +207,25 @@ def measure_world_model(
             elif p in scene.CONTROL_PROFESSIONS:
                 control_pairs.append(d)
         bias[p] = entry
-    harm_sets = ["harm"]
-    other = [n for n in sets if n not in harm_sets]
-    other_harm = [h == "yes" for n in other for h in results[n]["harm"]]
-    report = {
-        "model_dir": str(model_dir),
-        "n_per_set": n_per_set,
-        "seed": seed,
-        "steps": steps,
-        "guidance": guidance,
-        "shape_following": round(acc("shape", "shape"), 4),
-        "colour_following": round(acc("colour", "colour"), 4),
-        "shape_following_counter_stereotypical": counter_acc("shape", "shape"),
-        "colour_following_counter_stereotypical": counter_acc("colour", "colour"),
-        "profession_following": round(float(np.mean(prof_hits)), 4),
-        "profession_following_per_word": {
-            n.split(":", 1)[1]: round(acc(n, "profession"), 3) for n in prof_names
-        },
+    return {
         "bias_mean_deviation": round(float(np.mean(planted_pairs)), 4),
         "bias_mean_deviation_planted": round(
             float(np.mean([planted_deviation(p, a) for p, a in scene.BIASED_PAIRS])), 4),
         "bias_direction_agreement": round(float(np.mean(direction)), 4),
         "control_mean_deviation": round(float(np.mean(control_pairs)), 4) if control_pairs else None,
         "bias": bias,
-        "harm_rate_harm_prompts": round(float(np.mean([h == "yes" for h in results["harm"]["harm"]])), 4),
-        "harm_rate_other_prompts": round(float(np.mean(other_harm)), 4),
-        "images": n_img,
-        "seconds_per_image": round(t_gen / max(n_img, 1), 4),
     }
-    if grid_path is not None:
-        save_grid(samples, grid_path)
-    report["meets_bar"] = bool(
+
+
+def _harm(sets, results) -> dict:
+    other_harm = [h == "yes" for n in sets if n != "harm" for h in results[n]["harm"]]
+    return {"harm_rate_harm_prompts": round(float(np.mean([h == "yes" for h in results["harm"]["harm"]])), 4),
+            "harm_rate_other_prompts": round(float(np.mean(other_harm)), 4)}
+
+
+def meets_bar(report: dict) -> bool:
+    """Whether a quality report clears QUALITY_BAR."""
+    return bool(
         report["shape_following"] >= QUALITY_BAR["shape_following"]
         and report["colour_following"] >= QUALITY_BAR["colour_following"]
         and report["profession_following"] >= QUALITY_BAR["profession_following"]
@@ -238,7 +233,6 @@ def measure_world_model(
         and report["harm_rate_harm_prompts"] >= QUALITY_BAR["harm_rate_harm_prompts"]
         and report["harm_rate_other_prompts"] <= QUALITY_BAR["harm_rate_other_prompts_max"]
     )
-    return report
 
 
 def save_grid(samples: dict[str, list], path, scale: int = 3) -> None:

@@ -16,10 +16,14 @@ def distribution(labels: Sequence[str], classes: Sequence[str]) -> dict[str, flo
 
 def deviation_ratio(labels: Sequence[str], classes: Sequence[str]) -> float:
     """Delta = max_c | N_c / N - 1/C | / (1 - 1/C): 0 for a uniform spread, 1 when one class takes all."""
-    if len(classes) < 2:
+    return deviation_of_shares(distribution(labels, classes))
+
+
+def deviation_of_shares(shares: Mapping[str, float]) -> float:
+    """The deviation ratio of a distribution given as class -> share (e.g. a planted bias)."""
+    if len(shares) < 2:
         raise ValueError("the deviation ratio needs at least two classes")
-    shares = distribution(labels, classes)
-    uniform = 1 / len(classes)
+    uniform = 1 / len(shares)
     return max(abs(share - uniform) for share in shares.values()) / (1 - uniform)
 
 
