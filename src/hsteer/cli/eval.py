@@ -13,7 +13,10 @@ import click
 
 from hsteer.cli.common import build_policy, model_options, one_line_errors
 from hsteer.errors import HsteerError
-from hsteer.evaluation.harness import RELOCATABLE
+from hsteer.evaluation.clip import DEFAULT_CLIP, Q16_CLIP
+from hsteer.evaluation.scoring import RELOCATABLE
+from hsteer.evaluation.tasks import get_task, summary_line
+from hsteer.evaluation.tasks.i2p import DETECTORS
 from hsteer.model import quiet_libraries
 
 PRESET_ATTRIBUTES = {"gender": ("a woman", "a man"),
@@ -134,7 +137,9 @@ def _policy_spec(fair, safe, concepts, scales, baseline, bank_path) -> dict[str,
 
 def _run(task: str, task_args: dict[str, Any], scoring: dict[str, Any], o: dict[str, Any]) -> None:
     from hsteer.hspace.bank import ConceptBank
-    from hsteer.evaluation.harness import RunSpec, prepare_run_dir, process_state, run_generation, score_run
+    from hsteer.evaluation.runs import RunSettings, prepare_run_dir
+    from hsteer.evaluation.scoring import score_run
+    from hsteer.evaluation.sharding import process_state, run_generation
     from hsteer.model import sampling_defaults
 
     policy = _policy_spec(o["fair"], o["safe"], o["concepts"], o["scales"], o["baseline"], o["bank_path"])
@@ -158,10 +163,10 @@ def _run(task: str, task_args: dict[str, Any], scoring: dict[str, Any], o: dict[
                   "batch_size": o["batch_size"], "task_args": task_args}
     scoring = {"device": o["device"], **scoring}
     if not o["no_score"]:
-        _check_scoring(task, scoring)
+        get_task(task).check_scoring(scoring)
     state = process_state(o["device"])
     if state.is_main_process:
-        prepare_run_dir(o["out_dir"], RunSpec(generation, scoring))
+        prepare_run_dir(o["out_dir"], RunSettings(generation, scoring))
     state.wait_for_everyone()
     quiet_libraries()
     report = run_generation(o["out_dir"], device=o["device"], batch_size=o["batch_size"], progress=not o["quiet"])
@@ -176,39 +181,7 @@ def _run(task: str, task_args: dict[str, Any], scoring: dict[str, Any], o: dict[
         click.echo(f"generated only; score with `hsteer score {o['out_dir']}`")
         return
     summary = score_run(o["out_dir"], progress=not o["quiet"])
-    click.echo(_summary_line(summary) + f"; report in {Path(o['out_dir']) / 'report.md'}")
-
-
-def _check_scoring(task: str, scoring: dict[str, Any]) -> None:
-    """Fail before generating when scoring could not run (missing Q16 prompts, NudeNet not installed)."""
-    if task == "i2p":
-        detectors = scoring.get("detectors") or []
-        if "q16" in detectors:
-            if not scoring.get("q16_prompts"):
-                raise HsteerError("Q16 needs --q16-prompts FILE (.safetensors/.npy; convert the original pickle with "
-                                  "`hsteer q16 convert`), or use --detectors nudenet, or --no-score")
-            from hsteer.evaluation.q16 import load_prompts
-
-            load_prompts(scoring["q16_prompts"])
-        if "nudenet" in detectors:
-            from hsteer.evaluation.nudenet import INSTALL_HINT, nudenet_available
-
-            if not nudenet_available():
-                raise HsteerError(f"NudeNet is not installed; {INSTALL_HINT}, or use --detectors q16, or --no-score")
-
-
-def _summary_line(summary: dict[str, Any]) -> str:
-    task = summary["task"]
-    if task == "winobias":
-        parts = [f"{g} DevRat {v:.3f}" for g, v in summary["mean_deviation_ratio"].items()]
-        if "winoalign" in summary:
-            parts.append(f"WinoAlign {summary['winoalign']:.2f}")
-    elif task == "i2p":
-        parts = [f"inappropriate {summary['inappropriate']['overall']:.3f}"]
-    else:
-        parts = [f"CLIP score {summary['clip_score']:.2f}"]
-        parts.append(f"FID {summary['fid']:.2f}" if summary.get("fid") is not None else "FID skipped")
-    return f"{summary['policy']}: " + ", ".join(parts) + f" ({summary['images']} images)"
+    click.echo(summary_line(summary) + f"; report in {Path(o['out_dir']) / 'report.md'}")
 
 
 @click.group("eval")
@@ -217,7 +190,7 @@ def eval_group() -> None:
 
 @eval_group.command("winobias")
 @eval_options
-@click.option("--classifier", default="openai/clip-vit-base-patch32", show_default=True,
+@click.option("--classifier", default=DEFAULT_CLIP, show_default=True,
               help="CLIPModel hub id or local folder for zero-shot attributes, or `world` (the world's probes).")
 @click.option("--attributes", "--attributes-group", "attributes", cls=_GreedyOption, multiple=True,
               help="Attribute texts of one group, e.g. --attributes 'a woman' 'a man' (repeat for more groups; "
@@ -261,7 +234,7 @@ def winobias(classifier, attributes, group_names, align_model, templates, max_te
 @click.option("--detectors", default="q16,nudenet", show_default=True, help="q16 and/or nudenet (OR-ed).")
 @click.option("--q16-prompts", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Q16 prompt embeddings, .safetensors or .npy (see `hsteer q16 convert`).")
-@click.option("--q16-clip", default="openai/clip-vit-large-patch14", show_default=True,
+@click.option("--q16-clip", default=Q16_CLIP, show_default=True,
               help="The CLIP of the Q16 prompts (hub id or local folder).")
 @click.option("--nudenet-classes", default=None,
               help="Comma-separated NudeNet classes (default FEMALE_BREAST_EXPOSED,FEMALE_GENITALIA_EXPOSED,"
@@ -283,7 +256,7 @@ def i2p(prompts_csv, images_per_prompt, categories, hard_only, limit, csv_guidan
                "q16_prompts": str(Path(q16_prompts).resolve()) if q16_prompts else None, "q16_clip": q16_clip,
                "nudenet_classes": [c.strip() for c in nudenet_classes.split(",")] if nudenet_classes else None,
                "nudenet_threshold": nudenet_threshold}
-    bad = set(scoring["detectors"]) - {"q16", "nudenet"}
+    bad = set(scoring["detectors"]) - set(DETECTORS)
     if bad or not scoring["detectors"]:
         raise HsteerError(f"--detectors takes q16 and/or nudenet, got {detectors!r}")
     _run("i2p", task_args, scoring, o)
@@ -293,7 +266,7 @@ def i2p(prompts_csv, images_per_prompt, categories, hard_only, limit, csv_guidan
 @click.option("--captions", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="COCO captions JSON, JSON lines with a caption field, or one caption a line.")
 @click.option("--limit", default=None, type=int, help="Only the first N captions (COCO-30k: 30000).")
-@click.option("--clip", "clip_model", default="openai/clip-vit-base-patch32", show_default=True,
+@click.option("--clip", "clip_model", default=DEFAULT_CLIP, show_default=True,
               help="CLIP for the CLIP score (hub id or local folder).")
 @click.option("--reference", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Folder of real COCO images for FID (needs hsteer[fid] and the Inception weights).")
@@ -319,7 +292,8 @@ def coco(captions, limit, clip_model, reference, fid_weights, **o) -> None:
 @one_line_errors
 def score(run_dir, device, locations, quiet) -> None:
     """Score a generated evaluation folder with the settings stored in its config.json."""
-    from hsteer.evaluation.harness import merge_manifests, score_run
+    from hsteer.evaluation.manifests import merge_manifests
+    from hsteer.evaluation.scoring import score_run
 
     moved = {}
     for item in locations:
@@ -330,7 +304,7 @@ def score(run_dir, device, locations, quiet) -> None:
     quiet_libraries()
     merge_manifests(run_dir)
     summary = score_run(run_dir, device=device, progress=not quiet, locations=moved)
-    click.echo(_summary_line(summary) + f"; report in {Path(run_dir) / 'report.md'}")
+    click.echo(summary_line(summary) + f"; report in {Path(run_dir) / 'report.md'}")
 
 @click.group("q16")
 def q16_group() -> None:

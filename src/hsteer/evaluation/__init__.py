@@ -2,6 +2,10 @@
 
 The bundled world's exact probes and a CLIP zero-shot classifier are interchangeable
 `AttributeClassifier`s, so the world evaluation and the real-model WinoBias harness share the metrics.
+
+Tasks (WinoBias, I2P, COCO, the bundled world) implement one protocol, `tasks.EvalTask`, and are listed
+once in `tasks.TASKS`. A run folder: `runs` (layout, typed settings) -> `sharding` (generation) ->
+`scoring` -> `report`; `harness` re-exports the lot under the earlier names.
 """
 
 from hsteer.evaluation.metrics import deviation_ratio, distribution, summarize_bias

@@ -54,3 +54,17 @@ def joint_distribution(labels_a: Sequence[str], labels_b: Sequence[str], classes
     """Share of each (a, b) pair, keyed "a|b": composition of two groups (e.g. gender x race)."""
     pairs = [f"{a}|{b}" for a, b in zip(labels_a, labels_b)]
     return distribution(pairs, [f"{a}|{b}" for a in classes_a for b in classes_b])
+
+
+def labels_by_setting(items: Sequence[Mapping[str, str]], setting_key: str, groups: Sequence[str],
+                      settings: Sequence[str] = ()) -> dict[str, dict[str, list[str]]]:
+    """Per-image label dicts -> setting -> group -> labels (the input of `summarize_bias`).
+
+    Settings come in the order of `settings`, then in order of first appearance.
+    """
+    out: dict[str, dict[str, list[str]]] = {s: {g: [] for g in groups} for s in settings}
+    for item in items:
+        entry = out.setdefault(item[setting_key], {g: [] for g in groups})
+        for group in groups:
+            entry[group].append(item[group])
+    return out

@@ -1,0 +1,60 @@
+"""Scoring a finished run folder: the run's task scores it with the settings in its config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hsteer.errors import HsteerError
+from hsteer.evaluation.baselines import policy_label
+from hsteer.evaluation.manifests import finished_records
+from hsteer.evaluation.runs import read_config, write_jsonl
+from hsteer.evaluation.tasks import ScoringRun, get_task
+from hsteer.evaluation.tasks.base import Scorers
+from hsteer.fileio import atomic_write_text
+
+# Scoring settings that only say where a scorer's weights or data live: scoring elsewhere may move them.
+RELOCATABLE = ("classifier", "align_model", "clip", "q16_clip", "q16_prompts", "reference", "fid_weights")
+
+
+def relocated(scoring: dict[str, Any], locations: dict[str, str] | None) -> dict[str, Any]:
+    """The scoring settings with some weights or data in other places (only RELOCATABLE keys)."""
+    scoring = dict(scoring)
+    for key, value in (locations or {}).items():
+        if key not in RELOCATABLE:
+            raise HsteerError(f"cannot relocate {key!r}; the keys that name weights or data are "
+                              f"{', '.join(RELOCATABLE)}")
+        scoring[key] = value
+    return scoring
+
+
+def score_run(run_dir: str | Path, *, device: str | None = None, progress: bool = True,
+              write_report: bool = True, locations: dict[str, str] | None = None) -> dict[str, Any]:
+    """Score a fully generated run with the settings in its config; writes scores.jsonl, summary.json, report.md.
+
+    `locations` points scorers at other copies of their weights or data (e.g. `{"classifier": "/models/clip"}`
+    on a machine without hub access); only the keys in RELOCATABLE can be changed this way.
+    """
+    from tqdm.auto import tqdm
+
+    run_dir = Path(run_dir)
+    settings = read_config(run_dir)
+    rows = finished_records(run_dir)
+    scoring = relocated(settings.scoring, locations)
+    gen = settings.generation
+    task = get_task(gen.task)
+    bar = tqdm(total=len(rows), disable=not progress, desc=f"score {gen.task}", unit="img")
+    run = ScoringRun(run_dir, rows, scoring, Scorers(device or scoring.get("device") or "cpu"),
+                     int(scoring.get("batch_size", 32)), bar.update)
+    per_image, results = task.score(run)
+    bar.close()
+    summary = {"task": gen.task, "policy": policy_label(gen.policy), "model": gen.model, "images": len(rows),
+               **results}
+    write_jsonl(run_dir / "scores.jsonl", per_image)
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    if write_report:
+        from hsteer.evaluation.report import write_report as _write
+
+        _write(run_dir, summary, per_image)
+    return summary

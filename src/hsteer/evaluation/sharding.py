@@ -1,0 +1,200 @@
+"""Sharded, resumable generation of a run folder.
+
+The job list depends only on the generation settings, and each image's seed only on its prompt and
+index, so 1 or K processes (`accelerate launch -m hsteer eval ...`: job j goes to process j % K) make
+the same images. A run killed at any point and started again keeps every finished image (PNGs are
+written atomically and checked with PIL), redoes corrupt ones and regenerates nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hsteer.evaluation.baselines import policy_from_spec, policy_label, sld_pipeline
+from hsteer.evaluation.manifests import merge_manifests
+from hsteer.evaluation.runs import (IMAGES, LOG, SHARDS, GenerationSettings, append_log, image_ok, load_records,
+                                    read_config, write_jsonl)
+from hsteer.evaluation.tasks import task_jobs
+from hsteer.generation import ImageJob, ImageRecord, generate_jobs, require_bank
+
+
+@dataclass
+class GenerationReport:
+    total: int  # jobs in the whole run
+    mine: int  # jobs of this process
+    skipped: int  # already finished
+    redone: int  # corrupt files found and regenerated
+    generated: int  # made by this call
+    complete: bool  # every job of the run is finished (known on the main process after the merge)
+    processes: int = 1  # processes sharing the run (the counts above are this process's)
+
+
+def process_state(device: str | None = "cpu"):
+    """accelerate's PartialState (process index and count; one process when not launched by accelerate).
+
+    On CPU it is created with cpu=True so that K CPU processes (gloo) are seen as K, not as K copies of one.
+    """
+    import torch
+    from accelerate import PartialState
+
+    cpu = str(device or "cpu").startswith("cpu") or not torch.cuda.is_available()
+    return PartialState(cpu=cpu)
+
+
+def record_for(job: ImageJob, generation: GenerationSettings, policy_name: str, height: int, width: int) -> dict:
+    rec = ImageRecord(job.file, job.prompt, job.seed, [{"name": n, "scale": s} for n, s in job.concepts],
+                      policy_name, int(generation.steps), float(job.extra.get("guidance", generation.guidance)),
+                      height, width, job.index, dict(job.extra))
+    return json.loads(rec.to_json())
+
+
+@dataclass
+class Shard:
+    """One process's share of a run: its jobs, the finished records, and what is left to make."""
+
+    run_dir: Path
+    rank: int
+    world: int
+    jobs: list[ImageJob]
+    done: dict[str, dict] = field(default_factory=dict)
+    todo: list[ImageJob] = field(default_factory=list)
+    redone: int = 0  # corrupt or partial images removed
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir / SHARDS / f"shard-{self.rank:03d}-of-{self.world:03d}.jsonl"
+
+    def flush(self) -> None:
+        """Rewrite this process's shard manifest (job order) with every finished record."""
+        order = {job.file: n for n, job in enumerate(self.jobs)}
+        write_jsonl(self.path, sorted(self.done.values(), key=lambda r: order.get(r["file"], 0)))
+
+    def log(self, files: list[str], event: str) -> None:
+        append_log(self.run_dir / LOG, [{"file": f, "event": event, "process": self.rank, "processes": self.world,
+                                         "pid": os.getpid(), "time": time.time()} for f in files])
+
+    def sort_out(self, records: dict[str, dict]) -> None:
+        """Split the jobs into done (image valid and recorded) and todo; delete broken images."""
+        images = self.run_dir / IMAGES
+        for job in self.jobs:
+            path = images / job.file
+            valid = path.is_file() and image_ok(path)
+            if valid and job.file in records:
+                self.done[job.file] = records[job.file]
+                continue
+            if not valid and path.exists():
+                path.unlink()
+                self.redone += 1
+            self.todo.append(job)  # a valid image without a record is recorded, not made again (`recover`)
+
+    def recover(self, generation: GenerationSettings, label: str, height: int, width: int) -> None:
+        """Record the images a killed run wrote but could not record; keep only the missing ones to make."""
+        recovered = [job for job in self.todo if (self.run_dir / IMAGES / job.file).is_file()]
+        for job in recovered:
+            self.done[job.file] = record_for(job, generation, label, height, width)
+        if recovered:
+            self.log([job.file for job in recovered], "recovered")
+        self.todo = [job for job in self.todo if job.file not in self.done]
+
+
+def _open_shard(run_dir: Path, gen: GenerationSettings, rank: int, world: int, all_jobs: list[dict], policy,
+                bank) -> Shard:
+    (run_dir / IMAGES).mkdir(parents=True, exist_ok=True)
+    (run_dir / SHARDS).mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for n, raw in enumerate(all_jobs):
+        if n % world != rank:
+            continue
+        extra = dict(raw["extra"])
+        if "guidance" in raw:
+            extra["guidance"] = raw["guidance"]
+        jobs.append(ImageJob(raw["prompt"], raw["index"], raw["seed"], policy.assign(bank, raw["seed"]),
+                             raw["file"], extra))
+    shard = Shard(run_dir, rank, world, jobs)
+    shard.sort_out(load_records(run_dir))
+    return shard
+
+
+def run_generation(run_dir: str | Path, *, device: str = "cpu", batch_size: int | None = None, pipe=None,
+                   progress: bool = True, log=print) -> GenerationReport:
+    """Generate (this process's share of) the run in `run_dir`, skipping finished images; merge at the end."""
+    from hsteer.hspace.bank import ConceptBank
+
+    run_dir = Path(run_dir)
+    gen = read_config(run_dir).generation
+    state = process_state(device)
+    if str(device).startswith("cuda") and ":" not in str(device):
+        device = str(state.device)
+    policy, label = policy_from_spec(gen.policy), policy_label(gen.policy)
+    bank = ConceptBank.load(gen.bank) if gen.bank else None
+    if gen.policy.get("kind") not in ("plain", "sld"):
+        require_bank(bank, label)
+    all_jobs = task_jobs(gen)
+    shard = _open_shard(run_dir, gen, state.process_index, state.num_processes, all_jobs, policy, bank)
+    generated = 0
+    if shard.todo:
+        pipe = _pipeline_for_run(gen, pipe, device)
+        generated = _generate(shard, gen, pipe, policy, label, bank, int(batch_size or gen.batch_size), progress)
+    else:
+        shard.flush()
+    state.wait_for_everyone()
+    complete = merge_manifests(run_dir, all_jobs) if state.process_index == 0 else False
+    state.wait_for_everyone()
+    return GenerationReport(len(all_jobs), len(shard.jobs), len(shard.jobs) - generated, shard.redone, generated,
+                            complete, shard.world)
+
+
+def _pipeline_for_run(gen: GenerationSettings, pipe, device: str):
+    """The given pipeline or the run's model, wrapped as SLD when that is the run's baseline."""
+    if pipe is None:
+        from hsteer.model import load_quietly
+
+        pipe = load_quietly(gen.model, device, gen.dtype)
+    if gen.policy.get("kind") == "sld":
+        pipe = sld_pipeline(pipe, gen.policy["preset"])
+    return pipe
+
+
+def _generate(shard: Shard, gen: GenerationSettings, pipe, policy, label: str, bank, batch_size: int,
+              progress: bool) -> int:
+    """Make the shard's missing images in batches (one guidance scale per batch); returns how many."""
+    from tqdm.auto import tqdm
+
+    from hsteer.model import default_resolution, pipeline_hspace_shape
+
+    native = default_resolution(pipe)
+    height, width = gen.height or native[0], gen.width or native[1]
+    if bank is not None and policy.name != "plain":
+        bank.check_compatible(pipe.unet, pipeline_hspace_shape(pipe, height, width),
+                              allow_other_model=bool(gen.allow_other_model))
+    shard.recover(gen, label, height, width)
+    shard.flush()
+    where = f" [{shard.rank + 1}/{shard.world}]" if shard.world > 1 else ""
+    bar = tqdm(total=len(shard.todo), disable=not progress, desc=f"generate {gen.task} ({label}){where}", unit="img")
+    generated = 0
+    for guidance, chunk in _batches(shard.todo, gen.guidance, batch_size):
+        out = generate_jobs(pipe, chunk, bank, label, steps=int(gen.steps), guidance=guidance, height=height,
+                            width=width, batch_size=batch_size, steer_unconditional=bool(gen.steer_unconditional),
+                            out_dir=shard.run_dir / IMAGES, progress=False)
+        shard.log([rec.file for rec in out.records], "generated")
+        shard.done.update({rec.file: json.loads(rec.to_json()) for rec in out.records})
+        shard.flush()
+        generated += len(chunk)
+        bar.update(len(chunk))
+    bar.close()
+    return generated
+
+
+def _batches(jobs: list[ImageJob], guidance: float, size: int) -> Iterator[tuple[float, list[ImageJob]]]:
+    """(guidance, up to `size` jobs) in job order within each guidance scale (I2P may set one per prompt)."""
+    by_guidance: dict[float, list[ImageJob]] = {}
+    for job in jobs:
+        by_guidance.setdefault(float(job.extra.get("guidance", guidance)), []).append(job)
+    for scale, group in by_guidance.items():
+        for start in range(0, len(group), size):
+            yield scale, group[start:start + size]

@@ -1,0 +1,142 @@
+"""Evaluation tasks behind one protocol, run settings that round-trip, the bundled world as a task."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hsteer.errors import HsteerError
+
+SRC = Path(__file__).resolve().parent.parent / "src" / "hsteer"
+
+OLD_CONFIG = {  # config.json as hsteer eval wrote it before the settings were typed
+    "generation": {"task": "winobias", "model": "/m/sd", "dtype": "float32",
+                   "policy": {"kind": "fair", "groups": ["gender"], "scales": {}}, "bank": "/b/bank.safetensors",
+                   "steps": 20, "guidance": 3.0, "height": None, "width": None, "seed": 0,
+                   "steer_unconditional": False, "allow_other_model": False, "batch_size": 1,
+                   "task_args": {"professions": ["doctor", "nurse"], "templates": "base", "max_templates": 1,
+                                 "images_per_prompt": 6}},
+    "scoring": {"device": "cpu", "classifier": "/m/clip", "align_model": None,
+                "attributes": {"gender": ["a woman", "a man"]}},
+}
+
+
+def test_run_settings_round_trip(tmp_path):
+    from hsteer.evaluation.runs import CONFIG, GenerationSettings, RunSettings, prepare_run_dir, read_config
+
+    (tmp_path / CONFIG).write_text(json.dumps(OLD_CONFIG, indent=2))
+    settings = read_config(tmp_path)
+    assert isinstance(settings.generation, GenerationSettings)
+    assert settings.generation.steps == 20 and settings.generation.task_args["images_per_prompt"] == 6
+    assert settings.to_dict() == OLD_CONFIG
+    assert settings.to_json() == json.dumps(OLD_CONFIG, indent=2)  # same keys, same order, same file
+    prepare_run_dir(tmp_path, settings)  # the same run again: accepted
+    assert json.loads((tmp_path / CONFIG).read_text()) == OLD_CONFIG
+    assert RunSettings(OLD_CONFIG["generation"], OLD_CONFIG["scoring"]) == settings  # from the CLI's dicts
+    other = RunSettings.from_dict({**OLD_CONFIG, "generation": {**OLD_CONFIG["generation"], "seed": 3}})
+    with pytest.raises(HsteerError, match=r"seed differ"):
+        prepare_run_dir(tmp_path, other)
+
+
+def test_older_and_newer_configs_load():
+    from hsteer.evaluation.runs import RunSettings
+
+    old = {"generation": {k: v for k, v in OLD_CONFIG["generation"].items()
+                          if k not in ("dtype", "allow_other_model", "batch_size")}}
+    settings = RunSettings.from_dict(old)  # no scoring, fewer keys: the defaults the harness always used
+    assert (settings.generation.dtype, settings.generation.batch_size, settings.scoring) == ("float32", 8, {})
+    newer = {"generation": {**OLD_CONFIG["generation"], "future_key": [1]}, "scoring": {}}
+    assert RunSettings.from_dict(newer).to_dict() == newer  # unknown keys are kept, not lost
+
+
+def test_every_task_implements_the_protocol():
+    from hsteer.evaluation.tasks import TASKS, get_task, task_jobs
+
+    assert set(TASKS) == {"winobias", "i2p", "coco", "world"}
+    for name, task in TASKS.items():
+        assert task.name == name
+        for member in ("jobs", "check_scoring", "score", "summary_line", "report_section"):
+            assert callable(getattr(task, member)), (name, member)
+    with pytest.raises(HsteerError, match="unknown evaluation task 'nope'"):
+        get_task("nope")
+    jobs = task_jobs(OLD_CONFIG["generation"])
+    assert [j["file"] for j in jobs] == [f"{n:06d}.png" for n in range(12)]
+    assert [j["extra"]["job"] for j in jobs] == list(range(12))
+    assert [j["seed"] for j in jobs] == list(range(6)) * 2
+
+
+def test_no_dispatch_by_task_name():
+    offenders = [f"{p.relative_to(SRC)}:{n}" for p in SRC.rglob("*.py")
+                 for n, line in enumerate(p.read_text().splitlines(), 1)
+                 if "task ==" in line or "task !=" in line]
+    assert not offenders, offenders
+
+
+def test_detector_checks_before_generation(tmp_path, monkeypatch):
+    from hsteer.evaluation import nudenet
+    from hsteer.evaluation.tasks import get_task
+    from hsteer.evaluation.tasks.i2p import check_detectors
+
+    i2p = get_task("i2p")
+    with pytest.raises(HsteerError, match="--q16-prompts.*--no-score"):
+        i2p.check_scoring({"detectors": ["q16"]})
+    with pytest.raises(HsteerError, match=r"use --detectors nudenet$"):  # at scoring time: no --no-score hint
+        check_detectors({"detectors": ["q16"]})
+    with pytest.raises(HsteerError, match="unknown detector"):
+        check_detectors({"detectors": ["q17"]})
+    monkeypatch.setattr(nudenet, "nudenet_available", lambda: False)
+    with pytest.raises(HsteerError, match="NudeNet is not installed"):
+        i2p.check_scoring({"detectors": ["nudenet"]})
+
+
+def test_summary_lines():
+    from hsteer.evaluation.tasks import summary_line
+
+    base = {"policy": "fair:gender", "images": 12}
+    assert summary_line({**base, "task": "winobias", "mean_deviation_ratio": {"gender": 0.5}, "winoalign": 27.123}) \
+        == "fair:gender: gender DevRat 0.500, WinoAlign 27.12 (12 images)"
+    assert summary_line({**base, "task": "i2p", "inappropriate": {"overall": 0.25}}) \
+        == "fair:gender: inappropriate 0.250 (12 images)"
+    assert summary_line({**base, "task": "coco", "clip_score": 30.0, "fid": None}) \
+        == "fair:gender: CLIP score 30.00, FID skipped (12 images)"
+
+
+def test_one_image_grid():
+    from PIL import Image
+
+    from hsteer.evaluation.images import image_grid
+    from hsteer.evaluation.world import image_grid as world_grid
+
+    assert world_grid is image_grid
+    tiles = [Image.new("RGB", (4, 4), c) for c in ("red", "blue", "green")]
+    grid = image_grid(tiles, columns=2, scale=3)
+    assert grid.size == (2 * 4 * 3, 2 * 4 * 3)
+    assert grid.getpixel((13, 0)) == (0, 0, 255) and grid.getpixel((23, 23)) == (255, 255, 255)
+    padded = image_grid([tiles[0], None, tiles[1]], columns=3, scale=1, tile=8, pad=2)
+    assert padded.size == (30, 10) and padded.getpixel((12, 2)) == (255, 255, 255)
+
+
+def test_world_task_in_a_run_folder_matches_evaluate_world(tmp_path):
+    """The bundled world through the run-folder protocol and in memory: the same jobs, the same summary."""
+    from hsteer.evaluation.harness import RunSettings, prepare_run_dir, run_generation, score_run
+    from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
+    from hsteer.model import load_pipeline
+
+    pipe = load_pipeline()
+    config = WorldEvalConfig(professions=("doctor", "nurse"), templates=("a photo of a {}",), images_per_prompt=2,
+                             harm_prompts=("a violent scene",), harm_images_per_prompt=2, steps=2, batch_size=1)
+    memory = evaluate_world(pipe, config, progress=False).summary
+    args = {k: getattr(config, k) for k in ("professions", "templates", "images_per_prompt", "harm_prompts",
+                                             "harm_images_per_prompt")}
+    generation = {"task": "world", "model": None, "steps": 2, "guidance": config.guidance, "seed": 0,
+                  "batch_size": 1, "task_args": json.loads(json.dumps(args))}
+    prepare_run_dir(tmp_path, RunSettings(generation, {"groups": ["shape", "colour"]}))
+    assert run_generation(tmp_path, pipe=pipe, progress=False).complete
+    summary = score_run(tmp_path, progress=False)
+    assert summary["images"] == memory["images"] == 6
+    for key in ("deviation_ratio", "distribution", "fidelity", "harm_rate_benign", "harm_rate", "joint_distribution"):
+        assert json.dumps(summary[key], sort_keys=True) == json.dumps(memory[key], sort_keys=True), key  # NaN too
+    report = (tmp_path / "report.md").read_text()
+    assert "# hsteer evaluation: world" in report and "| shape |" in report and "| doctor |" in report
