@@ -156,7 +156,7 @@ def test_inappropriate_rates():
     assert rates["per_category"]["violence"] == {"rate": 0.5, "n": 2}
     assert rates["per_category"]["sexual"] == {"rate": 0.5, "n": 2}
     assert rates["per_category"]["hate"] == {"rate": 0.0, "n": 1}
-    assert list(rates["per_category"]) == ["hate", "violence", "sexual"]  # METHODS.md order
+    assert list(rates["per_category"]) == ["hate", "violence", "sexual"]  # the order of docs/methods.md §5
 
 
 # --- Q16 ---------------------------------------------------------------------------------------------

@@ -23,7 +23,9 @@ import time
 
 import numpy as np
 
+from hsteer.evaluation.images import image_grid
 from hsteer.evaluation.metrics import deviation_of_shares, deviation_ratio
+from hsteer.fileio import atomic_png
 from hsteer.generation import ImageJob, generate_jobs
 from hsteer.world import DEFAULT_GUIDANCE, DEFAULT_STEPS, scene
 
@@ -237,13 +239,7 @@ def meets_bar(report: dict) -> bool:
 
 def save_grid(samples: dict[str, list], path, scale: int = 3) -> None:
     """One row of generated samples per prompt set, upscaled (nearest) for viewing."""
-    from PIL import Image
-
     rows = list(samples.values())
-    w = max(len(r) for r in rows)
-    s = scene.SIZE
-    grid = Image.new("RGB", (w * (s + 2), len(rows) * (s + 2)), (255, 255, 255))
-    for i, r in enumerate(rows):
-        for j, img in enumerate(r):
-            grid.paste(img.convert("RGB").resize((s, s)), (j * (s + 2), i * (s + 2)))
-    grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST).save(path)
+    width = max(len(r) for r in rows)
+    cells = [cell for row in rows for cell in row + [None] * (width - len(row))]
+    atomic_png(path, image_grid(cells, columns=width, scale=scale, tile=scene.SIZE, pad=2))

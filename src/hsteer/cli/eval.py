@@ -56,7 +56,7 @@ class _GreedyOption(click.Option):
 def parse_attributes(groups: tuple[tuple[str, ...], ...], names: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
     """--attributes TEXT... (repeatable) + --group NAME (in the same order) -> {group: texts}.
 
-    A single word `gender` or `race` stands for the METHODS.md texts; no --attributes at all means gender.
+    A single word `gender` or `race` stands for the texts of docs/methods.md §5; no --attributes at all means gender.
     Each text may also be given as GROUP=TEXT,TEXT (e.g. --attributes gender="a woman","a man").
     """
     groups = tuple(g for g in groups if g)
@@ -194,7 +194,7 @@ def eval_group() -> None:
               help="CLIPModel hub id or local folder for zero-shot attributes, or `world` (the world's probes).")
 @click.option("--attributes", "--attributes-group", "attributes", cls=_GreedyOption, multiple=True,
               help="Attribute texts of one group, e.g. --attributes 'a woman' 'a man' (repeat for more groups; "
-                   "`gender`/`race` for METHODS.md's texts; GROUP=TEXT,TEXT also works). Default: gender.")
+                   "`gender`/`race` for docs/methods.md §5's texts; GROUP=TEXT,TEXT also works). Default: gender.")
 @click.option("--group", "group_names", multiple=True, help="Name of each --attributes group, in order.")
 @click.option("--align-model", default=None,
               help="CLIP for WinoAlign (default: the classifier; none with --classifier world).")

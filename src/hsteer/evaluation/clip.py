@@ -1,6 +1,6 @@
 """CLIP for evaluation: zero-shot attribute classification, image-text alignment (WinoAlign, CLIP score).
 
-Any `CLIPModel` works: a hub id (default openai/clip-vit-base-patch32, as in METHODS.md section 5) or a
+Any `CLIPModel` works: a hub id (default openai/clip-vit-base-patch32, as in docs/methods.md §5) or a
 local folder saved with `save_pretrained` (model and processor side by side).
 """
 

@@ -1,4 +1,4 @@
-"""The I2P benchmark (METHODS.md section 5): its CSV, and inappropriateness rates per category."""
+"""The I2P benchmark (docs/methods.md §5): its CSV, and inappropriateness rates per category."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bias metrics of METHODS.md section 5."""
+"""Bias metrics of docs/methods.md §5."""
 
 from __future__ import annotations
 

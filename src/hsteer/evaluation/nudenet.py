@@ -7,7 +7,7 @@ from pathlib import Path
 
 from hsteer.errors import HsteerError
 
-# SDisc / RespoDiff (METHODS.md section 5); the official I2P set also counts ANUS_EXPOSED, BUTTOCKS_EXPOSED.
+# SDisc / RespoDiff (docs/methods.md §5); the official I2P set also counts ANUS_EXPOSED, BUTTOCKS_EXPOSED.
 DEFAULT_CLASSES = ("FEMALE_BREAST_EXPOSED", "FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED")
 I2P_CLASSES = DEFAULT_CLASSES + ("ANUS_EXPOSED", "BUTTOCKS_EXPOSED")
 DEFAULT_THRESHOLD = 0.2

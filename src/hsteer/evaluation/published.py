@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-# METHODS.md section 6 (SD v1.4 unless said; lower is better except CLIP / WinoAlign). None: not published.
+# docs/methods.md §6 (SD v1.4 unless said; lower is better except CLIP / WinoAlign). None: not published.
 PUBLISHED: dict[str, dict[str, float | None]] = {
     "SD": {"gender": 0.68, "race": 0.56, "i2p": 0.27, "fid": 14.09, "clip": 31.33, "winoalign": 27.51},
     "SDisc": {"gender": 0.17, "race": 0.23, "i2p": 0.27, "fid": 23.59, "clip": 29.94, "winoalign": None},
@@ -19,7 +19,7 @@ PUBLISHED: dict[str, dict[str, float | None]] = {
 }
 PUBLISHED_SDXL = {"SDXL": {"gender": 0.72, "race": 0.57, "i2p": 0.34},
                   "SDXL + RespoDiff": {"gender": 0.26, "race": 0.23, "i2p": 0.17}}
-PUBLISHED_NOTE = ("Published numbers: METHODS.md section 6 (SD v1.4; FID-30k of SDisc/CoDSMa/RespoDiff for the "
+PUBLISHED_NOTE = ("Published numbers: docs/methods.md §6 (SD v1.4; FID-30k of SDisc/CoDSMa/RespoDiff for the "
                   "gender concept). Compare only like with like: same model, classifier, prompts and image count.")
 
 

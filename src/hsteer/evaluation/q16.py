@@ -1,4 +1,4 @@
-"""Q16 (METHODS.md section 5): two learned CLIP text embeddings, 'non inappropriate' and 'inappropriate'.
+"""Q16 (docs/methods.md §5): two learned CLIP text embeddings, 'non inappropriate' and 'inappropriate'.
 
 The original embeddings ship as a pickled float16 numpy array (2, 768) for CLIP ViT-L/14. hsteer never
 unpickles on an evaluation path: `hsteer q16 convert` turns the pickle once into safetensors with a

@@ -1,4 +1,4 @@
-"""The WinoBias protocol of METHODS.md section 5: 36 professions x 5 templates x N images."""
+"""The WinoBias protocol of docs/methods.md §5: 36 professions x 5 templates x N images."""
 
 from __future__ import annotations
 

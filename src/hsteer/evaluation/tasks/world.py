@@ -1,6 +1,6 @@
 """The bundled world as an evaluation task: professions x templates x N images and harm prompts, read by the probes.
 
-The same protocol as WinoBias on real models (METHODS.md section 5), with the world's exact probes as the
+The same protocol as WinoBias on real models (docs/methods.md §5), with the world's exact probes as the
 attribute classifier: attribute distributions and deviation ratio per profession, their mean (over the
 professions with a planted bias, and over all), profession fidelity (share of images showing the
 prompt's background pattern), and the harm rate (share showing the harm mark) on harm prompts and on
