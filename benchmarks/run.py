@@ -7,11 +7,14 @@ Keys of --json:
   steer_overhead    steered / plain generation time (same seeds, steps, batch; fastest repeats, and
                     `_median`); target <= 1.02. `steer_overhead_hook_bound`: the hook's own measured cost.
   fair_batch_ratio  throughput of a batch with a different concept per image / a plain batch; target >= 0.9
-  train_speedup     reference procedure's training time (400 iterations, batch 1) / hsteer's (fast mode)
-                    time to reach the reference's final mean deviation ratio (+0.02) on the bundled
-                    model, same objective (CoDSMa, shape group, fair generation)
-  train_speedup_equal_quality  the reference's own time to reach that threshold / hsteer's
-  train_quality     both final mean deviation ratios, and profession fidelity
+  train_speedup_equal_quality(_low, _high)  the reference procedure's (batch 1, a fresh reverse process per
+                    sample) training time to a fixed quality / the fast mode's, on the bundled model: fair
+                    generation over shape, mean deviation ratio <= 0.05 on the shape-biased professions
+                    (and same-seed colour agreement >= --agreement-target); median over 3 training seeds
+                    with a bootstrap 95% interval; the headline is `_low`
+  train_speedup     the reference's time at the last milestone it ran / the fast mode's time to the quality
+                    (a budget comparison: the reference stops at the quality too, so it is close to the above)
+  train_quality     median final mean deviation ratio of each mode, and the lowest fidelity
   train_memory      autograd bytes saved for backward by one training step (ours: up blocks only;
                     with gradient checkpointing) vs. the same step with a backward through the whole U-Net
   train_throughput  (--train-throughput) iterations/s and training signals/s of both modes, any model
@@ -210,65 +213,109 @@ def bench_train_throughput(pipe, steps: int, iterations: int) -> dict[str, dict[
     return out
 
 
+#: The professions whose planted bias is in shape: the targeted attribute of the training benchmark.
+def _shape_professions() -> tuple[str, ...]:
+    from hsteer.world import scene
+
+    return tuple(p for p, group in scene.BIASED_PAIRS if group == "shape")
+
+
+def _quality(summary: dict) -> dict[str, float]:
+    """What the training benchmark asks of a fair-over-shape bank: targeted DevRat, untargeted colour agreement."""
+    untargeted = summary.get("untargeted", {}).get("colour", {})
+    return {"deviation_ratio": summary["deviation_ratio"]["mean_all"]["shape"],
+            "deviation_ratio_ci": summary.get("deviation_ratio_ci", {}).get("shape"),
+            "colour_agreement": untargeted.get("agreement"),
+            "colour_agreement_ci": untargeted.get("agreement_ci"),
+            "fidelity": summary["fidelity"]["mean"]}
+
+
+def _bootstrap_median_ratio(numerators: list[float], denominators: list[float], resamples: int = 2000,
+                            seed: int = 0) -> tuple[float, float, float]:
+    """Median of per-seed ratios and a percentile 95% interval, resampling the seeds with replacement."""
+    import random
+
+    ratios = [a / b for a, b in zip(numerators, denominators)]
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    return statistics.median(ratios), medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+
+
 def bench_training(pipe, reference_milestones: list[int], fast_milestones: list[int], images: int, workdir: Path,
-                   fast_batch: int = 8) -> dict[str, float]:
-    """Reference procedure (fresh reverse process per sample, batch 1) vs fast mode, on the shape group."""
-    from hsteer.hspace.bank import ConceptBank
+                   seeds: tuple[int, ...] = (0, 1, 2), threshold: float = 0.05,
+                   agreement_target: float | None = None, fast_batch: int = 8) -> dict:
+    """Time to an equal, fixed quality: the reference procedure (batch 1) vs the fast mode, over several seeds.
+
+    Quality: fair generation over the shape group on the professions with a planted shape bias, mean
+    deviation ratio <= `threshold` (and, with `agreement_target`, same-seed colour agreement with the plain
+    images >= it). Each mode trains the world recipe's circle and square concepts milestone by milestone
+    (resuming) and is evaluated after each; its time is training time only, up to the first milestone that
+    meets the quality. Speedup per seed = reference time / fast time; reported as the median over seeds with
+    a bootstrap interval, whose lower end is the headline.
+    """
+    from hsteer.apps.recipes import world_train_config
     from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
-    from hsteer.generation import FairPolicy
+    from hsteer.generation import FairPolicy, PlainPolicy
+    from hsteer.hspace.bank import ConceptBank
     from hsteer.model import sampling_defaults
-    from hsteer.training import TrainConfig, train_concept
 
     sampling = sampling_defaults(getattr(pipe, "_hsteer_model", None))
-    eval_config = WorldEvalConfig(templates=("a photo of a {}",), images_per_prompt=images, harm_prompts=(),
-                                  steps=int(sampling["steps"]), guidance=float(sampling["guidance"]),
-                                  groups=("shape",))
-    targets = {"circle": "a photo of a circle figure", "square": "a photo of a square figure"}
+    eval_config = WorldEvalConfig(professions=_shape_professions(), templates=("a photo of a {}",),
+                                  images_per_prompt=images, harm_prompts=(), steps=int(sampling["steps"]),
+                                  guidance=float(sampling["guidance"]), groups=("shape", "colour"))
+    plain = evaluate_world(pipe, eval_config, policy=PlainPolicy(), progress=False)
 
-    def fair_eval(concepts) -> tuple[float, float]:
-        bank = ConceptBank(concepts=concepts)
-        result = evaluate_world(pipe, eval_config, bank=bank, policy=FairPolicy(("shape",)), progress=False)
-        return result.summary["deviation_ratio"]["mean_all"]["shape"], result.summary["fidelity"]["mean"]
+    def quality(concepts) -> dict:
+        result = evaluate_world(pipe, eval_config, bank=ConceptBank(concepts=concepts), policy=FairPolicy(("shape",)),
+                                baseline=plain, progress=False)
+        return _quality(result.summary)
 
-    def config(name, mode, iterations, batch):
-        return TrainConfig(concept=name, group="shape", neutral="a photo of a figure", target=targets[name],
-                           mode=mode, iterations=iterations, batch_size=batch, steps=20, lr=0.05, seed=0)
+    def meets(q: dict) -> bool:
+        return q["deviation_ratio"] <= threshold and (
+            agreement_target is None or (q["colour_agreement"] or 0.0) >= agreement_target)
 
-    def curve(mode, batch, milestones, stop_at=None):
-        """Train both concepts milestone by milestone (resuming), evaluating after each; training time only."""
+    def curve(mode: str, batch: int, milestones: list[int], seed: int) -> list[dict]:
         seconds, points = 0.0, []
         for m in milestones:
             concepts = []
-            for name in targets:
-                result = train_concept(pipe, config(name, mode, m, batch), run_dir=workdir / mode / name,
-                                       resume=True, checkpoint_every=m, progress=False)
+            for name in ("circle", "square"):
+                config = world_train_config(name, m, seed, mode=mode, batch_size=batch)
+                result = train_concept(pipe, config, run_dir=workdir / f"{mode}-{seed}" / name, resume=True,
+                                       checkpoint_every=m, progress=False)
                 seconds += result.seconds
                 concepts.append(result.concept)
-            dr, fidelity = fair_eval(concepts)
-            points.append({"iterations": m, "seconds": seconds, "deviation_ratio": dr, "fidelity": fidelity})
-            if stop_at is not None and dr <= stop_at:
+            points.append({"iterations": m, "seconds": seconds, **quality(concepts)})
+            if meets(points[-1]):
                 break
         return points
 
-    reference = curve("reference", 1, reference_milestones)
-    target = reference[-1]["deviation_ratio"] + 0.02
-    fast = curve("fast", fast_batch, fast_milestones, stop_at=target)
+    from hsteer.training import train_concept
 
-    def time_to_reach(points):
-        return next((p["seconds"] for p in points if p["deviation_ratio"] <= target), None)
-
-    ref_reach, fast_reach = time_to_reach(reference), time_to_reach(fast)
-    return {
-        "train_speedup": reference[-1]["seconds"] / fast_reach if fast_reach else 0.0,
-        "train_speedup_equal_quality": ref_reach / fast_reach if fast_reach and ref_reach else 0.0,
-        "train_quality": {"reference": reference[-1]["deviation_ratio"],
-                          "fast": fast[-1]["deviation_ratio"] if fast else float("nan"),
-                          "reference_fidelity": reference[-1]["fidelity"],
-                          "fast_fidelity": fast[-1]["fidelity"] if fast else float("nan")},
-        "reference_seconds": reference[-1]["seconds"], "reference_seconds_to_reach": ref_reach,
-        "fast_seconds_to_reach": fast_reach, "reach_threshold": target, "fast_batch": fast_batch,
-        "reference_curve": reference, "fast_curve": fast, "eval_images_per_profession": images,
-    }
+    runs = []
+    for seed in seeds:
+        reference = curve("reference", 1, reference_milestones, seed)
+        fast = curve("fast", fast_batch, fast_milestones, seed)
+        reach = [next((p["seconds"] for p in points if meets(p)), None) for points in (reference, fast)]
+        runs.append({"seed": seed, "reference_seconds_to_reach": reach[0], "fast_seconds_to_reach": reach[1],
+                     "reference_curve": reference, "fast_curve": fast})
+    reached = [r for r in runs if r["reference_seconds_to_reach"] and r["fast_seconds_to_reach"]]
+    out: dict = {"train_threshold": {"deviation_ratio": threshold, "colour_agreement": agreement_target},
+                 "train_runs": runs, "train_seeds_reached": len(reached), "eval_images_per_profession": images,
+                 "eval_professions": list(eval_config.professions), "fast_batch": fast_batch,
+                 "train_speedup": 0.0, "train_speedup_equal_quality": 0.0, "train_speedup_equal_quality_low": 0.0,
+                 "train_speedup_equal_quality_high": 0.0}
+    if reached:
+        median, low, high = _bootstrap_median_ratio([r["reference_seconds_to_reach"] for r in reached],
+                                                    [r["fast_seconds_to_reach"] for r in reached])
+        out.update({"train_speedup_equal_quality": median, "train_speedup_equal_quality_low": low,
+                    "train_speedup_equal_quality_high": high,
+                    "train_speedup": statistics.median(r["reference_curve"][-1]["seconds"] / r["fast_seconds_to_reach"]
+                                                       for r in reached)})
+    last = [r[f"{mode}_curve"][-1] for r in runs for mode in ("reference", "fast")]
+    out["train_quality"] = {mode: statistics.median(r[f"{mode}_curve"][-1]["deviation_ratio"] for r in runs)
+                            for mode in ("reference", "fast")}
+    out["train_quality"]["fidelity_min"] = min(p["fidelity"] for p in last)
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -281,6 +328,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16 weights.")
     parser.add_argument("--train-throughput", action="store_true",
                         help="Also time training iterations/s of both modes (any model; 50-step schedule).")
+    parser.add_argument("--eval-images", type=int, default=48,
+                        help="Images per profession in the training benchmark's quality evaluation.")
+    parser.add_argument("--agreement-target", type=float, default=None,
+                        help="Also require this same-seed colour agreement with plain images to count as reached.")
     parser.add_argument("--skip-training", action="store_true",
                         help="Generation and memory only (the training benchmark needs the world model's probes).")
     args = parser.parse_args(argv)
@@ -307,11 +358,12 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.skip_training:
         with tempfile.TemporaryDirectory() as tmp:
             if args.quick:
-                results.update(bench_training(pipe, [2, 4], [1, 2, 4], images=2, workdir=Path(tmp)))
+                results.update(bench_training(pipe, [2, 4], [1, 2], images=2, workdir=Path(tmp), seeds=(0,),
+                                              agreement_target=args.agreement_target))
             else:
-                results.update(bench_training(pipe, [25, 50, 100, 200, 400], [2, 4, 6, 10, 15, 20, 30, 40, 60, 80,
-                                                                              120, 160, 240, 320, 400],
-                                              images=32, workdir=Path(tmp)))
+                results.update(bench_training(pipe, [25, 50, 100, 150, 200, 300], [3, 6, 10, 15, 20, 30, 45, 60],
+                                              images=args.eval_images, workdir=Path(tmp), seeds=(0, 1, 2),
+                                              agreement_target=args.agreement_target))
     if args.json:
         print(json.dumps(results, indent=2))
     else:
