@@ -37,13 +37,9 @@ def _setup(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
+    from hsteer.model import quiet_libraries
 
-    dlog.set_verbosity_error()
-    dlog.disable_progress_bar()
-    tlog.set_verbosity_error()
-    tlog.disable_progress_bar()
+    quiet_libraries()
 
 
 def _random_bank(pipe, names_by_group: dict[str, list[str]], scale: float = 1.0):

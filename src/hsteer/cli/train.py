@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from hsteer.cli.common import load, model_options, one_line_errors
+from hsteer.errors import HsteerError
 
 @click.command()
 @model_options
@@ -55,11 +56,11 @@ def train(model, device, dtype, objective, bank_path, concept, group, neutral, t
     """
     from hsteer.training import TrainConfig, train_into_bank
 
+    extras = method_options(objective, lr_sam=lr_sam, lam=lam, sdisc_images=sdisc_images, sdisc_epochs=sdisc_epochs)
     config = TrainConfig(concept=concept, group=group, neutral=neutral, target=target, negative=negative,
                          objective=objective, iterations=iterations, batch_size=batch_size, steps=steps, lr=lr,
                          target_guidance=target_guidance, sampling_guidance=sampling_guidance, seed=seed,
-                         init_std=init_std, height=height, width=width, lr_sam=lr_sam, lam=lam,
-                         sdisc_images=sdisc_images, sdisc_epochs=sdisc_epochs, mode=mode)
+                         init_std=init_std, height=height, width=width, mode=mode, **extras)
     config.validate()
     pipe = load(model, device, dtype)
     result = train_into_bank(pipe, config, bank_path, resume=resume, checkpoint_every=checkpoint_every,
@@ -67,3 +68,21 @@ def train(model, device, dtype, objective, bank_path, concept, group, neutral, t
     last = result.losses[-1]["loss"] if result.losses else float("nan")
     click.echo(f"saved concept {concept!r} (group {group!r}, {objective}) to {bank_path}; "
                f"final loss {last:.4g}; {result.seconds:.1f}s; log in {result.run_dir}")
+
+
+def method_options(objective: str, **options) -> dict:
+    """The method-specific options that `objective` takes; one given on the command line for another method
+    is an error, since it would be silently ignored."""
+    from dataclasses import fields
+
+    from hsteer.training import config_class
+
+    own = {f.name for f in fields(config_class(objective))}
+    ctx = click.get_current_context()
+    for name in options:
+        given = ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+        if name not in own and given:
+            flag = "--" + name.replace("_", "-")
+            raise HsteerError(f"{flag} is not a setting of --objective {objective}; drop it or choose the objective "
+                              "it belongs to")
+    return {name: value for name, value in options.items() if name in own}

@@ -38,9 +38,10 @@ class ClipScorer:
     def __init__(self, model: str | Path = DEFAULT_CLIP, *, device: str | torch.device = "cpu",
                  batch_size: int = 32) -> None:
         from transformers import CLIPModel, CLIPProcessor
-        from transformers.utils import logging as tlog
 
-        tlog.set_verbosity_error()
+        from hsteer.model import quiet_libraries
+
+        quiet_libraries()
         self.name = str(model)
         local = Path(model)
         if local.exists() and not (local / "config.json").is_file():

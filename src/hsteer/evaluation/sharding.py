@@ -165,10 +165,9 @@ def _generate(shard: Shard, gen: GenerationSettings, pipe, policy, label: str, b
     """Make the shard's missing images in batches (one guidance scale per batch); returns how many."""
     from tqdm.auto import tqdm
 
-    from hsteer.model import default_resolution, pipeline_hspace_shape
+    from hsteer.model import pipeline_hspace_shape, resolve_resolution
 
-    native = default_resolution(pipe)
-    height, width = gen.height or native[0], gen.width or native[1]
+    height, width = resolve_resolution(pipe, gen.height, gen.width)
     if bank is not None and policy.name != "plain":
         bank.check_compatible(pipe.unet, pipeline_hspace_shape(pipe, height, width),
                               allow_other_model=bool(gen.allow_other_model))

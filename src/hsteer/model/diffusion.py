@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hsteer.model.geometry import default_resolution, is_sdxl
+from hsteer.model.geometry import is_sdxl, resolve_resolution
 
 
 @dataclass
@@ -67,7 +67,7 @@ def encode_unconditional(pipe, height: int | None = None, width: int | None = No
 
 
 def _time_ids(pipe, n: int, height: int | None, width: int | None) -> torch.Tensor:
-    h, w = (height, width) if height and width else default_resolution(pipe)
+    h, w = resolve_resolution(pipe, height, width)
     ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=pipe.unet.dtype, device=pipe.unet.device)
     return ids.expand(n, 6)
 

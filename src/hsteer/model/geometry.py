@@ -46,8 +46,8 @@ def hspace_shape(unet, height: int | None = None, width: int | None = None,
 
 
 def pipeline_hspace_shape(pipe, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
-    h, w = default_resolution(pipe)
-    return hspace_shape(pipe.unet, height or h, width or w, pipe.vae_scale_factor)
+    """The h-space shape of a pipeline's images at `height` x `width` (its native size where not given)."""
+    return hspace_shape(pipe.unet, *resolve_resolution(pipe, height, width), pipe.vae_scale_factor)
 
 
 def unet_fingerprint(unet) -> str:
