@@ -112,3 +112,18 @@ def build_policy(fair: str | None, safe: bool, concepts: tuple[str, ...], scales
     if concepts:
         return parse_concept_specs(concepts)
     return PlainPolicy()
+
+
+def check_eval_options(o: dict) -> None:
+    """The generation options every `hsteer eval` task shares, checked before any file or model is touched."""
+    from hsteer.checks import check_count, check_float, check_seed, check_size
+
+    checked_device(o["device"])
+    check_count("--batch-size", o["batch_size"], 1, 4096)
+    if o["steps"] is not None:
+        check_count("--steps", o["steps"], 1, 10_000)
+    if o["guidance"] is not None:
+        check_float("--guidance", o["guidance"], -1e4, maximum=1e4)
+    check_size("--height", o["height"])
+    check_size("--width", o["width"])
+    check_seed("--seed", o["seed"], span=2**32)

@@ -50,14 +50,16 @@ def read_jsonl(path: Path) -> list[dict]:
     rows = []
     if not path.is_file():
         return rows
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         line = line.strip()
         if not line:
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            row = json.loads(line)
+        except ValueError:
             continue
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
 
 
@@ -103,7 +105,14 @@ def read_config(run_dir: str | Path) -> RunSpec:
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise HsteerError(f"{run_dir} holds no {CONFIG}; it is not an hsteer evaluation folder")
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise HsteerError(f"{path} is not valid UTF-8 JSON ({type(exc).__name__}); it is damaged: restore it, "
+                          "or start the run over in another --out") from None
+    if not (isinstance(data, dict) and isinstance(data.get("generation"), dict)
+            and isinstance(data.get("scoring", {}), dict)):
+        raise HsteerError(f"{path} does not have an hsteer run's layout (generation, scoring); it is damaged")
     return RunSpec(data["generation"], data.get("scoring", {}))
 
 
@@ -597,8 +606,9 @@ def score_run(run_dir: str | Path, *, device: str | None = None, progress: bool 
             from hsteer.evaluation.q16 import Q16Classifier, load_prompts
 
             if not scoring.get("q16_prompts"):
-                raise HsteerError("Q16 needs --q16-prompts FILE (.safetensors/.npy; convert the original pickle "
-                                  "with `hsteer q16 convert`), or score with --detectors nudenet")
+                raise HsteerError("this run's Q16 detector has no prompts file: pass `hsteer score --location "
+                                  "q16_prompts=FILE` (.safetensors/.npy; convert the original pickle with `hsteer "
+                                  "q16 convert`), or rerun `hsteer eval i2p` with --detectors nudenet")
             q16 = Q16Classifier(scorers.get(scoring.get("q16_clip") or "openai/clip-vit-large-patch14"),
                                 load_prompts(scoring["q16_prompts"]))
         if "nudenet" in detectors:

@@ -76,3 +76,13 @@ def check_finite_concepts(concepts: Iterable[Any], doing: str = "save") -> None:
         if bad:
             raise BankError(f"concept {concept.name!r} has NaN or infinite values in {', '.join(bad)}; refusing to "
                             f"{doing} it (retrain it, e.g. with a lower learning rate, or delete its checkpoint)")
+
+
+def flag_nonfinite(bank) -> dict[str, Any]:
+    """`bank.describe()` with `nonfinite: [tensor, ...]` on each concept that holds NaN or infinite values."""
+    info = bank.describe()
+    for entry, concept in zip(info["concepts"], bank):
+        bad = nonfinite_tensors(concept)
+        if bad:
+            entry["nonfinite"] = bad
+    return info
