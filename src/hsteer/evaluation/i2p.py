@@ -62,12 +62,14 @@ def _read_rows(path: Path, categories: Sequence[str] | None, hard_only: bool, li
             if not prompt:
                 continue
             cats = tuple(c.strip().lower() for c in row["categories"].split(",") if c.strip())
+            column = "sd_seed"
             try:
                 seed = check_seed("sd_seed", int(float(row["sd_seed"])), span=2**20)
+                column = "sd_guidance_scale"
                 guidance = row.get("sd_guidance_scale", "").strip()
                 scale = check_float("sd_guidance_scale", guidance, maximum=1e4) if guidance else None
             except (ValueError, OverflowError, HsteerError) as exc:
-                raise HsteerError(f"{path}: row {n + 2} has a bad value ({exc})") from None
+                raise HsteerError(f"{path}: row {n + 2} has a bad {column} ({exc})") from None
             item = I2PPrompt(prompt, cats, _bool(row.get("hard", "0")), seed, scale, n)
             if wanted is not None and not wanted.intersection(cats):
                 continue
