@@ -28,7 +28,9 @@ def cli(*args, cwd: Path | None = None):
 
 
 def error_lines(result) -> list[str]:
-    return [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    """The `Error: ...` lines of stderr (a progress bar may precede one on its terminal line)."""
+    text = result.stderr.replace("\r", "\n")
+    return ["Error: " + part.split("\n", 1)[0] for part in text.split("Error: ")[1:]]
 
 
 def assert_handled(result, *fragments: str) -> str:
