@@ -115,7 +115,7 @@ def test_nan_loss_is_a_clear_error(sd_pipe, monkeypatch, mode):
     (dict(target=""), "target prompt is empty"),
     (dict(target=None), "give a target prompt"),
     (dict(objective="esd"), "unknown objective"),
-    (dict(iterations=0), "iterations must be >= 1"),
+    (dict(iterations=0), r"iterations \(--iterations\) must be between 1 and"),
 ])
 def test_bad_settings(kw, message):
     with pytest.raises(HsteerError, match=message):

@@ -8,9 +8,8 @@ each image exactly what is needed to regenerate it alone.
 from __future__ import annotations
 
 import itertools
-import json
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import torch
 from hsteer.hspace.bank import ConceptBank
 from hsteer.errors import HsteerError
 from hsteer.fileio import atomic_png, atomic_write_text
+from hsteer.outputs import OutputFolder, check_generate_settings, check_images_finite, check_policy, manifest_line
 from hsteer.model.geometry import pipeline_hspace_shape, resolve_resolution
 from hsteer.hspace.steering import SteeringConfig, steer
 
@@ -57,6 +57,9 @@ class FairPolicy:
     scales: dict[str, float] = field(default_factory=dict)
     name: str = "fair"
 
+    def __post_init__(self) -> None:
+        check_policy(self.groups, self.scales)
+
     def assign(self, bank: ConceptBank | None, image_seed: int) -> list[tuple[str, float]]:
         bank = require_bank(bank, self.name)
         if not self.groups:
@@ -78,6 +81,9 @@ class SafePolicy:
     scale: float = 1.0
     name: str = "safe"
 
+    def __post_init__(self) -> None:
+        check_policy((self.group,), {self.group: self.scale})
+
     def assign(self, bank: ConceptBank | None, image_seed: int) -> list[tuple[str, float]]:
         return [(c.name, self.scale) for c in require_bank(bank, self.name).group(self.group)]
 
@@ -88,6 +94,9 @@ class ConceptPolicy:
 
     concepts: tuple[tuple[str, float], ...]
     name: str = "concepts"
+
+    def __post_init__(self) -> None:
+        check_policy((), {}, self.concepts)
 
     def assign(self, bank: ConceptBank | None, image_seed: int) -> list[tuple[str, float]]:
         bank = require_bank(bank, self.name)
@@ -130,10 +139,13 @@ class ImageRecord:
     index: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def to_json(self) -> str:
+    def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         extra = data.pop("extra")
-        return json.dumps({**data, **extra})
+        return {**data, **extra}
+
+    def to_json(self) -> str:
+        return manifest_line(self.to_dict())
 
 
 @dataclass
@@ -142,9 +154,10 @@ class GenerationOutput:
 
     images: list[Any]
     records: list[ImageRecord]
+    count: int = -1  # images made, also when they were written and not kept
 
     def __len__(self) -> int:
-        return len(self.images)
+        return self.count if self.count >= 0 else len(self.images)
 
 
 def delta_for(bank: ConceptBank, concepts: Sequence[tuple[str, float]], shape: tuple[int, ...]) -> torch.Tensor:
@@ -152,6 +165,10 @@ def delta_for(bank: ConceptBank, concepts: Sequence[tuple[str, float]], shape: t
     total = torch.zeros(shape)
     for name, scale in concepts:
         total += scale * bank[name].delta()
+    if not bool(torch.isfinite(total).all()):
+        used = ", ".join(f"{n}={s:g}" for n, s in concepts)
+        raise HsteerError(f"the steering delta of {used} is NaN or infinite (a damaged concept, or a scale too "
+                          "large); check the bank with `hsteer bank show`, or lower the scale")
     return total
 
 
@@ -167,16 +184,10 @@ class ImageJob:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def image_jobs(prompts: Sequence[str], num_images: int, seed: int) -> list[tuple[str, int, int]]:
-    """(prompt, index, seed) per image: the i-th image of any prompt has seed `seed + i`."""
-    if not prompts:
-        raise HsteerError("no prompt given; pass at least one --prompt")
-    for p in prompts:
-        if not p or not p.strip():
-            raise HsteerError("empty prompt; pass a non-empty --prompt")
-    if num_images < 1:
-        raise HsteerError(f"--num-images must be >= 1, got {num_images}")
-    return [(p, i, seed + i) for p in prompts for i in range(num_images)]
+def image_jobs(prompts: Sequence[str], num_images: int, seed: int) -> Iterator[tuple[str, int, int]]:
+    """(prompt, index, seed) per image, streamed: the i-th image of any prompt has seed `seed + i`."""
+    check_generate_settings(prompts, num_images, seed, 1, 0.0, 1, None, None)
+    return ((p, i, seed + i) for p in prompts for i in range(num_images))
 
 
 def _resolution_and_shape(pipe, height: int | None, width: int | None) -> tuple[int, int, tuple[int, int, int]]:
@@ -189,35 +200,49 @@ def generate(pipe, prompts: str | Sequence[str], *, num_images_per_prompt: int =
              bank: ConceptBank | None = None, policy: Policy | None = None, steps: int = 50,
              guidance: float = 7.5, height: int | None = None, width: int | None = None, batch_size: int = 8,
              steer_unconditional: bool = False, allow_other_model: bool = False, out_dir: str | Path | None = None,
-             progress: bool = True, negative_prompt: str | None = None) -> GenerationOutput:
+             progress: bool = True, negative_prompt: str | None = None, overwrite: bool = False,
+             resume: bool = False, keep_images: bool = True) -> GenerationOutput:
     """Generate `num_images_per_prompt` images per prompt under `policy`, `batch_size` images per U-Net batch.
 
-    With `out_dir`, images are written as PNGs with `manifest.jsonl` (one JSON object per image).
+    With `out_dir`, images are written as PNGs with `manifest.jsonl` (one JSON object per image), each
+    line appended as its image is written. A folder that already holds files is refused unless
+    `overwrite` or `resume` (which makes only the missing images, with the same settings); see
+    `hsteer.outputs`. `keep_images=False` returns no images (for runs too large to hold in memory).
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     policy = policy or PlainPolicy()
-    jobs = image_jobs(prompts, num_images_per_prompt, seed)
+    check_generate_settings(prompts, num_images_per_prompt, seed, steps, guidance, batch_size, height, width)
     height, width, shape = _resolution_and_shape(pipe, height, width)
     if not isinstance(policy, PlainPolicy):
         require_bank(bank, policy.name).check_compatible(pipe.unet, shape, allow_other_model=allow_other_model)
-    work = [ImageJob(p, i, s, policy.assign(bank, s), f"{n:05d}.png" if out_dir is not None else None)
-            for n, (p, i, s) in enumerate(jobs)]
-    out = generate_jobs(pipe, work, bank, policy.name, steps=steps, guidance=guidance, height=height, width=width,
-                        batch_size=batch_size, steer_unconditional=steer_unconditional, out_dir=out_dir,
-                        progress=progress, negative_prompt=negative_prompt)
-    if out_dir is not None:
-        write_manifest(Path(out_dir) / "manifest.jsonl", out.records)
-    return out
+        policy.assign(bank, seed)  # unknown concepts or groups fail before any folder is touched
+    folder = OutputFolder(out_dir, overwrite=overwrite, resume=resume) if out_dir is not None else None
+    work: Iterable[ImageJob] = (ImageJob(p, i, s, policy.assign(bank, s), f"{n:05d}.png" if folder else None)
+                                for n, (p, i, s) in enumerate(image_jobs(prompts, num_images_per_prompt, seed)))
+    settings = dict(steps=steps, guidance=guidance, height=height, width=width)
+    if folder is not None and folder.done:
+        work = folder.pending(work, lambda job: _record(job, policy.name, **settings).to_dict())
+    total = len(prompts) * num_images_per_prompt - (len(folder.done) if folder else 0)
+    return generate_jobs(pipe, work, bank, policy.name, batch_size=batch_size, steer_unconditional=steer_unconditional,
+                         progress=progress, negative_prompt=negative_prompt, total=total, keep_images=keep_images,
+                         sink=folder.add if folder else None, **settings)
 
 
-def generate_jobs(pipe, jobs: Sequence[ImageJob], bank: ConceptBank | None, policy_name: str, *, steps: int,
+def _record(job: ImageJob, policy_name: str, *, steps: int, guidance: float, height: int, width: int) -> ImageRecord:
+    return ImageRecord(job.file, job.prompt, job.seed, [{"name": n, "scale": s} for n, s in job.concepts],
+                       policy_name, steps, guidance, height, width, job.index, dict(job.extra))
+
+
+def generate_jobs(pipe, jobs: Iterable[ImageJob], bank: ConceptBank | None, policy_name: str, *, steps: int,
                   guidance: float, height: int | None = None, width: int | None = None, batch_size: int = 8,
                   steer_unconditional: bool = False, out_dir: str | Path | None = None, progress: bool = True,
-                  negative_prompt: str | None = None) -> GenerationOutput:
+                  negative_prompt: str | None = None, sink: Callable[[dict[str, Any], Any], None] | None = None,
+                  total: int | None = None, keep_images: bool = True) -> GenerationOutput:
     """Generate explicit jobs in batches (each with its own seed and concepts); PNGs go to `out_dir/job.file`.
 
     The lower-level entry point of `generate`, for harnesses that shard, skip finished images or choose
-    file names themselves. Writes no manifest.
+    file names themselves. Writes no manifest; `sink(row, image)` is called for each finished image.
+    `jobs` may be a stream. An image with NaN or infinite values stops the run before it is written.
     """
     from tqdm.auto import tqdm
 
@@ -225,12 +250,13 @@ def generate_jobs(pipe, jobs: Sequence[ImageJob], bank: ConceptBank | None, poli
     out_path = Path(out_dir) if out_dir is not None else None
     if out_path is not None:
         out_path.mkdir(parents=True, exist_ok=True)
-    images, records = [], []
+    images, records, count = [], [], 0
     device = pipe.unet.device
     gen_device = "cpu" if device.type == "mps" else device
-    bar = tqdm(total=len(jobs), disable=not progress, desc=f"generate ({policy_name})", unit="img")
-    for start in range(0, len(jobs), batch_size):
-        batch = jobs[start:start + batch_size]
+    total = len(jobs) if total is None and isinstance(jobs, Sequence) else total
+    bar = tqdm(total=total, disable=not progress, desc=f"generate ({policy_name})", unit="img")
+    stream = iter(jobs)
+    while batch := list(itertools.islice(stream, batch_size)):
         config = None
         if any(job.concepts for job in batch):
             delta = torch.stack([delta_for(require_bank(bank, policy_name), job.concepts, shape) for job in batch])
@@ -241,17 +267,21 @@ def generate_jobs(pipe, jobs: Sequence[ImageJob], bank: ConceptBank | None, poli
             kwargs["negative_prompt"] = [negative_prompt] * len(batch)
         with steer(pipe, config):
             result = pipe([job.prompt for job in batch], num_inference_steps=steps, guidance_scale=guidance,
-                          height=height, width=width, generator=generators, **kwargs)
-        for job, image in zip(batch, result.images):
-            record = ImageRecord(job.file, job.prompt, job.seed, [{"name": n, "scale": s} for n, s in job.concepts],
-                                 policy_name, steps, guidance, height, width, job.index, dict(job.extra))
-            if out_path is not None and job.file:
+                          height=height, width=width, generator=generators, output_type="np", **kwargs)
+        check_images_finite(result.images, batch, guidance)
+        for job, image in zip(batch, pipe.numpy_to_pil(result.images)):
+            record = _record(job, policy_name, steps=steps, guidance=guidance, height=height, width=width)
+            if sink is not None:
+                sink(record.to_dict(), image)
+            elif out_path is not None and job.file:
                 atomic_png(out_path / job.file, image)
-            images.append(image)
-            records.append(record)
+            count += 1
+            if keep_images:
+                images.append(image)
+                records.append(record)
         bar.update(len(batch))
     bar.close()
-    return GenerationOutput(images, records)
+    return GenerationOutput(images, records, count)
 
 
 def write_manifest(path: Path, records: Sequence[ImageRecord]) -> None:

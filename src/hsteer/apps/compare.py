@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from hsteer.apps.demo import check_app_settings
+from hsteer.checks import check_count
 from hsteer.fileio import atomic_write_text
 from hsteer.hspace.bank import ConceptBank
 from hsteer.apps.recipes import WORLD_CONCEPTS, world_train_config
@@ -50,6 +52,8 @@ def method_configs(method: str, config: CompareConfig) -> list[TrainConfig]:
 
 
 def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    check_app_settings(config.out, config.iterations, config.images_per_prompt, config.seed)
+    check_count("--harm-images-per-prompt", config.harm_images_per_prompt, 1, 10**6)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(config.model)

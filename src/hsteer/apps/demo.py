@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from hsteer.checks import check_count, check_float, check_output_dir, check_seed, check_threads
 from hsteer.hspace.bank import ConceptBank
 from hsteer.evaluation.world import WorldEvalConfig, evaluate_world, image_grid
 from hsteer.fileio import atomic_png, atomic_write_text
@@ -35,6 +36,25 @@ class DemoConfig:
     seed: int = 0
     threads: int | None = None
 
+    def validate(self) -> None:
+        """Every setting, before anything trains (the CLI's options in the messages)."""
+        check_app_settings(self.out, self.iterations, self.images_per_prompt, self.seed)
+        check_count("--harm-images-per-prompt", self.harm_images_per_prompt, 1, 10**6)
+        if self.safety_iterations is not None:
+            check_count("safety_iterations", self.safety_iterations, 1, 10**7)
+        check_threads("--threads", self.threads)
+        check_float("safety_scale", self.safety_scale, -1e3, maximum=1e3)
+        for group, scale in self.fair_scales:
+            check_float(f"the fair scale of {group}", scale, -1e3, maximum=1e3)
+
+
+def check_app_settings(out, iterations: int, images_per_prompt: int, seed: int) -> None:
+    """What the demo and compare share: the output folder, iterations, images per prompt, seed."""
+    check_output_dir(out, "--out")
+    check_count("--iterations", iterations, 1, 10**7)
+    check_count("--images-per-prompt", images_per_prompt, 1, 10**6)
+    check_seed("--seed", seed, span=10**7, scale=1_000_003)
+
 
 def demo_train_configs(config: DemoConfig) -> list[TrainConfig]:
     safety = config.safety_iterations or config.iterations
@@ -55,6 +75,7 @@ def _already_trained(bank: ConceptBank | None, pipe, train: TrainConfig) -> bool
 def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     import torch
 
+    config.validate()
     if config.threads:
         torch.set_num_threads(config.threads)
     began = time.perf_counter()

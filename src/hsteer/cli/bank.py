@@ -21,8 +21,9 @@ def bank() -> None:
 def bank_show(bank_path, as_json) -> None:
     """List a bank's concepts, groups, tensors and training settings."""
     from hsteer.hspace.bank import ConceptBank
+    from hsteer.hspace.bankcheck import flag_nonfinite
 
-    info = ConceptBank.load(bank_path).describe()
+    info = flag_nonfinite(ConceptBank.load(bank_path))
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -30,7 +31,8 @@ def bank_show(bank_path, as_json) -> None:
     for c in info["concepts"]:
         tensors = ", ".join(f"{k}{tuple(v)}" for k, v in c["tensors"].items())
         prompts = " ".join(f"{k}={c[k]!r}" for k in ("neutral", "target", "negative") if c.get(k))
-        click.echo(f"  {c['group']}/{c['name']}: {c['objective']} [{tensors}] {prompts}")
+        flag = f" NON-FINITE VALUES in {', '.join(c['nonfinite'])}" if c.get("nonfinite") else ""
+        click.echo(f"  {c['group']}/{c['name']}: {c['objective']} [{tensors}] {prompts}{flag}")
 
 
 @bank.command("merge")
@@ -40,10 +42,7 @@ def bank_show(bank_path, as_json) -> None:
 @one_line_errors
 def bank_merge(banks, out, replace) -> None:
     """Merge banks of the same model into one."""
-    from hsteer.hspace.bank import ConceptBank
+    from hsteer.hspace.bankmerge import merge_bank_files
 
-    merged = ConceptBank.load(banks[0])
-    for path in banks[1:]:
-        merged = merged.merge(ConceptBank.load(path), replace=replace)
-    merged.save(out)
+    merged = merge_bank_files(banks, out, replace=replace)
     click.echo(f"wrote {len(merged)} concepts to {out}")

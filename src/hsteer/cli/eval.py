@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-from hsteer.cli.common import build_policy, model_options, one_line_errors
+from hsteer.cli.common import build_policy, check_eval_options, model_options, one_line_errors
+from hsteer.checks import check_optional_count
 from hsteer.errors import HsteerError
 from hsteer.evaluation.clip import DEFAULT_CLIP, Q16_CLIP
 from hsteer.evaluation.scoring import RELOCATABLE
@@ -142,6 +143,7 @@ def _run(task: str, task_args: dict[str, Any], scoring: dict[str, Any], o: dict[
     from hsteer.evaluation.sharding import process_state, run_generation
     from hsteer.model import sampling_defaults
 
+    check_eval_options(o)
     policy = _policy_spec(o["fair"], o["safe"], o["concepts"], o["scales"], o["baseline"], o["bank_path"])
     bank = None
     if o["bank_path"] is not None:
@@ -210,6 +212,7 @@ def winobias(classifier, attributes, group_names, align_model, templates, max_te
 
     if images_per_prompt < 1:
         raise HsteerError("--images-per-prompt must be >= 1")
+    check_optional_count("--max-templates", max_templates)
     scoring: dict[str, Any] = {"classifier": classifier, "align_model": align_model}
     if classifier == "world":
         if attributes:

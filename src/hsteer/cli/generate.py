@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from hsteer.cli.common import build_policy, load, model_options, one_line_errors
+from hsteer.cli.common import build_policy, checked_device, load, model_options, one_line_errors
 
 @click.command()
 @model_options
@@ -26,22 +26,31 @@ from hsteer.cli.common import build_policy, load, model_options, one_line_errors
 @click.option("--width", default=None, type=int)
 @click.option("--steer-unconditional", is_flag=True, help="Also steer the unconditional CFG half.")
 @click.option("--allow-other-model", is_flag=True, help="Use a bank learned on a U-Net with another config.")
+@click.option("--overwrite", is_flag=True, help="Replace the images and manifest already in --out.")
+@click.option("--resume", is_flag=True, help="Finish an interrupted run in --out (same settings).")
 @one_line_errors
 def generate(model, device, dtype, prompts, num_images, seed, out_dir, bank_path, fair, safe, concepts, scales,
-             steps, guidance, batch_size, height, width, steer_unconditional, allow_other_model) -> None:
+             steps, guidance, batch_size, height, width, steer_unconditional, allow_other_model, overwrite,
+             resume) -> None:
     """Generate images (plain, fair, safe or with explicit concepts) and write manifest.jsonl."""
     from hsteer.hspace.bank import ConceptBank
     from hsteer.generation import PlainPolicy, generate as run, require_bank
     from hsteer.model import sampling_defaults
+    from hsteer.outputs import OutputFolder, check_generate_settings
 
     policy = build_policy(fair, safe, concepts, scales)
+    defaults = sampling_defaults(model)
+    steps = steps if steps is not None else int(defaults["steps"])
+    guidance = guidance if guidance is not None else float(defaults["guidance"])
+    check_generate_settings(prompts, num_images, seed, steps, guidance, batch_size, height, width, cli=True)
     bank = ConceptBank.load(bank_path) if bank_path else None
     if not isinstance(policy, PlainPolicy):
         require_bank(bank, policy.name)
-    defaults = sampling_defaults(model)
-    pipe = load(model, device, dtype)
+    if not (overwrite or resume):
+        OutputFolder(out_dir)  # refuse a folder in use before loading the model
+    pipe = load(model, checked_device(device), dtype)
     out = run(pipe, list(prompts), num_images_per_prompt=num_images, seed=seed, bank=bank, policy=policy,
-              steps=steps or defaults["steps"], guidance=guidance if guidance is not None else defaults["guidance"],
-              height=height, width=width, batch_size=batch_size, steer_unconditional=steer_unconditional,
-              allow_other_model=allow_other_model, out_dir=out_dir)
+              steps=steps, guidance=guidance, height=height, width=width, batch_size=batch_size,
+              steer_unconditional=steer_unconditional, allow_other_model=allow_other_model, out_dir=out_dir,
+              overwrite=overwrite, resume=resume, keep_images=False)
     click.echo(f"wrote {len(out)} images and manifest.jsonl to {out_dir}")

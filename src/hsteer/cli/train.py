@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from hsteer.cli.common import load, model_options, one_line_errors
+from hsteer.cli.common import checked_device, load, model_options, one_line_errors
 from hsteer.errors import HsteerError
 
 @click.command()
@@ -43,10 +43,13 @@ from hsteer.errors import HsteerError
               help="Recompute the up blocks' activations in backward: less memory, ~1 extra up-block pass.")
 @click.option("--checkpoint-every", default=100, show_default=True, type=int)
 @click.option("--resume", is_flag=True, help="Continue from the concept's last checkpoint.")
+@click.option("--allow-other-model", is_flag=True,
+              help="Add to a bank learned on a U-Net with another config (same h-space shape).")
 @one_line_errors
 def train(model, device, dtype, objective, bank_path, concept, group, neutral, target, negative, iterations,
           batch_size, steps, lr, target_guidance, sampling_guidance, seed, init_std, lr_sam, lam, sdisc_images,
-          sdisc_epochs, height, width, mode, gradient_checkpointing, checkpoint_every, resume) -> None:
+          sdisc_epochs, height, width, mode, gradient_checkpointing, checkpoint_every, resume,
+          allow_other_model) -> None:
     """Learn a concept and add (or replace) it in a bank.
 
     \b
@@ -55,6 +58,7 @@ def train(model, device, dtype, objective, bank_path, concept, group, neutral, t
     sdisc:     c by the plain denoising loss on images of the target prompt, conditioned on neutral
     """
     from hsteer.training import TrainConfig, train_into_bank
+    from hsteer.training.run import check_bank_target
 
     extras = method_options(objective, lr_sam=lr_sam, lam=lam, sdisc_images=sdisc_images, sdisc_epochs=sdisc_epochs)
     config = TrainConfig(concept=concept, group=group, neutral=neutral, target=target, negative=negative,
@@ -62,9 +66,10 @@ def train(model, device, dtype, objective, bank_path, concept, group, neutral, t
                          target_guidance=target_guidance, sampling_guidance=sampling_guidance, seed=seed,
                          init_std=init_std, height=height, width=width, mode=mode, **extras)
     config.validate()
-    pipe = load(model, device, dtype)
+    check_bank_target(bank_path, config.concept, checkpoint_every)
+    pipe = load(model, checked_device(device), dtype)
     result = train_into_bank(pipe, config, bank_path, resume=resume, checkpoint_every=checkpoint_every,
-                             checkpoint_activations=gradient_checkpointing)
+                             checkpoint_activations=gradient_checkpointing, allow_other_model=allow_other_model)
     last = result.losses[-1]["loss"] if result.losses else float("nan")
     click.echo(f"saved concept {concept!r} (group {group!r}, {objective}) to {bank_path}; "
                f"final loss {last:.4g}; {result.seconds:.1f}s; log in {result.run_dir}")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from hsteer.checks import check_input_file, check_optional_count
 from hsteer.errors import HsteerError
 
 FID_HINT = ("FID needs the optional extra `pip install 'hsteer[fid]'` (torch-fidelity, which brings torchvision) "
@@ -21,20 +22,34 @@ FID_HINT = ("FID needs the optional extra `pip install 'hsteer[fid]'` (torch-fid
 def read_captions(path: str | Path, limit: int | None = None) -> list[tuple[str, str]]:
     """(caption id, caption) pairs in file order; at most `limit`."""
     path = Path(path)
-    if not path.is_file():
+    check_optional_count("--limit", limit)
+    if not path.exists():
         raise HsteerError(f"captions file {path} not found")
-    text = path.read_text(encoding="utf-8")
+    check_input_file(path, "captions file")
+    try:
+        text = path.read_text(encoding="utf-8")
+        return _parse_captions(text, path, limit)
+    except UnicodeDecodeError as exc:
+        raise HsteerError(f"captions file {path} is not UTF-8 text (byte {exc.start})") from None
+    except (KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise HsteerError(f"captions file {path} does not have the COCO captions layout ({type(exc).__name__}: "
+                          f"{str(exc)[:100]})") from None
+
+
+def _parse_captions(text: str, path: Path, limit: int | None) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     stripped = text.lstrip()
     data = None
     if stripped.startswith(("{", "[")):
         try:
             data = json.loads(text)
-        except json.JSONDecodeError:
+        except ValueError:
             data = None  # JSON lines
     if isinstance(data, dict) and "annotations" in data:
+        if not isinstance(data["annotations"], list):
+            raise HsteerError(f"{path}: 'annotations' is not a list")
         for n, ann in enumerate(data["annotations"]):
-            out.append((str(ann.get("id", ann.get("image_id", n))), str(ann["caption"]).strip()))
+            out.append(_item(ann, n, path))
     elif isinstance(data, list):
         for n, item in enumerate(data):
             out.append(_item(item, n, path))
@@ -42,7 +57,7 @@ def read_captions(path: str | Path, limit: int | None = None) -> list[tuple[str,
         for n, line in enumerate(line for line in text.splitlines() if line.strip()):
             try:
                 out.append(_item(json.loads(line), n, path))
-            except json.JSONDecodeError:
+            except ValueError:
                 raise HsteerError(f"{path}: line {n + 1} is not JSON") from None
     else:
         out = [(str(n), line.strip()) for n, line in enumerate(text.splitlines()) if line.strip()]
@@ -55,6 +70,8 @@ def read_captions(path: str | Path, limit: int | None = None) -> list[tuple[str,
 def _item(item, n: int, path: Path) -> tuple[str, str]:
     if isinstance(item, str):
         return str(n), item.strip()
+    if not isinstance(item, dict):
+        raise HsteerError(f"{path}: entry {n + 1} is neither a caption nor an object with one")
     for key in ("caption", "prompt", "text"):
         if key in item:
             return str(item.get("id", item.get("image_id", n))), str(item[key]).strip()

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hsteer.checks import check_float, check_input_file, check_optional_count, check_seed
 from hsteer.errors import HsteerError
 
 CATEGORIES = ("hate", "harassment", "violence", "self-harm", "sexual", "shocking", "illegal activity")
@@ -33,9 +34,20 @@ def read_i2p(path: str | Path, *, categories: Sequence[str] | None = None, hard_
     `categories`: keep prompts in any of these; `hard_only`: keep the `hard` ones; `limit`: the first N kept.
     """
     path = Path(path)
-    if not path.is_file():
+    check_optional_count("--limit", limit)
+    if not path.exists():
         raise HsteerError(f"I2P prompts file {path} not found (download i2p_benchmark.csv from the "
                           "AIML-TUDA/i2p dataset and pass its path)")
+    check_input_file(path, "I2P prompts file")
+    try:
+        return _read_rows(path, categories, hard_only, limit)
+    except UnicodeDecodeError as exc:
+        raise HsteerError(f"I2P prompts file {path} is not UTF-8 text (byte {exc.start})") from None
+    except csv.Error as exc:
+        raise HsteerError(f"I2P prompts file {path} is not a readable CSV ({exc})") from None
+
+
+def _read_rows(path: Path, categories: Sequence[str] | None, hard_only: bool, limit: int | None) -> list[I2PPrompt]:
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         fields = {f.strip() for f in reader.fieldnames or []}
@@ -50,13 +62,15 @@ def read_i2p(path: str | Path, *, categories: Sequence[str] | None = None, hard_
             if not prompt:
                 continue
             cats = tuple(c.strip().lower() for c in row["categories"].split(",") if c.strip())
+            column = "sd_seed"
             try:
-                seed = int(float(row["sd_seed"]))
-            except ValueError:
-                raise HsteerError(f"{path}: row {n + 2} has a bad sd_seed {row['sd_seed']!r}") from None
-            guidance = row.get("sd_guidance_scale", "").strip()
-            item = I2PPrompt(prompt, cats, _bool(row.get("hard", "0")), seed,
-                             float(guidance) if guidance else None, n)
+                seed = check_seed("sd_seed", int(float(row["sd_seed"])), span=2**20)
+                column = "sd_guidance_scale"
+                guidance = row.get("sd_guidance_scale", "").strip()
+                scale = check_float("sd_guidance_scale", guidance, maximum=1e4) if guidance else None
+            except (ValueError, OverflowError, HsteerError) as exc:
+                raise HsteerError(f"{path}: row {n + 2} has a bad {column} ({exc})") from None
+            item = I2PPrompt(prompt, cats, _bool(row.get("hard", "0")), seed, scale, n)
             if wanted is not None and not wanted.intersection(cats):
                 continue
             if hard_only and not item.hard:

@@ -108,7 +108,15 @@ def read_config(run_dir: str | Path) -> RunSettings:
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise HsteerError(f"{run_dir} holds no {CONFIG}; it is not an hsteer evaluation folder")
-    return RunSettings.from_dict(json.loads(path.read_text()))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise HsteerError(f"{path} is not valid UTF-8 JSON ({type(exc).__name__}); it is damaged: restore it, "
+                          "or start the run over in another --out") from None
+    if not (isinstance(data, dict) and isinstance(data.get("generation"), dict)
+            and isinstance(data.get("scoring", {}), dict)):
+        raise HsteerError(f"{path} does not have an hsteer run's layout (generation, scoring); it is damaged")
+    return RunSettings.from_dict(data)
 
 
 def prepare_run_dir(run_dir: str | Path, settings: RunSettings) -> None:
@@ -136,14 +144,16 @@ def read_jsonl(path: Path) -> list[dict]:
     rows = []
     if not path.is_file():
         return rows
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         line = line.strip()
         if not line:
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            row = json.loads(line)
+        except ValueError:
             continue
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
 
 

@@ -22,17 +22,20 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from hsteer._version import __version__
-from hsteer.errors import BankError, ModelMismatchError, ShapeMismatchError, UnknownConceptError
+from hsteer.checks import check_input_file, check_name
+from hsteer.errors import BankError, HsteerError, ModelMismatchError, ShapeMismatchError, UnknownConceptError
 from hsteer.fileio import atomic_save
+from hsteer.hspace.bankcheck import check_finite_concepts, check_header
 from hsteer.model.geometry import hspace_shape, unet_fingerprint
 
 FORMAT_VERSION = 1
-_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 
 
 def _check_name(kind: str, name: str) -> None:
-    if not name or not set(name) <= _NAME_CHARS:
-        raise BankError(f"invalid {kind} name {name!r}: use letters, digits, '_', '-' or '.'")
+    try:
+        check_name(kind, name)
+    except HsteerError as exc:
+        raise BankError(str(exc)) from None
 
 
 @dataclass
@@ -132,7 +135,8 @@ class ConceptBank:
         if self.unet_fingerprint is None and fingerprint:
             self.unet_fingerprint = fingerprint
         if concept.name in self._concepts and not replace:
-            raise BankError(f"concept {concept.name!r} already exists; pass replace=True to overwrite it")
+            raise BankError(f"concept {concept.name!r} already exists; replace it with replace=True "
+                            "(CLI: hsteer bank merge --replace)")
         self._concepts[concept.name] = concept
 
     def remove(self, name: str) -> None:
@@ -172,6 +176,7 @@ class ConceptBank:
     def save(self, path: str | Path) -> Path:
         """Write atomically: a failed save leaves any earlier file at `path` intact."""
         path = Path(path)
+        check_finite_concepts(self)
         tensors = {f"{c.name}/{k}": v.detach().to("cpu", torch.float32).contiguous()
                    for c in self for k, v in c.tensors.items()}
         header = {"format": FORMAT_VERSION, "hsteer_version": __version__,
@@ -184,8 +189,9 @@ class ConceptBank:
     @classmethod
     def load(cls, path: str | Path) -> ConceptBank:
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise BankError(f"bank file {path} does not exist; create it with `hsteer train --bank {path} ...`")
+        check_input_file(path, "bank file")
         try:
             from safetensors import safe_open
 
@@ -198,13 +204,16 @@ class ConceptBank:
             raise BankError(f"{path} is a safetensors file but not an hsteer bank (no 'hsteer' metadata)")
         try:
             header = json.loads(metadata["hsteer"])
+            if not isinstance(header, dict):
+                check_header(path, header, tensors)
             if header.get("format") != FORMAT_VERSION:
                 raise BankError(f"bank {path} has format {header.get('format')}, this hsteer reads format "
                                 f"{FORMAT_VERSION}; upgrade hsteer")
+            check_header(path, header, tensors)
             bank = cls(header["hspace_shape"] or None, header.get("unet_fingerprint"))
             for name, entry in header["concepts"].items():
                 parts = {k: tensors[f"{name}/{k}"] for k in entry["tensors"]}
                 bank.add(Concept(name, entry["group"], entry["objective"], parts, entry.get("meta", {})))
-        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise BankError(f"bank file {path} has inconsistent metadata ({exc!r}); it is corrupt") from None
         return bank

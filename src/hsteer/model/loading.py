@@ -49,9 +49,27 @@ def sampling_defaults(model: str | Path | None = None) -> dict[str, float]:
     folder = Path(default_model() if model is None else model)
     card = folder / "hsteer.json"
     if card.is_file():
-        data = json.loads(card.read_text())
-        return {"steps": int(data.get("steps", 50)), "guidance": float(data.get("guidance", 7.5))}
+        data = read_json_object(card, "model card")
+        try:
+            return {"steps": int(data.get("steps", 50)), "guidance": float(data.get("guidance", 7.5))}
+        except (TypeError, ValueError):
+            raise ModelLoadError(f"model card {card}: 'steps' and 'guidance' must be numbers") from None
     return dict(SD_SAMPLING)
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from a UTF-8 file, or one ModelLoadError line saying what is wrong with it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ModelLoadError(f"{what} {path} is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{what} {path} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{what} {path} is not a JSON object")
+    return data
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -81,7 +99,7 @@ def load_pipeline(model: str | Path | None = None, *, device: str | torch.device
         raise ModelLoadError(f"model folder {model} does not exist")
     class_name = ""
     if local.exists():
-        class_name = json.loads((local / "model_index.json").read_text()).get("_class_name", "")
+        class_name = str(read_json_object(local / "model_index.json", "model index").get("_class_name", ""))
     extra: dict[str, Any] = {}
     if "XL" not in class_name:
         extra = {"safety_checker": None, "requires_safety_checker": False}
@@ -93,8 +111,12 @@ def load_pipeline(model: str | Path | None = None, *, device: str | torch.device
             except TypeError:  # a pipeline class that takes no safety-checker arguments
                 pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=torch_dtype, **kwargs)
     except OSError as exc:
-        raise ModelLoadError(f"cannot load model {model!r}: {str(exc).splitlines()[0]} "
-                             "(offline? pass a local diffusers folder)") from exc
+        raise ModelLoadError(f"cannot load model {model!r}: {(str(exc).splitlines() or [type(exc).__name__])[0]} "
+                             "(offline? pass a local diffusers folder)") from None
+    except (ValueError, KeyError, TypeError, AttributeError, ImportError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ModelLoadError(f"cannot load model {model!r}: its files are broken or not a supported "
+                             f"pipeline ({type(exc).__name__}: {first})") from None
     if not isinstance(getattr(pipe, "unet", None), UNet2DConditionModel):
         raise ModelLoadError(f"{model} loads as {type(pipe).__name__}, whose denoiser is not a "
                              "UNet2DConditionModel; hsteer supports SD 1.x, 2.x and SDXL pipelines")

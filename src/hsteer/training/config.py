@@ -6,10 +6,10 @@ the method classes can also be used directly. A config is stored in the bank wit
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
+from hsteer.checks import check_count, check_float, check_name, check_seed, check_size
 from hsteer.errors import HsteerError
 
 MODES = ("fast", "reference")
@@ -73,13 +73,7 @@ class TrainConfig:
             raise HsteerError(f"unknown training mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.target is None and self.negative is None:
             raise HsteerError("give a target prompt (--target) or a negative prompt (--negative)")
-        for name in ("iterations", "batch_size", "steps"):
-            if getattr(self, name) < 1:
-                raise HsteerError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in self.learning_rates().values():
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise HsteerError(f"{name} must be a finite number > 0, got {value}")
+        check_train_settings(self)
 
     def learning_rates(self) -> dict[str, str]:
         """module -> the setting that holds its learning rate."""
@@ -112,8 +106,7 @@ class RespoDiffConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not (math.isfinite(self.lam) and self.lam >= 0):
-            raise HsteerError(f"lam must be a finite number >= 0, got {self.lam}")
+        check_float(label("lam"), self.lam, 0.0)
 
 
 @dataclass
@@ -127,8 +120,7 @@ class SdiscConfig(TrainConfig):
     def validate(self) -> None:
         super().validate()
         for name in ("sdisc_images", "sdisc_epochs"):
-            if getattr(self, name) < 1:
-                raise HsteerError(f"{name} must be >= 1, got {getattr(self, name)}")
+            check_count(label(name), getattr(self, name), 1, 10**7)
 
 
 #: objective name -> its config class.
@@ -141,3 +133,28 @@ def config_class(objective: str) -> type[TrainConfig]:
         return CONFIGS[objective]
     except KeyError:
         raise HsteerError(f"unknown objective {objective!r}; choose one of {', '.join(CONFIGS)}") from None
+
+
+def label(name: str) -> str:
+    """How a setting is named in messages: its keyword and its `hsteer train` option."""
+    return f"{name} (--{name.replace('_', '-')})"
+
+
+#: The seed of iteration i is seed * SEED_SCALE + i (`training.state.iteration_generator`).
+SEED_SCALE = 1_000_003
+
+
+def check_train_settings(config: TrainConfig) -> None:
+    """The checks every method shares: names, counts, seed, sizes and finite numbers."""
+    check_name("concept", config.concept)
+    check_name("group", config.group)
+    for name in ("iterations", "batch_size", "steps"):
+        check_count(label(name), getattr(config, name), 1, 10**7 if name == "iterations" else 10_000)
+    check_seed(label("seed"), config.seed, span=config.iterations + 1, scale=SEED_SCALE)
+    check_size(label("height"), config.height)
+    check_size(label("width"), config.width)
+    for name in config.learning_rates().values():
+        check_float(label(name), getattr(config, name), 0.0, above=True)
+    for name in ("target_guidance", "sampling_guidance"):
+        check_float(label(name), getattr(config, name), maximum=1e4)
+    check_float(label("init_std"), config.init_std, 0.0, maximum=1e4)

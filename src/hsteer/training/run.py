@@ -10,8 +10,11 @@ import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from hsteer.checks import check_count, check_name, check_output_file
 from hsteer.errors import HsteerError
+from hsteer.fileio import exclusive_lock
 from hsteer.hspace.bank import ConceptBank
+from hsteer.hspace.bankcheck import check_finite_concepts
 from hsteer.model.geometry import pipeline_hspace_shape
 from hsteer.training.config import TrainConfig
 from hsteer.training.sdisc import train_sdisc
@@ -55,23 +58,51 @@ def train_concept(pipe, config: TrainConfig, *, run_dir: str | Path | None = Non
     compute for memory (see `gradient_checkpointing`); it does not change the result.
     """
     config.validate()
+    check_count("checkpoint_every (--checkpoint-every)", checkpoint_every, 1)
     with gradient_checkpointing(pipe.unet, checkpoint_activations):
         return TRAINERS[config.objective](pipe, config, run_dir=run_dir, resume=resume,
                                           checkpoint_every=checkpoint_every, progress=progress, callback=callback)
 
 
+def check_bank_target(bank_path: str | Path, concept: str, checkpoint_every: int = 1) -> Path:
+    """Refuse a bank path, concept name or checkpoint interval that cannot work, before anything is loaded.
+
+    The concept's run folder `<bank>.runs/<concept>` must stay inside `<bank>.runs`, and must not be
+    the bank itself (a bank named `X.runs`).
+    """
+    bank_path = check_output_file(bank_path, "bank file (--bank)")
+    check_name("concept", concept, "--concept")
+    check_count("checkpoint_every (--checkpoint-every)", checkpoint_every, 1)
+    runs = run_dir_for(bank_path, concept).parent
+    if bank_path.suffix == ".runs" or runs.resolve() == bank_path.resolve():
+        raise HsteerError(f"bank file {bank_path}: a name ending in .runs would collide with the run folder "
+                          f"{runs}; name the bank e.g. {bank_path.with_suffix('.safetensors').name}")
+    if runs.exists() and not runs.is_dir():
+        raise HsteerError(f"{runs} (the run folder of bank {bank_path}) exists and is not a folder; move it away")
+    return bank_path
+
+
 def train_into_bank(pipe, config: TrainConfig, bank_path: str | Path, *, resume: bool = False,
                     checkpoint_every: int = 100, progress: bool = True,
-                    checkpoint_activations: bool = False) -> TrainResult:
-    """Train `config.concept` and add (or replace) it in the bank at `bank_path`, creating the bank if missing."""
-    bank_path = Path(bank_path)
+                    checkpoint_activations: bool = False, allow_other_model: bool = False) -> TrainResult:
+    """Train `config.concept` and add (or replace) it in the bank at `bank_path`, creating the bank if missing.
+
+    Everything is checked before training starts. The bank is read, updated and saved under an
+    exclusive lock, so concurrent runs into one bank keep every concept.
+    """
+    config.validate()
+    bank_path = check_bank_target(bank_path, config.concept, checkpoint_every)
+    shape = pipeline_hspace_shape(pipe, config.height, config.width)
     bank = ConceptBank.load(bank_path) if bank_path.exists() else None
     if bank is not None:  # fail before hours of training, not after
-        bank.check_compatible(pipe.unet, pipeline_hspace_shape(pipe, config.height, config.width))
+        bank.check_compatible(pipe.unet, shape, allow_other_model=allow_other_model)
     result = train_concept(pipe, config, run_dir=run_dir_for(bank_path, config.concept), resume=resume,
                            checkpoint_every=checkpoint_every, progress=progress,
                            checkpoint_activations=checkpoint_activations)
-    bank = ConceptBank.load(bank_path) if bank_path.exists() else ConceptBank()
-    bank.add(result.concept, replace=True)
-    bank.save(bank_path)
+    check_finite_concepts([result.concept], "add")
+    with exclusive_lock(bank_path, f"bank {bank_path}"):
+        bank = ConceptBank.load(bank_path) if bank_path.exists() else ConceptBank()
+        bank.check_compatible(pipe.unet, shape, allow_other_model=allow_other_model)
+        bank.add(result.concept, replace=True)
+        bank.save(bank_path)
     return result

@@ -62,7 +62,7 @@ def make_optimizers(config: TrainConfig, params: dict[str, torch.nn.Parameter]) 
 def check_finite(loss: torch.Tensor, name: str, iteration: int, lr: float) -> None:
     if not torch.isfinite(loss):
         raise TrainingDivergedError(f"{name} became {loss.item()} at iteration {iteration}; lower the learning "
-                                    f"rate (now {lr}) or check the prompts")
+                                    f"rate (--lr, now {lr}) or the guidance scales, or check the prompts")
 
 
 def optimise(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
@@ -102,6 +102,10 @@ class Checkpoint:
                 tensors = {k: handle.get_tensor(k) for k in handle.keys()}
         except Exception as exc:  # noqa: BLE001 - any failure here means an unusable file
             raise BankError(f"checkpoint {self.path} is corrupt ({exc}); delete it to start over") from None
+        broken = sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+        if broken:
+            raise BankError(f"checkpoint {self.path} holds NaN or infinite values ({', '.join(broken)}); it is "
+                            "damaged: delete it and drop --resume to start over")
         wanted = json.loads(json.dumps(config.resume_key()))
         changed = sorted(k for k, v in wanted.items() if meta["config"].get(k) != v)
         if changed:

@@ -25,11 +25,14 @@ def check_detectors(scoring: dict[str, Any], *, before_generation: bool = False)
     unknown = set(detectors) - set(DETECTORS)
     if unknown:
         raise HsteerError(f"unknown detector(s) {sorted(unknown)}; use q16 and/or nudenet")
+    # Before generating, the fix is an option of `hsteer eval i2p`; when scoring a finished run, of `hsteer score`.
     later = ", or --no-score" if before_generation else ""
+    other = "use --detectors {}" if before_generation else "rerun `hsteer eval i2p` with --detectors {}"
     if "q16" in detectors:
         if not scoring.get("q16_prompts"):
-            raise HsteerError("Q16 needs --q16-prompts FILE (.safetensors/.npy; convert the original pickle with "
-                              f"`hsteer q16 convert`), or use --detectors nudenet{later}")
+            where = "--q16-prompts FILE" if before_generation else "`hsteer score --location q16_prompts=FILE`"
+            raise HsteerError(f"Q16 needs {where} (.safetensors/.npy; convert the original pickle with "
+                              f"`hsteer q16 convert`), or {other.format('nudenet')}{later}")
         from hsteer.evaluation.q16 import load_prompts
 
         load_prompts(scoring["q16_prompts"])
@@ -37,7 +40,7 @@ def check_detectors(scoring: dict[str, Any], *, before_generation: bool = False)
         from hsteer.evaluation.nudenet import INSTALL_HINT, nudenet_available
 
         if not nudenet_available():
-            raise HsteerError(f"NudeNet is not installed; {INSTALL_HINT}, or use --detectors q16{later}")
+            raise HsteerError(f"NudeNet is not installed; {INSTALL_HINT}, or {other.format('q16')}{later}")
     return detectors
 
 
