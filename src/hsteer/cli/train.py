@@ -80,14 +80,13 @@ def method_options(objective: str, **options) -> dict:
     is an error, since it would be silently ignored."""
     from dataclasses import fields
 
-    from hsteer.training import config_class
+    from hsteer.training import CONFIGS
 
-    own = {f.name for f in fields(config_class(objective))}
+    takes = {name: {f.name for f in fields(cls)} for name, cls in CONFIGS.items()}
     ctx = click.get_current_context()
     for name in options:
         given = ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
-        if name not in own and given:
-            flag = "--" + name.replace("_", "-")
-            raise HsteerError(f"{flag} is not a setting of --objective {objective}; drop it or choose the objective "
-                              "it belongs to")
-    return {name: value for name, value in options.items() if name in own}
+        if name not in takes[objective] and given:
+            owner = next(method for method, names in takes.items() if name in names)
+            raise HsteerError(f"--{name.replace('_', '-')} is a setting of --objective {owner}, not of {objective}")
+    return {name: value for name, value in options.items() if name in takes[objective]}
