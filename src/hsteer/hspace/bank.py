@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from hsteer._version import __version__
 from hsteer.errors import BankError, ModelMismatchError, ShapeMismatchError, UnknownConceptError
 from hsteer.fileio import atomic_save
-from hsteer.hspace import hub
+import hsteer.hspace.hub as hub
 from hsteer.hspace.hub import DEFAULT_WEIGHT_NAME
 from hsteer.model.geometry import hspace_shape, unet_fingerprint
 

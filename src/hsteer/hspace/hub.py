@@ -53,23 +53,19 @@ def parse_bank_spec(spec: str | Path, weight_name: str | None = None, revision: 
     return BankSource(path=path)
 
 
-def _hub_errors() -> tuple[type[BaseException], ...]:
+def _hub_error(exc: Exception) -> bool:
+    """An error of reaching or reading the Hub (huggingface_hub's, or its HTTP client's), not a bug of ours."""
     from huggingface_hub.errors import EntryNotFoundError
 
-    errors: list[type[BaseException]] = [OSError, ValueError, EntryNotFoundError]
-    try:
-        import httpx
+    if isinstance(exc, (OSError, ValueError, EntryNotFoundError)):
+        return True
+    http_clients = ("httpx", "httpcore", "requests", "urllib3", "huggingface_hub")
+    return any(cls.__module__.split(".")[0].rstrip("0123456789") in http_clients for cls in type(exc).__mro__)
 
-        errors.append(httpx.HTTPError)
-    except ImportError:  # pragma: no cover - huggingface_hub >= 1 depends on httpx
-        pass
-    try:
-        import requests
 
-        errors.append(requests.RequestException)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errors)
+def _one_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def _local_file(path: Path, weight_name: str | None, subfolder: str | None) -> Path:
@@ -101,9 +97,10 @@ def resolve_bank_file(spec: str | Path, weight_name: str | None = None, revision
         return Path(hf_hub_download(source.repo_id, filename, subfolder=subfolder, revision=source.revision,
                                     cache_dir=cache_dir, local_files_only=bool(local_files_only), token=token,
                                     library_name="hsteer", library_version=__version__))
-    except _hub_errors() as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BankError(f"could not get bank {where} from the Hugging Face Hub ({type(exc).__name__}: {first}); "
+    except Exception as exc:
+        if not _hub_error(exc):
+            raise
+        raise BankError(f"could not get bank {where} from the Hugging Face Hub ({_one_line(exc)}); "
                         "check the repo id, file (REPO:FILE) and revision (@REV), your network or HF_HUB_OFFLINE, "
                         "or pass a local file") from None
 
@@ -197,8 +194,9 @@ def push_to_hub(bank, repo_id: str, *, private: bool = False, token: str | None 
             api.create_repo(repo_id, private=private, exist_ok=True)
             info = api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision, create_pr=create_pr,
                                      commit_message=commit_message or f"Upload hsteer bank ({len(bank)} concepts)")
-        except _hub_errors() as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BankError(f"could not push bank to {repo_id} on {api.endpoint} ({type(exc).__name__}: {first}); "
+        except Exception as exc:
+            if not _hub_error(exc):
+                raise
+            raise BankError(f"could not push bank to {repo_id} on {api.endpoint} ({_one_line(exc)}); "
                             "check your network, HF_HUB_OFFLINE and token (huggingface-cli login)") from None
     return str(getattr(info, "commit_url", info))
