@@ -18,6 +18,13 @@ Keys of --json:
   train_memory      autograd bytes saved for backward by one training step (ours: up blocks only;
                     with gradient checkpointing) vs. the same step with a backward through the whole U-Net
   train_throughput  (--train-throughput) iterations/s and training signals/s of both modes, any model
+  attach_fair_batch_ratio  plain `pipe(...)` batch / the same call on a pipeline attached with a fair policy
+                    (a different concept per image, drawn from each generator's seed); target >= 0.9
+  compiled_steer_overhead  attached-then-`torch.compile`d: steered / plain generation time; target <= 1.02
+                    (backend: --compile-backend, default inductor on CUDA, eager on CPU)
+  compiled_swap_seconds    time of `hsteer.attach` swapping the concept on the compiled pipeline;
+                    `compiled_swap_recompilations` (must be 0) and `compiled_swap_first_call_ratio` (first
+                    call after the swap / the fastest steered call)
 """
 
 from __future__ import annotations
@@ -113,6 +120,82 @@ def _hook_cost(pipe, bank, batch: int, steps: int) -> dict[str, float]:
         per_call = (time.perf_counter() - began) / repeats
     assert not active_hooks(pipe)
     return {"calls": calls, "seconds_per_call": per_call, "seconds_per_generation": calls * per_call}
+
+
+def _timed_calls(pipe, seeds, steps: int) -> float:
+    import torch
+
+    gens = [torch.Generator(pipe._execution_device).manual_seed(s) for s in seeds]
+    began = time.perf_counter()
+    pipe("a photo of a doctor", num_images_per_prompt=len(seeds), num_inference_steps=steps, guidance_scale=6.0,
+         generator=gens, output_type="latent")
+    if pipe._execution_device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - began
+
+
+def bench_attach(pipe, batch: int, steps: int, repeats: int) -> dict[str, float]:
+    """Plain calls of an unattached pipeline vs the same calls after `hsteer.attach(..., FairPolicy)`."""
+    import hsteer
+
+    bank = _random_bank(pipe, {"g": [f"c{i}" for i in range(batch)]})
+    seeds = list(range(batch))
+    _timed_calls(pipe, seeds, steps)  # warm-up
+    times: dict[str, list[float]] = {"plain": [], "fair": []}
+    for r in range(repeats):
+        for name in (("plain", "fair") if r % 2 == 0 else ("fair", "plain")):
+            if name == "fair":
+                hsteer.attach(pipe, bank, hsteer.FairPolicy(("g",)))
+            times[name].append(_timed_calls(pipe, seeds, steps))
+            if name == "fair":
+                distinct = len({d[0]["name"] for d in hsteer.attachment_of(pipe).last})
+                hsteer.detach(pipe)
+    best = {k: min(v) for k, v in times.items()}
+    return {"attach_fair_batch_ratio": best["plain"] / best["fair"],
+            "attach_fair_batch_ratio_median": statistics.median(times["plain"]) / statistics.median(times["fair"]),
+            "attach_fair_distinct_concepts": distinct}
+
+
+def bench_compiled(pipe, batch: int, steps: int, repeats: int, backend: str) -> dict[str, float]:
+    """Attach, then torch.compile the U-Net: plain vs steered calls, and a concept swap (no recompilation).
+
+    `pipe` is consumed (its U-Net stays compiled and hooked): pass a pipeline of its own."""
+    import torch
+
+    import hsteer
+
+    compiled = {"graphs": 0}
+    inner = torch._dynamo.lookup_backend(backend)
+
+    def counting(gm, example_inputs):
+        compiled["graphs"] += 1
+        return inner(gm, example_inputs)
+
+    bank = _random_bank(pipe, {"g": ["c0", "c1"]})
+    steered, other, plain = (hsteer.ConceptPolicy((("c0", 1.0),)), hsteer.ConceptPolicy((("c1", 1.0),)),
+                             hsteer.PlainPolicy())
+    hsteer.attach(pipe, bank, steered)
+    pipe.unet = torch.compile(pipe.unet, backend=counting)
+    seeds = list(range(batch))
+    for policy in (plain, steered):  # warm-up: both graphs compiled
+        hsteer.attach(pipe, bank, policy)
+        _timed_calls(pipe, seeds, steps)
+    times: dict[str, list[float]] = {"plain": [], "steered": []}
+    for r in range(repeats):
+        for name in (("plain", "steered") if r % 2 == 0 else ("steered", "plain")):
+            hsteer.attach(pipe, bank, plain if name == "plain" else steered)
+            times[name].append(_timed_calls(pipe, seeds, steps))
+    graphs = compiled["graphs"]
+    began = time.perf_counter()
+    hsteer.attach(pipe, bank, other)
+    swap = time.perf_counter() - began
+    first = _timed_calls(pipe, seeds, steps)
+    best = {k: min(v) for k, v in times.items()}
+    return {"compiled_steer_overhead": best["steered"] / best["plain"],
+            "compiled_steer_overhead_median": statistics.median(times["steered"]) / statistics.median(times["plain"]),
+            "compiled_swap_seconds": swap, "compiled_swap_recompilations": compiled["graphs"] - graphs,
+            "compiled_swap_first_call_ratio": first / best["steered"], "compiled_graphs": graphs,
+            "compile_backend": backend, "compiled_plain_seconds": best["plain"]}
 
 
 def bench_memory(pipe, batch: int = 8) -> dict[str, float]:
@@ -328,6 +411,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="Images per profession in the training benchmark's quality evaluation.")
     parser.add_argument("--agreement-target", type=float, default=None,
                         help="Also require this same-seed colour agreement with plain images to count as reached.")
+    parser.add_argument("--compile-backend", default=None,
+                        help="torch.compile backend of the compiled benchmarks (default: inductor on CUDA, else eager).")
+    parser.add_argument("--skip-compile", action="store_true", help="No compiled-pipeline benchmarks.")
     parser.add_argument("--skip-training", action="store_true",
                         help="Generation and memory only (the training benchmark needs the world model's probes).")
     args = parser.parse_args(argv)
@@ -347,6 +433,13 @@ def main(argv: list[str] | None = None) -> dict:
         results.update(bench_generation(pipe, batch=4, steps=4, repeats=2))
     else:
         results.update(bench_generation(pipe, batch=16, steps=20, repeats=30))
+    size = dict(batch=4, steps=4, repeats=2) if args.quick else dict(batch=16, steps=20, repeats=30)
+    results.update(bench_attach(pipe, **size))
+    if not args.skip_compile:
+        backend = args.compile_backend or ("inductor" if pipe.unet.device.type == "cuda" else "eager")
+        own = load_pipeline(args.model, device=args.device, dtype=args.dtype)  # compiled and hooked for good
+        results.update(bench_compiled(own, backend=backend, **size))
+        del own
     results["train_memory"] = bench_memory(pipe)
     if args.train_throughput:
         results["train_throughput"] = bench_train_throughput(pipe, steps=4 if args.quick else 50,

@@ -10,7 +10,7 @@ import pytest
 
 def hsteer(*args, check=True):
     env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "hsteer.cli", *map(str, args)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "hsteer", *map(str, args)], capture_output=True, text=True,
                           env=env, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"hsteer {' '.join(map(str, args))} failed:\n{proc.stdout}\n{proc.stderr}")
@@ -93,3 +93,29 @@ def test_unknown_group_names_known_groups(sd_dir, tmp_path):
     proc = hsteer("generate", "--model", sd_dir, "--prompt", "x", "--out", tmp_path / "o", "--bank", bank,
                   "--fair", "race", check=False)
     assert proc.returncode != 0 and "unknown group 'race'; this bank's groups: gender" in proc.stderr
+
+
+def test_generate_fair_ratios_window_img2img_and_device_auto(sd_dir, tmp_path):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from hsteer import ConceptBank
+    from hsteer.hspace.bank import Concept
+
+    bank = tmp_path / "b.safetensors"
+    g = torch.Generator().manual_seed(0)
+    ConceptBank(concepts=[Concept(n, "gender", "codsma", {"c": torch.randn(32, 4, 4, generator=g) * 3})
+                          for n in ("woman", "man")]).save(bank)
+    init = tmp_path / "init.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(init)
+    out = tmp_path / "o"
+    hsteer("generate", "--model", sd_dir, "--prompt", "a doctor", "--num-images", "4", "--out", out, "--bank", bank,
+           "--fair", "gender", "--ratio", "woman=0.25,man=0.75", "--window", "0.0,0.6", "--init-image", init,
+           "--strength", "0.6", "--steps", "4", "--guidance", "3")  # no --device: auto (cpu here)
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(r["concepts"][0]["name"] for r in rows) == ["man", "man", "man", "woman"]  # 1:3 per 4 seeds
+    assert all(r["window"] == [0.0, 0.6] and r["strength"] == 0.6 for r in rows)
+    proc = hsteer("generate", "--model", sd_dir, "--prompt", "x", "--out", tmp_path / "p", "--bank", bank,
+                  "--concept", "woman", "--ratio", "woman=1", check=False)
+    assert proc.returncode == 1 and "--ratio needs --fair" in proc.stderr

@@ -19,9 +19,19 @@ from hsteer.generation import (
     GenerationOutput,
     PlainPolicy,
     SafePolicy,
+    attach,
+    detach,
     generate,
 )
-from hsteer.hspace import Concept, ConceptBank, SteeringConfig, apply_steering, remove_steering, steer
+from hsteer.hspace import (
+    Concept,
+    ConceptBank,
+    SteeringConfig,
+    apply_steering,
+    attachment_of,
+    remove_steering,
+    steer,
+)
 from hsteer.model import hspace_shape, load_pipeline, unet_fingerprint
 from hsteer.training import CodsmaConfig, RespoDiffConfig, SdiscConfig, TrainConfig, train_concept
 
@@ -46,6 +56,9 @@ __all__ = [
     "UnknownConceptError",
     "__version__",
     "apply_steering",
+    "attach",
+    "attachment_of",
+    "detach",
     "generate",
     "hspace_shape",
     "load_pipeline",

@@ -1,4 +1,7 @@
-"""`hsteer bank show|merge`: inspect and combine concept banks."""
+"""`hsteer bank show|merge|card|push`: inspect, combine and publish concept banks.
+
+Every BANK argument is a bank file, a folder, or a Hub repo: USER/REPO[:FILE][@REVISION].
+"""
 
 from __future__ import annotations
 
@@ -9,13 +12,16 @@ import click
 
 from hsteer.cli.common import one_line_errors
 
+BANK_HELP = "Bank file or folder, or a Hub repo USER/REPO[:FILE][@REVISION]."
+
+
 @click.group()
 def bank() -> None:
-    """Inspect and combine concept banks."""
+    """Inspect, combine and publish concept banks (files, folders or Hub repos USER/REPO[:FILE][@REV])."""
 
 
 @bank.command("show")
-@click.argument("bank_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("bank_path")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @one_line_errors
 def bank_show(bank_path, as_json) -> None:
@@ -36,7 +42,7 @@ def bank_show(bank_path, as_json) -> None:
 
 
 @bank.command("merge")
-@click.argument("banks", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("banks", nargs=-1, required=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--replace", is_flag=True, help="On a name clash, later banks win (default: error).")
 @one_line_errors
@@ -46,3 +52,61 @@ def bank_merge(banks, out, replace) -> None:
 
     merged = merge_bank_files(banks, out, replace=replace)
     click.echo(f"wrote {len(merged)} concepts to {out}")
+
+
+def _summary(path: Path | None):
+    if path is None:
+        return None
+    from hsteer.errors import HsteerError
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise HsteerError(f"--eval-summary {path}: not a readable JSON file ({exc})") from None
+
+
+_summary_option = click.option("--eval-summary", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                               default=None, help="A summary.json (e.g. of `hsteer eval`) to show in the card.")
+_license_option = click.option("--license", "license_", default="other", show_default=True,
+                               help="The card's license (a Hub license id).")
+
+
+@bank.command("card")
+@click.argument("bank_path")
+@click.option("--repo-id", default=None, help="The repo the card is for (its usage snippets name it).")
+@_summary_option
+@_license_option
+@one_line_errors
+def bank_card(bank_path, repo_id, eval_summary, license_) -> None:
+    """Print the model card (README.md) that `push` would upload."""
+    from hsteer.hspace.bank import ConceptBank
+
+    click.echo(ConceptBank.load(bank_path).model_card(repo_id, _summary(eval_summary), license=license_))
+
+
+@bank.command("push")
+@click.argument("bank_path")
+@click.argument("repo_id")
+@click.option("--private", is_flag=True, help="Create the repo private.")
+@click.option("--token", default=None, help="Hub token (default: your login, HF_TOKEN).")
+@click.option("--revision", default=None, help="Branch to commit to.")
+@click.option("--commit-message", default=None)
+@click.option("--save-dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Only write the folder that would be uploaded (bank + README.md) here; no upload.")
+@_summary_option
+@_license_option
+@one_line_errors
+def bank_push(bank_path, repo_id, private, token, revision, commit_message, save_dir, eval_summary,
+              license_) -> None:
+    """Upload BANK and its model card to the Hub repo REPO_ID (created if missing)."""
+    from hsteer.hspace.bank import ConceptBank
+
+    loaded = ConceptBank.load(bank_path)
+    summary = _summary(eval_summary)
+    if save_dir is not None:
+        loaded.save_pretrained(save_dir, summary, repo_id=repo_id, license=license_)
+        click.echo(f"wrote {save_dir} (hsteer_bank.safetensors, README.md); nothing uploaded")
+        return
+    url = loaded.push_to_hub(repo_id, private=private, token=token, revision=revision,
+                             commit_message=commit_message, eval_summary=summary, license=license_)
+    click.echo(f"pushed {len(loaded)} concepts to {repo_id}: {url}")

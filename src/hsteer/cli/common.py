@@ -78,10 +78,26 @@ def load(model: str | None, device: str, dtype: str):
     return load_quietly(model, device, dtype)
 
 
+def resolve_device(device: str | None) -> str:
+    """'auto' (or nothing): cuda if available, then mps, then cpu; any other value as given."""
+    if device not in (None, "", "auto"):
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
 def model_options(fn):
     fn = click.option("--dtype", default="float32", show_default=True,
                       type=click.Choice(["float32", "float16", "bfloat16"]), help="Weights' precision.")(fn)
-    fn = click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda, cuda:1.")(fn)
+    fn = click.option("--device", default="auto", show_default=True,
+                      callback=lambda ctx, param, value: resolve_device(value),
+                      help="torch device, e.g. cuda, cuda:1, cpu; auto: cuda, then mps, then cpu.")(fn)
     fn = click.option("--model", default=None,
                       help="Hub id or local diffusers folder (SD 1.x/2.x or SDXL). Default: the bundled world model.")(fn)
     return fn

@@ -25,7 +25,9 @@ from hsteer._version import __version__
 from hsteer.checks import check_input_file, check_name
 from hsteer.errors import BankError, HsteerError, ModelMismatchError, ShapeMismatchError, UnknownConceptError
 from hsteer.fileio import atomic_save
+import hsteer.hspace.hub as hub
 from hsteer.hspace.bankcheck import check_finite_concepts, check_header
+from hsteer.hspace.hub import DEFAULT_WEIGHT_NAME
 from hsteer.model.geometry import hspace_shape, unet_fingerprint
 
 FORMAT_VERSION = 1
@@ -186,9 +188,37 @@ class ConceptBank:
         atomic_save(path, lambda tmp: save_file(tensors, tmp, metadata={"hsteer": json.dumps(header)}))
         return path
 
+    def save_pretrained(self, directory: str | Path, eval_summary: dict[str, Any] | None = None, *,
+                        repo_id: str | None = None, weight_name: str = DEFAULT_WEIGHT_NAME,
+                        license: str = "other") -> Path:
+        """Write the bank (`hsteer_bank.safetensors`) and its model card (`README.md`) into `directory`."""
+        return hub.save_pretrained(self, directory, eval_summary, repo_id=repo_id, weight_name=weight_name,
+                                   license=license)
+
+    def model_card(self, repo_id: str | None = None, eval_summary: dict[str, Any] | None = None,
+                   license: str = "other") -> str:
+        """The model card `save_pretrained` and `push_to_hub` write (CLI: `hsteer bank card BANK`)."""
+        return hub.model_card(self, repo_id, eval_summary, license=license)
+
+    def push_to_hub(self, repo_id: str, private: bool = False, token: str | None = None, **kwargs: Any) -> str:
+        """Upload the `save_pretrained` folder to the Hub repo `repo_id` (created if missing); the commit URL.
+
+        Keyword arguments: commit_message, revision, create_pr, eval_summary, weight_name, license, endpoint.
+        """
+        return hub.push_to_hub(self, repo_id, private=private, token=token, **kwargs)
+
     @classmethod
-    def load(cls, path: str | Path) -> ConceptBank:
-        path = Path(path)
+    def load(cls, path_or_repo_id: str | Path, weight_name: str | None = None, revision: str | None = None,
+             subfolder: str | None = None, cache_dir: str | Path | None = None,
+             local_files_only: bool | None = None, token: str | bool | None = None) -> ConceptBank:
+        """Load a bank from a file, a folder, or a Hub repo (`user/repo`, or `user/repo:FILE@REVISION`).
+
+        As diffusers' `load_lora_weights`: `weight_name` (default `hsteer_bank.safetensors`), `subfolder`,
+        `revision`, `cache_dir`, `local_files_only` and `token` apply to Hub repos (and folders); downloads
+        are cached by `huggingface_hub` and honour `HF_HUB_OFFLINE`.
+        """
+        path = hub.resolve_bank_file(path_or_repo_id, weight_name, revision, subfolder, cache_dir,
+                                     local_files_only, token)
         if not path.exists():
             raise BankError(f"bank file {path} does not exist; create it with `hsteer train --bank {path} ...`")
         check_input_file(path, "bank file")

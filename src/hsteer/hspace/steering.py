@@ -33,18 +33,43 @@ class SteeringConfig:
         (both reference codes steer only the conditional half, the default here).
     guided: whether U-Net batches are guidance batches `[uncond, cond]`; None asks the pipeline
         the hook is attached to (a bare U-Net: not guided, unless per-image deltas show the layout).
+    start, end: the denoising-step window, as fractions of the steps the pipeline runs: step i of N
+        (0-based) is steered when `start <= i / N < end`. The default (0, 1) steers every step. With
+        classifier-free guidance a step is one U-Net call. For img2img, N is the number of steps
+        actually run (`strength * num_inference_steps`), so the window is over those steps. A window
+        other than (0, 1) needs a pipeline (it reads `pipe.num_timesteps`), not a bare U-Net.
     """
 
     delta: torch.Tensor
     scale: float = 1.0
     steer_unconditional: bool = False
     guided: bool | None = None
+    start: float = 0.0
+    end: float = 1.0
 
     def __post_init__(self) -> None:
         if self.delta.dim() not in (3, 4):
             raise ShapeMismatchError(f"steering delta must be (C, h, w) or (B, C, h, w), got {tuple(self.delta.shape)}")
         if not torch.isfinite(self.delta).all():
             raise HsteerError("steering delta holds NaN or infinite values; retrain or reload the concept")
+        check_window(self.start, self.end)
+
+    @property
+    def windowed(self) -> bool:
+        return (self.start, self.end) != (0.0, 1.0)
+
+
+def check_window(start: float, end: float) -> tuple[float, float]:
+    """A valid step window `0 <= start < end <= 1`, or a clear error."""
+    start, end = float(start), float(end)
+    if not 0.0 <= start < end <= 1.0:
+        raise HsteerError(f"bad steering window ({start}, {end}): need 0 <= start < end <= 1, e.g. 0.0,0.6")
+    return start, end
+
+
+def in_window(step: int, total: int, start: float, end: float) -> bool:
+    """Whether 0-based step `step` of `total` lies in [start, end) as fractions of the schedule."""
+    return start <= step / max(total, 1) < end
 
 
 class SteeringHook:
@@ -59,6 +84,20 @@ class SteeringHook:
         self._cache_key: tuple | None = None
         self._handle = unet.mid_block.register_forward_hook(self._hook)
         self.calls = 0
+        self._timesteps = None  # the schedule of the generation in progress (a window counts its steps)
+        self._step = 0
+        if config.windowed and self._pipe is None:
+            raise HsteerError("a steering window needs the pipeline (it reads the schedule), not a bare U-Net")
+
+    def _step_in_window(self) -> bool:
+        """Count this U-Net call as the next step of the current generation (a new schedule starts at 0)."""
+        pipe = self._pipe()
+        timesteps = pipe.scheduler.timesteps
+        if timesteps is not self._timesteps:  # set_timesteps makes a new tensor at every pipeline call
+            self._timesteps, self._step = timesteps, 0
+        step, self._step = self._step, self._step + 1
+        total = getattr(pipe, "_num_timesteps", None) or len(timesteps)
+        return in_window(step, total, self.config.start, self.config.end)
 
     def _uses_cfg(self, rows: int) -> bool:
         if self.config.guided is not None:
@@ -98,6 +137,8 @@ class SteeringHook:
 
     def _hook(self, module, inputs, h: torch.Tensor) -> torch.Tensor:
         self.calls += 1
+        if self.config.windowed and not self._step_in_window():
+            return h
         delta = self.config.delta
         if delta.requires_grad:  # training: the delta is a live parameter, never cached
             return h + self._rows_delta(h)
@@ -127,7 +168,8 @@ def _refuse_compiled(unet) -> None:
     compiled = hasattr(unet, "_orig_mod") or getattr(unet, "_compiled_call_impl", None) is not None
     if compiled or getattr(unet.mid_block, "_compiled_call_impl", None) is not None:
         raise HsteerError("the U-Net is torch.compile'd, and compiled code ignores hooks attached after "
-                          "compilation; steer the uncompiled U-Net (e.g. pipe.unet = pipe.unet._orig_mod)")
+                          "compilation; steer the uncompiled U-Net (e.g. pipe.unet = pipe.unet._orig_mod), or "
+                          "hsteer.attach the pipeline before compiling (its persistent hook survives torch.compile)")
 
 
 def apply_steering(pipe_or_unet, config: SteeringConfig, name: str = "hsteer") -> SteeringHook:
