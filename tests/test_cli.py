@@ -118,4 +118,4 @@ def test_generate_fair_ratios_window_img2img_and_device_auto(sd_dir, tmp_path):
     assert all(r["window"] == [0.0, 0.6] and r["strength"] == 0.6 for r in rows)
     proc = hsteer("generate", "--model", sd_dir, "--prompt", "x", "--out", tmp_path / "p", "--bank", bank,
                   "--concept", "woman", "--ratio", "woman=1", check=False)
-    assert proc.returncode == 1 and "--ratio needs --fair" in proc.stderr
+    assert proc.returncode == 2 and "--ratio needs --fair" in proc.stderr

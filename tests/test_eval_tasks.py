@@ -82,7 +82,7 @@ def test_detector_checks_before_generation(tmp_path, monkeypatch):
     i2p = get_task("i2p")
     with pytest.raises(HsteerError, match="--q16-prompts.*--no-score"):
         i2p.check_scoring({"detectors": ["q16"]})
-    with pytest.raises(HsteerError, match=r"use --detectors nudenet$"):  # at scoring time: no --no-score hint
+    with pytest.raises(HsteerError, match=r"rerun `hsteer eval i2p` with --detectors nudenet$"):  # at scoring time: hsteer score's fix
         check_detectors({"detectors": ["q16"]})
     with pytest.raises(HsteerError, match="unknown detector"):
         check_detectors({"detectors": ["q17"]})

@@ -129,5 +129,5 @@ def test_cli_reads_hub_repos_and_previews_and_saves_the_push_folder(tmp_path):
     assert (tmp_path / "push" / "README.md").read_text().strip() == card.stdout.strip()
     assert ConceptBank.load(tmp_path / "push").names == ["woman", "man"]
     failed = _hsteer("bank", "push", tmp_path / "b.safetensors", "me/gender", "--token", "hf_x")
-    assert failed.returncode == 1 and "could not push bank to me/gender" in failed.stderr
+    assert failed.returncode == 2 and "could not push bank to me/gender" in failed.stderr
     assert "Traceback" not in failed.stderr

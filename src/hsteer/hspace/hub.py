@@ -78,6 +78,10 @@ def _local_file(path: Path, weight_name: str | None, subfolder: str | None) -> P
         candidates = sorted(path.glob("*.safetensors"))
         if not default.is_file() and len(candidates) == 1:
             return candidates[0]
+        if not default.is_file():
+            raise BankError(f"{path} is a directory holding no bank ({DEFAULT_WEIGHT_NAME} or a single "
+                            ".safetensors file); pass the bank file itself, or a folder written by "
+                            "`bank.save_pretrained`")
         return default
     return path
 
