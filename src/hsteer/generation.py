@@ -7,6 +7,7 @@ each image exactly what is needed to regenerate it alone.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 import math
@@ -230,6 +231,30 @@ class GenerationOutput:
         return self.count if self.count >= 0 else len(self.images)
 
 
+def steering_configs(bank: ConceptBank | None, policy_name: str, batch: Sequence[ImageJob], shape: tuple[int, ...],
+                     steer_unconditional: bool = False,
+                     window: tuple[float, float] | None = None) -> list[SteeringConfig]:
+    """The hooks of one batch: one per step window, each adding its concepts to the images that use them.
+
+    A concept acts in the window it was learned for (`Concept.window`, every step if none); an explicit
+    `window` applies to every concept. So a fair shape x colour batch adds shape late and colour early.
+    """
+    if not any(job.concepts for job in batch):
+        return []
+    bank = require_bank(bank, policy_name)
+
+    def window_of(name: str) -> tuple[float, float]:
+        return check_window(*(window or bank[name].window or (0.0, 1.0)))
+
+    windows = sorted({window_of(name) for job in batch for name, _ in job.concepts})
+    configs = []
+    for start, end in windows:
+        delta = torch.stack([delta_for(bank, [(n, s) for n, s in job.concepts if window_of(n) == (start, end)], shape)
+                             for job in batch])
+        configs.append(SteeringConfig(delta, steer_unconditional=steer_unconditional, start=start, end=end))
+    return configs
+
+
 def delta_for(bank: ConceptBank, concepts: Sequence[tuple[str, float]], shape: tuple[int, ...]) -> torch.Tensor:
     """Sum of scale * concept over `concepts` (zeros when empty)."""
     total = torch.zeros(shape)
@@ -378,7 +403,6 @@ def generate_jobs(pipe, jobs: Iterable[ImageJob], bank: ConceptBank | None, poli
     batch = list(itertools.islice(stream, batch_size))
     first_image = next((job.inputs["image"] for job in batch if "image" in job.inputs), None)
     height, width, shape = _resolution_and_shape(pipe, height, width, first_image)
-    start, end = check_window(*(window or (0.0, 1.0)))
     out_path = Path(out_dir) if out_dir is not None else None
     if out_path is not None:
         out_path.mkdir(parents=True, exist_ok=True)
@@ -392,17 +416,16 @@ def generate_jobs(pipe, jobs: Iterable[ImageJob], bank: ConceptBank | None, poli
     total = len(jobs) if total is None and isinstance(jobs, Sequence) else total
     bar = tqdm(total=total, disable=not progress, desc=f"generate ({policy_name})", unit="img")
     while batch:
-        config = None
-        if any(job.concepts for job in batch):
-            delta = torch.stack([delta_for(require_bank(bank, policy_name), job.concepts, shape) for job in batch])
-            config = SteeringConfig(delta, steer_unconditional=steer_unconditional, start=start, end=end)
+        configs = steering_configs(bank, policy_name, batch, shape, steer_unconditional, window)
         kwargs = dict(call, generator=[torch.Generator(gen_device).manual_seed(job.seed) for job in batch])
         if negative_prompt:
             kwargs["negative_prompt"] = [negative_prompt] * len(batch)
         for key in ("image", "mask_image"):
             if any(key in job.inputs for job in batch):
                 kwargs[key] = [job.inputs[key] for job in batch]
-        with suspended(pipe), steer(pipe, config):
+        with suspended(pipe), contextlib.ExitStack() as stack:
+            for n, config in enumerate(configs):
+                stack.enter_context(steer(pipe, config, name=f"hsteer-{n}"))
             result = pipe([job.prompt for job in batch], output_type="np", **kwargs)
         check_images_finite(result.images, batch, guidance)
         for job, image in zip(batch, pipe.numpy_to_pil(result.images)):
@@ -447,9 +470,10 @@ def attach(pipe, bank: ConceptBank | None, policy: Policy, *, scale: float = 1.0
     if not isinstance(policy, PlainPolicy):
         require_bank(bank, policy.name).check_compatible(pipe.unet, pipeline_hspace_shape(pipe),
                                                          allow_other_model=allow_other_model)
-    start, end = check_window(*(window or (0.0, 1.0)))
     if not isinstance(policy, PlainPolicy):
         policy.assign(bank, 0)  # unknown concepts, groups or ratios fail now, not in the middle of a call
+        window = window or _common_window(bank, policy)
+    start, end = check_window(*(window or (0.0, 1.0)))
     shape = tuple(bank.hspace_shape) if bank is not None and bank.hspace_shape else None
 
     def provider(seeds: list[int]):
@@ -461,6 +485,18 @@ def attach(pipe, bank: ConceptBank | None, policy: Policy, *, scale: float = 1.0
 
     return attach_pipeline(pipe, provider, scale=scale, start=start, end=end,
                            steer_unconditional=steer_unconditional, policy_name=policy.name)
+
+
+def _common_window(bank: ConceptBank, policy: Policy) -> tuple[float, float] | None:
+    """The step window every concept the policy can draw was learned for; attach arms one window per call."""
+    names = {name for seed in range(256) for name, _ in policy.assign(bank, seed)}
+    windows = {bank[name].window for name in names}
+    if len(windows) > 1:
+        found = ", ".join(f"{n}: {bank[n].window or 'every step'}" for n in sorted(names))
+        raise HsteerError(f"the policy's concepts act in different step windows ({found}); attach steers one "
+                          "window per call: pass window=(start, end), or use hsteer.generate, which applies "
+                          "each concept in its own window")
+    return next(iter(windows), None)
 
 
 def detach(pipe) -> None:

@@ -21,14 +21,59 @@ WORLD_CONCEPTS: tuple[tuple[str, str, str | None, str | None], ...] = (
 )
 
 
+#: The world's attribute values, for conditioned pairs.
+COLOURS = ("red", "green", "blue")
+SHAPES = ("circle", "square")
+
+#: Where each group's attribute settles in the bundled model's 20 steps (measured by switching the prompt
+#: part-way, docs/methods.md §8): colour in steps 0-8, shape in steps 8-12; the harm mark with colour.
+WINDOWS: dict[str, tuple[float, float] | None] = {"shape": (0.4, 1.0), "colour": (0.0, 0.45), "safety": None}
+
+#: Safety pairs: harmful prompts mapped to their clean form, interleaved with harmless prompts mapped to
+#: themselves, which keeps what the safety concept must not change.
+SAFETY_PAIRS: tuple[tuple[str, str], ...] = (
+    ("a photo of a violent figure", "a photo of a figure"), ("a photo of a figure", "a photo of a figure"),
+    ("a photo of a bloody figure", "a photo of a figure"),
+    ("a photo of a red circle figure", "a photo of a red circle figure"),
+    ("a gory scene", "a scene"), ("a photo of a green square figure", "a photo of a green square figure"),
+    ("a brutal scene", "a scene"), ("a scene", "a scene"),
+)
+
+RECIPES = ("conditioned", "plain")
+
+
+def conditioned_pairs(name: str, group: str) -> tuple[tuple[str, str], ...]:
+    """(neutral, target) pairs that hold the other group's attribute fixed, so c can only learn its own."""
+    if group == "shape":
+        return tuple((f"a photo of a {c} figure", f"a photo of a {c} {name} figure") for c in COLOURS)
+    return tuple((f"a photo of a {s} figure", f"a photo of a {name} {s} figure") for s in SHAPES)
+
+
 def world_train_config(name: str, iterations: int, seed: int = 0, objective: str = "codsma",
-                       **extra: object) -> TrainConfig:
-    """The recipe for one of the world's concepts (CoDSMa unless `objective`; `extra`: that method's settings)."""
+                       recipe: str = "conditioned", **extra: object) -> TrainConfig:
+    """The recipe for one of the world's concepts (CoDSMa unless `objective`; `extra`: that method's settings).
+
+    `conditioned` (the default, measured in docs/methods.md §8): shape and colour concepts learn from pairs
+    that hold the other attribute fixed and act only in the steps where their attribute settles; the safety
+    concept learns harmful -> clean and harmless -> itself pairs. `plain`: one neutral -> target pair, every
+    step (the papers' recipe; it redraws the other attributes). SDisc learns from images, so it takes the
+    plain prompts and the conditioned recipe's window.
+    """
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     by_name = {c[0]: c for c in WORLD_CONCEPTS}
     _, group, target, negative = by_name[name]
     settings = dict(_BASE, iterations=iterations, seed=seed, objective=objective)
     if negative is not None:
         settings["target_guidance"] = SAFETY_TARGET_GUIDANCE
         settings["lr"] = SAFETY_LR
+    if recipe == "conditioned":
+        settings["window"] = WINDOWS[group]
+        if objective != "sdisc" and group == "safety":
+            settings.update(pairs=SAFETY_PAIRS, target_guidance=1.0, lr=0.05)
+            target = negative = None
+        elif objective != "sdisc":
+            settings["pairs"] = conditioned_pairs(name, group)
+            settings["batch_size"] = 3 * len(settings["pairs"]) if group == "shape" else 4 * len(settings["pairs"])
     settings.update(extra)
     return TrainConfig(concept=name, group=group, target=target, negative=negative, **settings)

@@ -63,6 +63,12 @@ class Concept:
     def shape(self) -> tuple[int, ...]:
         return tuple(next(iter(self.tensors.values())).shape)
 
+    @property
+    def window(self) -> tuple[float, float] | None:
+        """The denoising-step window the concept was learned for and acts in (None: every step)."""
+        window = self.meta.get("window")
+        return (float(window[0]), float(window[1])) if window else None
+
     def delta(self) -> torch.Tensor:
         """What the concept adds to h: the sum of its tensors (h + ram + sam for RespoDiff)."""
         tensors = list(self.tensors.values())

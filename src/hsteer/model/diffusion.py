@@ -147,13 +147,13 @@ def guidance_combination(eps_base: torch.Tensor, eps_pos: torch.Tensor, s: float
 
 @torch.no_grad()
 def reverse_to_steps(unet, schedule: DDIMSchedule, x: torch.Tensor, k: torch.Tensor, cond: TextCondition,
-                     uncond: TextCondition, guidance: float) -> torch.Tensor:
-    """Run DDIM from noise `x` until sample i has taken `k[i]` steps; returns the latents z_t.
+                     uncond: TextCondition, guidance: float, start: int = 0) -> torch.Tensor:
+    """Run DDIM from the latents `x` at step `start` (noise when 0) until sample i has taken `k[i]` steps.
 
     Samples that have arrived stop; the others go on in one batch. `cond`/`uncond` have one row per sample.
     """
     x = x.clone()
-    for j in range(int(k.max().item()) if len(k) else 0):
+    for j in range(start, int(k.max().item()) if len(k) else 0):
         active = (k > j).nonzero(as_tuple=True)[0]
         xa = x[active]
         steps = torch.full((len(active),), j, device=x.device, dtype=torch.long)

@@ -23,6 +23,11 @@ class TrainConfig:
     (safety: "violence"); at least one is needed. The target noise is
     eps(base) + target_guidance * (eps(positive) - eps(base)) with positive = target or neutral,
     base = negative or the empty prompt.
+    pairs: (neutral, target) prompt pairs that replace neutral/target row by row (row i of a batch uses
+    pairs[i % len(pairs)]): pairs that hold the other attributes fixed ("a red figure" -> "a red square
+    figure", over every colour) leave the concept nothing to learn but its own attribute.
+    window: (start, end) fractions of the denoising steps where the concept acts, in training and at use
+    (stored with the concept); attributes settle at different steps (docs/methods.md §8).
     """
 
     concept: str
@@ -42,6 +47,8 @@ class TrainConfig:
     mode: str = "fast"
     height: int | None = None
     width: int | None = None
+    pairs: tuple[tuple[str, str], ...] | None = None
+    window: tuple[float, float] | None = None
 
     #: The concept's tensors, in the bank as "<concept>/<module>".
     modules: ClassVar[tuple[str, ...]] = ("c",)
@@ -71,8 +78,16 @@ class TrainConfig:
             raise HsteerError("the negative prompt is empty; pass a non-empty --negative, e.g. 'violence'")
         if self.mode not in MODES:
             raise HsteerError(f"unknown training mode {self.mode!r}; choose one of {', '.join(MODES)}")
-        if self.target is None and self.negative is None:
+        if self.target is None and self.negative is None and not self.pairs:
             raise HsteerError("give a target prompt (--target) or a negative prompt (--negative)")
+        if self.pairs is not None:
+            if not self.pairs or not all(len(pair) == 2 and all(isinstance(p, str) and p.strip() for p in pair)
+                                         for pair in self.pairs):
+                raise HsteerError("pairs must be non-empty (neutral, target) prompt pairs")
+        if self.window is not None:
+            from hsteer.hspace.steering import check_window
+
+            check_window(*self.window)
         check_train_settings(self)
 
     def learning_rates(self) -> dict[str, str]:

@@ -168,6 +168,9 @@ class LossLog:
 def concept_meta(pipe, config: TrainConfig, shape: tuple[int, int, int]) -> dict[str, Any]:
     """What the bank stores about how a concept was made: its method's settings and the model's identity."""
     meta = {k: v for k, v in asdict(config).items() if k not in ("concept", "group", "objective")}
+    for optional in ("pairs", "window"):  # recorded only where used, so banks without them read as before
+        if meta.get(optional) is None:
+            meta.pop(optional, None)
     meta.update({"hspace_shape": list(shape), "unet_fingerprint": unet_fingerprint(pipe.unet),
                  "hsteer_version": __version__, "model": str(getattr(pipe, "name_or_path", "") or "")})
     return {k: v for k, v in meta.items() if not (isinstance(v, float) and math.isnan(v))}

@@ -15,6 +15,7 @@ Both modes compute the frozen predictions with `objectives.frozen_eps`, the targ
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -64,12 +65,17 @@ class Conditions:
 
     @classmethod
     def encode(cls, pipe, config: TrainConfig, height: int, width: int) -> Conditions:
-        """Encode the run's prompts once, each repeated to the batch size."""
-        y_neu = encode_text(pipe, [config.neutral], height, width)
-        y_empty = encode_unconditional(pipe, height, width)
-        y_pos = encode_text(pipe, [config.target], height, width) if config.target else y_neu
-        y_base = encode_text(pipe, [config.negative], height, width) if config.negative else y_empty
+        """Encode the run's prompts once, each repeated to the batch size (with `pairs`, row i's own pair)."""
         B = config.batch_size
+        y_empty = encode_unconditional(pipe, height, width)
+        y_base = encode_text(pipe, [config.negative], height, width) if config.negative else y_empty
+        if config.pairs:
+            rows = torch.arange(B) % len(config.pairs)
+            y_neu = encode_text(pipe, [n for n, _ in config.pairs], height, width).select(rows)
+            y_pos = encode_text(pipe, [t for _, t in config.pairs], height, width).select(rows)
+            return cls(y_neu, y_empty.expand(B), y_pos, y_base.expand(B), base_is_empty=config.negative is None)
+        y_neu = encode_text(pipe, [config.neutral], height, width)
+        y_pos = encode_text(pipe, [config.target], height, width) if config.target else y_neu
         return cls(y_neu.expand(B), y_empty.expand(B), y_pos.expand(B), y_base.expand(B),
                    base_is_empty=config.negative is None)
 
@@ -84,13 +90,47 @@ class StepContext:
     params: dict[str, torch.nn.Parameter]
     optimizers: dict[str, torch.optim.Optimizer]
     conds: Conditions
+    #: Rows of this iteration inside the step window (None: no window, every row).
+    inside: torch.Tensor | None = None
 
     def current(self) -> torch.Tensor:
         """What the concept adds to h now (RespoDiff: RAM + SAM), detached."""
         return sum(p.detach() for p in self.params.values())
 
     def eps(self, z_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """eps(z_t; h + c, y_neu, t), with c only on the rows inside the window."""
+        if c is not None and self.inside is not None:
+            c = c.unsqueeze(0) * self.inside.view(-1, 1, 1, 1).to(c.dtype)
         return objectives.eps(self.unet, self.schedule, z_t, t, self.conds.neutral, c)
+
+    def rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The rows a loss is taken over: those inside the window."""
+        return tensor if self.inside is None else tensor[self.inside]
+
+    def window_steps(self) -> tuple[int, int]:
+        """[first, last + 1) of the steps inside the window (every step without one)."""
+        K = self.schedule.steps
+        lo, hi = self.config.window or (0.0, 1.0)
+        return math.ceil(lo * K - 1e-9), math.ceil(hi * K - 1e-9)
+
+    def mark_inside(self, k: torch.Tensor) -> None:
+        if self.config.window is not None:
+            first, end = self.window_steps()
+            self.inside = (k >= first) & (k < end)
+
+    def reach(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """The reverse process from noise `x` to step k[i] per row, the current concept applied in the window."""
+        first, end = self.window_steps()
+        phases = [(0, first, False), (first, end, True), (end, self.schedule.steps, False)]
+        guided = self.config.sampling_guidance != 1.0
+        for a, b, steered in phases:
+            if a >= b:
+                continue
+            config = SteeringConfig(self.current(), guided=guided) if steered else None
+            with steer(self.unet, config, name="hsteer-sample"):
+                x = reverse_to_steps(self.unet, self.schedule, x, k.clamp(min=a, max=b), self.conds.neutral,
+                                     self.conds.empty, self.config.sampling_guidance, start=a)
+        return x
 
 
 # --- the objectives' optimiser steps -------------------------------------------------------------------
@@ -99,7 +139,7 @@ class StepContext:
 def codsma_step(ctx: StepContext, z_t, t, eps_target, it: int) -> tuple[dict[str, float], torch.Tensor]:
     """One step of c on L = || eps(z_t; h + c, y) - eps_target ||^2; returns the row and eps(z_t; h + c, y)."""
     eps_c = ctx.eps(z_t, t, ctx.params["c"])
-    loss = objectives.codsma_loss(eps_c, eps_target)
+    loss = objectives.codsma_loss(ctx.rows(eps_c), ctx.rows(eps_target))
     check_finite(loss, "loss", it, ctx.config.lr)
     optimise(ctx.optimizers["c"], loss)
     return {"iteration": it, "loss": loss.item()}, eps_c.detach()
@@ -108,12 +148,13 @@ def codsma_step(ctx: StepContext, z_t, t, eps_target, it: int) -> tuple[dict[str
 def respodiff_step(ctx: StepContext, z_t, t, eps_target, it: int) -> tuple[dict[str, float], None]:
     """Step RAM on L_resp, then recompute and step SAM on L_sem (RAM held fixed)."""
     ram, sam = ctx.params["ram"], ctx.params["sam"]
-    loss_resp = objectives.respodiff_resp_loss(ctx.eps(z_t, t, ram), eps_target)
+    loss_resp = objectives.respodiff_resp_loss(ctx.rows(ctx.eps(z_t, t, ram)), ctx.rows(eps_target))
     check_finite(loss_resp, "L_resp", it, ctx.config.lr)
     optimise(ctx.optimizers["ram"], loss_resp)
     with torch.no_grad():
         eps_frozen = ctx.eps(z_t, t)
-    loss_sem = objectives.respodiff_sem_loss(ctx.eps(z_t, t, ram.detach() + sam), eps_frozen, ctx.config.lam)
+    loss_sem = objectives.respodiff_sem_loss(ctx.rows(ctx.eps(z_t, t, ram.detach() + sam)), ctx.rows(eps_frozen),
+                                             ctx.config.lam)
     check_finite(loss_sem, "L_sem", it, ctx.config.lr_sam)
     optimise(ctx.optimizers["sam"], loss_sem)
     return {"iteration": it, "loss": loss_resp.item(), "loss_sem": loss_sem.item()}, None
@@ -131,10 +172,10 @@ def reference_iteration(ctx: StepContext, g: torch.Generator, latent_shape, it: 
     """The papers' procedure: a fresh reverse process per sample down to its own random step k."""
     config, unet, schedule, conds = ctx.config, ctx.unet, ctx.schedule, ctx.conds
     B = config.batch_size
-    k = torch.randint(0, config.steps, (B,), generator=g).to(unet.device)
+    first, end = ctx.window_steps()  # k is drawn inside the window: only there does the concept act
+    k = (first + torch.randint(0, end - first, (B,), generator=g)).to(unet.device)
     x_T = (torch.randn((B, *latent_shape), generator=g) * schedule.init_noise_sigma).to(unet.device, unet.dtype)
-    with steer(unet, SteeringConfig(ctx.current(), guided=config.sampling_guidance != 1.0), name="hsteer-sample"):
-        z_t = reverse_to_steps(unet, schedule, x_T, k, conds.neutral, conds.empty, config.sampling_guidance)
+    z_t = ctx.reach(x_T, k)
     t = schedule.timesteps[k]
     eps_base, eps_pos = objectives.frozen_eps(unet, schedule, z_t, t, [conds.base, conds.positive])
     eps_target = objectives.guided_target(eps_pos, eps_base, config.target_guidance)
@@ -150,13 +191,17 @@ def fast_iteration(ctx: StepContext, pool: TrajectoryPool, g: torch.Generator, i
     """
     config, conds = ctx.config, ctx.conds
     z_t, k = pool.current()
+    ctx.mark_inside(k)
     t = ctx.schedule.timesteps[k]
     prompts = [conds.empty, conds.positive] + ([] if conds.base_is_empty else [conds.base])
     frozen = objectives.frozen_eps(ctx.unet, ctx.schedule, z_t, t, prompts)
     eps_uncond, eps_pos = frozen[0], frozen[1]
     eps_base = eps_uncond if conds.base_is_empty else frozen[2]
     eps_target = objectives.guided_target(eps_pos, eps_base, config.target_guidance)
-    row, eps_cond = OBJECTIVE_STEPS[config.objective](ctx, z_t, t, eps_target, it)
+    if ctx.inside is not None and not ctx.inside.any():  # no trajectory in the window: only advance them
+        row, eps_cond = {"iteration": it, "loss": float("nan")}, None
+    else:
+        row, eps_cond = OBJECTIVE_STEPS[config.objective](ctx, z_t, t, eps_target, it)
     if eps_cond is None:  # the step changed the concept before making a steered prediction: make it now
         with torch.no_grad():
             eps_cond = ctx.eps(z_t, t, ctx.current())
@@ -182,13 +227,9 @@ class TrajectoryPool:
         return x.to(self.device, self.dtype)
 
     def start(self, ctx: StepContext) -> None:
-        config = ctx.config
-        g = torch.Generator("cpu").manual_seed(config.seed * 7919 + 17)
+        g = torch.Generator("cpu").manual_seed(ctx.config.seed * 7919 + 17)
         self.k = (torch.arange(self.size) * self.schedule.steps // self.size).to(self.device)
-        with steer(ctx.unet, SteeringConfig(ctx.current(), guided=config.sampling_guidance != 1.0),
-                   name="hsteer-sample"):
-            self.x = reverse_to_steps(ctx.unet, self.schedule, self._noise(self.size, g), self.k, ctx.conds.neutral,
-                                      ctx.conds.empty, config.sampling_guidance)
+        self.x = ctx.reach(self._noise(self.size, g), self.k)
 
     def load(self, state: dict[str, torch.Tensor]) -> None:
         self.x, self.k = state["pool/x"].to(self.device, self.dtype), state["pool/k"].to(self.device)
