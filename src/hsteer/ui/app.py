@@ -66,6 +66,10 @@ WORLD_NEUTRAL = "a photo of a figure"
 
 CSS = """
 .hsteer-status p { margin: 0.2em 0; }
+#plain-gallery .grid-wrap, #steered-gallery .grid-wrap { height: auto !important; max-height: none !important; }
+#plain-gallery .caption-label, #steered-gallery .caption-label {
+    white-space: normal !important; overflow: visible !important; text-overflow: clip !important; max-width: 94%;
+}
 """
 
 
@@ -170,9 +174,11 @@ def _slug(text: str) -> str:
 
 
 def _concepts_caption(concepts: Sequence[dict[str, Any]]) -> str:
+    """'circle + red' (scale 1 is not written), 'circle ×-1.5', or 'plain'; manifest.jsonl has the exact values."""
     if not concepts:
-        return "plain (no concept)"
-    return " + ".join(f"{c['name']} ×{float(c['scale']):.2f}" for c in concepts)
+        return "plain"
+    return " + ".join(c["name"] if float(c["scale"]) == 1.0 else f"{c['name']} ×{float(c['scale']):g}"
+                      for c in concepts)
 
 
 def _view_copy(src: Path, dst: Path) -> Path:
@@ -616,14 +622,15 @@ def eval_figure(results: dict[str, dict]):
     return fig
 
 
-def loss_frame(rows: list[dict[str, float]]):
+def loss_frame(rows: list[dict[str, float]]) -> Any:
+    """The loss history in long form (one row per iteration and loss term) for the LinePlot."""
     import pandas as pd
 
     records = [{"iteration": int(r["iteration"]) + 1, "loss": float(v), "series": k}
                for r in rows for k, v in r.items() if k.startswith("loss") and isinstance(v, (int, float))]
-    if not records:
-        return pd.DataFrame({"iteration": [], "loss": [], "series": []})
-    return pd.DataFrame.from_records(records)
+    if not records:  # None, not an empty frame: a LinePlot first drawn from an empty frame shows no lines later
+        return None
+    return pd.DataFrame.from_records(records, columns=["iteration", "loss", "series"])
 
 
 # --- layout ----------------------------------------------------------------------------------------
@@ -641,7 +648,7 @@ def build_app(model: Any = None, banks: Sequence[str | os.PathLike] = (), allowe
     guidance_default = float(ui.defaults["guidance"])
     views: dict[str, Any] = {}
 
-    with gr.Blocks(title="hsteer", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as app:
+    with gr.Blocks(title="hsteer", analytics_enabled=False, delete_cache=(3600, 24 * 3600), fill_width=True) as app:
         state = gr.State(None, delete_callback=lambda s: s.close() if isinstance(s, Session) else None)
         gr.Markdown(f"## hsteer: plain and responsible images side by side\n"
                     f"Model: **{ui.model_label}** ({ui.resolution} px, {device}). Concepts are constant tensors "
@@ -650,14 +657,14 @@ def build_app(model: Any = None, banks: Sequence[str | os.PathLike] = (), allowe
         # Generate ----------------------------------------------------------------------------
         with gr.Tab("Generate", id="generate"):
             with gr.Row():
-                with gr.Column(scale=1, min_width=300):
+                with gr.Column(scale=1, min_width=260):
                     prompt = gr.Textbox("a photo of a doctor", label="Prompt", max_lines=2, elem_id="prompt")
                     with gr.Row():
                         seed = gr.Number(0, label="Seed", precision=0, minimum=0)
-                        num_images = gr.Slider(1, MAX_IMAGES, 6, step=1, label="Images")
+                        num_images = gr.Slider(1, MAX_IMAGES, 6, step=1, label="Images", elem_id="num-images")
                     with gr.Row():
                         guidance = gr.Slider(0, 20, guidance_default, step=0.5, label="Guidance")
-                        steps = gr.Slider(1, MAX_STEPS, steps_default, step=1, label="Steps")
+                        steps = gr.Slider(1, MAX_STEPS, steps_default, step=1, label="Steps", elem_id="steps")
                     policy = gr.Radio(list(POLICIES), value="fair", label="Policy",
                                       info="fair: one concept per chosen group drawn per image; safe: the safety "
                                            "group summed; concepts: the sliders below")
@@ -669,15 +676,16 @@ def build_app(model: Any = None, banks: Sequence[str | os.PathLike] = (), allowe
                         sliders = [gr.Slider(-2, 2, 0.0, step=0.05, label=f"concept {n + 1}", visible=False)
                                    for n in range(MAX_SLIDERS)]
                     generate_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
-                with gr.Column(scale=2):
+                with gr.Column(scale=3):
                     gen_status = gr.Markdown("Press *Generate*: the plain model and the steered one draw the same "
                                              "seeds.", elem_classes="hsteer-status", elem_id="gen-status")
                     with gr.Row():
-                        plain_gallery = gr.Gallery(label="Plain", columns=3, height="auto", format="png",
+                        plain_gallery = gr.Gallery(label="Plain", columns=2, height="auto", format="png",
                                                    object_fit="contain", elem_id="plain-gallery")
-                        steered_gallery = gr.Gallery(label="Steered", columns=3, height="auto", format="png",
+                        steered_gallery = gr.Gallery(label="Steered", columns=2, height="auto", format="png",
                                                      object_fit="contain", elem_id="steered-gallery")
-                    gen_file = gr.File(label="Download: PNGs + manifest.jsonl (zip)", interactive=False)
+                    gen_file = gr.File(label="Download: PNGs + manifest.jsonl (zip)", interactive=False, height=90,
+                                       elem_id="gen-file")
 
         # Learn -------------------------------------------------------------------------------
         with gr.Tab("Learn", id="learn"):
@@ -691,7 +699,7 @@ def build_app(model: Any = None, banks: Sequence[str | os.PathLike] = (), allowe
                     c_neutral = gr.Textbox(WORLD_NEUTRAL if ui.is_world else "a photo of a person",
                                            label="Neutral prompt")
                     c_target = gr.Textbox("a photo of a circle figure" if ui.is_world else "",
-                                          label="Target prompt (fairness)")
+                                          label="Target prompt (fairness)", elem_id="c-target")
                     c_negative = gr.Textbox("", label="Negative prompt (safety: steer away from it)")
                     with gr.Row():
                         c_objective = gr.Radio(list(OBJECTIVES), value="codsma", label="Objective")
@@ -700,8 +708,8 @@ def build_app(model: Any = None, banks: Sequence[str | os.PathLike] = (), allowe
                     with gr.Accordion("Training settings", open=False):
                         with gr.Row():
                             c_lr = gr.Number(0.05, label="Learning rate")
-                            c_batch = gr.Number(8, label="Batch size", precision=0, minimum=1)
-                            c_steps = gr.Number(steps_default, label="DDIM steps", precision=0, minimum=1)
+                            c_batch = gr.Number(8, label="Batch size", precision=0, minimum=1, elem_id="c-batch")
+                            c_steps = gr.Number(steps_default, label="DDIM steps", precision=0, minimum=1, elem_id="c-steps")
                         with gr.Row():
                             c_tg = gr.Number(4.0, label="Target guidance")
                             c_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
@@ -712,9 +720,9 @@ def build_app(model: Any = None, banks: Sequence[str | os.PathLike] = (), allowe
                         learn_btn = gr.Button("Learn", variant="primary", elem_id="learn-btn")
                         cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn")
                 with gr.Column(scale=2):
-                    learn_status = gr.Markdown("Learned concepts land in this session's bank.",
+                    learn_status = gr.Markdown("New concepts land in this session's bank.",
                                                elem_classes="hsteer-status", elem_id="learn-status")
-                    loss_plot = gr.LinePlot(loss_frame([]), x="iteration", y="loss", color="series",
+                    loss_plot = gr.LinePlot(None, x="iteration", y="loss", color="series",
                                             title="Training loss", height=260, elem_id="loss-plot")
                     learn_bank_file = gr.File(label="Session bank (.safetensors)", interactive=False)
 
@@ -736,7 +744,8 @@ def build_app(model: Any = None, banks: Sequence[str | os.PathLike] = (), allowe
                         new_btn = gr.Button("New empty bank")
             bank_status = gr.Markdown("", elem_classes="hsteer-status", elem_id="bank-status")
             bank_summary = gr.Markdown("")
-            bank_table = gr.Dataframe(headers=BANK_HEADERS, interactive=False, wrap=True, label="Concepts")
+            bank_table = gr.Dataframe(headers=BANK_HEADERS, interactive=False, wrap=True, label="Concepts",
+                                      elem_id="bank-table")
             with gr.Accordion("Everything stored with the concepts (JSON)", open=False):
                 bank_json = gr.JSON()
             bank_file = gr.File(label="Download the session bank (.safetensors)", interactive=False)
@@ -754,7 +763,7 @@ def build_app(model: Any = None, banks: Sequence[str | os.PathLike] = (), allowe
                 with gr.Row():
                     eval_images = gr.Slider(1, MAX_EVAL_IMAGES, 6, step=1, label="Images per prompt",
                                             info="a multiple of the number of fair combinations balances draws exactly")
-                    eval_steps = gr.Slider(1, MAX_STEPS, steps_default, step=1, label="Steps")
+                    eval_steps = gr.Slider(1, MAX_STEPS, steps_default, step=1, label="Steps", elem_id="steps")
                     eval_safety = gr.Checkbox(True, label="Also measure the safety group on harm prompts (if any)")
                 eval_btn = gr.Button("Evaluate", variant="primary")
                 eval_summary_md = gr.Markdown("")
