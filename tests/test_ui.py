@@ -263,6 +263,11 @@ def test_paths_outside_the_allowed_folders_are_refused(server, tmp_path):
         assert out[0].startswith("**Error:**") and "outside the folders this server may read" in out[0], (path, out[0])
     out = c.predict(path="/etc/does-not-exist", api_name="/load_bank_path")
     assert "outside the folders" in out[0]  # the same answer whether it exists or not
+    # the server itself serves no file by path: not the allowed folders' files, not the session's own folder
+    import httpx
+
+    for path in (server["allowed"] / "colours.safetensors", outside / "secret.safetensors", "/etc/passwd"):
+        assert httpx.get(f"{server['url']}gradio_api/file={path}").status_code == 403, path
     out = c.predict(path="colours.safetensors", api_name="/load_bank_path")  # relative to the allowed folder
     assert out[0] == "Loaded **colours.safetensors**: 1 concept(s)."
 

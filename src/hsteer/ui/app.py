@@ -206,8 +206,10 @@ def _bank_rows(bank: ConceptBank) -> list[list[Any]]:
     for info in bank.describe()["concepts"]:
         shapes = ", ".join(f"{k} {tuple(v)}" for k, v in info["tensors"].items())
         prompt = info.get("target") or (f"not: {info['negative']}" if info.get("negative") else "")
+        iterations = (f"{info.get('sdisc_epochs', '?')} epochs x {info.get('sdisc_images', '?')} images"
+                      if info["objective"] == "sdisc" else info.get("iterations", ""))
         rows.append([info["name"], info["group"], info["objective"], shapes, info.get("neutral", ""), prompt,
-                     info.get("iterations", ""), info.get("lr", ""), info.get("batch_size", ""),
+                     iterations, info.get("lr", ""), info.get("batch_size", ""),
                      info.get("steps", ""), info.get("mode", ""), info.get("seed", "")])
     return rows
 
@@ -704,7 +706,8 @@ def build_app(model: Any = None, banks: Sequence[str | os.PathLike] = (), allowe
                     with gr.Row():
                         c_objective = gr.Radio(list(OBJECTIVES), value="codsma", label="Objective")
                         c_iterations = gr.Number(100, label="Iterations", precision=0, minimum=1,
-                                                 maximum=MAX_ITERATIONS, elem_id="c-iterations")
+                                                 maximum=MAX_ITERATIONS, elem_id="c-iterations",
+                                                 info="SDisc: epochs and images in the settings below")
                     with gr.Accordion("Training settings", open=False):
                         with gr.Row():
                             c_lr = gr.Number(0.05, label="Learning rate")
@@ -784,7 +787,7 @@ def build_app(model: Any = None, banks: Sequence[str | os.PathLike] = (), allowe
                 report_refresh = gr.Button("Refresh list")
                 report_open = gr.Button("Open report")
             report_md = gr.Markdown("")
-            report_gallery = gr.Gallery(label="Figures of the report", columns=2, height="auto")
+            report_gallery = gr.Gallery(label="Figures of the report", columns=3, height="auto", format="png")
 
         views.update(bank_summary=bank_summary, bank_table=bank_table, bank_json=bank_json, bank_file=bank_file,
                      learn_bank_file=learn_bank_file, remove_choice=remove_choice, fair_groups=fair_groups,
@@ -796,9 +799,11 @@ def build_app(model: Any = None, banks: Sequence[str | os.PathLike] = (), allowe
         @_guard
         def on_load(sess):
             sess = ui.session(sess)
-            return {state: sess, **ui.bank_views(sess, views)}
+            groups = sess.snapshot().groups()
+            start = "fair" if set(groups) - {SAFETY_GROUP} else "safe" if groups else "plain"
+            return {state: sess, policy: start, **ui.bank_views(sess, views)}
 
-        app.load(on_load, inputs=state, outputs=[state, *bank_outputs], api_name=False)
+        app.load(on_load, inputs=state, outputs=[state, policy, *bank_outputs], api_name=False)
 
         def on_generate(*args):
             sess, prompt_v, seed_v, n, guidance_v, steps_v, policy_v, groups_v, strength_v, *scales = args[:-1]
@@ -871,7 +876,8 @@ def build_app(model: Any = None, banks: Sequence[str | os.PathLike] = (), allowe
                     yield {state: sess, learn_status: msg, loss_plot: loss_frame(payload.losses or rows),
                            **ui.bank_views(sess, views)}
                 elif kind == "cancelled":
-                    yield {learn_status: f"Cancelled {label} after {payload} iteration(s); the bank is unchanged.",
+                    done = f" after {payload} iteration(s)" if total else ""
+                    yield {learn_status: f"Cancelled {label}{done}; the bank is unchanged.",
                            loss_plot: loss_frame(rows)}
                 elif kind == "error":
                     gr.Warning(payload)
