@@ -168,7 +168,7 @@ def test_page_generates_side_by_side_and_learns(server, tmp_path):
                                    timeout=TIMEOUT_MS)
             learned = page.locator("#learn-status").inner_text()
             assert "Learned colour/red (codsma)" in learned and "(3 concept(s))" in learned
-            assert page.locator("#loss-plot canvas, #loss-plot svg").count() >= 1
+            page.locator("#loss-plot canvas, #loss-plot svg").first.wait_for(timeout=TIMEOUT_MS)  # the loss curve
             page.screenshot(path=str(tmp_path / "learn.png"), full_page=True)
 
             # Bank: the new concept is listed with its settings; Generate can now be fair over colour too

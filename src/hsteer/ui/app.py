@@ -826,14 +826,18 @@ def build_app(model: Any = None, banks: Sequence[str | os.PathLike] = (), allowe
 
         if ui.is_world:
             def on_preset(choice):
+                """The recipe of `hsteer demo` for one of the world's concepts."""
+                outputs = [c_name, c_group, c_neutral, c_target, c_negative, c_lr, c_iterations, c_batch, c_steps,
+                           c_tg]
                 if choice not in WORLD_PRESETS:
-                    return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                    return [gr.skip()] * len(outputs)
                 name, group, target, negative = WORLD_PRESETS[choice]
-                lr, tg = (0.1, 4.0) if negative else (0.05, 4.0)
-                return name, group, WORLD_NEUTRAL, target or "", negative or "", lr
+                lr = 0.1 if negative else 0.05  # the demo's safety learning rate (measured)
+                return [name, group, WORLD_NEUTRAL, target or "", negative or "", lr, 150, 8, steps_default, 4.0]
 
-            preset.change(on_preset, inputs=preset, outputs=[c_name, c_group, c_neutral, c_target, c_negative, c_lr],
-                          api_name=False, queue=False)
+            preset.change(on_preset, inputs=preset,
+                          outputs=[c_name, c_group, c_neutral, c_target, c_negative, c_lr, c_iterations, c_batch,
+                                   c_steps, c_tg], api_name=False, queue=False)
 
         learn_inputs = [state, c_name, c_group, c_neutral, c_target, c_negative, c_objective, c_iterations, c_lr,
                         c_batch, c_steps, c_tg, c_seed, c_sd_images, c_sd_epochs]
