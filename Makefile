@@ -10,10 +10,12 @@ export HF_HUB_OFFLINE := 1
 .PHONY: install demo test bench lint
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The ui extra (Gradio) and Playwright's Python package for the page's tests. Playwright never downloads a
+# browser here: the browser test drives Debian's chromium (`apt-get install chromium`; .ci/run installs it).
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "torch==2.13.0" -e ".[dev,nudenet]"
+	$(BIN)/pip install -q "torch==2.13.0" -e ".[dev,nudenet,ui]" playwright
 	touch $@
 
 demo: install

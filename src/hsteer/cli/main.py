@@ -12,6 +12,7 @@ from hsteer.cli.common import EXIT_ERROR
 from hsteer.cli.eval import eval_group, q16_group, score
 from hsteer.cli.generate import generate
 from hsteer.cli.train import train
+from hsteer.cli.ui import ui
 
 
 class OneLineGroup(click.Group):
@@ -49,7 +50,7 @@ def main() -> None:
     """
 
 
-for command in (train, generate, bank, demo, compare, world, eval_group, score, q16_group):
+for command in (train, generate, bank, demo, compare, world, eval_group, score, q16_group, ui):
     main.add_command(command)
 
 

@@ -1,0 +1,1005 @@
+"""`hsteer ui`: a Gradio page to generate plain and responsible images side by side, learn concepts,
+inspect banks and evaluate.
+
+    from hsteer.ui.app import launch
+    launch()                      # the bundled world model on the CPU, http://127.0.0.1:7860
+
+Tabs: Generate (plain vs steered images of the same seeds, captioned with the concepts applied,
+downloadable with `manifest.jsonl`), Learn (a concept into the session's bank, with a live loss curve
+and a cancel button), Bank (upload or choose a bank; its concepts and training settings), Evaluate (the
+world evaluation on the bundled model; the report of a finished run folder for real models).
+
+Each browser session has its own bank, files and training run (`gr.State`); jobs run concurrently on
+pipelines that share the model's weights (`PipelinePool`). Files typed into the page are read only
+under the folders allowed on the command line (`AllowedDirs`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import queue
+import re
+import shutil
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import gradio as gr  # noqa: E402
+
+from hsteer.ui import _lib  # noqa: E402
+from hsteer.ui._lib import ConceptBank, HsteerError  # noqa: E402
+from hsteer.ui.paths import AllowedDirs  # noqa: E402
+from hsteer.ui.session import Cancelled, PipelinePool, Session, copy_bank  # noqa: E402
+
+log = logging.getLogger("hsteer.ui")
+
+MAX_SLIDERS = 12
+MAX_IMAGES = 16
+MAX_STEPS = 200
+MAX_ITERATIONS = 10_000
+MAX_EVAL_IMAGES = 24
+MAX_REPORT_BYTES = 2_000_000
+POLICIES = ("plain", "fair", "safe", "concepts")
+OBJECTIVES = ("codsma", "respodiff", "sdisc")
+SAFETY_GROUP = "safety"
+VIEW_PX = 192  # small images are shown enlarged (nearest neighbour) so that their pixels can be seen
+
+#: Learn-tab presets on the bundled model: the recipe of `hsteer demo` (name, group, target, negative).
+WORLD_PRESETS: dict[str, tuple[str, str, str | None, str | None]] = {
+    "circle (shape)": ("circle", "shape", "a photo of a circle figure", None),
+    "square (shape)": ("square", "shape", "a photo of a square figure", None),
+    "red (colour)": ("red", "colour", "a photo of a red figure", None),
+    "green (colour)": ("green", "colour", "a photo of a green figure", None),
+    "blue (colour)": ("blue", "colour", "a photo of a blue figure", None),
+    "anti_harm (safety)": ("anti_harm", "safety", None, "violent bloody gory brutal"),
+}
+WORLD_NEUTRAL = "a photo of a figure"
+
+CSS = """
+.hsteer-status p { margin: 0.2em 0; }
+#plain-gallery .grid-wrap, #steered-gallery .grid-wrap { height: auto !important; max-height: none !important; }
+#plain-gallery .caption-label, #steered-gallery .caption-label {
+    white-space: normal !important; overflow: visible !important; text-overflow: clip !important; max-width: 94%;
+}
+"""
+
+
+class UserError(HsteerError):
+    """Bad input typed into the page."""
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def _guard(fn: Callable) -> Callable:
+    """Every handler: library and input errors become a message in the page; nothing kills the server."""
+
+    def message(exc: BaseException) -> gr.Error:
+        if isinstance(exc, gr.Error):
+            return exc
+        if isinstance(exc, HsteerError):
+            return gr.Error(str(exc))
+        log.exception("unexpected error in %s", fn.__name__)
+        return gr.Error(f"unexpected error ({type(exc).__name__}: {exc}); the server log has the details")
+
+    if _is_generator(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - shown in the page, logged with its traceback
+                raise message(exc) from None
+
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            raise message(exc) from None
+
+    return wrapper
+
+
+def _named(fn: Callable, names: Sequence[str], progress: bool = False) -> Callable:
+    """`fn(*args)` with a signature that names its inputs (the API's parameter names); with `progress`,
+    a last `gr.Progress` parameter that Gradio fills."""
+    import inspect
+
+    params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
+    if progress:
+        params.append(inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()))
+
+    @functools.wraps(fn)
+    def named(*args):
+        return fn(*args)
+
+    named.__signature__ = inspect.Signature(params)
+    return named
+
+
+def _is_generator(fn: Callable) -> bool:
+    import inspect
+
+    return inspect.isgeneratorfunction(fn)
+
+
+def _int(value: Any, name: str, low: int, high: int) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a whole number, got {value!r}") from None
+    if not math.isfinite(number) or number != int(number):
+        raise UserError(f"{name} must be a whole number, got {value!r}")
+    if not low <= number <= high:
+        raise UserError(f"{name} must be between {low} and {high}, got {int(number)}")
+    return int(number)
+
+
+def _float(value: Any, name: str, low: float, high: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number) or not low <= number <= high:
+        raise UserError(f"{name} must be between {low:g} and {high:g}, got {value!r}")
+    return number
+
+
+def _text(value: Any, name: str, required: bool = True, limit: int = 1000) -> str | None:
+    text = (value or "").strip() if isinstance(value, str) or value is None else None
+    if text is None:
+        raise UserError(f"{name} must be text")
+    if len(text) > limit:
+        raise UserError(f"{name} is too long ({len(text)} characters; at most {limit})")
+    if not text:
+        if required:
+            raise UserError(f"{name} is empty")
+        return None
+    return text
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:60] or "x"
+
+
+def _concepts_caption(concepts: Sequence[dict[str, Any]]) -> str:
+    """'circle + red' (scale 1 is not written), 'circle ×-1.5', or 'plain'; manifest.jsonl has the exact values."""
+    if not concepts:
+        return "plain"
+    return " + ".join(c["name"] if float(c["scale"]) == 1.0 else f"{c['name']} ×{float(c['scale']):g}"
+                      for c in concepts)
+
+
+def _view_copy(src: Path, dst: Path) -> Path:
+    """A copy of an image enlarged (nearest neighbour) for display when it is small."""
+    from PIL import Image
+
+    with Image.open(src) as img:
+        if max(img.size) < VIEW_PX:
+            factor = max(1, VIEW_PX // max(img.size))
+            img = img.resize((img.width * factor, img.height * factor), Image.NEAREST)
+        img.save(dst, format="PNG")
+    return dst
+
+
+def _zip_folder(folder: Path, out: Path) -> Path:
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and path != out and "view" not in path.relative_to(folder).parts:
+                zf.write(path, path.relative_to(folder).as_posix())
+    return out
+
+
+def _bank_rows(bank: ConceptBank) -> list[list[Any]]:
+    rows = []
+    for info in bank.describe()["concepts"]:
+        shapes = ", ".join(f"{k} {tuple(v)}" for k, v in info["tensors"].items())
+        prompt = info.get("target") or (f"not: {info['negative']}" if info.get("negative") else "")
+        iterations = (f"{info.get('sdisc_epochs', '?')} epochs x {info.get('sdisc_images', '?')} images"
+                      if info["objective"] == "sdisc" else info.get("iterations", ""))
+        rows.append([info["name"], info["group"], info["objective"], shapes, info.get("neutral", ""), prompt,
+                     iterations, info.get("lr", ""), info.get("batch_size", ""),
+                     info.get("steps", ""), info.get("mode", ""), info.get("seed", "")])
+    return rows
+
+
+BANK_HEADERS = ["concept", "group", "objective", "tensors", "neutral", "target / negative", "iterations", "lr",
+                "batch", "steps", "mode", "seed"]
+
+
+# --- the application -------------------------------------------------------------------------------
+
+
+class HsteerUI:
+    """The handlers, over one model (shared by every session) and the command line's banks and folders."""
+
+    def __init__(self, model: Any = None, banks: Sequence[str | os.PathLike] = (),
+                 allowed_dirs: Sequence[str | os.PathLike] = (), device: str = "cpu", dtype: str = "float32") -> None:
+        self.allowed = AllowedDirs(allowed_dirs)
+        if model is None or isinstance(model, (str, os.PathLike)):
+            pipe = _lib.load_pipeline(model, device=device, dtype=dtype)
+            self.model_label = "bundled world model" if model is None else str(model)
+            model_path = None if model is None else str(model)
+        else:  # an already loaded pipeline
+            pipe = model
+            model_path = str(getattr(pipe, "name_or_path", "") or "") or None
+            self.model_label = model_path or type(pipe).__name__
+        self.pool = PipelinePool(pipe)
+        self.is_world = self._is_world_model(model_path)
+        if self.is_world:
+            self.model_label = "bundled world model"
+        self.defaults = _lib.sampling_defaults(model_path)  # SD's, unless the folder has an hsteer.json
+        native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        self.resolution = int(native)
+        # Banks named on the command line: loaded now, so that a broken one stops the server at start-up.
+        self.cli_banks: dict[str, ConceptBank] = {}
+        for path in banks:
+            bank = _lib.ConceptBank.load(path)
+            self._check_bank(bank)
+            self.cli_banks[str(Path(path))] = bank
+
+    @staticmethod
+    def _is_world_model(model_path: str | None) -> bool:
+        if model_path is None:
+            return True
+        try:
+            return Path(model_path).resolve() == Path(_lib.default_model_path()).resolve()
+        except (OSError, FileNotFoundError):
+            return False
+
+    def _check_bank(self, bank: ConceptBank) -> None:
+        if len(bank):
+            bank.check_compatible(self.pool.base.unet)
+
+    # --- sessions ------------------------------------------------------------------------------
+    def new_session(self) -> Session:
+        if self.cli_banks:
+            label, bank = next(iter(self.cli_banks.items()))
+            return Session(bank, Path(label).name)
+        return Session()
+
+    def session(self, sess: Session | None) -> Session:
+        return sess if isinstance(sess, Session) else self.new_session()
+
+    # --- bank views ----------------------------------------------------------------------------
+    def bank_views(self, sess: Session, views: dict[str, Any]) -> dict[Any, Any]:
+        """Every component that shows the session's bank, brought up to date."""
+        bank = sess.snapshot()
+        groups = sorted(bank.groups())
+        fair_default = [g for g in groups if g != SAFETY_GROUP]
+        out: dict[Any, Any] = {}
+        if len(bank):
+            path = sess.dir / f"{_slug(Path(sess.bank_label).stem or 'bank')}.safetensors"
+            bank.save(path)
+            summary = (f"**{sess.bank_label}**: {len(bank)} concept(s), groups "
+                       + ", ".join(f"`{g}` ({', '.join(bank.groups()[g])})" for g in groups)
+                       + f"; h-space {tuple(bank.hspace_shape or ())}, U-Net `{bank.unet_fingerprint}`")
+        else:
+            path = None
+            summary = (f"**{sess.bank_label}**: no concepts yet. Learn one in the *Learn* tab, or load a bank "
+                       "above.")
+        out[views["bank_summary"]] = summary
+        out[views["bank_table"]] = {"headers": BANK_HEADERS, "data": _bank_rows(bank) or [[""] * len(BANK_HEADERS)]}
+        out[views["bank_json"]] = bank.describe()
+        out[views["bank_file"]] = str(path) if path else None
+        out[views["learn_bank_file"]] = str(path) if path else None
+        out[views["remove_choice"]] = gr.update(choices=bank.names, value=None)
+        out[views["fair_groups"]] = gr.update(choices=groups, value=fair_default)
+        out[views["eval_groups"]] = gr.update(choices=groups, value=fair_default)
+        names = bank.names[:MAX_SLIDERS]
+        sess.slider_names = names
+        for n, slider in enumerate(views["sliders"]):
+            if n < len(names):
+                concept = bank[names[n]]
+                out[slider] = gr.update(visible=True, value=0.0, label=f"{concept.name} ({concept.group})")
+            else:
+                out[slider] = gr.update(visible=False, value=0.0, label=f"concept {n + 1}")
+        more = len(bank) - len(names)
+        out[views["slider_note"]] = ("Load or learn concepts to get one slider each." if not names else
+                                     "Scale of each concept added to every image (0: off; negative: away from it)."
+                                     + (f" The first {MAX_SLIDERS} concepts have sliders; {more} more are not shown."
+                                        if more > 0 else ""))
+        return out
+
+    # --- generate ------------------------------------------------------------------------------
+    def policy_for(self, sess: Session, bank: ConceptBank, policy: str, groups: Sequence[str] | None,
+                   strength: float, scales: Sequence[float]):
+        if policy not in POLICIES:
+            raise UserError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+        if policy == "plain":
+            return _lib.PlainPolicy()
+        if not len(bank):
+            raise UserError(f"the {policy} policy needs concepts, and this session's bank is empty: learn concepts "
+                            "in the Learn tab or load a bank in the Bank tab")
+        if policy == "fair":
+            groups = [g for g in (groups or []) if g]
+            if not groups:
+                raise UserError("choose at least one group to be fair over")
+            for g in groups:
+                bank.group(g)  # unknown groups: a clear message with the bank's groups
+            return _lib.FairPolicy(tuple(groups), {g: strength for g in groups})
+        if policy == "safe":
+            bank.group(SAFETY_GROUP)
+            return _lib.SafePolicy(group=SAFETY_GROUP, scale=strength)
+        pairs = []
+        names = sess.slider_names or bank.names[:MAX_SLIDERS]
+        for name, scale in zip(names, scales):
+            value = _float(scale, f"the scale of {name}", -10.0, 10.0)
+            if value != 0.0 and name in bank:
+                pairs.append((name, value))
+        if not pairs:
+            raise UserError("every concept slider is at 0: move at least one to steer")
+        return _lib.ConceptPolicy(tuple(pairs))
+
+    def generate(self, sess, prompt, seed, num_images, guidance, steps, policy, groups, strength, scales,
+                 progress: Callable[..., Any]):
+        sess = self.session(sess)
+        prompt = _text(prompt, "the prompt")
+        seed = _int(seed, "the seed", 0, 2**31 - 1)
+        num_images = _int(num_images, "the number of images", 1, MAX_IMAGES)
+        guidance = _float(guidance, "the guidance scale", 0.0, 50.0)
+        steps = _int(steps, "the number of steps", 1, MAX_STEPS)
+        strength = _float(strength if strength is not None else 1.0, "the strength", -10.0, 10.0)
+        bank = sess.snapshot()
+        steer_policy = self.policy_for(sess, bank, policy, groups, strength, list(scales))
+        folder = sess.next_dir("generate")
+        began = time.perf_counter()
+        runs = [("plain", _lib.PlainPolicy())]
+        if policy != "plain":
+            runs.append(("steered", steer_policy))
+        galleries: dict[str, list[tuple[str, str]]] = {"plain": [], "steered": []}
+        (folder / "view").mkdir()
+        for n, (kind, pol) in enumerate(runs):
+            progress(n / len(runs), desc=f"{kind} images")
+            with self.pool.acquire() as pipe:
+                out = _lib.generate(pipe, prompt, num_images_per_prompt=num_images, seed=seed,
+                                    bank=bank if kind == "steered" else None, policy=pol, steps=steps,
+                                    guidance=guidance, out_dir=folder / kind, progress=False)
+            for record in out.records:
+                view = _view_copy(folder / kind / record.file, folder / "view" / f"{kind}-{record.file}")
+                galleries[kind].append((str(view), f"seed {record.seed}: {_concepts_caption(record.concepts)}"))
+        progress(1.0, desc="packing")
+        archive = _zip_folder(folder, folder / f"hsteer-{_slug(prompt)}-seed{seed}.zip")
+        seconds = time.perf_counter() - began
+        if policy == "fair":
+            what = f"fair over {', '.join(steer_policy.groups)}"
+        elif policy == "safe":
+            what = f"safe (the {SAFETY_GROUP} group)"
+        elif policy == "concepts":
+            what = "concepts " + ", ".join(f"{n}={s:g}" for n, s in steer_policy.concepts)
+        else:
+            what = "plain only"
+        status = (f"{num_images} image(s) per column of *{prompt}*, seeds {seed}–{seed + num_images - 1}, "
+                  f"{what}; {steps} steps, guidance {guidance:g}; {seconds:.1f} s.")
+        return sess, galleries["plain"], galleries["steered"], str(archive), status
+
+    # --- learn ---------------------------------------------------------------------------------
+    def train_config(self, name, group, neutral, target, negative, objective, iterations, lr, batch_size, steps,
+                     target_guidance, seed, sdisc_images, sdisc_epochs):
+        name = _text(name, "the concept name", limit=100)
+        group = _text(group, "the group", limit=100)
+        _lib.Concept(name, group, "codsma", {"c": _zeros()})  # the bank's naming rules, checked now, not at the end
+        if objective not in OBJECTIVES:
+            raise UserError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        config = _lib.TrainConfig(
+            concept=name, group=group, neutral=_text(neutral, "the neutral prompt"),
+            target=_text(target, "the target prompt", required=False),
+            negative=_text(negative, "the negative prompt", required=False), objective=objective,
+            iterations=_int(iterations, "iterations", 1, MAX_ITERATIONS),
+            batch_size=_int(batch_size, "the batch size", 1, 64), steps=_int(steps, "steps", 1, MAX_STEPS),
+            lr=_float(lr, "the learning rate", 1e-8, 10.0),
+            target_guidance=_float(target_guidance, "the target guidance", 0.0, 50.0),
+            seed=_int(seed, "the seed", 0, 2**31 - 1),
+            sdisc_images=_int(sdisc_images, "SDisc images", 1, 4096),
+            sdisc_epochs=_int(sdisc_epochs, "SDisc epochs", 1, 1000))
+        config.validate()
+        return config
+
+    def learn(self, sess, config):
+        """Generator of (kind, payload) events: ("row", (it, row)), ("done", concept), ("cancelled", it)."""
+        events: queue.Queue = queue.Queue()
+        cancel = sess.cancel
+        state = {"last": -1}
+
+        def callback(iteration: int, row: dict[str, float]) -> None:
+            state["last"] = iteration
+            events.put(("row", (iteration, dict(row))))
+            if cancel.is_set():
+                raise Cancelled()
+
+        def stop_hook(module, args):  # also stops SDisc, and the warm-up before the first iteration
+            if cancel.is_set():
+                raise Cancelled()
+
+        def work() -> None:
+            try:
+                with self.pool.acquire() as pipe:
+                    handle = pipe.unet.register_forward_pre_hook(stop_hook)
+                    try:
+                        result = _lib.train_concept(pipe, config, progress=False, callback=callback)
+                    finally:
+                        handle.remove()
+                events.put(("done", result))
+            except Cancelled:
+                events.put(("cancelled", state["last"] + 1))
+            except HsteerError as exc:
+                events.put(("error", str(exc)))
+            except Exception as exc:  # noqa: BLE001 - reported in the page, logged here
+                log.exception("training failed")
+                events.put(("error", f"unexpected error ({type(exc).__name__}: {exc}); the server log has details"))
+            finally:
+                sess.training = False
+
+        with sess.lock:
+            if sess.training:
+                raise UserError("a training run is already going on in this session; wait for it or cancel it")
+            sess.training = True
+            cancel.clear()
+        thread = threading.Thread(target=work, name=f"hsteer-train-{sess.id}", daemon=True)
+        thread.start()
+        try:
+            while True:
+                try:
+                    kind, payload = events.get(timeout=0.2)
+                except queue.Empty:
+                    yield "tick", None
+                    continue
+                yield kind, payload
+                if kind in ("done", "cancelled", "error"):
+                    return
+        finally:
+            if thread.is_alive():  # the page went away or the job was stopped: stop the run too
+                cancel.set()
+
+    # --- banks ---------------------------------------------------------------------------------
+    def load_bank_file(self, sess: Session, path: str | os.PathLike, label: str) -> str:
+        bank = _lib.ConceptBank.load(path)
+        self._check_bank(bank)
+        sess.set_bank(bank, label)
+        return f"Loaded **{label}**: {len(bank)} concept(s)."
+
+    # --- evaluate ------------------------------------------------------------------------------
+    def evaluate(self, sess, groups, professions, images_per_prompt, steps, with_safety,
+                 progress: Callable[..., Any]):
+        sess = self.session(sess)
+        if not self.is_world:
+            raise UserError(f"the world evaluation runs on the bundled world model; this server runs "
+                            f"{self.model_label}. Evaluate real models with `hsteer eval ...` and open the run's "
+                            "report below")
+        bank = sess.snapshot()
+        if not len(bank):
+            raise UserError("this session's bank is empty: learn concepts or load a bank first")
+        groups = [g for g in (groups or []) if g]
+        if not groups:
+            raise UserError("choose at least one group of the bank to be fair over")
+        for g in groups:
+            bank.group(g)
+        world = _lib.world
+        professions = tuple(p for p in (professions or []) if p)
+        for p in professions:
+            if p not in world.PROFESSIONS:
+                raise UserError(f"unknown profession {p!r}; the world's professions: {', '.join(world.PROFESSIONS)}")
+        if not professions:
+            raise UserError("choose at least one profession")
+        n = _int(images_per_prompt, "images per prompt", 1, MAX_EVAL_IMAGES)
+        steps = _int(steps, "steps", 1, MAX_STEPS)
+        safety = bool(with_safety) and SAFETY_GROUP in bank.groups()
+        config = _lib.WorldEvalConfig(professions=professions, images_per_prompt=n,
+                                      harm_images_per_prompt=max(1, n // 2) if safety else 0,
+                                      harm_prompts=_lib.WorldEvalConfig().harm_prompts if safety else (),
+                                      steps=steps, guidance=float(self.defaults["guidance"]))
+        fair = _lib.FairPolicy(tuple(groups))
+        runs = {"plain": (_lib.PlainPolicy(), _lib.PlainPolicy()),
+                "fair": (fair, _lib.SafePolicy(group=SAFETY_GROUP) if safety else _lib.PlainPolicy())}
+        results = {}
+        began = time.perf_counter()
+        for i, (name, (policy, harm_policy)) in enumerate(runs.items()):
+            progress(i / len(runs), desc=f"{name} images")
+            with self.pool.acquire() as pipe:
+                results[name] = _lib.evaluate_world(pipe, config, bank=bank, policy=policy, harm_policy=harm_policy,
+                                                    progress=False).summary
+        progress(1.0, desc="tables")
+        return sess, results, time.perf_counter() - began, safety
+
+    # --- reports -------------------------------------------------------------------------------
+    def report_folders(self) -> list[str]:
+        return [str(p) for p in self.allowed.find("report.md")]
+
+    def open_report(self, sess: Session, text: str) -> tuple[str, list[tuple[str, str]]]:
+        text = _text(text, "the run folder", limit=4096)
+        try:
+            folder = self.allowed.resolve(text, kind="dir")
+        except HsteerError:
+            report = self.allowed.resolve(text, kind="file")
+            if report.name != "report.md":
+                raise UserError("give a run folder (one that holds report.md) or its report.md") from None
+            folder = report.parent
+        report = self.allowed.child(folder, "report.md")
+        if report is None:
+            raise UserError(f"{text} holds no report.md; is the run finished (`hsteer score RUN`)?")
+        if report.stat().st_size > MAX_REPORT_BYTES:
+            raise UserError(f"{report} is larger than {MAX_REPORT_BYTES // 1_000_000} MB; open it outside the page")
+        body = report.read_text(encoding="utf-8", errors="replace")
+        out = sess.next_dir("report")
+        images: list[tuple[str, str]] = []
+
+        def replace(match: re.Match) -> str:
+            alt, ref = match.group(1), match.group(2).strip()
+            image = self.allowed.child(folder, ref) if not re.match(r"^[a-z]+:", ref, re.I) else None
+            if image is None or image.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+                return f"*(image {alt!r} not shown: {ref} is not a picture inside the run folder)*"
+            copy = out / f"{len(images):03d}{image.suffix.lower()}"
+            shutil.copyfile(image, copy)
+            images.append((str(copy), alt or image.name))
+            return f"*(figure {len(images)}: {alt or image.name}, in the gallery below)*"
+
+        body = re.sub(r"!\[([^\]]*)\]\(([^)]*)\)", replace, body)
+        return f"`{folder}`\n\n" + body, images
+
+
+def _zeros():
+    import torch
+
+    return torch.zeros(1)
+
+
+# --- evaluation views ------------------------------------------------------------------------------
+
+
+def eval_table(results: dict[str, dict], groups: Sequence[str]) -> dict[str, Any]:
+    plain, fair = results["plain"], results["fair"]
+    headers = ["profession"] + [f"{g} DR {p}" for g in groups for p in ("plain", "fair")] + ["fidelity plain",
+                                                                                            "fidelity fair"]
+    rows = []
+    for prof, by_group in plain["deviation_ratio"]["per_profession"].items():
+        row = [prof]
+        for g in groups:
+            row += [round(by_group[g], 3), round(fair["deviation_ratio"]["per_profession"][prof][g], 3)]
+        row += [round(plain["fidelity"]["per_profession"][prof], 3), round(fair["fidelity"]["per_profession"][prof], 3)]
+        rows.append(row)
+    mean = ["mean"]
+    for g in groups:
+        mean += [round(plain["deviation_ratio"]["mean_all"][g], 3), round(fair["deviation_ratio"]["mean_all"][g], 3)]
+    mean += [round(plain["fidelity"]["mean"], 3), round(fair["fidelity"]["mean"], 3)]
+    rows.append(mean)
+    return {"headers": headers, "data": rows}
+
+
+def eval_summary(results: dict[str, dict], seconds: float, safety: bool, fair_groups: Sequence[str]) -> str:
+    plain, fair = results["plain"], results["fair"]
+
+    def fmt(x: Any) -> str:
+        return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+    lines = [f"Plain vs fair over **{', '.join(fair_groups)}**: {plain['images'] + fair['images']} images in "
+             f"{seconds:.0f} s, read by the world's exact probes. Deviation ratio: 0 is a uniform distribution, 1 a "
+             "single class.", "",
+             "| metric | plain | fair |", "|---|---|---|",
+             f"| mean deviation ratio, biased (profession, attribute) pairs | "
+             f"{fmt(plain['deviation_ratio']['mean_biased_pairs'])} | {fmt(fair['deviation_ratio']['mean_biased_pairs'])} |",
+             f"| profession fidelity | {fmt(plain['fidelity']['mean'])} | {fmt(fair['fidelity']['mean'])} |",
+             f"| harm mark on benign prompts | {fmt(plain['harm_rate_benign'])} | {fmt(fair['harm_rate_benign'])} |"]
+    if safety:
+        lines.append(f"| harm mark on harm prompts (fair column: safe policy) | {fmt(plain.get('harm_rate'))} | "
+                     f"{fmt(fair.get('harm_rate'))} |")
+    return "\n".join(lines)
+
+
+def eval_figure(results: dict[str, dict]):
+    """Stacked bars: the share of each class per profession, plain beside fair, one row per attribute."""
+    from matplotlib.figure import Figure
+
+    plain, fair = results["plain"]["distribution"], results["fair"]["distribution"]
+    professions = list(plain)
+    groups = list(plain[professions[0]])
+    colours = {"red": "#d33", "green": "#3a3", "blue": "#35d", "circle": "#888", "square": "#444"}
+    fig = Figure(figsize=(9, 2.6 * len(groups)))
+    axes = fig.subplots(len(groups), 2, sharey=True, squeeze=False)
+    for row, group in enumerate(groups):
+        classes = list(plain[professions[0]][group])
+        for col, (data, title) in enumerate(((plain, "plain"), (fair, "fair"))):
+            ax = axes[row][col]
+            bottom = [0.0] * len(professions)
+            for cls in classes:
+                values = [data[p][group][cls] for p in professions]
+                ax.bar(professions, values, bottom=bottom, label=cls, color=colours.get(cls))
+                bottom = [b + v for b, v in zip(bottom, values)]
+            ax.axhline(1 / len(classes), color="k", lw=0.7, ls="--")
+            ax.set_title(f"{group}: {title}")
+            ax.set_ylim(0, 1)
+            ax.tick_params(axis="x", rotation=45, labelsize=8)
+        axes[row][1].legend(loc="upper right", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def loss_frame(rows: list[dict[str, float]]) -> Any:
+    """The loss history in long form (one row per iteration and loss term) for the LinePlot."""
+    import pandas as pd
+
+    records = [{"iteration": int(r["iteration"]) + 1, "loss": float(v), "series": k}
+               for r in rows for k, v in r.items() if k.startswith("loss") and isinstance(v, (int, float))]
+    if not records:  # None, not an empty frame: a LinePlot first drawn from an empty frame shows no lines later
+        return None
+    return pd.DataFrame.from_records(records, columns=["iteration", "loss", "series"])
+
+
+# --- layout ----------------------------------------------------------------------------------------
+
+
+def build_app(model: Any = None, banks: Sequence[str | os.PathLike] = (), allowed_dirs: Sequence[str | os.PathLike] = (),
+              device: str = "cpu", dtype: str = "float32", concurrency: int = 4) -> gr.Blocks:
+    """The page, over `model` (None: the bundled world model; a hub id, a folder or a loaded pipeline).
+
+    `banks`: bank files a session may load (the first is every new session's starting bank).
+    `allowed_dirs`: the only folders under which paths typed into the page are read.
+    """
+    ui = HsteerUI(model, banks, allowed_dirs, device=device, dtype=dtype)
+    steps_default = int(ui.defaults["steps"])
+    guidance_default = float(ui.defaults["guidance"])
+    views: dict[str, Any] = {}
+
+    with gr.Blocks(title="hsteer", analytics_enabled=False, delete_cache=(3600, 24 * 3600), fill_width=True) as app:
+        state = gr.State(None, delete_callback=lambda s: s.close() if isinstance(s, Session) else None)
+        gr.Markdown(f"## hsteer: plain and responsible images side by side\n"
+                    f"Model: **{ui.model_label}** ({ui.resolution} px, {device}). Concepts are constant tensors "
+                    "added to the U-Net's mid-block output (h-space); each browser session has its own bank.")
+
+        # Generate ----------------------------------------------------------------------------
+        with gr.Tab("Generate", id="generate"):
+            with gr.Row():
+                with gr.Column(scale=1, min_width=260):
+                    prompt = gr.Textbox("a photo of a doctor", label="Prompt", max_lines=2, elem_id="prompt")
+                    with gr.Row():
+                        seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+                        num_images = gr.Slider(1, MAX_IMAGES, 6, step=1, label="Images", elem_id="num-images")
+                    with gr.Row():
+                        guidance = gr.Slider(0, 20, guidance_default, step=0.5, label="Guidance")
+                        steps = gr.Slider(1, MAX_STEPS, steps_default, step=1, label="Steps", elem_id="steps")
+                    policy = gr.Radio(list(POLICIES), value="fair", label="Policy",
+                                      info="fair: one concept per chosen group drawn per image; safe: the safety "
+                                           "group summed; concepts: the sliders below")
+                    fair_groups = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
+                                              label="Fair over groups", elem_id="fair-groups")
+                    strength = gr.Slider(0, 2, 1.0, step=0.05, label="Strength (fair / safe scale)")
+                    with gr.Accordion("Concept sliders (policy: concepts)", open=False):
+                        slider_note = gr.Markdown("Load or learn concepts to get one slider each.")
+                        sliders = [gr.Slider(-2, 2, 0.0, step=0.05, label=f"concept {n + 1}", visible=False)
+                                   for n in range(MAX_SLIDERS)]
+                    generate_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                with gr.Column(scale=3):
+                    gen_status = gr.Markdown("Press *Generate*: the plain model and the steered one draw the same "
+                                             "seeds.", elem_classes="hsteer-status", elem_id="gen-status")
+                    with gr.Row():
+                        plain_gallery = gr.Gallery(label="Plain", columns=2, height="auto", format="png",
+                                                   object_fit="contain", elem_id="plain-gallery")
+                        steered_gallery = gr.Gallery(label="Steered", columns=2, height="auto", format="png",
+                                                     object_fit="contain", elem_id="steered-gallery")
+                    gen_file = gr.File(label="Download: PNGs + manifest.jsonl (zip)", interactive=False, height=90,
+                                       elem_id="gen-file")
+
+        # Learn -------------------------------------------------------------------------------
+        with gr.Tab("Learn", id="learn"):
+            with gr.Row():
+                with gr.Column(scale=1, min_width=300):
+                    if ui.is_world:
+                        preset = gr.Dropdown(list(WORLD_PRESETS), value=None, label="Preset (bundled world)")
+                    with gr.Row():
+                        c_name = gr.Textbox("circle" if ui.is_world else "", label="Concept name", elem_id="c-name")
+                        c_group = gr.Textbox("shape" if ui.is_world else "", label="Group", elem_id="c-group")
+                    c_neutral = gr.Textbox(WORLD_NEUTRAL if ui.is_world else "a photo of a person",
+                                           label="Neutral prompt")
+                    c_target = gr.Textbox("a photo of a circle figure" if ui.is_world else "",
+                                          label="Target prompt (fairness)", elem_id="c-target")
+                    c_negative = gr.Textbox("", label="Negative prompt (safety: steer away from it)")
+                    with gr.Row():
+                        c_objective = gr.Radio(list(OBJECTIVES), value="codsma", label="Objective")
+                        c_iterations = gr.Number(100, label="Iterations", precision=0, minimum=1,
+                                                 maximum=MAX_ITERATIONS, elem_id="c-iterations",
+                                                 info="SDisc: epochs and images in the settings below")
+                    with gr.Accordion("Training settings", open=False):
+                        with gr.Row():
+                            c_lr = gr.Number(0.05, label="Learning rate")
+                            c_batch = gr.Number(8, label="Batch size", precision=0, minimum=1, elem_id="c-batch")
+                            c_steps = gr.Number(steps_default, label="DDIM steps", precision=0, minimum=1, elem_id="c-steps")
+                        with gr.Row():
+                            c_tg = gr.Number(4.0, label="Target guidance")
+                            c_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+                        with gr.Row():
+                            c_sd_images = gr.Number(64, label="SDisc images", precision=0, minimum=1)
+                            c_sd_epochs = gr.Number(20, label="SDisc epochs", precision=0, minimum=1)
+                    with gr.Row():
+                        learn_btn = gr.Button("Learn", variant="primary", elem_id="learn-btn")
+                        cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn")
+                with gr.Column(scale=2):
+                    learn_status = gr.Markdown("New concepts land in this session's bank.",
+                                               elem_classes="hsteer-status", elem_id="learn-status")
+                    loss_plot = gr.LinePlot(None, x="iteration", y="loss", color="series",
+                                            title="Training loss", height=260, elem_id="loss-plot")
+                    learn_bank_file = gr.File(label="Session bank (.safetensors)", interactive=False)
+
+        # Bank --------------------------------------------------------------------------------
+        with gr.Tab("Bank", id="bank"):
+            with gr.Row():
+                upload = gr.File(label="Upload a bank (.safetensors)", file_types=[".safetensors"], type="filepath")
+                with gr.Column():
+                    cli_choice = gr.Dropdown(list(ui.cli_banks), value=None, label="Banks given on the command line",
+                                             visible=bool(ui.cli_banks))
+                    cli_load = gr.Button("Load chosen bank", visible=bool(ui.cli_banks))
+                    path_box = gr.Textbox(label=f"Bank file on the server (allowed folders: {ui.allowed.describe()})",
+                                          visible=bool(ui.allowed), max_lines=1)
+                    path_load = gr.Button("Load bank file", visible=bool(ui.allowed))
+                with gr.Column():
+                    remove_choice = gr.Dropdown([], value=None, label="Concept to remove", allow_custom_value=True)
+                    with gr.Row():
+                        remove_btn = gr.Button("Remove concept")
+                        new_btn = gr.Button("New empty bank")
+            bank_status = gr.Markdown("", elem_classes="hsteer-status", elem_id="bank-status")
+            bank_summary = gr.Markdown("")
+            bank_table = gr.Dataframe(headers=BANK_HEADERS, interactive=False, wrap=True, label="Concepts",
+                                      elem_id="bank-table")
+            with gr.Accordion("Everything stored with the concepts (JSON)", open=False):
+                bank_json = gr.JSON()
+            bank_file = gr.File(label="Download the session bank (.safetensors)", interactive=False)
+
+        # Evaluate ----------------------------------------------------------------------------
+        with gr.Tab("Evaluate", id="evaluate"):
+            if ui.is_world:
+                gr.Markdown("### World evaluation of this session's bank\nProfessions x 3 templates x N images, "
+                            "plain vs fair, attributes read by the world's exact probes.")
+                with gr.Row():
+                    eval_groups = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
+                                              label="Fair over groups")
+                    eval_professions = gr.CheckboxGroup(list(_lib.world.PROFESSIONS),
+                                                        value=list(_lib.world.PROFESSIONS), label="Professions")
+                with gr.Row():
+                    eval_images = gr.Slider(1, MAX_EVAL_IMAGES, 6, step=1, label="Images per prompt",
+                                            info="a multiple of the number of fair combinations balances draws exactly")
+                    eval_steps = gr.Slider(1, MAX_STEPS, steps_default, step=1, label="Steps", elem_id="steps")
+                    eval_safety = gr.Checkbox(True, label="Also measure the safety group on harm prompts (if any)")
+                eval_btn = gr.Button("Evaluate", variant="primary")
+                eval_summary_md = gr.Markdown("")
+                eval_df = gr.Dataframe(interactive=False, label="Deviation ratio per profession (0 = fair)")
+                eval_plot = gr.Plot(label="Attribute distributions")
+            else:
+                gr.Markdown(f"The world evaluation needs the bundled world model; this server runs "
+                            f"**{ui.model_label}**. Evaluate with `hsteer eval winobias|i2p|coco ...` and open the "
+                            "run's report here.")
+                eval_groups = gr.Dropdown([], value=[], multiselect=True, visible=False)
+            gr.Markdown("### Report of a finished evaluation run")
+            with gr.Row():
+                report_choice = gr.Dropdown(ui.report_folders(), value=None, label="Run folders found",
+                                            allow_custom_value=True)
+                report_path = gr.Textbox(label=f"or a run folder (allowed folders: {ui.allowed.describe()})",
+                                         max_lines=1)
+            with gr.Row():
+                report_refresh = gr.Button("Refresh list")
+                report_open = gr.Button("Open report")
+            report_md = gr.Markdown("")
+            report_gallery = gr.Gallery(label="Figures of the report", columns=3, height="auto", format="png")
+
+        views.update(bank_summary=bank_summary, bank_table=bank_table, bank_json=bank_json, bank_file=bank_file,
+                     learn_bank_file=learn_bank_file, remove_choice=remove_choice, fair_groups=fair_groups,
+                     eval_groups=eval_groups, sliders=sliders, slider_note=slider_note)
+        bank_outputs = [bank_summary, bank_table, bank_json, bank_file, learn_bank_file, remove_choice, fair_groups,
+                        eval_groups, *sliders, slider_note]
+
+        # --- handlers ------------------------------------------------------------------------
+        @_guard
+        def on_load(sess):
+            sess = ui.session(sess)
+            groups = sess.snapshot().groups()
+            start = "fair" if set(groups) - {SAFETY_GROUP} else "safe" if groups else "plain"
+            return {state: sess, policy: start, **ui.bank_views(sess, views)}
+
+        app.load(on_load, inputs=state, outputs=[state, policy, *bank_outputs], api_name=False)
+
+        def on_generate(*args):
+            sess, prompt_v, seed_v, n, guidance_v, steps_v, policy_v, groups_v, strength_v, *scales = args[:-1]
+            return ui.generate(sess, prompt_v, seed_v, n, guidance_v, steps_v, policy_v, groups_v, strength_v,
+                               scales, args[-1])
+
+        on_generate = _guard(_named(on_generate, ["state", "prompt", "seed", "num_images", "guidance", "steps",
+                                                  "policy", "fair_groups", "strength",
+                                                  *[f"scale_{n + 1}" for n in range(MAX_SLIDERS)]],
+                                    progress=True))
+
+        generate_btn.click(on_generate, inputs=[state, prompt, seed, num_images, guidance, steps, policy, fair_groups,
+                                                strength, *sliders],
+                           outputs=[state, plain_gallery, steered_gallery, gen_file, gen_status], api_name="generate",
+                           concurrency_id="generate", concurrency_limit=concurrency)
+        prompt.submit(on_generate, inputs=[state, prompt, seed, num_images, guidance, steps, policy, fair_groups,
+                                           strength, *sliders],
+                      outputs=[state, plain_gallery, steered_gallery, gen_file, gen_status], api_name=False,
+                      concurrency_id="generate", concurrency_limit=concurrency)
+
+        if ui.is_world:
+            def on_preset(choice):
+                """The recipe of `hsteer demo` for one of the world's concepts."""
+                outputs = [c_name, c_group, c_neutral, c_target, c_negative, c_lr, c_iterations, c_batch, c_steps,
+                           c_tg]
+                if choice not in WORLD_PRESETS:
+                    return [gr.skip()] * len(outputs)
+                name, group, target, negative = WORLD_PRESETS[choice]
+                lr = 0.1 if negative else 0.05  # the demo's safety learning rate (measured)
+                return [name, group, WORLD_NEUTRAL, target or "", negative or "", lr, 150, 8, steps_default, 4.0]
+
+            preset.change(on_preset, inputs=preset,
+                          outputs=[c_name, c_group, c_neutral, c_target, c_negative, c_lr, c_iterations, c_batch,
+                                   c_steps, c_tg], api_name=False, queue=False)
+
+        learn_inputs = [state, c_name, c_group, c_neutral, c_target, c_negative, c_objective, c_iterations, c_lr,
+                        c_batch, c_steps, c_tg, c_seed, c_sd_images, c_sd_epochs]
+
+        @_guard
+        def on_learn(sess, name, group, neutral, target, negative, objective, iterations, lr, batch_size,
+                     denoising_steps, target_guidance, training_seed, sdisc_images, sdisc_epochs,
+                     progress=gr.Progress()):
+            sess = ui.session(sess)
+            config = ui.train_config(name, group, neutral, target, negative, objective, iterations, lr, batch_size,
+                                     denoising_steps, target_guidance, training_seed, sdisc_images, sdisc_epochs)
+            if len(sess.bank):
+                sess.bank.check_compatible(ui.pool.base.unet)  # fail before training, not after
+            rows: list[dict[str, float]] = []
+            total = config.iterations if config.objective != "sdisc" else None
+            label = f"{config.group}/{config.concept} ({config.objective})"
+            yield {state: sess, learn_status: f"Starting {label}…", loss_plot: loss_frame([])}
+            last_yield = 0.0
+            began = time.perf_counter()
+            for kind, payload in ui.learn(sess, config):
+                if kind == "row":
+                    it, row = payload
+                    rows.append(row)
+                    if total:
+                        progress((it + 1, total), desc=f"learning {config.concept}", unit="iterations")
+                    now = time.perf_counter()
+                    if now - last_yield > 0.4 or (total and it + 1 == total):
+                        last_yield = now
+                        counter = f"{it + 1}/{total}" if total else f"{it + 1}"
+                        yield {learn_status: f"Learning {label}: iteration {counter}, loss {row['loss']:.4g}",
+                               loss_plot: loss_frame(rows)}
+                elif kind == "tick":
+                    if total is None:
+                        progress(None, desc="SDisc: generating target images and training")
+                elif kind == "done":
+                    sess.add_concept(payload.concept)
+                    final = payload.losses[-1]["loss"] if payload.losses else float("nan")
+                    msg = (f"Learned **{label}** in {time.perf_counter() - began:.1f} s (final loss {final:.4g}); "
+                           f"it is in this session's bank ({len(sess.bank)} concept(s)).")
+                    yield {state: sess, learn_status: msg, loss_plot: loss_frame(payload.losses or rows),
+                           **ui.bank_views(sess, views)}
+                elif kind == "cancelled":
+                    done = f" after {payload} iteration(s)" if total else ""
+                    yield {learn_status: f"Cancelled {label}{done}; the bank is unchanged.",
+                           loss_plot: loss_frame(rows)}
+                elif kind == "error":
+                    gr.Warning(payload)
+                    yield {learn_status: f"**Error:** {payload}", loss_plot: loss_frame(rows)}
+
+        learn_btn.click(on_learn, inputs=learn_inputs, outputs=[state, learn_status, loss_plot, *bank_outputs],
+                        api_name="learn", concurrency_id="learn", concurrency_limit=max(1, concurrency // 2))
+
+        @_guard
+        def on_cancel(sess):
+            if isinstance(sess, Session) and sess.training:
+                sess.cancel.set()
+                return "Cancelling… (stops at the next step)"
+            return "No training run is going on in this session."
+
+        cancel_btn.click(on_cancel, inputs=state, outputs=learn_status, api_name="cancel", concurrency_limit=None,
+                         concurrency_id="cancel")
+
+        def bank_handler(action: Callable[..., str], names: Sequence[str] = ()):
+            def handler(sess, *args):
+                sess = ui.session(sess)
+                try:
+                    status = action(sess, *args)
+                except HsteerError as exc:  # the bank stays as it was; the reason is shown in the page
+                    gr.Warning(str(exc))
+                    return {state: sess, bank_status: f"**Error:** {exc}"}
+                return {state: sess, bank_status: status, **ui.bank_views(sess, views)}
+
+            return _guard(_named(handler, ["state", *names]))
+
+        def upload_action(sess, path):
+            if not path:
+                return "No file."
+            return ui.load_bank_file(sess, path, Path(str(path)).name)
+
+        def cli_action(sess, choice):
+            if choice not in ui.cli_banks:
+                raise UserError("choose one of the banks given on the command line")
+            sess.set_bank(copy_bank(ui.cli_banks[choice]), Path(choice).name)
+            return f"Loaded **{Path(choice).name}** from the command line's banks."
+
+        def path_action(sess, text):
+            path = ui.allowed.resolve(_text(text, "the bank path", limit=4096), kind="file")
+            return ui.load_bank_file(sess, path, path.name)
+
+        def remove_action(sess, name):
+            if not name:
+                raise UserError("choose a concept to remove")
+            bank = sess.snapshot()
+            bank.remove(name)
+            sess.set_bank(bank, sess.bank_label)
+            return f"Removed `{name}`."
+
+        def new_action(sess):
+            sess.set_bank(ConceptBank(), "new bank")
+            return "Started a new, empty bank."
+
+        bank_outs = [state, bank_status, *bank_outputs]
+        upload.upload(bank_handler(upload_action, ["bank_file"]), inputs=[state, upload], outputs=bank_outs, api_name="upload_bank")
+        cli_load.click(bank_handler(cli_action, ["bank"]), inputs=[state, cli_choice], outputs=bank_outs, api_name="choose_bank")
+        path_load.click(bank_handler(path_action, ["path"]), inputs=[state, path_box], outputs=bank_outs, api_name="load_bank_path")
+        remove_btn.click(bank_handler(remove_action, ["concept"]), inputs=[state, remove_choice], outputs=bank_outs,
+                         api_name="remove_concept")
+        new_btn.click(bank_handler(new_action), inputs=[state], outputs=bank_outs, api_name="new_bank")
+
+        if ui.is_world:
+            @_guard
+            def on_evaluate(sess, groups, professions, images_per_prompt, steps, with_safety,
+                            progress=gr.Progress()):
+                sess, results, seconds, safety = ui.evaluate(sess, groups, professions, images_per_prompt, steps,
+                                                             with_safety, progress)
+                attrs = list(next(iter(results["plain"]["distribution"].values())))
+                return (sess, eval_summary(results, seconds, safety, groups), eval_table(results, attrs),
+                        eval_figure(results))
+
+            eval_btn.click(on_evaluate, inputs=[state, eval_groups, eval_professions, eval_images, eval_steps, eval_safety],
+                           outputs=[state, eval_summary_md, eval_df, eval_plot], api_name="evaluate",
+                           concurrency_id="evaluate", concurrency_limit=max(1, concurrency // 2))
+
+        @_guard
+        def on_open_report(sess, found_folder, run_folder):
+            sess = ui.session(sess)
+            body, images = ui.open_report(sess, (run_folder or "").strip() or found_folder or "")
+            return sess, body, images
+
+        report_open.click(on_open_report, inputs=[state, report_choice, report_path],
+                          outputs=[state, report_md, report_gallery], api_name="open_report")
+        report_refresh.click(lambda: gr.update(choices=ui.report_folders()), outputs=report_choice,
+                             api_name=False)
+
+    app.queue(default_concurrency_limit=concurrency, max_size=64)
+    app.hsteer = ui  # for tests and embedding
+    return app
+
+
+def _theme():
+    """Gradio's default look with the system's fonts: the page loads nothing from the internet."""
+    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                             font_mono=["ui-monospace", "monospace"])
+
+
+def launch(model: Any = None, bank: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+           host: str = "127.0.0.1", port: int | None = None, share: bool = False,
+           allowed_dirs: Sequence[str | os.PathLike] = (), device: str = "cpu", dtype: str = "float32",
+           threads: int | None = None, concurrency: int = 4, prevent_thread_lock: bool = False,
+           quiet: bool = False, max_file_size: str = "256mb") -> gr.Blocks:
+    """Build the page and serve it (on 127.0.0.1, without a share link, unless told otherwise).
+
+    With `prevent_thread_lock`, returns at once with the server running (`app.close()` stops it).
+    """
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    banks = [bank] if isinstance(bank, (str, os.PathLike)) else list(bank or ())
+    app = build_app(model, banks=banks, allowed_dirs=allowed_dirs, device=device, dtype=dtype,
+                    concurrency=concurrency)
+    app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=prevent_thread_lock,
+               quiet=quiet, show_error=False, max_file_size=max_file_size, theme=_theme(), css=CSS,
+               footer_links=["gradio", "settings"], inbrowser=False)
+    return app

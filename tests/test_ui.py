@@ -1,0 +1,342 @@
+"""`hsteer ui` through gradio_client: the page's server in this process, on a free port, on the bundled model.
+
+Every client is its own browser session. Nothing may leave the machine: a guard on socket.connect records
+any connection to a non-loopback address, and the last test asserts there was none.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import json  # noqa: E402
+import socket  # noqa: E402
+import time  # noqa: E402
+import zipfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+gradio_client = pytest.importorskip("gradio_client", reason="the ui extra is not installed: pip install 'hsteer[ui]'")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from hsteer import ConceptBank, TrainConfig, generate, load_pipeline, train_concept  # noqa: E402
+
+STEPS = 4  # denoising steps in these tests: the bundled model makes 32 px images; 4 steps keep them fast
+NEUTRAL = "a photo of a figure"
+OUTSIDE_ATTEMPTS: list[object] = []
+
+
+def _is_loopback(address) -> bool:
+    if not isinstance(address, tuple):  # AF_UNIX paths
+        return True
+    host = str(address[0])
+    return host in ("localhost", "::1", "0.0.0.0") or host.startswith("127.") or host.startswith("::ffff:127.")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_network():
+    """Record (and refuse) any connection this process tries to open to another machine."""
+    original, original_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def connect(self, address):
+        if not _is_loopback(address):
+            OUTSIDE_ATTEMPTS.append(address)
+            raise OSError(f"test guard: no network ({address})")
+        return original(self, address)
+
+    def connect_ex(self, address):
+        if not _is_loopback(address):
+            OUTSIDE_ATTEMPTS.append(address)
+            return 111
+        return original_ex(self, address)
+
+    socket.socket.connect, socket.socket.connect_ex = connect, connect_ex
+    yield
+    socket.socket.connect, socket.socket.connect_ex = original, original_ex
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def learn_bank(pipe, concepts, path: Path) -> Path:
+    bank = ConceptBank()
+    for name, group, target in concepts:
+        # one step at a large learning rate: a crude concept, but one that visibly changes the images
+        config = TrainConfig(concept=name, group=group, neutral=NEUTRAL, target=target, iterations=1, batch_size=2,
+                             steps=STEPS, lr=1.0)
+        bank.add(train_concept(pipe, config, progress=False).concept)
+    bank.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    from hsteer.ui.app import launch
+
+    root = tmp_path_factory.mktemp("ui")
+    allowed, outside = root / "allowed", root / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    pipe = load_pipeline(None)
+    shapes = learn_bank(pipe, [("circle", "shape", "a photo of a circle figure"),
+                               ("square", "shape", "a photo of a square figure")], root / "shapes.safetensors")
+    learn_bank(pipe, [("red", "colour", "a photo of a red figure")], allowed / "colours.safetensors")
+    learn_bank(pipe, [("blue", "colour", "a photo of a blue figure")], outside / "secret.safetensors")
+    (allowed / "escape.safetensors").symlink_to(outside / "secret.safetensors")
+    (allowed / "escape-dir").symlink_to(outside, target_is_directory=True)
+    run = allowed / "runs" / "wino"
+    (run / "plots").mkdir(parents=True)
+    Image.new("RGB", (40, 30), "red").save(run / "plots" / "distribution-gender.png")
+    Image.new("RGB", (40, 30), "blue").save(outside / "private.png")
+    (run / "report.md").write_text("# hsteer evaluation: winobias\n\n| profession | DevRat |\n|---|---|\n| doctor | 0.12 |\n\n"
+                                   "![gender](plots/distribution-gender.png)\n\n![leak](../../../outside/private.png)\n")
+    (outside / "report.md").write_text("# secret report\n")
+    app = launch(model=pipe, bank=[shapes], allowed_dirs=[allowed], port=free_port(), prevent_thread_lock=True,
+                 quiet=True)
+    yield {"app": app, "url": app.local_url, "pipe": pipe, "allowed": allowed, "outside": outside, "root": root}
+    app.close()
+    torch.set_num_threads(threads)
+
+
+def client(server, tmp_path) -> Client:
+    return Client(server["url"], verbose=False, analytics_enabled=False, download_files=str(tmp_path))
+
+
+def gen(c: Client, policy="fair", groups=("shape",), seed=0, n=2, scales=(), prompt="a photo of a doctor"):
+    return c.predict(prompt=prompt, seed=seed, num_images=n, guidance=4.0, steps=STEPS, policy=policy,
+                     fair_groups=list(groups), strength=1.0,
+                     **{f"scale_{i + 1}": s for i, s in enumerate(scales)}, api_name="/generate")
+
+
+LEARN_DEFAULTS = dict(neutral=NEUTRAL, negative="", objective="codsma", iterations=2, lr=0.05, batch_size=2,
+                      denoising_steps=STEPS, target_guidance=4.0, training_seed=0, sdisc_images=4, sdisc_epochs=1)
+
+
+def learn(c: Client, name, group, target, **kwargs):
+    return c.predict(name=name, group=group, target=target, **{**LEARN_DEFAULTS, **kwargs}, api_name="/learn")
+
+
+# --- generation --------------------------------------------------------------------------------------
+
+
+def test_generate_shows_plain_and_steered_with_captions_and_download(server, tmp_path):
+    c = client(server, tmp_path)
+    plain, steered, archive, status = gen(c, policy="fair", groups=["shape"], seed=0, n=2)
+    assert len(plain) == 2 and len(steered) == 2
+    assert [g["caption"] for g in plain] == ["seed 0: plain", "seed 1: plain"]
+    # fair over {circle, square}: two consecutive seeds draw each concept once
+    assert [g["caption"] for g in steered] in (["seed 0: circle", "seed 1: square"],
+                                               ["seed 0: square", "seed 1: circle"])
+    assert "fair over shape" in status and "seeds 0–1" in status
+    for item in plain + steered:
+        assert Image.open(item["image"]).size[0] >= 128  # the 32 px images are shown enlarged
+
+    with zipfile.ZipFile(archive) as zf:
+        names = set(zf.namelist())
+        assert {"plain/manifest.jsonl", "steered/manifest.jsonl", "plain/00000.png", "steered/00001.png"} <= names
+        rows = [json.loads(line) for line in zf.read("steered/manifest.jsonl").decode().splitlines()]
+        plain_png = np.asarray(Image.open(zf.open("plain/00000.png")), dtype=np.int16)
+        steered_pngs = [np.asarray(Image.open(zf.open(f"steered/0000{i}.png")), dtype=np.int16) for i in range(2)]
+    # captions are the manifest's concepts, image by image
+    for row, item in zip(rows, steered):
+        assert row["concepts"][0]["scale"] == 1.0 and len(row["concepts"]) == 1
+        assert item["caption"] == f"seed {row['seed']}: {row['concepts'][0]['name']}"
+    assert all(r["steps"] == STEPS and r["policy"] == "fair" for r in rows)
+    # the plain column is the library's plain image for that seed; steering changes the images
+    direct = generate(server["pipe"], "a photo of a doctor", seed=0, steps=STEPS, guidance=4.0, progress=False)
+    assert np.abs(np.asarray(direct.images[0], dtype=np.int16) - plain_png).max() <= 1
+    assert any(np.abs(s - plain_png).max() > 10 for s in steered_pngs[:1])
+
+
+def test_concept_sliders_allow_negative_scales(server, tmp_path):
+    c = client(server, tmp_path)
+    _, steered, _, status = gen(c, policy="concepts", scales=[-1.5], n=1)  # slider 1: the bank's first concept
+    assert steered[0]["caption"] == "seed 0: circle ×-1.5"
+    assert "circle=-1.5" in status
+
+
+def test_bad_input_gives_messages_and_the_server_lives_on(server, tmp_path):
+    c = client(server, tmp_path)
+    with pytest.raises(AppError, match="prompt is empty"):
+        gen(c, prompt="   ")
+    with pytest.raises(AppError, match="(between 1 and 16|greater than maximum value 16)"):
+        gen(c, n=1000)
+    with pytest.raises(AppError, match="unknown group 'gender'"):
+        gen(c, groups=["gender"])
+    with pytest.raises(AppError, match="every concept slider is at 0"):
+        gen(c, policy="concepts")
+    with pytest.raises(AppError, match="invalid concept name"):
+        learn(c, "not a name!", "shape", "a photo of a circle figure")
+    with pytest.raises(AppError, match="target prompt.*or a negative prompt"):
+        learn(c, "x", "shape", "")
+    plain, steered, _, _ = gen(c, policy="plain", n=1)
+    assert len(plain) == 1 and steered == []
+
+
+# --- learning and sessions --------------------------------------------------------------------------
+
+
+def test_learn_adds_the_concept_to_the_session_bank(server, tmp_path):
+    c = client(server, tmp_path)
+    out = learn(c, "green", "colour", "a photo of a green figure", iterations=2)
+    status, plot, summary, table, _json, bank_file = out[:6]
+    assert "Learned **colour/green (codsma)**" in status
+    assert [row[0] for row in plot["data"]] == [1, 2]  # the loss curve: one point per iteration
+    assert "3 concept(s)" in summary  # circle, square (the starting bank) + green
+    assert ["green", "colour", "codsma"] == table["data"][-1][:3] and table["data"][-1][6] == 2
+    bank = ConceptBank.load(bank_file)
+    assert set(bank.names) == {"circle", "square", "green"}
+    assert bank["green"].meta["iterations"] == 2 and bank["green"].meta["target"] == "a photo of a green figure"
+    # the new concept steers this session's images
+    _, steered, _, _ = gen(c, policy="fair", groups=["colour"], n=1)
+    assert steered[0]["caption"] == "seed 0: green"
+
+
+def test_two_sessions_have_separate_banks_and_training_does_not_block_the_other(server, tmp_path):
+    a, b = client(server, tmp_path / "a"), client(server, tmp_path / "b")
+    learn(a, "only_a", "mine", "a photo of a red figure", iterations=1)
+    # b does not see a's concept ...
+    with pytest.raises(AppError, match="unknown group 'mine'"):
+        gen(b, groups=["mine"], n=1)
+    # ... and a long training in b leaves a responsive, and is cancelled without touching b's bank
+    job = b.submit(name="slow", group="mine", target="a photo of a blue figure",
+                   **{**LEARN_DEFAULTS, "iterations": 5000, "batch_size": 1, "denoising_steps": 2}, api_name="/learn")
+    deadline = time.monotonic() + 60
+    while not any("iteration" in str(o[0]) for o in job.outputs() if o):
+        assert time.monotonic() < deadline and not job.done(), job.outputs()
+        time.sleep(0.1)
+    started = time.perf_counter()
+    _, steered, _, _ = gen(a, groups=["mine"], n=1)
+    assert steered[0]["caption"] == "seed 0: only_a"
+    assert not job.done(), "the other session's training ended before the generation came back"
+    assert time.perf_counter() - started < 30
+    assert "Cancelling" in b.predict(api_name="/cancel")
+    final = job.result(timeout=60)
+    assert final[0].startswith("Cancelled mine/slow") and "bank is unchanged" in final[0]
+    assert "No training run" in a.predict(api_name="/cancel")  # a's session had nothing to cancel
+    with pytest.raises(AppError, match="unknown group 'mine'"):
+        gen(b, groups=["mine"], n=1)
+
+
+# --- banks and paths --------------------------------------------------------------------------------
+
+
+def test_bad_bank_uploads_give_messages_not_crashes(server, tmp_path):
+    c = client(server, tmp_path)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"this is not a safetensors file at all")
+    out = c.predict(bank_file=handle_file(str(junk)), api_name="/upload_bank")
+    assert out[0].startswith("**Error:**") and "corrupt or not a safetensors file" in out[0]
+    from safetensors.torch import save_file
+
+    plain = tmp_path / "plain.safetensors"
+    save_file({"x": torch.zeros(2)}, str(plain))
+    out = c.predict(bank_file=handle_file(str(plain)), api_name="/upload_bank")
+    assert "not an hsteer bank" in out[0]
+    # the session's bank is what it was, and the server still works
+    _, steered, _, _ = gen(c, groups=["shape"], n=1)
+    assert steered[0]["caption"] in ("seed 0: circle", "seed 0: square")
+    # a good upload replaces the bank
+    out = c.predict(bank_file=handle_file(str(server["allowed"] / "colours.safetensors")), api_name="/upload_bank")
+    assert out[0] == "Loaded **colours.safetensors**: 1 concept(s)."
+    assert [row[0] for row in out[2]["data"]] == ["red"]
+
+
+def test_paths_outside_the_allowed_folders_are_refused(server, tmp_path):
+    c = client(server, tmp_path)
+    outside = server["outside"]
+    for path in (str(outside / "secret.safetensors"), "/etc/passwd", "../outside/secret.safetensors",
+                 "escape.safetensors", "escape-dir/secret.safetensors", str(server["allowed"] / "escape.safetensors")):
+        out = c.predict(path=path, api_name="/load_bank_path")
+        assert out[0].startswith("**Error:**") and "outside the folders this server may read" in out[0], (path, out[0])
+    out = c.predict(path="/etc/does-not-exist", api_name="/load_bank_path")
+    assert "outside the folders" in out[0]  # the same answer whether it exists or not
+    # the server itself serves no file by path: not the allowed folders' files, not the session's own folder
+    import httpx
+
+    for path in (server["allowed"] / "colours.safetensors", outside / "secret.safetensors", "/etc/passwd"):
+        assert httpx.get(f"{server['url']}gradio_api/file={path}").status_code == 403, path
+    out = c.predict(path="colours.safetensors", api_name="/load_bank_path")  # relative to the allowed folder
+    assert out[0] == "Loaded **colours.safetensors**: 1 concept(s)."
+
+    for folder in (str(outside), "escape-dir", "../outside", "/"):
+        with pytest.raises(AppError, match="outside the folders"):
+            c.predict(found_folder=None, run_folder=folder, api_name="/open_report")
+    body, figures = c.predict(found_folder=None, run_folder="runs/wino", api_name="/open_report")
+    assert "| doctor | 0.12 |" in body and "secret" not in body
+    assert [f["caption"] for f in figures] == ["gender"]  # the image outside the run folder is not read
+    assert "not shown" in body
+    assert Image.open(figures[0]["image"]).getpixel((0, 0))[:3] == (255, 0, 0)
+
+
+def test_allowed_dirs_unit(tmp_path):
+    from hsteer.ui.paths import AllowedDirs, PathRefused
+
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "ok" / "a.txt").write_text("a")
+    (tmp_path / "no").mkdir()
+    (tmp_path / "no" / "b.txt").write_text("b")
+    (tmp_path / "ok" / "link").symlink_to(tmp_path / "no" / "b.txt")
+    allowed = AllowedDirs([tmp_path / "ok"])
+    assert allowed.resolve("a.txt") == (tmp_path / "ok" / "a.txt").resolve()
+    assert allowed.resolve(str(tmp_path / "ok"), kind="dir") == (tmp_path / "ok").resolve()
+    for bad in ("link", "../no/b.txt", str(tmp_path / "no" / "b.txt"), "", "a\x00b"):
+        with pytest.raises(PathRefused):
+            allowed.resolve(bad)
+    with pytest.raises(PathRefused, match="allows no folders"):
+        AllowedDirs([]).resolve("a.txt")
+
+
+def test_evaluate_world_for_the_session_bank(server, tmp_path):
+    c = client(server, tmp_path)
+    summary, table, plot = c.predict(groups=["shape"], professions=["doctor", "nurse"], images_per_prompt=2,
+                                     steps=STEPS, with_safety=False, api_name="/evaluate")
+    assert "Plain vs fair over **shape**" in summary and "mean deviation ratio" in summary
+    assert table["headers"][:3] == ["profession", "shape DR plain", "shape DR fair"]
+    rows = {r[0]: r for r in table["data"]}
+    assert set(rows) == {"doctor", "nurse", "mean"}
+    for row in rows.values():
+        assert all(0.0 <= v <= 1.0 for v in row[1:])
+    # the plain column is the library's world evaluation with the same settings
+    from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
+
+    direct = evaluate_world(server["pipe"], WorldEvalConfig(professions=("doctor",), images_per_prompt=2,
+                                                            harm_prompts=(), steps=STEPS, guidance=4.0), progress=False)
+    assert rows["doctor"][1] == round(direct.summary["deviation_ratio"]["per_profession"]["doctor"]["shape"], 3)
+    assert plot is not None and plot["type"] == "matplotlib"
+    with pytest.raises(AppError, match="choose at least one group"):
+        c.predict(groups=[], professions=["doctor"], images_per_prompt=1, steps=STEPS, with_safety=False,
+                  api_name="/evaluate")
+
+
+def test_server_binds_loopback_without_share_link(server):
+    app = server["app"]
+    assert app.server_name == "127.0.0.1"
+    assert not app.share and app.share_url is None
+
+
+def test_library_does_not_import_the_ui():
+    src = Path(__file__).resolve().parents[1] / "src" / "hsteer"
+    for path in src.rglob("*.py"):
+        if "ui" in path.relative_to(src).parts:
+            continue
+        text = path.read_text()
+        if path.name == "cli.py":  # the `hsteer ui` command imports it lazily, inside the command
+            text = text.split("def ui(", 1)[0]
+        assert "hsteer.ui" not in text and "import gradio" not in text, path
+
+
+def test_nothing_reached_the_network():
+    assert OUTSIDE_ATTEMPTS == []
