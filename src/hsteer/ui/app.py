@@ -35,7 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import gradio as gr  # noqa: E402
 
-from hsteer.ui import _lib  # noqa: E402
+import hsteer.ui._lib as _lib  # noqa: E402
 from hsteer.ui._lib import ConceptBank, HsteerError  # noqa: E402
 from hsteer.ui.paths import AllowedDirs  # noqa: E402
 from hsteer.ui.session import Cancelled, PipelinePool, Session, copy_bank  # noqa: E402
