@@ -36,6 +36,11 @@ from hsteer.errors import HsteerError
 @click.option("--sdisc-epochs", default=20, show_default=True, type=int, help="SDisc: epochs over those images.")
 @click.option("--height", default=None, type=int, help="Image height (default: the model's native size).")
 @click.option("--width", default=None, type=int, help="Image width (default: the model's native size).")
+@click.option("--pair", "pairs", nargs=2, multiple=True, metavar="NEUTRAL TARGET",
+              help="A (neutral, target) prompt pair that holds the other attributes fixed (repeatable; rows of a "
+                   "batch cycle through them), e.g. --pair 'a photo of a Black person' 'a photo of a Black woman'.")
+@click.option("--window", default=None, metavar="START,END",
+              help="Learn and apply the concept only in these fractions of the denoising steps, e.g. 0.4,1.0.")
 @click.option("--mode", type=click.Choice(["fast", "reference"]), default="fast", show_default=True,
               help="fast: reuse staggered reverse trajectories for every training signal; reference: the papers' "
                    "fresh reverse process per sample (slow; for comparison).")
@@ -48,7 +53,7 @@ from hsteer.errors import HsteerError
 @one_line_errors
 def train(model, device, dtype, objective, bank_path, concept, group, neutral, target, negative, iterations,
           batch_size, steps, lr, target_guidance, sampling_guidance, seed, init_std, lr_sam, lam, sdisc_images,
-          sdisc_epochs, height, width, mode, gradient_checkpointing, checkpoint_every, resume,
+          sdisc_epochs, height, width, pairs, window, mode, gradient_checkpointing, checkpoint_every, resume,
           allow_other_model) -> None:
     """Learn a concept and add (or replace) it in a bank.
 
@@ -57,6 +62,7 @@ def train(model, device, dtype, objective, bank_path, concept, group, neutral, t
     respodiff: ram on that loss, sam on lam * || eps(h + ram + sam, neutral) - eps(h, neutral) ||^2
     sdisc:     c by the plain denoising loss on images of the target prompt, conditioned on neutral
     """
+    from hsteer.generation import parse_window
     from hsteer.training import TrainConfig, train_into_bank
     from hsteer.training.run import check_bank_target
 
@@ -64,7 +70,8 @@ def train(model, device, dtype, objective, bank_path, concept, group, neutral, t
     config = TrainConfig(concept=concept, group=group, neutral=neutral, target=target, negative=negative,
                          objective=objective, iterations=iterations, batch_size=batch_size, steps=steps, lr=lr,
                          target_guidance=target_guidance, sampling_guidance=sampling_guidance, seed=seed,
-                         init_std=init_std, height=height, width=width, mode=mode, **extras)
+                         init_std=init_std, height=height, width=width, mode=mode,
+                         pairs=tuple(tuple(pair) for pair in pairs) or None, window=parse_window(window), **extras)
     config.validate()
     check_bank_target(bank_path, config.concept, checkpoint_every)
     pipe = load(model, checked_device(device), dtype)
