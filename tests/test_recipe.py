@@ -1,0 +1,78 @@
+"""The leakage recipe's mechanics: conditioned prompt pairs and step windows, in training and at use."""
+
+import pytest
+import torch
+
+from hsteer import ConceptBank, FairPolicy, SteeringConfig, TrainConfig, generate, steer, train_concept
+from hsteer.errors import HsteerError
+from hsteer.model import pipeline_hspace_shape
+from hsteer.training.steered import Conditions
+
+
+def _config(**kw):
+    base = dict(concept="square", group="shape", neutral="a photo of a figure", target="a photo of a square",
+                iterations=3, batch_size=4, steps=5, lr=0.05, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_pairs_fill_the_batch_row_by_row(sd_pipe):
+    pairs = (("a red figure", "a red square"), ("a blue figure", "a blue square"), ("a figure", "a square"))
+    conds = Conditions.encode(sd_pipe, _config(pairs=pairs, batch_size=5), 64, 64)
+    from hsteer.model.diffusion import encode_text
+
+    for row, (neutral, target) in zip(range(5), pairs * 2):
+        assert torch.equal(conds.neutral.embeds[row], encode_text(sd_pipe, [neutral]).embeds[0])
+        assert torch.equal(conds.positive.embeds[row], encode_text(sd_pipe, [target]).embeds[0])
+
+
+@pytest.mark.parametrize("mode", ["fast", "reference"])
+def test_a_window_is_learned_and_stored_with_the_concept(sd_pipe, mode):
+    result = train_concept(sd_pipe, _config(window=(0.4, 1.0), mode=mode), progress=False)
+    assert result.concept.window == (0.4, 1.0)
+    assert tuple(result.concept.meta["window"]) == (0.4, 1.0)
+    assert result.concept.delta().abs().sum() > 0
+    plain = train_concept(sd_pipe, _config(mode=mode), progress=False)
+    assert "window" not in plain.concept.meta and plain.concept.window is None
+
+
+def test_a_concept_outside_its_window_changes_nothing(sd_pipe):
+    """A concept whose window holds no step of the run leaves the images plain; inside its window it acts."""
+    from hsteer.hspace.bank import Concept
+
+    shape = pipeline_hspace_shape(sd_pipe)
+    c = 30 * torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    kwargs = dict(num_images_per_prompt=2, seed=0, steps=4, guidance=3.0, progress=False)
+    plain = generate(sd_pipe, "a person", **kwargs)
+    late = ConceptBank(concepts=[Concept("x", "g", "codsma", {"c": c}, {"window": [0.99, 1.0]}),
+                                 Concept("y", "g2", "codsma", {"c": c}, {"window": [0.0, 1.0]})])
+    outside = generate(sd_pipe, "a person", bank=late, policy=FairPolicy(("g",)), **kwargs)
+    inside = generate(sd_pipe, "a person", bank=late, policy=FairPolicy(("g2",)), **kwargs)
+    for a, b in zip(plain.images, outside.images):
+        assert torch.equal(torch.tensor(list(a.getdata())), torch.tensor(list(b.getdata())))
+    assert any(list(a.getdata()) != list(b.getdata()) for a, b in zip(plain.images, inside.images))
+
+
+def test_each_concept_acts_in_its_own_window(sd_pipe):
+    """Two groups with different windows in one fair batch = each concept steered in its own steps."""
+    from hsteer.hspace.bank import Concept
+
+    shape = pipeline_hspace_shape(sd_pipe)
+    g = torch.Generator().manual_seed(1)
+    early, late = 20 * torch.randn(shape, generator=g), 20 * torch.randn(shape, generator=g)
+    bank = ConceptBank(concepts=[Concept("e", "early", "codsma", {"c": early}, {"window": [0.0, 0.5]}),
+                                 Concept("l", "late", "codsma", {"c": late}, {"window": [0.5, 1.0]})])
+    out = generate(sd_pipe, "a person", num_images_per_prompt=1, seed=0, steps=4, guidance=3.0, bank=bank,
+                   policy=FairPolicy(("early", "late")), progress=False)
+    generator = [torch.Generator().manual_seed(0)]
+    with steer(sd_pipe, SteeringConfig(early.unsqueeze(0), start=0.0, end=0.5), name="a"), \
+            steer(sd_pipe, SteeringConfig(late.unsqueeze(0), start=0.5, end=1.0), name="b"):
+        by_hand = sd_pipe(["a person"], num_inference_steps=4, guidance_scale=3.0, generator=generator).images[0]
+    assert list(out.images[0].getdata()) == list(by_hand.getdata())
+
+
+def test_bad_pairs_and_windows_are_refused():
+    with pytest.raises(HsteerError, match="pairs"):
+        _config(pairs=(("a figure",),)).validate()
+    with pytest.raises(HsteerError, match="window"):
+        _config(window=(0.6, 0.2)).validate()
