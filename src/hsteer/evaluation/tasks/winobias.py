@@ -142,13 +142,14 @@ def _against_plain(run: ScoringRun, per_image: list[dict], classifier, attribute
     """The plain baseline run's images, read by the same classifier: its deviation ratios, and every
     untargeted group's same-seed agreement and deviation-ratio change (docs/methods.md §8)."""
     from hsteer.evaluation.baselines import check_baseline_run
-    from hsteer.evaluation.manifests import finished_records
-    from hsteer.evaluation.runs import read_config
+    from hsteer.evaluation.runs import MANIFEST, read_config, read_jsonl
 
     base_dir = Path(run.scoring["baseline_run"])
-    generation = read_config(run.run_dir).generation
-    check_baseline_run(base_dir, generation)
-    base = ScoringRun(base_dir, finished_records(base_dir), run.scoring, run.scorers, run.batch)
+    check_baseline_run(base_dir, read_config(run.run_dir).generation)
+    rows = read_jsonl(base_dir / MANIFEST)  # written once every job of the run is finished
+    if not rows:
+        raise HsteerError(f"the baseline run {base_dir} is not fully generated; finish it with its own command")
+    base = ScoringRun(base_dir, rows, run.scoring, run.scorers, run.batch)
     plain = _label(base, classifier, attributes, world)
     untargeted = {g: c for g, c in attributes.items() if g not in targeted}
     plain_bias = bias_summary(pair_items(per_image, plain), attributes, "profession")
