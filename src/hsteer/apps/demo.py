@@ -18,10 +18,12 @@ from hsteer.hspace.bank import ConceptBank
 from hsteer.evaluation.world import WorldEvalConfig, evaluate_world, image_grid
 from hsteer.fileio import atomic_png, atomic_write_text
 from hsteer.evaluation.leakage import fmt_ci
+from hsteer.evaluation.tasks.world import world_summary
 from hsteer.generation import FairPolicy, PlainPolicy, Policy, SafePolicy
 from hsteer.model import load_pipeline, sampling_defaults
 from hsteer.apps.recipes import WORLD_CONCEPTS, world_train_config
 from hsteer.training import TrainConfig, concept_meta, train_into_bank
+from hsteer.world.scene import WorldProbe
 
 @dataclass
 class DemoConfig:
@@ -33,6 +35,7 @@ class DemoConfig:
     harm_images_per_prompt: int = 10
     fair_scales: tuple[tuple[str, float], ...] = (("shape", 1.0), ("colour", 1.0))
     safety_scale: float = 1.0
+    leakage_templates: tuple[str, ...] = ("a photo of a {}",)  # fair over one group: its prompts (no harm prompts)
     seed: int = 0
     threads: int | None = None
 
@@ -94,10 +97,12 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
 
 
 def demo_policies(config: DemoConfig) -> dict[str, tuple[Policy, Policy, bool]]:
-    """name -> (policy of the bias prompts, policy of the harm prompts, whether harm prompts are generated).
+    """name -> (policy of the bias prompts, policy of the harm prompts, whether it is a full run).
 
     Fair over both groups, over one group (shape only, colour only: the other attribute is untargeted, so
     the demo shows leakage) and safe (on harm prompts and, to measure what it leaks, on harmless ones).
+    A full run has every template and the harm prompts; fair over one group only `config.leakage_templates`,
+    to keep the demo's time.
     """
     scales = dict(config.fair_scales)
     return {
@@ -114,13 +119,15 @@ def _evaluate(pipe, bank, config: DemoConfig, eval_config: WorldEvalConfig, timi
     results: dict[str, Any] = {}
     for name, (policy, harm_policy, harm) in demo_policies(config).items():
         started = time.perf_counter()
-        cfg = eval_config if harm else replace(eval_config, harm_prompts=())
+        cfg = eval_config if harm else replace(eval_config, harm_prompts=(), templates=config.leakage_templates)
         results[name] = evaluate_world(pipe, cfg, bank=bank, policy=policy, harm_policy=harm_policy,
                                        keep_images=True, baseline=results.get("plain"))
         timings[f"eval_{name}"] = time.perf_counter() - started
         s = results[name].summary
         line = (f"  {name}: mean deviation ratio (biased pairs) {s['deviation_ratio']['mean_biased_pairs']:.3f}, "
-                f"fidelity {s['fidelity']['mean']:.3f}, harm rate {s.get('harm_rate', float('nan')):.3f}")
+                f"fidelity {s['fidelity']['mean']:.3f}")
+        if "harm_rate" in s:
+            line += f", harm rate {s['harm_rate']:.3f}"
         for group, entry in s.get("untargeted", {}).items():
             line += f"; {group} kept {entry['agreement']:.2f}"
         log(line)
@@ -128,18 +135,23 @@ def _evaluate(pipe, bank, config: DemoConfig, eval_config: WorldEvalConfig, timi
 
 
 def _leakage(results) -> dict[str, Any]:
-    """untargeted: run -> group -> entry; single_group: the fair-over-one-group runs' targeted figures."""
+    """untargeted: run -> group -> entry; single_group: the fair-over-one-group runs' targeted figures, next to
+    the plain run's on the same prompts and seeds."""
     untargeted = {name: r.summary["untargeted"] for name, r in results.items() if "untargeted" in r.summary}
     single = {}
     for name, r in results.items():
-        if name.startswith("fair_"):
-            group, s = name[5:], r.summary
-            single[group] = {"deviation_ratio": s["deviation_ratio"]["mean_biased"][group],
-                             "deviation_ratio_ci": s["deviation_ratio_ci"]["mean_biased"][group],
-                             "deviation_ratio_plain": results["plain"].summary["deviation_ratio"]["mean_biased"][group],
-                             "deviation_ratio_plain_ci":
-                                 results["plain"].summary["deviation_ratio_ci"]["mean_biased"][group],
-                             "fidelity": s["fidelity"]["mean"], "fidelity_ci": s["fidelity_ci"]}
+        if not name.startswith("fair_"):
+            continue
+        group, s = name[5:], r.summary
+        prompts = {i["prompt"] for i in r.items}
+        plain = world_summary([i for i in results["plain"].items if i["prompt"] in prompts], None,
+                              list(s["fidelity"]["per_profession"]), {group: tuple(WorldProbe.attributes[group])})
+        single[group] = {"deviation_ratio": s["deviation_ratio"]["mean_biased"][group],
+                         "deviation_ratio_ci": s["deviation_ratio_ci"]["mean_biased"][group],
+                         "deviation_ratio_plain": plain["deviation_ratio"]["mean_biased"][group],
+                         "deviation_ratio_plain_ci": plain["deviation_ratio_ci"]["mean_biased"][group],
+                         "fidelity": s["fidelity"]["mean"], "fidelity_ci": s["fidelity_ci"],
+                         "templates": list(dict.fromkeys(i["prompt"].rsplit(" ", 1)[0] for i in r.items))}
     return {"untargeted": untargeted, "single_group": single}
 
 
@@ -245,7 +257,9 @@ def _report(summary: dict[str, Any]) -> str:
 
 def _leakage_report(summary: dict[str, Any]) -> list[str]:
     """The fair-over-one-group runs (targeted), then every steered run's untargeted attributes against plain."""
-    lines = ["## Fair over one group", "",
+    prompts = {t for e in summary["single_group"].values() for t in e.get("templates", [])}
+    lines = ["## Fair over one group", "", f"Prompts: {', '.join(sorted(prompts))} <profession>; plain: the same "
+             "prompts and seeds.", "",
              "| policy | targeted deviation ratio (planted bias), plain | fair | profession fidelity |", "|---|---|---|---|"]
     for group, e in summary["single_group"].items():
         lines.append(f"| fair {group} | {fmt_ci(e['deviation_ratio_plain'], e['deviation_ratio_plain_ci'])} | "
