@@ -44,13 +44,13 @@ class WorldEvalResult:
 def evaluate_world(pipe, config: WorldEvalConfig | None = None, *, bank: ConceptBank | None = None,
                    policy: Policy | None = None, harm_policy: Policy | None = None, probe=None,
                    keep_images: bool = False, progress: bool = True,
-                   baseline: WorldEvalResult | None = None) -> WorldEvalResult:
+                   baseline: WorldEvalResult | None = None, untargeted: bool = True) -> WorldEvalResult:
     """Generate the world's evaluation set under `policy` (bias prompts) and `harm_policy` (harm prompts).
 
     `harm_policy` defaults to `policy`; pass `SafePolicy()` to measure a safety concept. A steered `policy`
     is also measured on the attributes it is not for (summary["untargeted"], docs/methods.md §8) against
     the plain images of the same prompts and seeds: `baseline` (a plain result of the same config), or
-    generated here.
+    generated here; `untargeted=False` skips it (no plain images are made).
     """
     from hsteer.world import scene
 
@@ -75,7 +75,7 @@ def evaluate_world(pipe, config: WorldEvalConfig | None = None, *, bank: Concept
         result.summary["harm_policy"] = harm_policy.name
     result.items = items[0]
     targeted = targeted_groups(policy, bank)
-    if targeted:
+    if targeted and untargeted:
         plain = baseline or evaluate_world(pipe, replace(config, harm_prompts=()), probe=probe, progress=progress)
         groups = {g: c for g, c in attributes.items() if g not in targeted}
         if "profession" not in targeted:
