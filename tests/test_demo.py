@@ -46,3 +46,35 @@ def test_demo_writes_its_outputs(summary):
     assert json.loads((out / "summary.json").read_text())["harm_rate"] == s["harm_rate"]
     assert "mean deviation ratio" in (out / "report.md").read_text()
     assert default_model_path().is_dir()
+
+
+def _inside(value, ci):
+    lo, hi = ci
+    return lo - 1e-9 <= value <= hi + 1e-9
+
+
+def test_leakage_is_measured_on_every_untargeted_attribute(summary):
+    """Structure and interval sanity only: the recipe that sets the figures is still changing (issue 14)."""
+    _, s = summary
+    untargeted = s["untargeted"]
+    assert set(untargeted) == {"fair", "fair_shape", "fair_colour", "safe"}
+    assert set(untargeted["fair_shape"]) == {"colour", "profession"}
+    assert set(untargeted["fair_colour"]) == {"shape", "profession"}
+    assert set(untargeted["fair"]) == {"profession"}
+    assert set(untargeted["safe"]) == {"shape", "colour", "profession"}
+    for run, groups in untargeted.items():
+        for group, e in groups.items():
+            key = "fidelity" if group == "profession" else "deviation_ratio"
+            assert 0 <= e["agreement"] <= 1 and _inside(e["agreement"], e["agreement_ci"]), (run, group)
+            for name in (key, key + "_plain", key + "_change"):
+                assert _inside(e[name], e[name + "_ci"]), (run, group, name)
+            assert e[key + "_change"] == pytest.approx(e[key] - e[key + "_plain"])
+    for e in s["single_group"].values():
+        assert _inside(e["deviation_ratio"], e["deviation_ratio_ci"]) and _inside(e["fidelity"], e["fidelity_ci"])
+    for when in ("before", "after"):
+        assert _inside(s["mean_deviation_ratio_biased"][when], s["mean_deviation_ratio_biased_ci"][when])
+        for group, value in s["deviation_ratio"][when]["mean_all"].items():
+            assert _inside(value, s["deviation_ratio_ci"][when]["mean_all"][group])
+    assert _inside(s["fidelity"]["before"], s["fidelity_ci"]["before"])
+    report = (summary[0] / "report.md").read_text()
+    assert "## Leakage: attributes a policy is not for" in report and "| fair shape | colour |" in report

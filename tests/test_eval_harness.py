@@ -351,3 +351,87 @@ def test_sdxl_pipeline_and_its_sld_refusal(sdxl_dir, clip_dir, tmp_path):
     bad = run_cli("eval", "coco", "--model", sdxl_dir, "--captions", captions, "--clip", clip_dir, "--steps", "2",
                   "--baseline", "sld-medium", "--out", tmp_path / "xl-sld", "--quiet", ok=False)
     assert bad.exit_code != 0 and "SD 1.x/2.x only" in bad.output
+
+
+# --- leakage: watched groups and the plain baseline run (docs/methods.md §8) ---------------------------
+
+
+def _inside(value, ci):
+    return ci[0] - 1e-9 <= value <= ci[1] + 1e-9
+
+
+def test_watched_groups_against_a_plain_baseline_run(reference, sd_dir, clip_dir, fair_bank, tmp_path):
+    watch = ["--watch", 'thing="a red circle","a blue square"']
+    plain = tmp_path / "plain"
+    plain_args = [a for a in winobias_args(sd_dir, clip_dir, fair_bank, plain) if a not in ("--fair", "gender")]
+    plain_args = [a for n, a in enumerate(plain_args) if a != "--bank" and plain_args[n - 1] != "--bank"]
+    run_cli(*plain_args, *watch)
+    fair = tmp_path / "fair"
+    shutil.copytree(reference, fair)  # generated, not scored: this run only scores
+    result = run_cli(*winobias_args(sd_dir, clip_dir, fair_bank, fair), *watch, "--baseline-run", plain)
+    assert "generated 0, kept 12" in result.output and "thing kept" in result.output
+    s = json.loads((fair / "summary.json").read_text())
+    assert s["attributes"] == {"gender": ["a woman", "a man"]} and s["watch"] == {"thing": ["a red circle",
+                                                                                          "a blue square"]}
+    assert s["targeted"] == ["gender"] and set(s["untargeted"]) == {"thing"}
+    e = s["untargeted"]["thing"]
+    assert e["n"] == 12 and 0 <= e["agreement"] <= 1
+    for key in ("agreement", "deviation_ratio", "deviation_ratio_plain", "deviation_ratio_change"):
+        assert _inside(e[key], e[key + "_ci"]), key
+    plain_summary = json.loads((plain / "summary.json").read_text())
+    assert e["deviation_ratio_plain"] == pytest.approx(plain_summary["mean_deviation_ratio"]["thing"])
+    assert e["deviation_ratio"] == pytest.approx(s["mean_deviation_ratio"]["thing"])
+    for group, value in s["mean_deviation_ratio"].items():
+        assert _inside(value, s["deviation_ratio_ci"]["mean_all"][group])
+    report = (fair / "report.md").read_text()
+    assert "| untargeted group | same-seed agreement |" in report and "| thing | watched |" in report
+    # The plain run against itself: every group untargeted, every image kept, no change.
+    run_cli("score", plain, "--location", f"baseline_run={plain}", "--quiet")
+    same = json.loads((plain / "summary.json").read_text())["untargeted"]
+    assert set(same) == {"gender", "thing"}
+    assert all(v["agreement"] == 1 and v["deviation_ratio_change_ci"] == [0, 0] for v in same.values())
+
+
+def test_baseline_run_must_be_plain_with_the_same_settings(reference, sd_dir, clip_dir, fair_bank, tmp_path):
+    bad = run_cli(*winobias_args(sd_dir, clip_dir, fair_bank, tmp_path / "a"), "--baseline-run", reference, ok=False)
+    assert bad.exit_code != 0 and "is a fair:gender run; it must be plain" in bad.output
+    other = tmp_path / "other"
+    run_cli("eval", "winobias", "--model", sd_dir, "--classifier", clip_dir, "--professions", "doctor",
+            "--max-templates", "1", "--images-per-prompt", "2", "--steps", "2", "--no-score", "--out", other, "--quiet")
+    bad = run_cli(*winobias_args(sd_dir, clip_dir, fair_bank, tmp_path / "b"), "--baseline-run", other, ok=False)
+    assert bad.exit_code != 0 and "steps, guidance differ" in bad.output and not (tmp_path / "b").exists()
+
+
+def test_parse_watch():
+    from hsteer.cli.eval import parse_watch
+
+    assert parse_watch((), False) == {}
+    assert parse_watch((("race",),), False)["race"][0] == "a black-race person"
+    assert parse_watch((('race="a white person","a black person"',),), False) == {
+        "race": ["a white person", "a black person"]}
+    assert parse_watch((("colour",),), True) == {"colour": []}
+
+
+def test_world_classifier_watches_colour_on_the_bundled_model(tmp_path):
+    """Fair shape on the bundled model, read by the world's probes: colour is watched against plain."""
+    from hsteer import ConceptBank
+    from hsteer.hspace.bank import Concept
+    from hsteer.model import load_pipeline, pipeline_hspace_shape, unet_fingerprint
+
+    pipe = load_pipeline(None)
+    shape, fp = pipeline_hspace_shape(pipe), unet_fingerprint(pipe.unet)
+    torch.manual_seed(0)
+    bank = ConceptBank(concepts=[Concept(n, "shape", "codsma", {"c": 20 * torch.randn(shape)},
+                                         {"neutral": "a photo of a figure", "target": f"a {n}", "unet_fingerprint": fp})
+                                 for n in ("circle", "square")]).save(tmp_path / "bank.safetensors")
+    common = ["eval", "winobias", "--classifier", "world", "--group", "shape", "--watch", "colour", "--professions",
+              "doctor,nurse", "--max-templates", "1", "--images-per-prompt", "4", "--steps", "10", "--quiet"]
+    run_cli(*common, "--out", tmp_path / "plain")
+    result = run_cli(*common, "--bank", bank, "--fair", "shape", "--baseline-run", tmp_path / "plain",
+                     "--out", tmp_path / "fair")
+    assert "colour kept" in result.output
+    s = json.loads((tmp_path / "fair" / "summary.json").read_text())
+    assert s["targeted"] == ["shape"] and set(s["untargeted"]) == {"colour"} and set(s["watch"]) == {"colour"}
+    e = s["untargeted"]["colour"]
+    assert e["n"] == 8 and _inside(e["agreement"], e["agreement_ci"])
+    assert _inside(e["deviation_ratio_change"], e["deviation_ratio_change_ci"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,6 +19,7 @@ from hsteer.checks import check_count
 from hsteer.fileio import atomic_write_text
 from hsteer.hspace.bank import ConceptBank
 from hsteer.apps.recipes import WORLD_CONCEPTS, world_train_config
+from hsteer.evaluation.leakage import fmt_ci
 from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
 from hsteer.generation import FairPolicy, PlainPolicy, SafePolicy
 from hsteer.model import load_pipeline, sampling_defaults
@@ -61,6 +62,7 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> di
     eval_config = WorldEvalConfig(templates=("a photo of a {}",), images_per_prompt=config.images_per_prompt,
                                   harm_images_per_prompt=config.harm_images_per_prompt, seed=config.seed,
                                   steps=int(sampling["steps"]), guidance=float(sampling["guidance"]))
+    plain = evaluate_world(pipe, eval_config, policy=PlainPolicy(), progress=False)
     rows: dict[str, dict[str, Any]] = {}
     for method in config.methods:
         bank, train_seconds = None, {}
@@ -74,24 +76,7 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> di
             bank = ConceptBank.load(bank_path)
         rows[method] = {}
         for setting in SETTINGS:
-            groups = tuple(setting.split("+"))
-            if method == "sd":
-                policy, harm_policy = PlainPolicy(), PlainPolicy()
-            elif setting == "safety":
-                policy, harm_policy = PlainPolicy(), SafePolicy()
-            else:
-                policy, harm_policy = FairPolicy(groups), PlainPolicy()
-            cfg = replace(eval_config, groups=("shape", "colour"))
-            s = evaluate_world(pipe, cfg, bank=bank, policy=policy, harm_policy=harm_policy, progress=False).summary
-            dr = s["deviation_ratio"]["mean_biased"]
-            entry = {"deviation_ratio": {g: dr[g] for g in ("shape", "colour")},
-                     "deviation_ratio_target": (sum(dr[g] for g in groups) / len(groups)
-                                                if setting != "safety" else None),
-                     "fidelity": s["fidelity"]["mean"], "harm_rate": s["harm_rate"],
-                     "train_seconds": (sum(train_seconds.get(g, 0.0) for g in groups) if method != "sd" else 0.0)}
-            if setting == "shape+colour":
-                entry["joint_distribution"] = s.get("joint_distribution")
-            rows[method][setting] = entry
+            rows[method][setting] = entry = _measure(pipe, eval_config, bank, method, setting, plain, train_seconds)
             log(f"  {method:9s} {setting:13s} DR {entry['deviation_ratio_target'] or 0:.3f} "
                 f"fidelity {entry['fidelity']:.3f} harm {entry['harm_rate']:.3f}")
     result = {"settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
@@ -103,6 +88,45 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> di
     return result
 
 
+def _measure(pipe, eval_config: WorldEvalConfig, bank, method: str, setting: str, plain,
+             train_seconds: dict[str, float]) -> dict[str, Any]:
+    """One (method, setting) cell: targeted deviation ratio, fidelity, harm rate, untargeted attributes vs plain.
+
+    Safety steers the harmless prompts too, so that what it does to shape, colour and profession shows.
+    """
+    groups = tuple(setting.split("+"))
+    if method == "sd":
+        s = plain.summary
+    else:
+        policy = SafePolicy() if setting == "safety" else FairPolicy(groups)
+        harm_policy = SafePolicy() if setting == "safety" else PlainPolicy()
+        s = evaluate_world(pipe, eval_config, bank=bank, policy=policy, harm_policy=harm_policy, progress=False,
+                           baseline=plain).summary
+    dr, ci = s["deviation_ratio"]["mean_biased"], s["deviation_ratio_ci"]["mean_biased"]
+    single = setting in ("shape", "colour")
+    entry = {"deviation_ratio": {g: dr[g] for g in ("shape", "colour")},
+             "deviation_ratio_ci": {g: ci[g] for g in ("shape", "colour")},
+             "deviation_ratio_target": (sum(dr[g] for g in groups) / len(groups) if setting != "safety" else None),
+             "deviation_ratio_target_ci": ci[setting] if single else None,
+             "fidelity": s["fidelity"]["mean"], "fidelity_ci": s["fidelity_ci"], "harm_rate": s["harm_rate"],
+             "untargeted": s.get("untargeted", {}),
+             "train_seconds": (sum(train_seconds.get(g, 0.0) for g in groups) if method != "sd" else 0.0)}
+    if setting == "shape+colour":
+        entry["joint_distribution"] = s.get("joint_distribution")
+    return entry
+
+
+def _untargeted_cells(entry: dict[str, Any]) -> tuple[str, str]:
+    """(agreement, deviation-ratio change) cells: each untargeted attribute with its 95% interval."""
+    agree, change = [], []
+    for group, e in entry.get("untargeted", {}).items():
+        key = "deviation_ratio" if "deviation_ratio" in e else "fidelity"
+        agree.append(f"{group} {fmt_ci(e['agreement'], e['agreement_ci'], 2)}")
+        change.append(f"{group if key == 'deviation_ratio' else group + ' fidelity'} "
+                      f"{fmt_ci(e[key + '_change'], e[key + '_change_ci'], 2)}")
+    return "; ".join(agree) or "-", "; ".join(change) or "-"
+
+
 def results_table(result: dict[str, Any]) -> str:
     s = result["settings"]
     lines = [f"Bundled model, CoDSMa/RespoDiff {s['iterations']} iterations per concept (batch 8, fast mode), "
@@ -110,9 +134,14 @@ def results_table(result: dict[str, Any]) -> str:
              f"epochs; {s['images_per_prompt']} images per profession ('a photo of a <profession>'), "
              f"{s['harm_images_per_prompt']} per harm prompt, seed {s['seed']}. Deviation ratio: mean over the "
              "professions with a planted bias in that attribute (lower is better); fidelity: share of images "
-             "showing the profession's pattern; harm rate: share of harm-prompt images with the harm mark.", "",
-             "| method | setting | deviation ratio | fidelity | harm rate | training s |",
-             "|---|---|---|---|---|---|"]
+             "showing the profession's pattern; harm rate: share of harm-prompt images with the harm mark. "
+             "Untargeted (the attributes the setting is not for; safety is applied to the harmless prompts too): "
+             "same-seed agreement with the plain image of the same seed (1 = untouched) and the change of "
+             "the deviation ratio over all professions against plain (profession: of fidelity). Brackets: "
+             "bootstrap 95% intervals (1000 resamples within profession and drawn concept, fixed seed).", "",
+             "| method | setting | deviation ratio | fidelity | untargeted agreement | untargeted DevRat change "
+             "| harm rate | training s |",
+             "|---|---|---|---|---|---|---|---|"]
     for method, settings in result["results"].items():
         for setting, e in settings.items():
             if setting == "safety":
@@ -120,9 +149,10 @@ def results_table(result: dict[str, Any]) -> str:
             elif setting == "shape+colour":
                 dr = f"{e['deviation_ratio']['shape']:.3f} / {e['deviation_ratio']['colour']:.3f}"
             else:
-                dr = f"{e['deviation_ratio_target']:.3f}"
-            lines.append(f"| {method} | {setting} | {dr} | {e['fidelity']:.3f} | {e['harm_rate']:.3f} | "
-                         f"{e['train_seconds']:.0f} |")
+                dr = fmt_ci(e["deviation_ratio_target"], e.get("deviation_ratio_target_ci"))
+            agree, change = _untargeted_cells(e)
+            lines.append(f"| {method} | {setting} | {dr} | {fmt_ci(e['fidelity'], e.get('fidelity_ci'))} | {agree} | "
+                         f"{change} | {e['harm_rate']:.3f} | {e['train_seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 

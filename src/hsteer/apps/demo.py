@@ -18,10 +18,13 @@ from hsteer.checks import check_count, check_float, check_output_dir, check_seed
 from hsteer.hspace.bank import ConceptBank
 from hsteer.evaluation.world import WorldEvalConfig, evaluate_world, image_grid
 from hsteer.fileio import atomic_png, atomic_write_text
-from hsteer.generation import FairPolicy, PlainPolicy, SafePolicy
+from hsteer.evaluation.leakage import fmt_ci
+from hsteer.evaluation.tasks.world import world_summary
+from hsteer.generation import FairPolicy, PlainPolicy, Policy, SafePolicy
 from hsteer.model import load_pipeline, sampling_defaults
 from hsteer.apps.recipes import WORLD_CONCEPTS, world_train_config
 from hsteer.training import TrainConfig, concept_meta, train_into_bank
+from hsteer.world.scene import WorldProbe
 
 @dataclass
 class DemoConfig:
@@ -33,6 +36,7 @@ class DemoConfig:
     harm_images_per_prompt: int = 10
     fair_scales: tuple[tuple[str, float], ...] = (("shape", 1.0), ("colour", 1.0))
     safety_scale: float = 1.0
+    leakage_templates: tuple[str, ...] = ("a photo of a {}",)  # fair over one group: its prompts (no harm prompts)
     seed: int = 0
     threads: int | None = None
 
@@ -101,21 +105,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     eval_config = WorldEvalConfig(images_per_prompt=config.images_per_prompt,
                                   harm_images_per_prompt=config.harm_images_per_prompt, seed=config.seed,
                                   steps=int(sampling["steps"]), guidance=float(sampling["guidance"]))
-    scales = dict(config.fair_scales)
-    policies = {
-        "plain": (PlainPolicy(), PlainPolicy()),
-        "fair": (FairPolicy(tuple(scales), scales), PlainPolicy()),
-        "safe": (PlainPolicy(), SafePolicy(scale=config.safety_scale)),
-    }
-    results = {}
-    for name, (policy, harm_policy) in policies.items():
-        started = time.perf_counter()
-        results[name] = evaluate_world(pipe, eval_config, bank=bank, policy=policy, harm_policy=harm_policy,
-                                       keep_images=True)
-        timings[f"eval_{name}"] = time.perf_counter() - started
-        s = results[name].summary
-        log(f"  {name}: mean deviation ratio (biased pairs) {s['deviation_ratio']['mean_biased_pairs']:.3f}, "
-            f"fidelity {s['fidelity']['mean']:.3f}, harm rate {s.get('harm_rate', float('nan')):.3f}")
+    results = _evaluate(pipe, bank, config, eval_config, timings, log)
 
     log("[3/3] writing the report")
     summary = _summary(config, results, timings, time.perf_counter() - began, eval_config)
@@ -125,6 +115,65 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     atomic_write_text(out / "report.md", _report(summary))
     log(f"done in {summary['wall_seconds']:.0f}s: {out / 'report.md'}")
     return summary
+
+
+def demo_policies(config: DemoConfig) -> dict[str, tuple[Policy, Policy, bool]]:
+    """name -> (policy of the bias prompts, policy of the harm prompts, whether it is a full run).
+
+    Fair over both groups, over one group (shape only, colour only: the other attribute is untargeted, so
+    the demo shows leakage) and safe (on harm prompts and, to measure what it leaks, on harmless ones).
+    A full run has every template and the harm prompts; fair over one group only `config.leakage_templates`,
+    to keep the demo's time.
+    """
+    scales = dict(config.fair_scales)
+    return {
+        "plain": (PlainPolicy(), PlainPolicy(), True),
+        "fair": (FairPolicy(tuple(scales), scales), PlainPolicy(), True),
+        **{f"fair_{g}": (FairPolicy((g,), {g: scales.get(g, 1.0)}), PlainPolicy(), False) for g in scales},
+        "safe": (SafePolicy(scale=config.safety_scale), SafePolicy(scale=config.safety_scale), True),
+    }
+
+
+def _evaluate(pipe, bank, config: DemoConfig, eval_config: WorldEvalConfig, timings: dict[str, float],
+              log: Callable[[str], None]) -> dict[str, Any]:
+    """Every demo policy, measured against the plain run of the same seeds (untargeted attributes, intervals)."""
+    results: dict[str, Any] = {}
+    for name, (policy, harm_policy, harm) in demo_policies(config).items():
+        started = time.perf_counter()
+        cfg = eval_config if harm else replace(eval_config, harm_prompts=(), templates=config.leakage_templates)
+        results[name] = evaluate_world(pipe, cfg, bank=bank, policy=policy, harm_policy=harm_policy,
+                                       keep_images=True, baseline=results.get("plain"))
+        timings[f"eval_{name}"] = time.perf_counter() - started
+        s = results[name].summary
+        line = (f"  {name}: mean deviation ratio (biased pairs) {s['deviation_ratio']['mean_biased_pairs']:.3f}, "
+                f"fidelity {s['fidelity']['mean']:.3f}")
+        if "harm_rate" in s:
+            line += f", harm rate {s['harm_rate']:.3f}"
+        for group, entry in s.get("untargeted", {}).items():
+            line += f"; {group} kept {entry['agreement']:.2f}"
+        log(line)
+    return results
+
+
+def _leakage(results) -> dict[str, Any]:
+    """untargeted: run -> group -> entry; single_group: the fair-over-one-group runs' targeted figures, next to
+    the plain run's on the same prompts and seeds."""
+    untargeted = {name: r.summary["untargeted"] for name, r in results.items() if "untargeted" in r.summary}
+    single = {}
+    for name, r in results.items():
+        if not name.startswith("fair_"):
+            continue
+        group, s = name[5:], r.summary
+        prompts = {i["prompt"] for i in r.items}
+        plain = world_summary([i for i in results["plain"].items if i["prompt"] in prompts], None,
+                              list(s["fidelity"]["per_profession"]), {group: tuple(WorldProbe.attributes[group])})
+        single[group] = {"deviation_ratio": s["deviation_ratio"]["mean_biased"][group],
+                         "deviation_ratio_ci": s["deviation_ratio_ci"]["mean_biased"][group],
+                         "deviation_ratio_plain": plain["deviation_ratio"]["mean_biased"][group],
+                         "deviation_ratio_plain_ci": plain["deviation_ratio_ci"]["mean_biased"][group],
+                         "fidelity": s["fidelity"]["mean"], "fidelity_ci": s["fidelity_ci"],
+                         "templates": list(dict.fromkeys(i["prompt"].rsplit(" ", 1)[0] for i in r.items))}
+    return {"untargeted": untargeted, "single_group": single}
 
 
 def _summary(config, results, timings, wall, eval_config) -> dict[str, Any]:
@@ -139,10 +188,16 @@ def _summary(config, results, timings, wall, eval_config) -> dict[str, Any]:
         "mean_deviation_ratio_biased": {"before": plain["deviation_ratio"]["mean_biased_pairs"],
                                         "after": fair["deviation_ratio"]["mean_biased_pairs"]},
         "harm_rate": {"before": plain["harm_rate"], "after": safe["harm_rate"]},
-        "harm_rate_benign": {"plain": plain["harm_rate_benign"], "fair": fair["harm_rate_benign"]},
+        "harm_rate_benign": {"plain": plain["harm_rate_benign"], "fair": fair["harm_rate_benign"],
+                             "safe": safe["harm_rate_benign"]},
         "fidelity": {"before": plain["fidelity"]["mean"], "after_fair": fair["fidelity"]["mean"],
                      "per_profession_before": plain["fidelity"]["per_profession"],
                      "per_profession_after_fair": fair["fidelity"]["per_profession"]},
+        "fidelity_ci": {"before": plain["fidelity_ci"], "after_fair": fair["fidelity_ci"]},
+        "deviation_ratio_ci": {"before": plain["deviation_ratio_ci"], "after": fair["deviation_ratio_ci"]},
+        "mean_deviation_ratio_biased_ci": {"before": plain["deviation_ratio_ci"]["mean_biased_pairs"],
+                                           "after": fair["deviation_ratio_ci"]["mean_biased_pairs"]},
+        **_leakage(results),
         "distribution": {"before": plain["distribution"], "after": fair["distribution"]},
         "joint_distribution": {"before": plain.get("joint_distribution"), "after": fair.get("joint_distribution")},
         "training_seconds": {k: v for k, v in timings.items() if not k.startswith("eval_")},
@@ -192,19 +247,20 @@ def _grids(out: Path, results) -> None:
 
 
 def _report(summary: dict[str, Any]) -> str:
-    dr = summary["deviation_ratio"]
+    dr, ci = summary["deviation_ratio"], summary["deviation_ratio_ci"]
+    biased, biased_ci = summary["mean_deviation_ratio_biased"], summary["mean_deviation_ratio_biased_ci"]
+    fid, fid_ci = summary["fidelity"], summary["fidelity_ci"]
     lines = ["# hsteer demo report", "",
              f"Model: {summary['model']}. Wall time: {summary['wall_seconds']:.0f} s. Concepts learned with CoDSMa; "
-             "images read by the world's exact probes.", "",
+             "images read by the world's exact probes. Brackets: bootstrap 95% intervals (docs/methods.md §8).", "",
              "| metric | plain | fair / safe |", "|---|---|---|",
              f"| mean deviation ratio, biased (profession, attribute) pairs | "
-             f"{summary['mean_deviation_ratio_biased']['before']:.3f} | "
-             f"{summary['mean_deviation_ratio_biased']['after']:.3f} (fair) |"]
+             f"{fmt_ci(biased['before'], biased_ci['before'])} | {fmt_ci(biased['after'], biased_ci['after'])} (fair) |"]
     for group, value in dr["before"]["mean_all"].items():
-        lines.append(f"| mean deviation ratio, {group}, all professions | {value:.3f} | "
-                     f"{dr['after']['mean_all'][group]:.3f} (fair) |")
-    lines += [f"| profession fidelity | {summary['fidelity']['before']:.3f} | "
-              f"{summary['fidelity']['after_fair']:.3f} (fair) |",
+        lines.append(f"| mean deviation ratio, {group}, all professions | {fmt_ci(value, ci['before']['mean_all'][group])}"
+                     f" | {fmt_ci(dr['after']['mean_all'][group], ci['after']['mean_all'][group])} (fair) |")
+    lines += [f"| profession fidelity | {fmt_ci(fid['before'], fid_ci['before'])} | "
+              f"{fmt_ci(fid['after_fair'], fid_ci['after_fair'])} (fair) |",
               f"| harm rate on harm prompts | {summary['harm_rate']['before']:.3f} | "
               f"{summary['harm_rate']['after']:.3f} (safe) |",
               f"| harm rate on benign prompts | {summary['harm_rate_benign']['plain']:.3f} | "
@@ -215,8 +271,32 @@ def _report(summary: dict[str, Any]) -> str:
     for profession, groups in dr["before"]["per_profession"].items():
         cells = [f"{v:.2f} -> {dr['after']['per_profession'][profession][g]:.2f}" for g, v in groups.items()]
         lines.append(f"| {profession} | " + " | ".join(cells) + " |")
-    lines += ["", "Charts: `charts/*_distribution.png`. Grids (rows: plain, fair, safe): `grids/*.png`.", ""]
+    lines += ["", *_leakage_report(summary),
+              "Charts: `charts/*_distribution.png`. Grids (rows: plain, fair, safe): `grids/*.png`.", ""]
     return "\n".join(lines)
+
+
+def _leakage_report(summary: dict[str, Any]) -> list[str]:
+    """The fair-over-one-group runs (targeted), then every steered run's untargeted attributes against plain."""
+    prompts = {t for e in summary["single_group"].values() for t in e.get("templates", [])}
+    lines = ["## Fair over one group", "", f"Prompts: {', '.join(sorted(prompts))} <profession>; plain: the same "
+             "prompts and seeds.", "",
+             "| policy | targeted deviation ratio (planted bias), plain | fair | profession fidelity |", "|---|---|---|---|"]
+    for group, e in summary["single_group"].items():
+        lines.append(f"| fair {group} | {fmt_ci(e['deviation_ratio_plain'], e['deviation_ratio_plain_ci'])} | "
+                     f"{fmt_ci(e['deviation_ratio'], e['deviation_ratio_ci'])} | {fmt_ci(e['fidelity'], e['fidelity_ci'])} |")
+    lines += ["", "## Leakage: attributes a policy is not for", "",
+              "Same-seed agreement: share of images whose label equals the plain image's of the same seed "
+              "(1 = untouched). Deviation ratio over all professions (profession: fidelity), plain -> steered.", "",
+              "| policy | attribute | same-seed agreement | plain | steered | change |", "|---|---|---|---|---|---|"]
+    for run, groups in summary["untargeted"].items():
+        for group, e in groups.items():
+            key = "deviation_ratio" if "deviation_ratio" in e else "fidelity"
+            label = group if key == "deviation_ratio" else f"{group} (fidelity)"
+            lines.append(f"| {run.replace('_', ' ')} | {label} | {fmt_ci(e['agreement'], e['agreement_ci'])} | "
+                         f"{fmt_ci(e[key + '_plain'], e[key + '_plain_ci'])} | {fmt_ci(e[key], e[key + '_ci'])} | "
+                         f"{fmt_ci(e[key + '_change'], e[key + '_change_ci'])} |")
+    return lines + [""]
 
 
 def quick_config(out: Path, model: str | None = None) -> DemoConfig:

@@ -85,6 +85,19 @@ def parse_attributes(groups: tuple[tuple[str, ...], ...], names: tuple[str, ...]
     return out
 
 
+def parse_watch(groups: tuple[tuple[str, ...], ...], world: bool) -> dict[str, list[str]]:
+    """--watch GROUP=TEXT,TEXT (or a preset word, or texts) -> {group: texts}; nothing given -> {}.
+
+    With --classifier world a watched group is one of the probes' groups by name (e.g. --watch colour).
+    """
+    groups = tuple(g for g in groups if g)
+    if not groups:
+        return {}
+    if world:
+        return {name: [] for texts in groups for name in texts}
+    return {k: list(v) for k, v in parse_attributes(groups, ()).items()}
+
+
 def eval_options(fn):
     options = [
         click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -164,6 +177,11 @@ def _run(task: str, task_args: dict[str, Any], scoring: dict[str, Any], o: dict[
                   "steer_unconditional": o["steer_unconditional"], "allow_other_model": o["allow_other_model"],
                   "batch_size": o["batch_size"], "task_args": task_args}
     scoring = {"device": o["device"], **scoring}
+    if scoring.get("baseline_run"):
+        from hsteer.evaluation.baselines import check_baseline_run
+        from hsteer.evaluation.runs import GenerationSettings
+
+        check_baseline_run(scoring["baseline_run"], GenerationSettings.from_dict(generation))
     if not o["no_score"]:
         get_task(task).check_scoring(scoring)
     state = process_state(o["device"])
@@ -198,6 +216,14 @@ def eval_group() -> None:
               help="Attribute texts of one group, e.g. --attributes 'a woman' 'a man' (repeat for more groups; "
                    "`gender`/`race` for docs/methods.md §5's texts; GROUP=TEXT,TEXT also works). Default: gender.")
 @click.option("--group", "group_names", multiple=True, help="Name of each --attributes group, in order.")
+@click.option("--watch", "watch", cls=_GreedyOption, multiple=True,
+              help="An attribute group the run does not steer, scored by the same classifier and reported next "
+                   "to plain, e.g. --watch race=\"a white person\",\"a black person\" (same syntax as "
+                   "--attributes; repeatable). With --classifier world: a probe group's name, e.g. --watch colour.")
+@click.option("--baseline-run", "baseline_run", default=None,
+              type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="A finished plain run of the same model, sampling and seeds: its images are read by the same "
+                   "classifier for same-seed agreement and the change of each untargeted group against plain.")
 @click.option("--align-model", default=None,
               help="CLIP for WinoAlign (default: the classifier; none with --classifier world).")
 @click.option("--templates", default="base", show_default=True, type=click.Choice(["base", "successful"]))
@@ -205,8 +231,8 @@ def eval_group() -> None:
 @click.option("--images-per-prompt", default=10, show_default=True, type=int)
 @click.option("--professions", default=None, help="Comma-separated (default: the 36 WinoBias professions).")
 @one_line_errors
-def winobias(classifier, attributes, group_names, align_model, templates, max_templates, images_per_prompt,
-             professions, **o) -> None:
+def winobias(classifier, attributes, group_names, watch, baseline_run, align_model, templates, max_templates,
+             images_per_prompt, professions, **o) -> None:
     """WinoBias professions x templates: deviation ratio per profession and mean, and WinoAlign."""
     from hsteer.evaluation.winobias import parse_professions
 
@@ -220,6 +246,12 @@ def winobias(classifier, attributes, group_names, align_model, templates, max_te
         scoring["groups"] = list(group_names) or None
     else:
         scoring["attributes"] = {k: list(v) for k, v in parse_attributes(attributes, group_names).items()}
+    scoring["watch"] = parse_watch(watch, classifier == "world")
+    clash = set(scoring["watch"]) & set(scoring.get("attributes") or scoring.get("groups") or ())
+    if clash:
+        raise HsteerError(f"group {', '.join(sorted(clash))} is both scored and watched; watch only the others")
+    if baseline_run is not None:
+        scoring["baseline_run"] = str(Path(baseline_run).resolve())
     task_args = {"professions": list(parse_professions(professions)), "templates": templates,
                  "max_templates": max_templates, "images_per_prompt": images_per_prompt}
     _run("winobias", task_args, scoring, o)

@@ -24,6 +24,41 @@ def policy_from_spec(spec: dict[str, Any]):
     raise HsteerError(f"unknown policy kind {kind!r}")
 
 
+# Generation settings a plain baseline run must share with the steered run it is the baseline of.
+BASELINE_KEYS = ("task", "model", "dtype", "steps", "guidance", "height", "width", "seed")
+
+
+def check_baseline_run(base_dir, generation) -> None:
+    """Refuse a baseline folder that is not a plain run of the same model, sampling and seeds.
+
+    Prompts are matched image by image when scoring (same prompt and seed), so its task arguments may differ.
+    """
+    from pathlib import Path
+
+    from hsteer.evaluation.runs import read_config
+
+    base = read_config(Path(base_dir)).generation
+    if base.policy.get("kind", "plain") != "plain":
+        raise HsteerError(f"--baseline-run {base_dir} is a {policy_label(base.policy)} run; it must be plain")
+    ours, theirs = generation.to_dict(), base.to_dict()
+    diff = [k for k in BASELINE_KEYS if ours.get(k) != theirs.get(k)]
+    if diff:
+        raise HsteerError(f"--baseline-run {base_dir} was made with other settings ({', '.join(diff)} differ); "
+                          "it needs the same model, sampling and seeds")
+
+
+def targeted_by_spec(spec: dict[str, Any], bank_path: str | None = None) -> set[str]:
+    """The attribute groups a run's policy steers (`leakage.targeted_groups` of its policy)."""
+    from hsteer.evaluation.leakage import targeted_groups
+
+    bank = None
+    if spec.get("kind") == "concepts" and bank_path:
+        from hsteer.hspace.bank import ConceptBank
+
+        bank = ConceptBank.load(bank_path)
+    return targeted_groups(policy_from_spec(spec), bank)
+
+
 def policy_label(spec: dict[str, Any]) -> str:
     kind = spec.get("kind", "plain")
     if kind == "sld":

@@ -57,7 +57,7 @@ def distribution_plot(summary: dict, group: str, out: Path) -> None:
 
     per = summary["per_profession"]
     professions = list(per)
-    classes = list(summary["attributes"][group])
+    classes = list({**summary["attributes"], **summary.get("watch", {})}[group])
     fig, ax = plt.subplots(figsize=(7, 0.3 * len(professions) + 1.2))
     left = [0.0] * len(professions)
     for cls in classes:

@@ -68,3 +68,113 @@ def labels_by_setting(items: Sequence[Mapping[str, str]], setting_key: str, grou
         for group in groups:
             entry[group].append(item[group])
     return out
+
+
+# --- leakage and intervals (docs/methods.md §8) -------------------------------------------------------
+
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+
+
+def agreement(steered: Sequence[str], plain: Sequence[str]) -> float:
+    """Same-seed agreement: the share of image pairs (steered, plain of the same seed) with the same label."""
+    if len(steered) != len(plain):
+        raise ValueError(f"{len(steered)} steered labels against {len(plain)} plain ones")
+    if not steered:
+        raise ValueError("no labels to compare")
+    return sum(a == b for a, b in zip(steered, plain)) / len(steered)
+
+
+def deviation_ratio_change(steered: Sequence[str], plain: Sequence[str], classes: Sequence[str]) -> float:
+    """The steered images' deviation ratio minus the plain images' (positive: the attribute got more skewed)."""
+    return deviation_ratio(steered, classes) - deviation_ratio(plain, classes)
+
+
+class Bootstrap:
+    """Percentile bootstrap over images, resampled within strata; one index matrix for every statistic.
+
+    `strata[i]` is image i's stratum (e.g. (profession, drawn concept)): each resample draws, with
+    replacement, as many images from each stratum as it holds, so balanced designs stay balanced and
+    per-stratum means (over professions) keep their composition. Paired statistics (agreement, change
+    against plain) index the steered and the plain arrays with the same draw. The RNG seed is fixed, so a
+    report repeats exactly.
+    """
+
+    def __init__(self, strata: Sequence, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                 level: float = 0.95) -> None:
+        import numpy as np
+
+        if not strata:
+            raise ValueError("no images to resample")
+        self.level = level
+        rng = np.random.default_rng(seed)
+        members: dict = {}
+        for n, key in enumerate(strata):
+            members.setdefault(key, []).append(n)
+        self.indices = np.empty((resamples, len(strata)), dtype=np.int64)
+        for positions in members.values():
+            pos = np.asarray(positions)
+            self.indices[:, pos] = pos[rng.integers(0, len(pos), size=(resamples, len(pos)))]
+        self.size = len(strata)
+
+    def interval(self, statistic) -> list[float]:
+        """[lo, hi]: the central `level` percentile interval of `statistic` over the resamples.
+
+        statistic: (R, n) index array -> R values (vectorised; see `share_statistic`, `deviation_statistic`).
+        """
+        import numpy as np
+
+        values = np.asarray(statistic(self.indices), dtype=float)
+        tail = (1 - self.level) / 2 * 100
+        lo, hi = np.nanpercentile(values, [tail, 100 - tail]) if np.isfinite(values).any() else (np.nan, np.nan)
+        return [float(lo), float(hi)]
+
+    def point(self, statistic) -> float:
+        """The statistic on the images as they are (the identity resample)."""
+        import numpy as np
+
+        return float(np.asarray(statistic(np.arange(self.size)[None, :]))[0])
+
+
+def share_statistic(flags: Sequence[bool]):
+    """Resamples -> share of True among `flags` (agreement, fidelity, harm rate)."""
+    import numpy as np
+
+    values = np.asarray(flags, dtype=float)
+    return lambda idx: values[idx].mean(axis=1)
+
+
+def deviation_statistic(labels: Sequence[str], classes: Sequence[str], settings: Sequence | None = None,
+                        only: Sequence | None = None):
+    """Resamples -> deviation ratio of `labels`; with `settings` (one per image), its mean over the settings
+    (over those in `only`, if given). The bootstrap's strata must nest within the settings.
+
+    Labels outside `classes` count in N but in no class, as in `distribution`.
+    """
+    import numpy as np
+
+    code = {c: n for n, c in enumerate(classes)}
+    onehot = np.zeros((len(labels), len(classes)))
+    for n, label in enumerate(labels):
+        if label in code:
+            onehot[n, code[label]] = 1.0
+    keys = list(settings) if settings is not None else [None] * len(labels)
+    chosen = [k for k in dict.fromkeys(keys) if only is None or k in set(only)]
+    if not chosen:
+        raise ValueError("no images in the chosen settings")
+    columns = [np.asarray([n for n, k in enumerate(keys) if k == key]) for key in chosen]
+    uniform = 1 / len(classes)
+
+    def statistic(idx):
+        ratios = []
+        for cols in columns:
+            shares = onehot[idx[:, cols]].mean(axis=1)  # (R, C); a setting's images stay its own
+            ratios.append(np.abs(shares - uniform).max(axis=1) / (1 - uniform))
+        return np.mean(ratios, axis=0)
+
+    return statistic
+
+
+def difference(a, b):
+    """Resamples -> statistic a minus statistic b on the same draw (paired: e.g. steered minus plain)."""
+    return lambda idx: a(idx) - b(idx)

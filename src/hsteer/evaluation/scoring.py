@@ -15,7 +15,8 @@ from hsteer.evaluation.tasks.base import Scorers
 from hsteer.fileio import atomic_write_text
 
 # Scoring settings that only say where a scorer's weights or data live: scoring elsewhere may move them.
-RELOCATABLE = ("classifier", "align_model", "clip", "q16_clip", "q16_prompts", "reference", "fid_weights")
+RELOCATABLE = ("classifier", "align_model", "clip", "q16_clip", "q16_prompts", "reference", "fid_weights",
+               "baseline_run")
 
 
 def relocated(scoring: dict[str, Any], locations: dict[str, str] | None) -> dict[str, Any]:

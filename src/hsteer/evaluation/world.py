@@ -7,10 +7,11 @@ policies, and the images and labels can be kept for grids. Seeds are fixed: a ru
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from hsteer.evaluation.images import image_grid
+from hsteer.evaluation.leakage import targeted_groups, untargeted_summary
 from hsteer.evaluation.tasks.world import HARM_PROMPTS, TEMPLATES, labelled, world_jobs, world_summary
 from hsteer.generation import ImageJob, PlainPolicy, Policy, generate_jobs
 from hsteer.hspace.bank import ConceptBank
@@ -37,14 +38,19 @@ class WorldEvalResult:
     summary: dict[str, Any]
     images: dict[str, list[Any]] = field(default_factory=dict)  # prompt -> images (for grids)
     labels: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # prompt -> group -> labels
+    items: list[dict[str, Any]] = field(default_factory=list)  # bias images: job (prompt, seed, concepts) + labels
 
 
 def evaluate_world(pipe, config: WorldEvalConfig | None = None, *, bank: ConceptBank | None = None,
                    policy: Policy | None = None, harm_policy: Policy | None = None, probe=None,
-                   keep_images: bool = False, progress: bool = True) -> WorldEvalResult:
+                   keep_images: bool = False, progress: bool = True,
+                   baseline: WorldEvalResult | None = None, untargeted: bool = True) -> WorldEvalResult:
     """Generate the world's evaluation set under `policy` (bias prompts) and `harm_policy` (harm prompts).
 
-    `harm_policy` defaults to `policy`; pass `SafePolicy()` to measure a safety concept.
+    `harm_policy` defaults to `policy`; pass `SafePolicy()` to measure a safety concept. A steered `policy`
+    is also measured on the attributes it is not for (summary["untargeted"], docs/methods.md §8) against
+    the plain images of the same prompts and seeds: `baseline` (a plain result of the same config), or
+    generated here; `untargeted=False` skips it (no plain images are made).
     """
     from hsteer.world import scene
 
@@ -67,6 +73,15 @@ def evaluate_world(pipe, config: WorldEvalConfig | None = None, *, bank: Concept
                       **world_summary(items[0], items[1] if harm_jobs else None, professions, attributes)}
     if harm_jobs:
         result.summary["harm_policy"] = harm_policy.name
+    result.items = items[0]
+    targeted = targeted_groups(policy, bank)
+    if targeted and untargeted:
+        plain = baseline or evaluate_world(pipe, replace(config, harm_prompts=()), probe=probe, progress=progress)
+        groups = {g: c for g, c in attributes.items() if g not in targeted}
+        if "profession" not in targeted:
+            groups["profession"] = ("profession_read", None)
+        result.summary["targeted"] = sorted(targeted)
+        result.summary["untargeted"] = untargeted_summary(result.items, plain.items, groups, "profession")
     return result
 
 
@@ -83,4 +98,5 @@ def _read(probe, jobs: list[ImageJob], out, result: WorldEvalResult, keep_images
             entry[key].append(labels[key][n])
         if keep_images:
             result.images.setdefault(job.prompt, []).append(out.images[n])
-    return labelled(labels, [job.extra for job in jobs])
+    return labelled(labels, [{**job.extra, "prompt": job.prompt, "seed": job.seed,
+                              "concepts": [name for name, _ in job.concepts]} for job in jobs])

@@ -10,7 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hsteer.errors import HsteerError
 from hsteer.evaluation.clip import DEFAULT_CLIP
+from hsteer.evaluation.leakage import bias_intervals, fmt_ci, pair_items, untargeted_summary
 from hsteer.evaluation.images import distribution_plot
 from hsteer.evaluation.metrics import labels_by_setting, summarize_bias
 from hsteer.evaluation.published import fmt, published_section, slug
@@ -38,43 +40,40 @@ class WinoBiasTask:
         name = run.scoring.get("classifier") or DEFAULT_CLIP
         classifier, attributes = _classifier(name, run)
         align_name = run.scoring.get("align_model") or (None if name == WORLD else name)
-        text_cache: dict[str, Any] = {}
-        per_image: list[dict] = []
-        for chunk in run.chunks():
-            images = run.open(chunk)
-            if name == WORLD:
-                embeds, labels = None, classifier.classify(images)
-            else:
-                embeds = classifier.scorer.image_embeds(images)
-                labels = classifier.classify(images, embeds=embeds)
-            align = None
-            if align_name:
-                scorer = run.scorers.get(align_name)
-                if embeds is None or scorer is not getattr(classifier, "scorer", None):
-                    embeds = scorer.image_embeds(images)
-                align = alignment(scorer, embeds, [r["prompt"] for r in chunk], text_cache)
-            per_image += [_item(row, {g: labels[g][n] for g in attributes}, align, n) for n, row in enumerate(chunk)]
+        per_image = _label(run, classifier, attributes, name == WORLD, align_name)
+        watched = [g for g in _watch(run.scoring, name) if g in attributes]
         summary = {"classifier": name, **bias_summary(per_image, attributes, "profession")}
+        summary["attributes"] = {g: t for g, t in summary["attributes"].items() if g not in watched}
+        if watched:
+            summary["watch"] = {g: list(attributes[g]) for g in watched}
+        summary["deviation_ratio_ci"] = bias_intervals(per_image, attributes, "profession",
+                                                       list(summary["per_profession"]))
         if align_name:
             summary.update(_winoalign(per_image, align_name))
+        summary["targeted"] = sorted(_targeted(run))
+        if run.scoring.get("baseline_run"):
+            summary.update(_against_plain(run, per_image, classifier, attributes, name == WORLD, summary["targeted"]))
         return per_image, summary
 
     def summary_line(self, summary: dict[str, Any]) -> str:
         parts = [f"{g} DevRat {v:.3f}" for g, v in summary["mean_deviation_ratio"].items()]
         if "winoalign" in summary:
             parts.append(f"WinoAlign {summary['winoalign']:.2f}")
+        parts += [f"{g} kept {e['agreement']:.2f}" for g, e in summary.get("untargeted", {}).items()]
         return ", ".join(parts)
 
     def report_section(self, summary: dict[str, Any], per_image: Sequence[dict], run_dir: Path,
                        grid_images: int) -> list[str]:
-        groups = list(summary["attributes"])
+        groups = [*summary["attributes"], *summary.get("watch", {})]
         ours = {**summary["mean_deviation_ratio"], "winoalign": summary.get("winoalign")}
-        keys = [(g, f"{g} DevRat") for g in groups] + [("winoalign", "WinoAlign")]
+        keys = [(g, f"{g} DevRat") for g in summary["attributes"]] + [("winoalign", "WinoAlign")]
+        named = {**summary["attributes"], **summary.get("watch", {})}
         lines = ["## Deviation ratio (mean over professions) and WinoAlign", "",
                  *published_section(keys, ours, summary["policy"]),
                  f"Classifier: `{summary['classifier']}`; attributes: "
-                 + "; ".join(f"{g} = {', '.join(repr(t) for t in ts)}" for g, ts in summary["attributes"].items()),
-                 "", "## Per profession", "", *profession_table(summary), "", "## Distributions", ""]
+                 + "; ".join(f"{g} = {', '.join(repr(t) for t in ts)}" for g, ts in named.items()),
+                 "", *untargeted_section(summary), "## Per profession", "", *profession_table(summary), "",
+                 "## Distributions", ""]
         for g in groups:
             out = run_dir / "plots" / f"distribution-{slug(g)}.png"
             distribution_plot(summary, g, out)
@@ -83,22 +82,84 @@ class WinoBiasTask:
         return lines + grids_by(run_dir, per_image, lambda i: [i["profession"]], grid_images)
 
 
+def _watch(scoring: dict[str, Any], name: str) -> dict[str, tuple[str, ...]] | list[str]:
+    """The watched groups (attributes the run does not steer): group -> texts, or probe group names (world)."""
+    watch = scoring.get("watch") or {}
+    return list(watch) if name == WORLD else {g: tuple(t) for g, t in watch.items()}
+
+
 def _classifier(name: str, run: ScoringRun):
-    """(the attribute classifier, group -> labels) for a classifier name (`world` or a CLIP)."""
+    """(the attribute classifier, group -> labels) for a classifier name (`world` or a CLIP), watched groups included."""
     if name == WORLD:
         from hsteer.world.scene import WorldProbe
 
         probe = WorldProbe()
-        groups = run.scoring.get("groups") or list(probe.attributes)
+        groups = list(dict.fromkeys([*(run.scoring.get("groups") or probe.attributes), *_watch(run.scoring, name)]))
+        unknown = [g for g in groups if g not in probe.attributes]
+        if unknown:
+            raise HsteerError(f"the world's probes read {', '.join(probe.attributes)}, not {', '.join(unknown)}")
         return probe, {g: tuple(probe.attributes[g]) for g in groups}
     from hsteer.evaluation.clip import ClipZeroShot
 
     attributes = {g: tuple(t) for g, t in run.scoring["attributes"].items()}
+    attributes.update(_watch(run.scoring, name))
     return ClipZeroShot(run.scorers.get(name), attributes), attributes
 
 
+def _label(run: ScoringRun, classifier, attributes: dict[str, tuple[str, ...]], world: bool,
+           align_name: str | None = None) -> list[dict]:
+    """One item per image of `run`: its job, each group's label (and WinoAlign with `align_name`)."""
+    text_cache: dict[str, Any] = {}
+    per_image: list[dict] = []
+    for chunk in run.chunks():
+        images = run.open(chunk)
+        if world:
+            embeds, labels = None, classifier.classify(images)
+        else:
+            embeds = classifier.scorer.image_embeds(images)
+            labels = classifier.classify(images, embeds=embeds)
+        align = None
+        if align_name:
+            scorer = run.scorers.get(align_name)
+            if embeds is None or scorer is not getattr(classifier, "scorer", None):
+                embeds = scorer.image_embeds(images)
+            align = alignment(scorer, embeds, [r["prompt"] for r in chunk], text_cache)
+        per_image += [_item(row, {g: labels[g][n] for g in attributes}, align, n) for n, row in enumerate(chunk)]
+    return per_image
+
+
+def _targeted(run: ScoringRun) -> set[str]:
+    """The groups the run's policy steers (attribute groups named like them count as targeted)."""
+    from hsteer.evaluation.baselines import targeted_by_spec
+    from hsteer.evaluation.runs import read_config
+
+    generation = read_config(run.run_dir).generation
+    return targeted_by_spec(generation.policy, generation.bank)
+
+
+def _against_plain(run: ScoringRun, per_image: list[dict], classifier, attributes: dict[str, tuple[str, ...]],
+                   world: bool, targeted: list[str]) -> dict[str, Any]:
+    """The plain baseline run's images, read by the same classifier: its deviation ratios, and every
+    untargeted group's same-seed agreement and deviation-ratio change (docs/methods.md §8)."""
+    from hsteer.evaluation.baselines import check_baseline_run
+    from hsteer.evaluation.runs import MANIFEST, read_config, read_jsonl
+
+    base_dir = Path(run.scoring["baseline_run"])
+    check_baseline_run(base_dir, read_config(run.run_dir).generation)
+    rows = read_jsonl(base_dir / MANIFEST)  # written once every job of the run is finished
+    if not rows:
+        raise HsteerError(f"the baseline run {base_dir} is not fully generated; finish it with its own command")
+    base = ScoringRun(base_dir, rows, run.scoring, run.scorers, run.batch)
+    plain = _label(base, classifier, attributes, world)
+    untargeted = {g: c for g, c in attributes.items() if g not in targeted}
+    plain_bias = bias_summary(pair_items(per_image, plain), attributes, "profession")
+    return {"baseline_run": str(base_dir),
+            "plain_mean_deviation_ratio": plain_bias["mean_deviation_ratio"],
+            "untargeted": untargeted_summary(per_image, plain, untargeted, "profession")}
+
+
 def _item(row: dict, labels: dict[str, str], align: list[float] | None, n: int) -> dict:
-    item = {"file": row["file"], "prompt": row["prompt"], "profession": row["profession"],
+    item = {"file": row["file"], "prompt": row["prompt"], "seed": row["seed"], "profession": row["profession"],
             "concepts": row.get("concepts", []), **labels}
     if align is not None:
         item["winoalign"] = align[n]
@@ -124,9 +185,35 @@ def _winoalign(per_image: Sequence[dict], align_name: str) -> dict[str, Any]:
             "winoalign_per_profession": {p: mean(v) for p, v in per_prof.items()}}
 
 
+def untargeted_section(summary: dict[str, Any]) -> list[str]:
+    """Markdown: every group's deviation ratio with its 95% interval, next to the plain baseline's, and the
+    untargeted groups' same-seed agreement and change against plain (docs/methods.md §8)."""
+    ci = summary.get("deviation_ratio_ci", {}).get("mean_all", {})
+    watch, plain = summary.get("watch", {}), summary.get("plain_mean_deviation_ratio", {})
+    lines = ["## Every attribute, with bootstrap 95% intervals", "",
+             "| group | | DevRat (this run) | DevRat (plain run) |", "|---|---|---|---|"]
+    for g, value in summary["mean_deviation_ratio"].items():
+        role = "watched" if g in watch else "targeted" if g in summary.get("targeted", ()) else "untargeted"
+        lines.append(f"| {g} | {role} | {fmt_ci(value, ci.get(g))} | {fmt(plain.get(g))} |")
+    lines.append("")
+    if "untargeted" not in summary:
+        return lines + ["Name a finished plain run of the same model and seeds (`--baseline-run DIR`) for "
+                        "same-seed agreement and the change against plain.", ""]
+    lines += [f"Against the plain run `{summary['baseline_run']}`, image by image (same prompt and seed): "
+              "agreement is the share of images whose label equals the plain image's.", "",
+              "| untargeted group | same-seed agreement | DevRat plain | DevRat this run | change |",
+              "|---|---|---|---|---|"]
+    for g, e in summary["untargeted"].items():
+        lines.append(f"| {g} | {fmt_ci(e['agreement'], e['agreement_ci'])} | "
+                     f"{fmt_ci(e['deviation_ratio_plain'], e['deviation_ratio_plain_ci'])} | "
+                     f"{fmt_ci(e['deviation_ratio'], e['deviation_ratio_ci'])} | "
+                     f"{fmt_ci(e['deviation_ratio_change'], e['deviation_ratio_change_ci'])} |")
+    return lines + [""]
+
+
 def profession_table(summary: dict[str, Any]) -> list[str]:
     """Markdown: per profession, each group's deviation ratio and distribution (and WinoAlign)."""
-    groups = list(summary["attributes"])
+    groups = [*summary["attributes"], *summary.get("watch", {})]
     align = summary.get("winoalign_per_profession")
     head = "| profession | " + " | ".join(f"{g} DevRat | {g} distribution" for g in groups)
     if align is not None:

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hsteer.evaluation.metrics import joint_distribution
+from hsteer.evaluation.leakage import bias_intervals, strata
+from hsteer.evaluation.metrics import Bootstrap, deviation_statistic, joint_distribution, share_statistic
 from hsteer.evaluation.published import fmt
 from hsteer.evaluation.runs import GenerationSettings
 from hsteer.evaluation.tasks.base import ScoringRun, grids_by
@@ -85,7 +86,35 @@ def world_summary(bias_items: Sequence[dict], harm_items: Sequence[dict] | None,
             [i[g1] for i in bias_items], [i[g2] for i in bias_items], attributes[g1], attributes[g2])
     if harm_items:
         summary["harm_rate"] = _harm_rate(harm_items)
+    summary.update(world_intervals(bias_items, professions, attributes))
     return summary
+
+
+def world_intervals(bias_items: Sequence[dict], professions: Sequence[str],
+                    attributes: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+    """deviation_ratio_ci (per profession, mean_all, mean_biased, mean_biased_pairs) and fidelity_ci.
+
+    Percentile bootstrap, 1000 resamples within (profession, drawn concepts), fixed seed (docs/methods.md §8).
+    """
+    from hsteer.world import scene
+
+    boot = Bootstrap(strata(bias_items, "profession"))
+    biased = {g: [p for p in professions if p in scene.BIASED_PROFESSIONS and (p, g) in scene.BIASED_PAIRS]
+              for g in attributes}
+    ci = bias_intervals(bias_items, attributes, "profession", professions, {"mean_biased": biased}, boot)
+    pairs = [(p, g) for p, g in scene.BIASED_PAIRS if p in professions and g in attributes]
+    ci["mean_biased_pairs"] = boot.interval(_pairs_statistic(bias_items, pairs, attributes)) if pairs else None
+    hits = share_statistic([i["profession_read"] == i["profession"] for i in bias_items])
+    return {"deviation_ratio_ci": ci, "fidelity_ci": boot.interval(hits)}
+
+
+def _pairs_statistic(items: Sequence[dict], pairs: Sequence[tuple[str, str]], attributes: dict[str, tuple[str, ...]]):
+    """Resamples -> the mean over (profession, group) pairs of that profession's deviation ratio in that group."""
+    import numpy as np
+
+    keys = [i["profession"] for i in items]
+    stats = [deviation_statistic([i[g] for i in items], attributes[g], keys, [p]) for p, g in pairs]
+    return lambda idx: np.mean([stat(idx) for stat in stats], axis=0)
 
 
 def _harm_rate(items: Sequence[dict]) -> float:
