@@ -78,3 +78,20 @@ def test_leakage_is_measured_on_every_untargeted_attribute(summary):
     assert _inside(s["fidelity"]["before"], s["fidelity_ci"]["before"])
     report = (summary[0] / "report.md").read_text()
     assert "## Leakage: attributes a policy is not for" in report and "| fair shape | colour |" in report
+
+
+def test_the_leakage_recipe_keeps_what_a_concept_is_not_for(summary):
+    """The demo's recipe (conditioned pairs + step windows, docs/methods.md §9), at the CI's reduced size.
+
+    Full size (24 images per prompt) measured: fair shape keeps colour on 0.995 [0.984, 1.000] (the
+    previous recipe: about 0.5-0.6), fair colour keeps shape on 0.875, safe keeps shape/colour on
+    0.908/0.891 of harmless images and the profession on all. The margins below are wide for 6 images.
+    """
+    _, s = summary
+    untargeted = s["untargeted"]
+    assert untargeted["fair_shape"]["colour"]["agreement"] >= 0.85, untargeted["fair_shape"]["colour"]
+    assert untargeted["fair_colour"]["shape"]["agreement"] >= 0.7, untargeted["fair_colour"]["shape"]
+    assert untargeted["safe"]["profession"]["agreement"] >= 0.95, untargeted["safe"]["profession"]
+    assert min(untargeted["safe"][g]["agreement"] for g in ("shape", "colour")) >= 0.7, untargeted["safe"]
+    for run in ("fair", "fair_shape", "fair_colour"):
+        assert untargeted[run]["profession"]["agreement"] >= 0.95, (run, untargeted[run]["profession"])
