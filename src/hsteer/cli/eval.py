@@ -102,7 +102,8 @@ def eval_options(fn):
     options = [
         click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
                      help="Run folder: images, manifests, scores, report (rerun the same command to resume)."),
-        click.option("--bank", "bank_path", default=None, type=click.Path(dir_okay=False, path_type=Path)),
+        click.option("--bank", "bank_path", default=None,
+                     help="Bank file or folder, or a Hub repo: USER/REPO[:FILE][@REVISION]."),
         click.option("--fair", default=None, help="Group(s) to draw one concept from per image, e.g. gender."),
         click.option("--safe", is_flag=True, help="Add the sum of the bank's safety group."),
         click.option("--concept", "concepts", multiple=True, help="NAME or NAME=SCALE (repeatable; summed)."),
@@ -160,7 +161,10 @@ def _run(task: str, task_args: dict[str, Any], scoring: dict[str, Any], o: dict[
     policy = _policy_spec(o["fair"], o["safe"], o["concepts"], o["scales"], o["baseline"], o["bank_path"])
     bank = None
     if o["bank_path"] is not None:
-        bank = str(Path(o["bank_path"]).resolve())
+        from hsteer.hspace.hub import parse_bank_spec
+
+        source = parse_bank_spec(o["bank_path"])  # a local path is stored absolute, a Hub repo as given
+        bank = str(source.path.resolve()) if source.path is not None else str(o["bank_path"])
         if policy["kind"] != "plain":
             ConceptBank.load(bank)  # fail now on a missing or corrupt bank, not after the first process starts
     if o["batch_size"] < 1:
