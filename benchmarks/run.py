@@ -303,7 +303,7 @@ def _quality(summary: dict) -> dict[str, float]:
     """What the training benchmark asks of a fair-over-shape bank: targeted DevRat, untargeted colour agreement."""
     untargeted = summary.get("untargeted", {}).get("colour", {})
     return {"deviation_ratio": summary["deviation_ratio"]["mean_all"]["shape"],
-            "deviation_ratio_ci": summary.get("deviation_ratio_ci", {}).get("shape"),
+            "deviation_ratio_ci": summary.get("deviation_ratio_ci", {}).get("mean_all", {}).get("shape"),
             "colour_agreement": untargeted.get("agreement"),
             "colour_agreement_ci": untargeted.get("agreement_ci"),
             "fidelity": summary["fidelity"]["mean"]}
