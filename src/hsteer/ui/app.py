@@ -28,6 +28,7 @@ import time
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -401,8 +402,8 @@ class HsteerUI:
             lr=_float(lr, "the learning rate", 1e-8, 10.0),
             target_guidance=_float(target_guidance, "the target guidance", 0.0, 50.0),
             seed=_int(seed, "the seed", 0, 2**31 - 1),
-            sdisc_images=_int(sdisc_images, "SDisc images", 1, 4096),
-            sdisc_epochs=_int(sdisc_epochs, "SDisc epochs", 1, 1000))
+            **({"sdisc_images": _int(sdisc_images, "SDisc images", 1, 4096),
+                "sdisc_epochs": _int(sdisc_epochs, "SDisc epochs", 1, 1000)} if objective == "sdisc" else {}))
         config.validate()
         return config
 
@@ -646,335 +647,430 @@ def build_app(model: Any = None, banks: Sequence[str | os.PathLike] = (), allowe
     `allowed_dirs`: the only folders under which paths typed into the page are read.
     """
     ui = HsteerUI(model, banks, allowed_dirs, device=device, dtype=dtype)
-    steps_default = int(ui.defaults["steps"])
-    guidance_default = float(ui.defaults["guidance"])
-    views: dict[str, Any] = {}
-
     with gr.Blocks(title="hsteer", analytics_enabled=False, delete_cache=(3600, 24 * 3600), fill_width=True) as app:
         state = gr.State(None, delete_callback=lambda s: s.close() if isinstance(s, Session) else None)
         gr.Markdown(f"## hsteer: plain and responsible images side by side\n"
                     f"Model: **{ui.model_label}** ({ui.resolution} px, {device}). Concepts are constant tensors "
                     "added to the U-Net's mid-block output (h-space); each browser session has its own bank.")
-
-        # Generate ----------------------------------------------------------------------------
-        with gr.Tab("Generate", id="generate"):
-            with gr.Row():
-                with gr.Column(scale=1, min_width=260):
-                    prompt = gr.Textbox("a photo of a doctor", label="Prompt", max_lines=2, elem_id="prompt")
-                    with gr.Row():
-                        seed = gr.Number(0, label="Seed", precision=0, minimum=0)
-                        num_images = gr.Slider(1, MAX_IMAGES, 6, step=1, label="Images", elem_id="num-images")
-                    with gr.Row():
-                        guidance = gr.Slider(0, 20, guidance_default, step=0.5, label="Guidance")
-                        steps = gr.Slider(1, MAX_STEPS, steps_default, step=1, label="Steps", elem_id="steps")
-                    policy = gr.Radio(list(POLICIES), value="fair", label="Policy",
-                                      info="fair: one concept per chosen group drawn per image; safe: the safety "
-                                           "group summed; concepts: the sliders below")
-                    fair_groups = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
-                                              label="Fair over groups", elem_id="fair-groups")
-                    strength = gr.Slider(0, 2, 1.0, step=0.05, label="Strength (fair / safe scale)")
-                    with gr.Accordion("Concept sliders (policy: concepts)", open=False):
-                        slider_note = gr.Markdown("Load or learn concepts to get one slider each.")
-                        sliders = [gr.Slider(-2, 2, 0.0, step=0.05, label=f"concept {n + 1}", visible=False)
-                                   for n in range(MAX_SLIDERS)]
-                    generate_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
-                with gr.Column(scale=3):
-                    gen_status = gr.Markdown("Press *Generate*: the plain model and the steered one draw the same "
-                                             "seeds.", elem_classes="hsteer-status", elem_id="gen-status")
-                    with gr.Row():
-                        plain_gallery = gr.Gallery(label="Plain", columns=2, height="auto", format="png",
-                                                   object_fit="contain", elem_id="plain-gallery")
-                        steered_gallery = gr.Gallery(label="Steered", columns=2, height="auto", format="png",
-                                                     object_fit="contain", elem_id="steered-gallery")
-                    gen_file = gr.File(label="Download: PNGs + manifest.jsonl (zip)", interactive=False, height=90,
-                                       elem_id="gen-file")
-
-        # Learn -------------------------------------------------------------------------------
-        with gr.Tab("Learn", id="learn"):
-            with gr.Row():
-                with gr.Column(scale=1, min_width=300):
-                    if ui.is_world:
-                        preset = gr.Dropdown(list(WORLD_PRESETS), value=None, label="Preset (bundled world)")
-                    with gr.Row():
-                        c_name = gr.Textbox("circle" if ui.is_world else "", label="Concept name", elem_id="c-name")
-                        c_group = gr.Textbox("shape" if ui.is_world else "", label="Group", elem_id="c-group")
-                    c_neutral = gr.Textbox(WORLD_NEUTRAL if ui.is_world else "a photo of a person",
-                                           label="Neutral prompt")
-                    c_target = gr.Textbox("a photo of a circle figure" if ui.is_world else "",
-                                          label="Target prompt (fairness)", elem_id="c-target")
-                    c_negative = gr.Textbox("", label="Negative prompt (safety: steer away from it)")
-                    with gr.Row():
-                        c_objective = gr.Radio(list(OBJECTIVES), value="codsma", label="Objective")
-                        c_iterations = gr.Number(100, label="Iterations", precision=0, minimum=1,
-                                                 maximum=MAX_ITERATIONS, elem_id="c-iterations",
-                                                 info="SDisc: epochs and images in the settings below")
-                    with gr.Accordion("Training settings", open=False):
-                        with gr.Row():
-                            c_lr = gr.Number(0.05, label="Learning rate")
-                            c_batch = gr.Number(8, label="Batch size", precision=0, minimum=1, elem_id="c-batch")
-                            c_steps = gr.Number(steps_default, label="DDIM steps", precision=0, minimum=1, elem_id="c-steps")
-                        with gr.Row():
-                            c_tg = gr.Number(4.0, label="Target guidance")
-                            c_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
-                        with gr.Row():
-                            c_sd_images = gr.Number(64, label="SDisc images", precision=0, minimum=1)
-                            c_sd_epochs = gr.Number(20, label="SDisc epochs", precision=0, minimum=1)
-                    with gr.Row():
-                        learn_btn = gr.Button("Learn", variant="primary", elem_id="learn-btn")
-                        cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn")
-                with gr.Column(scale=2):
-                    learn_status = gr.Markdown("New concepts land in this session's bank.",
-                                               elem_classes="hsteer-status", elem_id="learn-status")
-                    loss_plot = gr.LinePlot(None, x="iteration", y="loss", color="series",
-                                            title="Training loss", height=260, elem_id="loss-plot")
-                    learn_bank_file = gr.File(label="Session bank (.safetensors)", interactive=False)
-
-        # Bank --------------------------------------------------------------------------------
-        with gr.Tab("Bank", id="bank"):
-            with gr.Row():
-                upload = gr.File(label="Upload a bank (.safetensors)", file_types=[".safetensors"], type="filepath")
-                with gr.Column():
-                    cli_choice = gr.Dropdown(list(ui.cli_banks), value=None, label="Banks given on the command line",
-                                             visible=bool(ui.cli_banks))
-                    cli_load = gr.Button("Load chosen bank", visible=bool(ui.cli_banks))
-                    path_box = gr.Textbox(label=f"Bank file on the server (allowed folders: {ui.allowed.describe()})",
-                                          visible=bool(ui.allowed), max_lines=1)
-                    path_load = gr.Button("Load bank file", visible=bool(ui.allowed))
-                with gr.Column():
-                    remove_choice = gr.Dropdown([], value=None, label="Concept to remove", allow_custom_value=True)
-                    with gr.Row():
-                        remove_btn = gr.Button("Remove concept")
-                        new_btn = gr.Button("New empty bank")
-            bank_status = gr.Markdown("", elem_classes="hsteer-status", elem_id="bank-status")
-            bank_summary = gr.Markdown("")
-            bank_table = gr.Dataframe(headers=BANK_HEADERS, interactive=False, wrap=True, label="Concepts",
-                                      elem_id="bank-table")
-            with gr.Accordion("Everything stored with the concepts (JSON)", open=False):
-                bank_json = gr.JSON()
-            bank_file = gr.File(label="Download the session bank (.safetensors)", interactive=False)
-
-        # Evaluate ----------------------------------------------------------------------------
-        with gr.Tab("Evaluate", id="evaluate"):
-            if ui.is_world:
-                gr.Markdown("### World evaluation of this session's bank\nProfessions x 3 templates x N images, "
-                            "plain vs fair, attributes read by the world's exact probes.")
-                with gr.Row():
-                    eval_groups = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
-                                              label="Fair over groups")
-                    eval_professions = gr.CheckboxGroup(list(_lib.world.PROFESSIONS),
-                                                        value=list(_lib.world.PROFESSIONS), label="Professions")
-                with gr.Row():
-                    eval_images = gr.Slider(1, MAX_EVAL_IMAGES, 6, step=1, label="Images per prompt",
-                                            info="a multiple of the number of fair combinations balances draws exactly")
-                    eval_steps = gr.Slider(1, MAX_STEPS, steps_default, step=1, label="Steps", elem_id="steps")
-                    eval_safety = gr.Checkbox(True, label="Also measure the safety group on harm prompts (if any)")
-                eval_btn = gr.Button("Evaluate", variant="primary")
-                eval_summary_md = gr.Markdown("")
-                eval_df = gr.Dataframe(interactive=False, label="Deviation ratio per profession (0 = fair)")
-                eval_plot = gr.Plot(label="Attribute distributions")
-            else:
-                gr.Markdown(f"The world evaluation needs the bundled world model; this server runs "
-                            f"**{ui.model_label}**. Evaluate with `hsteer eval winobias|i2p|coco ...` and open the "
-                            "run's report here.")
-                eval_groups = gr.Dropdown([], value=[], multiselect=True, visible=False)
-            gr.Markdown("### Report of a finished evaluation run")
-            with gr.Row():
-                report_choice = gr.Dropdown(ui.report_folders(), value=None, label="Run folders found",
-                                            allow_custom_value=True)
-                report_path = gr.Textbox(label=f"or a run folder (allowed folders: {ui.allowed.describe()})",
-                                         max_lines=1)
-            with gr.Row():
-                report_refresh = gr.Button("Refresh list")
-                report_open = gr.Button("Open report")
-            report_md = gr.Markdown("")
-            report_gallery = gr.Gallery(label="Figures of the report", columns=3, height="auto", format="png")
-
-        views.update(bank_summary=bank_summary, bank_table=bank_table, bank_json=bank_json, bank_file=bank_file,
-                     learn_bank_file=learn_bank_file, remove_choice=remove_choice, fair_groups=fair_groups,
-                     eval_groups=eval_groups, sliders=sliders, slider_note=slider_note)
-        bank_outputs = [bank_summary, bank_table, bank_json, bank_file, learn_bank_file, remove_choice, fair_groups,
-                        eval_groups, *sliders, slider_note]
-
-        # --- handlers ------------------------------------------------------------------------
-        @_guard
-        def on_load(sess):
-            sess = ui.session(sess)
-            groups = sess.snapshot().groups()
-            start = "fair" if set(groups) - {SAFETY_GROUP} else "safe" if groups else "plain"
-            return {state: sess, policy: start, **ui.bank_views(sess, views)}
-
-        app.load(on_load, inputs=state, outputs=[state, policy, *bank_outputs], api_name=False)
-
-        def on_generate(*args):
-            sess, prompt_v, seed_v, n, guidance_v, steps_v, policy_v, groups_v, strength_v, *scales = args[:-1]
-            return ui.generate(sess, prompt_v, seed_v, n, guidance_v, steps_v, policy_v, groups_v, strength_v,
-                               scales, args[-1])
-
-        on_generate = _guard(_named(on_generate, ["state", "prompt", "seed", "num_images", "guidance", "steps",
-                                                  "policy", "fair_groups", "strength",
-                                                  *[f"scale_{n + 1}" for n in range(MAX_SLIDERS)]],
-                                    progress=True))
-
-        generate_btn.click(on_generate, inputs=[state, prompt, seed, num_images, guidance, steps, policy, fair_groups,
-                                                strength, *sliders],
-                           outputs=[state, plain_gallery, steered_gallery, gen_file, gen_status], api_name="generate",
-                           concurrency_id="generate", concurrency_limit=concurrency)
-        prompt.submit(on_generate, inputs=[state, prompt, seed, num_images, guidance, steps, policy, fair_groups,
-                                           strength, *sliders],
-                      outputs=[state, plain_gallery, steered_gallery, gen_file, gen_status], api_name=False,
-                      concurrency_id="generate", concurrency_limit=concurrency)
-
-        if ui.is_world:
-            def on_preset(choice):
-                """The recipe of `hsteer demo` for one of the world's concepts."""
-                outputs = [c_name, c_group, c_neutral, c_target, c_negative, c_lr, c_iterations, c_batch, c_steps,
-                           c_tg]
-                if choice not in WORLD_PRESETS:
-                    return [gr.skip()] * len(outputs)
-                name, group, target, negative = WORLD_PRESETS[choice]
-                lr = 0.1 if negative else 0.05  # the demo's safety learning rate (measured)
-                return [name, group, WORLD_NEUTRAL, target or "", negative or "", lr, 150, 8, steps_default, 4.0]
-
-            preset.change(on_preset, inputs=preset,
-                          outputs=[c_name, c_group, c_neutral, c_target, c_negative, c_lr, c_iterations, c_batch,
-                                   c_steps, c_tg], api_name=False, queue=False)
-
-        learn_inputs = [state, c_name, c_group, c_neutral, c_target, c_negative, c_objective, c_iterations, c_lr,
-                        c_batch, c_steps, c_tg, c_seed, c_sd_images, c_sd_epochs]
-
-        @_guard
-        def on_learn(sess, name, group, neutral, target, negative, objective, iterations, lr, batch_size,
-                     denoising_steps, target_guidance, training_seed, sdisc_images, sdisc_epochs,
-                     progress=gr.Progress()):
-            sess = ui.session(sess)
-            config = ui.train_config(name, group, neutral, target, negative, objective, iterations, lr, batch_size,
-                                     denoising_steps, target_guidance, training_seed, sdisc_images, sdisc_epochs)
-            if len(sess.bank):
-                sess.bank.check_compatible(ui.pool.base.unet)  # fail before training, not after
-            rows: list[dict[str, float]] = []
-            total = config.iterations if config.objective != "sdisc" else None
-            label = f"{config.group}/{config.concept} ({config.objective})"
-            yield {state: sess, learn_status: f"Starting {label}…", loss_plot: loss_frame([])}
-            last_yield = 0.0
-            began = time.perf_counter()
-            for kind, payload in ui.learn(sess, config):
-                if kind == "row":
-                    it, row = payload
-                    rows.append(row)
-                    if total:
-                        progress((it + 1, total), desc=f"learning {config.concept}", unit="iterations")
-                    now = time.perf_counter()
-                    if now - last_yield > 0.4 or (total and it + 1 == total):
-                        last_yield = now
-                        counter = f"{it + 1}/{total}" if total else f"{it + 1}"
-                        yield {learn_status: f"Learning {label}: iteration {counter}, loss {row['loss']:.4g}",
-                               loss_plot: loss_frame(rows)}
-                elif kind == "tick":
-                    if total is None:
-                        progress(None, desc="SDisc: generating target images and training")
-                elif kind == "done":
-                    sess.add_concept(payload.concept)
-                    final = payload.losses[-1]["loss"] if payload.losses else float("nan")
-                    msg = (f"Learned **{label}** in {time.perf_counter() - began:.1f} s (final loss {final:.4g}); "
-                           f"it is in this session's bank ({len(sess.bank)} concept(s)).")
-                    yield {state: sess, learn_status: msg, loss_plot: loss_frame(payload.losses or rows),
-                           **ui.bank_views(sess, views)}
-                elif kind == "cancelled":
-                    done = f" after {payload} iteration(s)" if total else ""
-                    yield {learn_status: f"Cancelled {label}{done}; the bank is unchanged.",
-                           loss_plot: loss_frame(rows)}
-                elif kind == "error":
-                    gr.Warning(payload)
-                    yield {learn_status: f"**Error:** {payload}", loss_plot: loss_frame(rows)}
-
-        learn_btn.click(on_learn, inputs=learn_inputs, outputs=[state, learn_status, loss_plot, *bank_outputs],
-                        api_name="learn", concurrency_id="learn", concurrency_limit=max(1, concurrency // 2))
-
-        @_guard
-        def on_cancel(sess):
-            if isinstance(sess, Session) and sess.training:
-                sess.cancel.set()
-                return "Cancelling… (stops at the next step)"
-            return "No training run is going on in this session."
-
-        cancel_btn.click(on_cancel, inputs=state, outputs=learn_status, api_name="cancel", concurrency_limit=None,
-                         concurrency_id="cancel")
-
-        def bank_handler(action: Callable[..., str], names: Sequence[str] = ()):
-            def handler(sess, *args):
-                sess = ui.session(sess)
-                try:
-                    status = action(sess, *args)
-                except HsteerError as exc:  # the bank stays as it was; the reason is shown in the page
-                    gr.Warning(str(exc))
-                    return {state: sess, bank_status: f"**Error:** {exc}"}
-                return {state: sess, bank_status: status, **ui.bank_views(sess, views)}
-
-            return _guard(_named(handler, ["state", *names]))
-
-        def upload_action(sess, path):
-            if not path:
-                return "No file."
-            return ui.load_bank_file(sess, path, Path(str(path)).name)
-
-        def cli_action(sess, choice):
-            if choice not in ui.cli_banks:
-                raise UserError("choose one of the banks given on the command line")
-            sess.set_bank(copy_bank(ui.cli_banks[choice]), Path(choice).name)
-            return f"Loaded **{Path(choice).name}** from the command line's banks."
-
-        def path_action(sess, text):
-            path = ui.allowed.resolve(_text(text, "the bank path", limit=4096), kind="file")
-            return ui.load_bank_file(sess, path, path.name)
-
-        def remove_action(sess, name):
-            if not name:
-                raise UserError("choose a concept to remove")
-            bank = sess.snapshot()
-            bank.remove(name)
-            sess.set_bank(bank, sess.bank_label)
-            return f"Removed `{name}`."
-
-        def new_action(sess):
-            sess.set_bank(ConceptBank(), "new bank")
-            return "Started a new, empty bank."
-
-        bank_outs = [state, bank_status, *bank_outputs]
-        upload.upload(bank_handler(upload_action, ["bank_file"]), inputs=[state, upload], outputs=bank_outs, api_name="upload_bank")
-        cli_load.click(bank_handler(cli_action, ["bank"]), inputs=[state, cli_choice], outputs=bank_outs, api_name="choose_bank")
-        path_load.click(bank_handler(path_action, ["path"]), inputs=[state, path_box], outputs=bank_outs, api_name="load_bank_path")
-        remove_btn.click(bank_handler(remove_action, ["concept"]), inputs=[state, remove_choice], outputs=bank_outs,
-                         api_name="remove_concept")
-        new_btn.click(bank_handler(new_action), inputs=[state], outputs=bank_outs, api_name="new_bank")
-
-        if ui.is_world:
-            @_guard
-            def on_evaluate(sess, groups, professions, images_per_prompt, steps, with_safety,
-                            progress=gr.Progress()):
-                sess, results, seconds, safety = ui.evaluate(sess, groups, professions, images_per_prompt, steps,
-                                                             with_safety, progress)
-                attrs = list(next(iter(results["plain"]["distribution"].values())))
-                return (sess, eval_summary(results, seconds, safety, groups), eval_table(results, attrs),
-                        eval_figure(results))
-
-            eval_btn.click(on_evaluate, inputs=[state, eval_groups, eval_professions, eval_images, eval_steps, eval_safety],
-                           outputs=[state, eval_summary_md, eval_df, eval_plot], api_name="evaluate",
-                           concurrency_id="evaluate", concurrency_limit=max(1, concurrency // 2))
-
-        @_guard
-        def on_open_report(sess, found_folder, run_folder):
-            sess = ui.session(sess)
-            body, images = ui.open_report(sess, (run_folder or "").strip() or found_folder or "")
-            return sess, body, images
-
-        report_open.click(on_open_report, inputs=[state, report_choice, report_path],
-                          outputs=[state, report_md, report_gallery], api_name="open_report")
-        report_refresh.click(lambda: gr.update(choices=ui.report_folders()), outputs=report_choice,
-                             api_name=False)
+        # the components of all four tabs first, then the events (in this order: the page's API and its
+        # dependency list stay as they were; the bank views that several events update span every tab)
+        gen, learn, bank, ev = _generate_tab(ui), _learn_tab(ui), _bank_tab(ui), _evaluate_tab(ui)
+        views: dict[str, Any] = dict(
+            bank_summary=bank.bank_summary, bank_table=bank.bank_table, bank_json=bank.bank_json,
+            bank_file=bank.bank_file, learn_bank_file=learn.learn_bank_file, remove_choice=bank.remove_choice,
+            fair_groups=gen.fair_groups, eval_groups=ev.eval_groups, sliders=gen.sliders,
+            slider_note=gen.slider_note)
+        bank_outputs = [bank.bank_summary, bank.bank_table, bank.bank_json, bank.bank_file, learn.learn_bank_file,
+                        bank.remove_choice, gen.fair_groups, ev.eval_groups, *gen.sliders, gen.slider_note]
+        _wire_load(app, ui, state, gen.policy, views, bank_outputs)
+        _wire_generate(ui, state, gen, concurrency)
+        _wire_learn(ui, state, learn, views, bank_outputs, concurrency)
+        _wire_bank(ui, state, bank, views, bank_outputs)
+        _wire_evaluate(ui, state, ev, concurrency)
 
     app.queue(default_concurrency_limit=concurrency, max_size=64)
     app.hsteer = ui  # for tests and embedding
     return app
+
+
+# --- tabs: their components ------------------------------------------------------------------------
+
+
+def _generate_tab(ui: HsteerUI) -> SimpleNamespace:
+    """The Generate tab: the prompt, the policy and its settings; plain and steered galleries side by side."""
+    with gr.Tab("Generate", id="generate"):
+        with gr.Row():
+            with gr.Column(scale=1, min_width=260):
+                prompt = gr.Textbox("a photo of a doctor", label="Prompt", max_lines=2, elem_id="prompt")
+                with gr.Row():
+                    seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+                    num_images = gr.Slider(1, MAX_IMAGES, 6, step=1, label="Images", elem_id="num-images")
+                with gr.Row():
+                    guidance = gr.Slider(0, 20, float(ui.defaults["guidance"]), step=0.5, label="Guidance")
+                    steps = gr.Slider(1, MAX_STEPS, int(ui.defaults["steps"]), step=1, label="Steps",
+                                      elem_id="steps")
+                policy = gr.Radio(list(POLICIES), value="fair", label="Policy",
+                                  info="fair: one concept per chosen group drawn per image; safe: the safety "
+                                       "group summed; concepts: the sliders below")
+                fair_groups = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
+                                          label="Fair over groups", elem_id="fair-groups")
+                strength = gr.Slider(0, 2, 1.0, step=0.05, label="Strength (fair / safe scale)")
+                with gr.Accordion("Concept sliders (policy: concepts)", open=False):
+                    slider_note = gr.Markdown("Load or learn concepts to get one slider each.")
+                    sliders = [gr.Slider(-2, 2, 0.0, step=0.05, label=f"concept {n + 1}", visible=False)
+                               for n in range(MAX_SLIDERS)]
+                generate_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+            with gr.Column(scale=3):
+                gen_status = gr.Markdown("Press *Generate*: the plain model and the steered one draw the same "
+                                         "seeds.", elem_classes="hsteer-status", elem_id="gen-status")
+                with gr.Row():
+                    plain_gallery = gr.Gallery(label="Plain", columns=2, height="auto", format="png",
+                                               object_fit="contain", elem_id="plain-gallery")
+                    steered_gallery = gr.Gallery(label="Steered", columns=2, height="auto", format="png",
+                                                 object_fit="contain", elem_id="steered-gallery")
+                gen_file = gr.File(label="Download: PNGs + manifest.jsonl (zip)", interactive=False, height=90,
+                                   elem_id="gen-file")
+    return SimpleNamespace(prompt=prompt, seed=seed, num_images=num_images, guidance=guidance, steps=steps,
+                           policy=policy, fair_groups=fair_groups, strength=strength, slider_note=slider_note,
+                           sliders=sliders, generate_btn=generate_btn, gen_status=gen_status,
+                           plain_gallery=plain_gallery, steered_gallery=steered_gallery, gen_file=gen_file)
+
+
+def _learn_tab(ui: HsteerUI) -> SimpleNamespace:
+    """The Learn tab: a concept's prompts and training settings; its live loss curve."""
+    with gr.Tab("Learn", id="learn"):
+        with gr.Row():
+            with gr.Column(scale=1, min_width=300):
+                preset = None
+                if ui.is_world:
+                    preset = gr.Dropdown(list(WORLD_PRESETS), value=None, label="Preset (bundled world)")
+                with gr.Row():
+                    c_name = gr.Textbox("circle" if ui.is_world else "", label="Concept name", elem_id="c-name")
+                    c_group = gr.Textbox("shape" if ui.is_world else "", label="Group", elem_id="c-group")
+                c_neutral = gr.Textbox(WORLD_NEUTRAL if ui.is_world else "a photo of a person",
+                                       label="Neutral prompt")
+                c_target = gr.Textbox("a photo of a circle figure" if ui.is_world else "",
+                                      label="Target prompt (fairness)", elem_id="c-target")
+                c_negative = gr.Textbox("", label="Negative prompt (safety: steer away from it)")
+                with gr.Row():
+                    c_objective = gr.Radio(list(OBJECTIVES), value="codsma", label="Objective")
+                    c_iterations = gr.Number(100, label="Iterations", precision=0, minimum=1,
+                                             maximum=MAX_ITERATIONS, elem_id="c-iterations",
+                                             info="SDisc: epochs and images in the settings below")
+                settings = _training_settings(ui)
+                with gr.Row():
+                    learn_btn = gr.Button("Learn", variant="primary", elem_id="learn-btn")
+                    cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn")
+            with gr.Column(scale=2):
+                learn_status = gr.Markdown("New concepts land in this session's bank.",
+                                           elem_classes="hsteer-status", elem_id="learn-status")
+                loss_plot = gr.LinePlot(None, x="iteration", y="loss", color="series",
+                                        title="Training loss", height=260, elem_id="loss-plot")
+                learn_bank_file = gr.File(label="Session bank (.safetensors)", interactive=False)
+    return SimpleNamespace(preset=preset, c_name=c_name, c_group=c_group, c_neutral=c_neutral, c_target=c_target,
+                           c_negative=c_negative, c_objective=c_objective, c_iterations=c_iterations,
+                           **vars(settings), learn_btn=learn_btn, cancel_btn=cancel_btn,
+                           learn_status=learn_status, loss_plot=loss_plot, learn_bank_file=learn_bank_file)
+
+
+def _training_settings(ui: HsteerUI) -> SimpleNamespace:
+    """The Learn tab's folded "Training settings"."""
+    with gr.Accordion("Training settings", open=False):
+        with gr.Row():
+            c_lr = gr.Number(0.05, label="Learning rate")
+            c_batch = gr.Number(8, label="Batch size", precision=0, minimum=1, elem_id="c-batch")
+            c_steps = gr.Number(int(ui.defaults["steps"]), label="DDIM steps", precision=0, minimum=1,
+                                elem_id="c-steps")
+        with gr.Row():
+            c_tg = gr.Number(4.0, label="Target guidance")
+            c_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+        with gr.Row():
+            c_sd_images = gr.Number(64, label="SDisc images", precision=0, minimum=1)
+            c_sd_epochs = gr.Number(20, label="SDisc epochs", precision=0, minimum=1)
+    return SimpleNamespace(c_lr=c_lr, c_batch=c_batch, c_steps=c_steps, c_tg=c_tg, c_seed=c_seed,
+                           c_sd_images=c_sd_images, c_sd_epochs=c_sd_epochs)
+
+
+def _bank_tab(ui: HsteerUI) -> SimpleNamespace:
+    """The Bank tab: where a session's bank comes from; its concepts and everything stored with them."""
+    with gr.Tab("Bank", id="bank"):
+        with gr.Row():
+            upload = gr.File(label="Upload a bank (.safetensors)", file_types=[".safetensors"], type="filepath")
+            with gr.Column():
+                cli_choice = gr.Dropdown(list(ui.cli_banks), value=None, label="Banks given on the command line",
+                                         visible=bool(ui.cli_banks))
+                cli_load = gr.Button("Load chosen bank", visible=bool(ui.cli_banks))
+                path_box = gr.Textbox(label=f"Bank file on the server (allowed folders: {ui.allowed.describe()})",
+                                      visible=bool(ui.allowed), max_lines=1)
+                path_load = gr.Button("Load bank file", visible=bool(ui.allowed))
+            with gr.Column():
+                remove_choice = gr.Dropdown([], value=None, label="Concept to remove", allow_custom_value=True)
+                with gr.Row():
+                    remove_btn = gr.Button("Remove concept")
+                    new_btn = gr.Button("New empty bank")
+        bank_status = gr.Markdown("", elem_classes="hsteer-status", elem_id="bank-status")
+        bank_summary = gr.Markdown("")
+        bank_table = gr.Dataframe(headers=BANK_HEADERS, interactive=False, wrap=True, label="Concepts",
+                                  elem_id="bank-table")
+        with gr.Accordion("Everything stored with the concepts (JSON)", open=False):
+            bank_json = gr.JSON()
+        bank_file = gr.File(label="Download the session bank (.safetensors)", interactive=False)
+    return SimpleNamespace(upload=upload, cli_choice=cli_choice, cli_load=cli_load, path_box=path_box,
+                           path_load=path_load, remove_choice=remove_choice, remove_btn=remove_btn, new_btn=new_btn,
+                           bank_status=bank_status, bank_summary=bank_summary, bank_table=bank_table,
+                           bank_json=bank_json, bank_file=bank_file)
+
+
+def _evaluate_tab(ui: HsteerUI) -> SimpleNamespace:
+    """The Evaluate tab: the world evaluation (bundled model only) and the report of a finished run folder."""
+    with gr.Tab("Evaluate", id="evaluate"):
+        if ui.is_world:
+            out = _world_evaluation(ui)
+        else:
+            gr.Markdown(f"The world evaluation needs the bundled world model; this server runs "
+                        f"**{ui.model_label}**. Evaluate with `hsteer eval winobias|i2p|coco ...` and open the "
+                        "run's report here.")
+            out = SimpleNamespace(eval_groups=gr.Dropdown([], value=[], multiselect=True, visible=False))
+        gr.Markdown("### Report of a finished evaluation run")
+        with gr.Row():
+            out.report_choice = gr.Dropdown(ui.report_folders(), value=None, label="Run folders found",
+                                            allow_custom_value=True)
+            out.report_path = gr.Textbox(label=f"or a run folder (allowed folders: {ui.allowed.describe()})",
+                                         max_lines=1)
+        with gr.Row():
+            out.report_refresh = gr.Button("Refresh list")
+            out.report_open = gr.Button("Open report")
+        out.report_md = gr.Markdown("")
+        out.report_gallery = gr.Gallery(label="Figures of the report", columns=3, height="auto", format="png")
+    return out
+
+
+def _world_evaluation(ui: HsteerUI) -> SimpleNamespace:
+    """The Evaluate tab's world evaluation of the session's bank (bundled world model)."""
+    gr.Markdown("### World evaluation of this session's bank\nProfessions x 3 templates x N images, "
+                "plain vs fair, attributes read by the world's exact probes.")
+    with gr.Row():
+        eval_groups = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
+                                  label="Fair over groups")
+        eval_professions = gr.CheckboxGroup(list(_lib.world.PROFESSIONS),
+                                            value=list(_lib.world.PROFESSIONS), label="Professions")
+    with gr.Row():
+        eval_images = gr.Slider(1, MAX_EVAL_IMAGES, 6, step=1, label="Images per prompt",
+                                info="a multiple of the number of fair combinations balances draws exactly")
+        eval_steps = gr.Slider(1, MAX_STEPS, int(ui.defaults["steps"]), step=1, label="Steps", elem_id="steps")
+        eval_safety = gr.Checkbox(True, label="Also measure the safety group on harm prompts (if any)")
+    eval_btn = gr.Button("Evaluate", variant="primary")
+    eval_summary_md = gr.Markdown("")
+    eval_df = gr.Dataframe(interactive=False, label="Deviation ratio per profession (0 = fair)")
+    eval_plot = gr.Plot(label="Attribute distributions")
+    return SimpleNamespace(eval_groups=eval_groups, eval_professions=eval_professions, eval_images=eval_images,
+                           eval_steps=eval_steps, eval_safety=eval_safety, eval_btn=eval_btn,
+                           eval_summary_md=eval_summary_md, eval_df=eval_df, eval_plot=eval_plot)
+
+
+# --- events ----------------------------------------------------------------------------------------
+
+
+def _wire_load(app: gr.Blocks, ui: HsteerUI, state: gr.State, policy: gr.Radio, views: dict[str, Any],
+               bank_outputs: list[Any]) -> None:
+    """A page load: the session (new or kept), its bank's views and a policy that suits the bank."""
+
+    @_guard
+    def on_load(sess):
+        sess = ui.session(sess)
+        groups = sess.snapshot().groups()
+        start = "fair" if set(groups) - {SAFETY_GROUP} else "safe" if groups else "plain"
+        return {state: sess, policy: start, **ui.bank_views(sess, views)}
+
+    app.load(on_load, inputs=state, outputs=[state, policy, *bank_outputs], api_name=False)
+
+
+def _wire_generate(ui: HsteerUI, state: gr.State, gen: SimpleNamespace, concurrency: int) -> None:
+    """Generate (the button, or Enter in the prompt): plain and steered images of the same seeds."""
+
+    def on_generate(*args):
+        sess, prompt_v, seed_v, n, guidance_v, steps_v, policy_v, groups_v, strength_v, *scales = args[:-1]
+        return ui.generate(sess, prompt_v, seed_v, n, guidance_v, steps_v, policy_v, groups_v, strength_v,
+                           scales, args[-1])
+
+    on_generate = _guard(_named(on_generate, ["state", "prompt", "seed", "num_images", "guidance", "steps",
+                                              "policy", "fair_groups", "strength",
+                                              *[f"scale_{n + 1}" for n in range(MAX_SLIDERS)]],
+                                progress=True))
+
+    gen.generate_btn.click(on_generate, inputs=[state, gen.prompt, gen.seed, gen.num_images, gen.guidance, gen.steps,
+                                                gen.policy, gen.fair_groups, gen.strength, *gen.sliders],
+                           outputs=[state, gen.plain_gallery, gen.steered_gallery, gen.gen_file, gen.gen_status],
+                           api_name="generate", concurrency_id="generate", concurrency_limit=concurrency)
+    gen.prompt.submit(on_generate, inputs=[state, gen.prompt, gen.seed, gen.num_images, gen.guidance, gen.steps,
+                                           gen.policy, gen.fair_groups, gen.strength, *gen.sliders],
+                      outputs=[state, gen.plain_gallery, gen.steered_gallery, gen.gen_file, gen.gen_status],
+                      api_name=False, concurrency_id="generate", concurrency_limit=concurrency)
+
+
+def _wire_learn(ui: HsteerUI, state: gr.State, learn: SimpleNamespace, views: dict[str, Any],
+                bank_outputs: list[Any], concurrency: int) -> None:
+    """Learn: the world's presets, training into the session's bank, and cancelling it."""
+    if ui.is_world:
+        _wire_preset(ui, learn)
+
+    learn_inputs = [state, learn.c_name, learn.c_group, learn.c_neutral, learn.c_target, learn.c_negative,
+                    learn.c_objective, learn.c_iterations, learn.c_lr, learn.c_batch, learn.c_steps, learn.c_tg,
+                    learn.c_seed, learn.c_sd_images, learn.c_sd_epochs]
+    on_learn = _learn_handler(ui, state, learn.learn_status, learn.loss_plot, views)
+    learn.learn_btn.click(on_learn, inputs=learn_inputs,
+                          outputs=[state, learn.learn_status, learn.loss_plot, *bank_outputs],
+                          api_name="learn", concurrency_id="learn", concurrency_limit=max(1, concurrency // 2))
+
+    @_guard
+    def on_cancel(sess):
+        if isinstance(sess, Session) and sess.training:
+            sess.cancel.set()
+            return "Cancelling… (stops at the next step)"
+        return "No training run is going on in this session."
+
+    learn.cancel_btn.click(on_cancel, inputs=state, outputs=learn.learn_status, api_name="cancel",
+                           concurrency_limit=None, concurrency_id="cancel")
+
+
+def _wire_preset(ui: HsteerUI, learn: SimpleNamespace) -> None:
+    """A world preset fills the Learn tab with the recipe of `hsteer demo`."""
+    steps_default = int(ui.defaults["steps"])
+    outputs = [learn.c_name, learn.c_group, learn.c_neutral, learn.c_target, learn.c_negative, learn.c_lr,
+               learn.c_iterations, learn.c_batch, learn.c_steps, learn.c_tg]
+
+    def on_preset(choice):
+        """The recipe of `hsteer demo` for one of the world's concepts."""
+        if choice not in WORLD_PRESETS:
+            return [gr.skip()] * len(outputs)
+        name, group, target, negative = WORLD_PRESETS[choice]
+        lr = 0.1 if negative else 0.05  # the demo's safety learning rate (measured)
+        return [name, group, WORLD_NEUTRAL, target or "", negative or "", lr, 150, 8, steps_default, 4.0]
+
+    learn.preset.change(on_preset, inputs=learn.preset, outputs=outputs, api_name=False, queue=False)
+
+
+def _learn_handler(ui: HsteerUI, state: gr.State, learn_status: Any, loss_plot: Any,
+                   views: dict[str, Any]) -> Callable:
+    """The Learn button's handler: trains in the background and streams the status and the loss curve."""
+
+    @_guard
+    def on_learn(sess, name, group, neutral, target, negative, objective, iterations, lr, batch_size,
+                 denoising_steps, target_guidance, training_seed, sdisc_images, sdisc_epochs,
+                 progress=gr.Progress()):
+        sess = ui.session(sess)
+        config = ui.train_config(name, group, neutral, target, negative, objective, iterations, lr, batch_size,
+                                 denoising_steps, target_guidance, training_seed, sdisc_images, sdisc_epochs)
+        if len(sess.bank):
+            sess.bank.check_compatible(ui.pool.base.unet)  # fail before training, not after
+        rows: list[dict[str, float]] = []
+        total = config.iterations if config.objective != "sdisc" else None
+        label = f"{config.group}/{config.concept} ({config.objective})"
+        yield {state: sess, learn_status: f"Starting {label}…", loss_plot: loss_frame([])}
+        last_yield = 0.0
+        began = time.perf_counter()
+        for kind, payload in ui.learn(sess, config):
+            if kind == "row":
+                it, row = payload
+                rows.append(row)
+                if total:
+                    progress((it + 1, total), desc=f"learning {config.concept}", unit="iterations")
+                now = time.perf_counter()
+                if now - last_yield > 0.4 or (total and it + 1 == total):
+                    last_yield = now
+                    counter = f"{it + 1}/{total}" if total else f"{it + 1}"
+                    yield {learn_status: f"Learning {label}: iteration {counter}, loss {row['loss']:.4g}",
+                           loss_plot: loss_frame(rows)}
+            elif kind == "tick":
+                if total is None:
+                    progress(None, desc="SDisc: generating target images and training")
+            elif kind == "done":
+                sess.add_concept(payload.concept)
+                final = payload.losses[-1]["loss"] if payload.losses else float("nan")
+                msg = (f"Learned **{label}** in {time.perf_counter() - began:.1f} s (final loss {final:.4g}); "
+                       f"it is in this session's bank ({len(sess.bank)} concept(s)).")
+                yield {state: sess, learn_status: msg, loss_plot: loss_frame(payload.losses or rows),
+                       **ui.bank_views(sess, views)}
+            elif kind == "cancelled":
+                done = f" after {payload} iteration(s)" if total else ""
+                yield {learn_status: f"Cancelled {label}{done}; the bank is unchanged.",
+                       loss_plot: loss_frame(rows)}
+            elif kind == "error":
+                gr.Warning(payload)
+                yield {learn_status: f"**Error:** {payload}", loss_plot: loss_frame(rows)}
+
+    return on_learn
+
+
+def _wire_bank(ui: HsteerUI, state: gr.State, bank: SimpleNamespace, views: dict[str, Any],
+               bank_outputs: list[Any]) -> None:
+    """The Bank tab's buttons: each replaces or edits the session's bank, or says why it did not."""
+
+    def bank_handler(action: Callable[..., str], names: Sequence[str] = ()):
+        def handler(sess, *args):
+            sess = ui.session(sess)
+            try:
+                status = action(sess, *args)
+            except HsteerError as exc:  # the bank stays as it was; the reason is shown in the page
+                gr.Warning(str(exc))
+                return {state: sess, bank.bank_status: f"**Error:** {exc}"}
+            return {state: sess, bank.bank_status: status, **ui.bank_views(sess, views)}
+
+        return _guard(_named(handler, ["state", *names]))
+
+    upload_action, cli_action, path_action, remove_action, new_action = _bank_actions(ui)
+    bank_outs = [state, bank.bank_status, *bank_outputs]
+    bank.upload.upload(bank_handler(upload_action, ["bank_file"]), inputs=[state, bank.upload], outputs=bank_outs,
+                       api_name="upload_bank")
+    bank.cli_load.click(bank_handler(cli_action, ["bank"]), inputs=[state, bank.cli_choice], outputs=bank_outs,
+                        api_name="choose_bank")
+    bank.path_load.click(bank_handler(path_action, ["path"]), inputs=[state, bank.path_box], outputs=bank_outs,
+                         api_name="load_bank_path")
+    bank.remove_btn.click(bank_handler(remove_action, ["concept"]), inputs=[state, bank.remove_choice],
+                          outputs=bank_outs, api_name="remove_concept")
+    bank.new_btn.click(bank_handler(new_action), inputs=[state], outputs=bank_outs, api_name="new_bank")
+
+
+def _bank_actions(ui: HsteerUI) -> tuple[Callable[..., str], ...]:
+    """What the Bank tab's buttons do to a session: upload, choose, load by path, remove a concept, start anew."""
+
+    def upload_action(sess, path):
+        if not path:
+            return "No file."
+        return ui.load_bank_file(sess, path, Path(str(path)).name)
+
+    def cli_action(sess, choice):
+        if choice not in ui.cli_banks:
+            raise UserError("choose one of the banks given on the command line")
+        sess.set_bank(copy_bank(ui.cli_banks[choice]), Path(choice).name)
+        return f"Loaded **{Path(choice).name}** from the command line's banks."
+
+    def path_action(sess, text):
+        path = ui.allowed.resolve(_text(text, "the bank path", limit=4096), kind="file")
+        return ui.load_bank_file(sess, path, path.name)
+
+    def remove_action(sess, name):
+        if not name:
+            raise UserError("choose a concept to remove")
+        bank = sess.snapshot()
+        bank.remove(name)
+        sess.set_bank(bank, sess.bank_label)
+        return f"Removed `{name}`."
+
+    def new_action(sess):
+        sess.set_bank(ConceptBank(), "new bank")
+        return "Started a new, empty bank."
+
+    return upload_action, cli_action, path_action, remove_action, new_action
+
+
+def _wire_evaluate(ui: HsteerUI, state: gr.State, ev: SimpleNamespace, concurrency: int) -> None:
+    """The Evaluate tab: the world evaluation (bundled model only) and a run folder's report."""
+    if ui.is_world:
+        @_guard
+        def on_evaluate(sess, groups, professions, images_per_prompt, steps, with_safety,
+                        progress=gr.Progress()):
+            sess, results, seconds, safety = ui.evaluate(sess, groups, professions, images_per_prompt, steps,
+                                                         with_safety, progress)
+            attrs = list(next(iter(results["plain"]["distribution"].values())))
+            return (sess, eval_summary(results, seconds, safety, groups), eval_table(results, attrs),
+                    eval_figure(results))
+
+        ev.eval_btn.click(on_evaluate, inputs=[state, ev.eval_groups, ev.eval_professions, ev.eval_images,
+                                               ev.eval_steps, ev.eval_safety],
+                          outputs=[state, ev.eval_summary_md, ev.eval_df, ev.eval_plot], api_name="evaluate",
+                          concurrency_id="evaluate", concurrency_limit=max(1, concurrency // 2))
+
+    @_guard
+    def on_open_report(sess, found_folder, run_folder):
+        sess = ui.session(sess)
+        body, images = ui.open_report(sess, (run_folder or "").strip() or found_folder or "")
+        return sess, body, images
+
+    ev.report_open.click(on_open_report, inputs=[state, ev.report_choice, ev.report_path],
+                         outputs=[state, ev.report_md, ev.report_gallery], api_name="open_report")
+    ev.report_refresh.click(lambda: gr.update(choices=ui.report_folders()), outputs=ev.report_choice,
+                            api_name=False)
 
 
 def _theme():
