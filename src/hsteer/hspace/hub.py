@@ -80,7 +80,7 @@ def _local_file(path: Path, weight_name: str | None, subfolder: str | None) -> P
             return candidates[0]
         if not default.is_file():
             raise BankError(f"{path} is a directory holding no bank ({DEFAULT_WEIGHT_NAME} or a single "
-                            ".safetensors file); pass the bank file itself, or a folder written by "
+                            ".safetensors file); pass the bank file itself (CLI: --bank FILE), or a folder written by "
                             "`bank.save_pretrained`")
         return default
     return path
