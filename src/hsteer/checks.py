@@ -143,12 +143,7 @@ def check_output_file(path: str | Path, label: str) -> Path:
     path = Path(path)
     if path.exists() and not path.is_file():
         raise HsteerError(f"{label} {path} exists and is not a regular file")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise HsteerError(f"{label} {path}: {parent} is a file, not a folder")
-            break
-    return path
+    return _check_parents(path, label)
 
 
 def check_output_dir(path: str | Path, label: str) -> Path:
@@ -156,6 +151,11 @@ def check_output_dir(path: str | Path, label: str) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise HsteerError(f"{label} {path} exists and is not a folder")
+    return _check_parents(path, label)
+
+
+def _check_parents(path: Path, label: str) -> Path:
+    """No file on the way to `path`: its nearest existing parent is a folder."""
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
