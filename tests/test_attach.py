@@ -3,22 +3,14 @@
 import numpy as np
 import pytest
 import torch
+from bank_helpers import random_bank
 
 import hsteer
-from hsteer import ConceptBank, ConceptPolicy, FairPolicy, PlainPolicy, attach, attachment_of, detach, generate
+from hsteer import ConceptPolicy, FairPolicy, PlainPolicy, attach, attachment_of, detach, generate
 from hsteer.errors import HsteerError
-from hsteer.hspace.bank import Concept
-from hsteer.model import load_pipeline, pipeline_hspace_shape, unet_fingerprint
+from hsteer.model import load_pipeline
 
 STEPS, GUIDANCE = 4, 3.0
-
-
-def _bank(pipe, names=("woman", "man"), group="gender"):
-    shape = pipeline_hspace_shape(pipe)
-    g = torch.Generator().manual_seed(3)
-    meta = {"unet_fingerprint": unet_fingerprint(pipe.unet)}
-    return ConceptBank(concepts=[Concept(n, group, "codsma", {"c": torch.randn(shape, generator=g) * 3}, meta)
-                                 for n in names])
 
 
 def _gens(seeds):
@@ -37,7 +29,7 @@ def _max_diff(a, b):
 @pytest.mark.parametrize("fixture", ["sd_dir", "sd2_dir", "sdxl_dir"])
 def test_plain_calls_after_attach_match_generate_and_detach_is_bit_identical(fixture, request):
     pipe = load_pipeline(request.getfixturevalue(fixture))
-    bank, policy = _bank(pipe), FairPolicy(("gender",))
+    bank, policy = random_bank(pipe), FairPolicy(("gender",))
     cls = type(pipe)
     plain = _call(pipe)
     attach(pipe, bank, policy)
@@ -58,7 +50,7 @@ def test_plain_calls_after_attach_match_generate_and_detach_is_bit_identical(fix
 
 
 def test_generate_on_a_detached_pipeline_equals_attached_calls_with_two_prompts(sd_pipe):
-    bank, policy = _bank(sd_pipe), FairPolicy(("gender",))
+    bank, policy = random_bank(sd_pipe), FairPolicy(("gender",))
     ref = generate(sd_pipe, ["a doctor", "a nurse"], num_images_per_prompt=2, seed=4, bank=bank, policy=policy,
                    steps=STEPS, guidance=GUIDANCE, progress=False)
     attach(sd_pipe, bank, policy)
@@ -70,7 +62,7 @@ def test_generate_on_a_detached_pipeline_equals_attached_calls_with_two_prompts(
 
 
 def test_attach_again_swaps_in_place_and_scales(sd_pipe):
-    bank = _bank(sd_pipe)
+    bank = random_bank(sd_pipe)
     attach(sd_pipe, bank, ConceptPolicy((("woman", 1.0),)))
     hook = sd_pipe.unet.__dict__["_hsteer_persistent_hook"]
     woman = _call(sd_pipe, seeds=(0,))
@@ -87,7 +79,7 @@ def test_attach_again_swaps_in_place_and_scales(sd_pipe):
 
 
 def test_seeds_with_one_generator_or_none(sd_pipe):
-    bank = _bank(sd_pipe)
+    bank = random_bank(sd_pipe)
     attach(sd_pipe, bank, FairPolicy(("gender",)))
     sd_pipe(["a doctor", "a nurse"], num_images_per_prompt=3, num_inference_steps=1, guidance_scale=GUIDANCE,
             generator=torch.Generator().manual_seed(7), output_type="latent")
@@ -100,7 +92,7 @@ def test_seeds_with_one_generator_or_none(sd_pipe):
 
 
 def test_step_window_matches_generate_and_an_empty_window_is_plain(sd_pipe):
-    bank = _bank(sd_pipe)
+    bank = random_bank(sd_pipe)
     policy = ConceptPolicy((("woman", 6.0),))  # strong, so that every window shows
     plain = _call(sd_pipe, seeds=(0, 1))
     full = generate(sd_pipe, "a doctor", num_images_per_prompt=2, bank=bank, policy=policy, steps=STEPS,
@@ -138,7 +130,7 @@ def test_img2img_and_inpaint_pipelines_attach_like_text_to_image(fixture, kind, 
     base = load_pipeline(request.getfixturevalue(fixture))
     pipe = (AutoPipelineForImage2Image if kind == "img2img" else AutoPipelineForInpainting).from_pipe(base)
     pipe.set_progress_bar_config(disable=True)
-    bank, policy = _bank(pipe), FairPolicy(("gender",))
+    bank, policy = random_bank(pipe), FairPolicy(("gender",))
     inputs = {"image": _init_image(), "strength": 0.75}
     if kind == "inpaint":
         from PIL import Image
@@ -170,7 +162,7 @@ def test_fair_img2img_on_the_bundled_model():
     base = load_pipeline(None)
     pipe = StableDiffusionImg2ImgPipeline.from_pipe(base)
     pipe.set_progress_bar_config(disable=True)
-    bank = _bank(pipe, names=("circle", "square"), group="shape")
+    bank = random_bank(pipe, names=("circle", "square"), group="shape")
     guidance = sampling_defaults(None)["guidance"]
     kwargs = dict(num_images_per_prompt=4, seed=0, bank=bank, steps=8, guidance=guidance, progress=False,
                   image=_init_image(), strength=0.6)
@@ -183,7 +175,7 @@ def test_fair_img2img_on_the_bundled_model():
 
 def test_attach_checks_bank_and_policy_up_front(sd_pipe, sdxl_pipe):
     with pytest.raises(hsteer.ShapeMismatchError):
-        attach(sdxl_pipe, _bank(sd_pipe), FairPolicy(("gender",)))
+        attach(sdxl_pipe, random_bank(sd_pipe), FairPolicy(("gender",)))
     with pytest.raises(hsteer.UnknownConceptError, match="unknown group"):
-        attach(sd_pipe, _bank(sd_pipe), FairPolicy(("race",)))
+        attach(sd_pipe, random_bank(sd_pipe), FairPolicy(("race",)))
     assert attachment_of(sd_pipe) is None

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from bank_helpers import random_bank
 
-from hsteer import ConceptBank, ConceptPolicy, FairPolicy, SteeringConfig, apply_steering, generate, steer
-from hsteer.hspace.bank import Concept
+from hsteer import ConceptPolicy, FairPolicy, SteeringConfig, apply_steering, generate, steer
 from hsteer.errors import ShapeMismatchError
-from hsteer.model import load_pipeline, pipeline_hspace_shape, unet_fingerprint
+from hsteer.model import load_pipeline, pipeline_hspace_shape
 from hsteer.hspace.steering import active_hooks
 
 
@@ -78,18 +78,10 @@ def test_only_conditional_half_is_steered_by_default(sd_pipe):
     assert torch.allclose((seen["h"] - plain_h[0])[0], delta, atol=1e-5)
 
 
-def _bank_for(pipe, names=("woman", "man"), group="gender"):
-    shape = pipeline_hspace_shape(pipe)
-    g = torch.Generator().manual_seed(3)
-    meta = {"unet_fingerprint": unet_fingerprint(pipe.unet)}
-    return ConceptBank(concepts=[Concept(n, group, "codsma", {"c": torch.randn(shape, generator=g) * 3}, meta)
-                                 for n in names])
-
-
 @pytest.mark.parametrize("fixture", ["sd_dir", "sdxl_dir"])
 def test_per_image_concepts_in_one_batch_equal_one_at_a_time(fixture, request):
     pipe = load_pipeline(request.getfixturevalue(fixture))
-    bank = _bank_for(pipe)
+    bank = random_bank(pipe)
     prompts = ["a photo of a person", "a doctor"]
     kwargs = dict(num_images_per_prompt=3, seed=10, bank=bank, policy=FairPolicy(("gender",)), steps=3,
                   guidance=3.0, progress=False)
@@ -144,8 +136,8 @@ def test_a_compiled_unet_is_refused_not_silently_unsteered(sd_pipe, how):
 def test_fair_draws_are_balanced_reproducible_and_composed(sd_pipe):
     from collections import Counter
 
-    bank = _bank_for(sd_pipe)
-    race = _bank_for(sd_pipe, names=("white", "black", "asian"), group="race")
+    bank = random_bank(sd_pipe)
+    race = random_bank(sd_pipe, names=("white", "black", "asian"), group="race")
     both = bank.merge(race)
     policy = FairPolicy(("gender", "race"), {"gender": 1.1, "race": 0.9})
     draws = [tuple(policy.assign(both, s)) for s in range(60)]
