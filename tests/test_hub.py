@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from bank_helpers import hub_snapshot
 
 from hsteer import BankError, ConceptBank
 from hsteer.hspace.bank import Concept
@@ -26,15 +27,11 @@ def _bank(names=("woman", "man"), value=1.0):
 
 
 def populate_cache(cache: Path, repo_id: str = "user/banks") -> Path:
-    """`models--user--banks/{refs,snapshots}` as huggingface_hub lays a downloaded repo out."""
-    root = cache / f"models--{repo_id.replace('/', '--')}"
-    _bank().save_pretrained(root / "snapshots" / MAIN)
-    _bank(("nurse",), 5.0).save(root / "snapshots" / MAIN / "sub" / "nurses.safetensors")
-    _bank(("white", "black"), 9.0).save(root / "snapshots" / TAGGED / DEFAULT_WEIGHT_NAME)
-    (root / "refs").mkdir(parents=True)
-    (root / "refs" / "main").write_text(MAIN)
-    (root / "refs" / "v1").write_text(TAGGED)
-    return cache
+    """main: the default bank (save_pretrained, with its card) and sub/nurses.safetensors; tag v1: another bank."""
+    hub_snapshot(cache, repo_id, {"sub/nurses.safetensors": _bank(("nurse",), 5.0)}, commit=MAIN)
+    _bank().save_pretrained(cache / f"models--{repo_id.replace('/', '--')}" / "snapshots" / MAIN)  # + README.md
+    return hub_snapshot(cache, repo_id, {DEFAULT_WEIGHT_NAME: _bank(("white", "black"), 9.0)}, commit=TAGGED,
+                        ref="v1")
 
 
 def test_specs_parse_paths_and_repos(tmp_path):
@@ -63,6 +60,15 @@ def test_load_from_the_hub_cache_offline(tmp_path):
         ConceptBank.load("user/missing", cache_dir=cache)
     with pytest.raises(BankError, match="could not get bank"):
         ConceptBank.load("user/banks@v2", cache_dir=cache)
+    # a file part that climbs out of the repo's snapshot: refused before the Hub client is asked (current
+    # huggingface_hub refuses '..' too, blaming the repo's owner; older releases and absolute paths vary)
+    (cache / "stray.safetensors").write_bytes((cache / "models--user--banks" / "snapshots" / TAGGED
+                                               / DEFAULT_WEIGHT_NAME).read_bytes())
+    for spec in ("user/banks:../../../stray.safetensors", "user/banks:sub/../../../../stray.safetensors"):
+        with pytest.raises(BankError, match="leaves the repository"):
+            ConceptBank.load(spec, cache_dir=cache)
+    with pytest.raises(BankError, match="leaves the repository"):
+        ConceptBank.load("user/banks", weight_name="/etc/passwd", cache_dir=cache)
 
 
 def test_local_files_and_folders_still_load(tmp_path):

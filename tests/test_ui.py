@@ -12,6 +12,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json  # noqa: E402
+import re  # noqa: E402
 import socket  # noqa: E402
 import time  # noqa: E402
 import zipfile  # noqa: E402
@@ -114,14 +115,18 @@ def client(server, tmp_path) -> Client:
     return Client(server["url"], verbose=False, analytics_enabled=False, download_files=str(tmp_path))
 
 
-def gen(c: Client, policy="fair", groups=("shape",), seed=0, n=2, scales=(), prompt="a photo of a doctor"):
+def gen(c: Client, policy="fair", groups=("shape",), seed=0, n=2, scales=(), prompt="a photo of a doctor",
+        window=("as learned", 0.0, 1.0)):
     return c.predict(prompt=prompt, seed=seed, num_images=n, guidance=4.0, steps=STEPS, policy=policy,
-                     fair_groups=list(groups), strength=1.0,
-                     **{f"scale_{i + 1}": s for i, s in enumerate(scales)}, api_name="/generate")
+                     fair_groups=list(groups), strength=1.0, step_window=window[0], window_start=window[1],
+                     window_end=window[2], **{f"scale_{i + 1}": s for i, s in enumerate(scales)}, api_name="/generate")
 
 
+#: The page starts on the demo's recipe (pairs and a step window); these tests learn from one neutral -> target
+#: pair in every step unless they say otherwise.
 LEARN_DEFAULTS = dict(neutral=NEUTRAL, negative="", objective="codsma", iterations=2, lr=0.05, batch_size=2,
-                      denoising_steps=STEPS, target_guidance=4.0, training_seed=0, sdisc_images=4, sdisc_epochs=1)
+                      denoising_steps=STEPS, target_guidance=4.0, training_seed=0, sdisc_images=4, sdisc_epochs=1,
+                      pairs="", window="")
 
 
 def learn(c: Client, name, group, target, **kwargs):
@@ -195,7 +200,9 @@ def test_learn_adds_the_concept_to_the_session_bank(server, tmp_path):
     assert "Learned **colour/green (codsma)**" in status
     assert [row[0] for row in plot["data"]] == [1, 2]  # the loss curve: one point per iteration
     assert "3 concept(s)" in summary  # circle, square (the starting bank) + green
-    assert ["green", "colour", "codsma"] == table["data"][-1][:3] and table["data"][-1][6] == 2
+    assert ["green", "colour", "codsma"] == table["data"][-1][:3]
+    row = dict(zip(table["headers"], table["data"][-1]))
+    assert row["iterations"] == 2 and row["step window"] == "every step" and row["prompt pairs"] == ""
     bank = ConceptBank.load(bank_file)
     assert set(bank.names) == {"circle", "square", "green"}
     assert bank["green"].meta["iterations"] == 2 and bank["green"].meta["target"] == "a photo of a green figure"
@@ -228,6 +235,57 @@ def test_two_sessions_have_separate_banks_and_training_does_not_block_the_other(
     assert "No training run" in a.predict(api_name="/cancel")  # a's session had nothing to cancel
     with pytest.raises(AppError, match="unknown group 'mine'"):
         gen(b, groups=["mine"], n=1)
+
+
+def test_step_windows_and_prompt_pairs_in_learn_and_generate(server, tmp_path):
+    """A concept learned for a step window acts in it ("as learned"); the page can override it for a batch."""
+    c = client(server, tmp_path)
+    pairs = "a photo of a red figure => a photo of a red square figure\n\na photo of a blue figure => a photo of a blue square figure"
+    out = learn(c, "late", "timing", "", pairs=pairs, window="0.5,1.0", iterations=1, lr=1.0)
+    row = dict(zip(out[3]["headers"], out[3]["data"][-1]))
+    assert row["concept"] == "late" and row["step window"] == "50%–100%"
+    assert row["prompt pairs"] == ("a photo of a red figure => a photo of a red square figure; "
+                                   "a photo of a blue figure => a photo of a blue square figure")
+    late = ConceptBank.load(out[5])["late"]
+    assert late.window == (0.5, 1.0) and late.meta["pairs"] == [list(p) for p in (
+        ("a photo of a red figure", "a photo of a red square figure"),
+        ("a photo of a blue figure", "a photo of a blue square figure"))]
+
+    def image(archive, name="steered/00000.png"):
+        with zipfile.ZipFile(archive) as zf:
+            return np.asarray(Image.open(zf.open(name)), dtype=np.int16), [
+                json.loads(line) for line in zf.read("steered/manifest.jsonl").decode().splitlines()]
+
+    _, steered, learned_zip, status = gen(c, groups=["timing"], n=1)
+    assert steered[0]["caption"] == "seed 0: late; late in steps 50%–100%"
+    assert "learned step window" in status
+    learned, rows = image(learned_zip)
+    assert "window" not in rows[0]  # the concept's own window: recorded with the concept in the bank
+    _, steered, early_zip, status = gen(c, groups=["timing"], n=1, window=("custom", 0.0, 0.25))
+    assert steered[0]["caption"] == "seed 0: late; steps 0%–25%" and "in steps 0%–25%" in status
+    early, rows = image(early_zip)
+    assert rows[0]["window"] == [0.0, 0.25]
+    assert np.abs(early - learned).max() > 2  # a different window, a different image
+    _, steered, every_zip, _ = gen(c, groups=["timing"], n=1, window=("every step", 0.3, 0.1))  # sliders unused
+    assert steered[0]["caption"] == "seed 0: late" and image(every_zip)[1][0]["window"] == [0.0, 1.0]
+
+    with pytest.raises(AppError, match=r"bad steering window \(0\.8, 0\.2\)"):
+        gen(c, groups=["timing"], n=1, window=("custom", 0.8, 0.2))
+    with pytest.raises(AppError, match="bad window 'soon'"):
+        learn(c, "x", "timing", "a photo of a square figure", window="soon")
+    with pytest.raises(AppError, match="prompt pair on line 2 must read 'NEUTRAL => TARGET'"):
+        learn(c, "x", "timing", "", pairs="a => b\na photo of a figure")
+
+
+def test_the_learn_tab_starts_on_the_demo_recipe(server):
+    """The bundled model's Learn tab is filled with `hsteer demo`'s recipe for the circle (apps.recipes)."""
+    from hsteer.apps.recipes import world_train_config
+
+    recipe = world_train_config("circle", 150)
+    values = {b.elem_id: b.value for b in server["app"].blocks.values() if getattr(b, "elem_id", None)}
+    assert values["c-pairs"].splitlines() == [f"{n} => {t}" for n, t in recipe.pairs]
+    assert values["c-window"] == "0.4,1" and recipe.window == (0.4, 1.0)
+    assert values["c-batch"] == recipe.batch_size and values["c-iterations"] == 150
 
 
 # --- banks and paths --------------------------------------------------------------------------------
@@ -281,6 +339,31 @@ def test_paths_outside_the_allowed_folders_are_refused(server, tmp_path):
     assert Image.open(figures[0]["image"]).getpixel((0, 0))[:3] == (255, 0, 0)
 
 
+def test_banks_by_hub_repo_id_never_read_server_paths(server, tmp_path, monkeypatch):
+    """The Hub box loads `user/repo[:FILE][@REV]` from the Hub cache (offline here) and nothing else."""
+    from bank_helpers import hub_snapshot, random_bank
+    from huggingface_hub import constants
+
+    cache = hub_snapshot(tmp_path / "hub", "user/ui-banks",
+                         {"hsteer_bank.safetensors": random_bank(server["pipe"], ("hub_a", "hub_b"), "hubg")})
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    c = client(server, tmp_path)
+    out = c.predict(repo_id="user/ui-banks", api_name="/load_bank_hub")
+    assert out[0] == "Loaded **user/ui-banks**: 2 concept(s)." and [r[0] for r in out[2]["data"]] == ["hub_a", "hub_b"]
+    _, steered, _, _ = gen(c, groups=["hubg"], n=2)
+    assert {i["caption"].split(": ")[1] for i in steered} == {"hub_a", "hub_b"}  # fair: each drawn once
+    refused = {"user/ui-banks:../../../outside/secret.safetensors": "leaves the repository",
+               "/etc/passwd": "not a Hub repo id", str(server["outside"] / "secret.safetensors"): "not a Hub repo id",
+               "allowed/colours.safetensors": "not a Hub repo id", "user/missing": "could not get bank",
+               # an existing folder of the server that reads like a repo id is looked up on the Hub, not read
+               "tests/data": "could not get bank tests/data"}
+    assert Path("tests/data").is_dir()
+    for text, message in refused.items():
+        out = c.predict(repo_id=text, api_name="/load_bank_hub")
+        assert out[0].startswith("**Error:**") and message in out[0], (text, out[0])
+    assert [r[0] for r in c.predict(api_name="/new_bank")[2]["data"]] == [""]  # the session still answers
+
+
 def test_allowed_dirs_unit(tmp_path):
     from hsteer.ui.paths import AllowedDirs, PathRefused
 
@@ -301,9 +384,11 @@ def test_allowed_dirs_unit(tmp_path):
 
 def test_evaluate_world_for_the_session_bank(server, tmp_path):
     c = client(server, tmp_path)
-    summary, table, plot = c.predict(groups=["shape"], professions=["doctor", "nurse"], images_per_prompt=2,
-                                     steps=STEPS, with_safety=False, api_name="/evaluate")
-    assert "Plain vs fair over **shape**" in summary and "mean deviation ratio" in summary
+    summary, table, untargeted, plot = c.predict(groups=["shape"], professions=["doctor", "nurse"],
+                                                 images_per_prompt=2, steps=STEPS, with_safety=False,
+                                                 api_name="/evaluate")
+    assert "Plain vs fair over **shape**" in summary and "mean deviation ratio of shape (targeted)" in summary
+    assert "95% intervals" in summary and re.search(r"\| profession fidelity \| [01]\.\d{3} \[", summary)
     assert table["headers"][:3] == ["profession", "shape DR plain", "shape DR fair"]
     rows = {r[0]: r for r in table["data"]}
     assert set(rows) == {"doctor", "nurse", "mean"}
@@ -316,6 +401,26 @@ def test_evaluate_world_for_the_session_bank(server, tmp_path):
                                                             harm_prompts=(), steps=STEPS, guidance=4.0), progress=False)
     assert rows["doctor"][1] == round(direct.summary["deviation_ratio"]["per_profession"]["doctor"]["shape"], 3)
     assert plot is not None and plot["type"] == "matplotlib"
+    # the leakage figures: what fair-over-shape did to colour and profession, against the same seeds' plain
+    # images, with intervals; the same numbers as the library's own measurement of the session's bank
+    from hsteer import FairPolicy
+    from hsteer.evaluation.leakage import fmt_ci
+
+    config = WorldEvalConfig(professions=("doctor", "nurse"), images_per_prompt=2, harm_prompts=(), steps=STEPS,
+                             guidance=4.0)
+    plain = evaluate_world(server["pipe"], config, progress=False)
+    fair = evaluate_world(server["pipe"], config, bank=ConceptBank.load(server["root"] / "shapes.safetensors"),
+                          policy=FairPolicy(("shape",)), baseline=plain, progress=False).summary["untargeted"]
+    rows = {r[0]: r for r in untargeted["data"]}
+    assert set(rows) == {"colour (deviation ratio)", "profession (fidelity)"}
+    colour = fair["colour"]
+    assert rows["colour (deviation ratio)"][1:] == [
+        fmt_ci(colour["agreement"], colour["agreement_ci"]), fmt_ci(colour["deviation_ratio_plain"],
+                                                                    colour["deviation_ratio_plain_ci"]),
+        fmt_ci(colour["deviation_ratio"], colour["deviation_ratio_ci"]),
+        fmt_ci(colour["deviation_ratio_change"], colour["deviation_ratio_change_ci"])]
+    assert rows["profession (fidelity)"][1] == fmt_ci(fair["profession"]["agreement"],
+                                                      fair["profession"]["agreement_ci"])
     with pytest.raises(AppError, match="choose at least one group"):
         c.predict(groups=[], professions=["doctor"], images_per_prompt=1, steps=STEPS, with_safety=False,
                   api_name="/evaluate")

@@ -154,11 +154,17 @@ def test_page_generates_side_by_side_and_learns(server, tmp_path):
             assert [f"seed {r['seed']}: {r['concepts'][0]['name']}" for r in rows] == steered
             page.screenshot(path=str(tmp_path / "generate.png"), full_page=True)
 
-            # Learn: a tiny concept, with its loss curve; it lands in the session's bank
+            # Learn: the demo's recipe for red (the preset fills prompts, pairs and step window), cut to a tiny
+            # run; its loss curve; it lands in the session's bank
             page.get_by_role("tab", name="Learn").click()
-            page.locator("#c-name input, #c-name textarea").first.fill("red")
-            page.locator("#c-group input, #c-group textarea").first.fill("colour")
-            page.locator("#c-target input, #c-target textarea").first.fill("a photo of a red figure")
+            page.locator("#c-preset input").first.click()
+            page.get_by_role("option", name="red (colour)").click()
+            page.wait_for_function("document.querySelector('#c-name textarea, #c-name input').value === 'red'",
+                                   timeout=TIMEOUT_MS)
+            pairs = page.locator("#c-pairs textarea").input_value()
+            assert pairs.splitlines() == ["a photo of a circle figure => a photo of a red circle figure",
+                                          "a photo of a square figure => a photo of a red square figure"]
+            assert page.locator("#c-window input, #c-window textarea").first.input_value() == "0,0.45"
             set_number(page, "#c-iterations input", 2)
             page.get_by_text("Training settings").click()
             set_number(page, "#c-batch input", 2)
@@ -174,8 +180,9 @@ def test_page_generates_side_by_side_and_learns(server, tmp_path):
             # Bank: the new concept is listed with its settings; Generate can now be fair over colour too
             page.get_by_role("tab", name="Bank").click()
             table = page.locator("#bank-table").inner_text()
-            for word in ("circle", "square", "red", "colour", "a photo of a red figure"):
-                assert word in table
+            for word in ("circle", "square", "red", "colour", "a photo of a red figure",
+                         "a photo of a square figure => a photo of a red square figure", "0%–45%"):
+                assert word in table, word
             page.screenshot(path=str(tmp_path / "bank.png"), full_page=True)
             page.get_by_role("tab", name="Generate").click()
             page.locator("#fair-groups").get_by_text("colour").first.wait_for(timeout=TIMEOUT_MS)

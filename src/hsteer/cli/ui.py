@@ -12,15 +12,17 @@ from hsteer.model import quiet_libraries
 @click.option("--model", default=None, help="Hub id or local diffusers folder. Default: the bundled world model.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16", "bfloat16"]))
-@click.option("--bank", "banks", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="A bank the page may load (repeatable); the first is every session's starting bank.")
+@click.option("--bank", "banks", multiple=True,
+              help="A bank the page may load: a file, a folder or a Hub repo id (repeatable); the first is every "
+                   "session's starting bank.")
 @click.option("--allow-dir", "allowed_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="A folder whose files (banks, eval runs) may be opened by path from the page (repeatable).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every one).")
 @click.option("--port", default=None, type=int, help="Port (default: 7860 or the next free one).")
 @click.option("--share", is_flag=True, help="Also open a public Gradio share link.")
+@click.option("--no-hub", is_flag=True, help="The page may not load banks by Hub repo id.")
 @one_line_errors
-def ui(model, device, dtype, banks, allowed_dirs, host, port, share) -> None:
+def ui(model, device, dtype, banks, allowed_dirs, host, port, share, no_hub) -> None:
     """Open the web page: plain vs responsible images, learn concepts, inspect banks, evaluate."""
     try:
         from hsteer.ui.app import launch
@@ -28,4 +30,4 @@ def ui(model, device, dtype, banks, allowed_dirs, host, port, share) -> None:
         raise click.ClickException(f"the web page needs the ui extra: pip install 'hsteer[ui]' ({exc})") from None
     quiet_libraries()
     launch(model=model, bank=banks, host=host, port=port, share=share, allowed_dirs=allowed_dirs, device=device,
-           dtype=dtype)
+           dtype=dtype, hub=not no_hub)

@@ -46,11 +46,24 @@ def parse_bank_spec(spec: str | Path, weight_name: str | None = None, revision: 
     path = Path(text).expanduser()
     if path.exists() or isinstance(spec, Path):
         return BankSource(path=path)
-    repo, at, rev = text.partition("@")
+    return parse_hub_spec(text, weight_name, revision) or BankSource(path=path)
+
+
+def parse_hub_spec(text: str, weight_name: str | None = None, revision: str | None = None) -> BankSource | None:
+    """`REPO_ID[:FILE][@REVISION]` as a Hub source, or None when `text` is not one (never a local path).
+
+    A FILE that climbs out of the repo (`..`, an absolute path) is refused here, whatever the installed
+    huggingface_hub checks: in the Hub cache it would name a file outside the repo's snapshot.
+    """
+    repo, at, rev = str(text).partition("@")
     repo, colon, file = repo.partition(":")
-    if _REPO_ID.match(repo) and not repo.endswith(".safetensors") and (not colon or file) and (not at or rev):
-        return BankSource(repo_id=repo, weight_name=weight_name or file or None, revision=revision or rev or None)
-    return BankSource(path=path)
+    if not (_REPO_ID.match(repo) and not repo.endswith(".safetensors") and (not colon or file) and (not at or rev)):
+        return None
+    name = weight_name or file or None
+    if name and (name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/")):
+        raise BankError(f"bank file {name!r} of {repo} leaves the repository; name a file inside it, "
+                        "e.g. user/repo:banks/x.safetensors")
+    return BankSource(repo_id=repo, weight_name=name, revision=revision or rev or None)
 
 
 def _hub_error(exc: Exception) -> bool:
@@ -93,6 +106,12 @@ def resolve_bank_file(spec: str | Path, weight_name: str | None = None, revision
     source = parse_bank_spec(spec, weight_name, revision)
     if source.path is not None:
         return _local_file(source.path, weight_name, subfolder)
+    return hub_bank_file(source, subfolder, cache_dir, local_files_only, token)
+
+
+def hub_bank_file(source: BankSource, subfolder: str | None = None, cache_dir: str | Path | None = None,
+                  local_files_only: bool | None = None, token: str | bool | None = None) -> Path:
+    """The cached local copy of a Hub bank (downloaded unless cached or offline), or one clear error."""
     from huggingface_hub import hf_hub_download
 
     filename = source.weight_name or DEFAULT_WEIGHT_NAME

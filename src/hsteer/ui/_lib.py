@@ -21,7 +21,12 @@ from hsteer import (
     train_concept,
 )
 from hsteer import world
+from hsteer.apps.recipes import WORLD_CONCEPTS, world_train_config
+from hsteer.evaluation.leakage import fmt_ci
 from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
+from hsteer.generation import parse_window
+from hsteer.hspace.hub import hub_bank_file, parse_hub_spec
+from hsteer.hspace.steering import check_window
 from hsteer.model import sampling_defaults
 
 default_model_path = world.default_model_path
@@ -36,12 +41,19 @@ __all__ = [
     "PlainPolicy",
     "SafePolicy",
     "TrainConfig",
+    "WORLD_CONCEPTS",
     "WorldEvalConfig",
+    "check_window",
     "default_model_path",
     "evaluate_world",
+    "fmt_ci",
     "generate",
+    "hub_bank_file",
     "load_pipeline",
+    "parse_hub_spec",
+    "parse_window",
     "sampling_defaults",
     "train_concept",
     "world",
+    "world_train_config",
 ]

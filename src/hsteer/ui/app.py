@@ -54,16 +54,12 @@ OBJECTIVES = ("codsma", "respodiff", "sdisc")
 SAFETY_GROUP = "safety"
 VIEW_PX = 192  # small images are shown enlarged (nearest neighbour) so that their pixels can be seen
 
-#: Learn-tab presets on the bundled model: the recipe of `hsteer demo` (name, group, target, negative).
-WORLD_PRESETS: dict[str, tuple[str, str, str | None, str | None]] = {
-    "circle (shape)": ("circle", "shape", "a photo of a circle figure", None),
-    "square (shape)": ("square", "shape", "a photo of a square figure", None),
-    "red (colour)": ("red", "colour", "a photo of a red figure", None),
-    "green (colour)": ("green", "colour", "a photo of a green figure", None),
-    "blue (colour)": ("blue", "colour", "a photo of a blue figure", None),
-    "anti_harm (safety)": ("anti_harm", "safety", None, "violent bloody gory brutal"),
-}
-WORLD_NEUTRAL = "a photo of a figure"
+#: Learn-tab presets on the bundled model: label -> concept; each fills the tab with `hsteer demo`'s recipe
+#: (conditioned prompt pairs and a step window, docs/methods.md §9).
+WORLD_PRESETS: dict[str, str] = {f"{name} ({group})": name for name, group, *_ in _lib.WORLD_CONCEPTS}
+PRESET_ITERATIONS = 150  # the demo's
+WINDOW_MODES = ("as learned", "every step", "custom")
+MAX_PAIRS = 64
 
 CSS = """
 .hsteer-status p { margin: 0.2em 0; }
@@ -170,6 +166,11 @@ def _text(value: Any, name: str, required: bool = True, limit: int = 1000) -> st
     return text
 
 
+def _bank_label(spec: str) -> str:
+    """A command-line bank's name in the page: a file's name, or the Hub repo id as given."""
+    return spec if _lib.parse_hub_spec(spec) is not None and not Path(spec).exists() else Path(spec).name
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:60] or "x"
 
@@ -180,6 +181,46 @@ def _concepts_caption(concepts: Sequence[dict[str, Any]]) -> str:
         return "plain"
     return " + ".join(c["name"] if float(c["scale"]) == 1.0 else f"{c['name']} ×{float(c['scale']):g}"
                       for c in concepts)
+
+
+def _window_caption(concepts: Sequence[dict[str, Any]], bank: ConceptBank, window: tuple[float, float] | None) -> str:
+    """', steps 40–100%' per distinct step window the concepts acted in (nothing when every step)."""
+    spans = []
+    for c in concepts:
+        span = window or (bank[c["name"]].window if c["name"] in bank else None)
+        if span is not None and tuple(span) != (0.0, 1.0):
+            text = f"{c['name']} in steps {span[0]:.0%}–{span[1]:.0%}"
+            spans.append(text if not window else f"steps {span[0]:.0%}–{span[1]:.0%}")
+    return ("; " + ", ".join(dict.fromkeys(spans))) if spans else ""
+
+
+def _pairs_text(pairs: Sequence[Sequence[str]] | None) -> str:
+    return "\n".join(f"{neutral} => {target}" for neutral, target in pairs or ())
+
+
+def _parse_pairs(value: Any) -> tuple[tuple[str, str], ...] | None:
+    """'NEUTRAL => TARGET' lines (blank lines ignored) as training pairs; None when there are none."""
+    text = _text(value, "the prompt pairs", required=False, limit=MAX_PAIRS * 400)
+    pairs = []
+    for number, line in enumerate((text or "").splitlines(), 1):
+        if not line.strip():
+            continue
+        neutral, sep, target = line.partition("=>")
+        if not sep or not neutral.strip() or not target.strip():
+            raise UserError(f"prompt pair on line {number} must read 'NEUTRAL => TARGET', got {line.strip()!r}")
+        pairs.append((neutral.strip(), target.strip()))
+    if len(pairs) > MAX_PAIRS:
+        raise UserError(f"{len(pairs)} prompt pairs; at most {MAX_PAIRS}")
+    return tuple(pairs) or None
+
+
+def _window_text(window: Sequence[float] | None) -> str:
+    return f"{window[0]:g},{window[1]:g}" if window else ""
+
+
+def _parse_window(value: Any, name: str) -> tuple[float, float] | None:
+    """'START,END' fractions of the denoising steps (the CLI's --window), or None when empty."""
+    return _lib.parse_window(_text(value, name, required=False, limit=100))
 
 
 def _view_copy(src: Path, dst: Path) -> Path:
@@ -204,19 +245,23 @@ def _zip_folder(folder: Path, out: Path) -> Path:
 
 def _bank_rows(bank: ConceptBank) -> list[list[Any]]:
     rows = []
-    for info in bank.describe()["concepts"]:
+    for concept, info in zip(bank, bank.describe()["concepts"]):
         shapes = ", ".join(f"{k} {tuple(v)}" for k, v in info["tensors"].items())
         prompt = info.get("target") or (f"not: {info['negative']}" if info.get("negative") else "")
         iterations = (f"{info.get('sdisc_epochs', '?')} epochs x {info.get('sdisc_images', '?')} images"
                       if info["objective"] == "sdisc" else info.get("iterations", ""))
+        pairs = info.get("pairs") or []
+        shown = "; ".join(f"{n} => {t}" for n, t in pairs[:3]) + (f"; … ({len(pairs)} in all)" if len(pairs) > 3 else "")
+        window = concept.window
         rows.append([info["name"], info["group"], info["objective"], shapes, info.get("neutral", ""), prompt,
-                     iterations, info.get("lr", ""), info.get("batch_size", ""),
-                     info.get("steps", ""), info.get("mode", ""), info.get("seed", "")])
+                     shown, f"{window[0]:.0%}–{window[1]:.0%}" if window else "every step", iterations,
+                     info.get("lr", ""), info.get("batch_size", ""), info.get("steps", ""), info.get("mode", ""),
+                     info.get("seed", "")])
     return rows
 
 
-BANK_HEADERS = ["concept", "group", "objective", "tensors", "neutral", "target / negative", "iterations", "lr",
-                "batch", "steps", "mode", "seed"]
+BANK_HEADERS = ["concept", "group", "objective", "tensors", "neutral", "target / negative", "prompt pairs",
+                "step window", "iterations", "lr", "batch", "steps", "mode", "seed"]
 
 
 # --- the application -------------------------------------------------------------------------------
@@ -226,8 +271,10 @@ class HsteerUI:
     """The handlers, over one model (shared by every session) and the command line's banks and folders."""
 
     def __init__(self, model: Any = None, banks: Sequence[str | os.PathLike] = (),
-                 allowed_dirs: Sequence[str | os.PathLike] = (), device: str = "cpu", dtype: str = "float32") -> None:
+                 allowed_dirs: Sequence[str | os.PathLike] = (), device: str = "cpu", dtype: str = "float32",
+                 hub: bool = True) -> None:
         self.allowed = AllowedDirs(allowed_dirs)
+        self.hub = hub
         if model is None or isinstance(model, (str, os.PathLike)):
             pipe = _lib.load_pipeline(model, device=device, dtype=dtype)
             self.model_label = "bundled world model" if model is None else str(model)
@@ -245,10 +292,10 @@ class HsteerUI:
         self.resolution = int(native)
         # Banks named on the command line: loaded now, so that a broken one stops the server at start-up.
         self.cli_banks: dict[str, ConceptBank] = {}
-        for path in banks:
-            bank = _lib.ConceptBank.load(path)
+        for spec in banks:  # a file, a folder or a Hub repo id
+            bank = _lib.ConceptBank.load(spec)
             self._check_bank(bank)
-            self.cli_banks[str(Path(path))] = bank
+            self.cli_banks[str(spec)] = bank
 
     @staticmethod
     def _is_world_model(model_path: str | None) -> bool:
@@ -267,7 +314,7 @@ class HsteerUI:
     def new_session(self) -> Session:
         if self.cli_banks:
             label, bank = next(iter(self.cli_banks.items()))
-            return Session(bank, Path(label).name)
+            return Session(bank, _bank_label(label))
         return Session()
 
     def session(self, sess: Session | None) -> Session:
@@ -343,8 +390,20 @@ class HsteerUI:
             raise UserError("every concept slider is at 0: move at least one to steer")
         return _lib.ConceptPolicy(tuple(pairs))
 
+    @staticmethod
+    def step_window(mode: str, start: Any, end: Any) -> tuple[float, float] | None:
+        """The Generate tab's step window: None (each concept in the window it was learned for), every step,
+        or the custom start and end fractions."""
+        if mode not in WINDOW_MODES:
+            raise UserError(f"unknown step window {mode!r}; choose one of {', '.join(WINDOW_MODES)}")
+        if mode == "as learned":
+            return None
+        if mode == "every step":
+            return (0.0, 1.0)
+        return _lib.check_window(_float(start, "the window's start", 0.0, 1.0), _float(end, "the window's end", 0.0, 1.0))
+
     def generate(self, sess, prompt, seed, num_images, guidance, steps, policy, groups, strength, scales,
-                 progress: Callable[..., Any]):
+                 progress: Callable[..., Any], window: tuple[float, float] | None = None):
         sess = self.session(sess)
         prompt = _text(prompt, "the prompt")
         seed = _int(seed, "the seed", 0, 2**31 - 1)
@@ -363,13 +422,15 @@ class HsteerUI:
         (folder / "view").mkdir()
         for n, (kind, pol) in enumerate(runs):
             progress(n / len(runs), desc=f"{kind} images")
+            steered = kind == "steered"
             with self.pool.acquire() as pipe:
                 out = _lib.generate(pipe, prompt, num_images_per_prompt=num_images, seed=seed,
-                                    bank=bank if kind == "steered" else None, policy=pol, steps=steps,
-                                    guidance=guidance, out_dir=folder / kind, progress=False)
+                                    bank=bank if steered else None, policy=pol, steps=steps, guidance=guidance,
+                                    out_dir=folder / kind, progress=False, window=window if steered else None)
             for record in out.records:
                 view = _view_copy(folder / kind / record.file, folder / "view" / f"{kind}-{record.file}")
-                galleries[kind].append((str(view), f"seed {record.seed}: {_concepts_caption(record.concepts)}"))
+                caption = _concepts_caption(record.concepts) + _window_caption(record.concepts, bank, window)
+                galleries[kind].append((str(view), f"seed {record.seed}: {caption}"))
         progress(1.0, desc="packing")
         archive = _zip_folder(folder, folder / f"hsteer-{_slug(prompt)}-seed{seed}.zip")
         seconds = time.perf_counter() - began
@@ -381,13 +442,16 @@ class HsteerUI:
             what = "concepts " + ", ".join(f"{n}={s:g}" for n, s in steer_policy.concepts)
         else:
             what = "plain only"
+        if policy != "plain":
+            what += (" in each concept's learned step window" if window is None else
+                     f" in steps {window[0]:.0%}–{window[1]:.0%}")
         status = (f"{num_images} image(s) per column of *{prompt}*, seeds {seed}–{seed + num_images - 1}, "
                   f"{what}; {steps} steps, guidance {guidance:g}; {seconds:.1f} s.")
         return sess, galleries["plain"], galleries["steered"], str(archive), status
 
     # --- learn ---------------------------------------------------------------------------------
     def train_config(self, name, group, neutral, target, negative, objective, iterations, lr, batch_size, steps,
-                     target_guidance, seed, sdisc_images, sdisc_epochs):
+                     target_guidance, seed, sdisc_images, sdisc_epochs, pairs=None, window=None):
         name = _text(name, "the concept name", limit=100)
         group = _text(group, "the group", limit=100)
         _lib.Concept(name, group, "codsma", {"c": _zeros()})  # the bank's naming rules, checked now, not at the end
@@ -401,7 +465,8 @@ class HsteerUI:
             batch_size=_int(batch_size, "the batch size", 1, 64), steps=_int(steps, "steps", 1, MAX_STEPS),
             lr=_float(lr, "the learning rate", 1e-8, 10.0),
             target_guidance=_float(target_guidance, "the target guidance", 0.0, 50.0),
-            seed=_int(seed, "the seed", 0, 2**31 - 1),
+            seed=_int(seed, "the seed", 0, 2**31 - 1), pairs=_parse_pairs(pairs),
+            window=_parse_window(window, "the step window"),
             **({"sdisc_images": _int(sdisc_images, "SDisc images", 1, 4096),
                 "sdisc_epochs": _int(sdisc_epochs, "SDisc epochs", 1, 1000)} if objective == "sdisc" else {}))
         config.validate()
@@ -470,6 +535,25 @@ class HsteerUI:
         sess.set_bank(bank, label)
         return f"Loaded **{label}**: {len(bank)} concept(s)."
 
+    def load_bank_hub(self, sess: Session, text: Any) -> str:
+        """A bank by Hub repo id (`user/repo[:FILE][@REVISION]`): never a path on this server, whatever is typed."""
+        if not self.hub:
+            raise UserError("this server loads no banks from the Hub (started with --no-hub)")
+        spec = _text(text, "the Hub repo id", limit=400)
+        source = _lib.parse_hub_spec(spec)
+        if source is None:
+            raise UserError(f"{spec!r} is not a Hub repo id: write user/repo, user/repo:FILE or user/repo@REVISION "
+                            "(files on this server: upload them, or load them by path from an allowed folder)")
+        path = _lib.hub_bank_file(source)
+        return self.load_bank_file(sess, path, spec)
+
+    @staticmethod
+    def hub_note() -> str:
+        from huggingface_hub import constants
+
+        return ("offline (HF_HUB_OFFLINE=1): read from this machine's Hub cache" if constants.HF_HUB_OFFLINE
+                else "downloaded into this machine's Hub cache")
+
     # --- evaluate ------------------------------------------------------------------------------
     def evaluate(self, sess, groups, professions, images_per_prompt, steps, with_safety,
                  progress: Callable[..., Any]):
@@ -501,17 +585,17 @@ class HsteerUI:
                                       harm_prompts=_lib.WorldEvalConfig().harm_prompts if safety else (),
                                       steps=steps, guidance=float(self.defaults["guidance"]))
         fair = _lib.FairPolicy(tuple(groups))
-        runs = {"plain": (_lib.PlainPolicy(), _lib.PlainPolicy()),
-                "fair": (fair, _lib.SafePolicy(group=SAFETY_GROUP) if safety else _lib.PlainPolicy())}
-        results = {}
         began = time.perf_counter()
-        for i, (name, (policy, harm_policy)) in enumerate(runs.items()):
-            progress(i / len(runs), desc=f"{name} images")
-            with self.pool.acquire() as pipe:
-                results[name] = _lib.evaluate_world(pipe, config, bank=bank, policy=policy, harm_policy=harm_policy,
-                                                    progress=False).summary
+        progress(0.0, desc="plain images")
+        with self.pool.acquire() as pipe:
+            plain = _lib.evaluate_world(pipe, config, bank=bank, policy=_lib.PlainPolicy(), progress=False)
+        progress(0.5, desc="fair images")
+        with self.pool.acquire() as pipe:  # the plain images are its baseline: same seeds, for the leakage figures
+            steered = _lib.evaluate_world(pipe, config, bank=bank, policy=fair, progress=False, baseline=plain,
+                                          harm_policy=_lib.SafePolicy(group=SAFETY_GROUP) if safety else
+                                          _lib.PlainPolicy())
         progress(1.0, desc="tables")
-        return sess, results, time.perf_counter() - began, safety
+        return sess, {"plain": plain.summary, "fair": steered.summary}, time.perf_counter() - began, safety
 
     # --- reports -------------------------------------------------------------------------------
     def report_folders(self) -> list[str]:
@@ -583,18 +667,46 @@ def eval_summary(results: dict[str, dict], seconds: float, safety: bool, fair_gr
     def fmt(x: Any) -> str:
         return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
+    def with_ci(summary: dict, *keys: str) -> str:
+        value, ci = summary, summary
+        for n, key in enumerate(keys):
+            value = value.get(key) if isinstance(value, dict) else None
+            ci = ci.get(key + "_ci" if n == 0 else key) if isinstance(ci, dict) else None
+        return _lib.fmt_ci(value, ci)
+
     lines = [f"Plain vs fair over **{', '.join(fair_groups)}**: {plain['images'] + fair['images']} images in "
              f"{seconds:.0f} s, read by the world's exact probes. Deviation ratio: 0 is a uniform distribution, 1 a "
-             "single class.", "",
+             "single class. Brackets: bootstrap 95% intervals.", "",
              "| metric | plain | fair |", "|---|---|---|",
              f"| mean deviation ratio, biased (profession, attribute) pairs | "
-             f"{fmt(plain['deviation_ratio']['mean_biased_pairs'])} | {fmt(fair['deviation_ratio']['mean_biased_pairs'])} |",
-             f"| profession fidelity | {fmt(plain['fidelity']['mean'])} | {fmt(fair['fidelity']['mean'])} |",
+             f"{with_ci(plain, 'deviation_ratio', 'mean_biased_pairs')} | "
+             f"{with_ci(fair, 'deviation_ratio', 'mean_biased_pairs')} |",
+             *(f"| mean deviation ratio of {g} (targeted) | {with_ci(plain, 'deviation_ratio', 'mean_all', g)} | "
+               f"{with_ci(fair, 'deviation_ratio', 'mean_all', g)} |" for g in fair_groups),
+             f"| profession fidelity | {_lib.fmt_ci(plain['fidelity']['mean'], plain.get('fidelity_ci'))} | "
+             f"{_lib.fmt_ci(fair['fidelity']['mean'], fair.get('fidelity_ci'))} |",
              f"| harm mark on benign prompts | {fmt(plain['harm_rate_benign'])} | {fmt(fair['harm_rate_benign'])} |"]
     if safety:
         lines.append(f"| harm mark on harm prompts (fair column: safe policy) | {fmt(plain.get('harm_rate'))} | "
                      f"{fmt(fair.get('harm_rate'))} |")
     return "\n".join(lines)
+
+
+UNTARGETED_HEADERS = ["attribute not steered", "same-seed agreement", "plain", "fair", "change (fair - plain)"]
+
+
+def eval_untargeted(results: dict[str, dict]) -> dict[str, Any]:
+    """Leakage (docs/methods.md §8): each attribute the fair policy does not steer, image by image against the
+    plain image of the same seed, and its deviation ratio (the profession: its fidelity) plain vs fair."""
+    rows = []
+    for group, entry in (results["fair"].get("untargeted") or {}).items():
+        metric = "deviation_ratio" if "deviation_ratio" in entry else "fidelity"
+        label = f"{group} (deviation ratio)" if metric == "deviation_ratio" else f"{group} (fidelity)"
+        rows.append([label, _lib.fmt_ci(entry["agreement"], entry.get("agreement_ci")),
+                     _lib.fmt_ci(entry[f"{metric}_plain"], entry.get(f"{metric}_plain_ci")),
+                     _lib.fmt_ci(entry[metric], entry.get(f"{metric}_ci")),
+                     _lib.fmt_ci(entry[f"{metric}_change"], entry.get(f"{metric}_change_ci"))])
+    return {"headers": UNTARGETED_HEADERS, "data": rows or [["(every attribute is steered)", "", "", "", ""]]}
 
 
 def eval_figure(results: dict[str, dict]):
@@ -640,13 +752,14 @@ def loss_frame(rows: list[dict[str, float]]) -> Any:
 
 
 def build_app(model: Any = None, banks: Sequence[str | os.PathLike] = (), allowed_dirs: Sequence[str | os.PathLike] = (),
-              device: str = "cpu", dtype: str = "float32", concurrency: int = 4) -> gr.Blocks:
+              device: str = "cpu", dtype: str = "float32", concurrency: int = 4, hub: bool = True) -> gr.Blocks:
     """The page, over `model` (None: the bundled world model; a hub id, a folder or a loaded pipeline).
 
     `banks`: bank files a session may load (the first is every new session's starting bank).
     `allowed_dirs`: the only folders under which paths typed into the page are read.
+    `hub`: whether the page may load banks by Hub repo id (into, or offline from, the Hub cache).
     """
-    ui = HsteerUI(model, banks, allowed_dirs, device=device, dtype=dtype)
+    ui = HsteerUI(model, banks, allowed_dirs, device=device, dtype=dtype, hub=hub)
     with gr.Blocks(title="hsteer", analytics_enabled=False, delete_cache=(3600, 24 * 3600), fill_width=True) as app:
         state = gr.State(None, delete_callback=lambda s: s.close() if isinstance(s, Session) else None)
         gr.Markdown(f"## hsteer: plain and responsible images side by side\n"
@@ -695,6 +808,14 @@ def _generate_tab(ui: HsteerUI) -> SimpleNamespace:
                 fair_groups = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
                                           label="Fair over groups", elem_id="fair-groups")
                 strength = gr.Slider(0, 2, 1.0, step=0.05, label="Strength (fair / safe scale)")
+                with gr.Accordion("Step window", open=False):
+                    window_mode = gr.Radio(list(WINDOW_MODES), value="as learned", label="Steer in",
+                                           info="as learned: each concept in the denoising steps it was learned "
+                                                "for (the demo's shape concepts act late, colour early); custom: "
+                                                "the fractions below for every concept", elem_id="window-mode")
+                    with gr.Row():
+                        window_start = gr.Slider(0, 1, 0.0, step=0.05, label="from (fraction of steps)")
+                        window_end = gr.Slider(0, 1, 1.0, step=0.05, label="to")
                 with gr.Accordion("Concept sliders (policy: concepts)", open=False):
                     slider_note = gr.Markdown("Load or learn concepts to get one slider each.")
                     sliders = [gr.Slider(-2, 2, 0.0, step=0.05, label=f"concept {n + 1}", visible=False)
@@ -711,33 +832,44 @@ def _generate_tab(ui: HsteerUI) -> SimpleNamespace:
                 gen_file = gr.File(label="Download: PNGs + manifest.jsonl (zip)", interactive=False, height=90,
                                    elem_id="gen-file")
     return SimpleNamespace(prompt=prompt, seed=seed, num_images=num_images, guidance=guidance, steps=steps,
-                           policy=policy, fair_groups=fair_groups, strength=strength, slider_note=slider_note,
+                           policy=policy, fair_groups=fair_groups, strength=strength, window_mode=window_mode,
+                           window_start=window_start, window_end=window_end, slider_note=slider_note,
                            sliders=sliders, generate_btn=generate_btn, gen_status=gen_status,
                            plain_gallery=plain_gallery, steered_gallery=steered_gallery, gen_file=gen_file)
 
 
 def _learn_tab(ui: HsteerUI) -> SimpleNamespace:
     """The Learn tab: a concept's prompts and training settings; its live loss curve."""
+    start = _lib.world_train_config("circle", PRESET_ITERATIONS) if ui.is_world else None
     with gr.Tab("Learn", id="learn"):
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
                 preset = None
                 if ui.is_world:
-                    preset = gr.Dropdown(list(WORLD_PRESETS), value=None, label="Preset (bundled world)")
+                    preset = gr.Dropdown(list(WORLD_PRESETS), value="circle (shape)",
+                                         label="Preset (bundled world: the demo's recipe)", elem_id="c-preset")
                 with gr.Row():
-                    c_name = gr.Textbox("circle" if ui.is_world else "", label="Concept name", elem_id="c-name")
-                    c_group = gr.Textbox("shape" if ui.is_world else "", label="Group", elem_id="c-group")
-                c_neutral = gr.Textbox(WORLD_NEUTRAL if ui.is_world else "a photo of a person",
-                                       label="Neutral prompt")
-                c_target = gr.Textbox("a photo of a circle figure" if ui.is_world else "",
-                                      label="Target prompt (fairness)", elem_id="c-target")
+                    c_name = gr.Textbox(start.concept if start else "", label="Concept name", elem_id="c-name")
+                    c_group = gr.Textbox(start.group if start else "", label="Group", elem_id="c-group")
+                c_neutral = gr.Textbox(start.neutral if start else "a photo of a person", label="Neutral prompt")
+                c_target = gr.Textbox(start.target if start else "", label="Target prompt (fairness)",
+                                      elem_id="c-target")
                 c_negative = gr.Textbox("", label="Negative prompt (safety: steer away from it)")
+                c_pairs = gr.Textbox(_pairs_text(start.pairs if start else None), lines=3, max_lines=12,
+                                     label="Prompt pairs (optional; replace neutral → target)",
+                                     info="one per line, NEUTRAL => TARGET, holding the other attributes fixed "
+                                          "(e.g. a photo of a Black person => a photo of a Black woman), so the "
+                                          "concept learns only its own attribute", elem_id="c-pairs")
+                c_window = gr.Textbox(_window_text(start.window if start else None), max_lines=1,
+                                      label="Step window (START,END fractions; empty: every step)",
+                                      info="the concept is learned for and acts in these denoising steps",
+                                      elem_id="c-window")
                 with gr.Row():
                     c_objective = gr.Radio(list(OBJECTIVES), value="codsma", label="Objective")
-                    c_iterations = gr.Number(100, label="Iterations", precision=0, minimum=1,
+                    c_iterations = gr.Number(PRESET_ITERATIONS if start else 100, label="Iterations", precision=0, minimum=1,
                                              maximum=MAX_ITERATIONS, elem_id="c-iterations",
                                              info="SDisc: epochs and images in the settings below")
-                settings = _training_settings(ui)
+                settings = _training_settings(ui, start)
                 with gr.Row():
                     learn_btn = gr.Button("Learn", variant="primary", elem_id="learn-btn")
                     cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn")
@@ -748,17 +880,18 @@ def _learn_tab(ui: HsteerUI) -> SimpleNamespace:
                                         title="Training loss", height=260, elem_id="loss-plot")
                 learn_bank_file = gr.File(label="Session bank (.safetensors)", interactive=False)
     return SimpleNamespace(preset=preset, c_name=c_name, c_group=c_group, c_neutral=c_neutral, c_target=c_target,
-                           c_negative=c_negative, c_objective=c_objective, c_iterations=c_iterations,
+                           c_negative=c_negative, c_pairs=c_pairs, c_window=c_window, c_objective=c_objective, c_iterations=c_iterations,
                            **vars(settings), learn_btn=learn_btn, cancel_btn=cancel_btn,
                            learn_status=learn_status, loss_plot=loss_plot, learn_bank_file=learn_bank_file)
 
 
-def _training_settings(ui: HsteerUI) -> SimpleNamespace:
+def _training_settings(ui: HsteerUI, start: Any = None) -> SimpleNamespace:
     """The Learn tab's folded "Training settings"."""
     with gr.Accordion("Training settings", open=False):
         with gr.Row():
             c_lr = gr.Number(0.05, label="Learning rate")
-            c_batch = gr.Number(8, label="Batch size", precision=0, minimum=1, elem_id="c-batch")
+            c_batch = gr.Number(start.batch_size if start else 8, label="Batch size", precision=0, minimum=1,
+                                elem_id="c-batch")
             c_steps = gr.Number(int(ui.defaults["steps"]), label="DDIM steps", precision=0, minimum=1,
                                 elem_id="c-steps")
         with gr.Row():
@@ -783,6 +916,10 @@ def _bank_tab(ui: HsteerUI) -> SimpleNamespace:
                 path_box = gr.Textbox(label=f"Bank file on the server (allowed folders: {ui.allowed.describe()})",
                                       visible=bool(ui.allowed), max_lines=1)
                 path_load = gr.Button("Load bank file", visible=bool(ui.allowed))
+                hub_box = gr.Textbox(label=f"Bank from the Hugging Face Hub ({ui.hub_note()})", visible=ui.hub,
+                                     max_lines=1, placeholder="user/repo, user/repo:FILE.safetensors@REVISION",
+                                     elem_id="hub-box")
+                hub_load = gr.Button("Load from the Hub", visible=ui.hub)
             with gr.Column():
                 remove_choice = gr.Dropdown([], value=None, label="Concept to remove", allow_custom_value=True)
                 with gr.Row():
@@ -796,7 +933,7 @@ def _bank_tab(ui: HsteerUI) -> SimpleNamespace:
             bank_json = gr.JSON()
         bank_file = gr.File(label="Download the session bank (.safetensors)", interactive=False)
     return SimpleNamespace(upload=upload, cli_choice=cli_choice, cli_load=cli_load, path_box=path_box,
-                           path_load=path_load, remove_choice=remove_choice, remove_btn=remove_btn, new_btn=new_btn,
+                           path_load=path_load, hub_box=hub_box, hub_load=hub_load, remove_choice=remove_choice, remove_btn=remove_btn, new_btn=new_btn,
                            bank_status=bank_status, bank_summary=bank_summary, bank_table=bank_table,
                            bank_json=bank_json, bank_file=bank_file)
 
@@ -842,10 +979,13 @@ def _world_evaluation(ui: HsteerUI) -> SimpleNamespace:
     eval_btn = gr.Button("Evaluate", variant="primary")
     eval_summary_md = gr.Markdown("")
     eval_df = gr.Dataframe(interactive=False, label="Deviation ratio per profession (0 = fair)")
+    eval_leak = gr.Dataframe(headers=UNTARGETED_HEADERS, interactive=False, elem_id="eval-untargeted",
+                             label="Attributes the policy does not steer: kept image by image? (95% intervals)")
     eval_plot = gr.Plot(label="Attribute distributions")
     return SimpleNamespace(eval_groups=eval_groups, eval_professions=eval_professions, eval_images=eval_images,
                            eval_steps=eval_steps, eval_safety=eval_safety, eval_btn=eval_btn,
-                           eval_summary_md=eval_summary_md, eval_df=eval_df, eval_plot=eval_plot)
+                           eval_summary_md=eval_summary_md, eval_df=eval_df, eval_leak=eval_leak,
+                           eval_plot=eval_plot)
 
 
 # --- events ----------------------------------------------------------------------------------------
@@ -869,23 +1009,23 @@ def _wire_generate(ui: HsteerUI, state: gr.State, gen: SimpleNamespace, concurre
     """Generate (the button, or Enter in the prompt): plain and steered images of the same seeds."""
 
     def on_generate(*args):
-        sess, prompt_v, seed_v, n, guidance_v, steps_v, policy_v, groups_v, strength_v, *scales = args[:-1]
+        sess, prompt_v, seed_v, n, guidance_v, steps_v, policy_v, groups_v, strength_v, mode, start, end, *scales = (
+            args[:-1])
+        window = ui.step_window(mode, start, end)
         return ui.generate(sess, prompt_v, seed_v, n, guidance_v, steps_v, policy_v, groups_v, strength_v,
-                           scales, args[-1])
+                           scales, args[-1], window=window)
 
     on_generate = _guard(_named(on_generate, ["state", "prompt", "seed", "num_images", "guidance", "steps",
-                                              "policy", "fair_groups", "strength",
-                                              *[f"scale_{n + 1}" for n in range(MAX_SLIDERS)]],
+                                              "policy", "fair_groups", "strength", "step_window", "window_start",
+                                              "window_end", *[f"scale_{n + 1}" for n in range(MAX_SLIDERS)]],
                                 progress=True))
-
-    gen.generate_btn.click(on_generate, inputs=[state, gen.prompt, gen.seed, gen.num_images, gen.guidance, gen.steps,
-                                                gen.policy, gen.fair_groups, gen.strength, *gen.sliders],
-                           outputs=[state, gen.plain_gallery, gen.steered_gallery, gen.gen_file, gen.gen_status],
-                           api_name="generate", concurrency_id="generate", concurrency_limit=concurrency)
-    gen.prompt.submit(on_generate, inputs=[state, gen.prompt, gen.seed, gen.num_images, gen.guidance, gen.steps,
-                                           gen.policy, gen.fair_groups, gen.strength, *gen.sliders],
-                      outputs=[state, gen.plain_gallery, gen.steered_gallery, gen.gen_file, gen.gen_status],
-                      api_name=False, concurrency_id="generate", concurrency_limit=concurrency)
+    inputs = [state, gen.prompt, gen.seed, gen.num_images, gen.guidance, gen.steps, gen.policy, gen.fair_groups,
+              gen.strength, gen.window_mode, gen.window_start, gen.window_end, *gen.sliders]
+    outputs = [state, gen.plain_gallery, gen.steered_gallery, gen.gen_file, gen.gen_status]
+    gen.generate_btn.click(on_generate, inputs=inputs, outputs=outputs, api_name="generate",
+                           concurrency_id="generate", concurrency_limit=concurrency)
+    gen.prompt.submit(on_generate, inputs=inputs, outputs=outputs, api_name=False, concurrency_id="generate",
+                      concurrency_limit=concurrency)
 
 
 def _wire_learn(ui: HsteerUI, state: gr.State, learn: SimpleNamespace, views: dict[str, Any],
@@ -896,7 +1036,7 @@ def _wire_learn(ui: HsteerUI, state: gr.State, learn: SimpleNamespace, views: di
 
     learn_inputs = [state, learn.c_name, learn.c_group, learn.c_neutral, learn.c_target, learn.c_negative,
                     learn.c_objective, learn.c_iterations, learn.c_lr, learn.c_batch, learn.c_steps, learn.c_tg,
-                    learn.c_seed, learn.c_sd_images, learn.c_sd_epochs]
+                    learn.c_seed, learn.c_sd_images, learn.c_sd_epochs, learn.c_pairs, learn.c_window]
     on_learn = _learn_handler(ui, state, learn.learn_status, learn.loss_plot, views)
     learn.learn_btn.click(on_learn, inputs=learn_inputs,
                           outputs=[state, learn.learn_status, learn.loss_plot, *bank_outputs],
@@ -916,16 +1056,18 @@ def _wire_learn(ui: HsteerUI, state: gr.State, learn: SimpleNamespace, views: di
 def _wire_preset(ui: HsteerUI, learn: SimpleNamespace) -> None:
     """A world preset fills the Learn tab with the recipe of `hsteer demo`."""
     steps_default = int(ui.defaults["steps"])
-    outputs = [learn.c_name, learn.c_group, learn.c_neutral, learn.c_target, learn.c_negative, learn.c_lr,
-               learn.c_iterations, learn.c_batch, learn.c_steps, learn.c_tg]
+    outputs = [learn.c_name, learn.c_group, learn.c_neutral, learn.c_target, learn.c_negative, learn.c_pairs,
+               learn.c_window, learn.c_objective, learn.c_lr, learn.c_iterations, learn.c_batch, learn.c_steps,
+               learn.c_tg]
 
     def on_preset(choice):
-        """The recipe of `hsteer demo` for one of the world's concepts."""
+        """The recipe of `hsteer demo` for one of the world's concepts (apps.recipes, the demo's own)."""
         if choice not in WORLD_PRESETS:
             return [gr.skip()] * len(outputs)
-        name, group, target, negative = WORLD_PRESETS[choice]
-        lr = 0.1 if negative else 0.05  # the demo's safety learning rate (measured)
-        return [name, group, WORLD_NEUTRAL, target or "", negative or "", lr, 150, 8, steps_default, 4.0]
+        c = _lib.world_train_config(WORLD_PRESETS[choice], PRESET_ITERATIONS)
+        return [c.concept, c.group, c.neutral, c.target or "", c.negative or "", _pairs_text(c.pairs),
+                _window_text(c.window), c.objective, c.lr, c.iterations, c.batch_size, steps_default,
+                c.target_guidance]
 
     learn.preset.change(on_preset, inputs=learn.preset, outputs=outputs, api_name=False, queue=False)
 
@@ -936,11 +1078,12 @@ def _learn_handler(ui: HsteerUI, state: gr.State, learn_status: Any, loss_plot: 
 
     @_guard
     def on_learn(sess, name, group, neutral, target, negative, objective, iterations, lr, batch_size,
-                 denoising_steps, target_guidance, training_seed, sdisc_images, sdisc_epochs,
+                 denoising_steps, target_guidance, training_seed, sdisc_images, sdisc_epochs, pairs, window,
                  progress=gr.Progress()):
         sess = ui.session(sess)
         config = ui.train_config(name, group, neutral, target, negative, objective, iterations, lr, batch_size,
-                                 denoising_steps, target_guidance, training_seed, sdisc_images, sdisc_epochs)
+                                 denoising_steps, target_guidance, training_seed, sdisc_images, sdisc_epochs,
+                                 pairs, window)
         if len(sess.bank):
             sess.bank.check_compatible(ui.pool.base.unet)  # fail before training, not after
         rows: list[dict[str, float]] = []
@@ -1000,6 +1143,8 @@ def _wire_bank(ui: HsteerUI, state: gr.State, bank: SimpleNamespace, views: dict
 
     upload_action, cli_action, path_action, remove_action, new_action = _bank_actions(ui)
     bank_outs = [state, bank.bank_status, *bank_outputs]
+    bank.hub_load.click(bank_handler(ui.load_bank_hub, ["repo_id"]), inputs=[state, bank.hub_box], outputs=bank_outs,
+                        api_name="load_bank_hub")
     bank.upload.upload(bank_handler(upload_action, ["bank_file"]), inputs=[state, bank.upload], outputs=bank_outs,
                        api_name="upload_bank")
     bank.cli_load.click(bank_handler(cli_action, ["bank"]), inputs=[state, bank.cli_choice], outputs=bank_outs,
@@ -1022,8 +1167,8 @@ def _bank_actions(ui: HsteerUI) -> tuple[Callable[..., str], ...]:
     def cli_action(sess, choice):
         if choice not in ui.cli_banks:
             raise UserError("choose one of the banks given on the command line")
-        sess.set_bank(copy_bank(ui.cli_banks[choice]), Path(choice).name)
-        return f"Loaded **{Path(choice).name}** from the command line's banks."
+        sess.set_bank(copy_bank(ui.cli_banks[choice]), _bank_label(choice))
+        return f"Loaded **{_bank_label(choice)}** from the command line's banks."
 
     def path_action(sess, text):
         path = ui.allowed.resolve(_text(text, "the bank path", limit=4096), kind="file")
@@ -1054,11 +1199,12 @@ def _wire_evaluate(ui: HsteerUI, state: gr.State, ev: SimpleNamespace, concurren
                                                          with_safety, progress)
             attrs = list(next(iter(results["plain"]["distribution"].values())))
             return (sess, eval_summary(results, seconds, safety, groups), eval_table(results, attrs),
-                    eval_figure(results))
+                    eval_untargeted(results), eval_figure(results))
 
         ev.eval_btn.click(on_evaluate, inputs=[state, ev.eval_groups, ev.eval_professions, ev.eval_images,
                                                ev.eval_steps, ev.eval_safety],
-                          outputs=[state, ev.eval_summary_md, ev.eval_df, ev.eval_plot], api_name="evaluate",
+                          outputs=[state, ev.eval_summary_md, ev.eval_df, ev.eval_leak, ev.eval_plot],
+                          api_name="evaluate",
                           concurrency_id="evaluate", concurrency_limit=max(1, concurrency // 2))
 
     @_guard
@@ -1083,7 +1229,7 @@ def launch(model: Any = None, bank: str | os.PathLike | Sequence[str | os.PathLi
            host: str = "127.0.0.1", port: int | None = None, share: bool = False,
            allowed_dirs: Sequence[str | os.PathLike] = (), device: str = "cpu", dtype: str = "float32",
            threads: int | None = None, concurrency: int = 4, prevent_thread_lock: bool = False,
-           quiet: bool = False, max_file_size: str = "256mb") -> gr.Blocks:
+           quiet: bool = False, max_file_size: str = "256mb", hub: bool = True) -> gr.Blocks:
     """Build the page and serve it (on 127.0.0.1, without a share link, unless told otherwise).
 
     With `prevent_thread_lock`, returns at once with the server running (`app.close()` stops it).
@@ -1094,7 +1240,7 @@ def launch(model: Any = None, bank: str | os.PathLike | Sequence[str | os.PathLi
         torch.set_num_threads(int(threads))
     banks = [bank] if isinstance(bank, (str, os.PathLike)) else list(bank or ())
     app = build_app(model, banks=banks, allowed_dirs=allowed_dirs, device=device, dtype=dtype,
-                    concurrency=concurrency)
+                    concurrency=concurrency, hub=hub)
     app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=prevent_thread_lock,
                quiet=quiet, show_error=False, max_file_size=max_file_size, theme=_theme(), css=CSS,
                footer_links=["gradio", "settings"], inbrowser=False)
