@@ -320,67 +320,88 @@ def _bootstrap_median_ratio(numerators: list[float], denominators: list[float], 
     return statistics.median(ratios), medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
 
 
+class QualityProbe:
+    """The training benchmark's quality: fair generation over shape on the shape-biased professions, against
+    the plain images of the same seeds (made once); `meets` is the fixed quality both modes are timed to."""
+
+    def __init__(self, pipe, images: int, threshold: float = 0.05, agreement_target: float | None = 0.90) -> None:
+        from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
+        from hsteer.generation import PlainPolicy
+        from hsteer.model import sampling_defaults
+
+        sampling = sampling_defaults(getattr(pipe, "_hsteer_model", None))
+        self.pipe, self.threshold, self.agreement_target = pipe, threshold, agreement_target
+        self.config = WorldEvalConfig(professions=_shape_professions(), templates=("a photo of a {}",),
+                                      images_per_prompt=images, harm_prompts=(), steps=int(sampling["steps"]),
+                                      guidance=float(sampling["guidance"]), groups=("shape", "colour"))
+        self.plain = evaluate_world(pipe, self.config, policy=PlainPolicy(), progress=False)
+
+    def __call__(self, concepts) -> dict:
+        from hsteer.evaluation.world import evaluate_world
+        from hsteer.generation import FairPolicy
+        from hsteer.hspace.bank import ConceptBank
+
+        result = evaluate_world(self.pipe, self.config, bank=ConceptBank(concepts=concepts),
+                                policy=FairPolicy(("shape",)), baseline=self.plain, progress=False)
+        return _quality(result.summary)
+
+    def meets(self, q: dict) -> bool:
+        return q["deviation_ratio"] <= self.threshold and (
+            self.agreement_target is None or (q["colour_agreement"] or 0.0) >= self.agreement_target)
+
+
+def training_curve(pipe, probe: QualityProbe, mode: str, milestones: list[int], seed: int, workdir: Path,
+                   **extra) -> list[dict]:
+    """Train the world recipe's circle and square milestone by milestone (resuming), evaluating after each,
+    until the quality is met; seconds are training time only. `extra`: settings over the recipe's."""
+    from hsteer.apps.recipes import world_train_config
+    from hsteer.training import train_concept
+
+    seconds, points = 0.0, []
+    tag = "-".join(f"{k}{v}" for k, v in sorted(extra.items()))
+    for m in milestones:
+        concepts = []
+        for name in ("circle", "square"):
+            config = world_train_config(name, m, seed, mode=mode, **extra)
+            result = train_concept(pipe, config, run_dir=workdir / f"{mode}{tag}-{seed}" / name, resume=True,
+                                   checkpoint_every=m, progress=False)
+            seconds += result.seconds
+            concepts.append(result.concept)
+        points.append({"iterations": m, "seconds": seconds, **probe(concepts)})
+        if probe.meets(points[-1]):
+            break
+    return points
+
+
+def seconds_to_reach(probe: QualityProbe, points: list[dict]) -> float | None:
+    return next((p["seconds"] for p in points if probe.meets(p)), None)
+
+
 def bench_training(pipe, reference_milestones: list[int], fast_milestones: list[int], images: int, workdir: Path,
                    seeds: tuple[int, ...] = (0, 1, 2), threshold: float = 0.05,
                    agreement_target: float | None = 0.90, fast_batch: int | None = None) -> dict:
     """Time to an equal, fixed quality: the reference procedure (batch 1) vs the fast mode, over several seeds.
 
-    Quality: fair generation over the shape group on the professions with a planted shape bias, mean
-    deviation ratio <= `threshold` (and, with `agreement_target`, same-seed colour agreement with the plain
-    images >= it). Each mode trains the world recipe's circle and square concepts milestone by milestone
-    (resuming) and is evaluated after each; its time is training time only, up to the first milestone that
+    Quality (`QualityProbe`): fair generation over the shape group on the professions with a planted shape
+    bias, mean deviation ratio <= `threshold` (and, with `agreement_target`, same-seed colour agreement with
+    the plain images >= it). Each mode trains the world recipe's circle and square concepts milestone by
+    milestone and is evaluated after each; its time is training time only, up to the first milestone that
     meets the quality. Speedup per seed = reference time / fast time; reported as the median over seeds with
     a bootstrap interval, whose lower end is the headline.
     """
-    from hsteer.apps.recipes import world_train_config
-    from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
-    from hsteer.generation import FairPolicy, PlainPolicy
-    from hsteer.hspace.bank import ConceptBank
-    from hsteer.model import sampling_defaults
-
-    sampling = sampling_defaults(getattr(pipe, "_hsteer_model", None))
-    eval_config = WorldEvalConfig(professions=_shape_professions(), templates=("a photo of a {}",),
-                                  images_per_prompt=images, harm_prompts=(), steps=int(sampling["steps"]),
-                                  guidance=float(sampling["guidance"]), groups=("shape", "colour"))
-    plain = evaluate_world(pipe, eval_config, policy=PlainPolicy(), progress=False)
-
-    def quality(concepts) -> dict:
-        result = evaluate_world(pipe, eval_config, bank=ConceptBank(concepts=concepts), policy=FairPolicy(("shape",)),
-                                baseline=plain, progress=False)
-        return _quality(result.summary)
-
-    def meets(q: dict) -> bool:
-        return q["deviation_ratio"] <= threshold and (
-            agreement_target is None or (q["colour_agreement"] or 0.0) >= agreement_target)
-
-    def curve(mode: str, batch: int | None, milestones: list[int], seed: int) -> list[dict]:
-        seconds, points = 0.0, []
-        for m in milestones:
-            concepts = []
-            for name in ("circle", "square"):
-                config = world_train_config(name, m, seed, mode=mode, **({"batch_size": batch} if batch else {}))
-                result = train_concept(pipe, config, run_dir=workdir / f"{mode}-{seed}" / name, resume=True,
-                                       checkpoint_every=m, progress=False)
-                seconds += result.seconds
-                concepts.append(result.concept)
-            points.append({"iterations": m, "seconds": seconds, **quality(concepts)})
-            if meets(points[-1]):
-                break
-        return points
-
-    from hsteer.training import train_concept
-
+    probe = QualityProbe(pipe, images, threshold, agreement_target)
     runs = []
     for seed in seeds:
-        reference = curve("reference", 1, reference_milestones, seed)
-        fast = curve("fast", fast_batch, fast_milestones, seed)
-        reach = [next((p["seconds"] for p in points if meets(p)), None) for points in (reference, fast)]
-        runs.append({"seed": seed, "reference_seconds_to_reach": reach[0], "fast_seconds_to_reach": reach[1],
+        reference = training_curve(pipe, probe, "reference", reference_milestones, seed, workdir, batch_size=1)
+        fast = training_curve(pipe, probe, "fast", fast_milestones, seed, workdir,
+                              **({"batch_size": fast_batch} if fast_batch else {}))
+        runs.append({"seed": seed, "reference_seconds_to_reach": seconds_to_reach(probe, reference),
+                     "fast_seconds_to_reach": seconds_to_reach(probe, fast),
                      "reference_curve": reference, "fast_curve": fast})
     reached = [r for r in runs if r["reference_seconds_to_reach"] and r["fast_seconds_to_reach"]]
     out: dict = {"train_threshold": {"deviation_ratio": threshold, "colour_agreement": agreement_target},
                  "train_runs": runs, "train_seeds_reached": len(reached), "eval_images_per_profession": images,
-                 "eval_professions": list(eval_config.professions), "fast_batch": fast_batch,
+                 "eval_professions": list(probe.config.professions), "fast_batch": fast_batch,
                  "train_speedup": 0.0, "train_speedup_equal_quality": 0.0, "train_speedup_equal_quality_low": 0.0,
                  "train_speedup_equal_quality_high": 0.0}
     if reached:
@@ -432,8 +453,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         results.update(bench_generation(pipe, batch=4, steps=4, repeats=2))
     else:
-        results.update(bench_generation(pipe, batch=16, steps=20, repeats=30))
-    size = dict(batch=4, steps=4, repeats=2) if args.quick else dict(batch=16, steps=20, repeats=30)
+        results.update(bench_generation(pipe, batch=16, steps=20, repeats=20))
+    size = dict(batch=4, steps=4, repeats=2) if args.quick else dict(batch=16, steps=20, repeats=20)
     results.update(bench_attach(pipe, **size))
     if not args.skip_compile:
         backend = args.compile_backend or ("inductor" if pipe.unet.device.type == "cuda" else "eager")

@@ -7,7 +7,8 @@ For SDisc, CoDSMa and RespoDiff (the world recipe of `hsteer.apps.recipes`), it 
 {circle, square}, then generates fair-over-shape images at each group scale and measures, against the
 plain images of the same seeds: the targeted (shape) mean deviation ratio over the shape-biased
 professions and the untargeted (colour) same-seed agreement, each with its bootstrap 95% interval.
-Writes `OUT/tradeoff.json` and the plot `OUT/tradeoff.png` (not committed: a generated image).
+Writes `OUT/tradeoff.json`, the plot `OUT/tradeoff.png` (not committed: a generated image) and the same
+plot as text, `OUT/tradeoff.txt` (the README's copy).
 """
 
 from __future__ import annotations
@@ -67,6 +68,32 @@ def measure(args) -> dict:
             "rows": rows}
 
 
+MARKS = {"sdisc": "S", "codsma": "C", "respodiff": "R"}
+
+
+def text_plot(result: dict, width: int = 56, height: int = 14) -> str:
+    """The same trade-off as characters, for a README (a generated image is not committed): one letter per
+    (method, scale); where points share a cell the later method's letter shows. Dashed lines: the targets."""
+    rows = result["rows"]
+    x_low = min(0.5, min(r["colour_agreement"] for r in rows))
+    y_high = max(0.2, max(r["deviation_ratio"] for r in rows))
+    grid = [[" "] * width for _ in range(height)]
+    col = lambda x: min(width - 1, round((x - x_low) / (1.0 - x_low) * (width - 1)))  # noqa: E731
+    line = lambda y: min(height - 1, round((1 - y / y_high) * (height - 1)))  # noqa: E731
+    for c in range(width):
+        grid[line(0.05)][c] = "-"
+    for r in range(height):
+        grid[r][col(0.90)] = ":" if grid[r][col(0.90)] == " " else grid[r][col(0.90)]
+    for r in rows:
+        grid[line(r["deviation_ratio"])][col(r["colour_agreement"])] = MARKS[r["method"]]
+    out = [f"{y_high * (1 - i / (height - 1)):5.2f} |" + "".join(cells) for i, cells in enumerate(grid)]
+    out.append("      +" + "-" * width)
+    out.append(f"       {x_low:<.2f}{'colour same-seed agreement':^{width - 8}}1.00")
+    out.append("y: shape deviation ratio (fair over shape); S SDisc, C CoDSMa, R RespoDiff; "
+               "- - DevRat 0.05, : agreement 0.90")
+    return "\n".join(out)
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -116,8 +143,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     atomic_write_text(args.out / "tradeoff.json", json.dumps(result, indent=2))
     plot(result, args.out / "tradeoff.png")
+    result["text_plot"] = text_plot(result)
+    atomic_write_text(args.out / "tradeoff.txt", result["text_plot"] + "\n")
     if args.json:
         print(json.dumps(result, indent=2))
+    else:
+        print(result["text_plot"])
     return result
 
 

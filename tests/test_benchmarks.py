@@ -45,3 +45,26 @@ def test_random_sd_architecture_and_training_throughput(tmp_path):
     assert throughput["fast"]["batch"] == 8 and throughput["reference"]["batch"] == 1
     assert throughput["signals_per_second_ratio"] > 0 and throughput["checkpointing_slowdown"] > 0
     assert 0 < results["train_memory"]["memory_ratio_checkpointed"] < results["train_memory"]["memory_ratio"]
+
+
+def test_quick_training_ideas_report_time_to_quality_and_ratio():
+    out = _load("train_ideas").main(["--quick", "--json", "--seeds", "0", "--ideas", "recipe,lr0.2", "--threads", "2"])
+    assert set(out["ideas"]) == {"recipe", "lr0.2"}
+    for idea in out["ideas"].values():
+        assert [r["seed"] for r in idea["runs"]] == [0]
+        assert all(p["iterations"] in (1, 2) and p["seconds"] > 0 for p in idea["runs"][0]["curve"])
+        assert 0 <= idea["final"]["deviation_ratio"] <= 1 and 0 <= idea["final"]["colour_agreement"] <= 1
+    assert out["ideas"]["lr0.2"]["settings"] == {"lr": 0.2}
+
+
+def test_tradeoff_text_plot_places_each_method_and_the_targets():
+    tradeoff = _load("tradeoff")
+    rows = [{"method": "codsma", "scale": 1.0, "deviation_ratio": 0.0, "colour_agreement": 1.0},
+            {"method": "sdisc", "scale": 1.0, "deviation_ratio": 0.4, "colour_agreement": 0.6},
+            {"method": "respodiff", "scale": 0.5, "deviation_ratio": 0.2, "colour_agreement": 0.8}]
+    lines = tradeoff.text_plot({"rows": rows}, width=40, height=10).splitlines()
+    grid = lines[:10]
+    assert grid[-1].endswith("C")  # DevRat 0, agreement 1: bottom right
+    assert "S" in grid[0] and grid[0].index("S") < grid[-1].index("C")  # the worst: top, left
+    assert any(set(g.split("|", 1)[1]) == {"-"} for g in grid)  # the 0.05 line
+    assert "R" in "".join(grid)

@@ -362,6 +362,14 @@ def test_banks_by_hub_repo_id_never_read_server_paths(server, tmp_path, monkeypa
         out = c.predict(repo_id=text, api_name="/load_bank_hub")
         assert out[0].startswith("**Error:**") and message in out[0], (text, out[0])
     assert [r[0] for r in c.predict(api_name="/new_bank")[2]["data"]] == [""]  # the session still answers
+    # `hsteer ui --bank user/repo`: a command-line bank may be a Hub repo id too
+    from hsteer.ui.app import HsteerUI
+
+    ui = HsteerUI(server["pipe"], banks=["user/ui-banks"])
+    sess = ui.new_session()
+    assert list(ui.cli_banks) == ["user/ui-banks"] and sess.bank_label == "user/ui-banks"
+    assert sess.snapshot().names == ["hub_a", "hub_b"]
+    sess.close()
 
 
 def test_allowed_dirs_unit(tmp_path):
