@@ -183,15 +183,13 @@ def _concepts_caption(concepts: Sequence[dict[str, Any]]) -> str:
                       for c in concepts)
 
 
-def _window_caption(concepts: Sequence[dict[str, Any]], bank: ConceptBank, window: tuple[float, float] | None) -> str:
-    """', steps 40–100%' per distinct step window the concepts acted in (nothing when every step)."""
-    spans = []
-    for c in concepts:
-        span = window or (bank[c["name"]].window if c["name"] in bank else None)
-        if span is not None and tuple(span) != (0.0, 1.0):
-            text = f"{c['name']} in steps {span[0]:.0%}–{span[1]:.0%}"
-            spans.append(text if not window else f"steps {span[0]:.0%}–{span[1]:.0%}")
-    return ("; " + ", ".join(dict.fromkeys(spans))) if spans else ""
+def _learned_windows(names: Sequence[str], bank: ConceptBank) -> str:
+    """'green, red: steps 0%–45%; circle: steps 40%–100%' for the concepts that have a window."""
+    by_window: dict[tuple[float, float], list[str]] = {}
+    for name in dict.fromkeys(names):
+        if name in bank and bank[name].window not in (None, (0.0, 1.0)):
+            by_window.setdefault(bank[name].window, []).append(name)
+    return "; ".join(f"{', '.join(n)}: steps {w[0]:.0%}–{w[1]:.0%}" for w, n in by_window.items())
 
 
 def _pairs_text(pairs: Sequence[Sequence[str]] | None) -> str:
@@ -419,6 +417,7 @@ class HsteerUI:
         if policy != "plain":
             runs.append(("steered", steer_policy))
         galleries: dict[str, list[tuple[str, str]]] = {"plain": [], "steered": []}
+        used: list[str] = []
         (folder / "view").mkdir()
         for n, (kind, pol) in enumerate(runs):
             progress(n / len(runs), desc=f"{kind} images")
@@ -429,8 +428,11 @@ class HsteerUI:
                                     out_dir=folder / kind, progress=False, window=window if steered else None)
             for record in out.records:
                 view = _view_copy(folder / kind / record.file, folder / "view" / f"{kind}-{record.file}")
-                caption = _concepts_caption(record.concepts) + _window_caption(record.concepts, bank, window)
+                caption = _concepts_caption(record.concepts)
+                if steered and window is not None and window != (0.0, 1.0):  # learned windows: in the status
+                    caption += f"; steps {window[0]:.0%}–{window[1]:.0%}"
                 galleries[kind].append((str(view), f"seed {record.seed}: {caption}"))
+                used.extend(c["name"] for c in record.concepts)
         progress(1.0, desc="packing")
         archive = _zip_folder(folder, folder / f"hsteer-{_slug(prompt)}-seed{seed}.zip")
         seconds = time.perf_counter() - began
@@ -442,9 +444,11 @@ class HsteerUI:
             what = "concepts " + ", ".join(f"{n}={s:g}" for n, s in steer_policy.concepts)
         else:
             what = "plain only"
-        if policy != "plain":
-            what += (" in each concept's learned step window" if window is None else
-                     f" in steps {window[0]:.0%}–{window[1]:.0%}")
+        if policy != "plain" and window is None:
+            learned = _learned_windows(used, bank)
+            what += f" in each concept's learned step window ({learned})" if learned else " in every step"
+        elif policy != "plain":
+            what += f" in steps {window[0]:.0%}–{window[1]:.0%}"
         status = (f"{num_images} image(s) per column of *{prompt}*, seeds {seed}–{seed + num_images - 1}, "
                   f"{what}; {steps} steps, guidance {guidance:g}; {seconds:.1f} s.")
         return sess, galleries["plain"], galleries["steered"], str(archive), status
