@@ -78,8 +78,13 @@ def text_plot(result: dict, width: int = 56, height: int = 14) -> str:
     x_low = min(0.5, min(r["colour_agreement"] for r in rows))
     y_high = max(0.2, max(r["deviation_ratio"] for r in rows))
     grid = [[" "] * width for _ in range(height)]
-    col = lambda x: min(width - 1, round((x - x_low) / (1.0 - x_low) * (width - 1)))  # noqa: E731
-    line = lambda y: min(height - 1, round((1 - y / y_high) * (height - 1)))  # noqa: E731
+
+    def col(x: float) -> int:
+        return min(width - 1, round((x - x_low) / (1.0 - x_low) * (width - 1)))
+
+    def line(y: float) -> int:
+        return min(height - 1, round((1 - y / y_high) * (height - 1)))
+
     for c in range(width):
         grid[line(0.05)][c] = "-"
     for r in range(height):

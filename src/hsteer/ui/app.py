@@ -183,13 +183,18 @@ def _concepts_caption(concepts: Sequence[dict[str, Any]]) -> str:
                       for c in concepts)
 
 
+def _span(window: Sequence[float]) -> str:
+    """A step window as the page writes it everywhere: '40%–100%'."""
+    return f"{window[0]:.0%}–{window[1]:.0%}"
+
+
 def _learned_windows(names: Sequence[str], bank: ConceptBank) -> str:
     """'green, red: steps 0%–45%; circle: steps 40%–100%' for the concepts that have a window."""
     by_window: dict[tuple[float, float], list[str]] = {}
     for name in dict.fromkeys(names):
         if name in bank and bank[name].window not in (None, (0.0, 1.0)):
             by_window.setdefault(bank[name].window, []).append(name)
-    return "; ".join(f"{', '.join(n)}: steps {w[0]:.0%}–{w[1]:.0%}" for w, n in by_window.items())
+    return "; ".join(f"{', '.join(n)}: steps {_span(w)}" for w, n in by_window.items())
 
 
 def _pairs_text(pairs: Sequence[Sequence[str]] | None) -> str:
@@ -249,10 +254,11 @@ def _bank_rows(bank: ConceptBank) -> list[list[Any]]:
         iterations = (f"{info.get('sdisc_epochs', '?')} epochs x {info.get('sdisc_images', '?')} images"
                       if info["objective"] == "sdisc" else info.get("iterations", ""))
         pairs = info.get("pairs") or []
-        shown = "; ".join(f"{n} => {t}" for n, t in pairs[:3]) + (f"; … ({len(pairs)} in all)" if len(pairs) > 3 else "")
-        window = concept.window
+        shown = "; ".join(f"{n} => {t}" for n, t in pairs[:3])
+        if len(pairs) > 3:
+            shown += f"; … ({len(pairs)} in all)"
         rows.append([info["name"], info["group"], info["objective"], shapes, info.get("neutral", ""), prompt,
-                     shown, f"{window[0]:.0%}–{window[1]:.0%}" if window else "every step", iterations,
+                     shown, _span(concept.window) if concept.window else "every step", iterations,
                      info.get("lr", ""), info.get("batch_size", ""), info.get("steps", ""), info.get("mode", ""),
                      info.get("seed", "")])
     return rows
@@ -398,7 +404,8 @@ class HsteerUI:
             return None
         if mode == "every step":
             return (0.0, 1.0)
-        return _lib.check_window(_float(start, "the window's start", 0.0, 1.0), _float(end, "the window's end", 0.0, 1.0))
+        return _lib.check_window(_float(start, "the window's start", 0.0, 1.0),
+                                 _float(end, "the window's end", 0.0, 1.0))
 
     def generate(self, sess, prompt, seed, num_images, guidance, steps, policy, groups, strength, scales,
                  progress: Callable[..., Any], window: tuple[float, float] | None = None):
@@ -430,7 +437,7 @@ class HsteerUI:
                 view = _view_copy(folder / kind / record.file, folder / "view" / f"{kind}-{record.file}")
                 caption = _concepts_caption(record.concepts)
                 if steered and window is not None and window != (0.0, 1.0):  # learned windows: in the status
-                    caption += f"; steps {window[0]:.0%}–{window[1]:.0%}"
+                    caption += f"; steps {_span(window)}"
                 galleries[kind].append((str(view), f"seed {record.seed}: {caption}"))
                 used.extend(c["name"] for c in record.concepts)
         progress(1.0, desc="packing")
@@ -448,7 +455,7 @@ class HsteerUI:
             learned = _learned_windows(used, bank)
             what += f" in each concept's learned step window ({learned})" if learned else " in every step"
         elif policy != "plain":
-            what += f" in steps {window[0]:.0%}–{window[1]:.0%}"
+            what += f" in steps {_span(window)}"
         status = (f"{num_images} image(s) per column of *{prompt}*, seeds {seed}–{seed + num_images - 1}, "
                   f"{what}; {steps} steps, guidance {guidance:g}; {seconds:.1f} s.")
         return sess, galleries["plain"], galleries["steered"], str(archive), status
@@ -870,8 +877,8 @@ def _learn_tab(ui: HsteerUI) -> SimpleNamespace:
                                       elem_id="c-window")
                 with gr.Row():
                     c_objective = gr.Radio(list(OBJECTIVES), value="codsma", label="Objective")
-                    c_iterations = gr.Number(PRESET_ITERATIONS if start else 100, label="Iterations", precision=0, minimum=1,
-                                             maximum=MAX_ITERATIONS, elem_id="c-iterations",
+                    c_iterations = gr.Number(PRESET_ITERATIONS if start else 100, label="Iterations", precision=0,
+                                             minimum=1, maximum=MAX_ITERATIONS, elem_id="c-iterations",
                                              info="SDisc: epochs and images in the settings below")
                 settings = _training_settings(ui, start)
                 with gr.Row():
@@ -884,7 +891,8 @@ def _learn_tab(ui: HsteerUI) -> SimpleNamespace:
                                         title="Training loss", height=260, elem_id="loss-plot")
                 learn_bank_file = gr.File(label="Session bank (.safetensors)", interactive=False)
     return SimpleNamespace(preset=preset, c_name=c_name, c_group=c_group, c_neutral=c_neutral, c_target=c_target,
-                           c_negative=c_negative, c_pairs=c_pairs, c_window=c_window, c_objective=c_objective, c_iterations=c_iterations,
+                           c_negative=c_negative, c_pairs=c_pairs, c_window=c_window, c_objective=c_objective,
+                           c_iterations=c_iterations,
                            **vars(settings), learn_btn=learn_btn, cancel_btn=cancel_btn,
                            learn_status=learn_status, loss_plot=loss_plot, learn_bank_file=learn_bank_file)
 
@@ -937,7 +945,8 @@ def _bank_tab(ui: HsteerUI) -> SimpleNamespace:
             bank_json = gr.JSON()
         bank_file = gr.File(label="Download the session bank (.safetensors)", interactive=False)
     return SimpleNamespace(upload=upload, cli_choice=cli_choice, cli_load=cli_load, path_box=path_box,
-                           path_load=path_load, hub_box=hub_box, hub_load=hub_load, remove_choice=remove_choice, remove_btn=remove_btn, new_btn=new_btn,
+                           path_load=path_load, hub_box=hub_box, hub_load=hub_load, remove_choice=remove_choice,
+                           remove_btn=remove_btn, new_btn=new_btn,
                            bank_status=bank_status, bank_summary=bank_summary, bank_table=bank_table,
                            bank_json=bank_json, bank_file=bank_file)
 
