@@ -206,3 +206,19 @@ def test_sdisc_learns_from_cached_target_images(sd_pipe, tmp_path):
     again = train_concept(sd_pipe, config, run_dir=tmp_path, progress=False)  # reuses the cached images
     assert torch.equal(first.concept.tensors["c"], again.concept.tensors["c"])
     assert first.concept.tensors["c"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("mode", ["fast", "reference"])
+def test_seconds_count_training_not_the_loss_plot(sd_pipe, tmp_path, monkeypatch, mode):
+    """`TrainResult.seconds` is what the training benchmark times: a slow loss plot must not be in it."""
+    import time
+
+    from hsteer.training import state
+
+    plotted = []
+    monkeypatch.setattr(state.LossLog, "plot", lambda self: plotted.append(time.sleep(1.0)))
+    began = time.perf_counter()
+    result = train_concept(sd_pipe, _config(iterations=2, mode=mode), run_dir=tmp_path, progress=False)
+    wall = time.perf_counter() - began
+    assert plotted, "the run folder's loss plot was not drawn"
+    assert 0 < result.seconds <= wall - 1.0

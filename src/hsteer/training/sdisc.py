@@ -92,10 +92,11 @@ def train_sdisc(pipe, config: SdiscConfig, *, run_dir: str | Path | None = None,
             check_finite(loss, "loss", len(rows), config.lr)
             optimise(optimizer, loss)
             rows.append({"iteration": len(rows), "loss": loss.item()})
+    seconds = time.perf_counter() - began  # training time: the loss plot below is reporting, not training
     concept = Concept(config.concept, config.group, "sdisc", {"c": c.detach().cpu().float().clone()},
                       meta=concept_meta(pipe, config, shape))
     if run_dir is not None:
         log = LossLog(run_dir, rows)
         log.flush()
         log.plot()
-    return TrainResult(concept, rows, time.perf_counter() - began, 0, run_dir)
+    return TrainResult(concept, rows, seconds, 0, run_dir)

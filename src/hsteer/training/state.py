@@ -28,7 +28,7 @@ from hsteer.training.config import TrainConfig
 class TrainResult:
     concept: Concept
     losses: list[dict[str, float]]
-    seconds: float
+    seconds: float  # training time of this call (setup, evaluation and the loss plot excluded)
     resumed_from: int = 0
     run_dir: Path | None = None
     extras: dict[str, Any] = field(default_factory=dict)

@@ -277,13 +277,14 @@ def train_steered(pipe, config: TrainConfig, *, run_dir: str | Path | None = Non
         else:
             pool.start(ctx)
     _loop(ctx, pool, latent_shape, start, rows, ckpt, log, checkpoint_every, progress, callback)
+    seconds = time.perf_counter() - began  # training time: the loss plot below is reporting, not training
     if log is not None:
         log.flush()
         log.plot()
     concept = Concept(config.concept, config.group, config.objective,
                       {k: p.detach().cpu().float().clone() for k, p in params.items()},
                       meta=concept_meta(pipe, config, shape))
-    return TrainResult(concept, rows, time.perf_counter() - began, start,
+    return TrainResult(concept, rows, seconds, start,
                        Path(run_dir) if run_dir is not None else None)
 
 
