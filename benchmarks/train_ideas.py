@@ -1,14 +1,15 @@
 """Ideas to make the fast mode reach the training benchmark's quality sooner, each measured the same way.
 
-    python benchmarks/train_ideas.py [--seeds 0,1] [--images 48] [--ideas recipe,lr0.1,...] [--json] [--quick]
+    python benchmarks/train_ideas.py [--seeds 0,1] [--images 48] [--ideas fast,lr0.1,...] [--json] [--quick]
 
-Every idea trains the world recipe's circle and square concepts (fast mode) with a few settings changed,
-milestone by milestone, until the quality of `benchmarks/run.py`'s training benchmark is met (fair over
-shape on the shape-biased professions: mean deviation ratio <= 0.05 and same-seed colour agreement with
-plain >= 0.90, `QualityProbe`). It prints, per idea: training seconds to that quality per seed, their
-median, the ratio of the recipe's median time to the idea's (measured in this run), and the final quality.
-The `reference*` ideas run the reference procedure (batch 1) the same way, so that a change that also
-speeds up the reference (a larger learning rate) is not credited to the fast mode.
+Every idea trains the world recipe's circle and square concepts with a few settings changed over the
+training benchmark's fast arm (`run.ARMS`), evaluated at coarse milestones and then bisected down to a few
+iterations, until the quality of `benchmarks/run.py`'s training benchmark is met (fair over shape on the
+shape-biased professions: mean deviation ratio <= 0.05 and same-seed colour agreement with plain >= 0.90,
+`QualityProbe`). It prints, per idea: training seconds to that quality per seed, their median, the ratio of
+the fast arm's median time to the idea's (measured in this run), and the quality where it was met (with
+the untargeted columns). The `reference*` ideas run the reference procedure (batch 1) the same way, so that
+a change that also speeds up the reference (a larger learning rate) is not credited to the fast mode.
 """
 
 from __future__ import annotations
@@ -22,26 +23,41 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import QualityProbe, _setup, seconds_to_reach, training_curve  # noqa: E402
+from run import (  # noqa: E402
+    ARMS, RECIPE_LR, Arm, QualityProbe, _quality_at_reach, _setup, seconds_to_reach, training_curve)
 
-#: name -> (what changes, settings over the recipe's, milestones); a "mode" setting picks the procedure
-#: (default: the fast mode), so the reference procedure can be measured under the same change.
-IDEAS: dict[str, tuple[str, dict, list[int]]] = {
-    "recipe": ("the recipe: lr 0.05, batch 9 (3 pairs x 3), 20-step trajectories", {},
-               [10, 15, 20, 30, 45, 60]),
-    "lr0.1": ("learning rate 0.1", {"lr": 0.1}, [5, 8, 10, 15, 20, 30, 45]),
-    "lr0.2": ("learning rate 0.2", {"lr": 0.2}, [3, 5, 8, 10, 15, 20, 30]),
-    "batch3": ("batch 3 (one row per pair): cheaper iterations, noisier gradients", {"batch_size": 3},
-               [10, 20, 30, 45, 60, 90]),
-    "steps10": ("10-step training trajectories (sampling keeps 20)", {"steps": 10}, [10, 15, 20, 30, 45, 60]),
-    "reference": ("the reference procedure (batch 1), recipe lr 0.05", {"mode": "reference", "batch_size": 1},
-                  [25, 50, 100, 150, 200, 300]),
-    "reference-lr0.1": ("the reference procedure at learning rate 0.1", {"mode": "reference", "batch_size": 1,
-                                                                          "lr": 0.1}, [25, 50, 75, 100, 150, 200]),
-    "reference-lr0.2": ("the reference procedure at learning rate 0.2", {"mode": "reference", "batch_size": 1,
-                                                                          "lr": 0.2}, [15, 25, 50, 75, 100, 150]),
+FAST, REFERENCE = ARMS["fast"], ARMS["reference"]
+
+
+def _fast(**change) -> Arm:
+    """The benchmark's fast arm with `change` over its settings (same milestones and bisection step)."""
+    return Arm("fast", {**FAST.settings, **change}, FAST.milestones, FAST.step)
+
+
+#: name -> (what changes, the arm: mode, settings over the recipe's, milestones, bisection step). Ideas are
+#: changes over the benchmark's fast arm (lr 0.15); `reference*` ideas run the reference procedure, so that
+#: a change that also speeds up the reference (a larger learning rate) is not credited to the fast mode.
+IDEAS: dict[str, tuple[str, Arm]] = {
+    "fast": ("the benchmark's fast arm: lr 0.15, batch 9 (3 pairs x 3), 20-step trajectories", FAST),
+    "lr0.05": (f"the demo recipe's learning rate {RECIPE_LR}", Arm("fast", {}, (10, 20, 30, 45, 60, 90), 5)),
+    "lr0.1": ("learning rate 0.1", Arm("fast", {"lr": 0.1}, (6, 12, 18, 30, 45), 3)),
+    "lr0.2": ("learning rate 0.2", _fast(lr=0.2)),
+    "lr0.3": ("learning rate 0.3", _fast(lr=0.3)),
+    "batch3": ("batch 3 (one row per pair): cheaper iterations, noisier gradients", _fast(batch_size=3)),
+    "batch18": ("batch 18 (6 rows per pair)", _fast(batch_size=18)),
+    "steps10": ("10-step training trajectories (sampling keeps 20)", _fast(steps=10)),
+    "reference": (f"the reference procedure (batch 1), recipe lr {RECIPE_LR}", REFERENCE),
+    "reference-lr0.1": ("the reference procedure at learning rate 0.1",
+                        Arm("reference", {"batch_size": 1, "lr": 0.1}, (25, 50, 100, 150), 5)),
+    "reference-lr0.15": ("the reference procedure at the fast arm's learning rate 0.15", ARMS["reference_fast_lr"]),
+    "reference-lr0.2": ("the reference procedure at learning rate 0.2",
+                        Arm("reference", {"batch_size": 1, "lr": 0.2}, (10, 20, 30, 45, 60, 90), 5)),
 }
-DEFAULT_IDEAS = ("recipe", "lr0.1", "lr0.2", "batch3", "steps10")
+DEFAULT_IDEAS = ("fast", "lr0.05", "lr0.1", "lr0.2", "batch3", "steps10")
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.3f}" if value < 0 else f"{value:.3f}"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -66,37 +82,37 @@ def main(argv: list[str] | None = None) -> dict:
     out: dict = {"images_per_profession": 2 if args.quick else args.images, "seeds": seeds, "ideas": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            what, extra, milestones = IDEAS[name]
-            settings = {k: v for k, v in extra.items() if k != "mode"}
+            what, arm = IDEAS[name]
             runs = []
             for seed in seeds:
-                points = training_curve(pipe, probe, extra.get("mode", "fast"), [1, 2] if args.quick else milestones,
-                                        seed, Path(tmp), **settings)
+                points = training_curve(pipe, probe, arm.mode, [1, 2] if args.quick else list(arm.milestones),
+                                        seed, Path(tmp), 1 if args.quick else arm.step, **arm.settings)
                 runs.append({"seed": seed, "seconds_to_reach": seconds_to_reach(probe, points), "curve": points})
                 print(json.dumps({"idea": name, **runs[-1]["curve"][-1], "seed": seed,
                                   "reached": runs[-1]["seconds_to_reach"]}), file=sys.stderr, flush=True)
             reached = [r["seconds_to_reach"] for r in runs if r["seconds_to_reach"] is not None]
-            out["ideas"][name] = {"what": what, "settings": extra, "runs": runs, "seeds_reached": len(reached),
+            out["ideas"][name] = {"what": what, "mode": arm.mode, "settings": arm.settings, "runs": runs, "seeds_reached": len(reached),
                                   "median_seconds_to_reach": statistics.median(reached) if reached else None,
-                                  "final": {k: statistics.median(r["curve"][-1][k] for r in runs)
-                                            for k in ("deviation_ratio", "colour_agreement", "fidelity")}}
-    base = out["ideas"].get("recipe", {}).get("median_seconds_to_reach")
+                                  "final": _quality_at_reach(probe, [r["curve"] for r in runs])}
+    base = out["ideas"].get("fast", {}).get("median_seconds_to_reach")
     for idea in out["ideas"].values():
         t = idea["median_seconds_to_reach"]
-        idea["speedup_over_recipe"] = base / t if base and t and idea["seeds_reached"] == len(seeds) else None
+        idea["speedup_over_fast"] = base / t if base and t and idea["seeds_reached"] == len(seeds) else None
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        print("| idea | seconds to quality per seed | median | vs recipe | final DevRat / colour agreement |")
-        print("|---|---|---|---|---|")
+        print("| idea | seconds to quality per seed | median | vs the fast arm | iterations | DevRat | colour "
+              "agreement (lowest CI end) | colour DevRat change (highest CI end) | fidelity |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for name, idea in out["ideas"].items():
             per = ", ".join("-" if r["seconds_to_reach"] is None else f"{r['seconds_to_reach']:.1f}"
                             for r in idea["runs"])
-            ratio = idea["speedup_over_recipe"]
-            f = idea["final"]
-            print(f"| {name}: {idea['what']} | {per} | {idea['median_seconds_to_reach'] or '-'} | "
-                  f"{'-' if ratio is None else f'{ratio:.2f}x'} | {f['deviation_ratio']:.3f} / "
-                  f"{f['colour_agreement']:.3f} |")
+            ratio, f, median = idea["speedup_over_fast"], idea["final"], idea["median_seconds_to_reach"]
+            print(f"| {name}: {idea['what']} | {per} | {'-' if median is None else f'{median:.1f}'} | "
+                  f"{'-' if ratio is None else f'{ratio:.2f}x'} | {f.get('iterations', '-')} | "
+                  f"{f['deviation_ratio']:.3f} | {_num(f.get('colour_agreement'))} "
+                  f"({_num(f.get('colour_agreement_ci_low_min'))}) | {_num(f.get('colour_deviation_change'))} "
+                  f"({_num(f.get('colour_deviation_change_ci_high_max'))}) | {f['fidelity_min']:.3f} |")
     return out
 
 

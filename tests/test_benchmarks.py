@@ -1,6 +1,7 @@
 """Smoke test of the benchmark script (its figures are quoted in BENCHMARKS.md, not asserted as timings)."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 
@@ -8,6 +9,7 @@ def _load(name: str):
     path = Path(__file__).parent.parent / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"hsteer_bench_{name}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 
@@ -20,7 +22,14 @@ def test_quick_benchmark_reports_every_key():
     assert results["fair_distinct_concepts"] > 1  # the fair batch really mixed concepts
     memory = results["train_memory"]
     assert 0 < memory["memory_ratio_checkpointed"] < memory["memory_ratio"] < 1
-    assert set(results["train_quality"]) >= {"reference", "fast"}
+    assert set(results["train_quality"]) == {"reference", "fast", "reference_fast_lr"}
+    arms = results["train_arms"]
+    assert arms["reference"]["settings"] == {"batch_size": 1}  # the recipe's learning rate
+    assert arms["fast"]["settings"]["lr"] == arms["reference_fast_lr"]["settings"]["lr"] == 0.15
+    for key in ("train_speedup_equal_quality", "train_speedup_equal_lr"):
+        assert results[f"{key}_low"] <= results[key] <= results[f"{key}_high"], key
+    for arm in results["train_quality"].values():  # the untargeted columns travel with the targeted one
+        assert {"deviation_ratio", "colour_agreement", "fidelity_min"} <= set(arm)
 
 
 def test_quick_eval_scaling_makes_the_same_images_in_one_and_two_processes():
@@ -48,8 +57,8 @@ def test_random_sd_architecture_and_training_throughput(tmp_path):
 
 
 def test_quick_training_ideas_report_time_to_quality_and_ratio():
-    out = _load("train_ideas").main(["--quick", "--json", "--seeds", "0", "--ideas", "recipe,lr0.2", "--threads", "2"])
-    assert set(out["ideas"]) == {"recipe", "lr0.2"}
+    out = _load("train_ideas").main(["--quick", "--json", "--seeds", "0", "--ideas", "fast,lr0.2", "--threads", "2"])
+    assert set(out["ideas"]) == {"fast", "lr0.2"}
     for idea in out["ideas"].values():
         assert [r["seed"] for r in idea["runs"]] == [0]
         assert all(p["iterations"] in (1, 2) and p["seconds"] > 0 for p in idea["runs"][0]["curve"])
@@ -68,3 +77,76 @@ def test_tradeoff_text_plot_places_each_method_and_the_targets():
     assert "S" in grid[0] and grid[0].index("S") < grid[-1].index("C")  # the worst: top, left
     assert any(set(g.split("|", 1)[1]) == {"-"} for g in grid)  # the 0.05 line
     assert "R" in "".join(grid)
+
+
+def test_training_curve_bisects_to_the_first_step_that_meets_the_quality(monkeypatch, tmp_path):
+    """Milestones 10, 30 with step 5 and a quality met from iteration 17 on: the curve trains in steps of 5,
+    evaluates 10 (no), 30 (yes), then bisects 15, 20, 25 down to 20; its seconds are those of iteration 20."""
+    import hsteer.training
+
+    run = _load("run")
+    trained: list[int] = []
+
+    def fake_train(pipe, config, **kwargs):
+        trained.append(config.iterations)
+        return type("Result", (), {"seconds": 1.0, "concept": config.iterations})()
+
+    class Probe:
+        def __init__(self):
+            self.evaluated: list[int] = []
+
+        def __call__(self, concepts):
+            assert concepts[0] == concepts[1]  # circle and square at the same iteration
+            self.evaluated.append(concepts[0])
+            return {"deviation_ratio": 0.0 if concepts[0] >= 17 else 0.5, "colour_agreement": 1.0}
+
+        def meets(self, point):
+            return point["deviation_ratio"] <= 0.05
+
+    monkeypatch.setattr(hsteer.training, "train_concept", fake_train)
+    probe = Probe()
+    points = run.training_curve(None, probe, "fast", [10, 30], seed=0, workdir=tmp_path, step=5)
+    assert trained == [5, 5, 10, 10, 15, 15, 20, 20, 25, 25, 30, 30]  # each concept, resumed step by step
+    assert probe.evaluated[:2] == [10, 30] and probe.evaluated[2:] == [20, 15]  # bisected: 2 of 3
+    assert [p["iterations"] for p in points] == sorted(probe.evaluated)
+    assert run.reached_point(probe, points)["iterations"] == 20
+    assert run.seconds_to_reach(probe, points) == 8.0  # 2 concepts x 4 increments x 1 s
+    try:
+        run.training_curve(None, probe, "fast", [10, 32], seed=0, workdir=tmp_path, step=5)
+    except ValueError as error:
+        assert "multiples of step 5" in str(error)
+    else:
+        raise AssertionError("milestones off the step were accepted")
+
+
+def test_gauss_newton_step_solves_a_linear_least_squares_problem():
+    """On f(c) = A c + b the linearisation is exact: one damped Gauss-Newton step by CG lands on the
+    (ridge) least-squares solution; on a nonlinear f it lowers the loss."""
+    import torch
+
+    gn = _load("gauss_newton")
+    g = torch.Generator().manual_seed(0)
+    A, b = torch.randn(40, 6, generator=g, dtype=torch.float64), torch.randn(40, generator=g, dtype=torch.float64)
+    target = torch.randn(40, generator=g, dtype=torch.float64)
+    c0 = torch.randn(6, generator=g, dtype=torch.float64)
+    delta = gn.gauss_newton_delta(lambda c: A @ c + b, c0, target, cg_iterations=6, damping=0.0)
+    best = torch.linalg.lstsq(A, (target - b).unsqueeze(1)).solution.squeeze(1)
+    assert torch.allclose(c0 + delta, best, atol=1e-8)
+    damped = gn.gauss_newton_delta(lambda c: A @ c + b, c0, target, cg_iterations=6, damping=0.1)
+    ridge = torch.linalg.solve(A.T @ A + 0.1 * 40 * torch.eye(6, dtype=A.dtype), -A.T @ (A @ c0 + b - target))
+    assert torch.allclose(damped, ridge, atol=1e-8)
+
+    def f(c):
+        return torch.tanh(A @ c + b)
+
+    start = ((f(c0) - target.clamp(-0.9, 0.9)) ** 2).mean()
+    step = gn.gauss_newton_delta(f, c0, target.clamp(-0.9, 0.9), cg_iterations=6, damping=1e-2)
+    assert ((f(c0 + step) - target.clamp(-0.9, 0.9)) ** 2).mean() < start
+
+
+def test_quick_gauss_newton_trains_and_scores_both_procedures():
+    out = _load("gauss_newton").main(["--quick", "--json", "--threads", "2"])
+    (run,) = out["runs"]
+    point = run["gauss_newton_curve"][0]
+    assert point["iterations"] == 1 and point["seconds"] > 0 and 0 <= point["deviation_ratio"] <= 1
+    assert run["adam_curve"] and all(p["seconds"] > 0 for p in run["adam_curve"])
