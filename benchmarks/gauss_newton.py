@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import ARMS, QualityProbe, _setup, seconds_to_reach, training_curve  # noqa: E402
+from run import ARMS, QualityProbe, _setup, seconds_to_reach  # noqa: E402
 
 
 def gauss_newton_delta(f, c, eps_target, cg_iterations: int, damping: float):
@@ -71,50 +71,41 @@ def gauss_newton_delta(f, c, eps_target, cg_iterations: int, damping: float):
     return x.detach()
 
 
-def train_gauss_newton(pipe, name: str, iterations: int, seed: int, cg_iterations: int, damping: float):
-    """The fast mode's loop for one world-recipe concept, with a Gauss-Newton step instead of Adam's."""
+def gauss_newton_step(cg_iterations: int, damping: float):
+    """An objective step for `fast_iteration`: c += the Gauss-Newton delta on CoDSMa's loss at this batch."""
     import torch
 
-    from hsteer import objectives
+    def step(ctx, z_t, t, eps_target, it):
+        def f(c):  # the steered neutral prediction on the rows inside the window
+            return ctx.rows(ctx.eps(z_t, t, c))
+
+        c = ctx.params["c"]
+        delta = gauss_newton_delta(f, c, ctx.rows(eps_target), cg_iterations, damping)
+        with torch.no_grad():
+            c += delta
+        return {"iteration": it, "loss": float("nan")}, None  # the sampling step needs the updated concept
+
+    return step
+
+
+def train_gauss_newton(pipe, name: str, iterations: int, seed: int, cg_iterations: int, damping: float):
+    """The fast mode's loop for one world-recipe concept (`fast_iteration`), with a Gauss-Newton step
+    instead of Adam's; seconds from the pool's start, as the fast mode counts them."""
     from hsteer.apps.recipes import world_train_config
     from hsteer.hspace.bank import Concept
-    from hsteer.model.diffusion import DDIMSchedule, guidance_combination
-    from hsteer.model.geometry import pipeline_hspace_shape, resolve_resolution
-    from hsteer.training.state import concept_meta, init_params, iteration_generator
-    from hsteer.training.steered import Conditions, StepContext, TrajectoryPool
+    from hsteer.training.state import concept_meta, iteration_generator
+    from hsteer.training.steered import TrajectoryPool, fast_iteration, step_context
 
     config = world_train_config(name, iterations, seed, **ARMS["fast"].settings)
-    unet = pipe.unet
-    unet.requires_grad_(False)
-    height, width = resolve_resolution(pipe, config.height, config.width)
-    shape = pipeline_hspace_shape(pipe, height, width)
-    latent_shape = (unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-    params = init_params(config, shape, unet.device)
-    ctx = StepContext(unet, DDIMSchedule(pipe.scheduler, config.steps, unet.device), config, params, {},
-                      Conditions.encode(pipe, config, height, width))
+    ctx, shape, latent_shape = step_context(pipe, config)
+    step = gauss_newton_step(cg_iterations, damping)
     began = time.perf_counter()
-    pool = TrajectoryPool(ctx.schedule, config.batch_size, latent_shape, unet.device, unet.dtype)
+    pool = TrajectoryPool(ctx.schedule, config.batch_size, latent_shape, pipe.unet.device, pipe.unet.dtype)
     pool.start(ctx)
-    conds = ctx.conds
     for it in range(iterations):
-        g = iteration_generator(config.seed, it)
-        z_t, k = pool.current()
-        ctx.mark_inside(k)
-        t = ctx.schedule.timesteps[k]
-        eps_uncond, eps_pos = objectives.frozen_eps(unet, ctx.schedule, z_t, t, [conds.empty, conds.positive])
-        eps_target = objectives.guided_target(eps_pos, eps_uncond, config.target_guidance)
-        if ctx.inside is None or ctx.inside.any():
-            def f(c, z_t=z_t, t=t):  # the steered neutral prediction on the rows inside the window
-                return ctx.rows(ctx.eps(z_t, t, c))
-
-            delta = gauss_newton_delta(f, params["c"], ctx.rows(eps_target), cg_iterations, damping)
-            with torch.no_grad():
-                params["c"] += delta
-        with torch.no_grad():
-            eps_cond = ctx.eps(z_t, t, ctx.current())
-        pool.advance(guidance_combination(eps_uncond, eps_cond, config.sampling_guidance), g)
+        fast_iteration(ctx, pool, iteration_generator(config.seed, it), it, step)
     seconds = time.perf_counter() - began
-    return Concept(config.concept, config.group, "codsma", {"c": params["c"].detach().cpu().float().clone()},
+    return Concept(config.concept, config.group, "codsma", {"c": ctx.params["c"].detach().cpu().float().clone()},
                    meta=concept_meta(pipe, config, shape)), seconds
 
 
@@ -152,9 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
                 print(json.dumps({"seed": seed, **curve[-1]}), file=sys.stderr, flush=True)
                 if probe.meets(curve[-1]):
                     break
-            fast = ARMS["fast"]
-            adam = training_curve(pipe, probe, fast.mode, [1, 2] if args.quick else list(fast.milestones), seed,
-                                  Path(tmp), 1 if args.quick else fast.step, **fast.settings)
+            adam = (ARMS["fast"].smoke() if args.quick else ARMS["fast"]).curve(pipe, probe, seed, Path(tmp))
             out["runs"].append({"seed": seed, "gauss_newton_curve": curve, "adam_curve": adam,
                                 "gauss_newton_seconds_to_reach": seconds_to_reach(probe, curve),
                                 "adam_seconds_to_reach": seconds_to_reach(probe, adam)})

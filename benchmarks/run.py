@@ -40,7 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 
@@ -361,6 +361,11 @@ class QualityProbe:
             self.agreement_target is None or (q["colour_agreement"] or 0.0) >= self.agreement_target)
 
 
+def _check_milestones(milestones, step: int) -> None:
+    if any(m % step for m in milestones):
+        raise ValueError(f"milestones {tuple(milestones)} must be multiples of step {step}")
+
+
 def training_curve(pipe, probe: QualityProbe, mode: str, milestones: list[int], seed: int, workdir: Path,
                    step: int | None = None, **extra) -> list[dict]:
     """Train the world recipe's circle and square, evaluating at `milestones` until the quality is met, then
@@ -376,8 +381,7 @@ def training_curve(pipe, probe: QualityProbe, mode: str, milestones: list[int], 
     from hsteer.training import train_concept
 
     step = step or milestones[0]
-    if any(m % step for m in milestones):
-        raise ValueError(f"milestones {milestones} must be multiples of step {step}")
+    _check_milestones(milestones, step)
     tag = "-".join(f"{k}{v}" for k, v in sorted(extra.items()))
     seconds, done, kept, points = 0.0, 0, {}, {}
 
@@ -428,8 +432,16 @@ class Arm:
     step: int = 1
 
     def __post_init__(self) -> None:  # fail at once, not after the generation benchmarks
-        if any(m % self.step for m in self.milestones):
-            raise ValueError(f"milestones {self.milestones} must be multiples of step {self.step}")
+        _check_milestones(self.milestones, self.step)
+
+    def smoke(self) -> Arm:
+        """The same procedure at smoke sizes (CI): evaluated after 1 and 2 iterations."""
+        return replace(self, milestones=(1, 2), step=1)
+
+    def curve(self, pipe, probe: QualityProbe, seed: int, workdir: Path) -> list[dict]:
+        """This arm's `training_curve` at `seed`."""
+        return training_curve(pipe, probe, self.mode, list(self.milestones), seed, workdir, self.step,
+                              **self.settings)
 
 
 #: The recipe's learning rate (both modes in the demo), and the fast mode's in this benchmark: Adam's
@@ -444,9 +456,8 @@ FAST_LR = 0.15  # = RECIPE_LR * sqrt(9)
 ARMS = {"reference": Arm("reference", {"batch_size": 1}, (50, 100, 150, 200, 300), 25),
         "fast": Arm("fast", {"lr": FAST_LR}, (4, 8, 12, 20, 30, 48), 2),
         "reference_fast_lr": Arm("reference", {"batch_size": 1, "lr": FAST_LR}, (10, 20, 30, 45, 60, 90), 5)}
-QUICK_ARMS = {"reference": Arm("reference", {"batch_size": 1}, (2, 4), 1),
-              "fast": Arm("fast", {"lr": FAST_LR}, (1, 2), 1),
-              "reference_fast_lr": Arm("reference", {"batch_size": 1, "lr": FAST_LR}, (1, 2), 1)}
+QUICK_ARMS = {name: replace(arm.smoke(), milestones=(2, 4)) if name == "reference" else arm.smoke()
+              for name, arm in ARMS.items()}
 
 
 def bench_training(pipe, arms: dict[str, Arm], images: int, workdir: Path, seeds: tuple[int, ...] = (0, 1, 2),
@@ -468,8 +479,7 @@ def bench_training(pipe, arms: dict[str, Arm], images: int, workdir: Path, seeds
     for seed in seeds:
         run: dict = {"seed": seed}
         for name, arm in arms.items():
-            curve = training_curve(pipe, probe, arm.mode, list(arm.milestones), seed, workdir / name, arm.step,
-                                   **arm.settings)
+            curve = arm.curve(pipe, probe, seed, workdir / name)
             run[f"{name}_curve"], run[f"{name}_seconds_to_reach"] = curve, seconds_to_reach(probe, curve)
         runs.append(run)
     out: dict = {"train_threshold": {"deviation_ratio": threshold, "colour_agreement": agreement_target},

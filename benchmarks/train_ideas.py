@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run import (  # noqa: E402
-    ARMS, RECIPE_LR, Arm, QualityProbe, _quality_at_reach, _setup, seconds_to_reach, training_curve)
+    ARMS, RECIPE_LR, Arm, QualityProbe, _quality_at_reach, _setup, seconds_to_reach)
 
 FAST, REFERENCE = ARMS["fast"], ARMS["reference"]
 
@@ -57,7 +57,7 @@ DEFAULT_IDEAS = ("fast", "lr0.05", "lr0.1", "lr0.2", "batch3", "steps10")
 
 
 def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.3f}" if value < 0 else f"{value:.3f}"
+    return "-" if value is None else f"{value:.3f}"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -85,13 +85,13 @@ def main(argv: list[str] | None = None) -> dict:
             what, arm = IDEAS[name]
             runs = []
             for seed in seeds:
-                points = training_curve(pipe, probe, arm.mode, [1, 2] if args.quick else list(arm.milestones),
-                                        seed, Path(tmp), 1 if args.quick else arm.step, **arm.settings)
+                points = (arm.smoke() if args.quick else arm).curve(pipe, probe, seed, Path(tmp))
                 runs.append({"seed": seed, "seconds_to_reach": seconds_to_reach(probe, points), "curve": points})
                 print(json.dumps({"idea": name, **runs[-1]["curve"][-1], "seed": seed,
                                   "reached": runs[-1]["seconds_to_reach"]}), file=sys.stderr, flush=True)
             reached = [r["seconds_to_reach"] for r in runs if r["seconds_to_reach"] is not None]
-            out["ideas"][name] = {"what": what, "mode": arm.mode, "settings": arm.settings, "runs": runs, "seeds_reached": len(reached),
+            out["ideas"][name] = {"what": what, "mode": arm.mode, "settings": arm.settings, "runs": runs,
+                                  "seeds_reached": len(reached),
                                   "median_seconds_to_reach": statistics.median(reached) if reached else None,
                                   "final": _quality_at_reach(probe, [r["curve"] for r in runs])}
     base = out["ideas"].get("fast", {}).get("median_seconds_to_reach")

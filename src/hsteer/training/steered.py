@@ -160,9 +160,13 @@ def respodiff_step(ctx: StepContext, z_t, t, eps_target, it: int) -> tuple[dict[
     return {"iteration": it, "loss": loss_resp.item(), "loss_sem": loss_sem.item()}, None
 
 
-#: objective -> its optimiser step at (z_t, t, eps_target); the second value is the steered neutral
-#: prediction made before the step, when the step made one (the fast mode's sampling reuses it).
-OBJECTIVE_STEPS = {"codsma": codsma_step, "respodiff": respodiff_step}
+#: An optimiser step at (z_t, t, eps_target, iteration): its loss row, and the steered neutral prediction
+#: made before the step, when the step made one (the fast mode's sampling reuses it).
+ObjectiveStep = Callable[[StepContext, torch.Tensor, torch.Tensor, torch.Tensor, int],
+                         tuple[dict[str, float], torch.Tensor | None]]
+
+#: objective -> its optimiser step.
+OBJECTIVE_STEPS: dict[str, ObjectiveStep] = {"codsma": codsma_step, "respodiff": respodiff_step}
 
 
 # --- the two ways to reach z_t ---------------------------------------------------------------------------
@@ -183,11 +187,14 @@ def reference_iteration(ctx: StepContext, g: torch.Generator, latent_shape, it: 
     return row
 
 
-def fast_iteration(ctx: StepContext, pool: TrajectoryPool, g: torch.Generator, it: int) -> dict[str, float]:
+def fast_iteration(ctx: StepContext, pool: TrajectoryPool, g: torch.Generator, it: int,
+                   objective_step: ObjectiveStep | None = None) -> dict[str, float]:
     """Trajectory reuse: every DDIM step of B staggered reverse processes is a training signal.
 
     The sampling step's unconditional pass (unsteered) doubles as the target's empty-prompt branch; for
     CoDSMa its conditional pass, run with gradient, is the steered neutral prediction of the loss.
+    `objective_step` replaces the config's objective step (`OBJECTIVE_STEPS`), e.g. to measure another
+    optimiser on the same trajectories.
     """
     config, conds = ctx.config, ctx.conds
     z_t, k = pool.current()
@@ -201,7 +208,7 @@ def fast_iteration(ctx: StepContext, pool: TrajectoryPool, g: torch.Generator, i
     if ctx.inside is not None and not ctx.inside.any():  # no trajectory in the window: only advance them
         row, eps_cond = {"iteration": it, "loss": float("nan")}, None
     else:
-        row, eps_cond = OBJECTIVE_STEPS[config.objective](ctx, z_t, t, eps_target, it)
+        row, eps_cond = (objective_step or OBJECTIVE_STEPS[config.objective])(ctx, z_t, t, eps_target, it)
     if eps_cond is None:  # the step changed the concept before making a steered prediction: make it now
         with torch.no_grad():
             eps_cond = ctx.eps(z_t, t, ctx.current())
@@ -259,13 +266,8 @@ def train_steered(pipe, config: TrainConfig, *, run_dir: str | Path | None = Non
     if active_hooks(unet):
         raise HsteerError(f"the pipeline is being steered ({', '.join(active_hooks(unet))}); remove its hooks "
                           "before training")
-    unet.requires_grad_(False)
-    height, width = resolve_resolution(pipe, config.height, config.width)
-    shape = pipeline_hspace_shape(pipe, height, width)
-    latent_shape = (unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-    params = init_params(config, shape, unet.device)
-    ctx = StepContext(unet, DDIMSchedule(pipe.scheduler, config.steps, unet.device), config, params,
-                      make_optimizers(config, params), Conditions.encode(pipe, config, height, width))
+    ctx, shape, latent_shape = step_context(pipe, config)
+    params = ctx.params
     ckpt, log, start = _open_run(run_dir, config, ctx, resume)
     rows = log.rows if log is not None else []
     began = time.perf_counter()
@@ -286,6 +288,20 @@ def train_steered(pipe, config: TrainConfig, *, run_dir: str | Path | None = Non
                       meta=concept_meta(pipe, config, shape))
     return TrainResult(concept, rows, seconds, start,
                        Path(run_dir) if run_dir is not None else None)
+
+
+def step_context(pipe, config: TrainConfig) -> tuple[StepContext, tuple[int, ...], tuple[int, ...]]:
+    """A run's start: the frozen U-Net, its schedule, the seeded concept tensors with their optimisers and
+    the encoded prompts; with the h-space shape and the latent shape at the run's resolution."""
+    unet = pipe.unet
+    unet.requires_grad_(False)
+    height, width = resolve_resolution(pipe, config.height, config.width)
+    shape = pipeline_hspace_shape(pipe, height, width)
+    latent_shape = (unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+    params = init_params(config, shape, unet.device)
+    ctx = StepContext(unet, DDIMSchedule(pipe.scheduler, config.steps, unet.device), config, params,
+                      make_optimizers(config, params), Conditions.encode(pipe, config, height, width))
+    return ctx, shape, latent_shape
 
 
 def _open_run(run_dir, config: TrainConfig, ctx: StepContext, resume: bool):
