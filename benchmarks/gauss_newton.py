@@ -28,9 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from run import ARMS, QualityProbe, _setup, seconds_to_reach  # noqa: E402
+from common import setup_threads
+from run import ARMS, QualityProbe, seconds_to_reach
 
 
 def gauss_newton_delta(f, c, eps_target, cg_iterations: int, damping: float):
@@ -93,7 +92,8 @@ def train_gauss_newton(pipe, name: str, iterations: int, seed: int, cg_iteration
     instead of Adam's; seconds from the pool's start, as the fast mode counts them."""
     from hsteer.apps.recipes import world_train_config
     from hsteer.hspace.bank import Concept
-    from hsteer.training.state import concept_meta, iteration_generator
+    from hsteer.seeding import iteration_generator
+    from hsteer.training.state import concept_meta
     from hsteer.training.steered import TrajectoryPool, fast_iteration, step_context
 
     config = world_train_config(name, iterations, seed, **ARMS["fast"].settings)
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="Smoke sizes (CI).")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    _setup(args.threads)
+    setup_threads(args.threads)
     from diffusers.models.attention_processor import AttnProcessor
 
     from hsteer.model import load_pipeline

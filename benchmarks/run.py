@@ -43,34 +43,21 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-
-def _setup(threads: int) -> None:
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    import torch
-
-    torch.set_num_threads(threads)
-    from hsteer.model import quiet_libraries
-
-    quiet_libraries()
+from common import setup_threads
 
 
 def _random_bank(pipe, names_by_group: dict[str, list[str]], scale: float = 1.0):
-    import torch
+    """The library's random bank (seed 0), imported only once `setup_threads` has pinned torch's threads."""
+    from hsteer.hspace.randombank import random_bank
 
-    from hsteer.hspace.bank import Concept, ConceptBank
-    from hsteer.model import pipeline_hspace_shape, unet_fingerprint
-
-    shape = pipeline_hspace_shape(pipe)
-    g = torch.Generator().manual_seed(0)
-    meta = {"unet_fingerprint": unet_fingerprint(pipe.unet)}
-    return ConceptBank(concepts=[Concept(n, grp, "codsma", {"c": scale * torch.randn(shape, generator=g)}, meta)
-                                 for grp, names in names_by_group.items() for n in names])
+    return random_bank(pipe, names_by_group, scale=scale, seed=0)
 
 
 def bench_generation(pipe, batch: int, steps: int, repeats: int) -> dict[str, float]:
     """Plain vs steered (one concept for all) vs fair (a different concept per image), interleaved in a
     rotating order."""
-    from hsteer.generation import ConceptPolicy, FairPolicy, PlainPolicy, generate
+    from hsteer.generation import generate
+    from hsteer.policies import ConceptPolicy, FairPolicy, PlainPolicy
 
     bank = _random_bank(pipe, {"g": [f"c{i}" for i in range(batch)]})
     prompts = ["a photo of a doctor"]
@@ -106,25 +93,31 @@ def _hook_cost(pipe, bank, batch: int, steps: int) -> dict[str, float]:
     """What the steering hook itself costs: its calls per generation x its time per call on that batch's h.
 
     A low-noise bound on the steering overhead: on a tiny model the whole-generation ratio above is
-    dominated by the machine's noise (a few percent either way)."""
+    dominated by the machine's noise (a few percent either way). The hook is armed as a steered pipeline
+    call arms it (one window of per-image rows laid out for guidance), and its `post_forward` is timed."""
     import torch
 
+    from hsteer.hspace.hook import WindowRows, has_hook, release_hook, steering_hook
     from hsteer.model import pipeline_hspace_shape
-    from hsteer.hspace.steering import SteeringConfig, active_hooks, steer
 
-    with steer(pipe, SteeringConfig(bank["c0"].delta()), name="hsteer-bench") as hook:
-        pipe("a photo", num_inference_steps=steps, guidance_scale=6.0, num_images_per_prompt=batch,
-             output_type="latent")
-        calls = hook.calls
-        h = torch.randn(2 * batch, *pipeline_hspace_shape(pipe), device=pipe.unet.device, dtype=pipe.unet.dtype)
-        hook._hook(None, (), h)  # fills the cache, as the first step of a generation does
-        repeats = 2000
-        began = time.perf_counter()
-        for _ in range(repeats):
-            hook._hook(None, (), h)
-        per_call = (time.perf_counter() - began) / repeats
-    assert not active_hooks(pipe)
-    return {"calls": calls, "seconds_per_call": per_call, "seconds_per_generation": calls * per_call}
+    calls = {"n": 0}
+    counter = pipe.unet.mid_block.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    pipe("a photo", num_inference_steps=steps, guidance_scale=6.0, num_images_per_prompt=batch, output_type="latent")
+    counter.remove()
+    shape = pipeline_hspace_shape(pipe)
+    rows = torch.cat([torch.zeros(batch, *shape), bank["c0"].delta().expand(batch, *shape)]).to(pipe.unet.dtype)
+    hook = steering_hook(pipe.unet)
+    hook.arm([WindowRows(0.0, 1.0, rows)])
+    h = torch.randn(2 * batch, *shape, device=pipe.unet.device, dtype=pipe.unet.dtype)
+    repeats = 2000
+    began = time.perf_counter()
+    for _ in range(repeats):
+        hook.post_forward(pipe.unet.mid_block, h)
+    per_call = (time.perf_counter() - began) / repeats
+    hook.disarm()
+    release_hook(pipe.unet)
+    assert not has_hook(pipe.unet)
+    return {"calls": calls["n"], "seconds_per_call": per_call, "seconds_per_generation": calls["n"] * per_call}
 
 
 def _timed_calls(pipe, seeds, steps: int) -> float:
@@ -278,14 +271,14 @@ def bench_memory(pipe, batch: int = 8) -> dict[str, float]:
 def bench_train_throughput(pipe, steps: int, iterations: int) -> dict[str, dict[str, float]]:
     """Steady-state training speed of each mode on any model (no evaluation): iterations/s and training
     signals (samples) per second, timed between iterations after the first two (warm-up, trajectory pool)."""
-    from hsteer.training import TrainConfig, train_concept
+    from hsteer.training import CodsmaConfig, train_concept
 
     out = {}
     for name, mode, batch, checkpointing in (("fast", "fast", 8, False), ("fast_checkpointed", "fast", 8, True),
                                              ("reference", "reference", 1, False)):
         stamps: list[float] = []
-        config = TrainConfig(concept="c", group="g", neutral="a photo of a person", target="a photo of a woman",
-                             mode=mode, iterations=iterations + 2, batch_size=batch, steps=steps, seed=0)
+        config = CodsmaConfig(concept="c", group="g", neutral="a photo of a person", target="a photo of a woman",
+                              mode=mode, iterations=iterations + 2, batch_size=batch, steps=steps, seed=0)
         train_concept(pipe, config, progress=False, checkpoint_activations=checkpointing,
                       callback=lambda it, row, stamps=stamps: stamps.append(time.perf_counter()))
         per_iteration = (stamps[-1] - stamps[1]) / (len(stamps) - 2)
@@ -337,7 +330,7 @@ class QualityProbe:
 
     def __init__(self, pipe, images: int, threshold: float = 0.05, agreement_target: float | None = 0.90) -> None:
         from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
-        from hsteer.generation import PlainPolicy
+        from hsteer.policies import PlainPolicy
         from hsteer.model import sampling_defaults
 
         sampling = sampling_defaults(getattr(pipe, "_hsteer_model", None))
@@ -349,7 +342,7 @@ class QualityProbe:
 
     def __call__(self, concepts) -> dict:
         from hsteer.evaluation.world import evaluate_world
-        from hsteer.generation import FairPolicy
+        from hsteer.policies import FairPolicy
         from hsteer.hspace.bank import ConceptBank
 
         result = evaluate_world(self.pipe, self.config, bank=ConceptBank(concepts=concepts),
@@ -542,7 +535,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--skip-training", action="store_true",
                         help="Generation and memory only (the training benchmark needs the world model's probes).")
     args = parser.parse_args(argv)
-    _setup(args.threads)
+    setup_threads(args.threads)
     import torch
 
     from hsteer.model import load_pipeline

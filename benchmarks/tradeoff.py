@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
+
+from common import setup_threads
 
 METHODS = ("sdisc", "codsma", "respodiff")
 EXTRA = {"codsma": {}, "respodiff": {"lr_sam": 0.005, "lam": 0.5}, "sdisc": {"lr": 0.1, "sdisc_images": 64,
@@ -26,17 +27,14 @@ EXTRA = {"codsma": {}, "respodiff": {"lr_sam": 0.005, "lam": 0.5}, "sdisc": {"lr
 
 
 def measure(args) -> dict:
-    import torch
-
     from hsteer.apps.recipes import world_train_config
     from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
-    from hsteer.generation import FairPolicy, PlainPolicy
+    from hsteer.policies import FairPolicy, PlainPolicy
     from hsteer.hspace.bank import ConceptBank
     from hsteer.model import load_quietly, sampling_defaults
     from hsteer.training import train_concept
     from hsteer.world import scene
 
-    torch.set_num_threads(args.threads)
     pipe = load_quietly(None)
     sampling = sampling_defaults(None)
     professions = tuple(p for p, group in scene.BIASED_PAIRS if group == "shape")
@@ -141,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("tradeoff"))
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    setup_threads(args.threads)
     result = measure(args)
     args.out.mkdir(parents=True, exist_ok=True)
     from hsteer.fileio import atomic_write_text

@@ -21,10 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from run import (  # noqa: E402
-    ARMS, RECIPE_LR, Arm, QualityProbe, _quality_at_reach, _setup, seconds_to_reach)
+from common import setup_threads
+from run import ARMS, RECIPE_LR, Arm, QualityProbe, _quality_at_reach, seconds_to_reach
 
 FAST, REFERENCE = ARMS["fast"], ARMS["reference"]
 
@@ -69,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="Smoke sizes (CI): 2 images, tiny milestones.")
     parser.add_argument("--json", action="store_true", help="Print one JSON object.")
     args = parser.parse_args(argv)
-    _setup(args.threads)
+    setup_threads(args.threads)
     from hsteer.model import load_pipeline
 
     names = [n for n in args.ideas.split(",") if n]

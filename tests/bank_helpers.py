@@ -1,19 +1,13 @@
 """Banks of random concepts, and a Hub cache holding banks, shared by the steering, attach, hub and UI tests."""
 
-import torch
-
 from hsteer import ConceptBank
-from hsteer.hspace.bank import Concept
-from hsteer.model import pipeline_hspace_shape, unet_fingerprint
+from hsteer.hspace import randombank
 
 
 def random_bank(pipe, names=("woman", "man"), group="gender") -> ConceptBank:
-    """Concepts of the pipeline's h-space shape and U-Net, seeded, large enough to change images."""
-    shape = pipeline_hspace_shape(pipe)
-    g = torch.Generator().manual_seed(3)
-    meta = {"unet_fingerprint": unet_fingerprint(pipe.unet)}
-    return ConceptBank(concepts=[Concept(n, group, "codsma", {"c": torch.randn(shape, generator=g) * 3}, meta)
-                                 for n in names])
+    """One group of the library's random concepts (`hsteer.hspace.randombank`, the benchmarks' builder too):
+    seed 3 and scale 3, large enough to change images, as the tests' thresholds were set with."""
+    return randombank.random_bank(pipe, {group: list(names)}, scale=3.0, seed=3)
 
 
 def hub_snapshot(cache, repo_id: str, files: dict, commit: str = "a" * 40, ref: str = "main"):

@@ -56,6 +56,21 @@ def test_wrong_shape_and_other_model(sd_pipe):
         wrong.check_compatible(sd_pipe.unet, shape, allow_other_model=True)  # shape is never overridable
 
 
+def test_a_random_bank_fits_its_pipeline_and_repeats(sd_pipe):
+    """The benchmarks' and tests' random concepts: the pipeline's shape and U-Net, the same for the same seed."""
+    from hsteer.hspace.randombank import random_bank
+
+    shape = pipeline_hspace_shape(sd_pipe)
+    bank = random_bank(sd_pipe, {"gender": ["woman", "man"], "safety": ["calm"]}, scale=2.0, seed=5)
+    assert bank.names == ["woman", "man", "calm"] and bank.groups() == {"gender": ["woman", "man"], "safety": ["calm"]}
+    bank.check_compatible(sd_pipe.unet, shape)  # right shape, right U-Net: no error
+    again = random_bank(sd_pipe, {"gender": ["woman", "man"], "safety": ["calm"]}, scale=2.0, seed=5)
+    assert all(torch.equal(bank[n].tensors["c"], again[n].tensors["c"]) for n in bank.names)
+    other = random_bank(sd_pipe, {"gender": ["woman"]}, scale=2.0, seed=6)
+    assert not torch.equal(bank["woman"].tensors["c"], other["woman"].tensors["c"])
+    assert not torch.equal(bank["woman"].tensors["c"], bank["man"].tensors["c"])
+
+
 def test_missing_corrupt_and_foreign_files(tmp_path):
     with pytest.raises(BankError, match="does not exist"):
         ConceptBank.load(tmp_path / "nope.safetensors")

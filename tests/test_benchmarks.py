@@ -5,8 +5,15 @@ import sys
 from pathlib import Path
 
 
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
 def _load(name: str):
-    path = Path(__file__).parent.parent / "benchmarks" / f"{name}.py"
+    """The script `benchmarks/<name>.py` as a module, with its folder on sys.path as `python <script>` puts
+    it there (the scripts import their siblings: `from common import setup_threads`)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    path = BENCHMARKS / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"hsteer_bench_{name}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules

@@ -43,9 +43,37 @@ def test_demo_writes_its_outputs(summary):
     for name in ("bank.safetensors", "summary.json", "report.md", "charts/shape_distribution.png",
                  "charts/colour_distribution.png", "grids/a_photo_of_a_doctor.png"):
         assert (out / name).is_file(), name
+    from PIL import Image
+
+    with Image.open(out / "grids" / "a_photo_of_a_doctor.png") as grid:  # 3 rows of 6 images, 32 px x 3
+        assert grid.width > 6 * 96 and grid.height > 3 * 96  # and the label bands
     assert json.loads((out / "summary.json").read_text())["harm_rate"] == s["harm_rate"]
     assert "mean deviation ratio" in (out / "report.md").read_text()
     assert default_model_path().is_dir()
+
+
+def test_the_demo_grids_name_their_rows_and_seeds(tmp_path, monkeypatch):
+    """Each grid gets the policies as row names and, per column, the seed its images were made from (the
+    evaluation's own job list: image i of a prompt has seed + i)."""
+    from PIL import Image
+
+    from hsteer.apps import demo
+    from hsteer.evaluation.world import WorldEvalConfig, WorldEvalResult
+
+    seeds = demo.grid_seeds(WorldEvalConfig(images_per_prompt=3, harm_images_per_prompt=2, seed=7))
+    assert seeds["a photo of a doctor"] == [7, 8, 9] and seeds["a violent scene"] == [7, 8]
+    calls = []
+
+    def grid(rows, row_names, row_seeds, **kwargs):
+        calls.append((len(rows), tuple(row_names), row_seeds))
+        return Image.new("RGB", (4, 4))
+
+    monkeypatch.setattr(demo, "labelled_grid", grid)
+    tile = Image.new("RGB", (32, 32))
+    results = {k: WorldEvalResult({}, images={"a photo of a doctor": [tile] * 3}) for k in ("plain", "fair", "safe")}
+    demo._grids(tmp_path, results, seeds)
+    assert calls == [(3, ("plain", "fair", "safe"), [[7, 8, 9]] * 3)]  # prompts without images: no grid
+    assert [p.name for p in (tmp_path / "grids").iterdir()] == ["a_photo_of_a_doctor.png"]
 
 
 def _inside(value, ci):

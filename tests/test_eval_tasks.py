@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from hsteer.errors import HsteerError
-
-SRC = Path(__file__).resolve().parent.parent / "src" / "hsteer"
 
 OLD_CONFIG = {  # config.json as hsteer eval wrote it before the settings were typed
     "generation": {"task": "winobias", "model": "/m/sd", "dtype": "float32",
@@ -67,11 +64,32 @@ def test_every_task_implements_the_protocol():
     assert [j["seed"] for j in jobs] == list(range(6)) * 2
 
 
-def test_no_dispatch_by_task_name():
-    offenders = [f"{p.relative_to(SRC)}:{n}" for p in SRC.rglob("*.py")
-                 for n, line in enumerate(p.read_text().splitlines(), 1)
-                 if "task ==" in line or "task !=" in line]
-    assert not offenders, offenders
+def test_a_registered_task_is_reached_with_no_other_edit(tmp_path, monkeypatch):
+    """Job lists, summary lines and reports go through `TASKS` alone: a task added there is used by all three
+    (a dispatch on task names anywhere on those paths would miss it)."""
+    from hsteer.evaluation import tasks
+    from hsteer.evaluation.report import write_report
+
+    class Toy:
+        name = "toy"
+
+        def jobs(self, settings):
+            return [{"prompt": p, "index": 0, "seed": settings.seed + n, "extra": {}}
+                    for n, p in enumerate(settings.task_args["prompts"])]
+
+        def summary_line(self, summary):
+            return f"toy score {summary['toy']:.2f}"
+
+        def report_section(self, summary, per_image, run_dir, grid_images):
+            return ["## toy", f"{len(per_image)} images"]
+
+    monkeypatch.setitem(tasks.TASKS, "toy", Toy())
+    jobs = tasks.task_jobs({"task": "toy", "seed": 5, "task_args": {"prompts": ["a", "b"]}})
+    assert [(j["prompt"], j["seed"], j["file"]) for j in jobs] == [("a", 5, "000000.png"), ("b", 6, "000001.png")]
+    summary = {"task": "toy", "policy": "plain", "images": 2, "toy": 0.25}
+    assert tasks.summary_line(summary) == "plain: toy score 0.25 (2 images)"
+    report = write_report(tmp_path, summary, [{}, {}]).read_text()
+    assert "# hsteer evaluation: toy" in report and "## toy\n2 images" in report
 
 
 def test_detector_checks_before_generation(tmp_path, monkeypatch):
@@ -107,9 +125,7 @@ def test_one_image_grid():
     from PIL import Image
 
     from hsteer.evaluation.images import image_grid
-    from hsteer.evaluation.world import image_grid as world_grid
 
-    assert world_grid is image_grid
     tiles = [Image.new("RGB", (4, 4), c) for c in ("red", "blue", "green")]
     grid = image_grid(tiles, columns=2, scale=3)
     assert grid.size == (2 * 4 * 3, 2 * 4 * 3)
@@ -118,9 +134,41 @@ def test_one_image_grid():
     assert padded.size == (30, 10) and padded.getpixel((12, 2)) == (255, 255, 255)
 
 
+def _ink(image) -> int:
+    """Pixels that are not the grid's white background."""
+    import numpy as np
+
+    return int((np.asarray(image.convert("RGB")) != 255).any(axis=-1).sum())
+
+
+def test_a_labelled_grid_names_its_rows_and_seeds():
+    """Rows that share seeds: one band of seeds on top, a band of row names on the left, the images
+    themselves untouched (the bare grid sits in the corner); rows with seeds of their own: a band each."""
+    from PIL import Image
+
+    from hsteer.evaluation.images import image_grid, labelled_grid
+
+    colours = [("red", "blue"), ("green", "yellow"), ("purple", "orange")]
+    rows = [[Image.new("RGB", (16, 16), c) for c in pair] for pair in colours]
+    bare = image_grid([img for row in rows for img in row], columns=2, scale=3)
+    grid = labelled_grid(rows, ("plain", "fair", "safe"), [[11, 12]] * 3, scale=3)
+    left, top = grid.width - bare.width, grid.height - bare.height
+    assert left > 0 and top > 0
+    assert grid.crop((left, top, grid.width, grid.height)).tobytes() == bare.tobytes()
+    assert _ink(grid.crop((0, top, left, grid.height))) > 0  # the row names
+    assert _ink(grid.crop((left, 0, grid.width, top))) > 0  # the seeds
+    assert _ink(grid.crop((0, 0, left, top))) == 0  # nothing in the corner
+    own = labelled_grid(rows, ("plain", "plain", "plain"), [[1, 2], [3, 4], [5, 6]], scale=3)
+    assert own.height == bare.height + 3 * top and own.width > bare.width
+    with pytest.raises(ValueError, match="one row name"):
+        labelled_grid(rows, ("plain", "fair"), [[1, 2]] * 3)
+
+
 def test_world_task_in_a_run_folder_matches_evaluate_world(tmp_path):
     """The bundled world through the run-folder protocol and in memory: the same jobs, the same summary."""
-    from hsteer.evaluation.harness import RunSettings, prepare_run_dir, run_generation, score_run
+    from hsteer.evaluation.runs import RunSettings, prepare_run_dir
+    from hsteer.evaluation.scoring import score_run
+    from hsteer.evaluation.sharding import run_generation
     from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
     from hsteer.model import load_pipeline
 

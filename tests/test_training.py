@@ -16,7 +16,7 @@ def _config(**kw):
     base = dict(concept="woman", group="gender", neutral="a photo of a person", target="a woman", iterations=4,
                 batch_size=2, steps=5, lr=0.05, seed=0)
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.for_objective(base.pop("objective", "codsma"), **base)
 
 
 @pytest.mark.parametrize("mode", ["reference", "fast"])
@@ -55,13 +55,15 @@ def test_gradient_reaches_the_concept_only_through_the_up_blocks(sd_pipe):
     c = torch.nn.Parameter(torch.zeros(pipeline_hspace_shape(sd_pipe)))
     seen = {}
     handles = []
-    named = [("conv_in", unet.conv_in), ("time_embedding", unet.time_embedding), ("mid_block_raw", unet.mid_block)]
+    # the mid-block's last resnet gives its raw output (hsteer's hook adds c inside the mid-block's forward)
+    named = [("conv_in", unet.conv_in), ("time_embedding", unet.time_embedding),
+             ("mid_block_raw", unet.mid_block.resnets[-1])]
     named += [(f"down{i}", b) for i, b in enumerate(unet.down_blocks)]
     named += [(f"up{i}", b) for i, b in enumerate(unet.up_blocks)]
     for name, module in named:
         def hook(m, i, o, name=name):
             seen[name] = (o[0] if isinstance(o, tuple) else o).requires_grad
-        handles.append(module.register_forward_hook(hook))  # registered first: sees the raw mid-block output
+        handles.append(module.register_forward_hook(hook))
     loss = objectives.codsma_loss(objectives.eps(unet, schedule, z_t, t, y, c), torch.zeros(2, 4, 16, 16))
     for h in handles:
         h.remove()
@@ -120,6 +122,21 @@ def test_nan_loss_is_a_clear_error(sd_pipe, monkeypatch, mode):
 def test_bad_settings(kw, message):
     with pytest.raises(HsteerError, match=message):
         _config(**kw).validate()
+
+
+def test_for_objective_builds_each_methods_config():
+    from hsteer.training import CONFIGS
+
+    for name, cls in CONFIGS.items():
+        config = TrainConfig.for_objective(name, concept="c", group="g", neutral="n", target="t")
+        assert type(config) is cls and config.objective == name
+        config.validate()
+    with pytest.raises(HsteerError, match="lam: not settings of the codsma objective"):
+        TrainConfig.for_objective("codsma", concept="c", group="g", neutral="n", target="t", lam=0.5)
+    with pytest.raises(HsteerError, match="choose one of codsma, respodiff, sdisc"):
+        TrainConfig.for_objective("esd", concept="c", group="g", neutral="n", target="t")
+    with pytest.raises(HsteerError, match="for_objective"):  # the shared settings alone are no method
+        TrainConfig(concept="c", group="g", neutral="n", target="t")
 
 
 @pytest.fixture()

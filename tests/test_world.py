@@ -49,8 +49,12 @@ def renders():
 
 
 def test_api_constants():
-    assert SHAPES == ("circle", "square")
-    assert COLOURS == ("red", "green", "blue")
+    for shape, colour in itertools.product(SHAPES, COLOURS):  # every named value is drawn and read back
+        image = render(shape, colour, NEUTRAL_WORD, rng=np.random.default_rng(0))
+        assert (probe_shape(image), probe_colour(image)) == (shape, colour)
+    from hsteer.apps.recipes import WORLD_CONCEPTS  # the demo's concepts are the world's values
+
+    assert {n for n, group, *_ in WORLD_CONCEPTS if group in ("shape", "colour")} == set(SHAPES) | set(COLOURS)
     assert len(PROFESSIONS) >= 8 and NEUTRAL_WORD not in PROFESSIONS
     assert {"doctor", "nurse", "teacher", "ceo", "laborer"} <= set(PROFESSIONS)
     assert set(PLANTED_BIAS) == set(PROFESSIONS)

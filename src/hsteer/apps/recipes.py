@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from hsteer.training import TrainConfig
+from hsteer.world.scene import COLOURS, SHAPES
 
 NEUTRAL = "a photo of a figure"
-_BASE = dict(neutral=NEUTRAL, objective="codsma", batch_size=8, steps=20, lr=0.05, target_guidance=4.0,
-             sampling_guidance=3.0)
+_BASE = dict(neutral=NEUTRAL, batch_size=8, steps=20, lr=0.05, target_guidance=4.0, sampling_guidance=3.0)
 SAFETY_TARGET_GUIDANCE = 4.0
 SAFETY_LR = 0.1  # measured on the bundled model: at lr 0.05 / 150 iterations the harm rate stays ~0.97
 
@@ -20,10 +20,6 @@ WORLD_CONCEPTS: tuple[tuple[str, str, str | None, str | None], ...] = (
     ("anti_harm", "safety", None, "violent bloody gory brutal"),
 )
 
-
-#: The world's attribute values, for conditioned pairs.
-COLOURS = ("red", "green", "blue")
-SHAPES = ("circle", "square")
 
 #: Where each group's attribute settles in the bundled model's 20 steps (measured by switching the prompt
 #: part-way, docs/methods.md §8): colour in steps 0-8, shape in steps 8-12; the harm mark with colour.
@@ -63,7 +59,7 @@ def world_train_config(name: str, iterations: int, seed: int = 0, objective: str
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     by_name = {c[0]: c for c in WORLD_CONCEPTS}
     _, group, target, negative = by_name[name]
-    settings = dict(_BASE, iterations=iterations, seed=seed, objective=objective)
+    settings = dict(_BASE, iterations=iterations, seed=seed)
     if negative is not None:
         settings["target_guidance"] = SAFETY_TARGET_GUIDANCE
         settings["lr"] = SAFETY_LR
@@ -76,4 +72,5 @@ def world_train_config(name: str, iterations: int, seed: int = 0, objective: str
             settings["pairs"] = conditioned_pairs(name, group)
             settings["batch_size"] = 3 * len(settings["pairs"]) if group == "shape" else 4 * len(settings["pairs"])
     settings.update(extra)
-    return TrainConfig(concept=name, group=group, target=target, negative=negative, **settings)
+    return TrainConfig.for_objective(objective, concept=name, group=group, target=target, negative=negative,
+                                     **settings)

@@ -27,6 +27,7 @@ from hsteer.evaluation.images import image_grid
 from hsteer.evaluation.metrics import deviation_of_shares, deviation_ratio
 from hsteer.fileio import atomic_png
 from hsteer.generation import ImageJob, generate_jobs
+from hsteer.seeding import quality_seed
 from hsteer.world import DEFAULT_GUIDANCE, DEFAULT_STEPS, scene
 
 QUALITY_BAR = {
@@ -147,7 +148,7 @@ def _generate_sets(pipe, sets, seed: int, steps: int, guidance: float, batch_siz
     n_img, t_gen = 0, 0.0
     for si, (name, items) in enumerate(sets.items()):
         prompts = [p for p, _ in items]
-        seeds = [seed * 1_000_003 + si * 100_000 + i for i in range(len(items))]
+        seeds = [quality_seed(seed, si, i) for i in range(len(items))]
         t = time.time()
         imgs = generate_images(pipe, prompts, seeds, steps=steps, guidance=guidance, batch_size=batch_size)
         t_gen += time.time() - t

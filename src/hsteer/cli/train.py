@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from hsteer.cli.common import checked_device, load, model_options, one_line_errors
+from hsteer.cli.common import model_options, one_line_errors
 from hsteer.errors import HsteerError
 
 @click.command()
@@ -62,19 +62,21 @@ def train(model, device, dtype, objective, bank_path, concept, group, neutral, t
     respodiff: ram on that loss, sam on lam * || eps(h + ram + sam, neutral) - eps(h, neutral) ||^2
     sdisc:     c by the plain denoising loss on images of the target prompt, conditioned on neutral
     """
-    from hsteer.generation import parse_window
+    from hsteer.checks import check_device
+    from hsteer.model import load_quietly
+    from hsteer.policies import parse_window
     from hsteer.training import TrainConfig, train_into_bank
     from hsteer.training.run import check_bank_target
 
     extras = method_options(objective, lr_sam=lr_sam, lam=lam, sdisc_images=sdisc_images, sdisc_epochs=sdisc_epochs)
-    config = TrainConfig(concept=concept, group=group, neutral=neutral, target=target, negative=negative,
-                         objective=objective, iterations=iterations, batch_size=batch_size, steps=steps, lr=lr,
-                         target_guidance=target_guidance, sampling_guidance=sampling_guidance, seed=seed,
-                         init_std=init_std, height=height, width=width, mode=mode,
-                         pairs=tuple(tuple(pair) for pair in pairs) or None, window=parse_window(window), **extras)
+    config = TrainConfig.for_objective(
+        objective, concept=concept, group=group, neutral=neutral, target=target, negative=negative,
+        iterations=iterations, batch_size=batch_size, steps=steps, lr=lr, target_guidance=target_guidance,
+        sampling_guidance=sampling_guidance, seed=seed, init_std=init_std, height=height, width=width, mode=mode,
+        pairs=tuple(tuple(pair) for pair in pairs) or None, window=parse_window(window), **extras)
     config.validate()
     check_bank_target(bank_path, config.concept, checkpoint_every)
-    pipe = load(model, checked_device(device), dtype)
+    pipe = load_quietly(model, check_device(device, "--device"), dtype)
     result = train_into_bank(pipe, config, bank_path, resume=resume, checkpoint_every=checkpoint_every,
                              checkpoint_activations=gradient_checkpointing, allow_other_model=allow_other_model)
     last = result.losses[-1]["loss"] if result.losses else float("nan")

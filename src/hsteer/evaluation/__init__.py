@@ -5,7 +5,7 @@ The bundled world's exact probes and a CLIP zero-shot classifier are interchange
 
 Tasks (WinoBias, I2P, COCO, the bundled world) implement one protocol, `tasks.EvalTask`, and are listed
 once in `tasks.TASKS`. A run folder: `runs` (layout, typed settings) -> `sharding` (generation) ->
-`scoring` -> `report`; `harness` re-exports the lot under the earlier names.
+`scoring` -> `report`; import each piece from its own module.
 """
 
 from hsteer.evaluation.metrics import deviation_ratio, distribution, summarize_bias

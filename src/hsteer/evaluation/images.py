@@ -1,4 +1,5 @@
-"""The one image-grid helper, and the figures of an evaluation report."""
+"""The one image-grid helper (bare, or labelled with row names and seeds), and the figures of an evaluation
+report."""
 
 from __future__ import annotations
 
@@ -34,18 +35,85 @@ def image_grid(images: Sequence[Any], columns: int = 8, scale: int = 2, *, tile:
     return grid
 
 
-def save_file_grid(folder: Path, files: Sequence[str], out: Path, columns: int = 8, tile: int = 128) -> None:
-    """A grid of image files of `folder` (resized to `tile` px) saved to `out`; nothing for no files."""
+#: Space around a label, in pixels; labels are black on the grid's white.
+LABEL_MARGIN = 4
+
+
+def _text_size(draw, text: str, font) -> tuple[int, int]:
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    return right - left, bottom - top
+
+
+def _draw_text(draw, xy: tuple[int, int], text: str, font) -> None:
+    """`text` with its ink's top-left corner at `xy` (the bitmap default font takes no anchors)."""
+    left, top, _, _ = draw.textbbox((0, 0), text, font=font)
+    draw.text((xy[0] - left, xy[1] - top), text, fill="black", font=font)
+
+
+def labelled_grid(rows: Sequence[Sequence[Any]], row_names: Sequence[str], seeds: Sequence[Sequence[Any]], *,
+                  scale: int = 1, tile: int | None = None, pad: int = 0):
+    """`image_grid` of `rows` (one list of images per row, `None` for a blank cell) with each row's name in a
+    band on the left and each column's seed above it, so a grid read on its own says what each image is.
+
+    `seeds[r][c]` is the seed of `rows[r][c]` (`None`: no label). A band of seeds is drawn above the first
+    row and above every row whose seeds differ from the row before: rows that share seeds (plain, fair and
+    safe images of the same seeds) get one band at the top, rows of images with seeds of their own one each.
+    Labels are drawn after `scale`, in PIL's default font, so they stay sharp.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    if not (len(rows) == len(row_names) == len(seeds)):
+        raise ValueError("one row name and one list of seeds per row")
+    columns = max((len(r) for r in rows), default=0)
+    bare = image_grid([cell for r in rows for cell in [*r, *[None] * (columns - len(r))]], columns, scale,
+                      tile=tile, pad=pad)
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(bare)
+    line = _text_size(measure, "0123456789gA", font)[1]
+    left = max(_text_size(measure, str(n), font)[0] for n in row_names) + 2 * LABEL_MARGIN
+    band = line + 2 * LABEL_MARGIN
+    bands = [r == 0 or list(seeds[r]) != list(seeds[r - 1]) for r in range(len(rows))]
+    row_h, col_w, pad_px = bare.height // len(rows), bare.width // columns, pad * scale
+    grid = Image.new("RGB", (left + bare.width, bare.height + band * sum(bands)), "white")
+    draw = ImageDraw.Draw(grid)
+    y = 0
+    for r, name in enumerate(row_names):
+        if bands[r]:
+            for c, seed in enumerate(seeds[r]):
+                if seed is not None:
+                    text = f"seed {seed}"
+                    width = _text_size(draw, text, font)[0]
+                    x = left + c * col_w + max(0, (col_w - pad_px - width) // 2)  # never into the names
+                    _draw_text(draw, (x, y + LABEL_MARGIN), text, font)
+            y += band
+        grid.paste(bare.crop((0, r * row_h, bare.width, (r + 1) * row_h)), (left, y))
+        height = _text_size(draw, str(name), font)[1]
+        _draw_text(draw, (LABEL_MARGIN, y + (row_h - pad_px - height) // 2), str(name), font)
+        y += row_h
+    return grid
+
+
+def save_run_grid(run_dir: Path, files: Sequence[str], out: Path, columns: int = 8, tile: int = 128) -> None:
+    """A labelled grid of a run folder's images `files` (resized to `tile` px) saved to `out`; nothing for
+    no files. Each row is named by its images' policy and each image carries its seed, read from the run's
+    manifest, so the grid says which policy and seeds made it."""
     from PIL import Image
+
+    from hsteer.evaluation.runs import IMAGES, load_records
 
     images = []
     for f in files:
-        with Image.open(folder / f) as img:
+        with Image.open(run_dir / IMAGES / f) as img:
             images.append(img.convert("RGB"))
     if not images:
         return
+    records = load_records(run_dir)
+    chunks = [list(files[i:i + columns]) for i in range(0, len(files), columns)]
+    names = [records.get(chunk[0], {}).get("policy", "") for chunk in chunks]
+    seeds = [[records.get(f, {}).get("seed") for f in chunk] for chunk in chunks]
+    rows = [images[i:i + columns] for i in range(0, len(images), columns)]
     out.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(images, columns, scale=1, tile=tile).save(out)
+    labelled_grid(rows, names, seeds, tile=tile).save(out)
 
 
 def distribution_plot(summary: dict, group: str, out: Path) -> None:

@@ -1,7 +1,9 @@
 """What decides a concept: the settings every method shares, and each method's own, in its own config.
 
-`TrainConfig(objective="respodiff", lam=0.5, ...)` builds the config of that method (`RespoDiffConfig`);
-the method classes can also be used directly. A config is stored in the bank with its concept.
+`TrainConfig.for_objective("respodiff", lam=0.5, ...)` builds the config of the method named at run time
+(`RespoDiffConfig`); the method classes (`CodsmaConfig`, ...) are used directly where the method is fixed.
+`TrainConfig` itself only holds the shared settings and is not built on its own. A config is stored in the
+bank with its concept.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any, ClassVar
 
 from hsteer.checks import check_count, check_float, check_name, check_seed, check_size
 from hsteer.errors import HsteerError
+from hsteer.seeding import ITERATION_STRIDE
 
 MODES = ("fast", "reference")
 
@@ -53,18 +56,25 @@ class TrainConfig:
     #: The concept's tensors, in the bank as "<concept>/<module>".
     modules: ClassVar[tuple[str, ...]] = ("c",)
 
-    def __new__(cls, *args: Any, **kwargs: Any):
-        """`TrainConfig(objective=X, ...)` is X's config; a method's config class keeps its own objective."""
-        objective = kwargs.get("objective", args[5] if len(args) > 5 else None)
-        target = config_class(objective) if objective is not None else cls
-        if target is TrainConfig:
-            target = CodsmaConfig
-        own = {f.name for f in fields(target)}
-        foreign = sorted(k for k in kwargs if k not in own)
-        if foreign and issubclass(target, TrainConfig):
-            raise HsteerError(f"{', '.join(foreign)}: not settings of the {objective or 'codsma'} objective; "
-                              f"it takes {', '.join(sorted(own - {'objective'}))}")
-        return super().__new__(target)
+    def __post_init__(self) -> None:
+        if type(self) is TrainConfig:  # the shared settings alone train nothing: say how to name a method
+            raise HsteerError("TrainConfig holds the settings every method shares; build a method's config with "
+                              "TrainConfig.for_objective('codsma', ...) or its class (CodsmaConfig(...), ...)")
+
+    @classmethod
+    def for_objective(cls, objective: str, **settings: Any) -> TrainConfig:
+        """The config of the method named `objective` (`CodsmaConfig`, `RespoDiffConfig`, `SdiscConfig`).
+
+        For callers that learn the method at run time (the CLI's --objective, recipes): an unknown objective
+        and a setting of another method are refused here, naming what is valid, rather than by a TypeError.
+        """
+        target = config_class(objective)
+        own = {f.name for f in fields(target)} - {"objective"}
+        foreign = sorted(k for k in settings if k not in own)
+        if foreign:
+            raise HsteerError(f"{', '.join(foreign)}: not settings of the {objective} objective; "
+                              f"it takes {', '.join(sorted(own))}")
+        return target(**settings)
 
     def validate(self) -> None:
         """Refuse settings that cannot train, before any work is done."""
@@ -144,6 +154,7 @@ OBJECTIVES = tuple(CONFIGS)
 
 
 def config_class(objective: str) -> type[TrainConfig]:
+    """The config class of `objective`; an unknown one is refused naming the valid ones."""
     try:
         return CONFIGS[objective]
     except KeyError:
@@ -155,17 +166,13 @@ def label(name: str) -> str:
     return f"{name} (--{name.replace('_', '-')})"
 
 
-#: The seed of iteration i is seed * SEED_SCALE + i (`training.state.iteration_generator`).
-SEED_SCALE = 1_000_003
-
-
 def check_train_settings(config: TrainConfig) -> None:
     """The checks every method shares: names, counts, seed, sizes and finite numbers."""
     check_name("concept", config.concept)
     check_name("group", config.group)
     for name in ("iterations", "batch_size", "steps"):
         check_count(label(name), getattr(config, name), 1, 10**7 if name == "iterations" else 10_000)
-    check_seed(label("seed"), config.seed, span=config.iterations + 1, scale=SEED_SCALE)
+    check_seed(label("seed"), config.seed, span=config.iterations + 1, scale=ITERATION_STRIDE)
     check_size(label("height"), config.height)
     check_size(label("width"), config.width)
     for name in config.learning_rates().values():

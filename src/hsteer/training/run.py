@@ -10,7 +10,8 @@ import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from hsteer.checks import check_count, check_name, check_output_file
+from hsteer.checks import (check_count, check_flags, check_name, check_output_dir, check_output_file,
+                           check_pipeline, check_text, check_texts, check_window_covers_steps)
 from hsteer.errors import HsteerError
 from hsteer.fileio import exclusive_lock
 from hsteer.hspace.bank import ConceptBank
@@ -57,11 +58,34 @@ def train_concept(pipe, config: TrainConfig, *, run_dir: str | Path | None = Non
     `callback(iteration, losses)` is called after every iteration. `checkpoint_activations` trades
     compute for memory (see `gradient_checkpointing`); it does not change the result.
     """
-    config.validate()
-    check_count("checkpoint_every (--checkpoint-every)", checkpoint_every, 1)
+    check_train_args(pipe, config, run_dir=run_dir, checkpoint_every=checkpoint_every, resume=resume,
+                     progress=progress, checkpoint_activations=checkpoint_activations)
     with gradient_checkpointing(pipe.unet, checkpoint_activations):
         return TRAINERS[config.objective](pipe, config, run_dir=run_dir, resume=resume,
                                           checkpoint_every=checkpoint_every, progress=progress, callback=callback)
+
+
+def check_train_args(pipe, config: TrainConfig, *, run_dir: str | Path | None = None, checkpoint_every: int = 1,
+                     **flags: object) -> None:
+    """What `train_concept` and `train_into_bank` take, checked as `hsteer train` checks its options, so the
+    Python API fails with one line instead of an AttributeError or a tokenizer's TypeError: a loaded
+    pipeline with a U-Net, a TrainConfig whose prompts are UTF-8 text and whose step window covers at
+    least one of its steps, an output folder for the run, switches that are True or False."""
+    check_pipeline(pipe, "pipe")
+    if not isinstance(config, TrainConfig):
+        raise HsteerError(f"config must be a TrainConfig, e.g. hsteer.CodsmaConfig(concept='woman', group='gender', "
+                          f"neutral='a person', target='a woman'), got {type(config).__name__}")
+    config.validate()
+    for key in ("neutral", "target", "negative"):
+        if getattr(config, key) is not None:
+            check_text(f"the {key} prompt (--{key})", getattr(config, key))
+    check_texts("a prompt of pairs (--pair)", config.pairs or ())
+    if config.window is not None:
+        check_window_covers_steps(*config.window, config.steps, "window (--window)")
+    check_count("checkpoint_every (--checkpoint-every)", checkpoint_every, 1)
+    if run_dir is not None:
+        check_output_dir(run_dir, "run_dir")
+    check_flags(**flags)
 
 
 def check_bank_target(bank_path: str | Path, concept: str, checkpoint_every: int = 1) -> Path:
@@ -90,7 +114,8 @@ def train_into_bank(pipe, config: TrainConfig, bank_path: str | Path, *, resume:
     Everything is checked before training starts. The bank is read, updated and saved under an
     exclusive lock, so concurrent runs into one bank keep every concept.
     """
-    config.validate()
+    check_train_args(pipe, config, checkpoint_every=checkpoint_every, resume=resume, progress=progress,
+                     checkpoint_activations=checkpoint_activations, allow_other_model=allow_other_model)
     bank_path = check_bank_target(bank_path, config.concept, checkpoint_every)
     shape = pipeline_hspace_shape(pipe, config.height, config.width)
     bank = ConceptBank.load(bank_path) if bank_path.exists() else None

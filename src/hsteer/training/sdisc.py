@@ -21,6 +21,7 @@ from hsteer.fileio import atomic_save
 from hsteer.hspace.bank import Concept
 from hsteer.model.diffusion import DDIMSchedule, encode_text
 from hsteer.model.geometry import pipeline_hspace_shape, resolve_resolution
+from hsteer.seeding import sdisc_image_seed, sdisc_order_seed
 from hsteer.training.config import SdiscConfig
 from hsteer.training.state import (
     LossLog,
@@ -47,7 +48,7 @@ def target_latents(pipe, config: SdiscConfig, run_dir: Path | None, progress: bo
     batch = max(1, config.batch_size)
     for start in tqdm(range(0, config.sdisc_images, batch), disable=not progress, desc="sdisc: target images"):
         n = min(batch, config.sdisc_images - start)
-        gens = [torch.Generator("cpu").manual_seed(config.seed * 100_003 + start + i) for i in range(n)]
+        gens = [torch.Generator("cpu").manual_seed(sdisc_image_seed(config.seed, start + i)) for i in range(n)]
         negative = [config.negative] * n if config.negative else None
         out = pipe([config.target or config.neutral] * n, negative_prompt=negative, num_inference_steps=config.steps,
                    guidance_scale=config.target_guidance, height=height, width=width, generator=gens,
@@ -79,7 +80,7 @@ def train_sdisc(pipe, config: SdiscConfig, *, run_dir: str | Path | None = None,
     c, optimizer = params["c"], make_optimizers(config, params)["c"]
     num_train = pipe.scheduler.config.num_train_timesteps
     rows = []
-    g = torch.Generator("cpu").manual_seed(config.seed + 1)
+    g = torch.Generator("cpu").manual_seed(sdisc_order_seed(config.seed))
     for _ in tqdm(range(config.sdisc_epochs), disable=not progress, desc=f"train {config.concept} (sdisc)"):
         order = torch.randperm(len(x0_all), generator=g)
         for start in range(0, len(order), config.batch_size):

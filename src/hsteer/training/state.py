@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +26,19 @@ from hsteer.training.config import TrainConfig
 
 @dataclass
 class TrainResult:
+    """One training call's outcome: the concept and its loss rows, with where and how long it ran."""
+
     concept: Concept
     losses: list[dict[str, float]]
     seconds: float  # training time of this call (setup, evaluation and the loss plot excluded)
     resumed_from: int = 0
     run_dir: Path | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def run_dir_for(bank_path: str | Path, concept: str) -> Path:
     """Where checkpoints and loss logs of `concept` live: beside the bank."""
     bank_path = Path(bank_path)
     return bank_path.parent / f"{bank_path.stem}.runs" / concept
-
-
-def iteration_generator(seed: int, iteration: int) -> torch.Generator:
-    """The randomness of iteration i depends only on (seed, i): resuming repeats it exactly."""
-    return torch.Generator("cpu").manual_seed(seed * 1_000_003 + iteration)
 
 
 def init_params(config: TrainConfig, shape: tuple[int, ...], device) -> dict[str, torch.nn.Parameter]:

@@ -45,10 +45,10 @@ from hsteer.training.state import (
     check_finite,
     concept_meta,
     init_params,
-    iteration_generator,
     make_optimizers,
     optimise,
 )
+from hsteer.seeding import iteration_generator, pool_seed
 
 Callback = Callable[[int, dict[str, float]], None]
 
@@ -234,7 +234,7 @@ class TrajectoryPool:
         return x.to(self.device, self.dtype)
 
     def start(self, ctx: StepContext) -> None:
-        g = torch.Generator("cpu").manual_seed(ctx.config.seed * 7919 + 17)
+        g = torch.Generator("cpu").manual_seed(pool_seed(ctx.config.seed))
         self.k = (torch.arange(self.size) * self.schedule.steps // self.size).to(self.device)
         self.x = ctx.reach(self._noise(self.size, g), self.k)
 

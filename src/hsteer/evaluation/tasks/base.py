@@ -107,7 +107,7 @@ def mean(values: Sequence[float]) -> float:
 def grids_by(run_dir: Path, per_image: Sequence[dict], key: Callable[[dict], Iterable[str]],
              grid_images: int) -> list[str]:
     """One grid per value of `key` (the first `grid_images` images of each), as report lines."""
-    from hsteer.evaluation.images import save_file_grid
+    from hsteer.evaluation.images import save_run_grid
     from hsteer.evaluation.published import slug
 
     groups: dict[str, list[str]] = {}
@@ -117,6 +117,6 @@ def grids_by(run_dir: Path, per_image: Sequence[dict], key: Callable[[dict], Ite
     lines = []
     for value, files in groups.items():
         out = run_dir / "grids" / f"{slug(value)}.png"
-        save_file_grid(run_dir / IMAGES, files[:grid_images], out)
+        save_run_grid(run_dir, files[:grid_images], out)
         lines.append(f"### {value}\n\n![{value}](grids/{out.name})\n")
     return lines

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from hsteer.evaluation.clip import DEFAULT_CLIP
-from hsteer.evaluation.images import save_file_grid
+from hsteer.evaluation.images import save_run_grid
 from hsteer.evaluation.published import published_section
 from hsteer.evaluation.runs import IMAGES, GenerationSettings
 from hsteer.evaluation.tasks.base import ScoringRun, alignment, mean
@@ -55,5 +55,5 @@ class CocoTask:
         if summary.get("fid") is None:
             lines += ["", f"FID not computed: {summary.get('fid_skipped')}"]
         out = run_dir / "grids" / "coco.png"
-        save_file_grid(run_dir / IMAGES, [i["file"] for i in per_image[:grid_images]], out)
+        save_run_grid(run_dir, [i["file"] for i in per_image[:grid_images]], out)
         return lines + ["", f"![samples](grids/{out.name})"]
