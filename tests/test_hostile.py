@@ -14,6 +14,9 @@ import pytest
 import torch
 from hostile_helpers import assert_handled, cli, listing
 
+#: FIFOs and /dev/zero, which several cases below use, are POSIX.
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="FIFOs and /dev/zero are POSIX")
+
 TRAIN = {"--bank": "b.safetensors", "--concept": "square", "--group": "shape", "--neutral": "a shape",
          "--target": "a square", "--iterations": "2", "--batch-size": "2", "--steps": "3"}
 GENERATE = {"--prompt": "a red square", "--out": "out", "--num-images": "2", "--steps": "3"}
@@ -256,14 +259,14 @@ def test_other_commands_refuse_before_anything(tmp_path, argv, fragments):
 
 def test_python_api_shares_the_checks(tmp_path):
     from hsteer.errors import BankError, HsteerError
-    from hsteer.generation import ConceptPolicy, FairPolicy
+    from hsteer.policies import ConceptPolicy, FairPolicy
     from hsteer.hspace.bank import Concept
     from hsteer.training import TrainConfig
 
     with pytest.raises(HsteerError, match="invalid concept name"):
-        TrainConfig(concept="..", group="g", neutral="a", target="b").validate()
+        TrainConfig.for_objective("codsma", concept="..", group="g", neutral="a", target="b").validate()
     with pytest.raises(HsteerError, match="batch_size"):
-        TrainConfig(concept="x", group="g", neutral="a", target="b", batch_size=0).validate()
+        TrainConfig.for_objective("codsma", concept="x", group="g", neutral="a", target="b", batch_size=0).validate()
     with pytest.raises(BankError, match="invalid concept name"):
         Concept("../x", "g", "codsma", {"c": torch.zeros(2)})
     with pytest.raises(HsteerError, match="twice"):
@@ -285,4 +288,3 @@ def test_documented_exit_status_matches():
     from hsteer.cli.main import main
 
     assert EXIT_ERROR == 2 and "2 on any handled error" in main.help
-    assert sys.platform != "win32"  # FIFOs and /dev/zero above

@@ -30,3 +30,13 @@ class TrainingDivergedError(HsteerError):
 
 class ModelLoadError(HsteerError):
     """A model path or id that cannot be loaded as a supported diffusers pipeline."""
+
+
+class TerminatedError(KeyboardInterrupt):
+    """SIGTERM, raised where the process is so that it unwinds like Ctrl-C: temporary files are removed,
+    locks released, and the CLI prints one line and exits `exit_code` (128 + SIGTERM, the shell's code).
+
+    It derives from KeyboardInterrupt, not Exception, so that no `except Exception` swallows it.
+    """
+
+    exit_code = 143

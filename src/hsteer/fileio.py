@@ -13,13 +13,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import gc
 import os
 import stat
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from hsteer.checks import file_kind
 from hsteer.errors import HsteerError
 
 #: Seconds a writer waits for another process's lock on a shared file (HSTEER_LOCK_TIMEOUT overrides).
@@ -38,23 +41,44 @@ def write_target(path: str | Path) -> Path:
     return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
-def write_error(path: str | Path, exc: BaseException) -> HsteerError:
-    """One line for an OS error while writing `path`."""
+def write_error(path: str | Path, exc: BaseException, elsewhere: str = "another folder") -> HsteerError:
+    """One line for an OS error while writing `path`, with what to do: on a full disk, the folder to free
+    space in, or `elsewhere` to write instead (e.g. 'another --out')."""
     reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     code = getattr(exc, "errno", None)
-    hint = {errno.ENOSPC: "; free some space", errno.EDQUOT: "; free some space",
-            errno.EROFS: "; write somewhere writable", errno.EACCES: "; check its permissions",
+    folder = Path(path).parent
+    full = f"; free space on the disk that holds {folder}, or write to {elsewhere}"
+    hint = {errno.ENOSPC: full, errno.EDQUOT: f"; your disk quota is used up: free space in {folder} (or "
+            f"elsewhere under the quota), or write to {elsewhere}",
+            errno.EROFS: f"; write to {elsewhere}, on a writable disk", errno.EACCES: "; check its permissions",
             errno.EPERM: "; check its permissions"}.get(code, "")
     return HsteerError(f"cannot write {path}: {reason}{hint}")
 
 
+def check_write_target(path: Path) -> None:
+    """Refuse to replace anything but a regular file: a rename over `/dev/null`, a FIFO or a socket
+    would put a regular file in its place (and a folder cannot be replaced)."""
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    if not stat.S_ISREG(mode):
+        raise HsteerError(f"cannot write {path}: it is {file_kind(mode)}, not a regular file; hsteer writes "
+                          "files by replacing them, so give the path of a file (new or existing)")
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[str]:
+def atomic_path(path: str | Path, suffix: str = ".tmp", elsewhere: str = "another folder") -> Iterator[str]:
     """Yield a temporary name beside `path`; on success it replaces `path`, on error it is removed.
 
-    `path` keeps its mode (new: 0o666 under the umask) and a symlink at `path` is followed.
+    `path` keeps its mode (new: 0o666 under the umask) and a symlink at `path` is followed; a target
+    that is not a regular file is refused (`check_write_target`). `elsewhere` goes in the message of a
+    full disk (`write_error`).
     """
     path = write_target(path)
+    check_write_target(path)
     tmp = None
     try:
         try:
@@ -69,28 +93,29 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[str]:
         os.chmod(tmp, mode)  # some writers recreate the file
         os.replace(tmp, path)
     except OSError as exc:
-        raise write_error(path, exc) from None
+        raise write_error(path, exc, elsewhere) from None
     finally:
         if tmp is not None and os.path.lexists(tmp):
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
+def atomic_write_text(path: str | Path, text: str, elsewhere: str = "another folder") -> None:
+    with atomic_path(path, elsewhere=elsewhere) as tmp:
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
 
 
-def atomic_save(path: str | Path, save: Callable[[str], None], suffix: str = ".tmp") -> None:
+def atomic_save(path: str | Path, save: Callable[[str], None], suffix: str = ".tmp",
+                elsewhere: str = "another folder") -> None:
     """Run `save(temporary_name)` and move the result to `path` atomically.
 
     A writer that reports a full disk or another I/O failure with its own exception type (safetensors
     does) is turned into the same one line as an `OSError`.
     """
-    with atomic_path(path, suffix) as tmp:
+    with atomic_path(path, suffix, elsewhere) as tmp:
         try:
             save(tmp)
         except OSError:
@@ -98,13 +123,26 @@ def atomic_save(path: str | Path, save: Callable[[str], None], suffix: str = ".t
         except Exception as exc:  # noqa: BLE001 - only I/O failures of foreign writers are translated
             if type(exc).__name__ != "SafetensorError" and not isinstance(exc, (IOError,)):
                 raise
-            raise write_error(write_target(path), exc) from None
+            raise write_error(write_target(path), exc, elsewhere) from None
 
 
-def atomic_png(path: str | Path, picture, **options) -> None:
+def atomic_png(path: str | Path, picture, *, elsewhere: str = "another folder", **options) -> None:
     """Write a PIL image or a matplotlib figure as a PNG, atomically (`options`: e.g. dpi for a figure)."""
     save = getattr(picture, "savefig", None) or picture.save
-    atomic_save(path, lambda tmp: save(tmp, format="png", **options), suffix=".png")
+    atomic_save(path, lambda tmp: save(tmp, format="png", **options), suffix=".png", elsewhere=elsewhere)
+
+
+def _flock(fd: int, timeout: float, busy: Callable[[float], str]) -> None:
+    """Take an exclusive `flock` on `fd`, waiting up to `timeout` seconds, else HsteerError(busy(timeout))."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise HsteerError(busy(timeout)) from None
+            time.sleep(0.05)
 
 
 @contextlib.contextmanager
@@ -124,16 +162,50 @@ def exclusive_lock(path: str | Path, what: str | None = None, timeout: float | N
     except OSError as exc:
         raise write_error(target, exc) from None
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise HsteerError(f"{what or target} is being written by another process (waited "
-                                      f"{timeout:g}s for its lock); try again when it has finished") from None
-                time.sleep(0.05)
+        _flock(fd, timeout, lambda waited: f"{what or target} is being written by another process (waited "
+                                           f"{waited:g}s for its lock); try again when it has finished")
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+class FolderLock:
+    """An exclusive `flock` on a folder itself, so that one writer at a time fills it (an output folder).
+
+    The folder is created if missing. The lock is held until `release()`, until the object is
+    garbage-collected, or until the process ends (a kill -9 included: the kernel drops it), and no lock
+    file is left behind. A folder already locked is refused at once with `busy`, one line saying why.
+    With `name`, the lock is the hidden file `name` in the folder instead (created once and kept: it
+    must never be removed while others may open it), for folders that several writers share, one
+    part each (the shards of an evaluation run).
+    """
+
+    def __init__(self, folder: str | Path, busy: str, timeout: float = 0.0, name: str | None = None) -> None:
+        self.folder = Path(folder)
+        target = self.folder / name if name else self.folder
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if name:
+                fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666 & ~_umask())
+            else:
+                fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise write_error(target, exc) from None
+        try:
+            try:
+                _flock(fd, 0.0, lambda waited: busy)
+            except HsteerError:
+                gc.collect()  # a holder this process no longer reaches (an old run's error) lets go
+                _flock(fd, timeout, lambda waited: busy)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._release = weakref.finalize(self, os.close, fd)
+
+    @property
+    def held(self) -> bool:
+        return self._release.alive
+
+    def release(self) -> None:
+        """Drop the lock (closing the descriptor); calling it again does nothing."""
+        self._release()

@@ -1,4 +1,4 @@
-"""What every command shares: one-line errors, the model options, loading, the policy options."""
+"""What every command shares: one-line errors, the model options, the eval options' checks."""
 
 from __future__ import annotations
 
@@ -33,11 +33,19 @@ class HandledError(click.ClickException):
 
 
 def _os_error_line(exc: OSError) -> str:
+    """An OSError that no hsteer writer turned into a message (a library writing a file itself), with
+    the fix: on a full disk or quota, the folder to free space in or to write elsewhere."""
+    import errno
+    from pathlib import Path
+
     where = f"{exc.filename}: " if exc.filename else ""
     if isinstance(exc, FileNotFoundError):
         return f"{where}no such file or folder"
     if isinstance(exc, IsADirectoryError):
         return f"{where}is a folder, not a file"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        folder = f"the disk that holds {Path(str(exc.filename)).parent}" if exc.filename else "the disk being written"
+        return f"{where}{exc.strerror or 'no space left'}; free space on {folder}, or write to another folder"
     return f"{where}{exc.strerror or exc}"
 
 
@@ -56,26 +64,15 @@ def one_line_errors(fn):
             raise HandledError(f"an input file is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         except MemoryError:
             raise HandledError("out of memory; use smaller settings (--batch-size, image size)") from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (TerminatedError, raised by cli.main's handler)
+            from hsteer.errors import TerminatedError
+
             hint = RESUME_HINTS.get(fn.__name__)
-            click.echo(f"interrupted; {hint}" if hint else "interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+            what = "terminated (SIGTERM)" if isinstance(exc, TerminatedError) else "interrupted"
+            click.echo(f"{what}; {hint}" if hint else what, err=True)
+            sys.exit(TerminatedError.exit_code if isinstance(exc, TerminatedError) else EXIT_INTERRUPTED)
 
     return wrapper
-
-
-def checked_device(device: str) -> str:
-    """--device, checked before anything loads."""
-    from hsteer.checks import check_device
-
-    return check_device(device, "--device")
-
-
-def load(model: str | None, device: str, dtype: str):
-    """The pipeline of a command's --model/--device/--dtype, with library logs silenced."""
-    from hsteer.model import load_quietly
-
-    return load_quietly(model, device, dtype)
 
 
 def resolve_device(device: str | None) -> str:
@@ -103,38 +100,11 @@ def model_options(fn):
     return fn
 
 
-def build_policy(fair: str | None, safe: bool, concepts: tuple[str, ...], scales: tuple[str, ...] = ()):
-    from hsteer.generation import FairPolicy, PlainPolicy, SafePolicy, parse_concept_specs
-
-    chosen = sum(bool(x) for x in (fair, safe, concepts))
-    if chosen > 1:
-        raise HsteerError("choose one of --fair, --safe or --concept")
-    group_scales = {}
-    for spec in scales:
-        group, _, value = spec.partition("=")
-        try:
-            group_scales[group] = float(value)
-        except ValueError:
-            raise HsteerError(f"bad --group-scale {spec!r}: write GROUP=SCALE, e.g. gender=1.1") from None
-    if group_scales and not (fair or safe):
-        raise HsteerError("--group-scale applies to the groups of --fair or --safe; with --concept write NAME=SCALE")
-    if fair:
-        return FairPolicy(tuple(g.strip() for g in fair.split(",")), group_scales)
-    if safe:
-        other = sorted(set(group_scales) - {"safety"})
-        if other:
-            raise HsteerError(f"--group-scale {other[0]}=...: --safe steers only the group 'safety'")
-        return SafePolicy(scale=group_scales.get("safety", 1.0))
-    if concepts:
-        return parse_concept_specs(concepts)
-    return PlainPolicy()
-
-
 def check_eval_options(o: dict) -> None:
     """The generation options every `hsteer eval` task shares, checked before any file or model is touched."""
-    from hsteer.checks import check_count, check_float, check_seed, check_size
+    from hsteer.checks import check_count, check_device, check_float, check_seed, check_size
 
-    checked_device(o["device"])
+    check_device(o["device"], "--device")
     check_count("--batch-size", o["batch_size"], 1, 4096)
     if o["steps"] is not None:
         check_count("--steps", o["steps"], 1, 10_000)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import click
-
+import contextlib
+import signal
 import sys
+from collections.abc import Iterator
+
+import click
 
 from hsteer.cli.apps import compare, demo, world
 from hsteer.cli.bank import bank
@@ -13,14 +16,40 @@ from hsteer.cli.eval import eval_group, q16_group, score
 from hsteer.cli.generate import generate
 from hsteer.cli.train import train
 from hsteer.cli.ui import ui
+from hsteer.errors import TerminatedError
+
+
+def _terminate(signum, frame) -> None:
+    raise TerminatedError("terminated (SIGTERM)")
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises TerminatedError where the process is, so a run stops as after Ctrl-C: temporary
+    files are removed, locks released, and one line says what to rerun (exit 143). The previous
+    handler comes back afterwards (the CLI also runs in-process, in tests and notebooks)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class OneLineGroup(click.Group):
-    """Usage errors as one line too: `Error: <what> (see 'hsteer CMD -h')`, exit status EXIT_ERROR."""
+    """Usage errors as one line too: `Error: <what> (see 'hsteer CMD -h')`, exit status EXIT_ERROR;
+    SIGTERM as one line too (see `sigterm_as_interrupt`)."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        with sigterm_as_interrupt():
+            self._main_one_line(args, prog_name, complete_var, **extra)
+
+    def _main_one_line(self, args, prog_name, complete_var, **extra) -> None:
         try:
             super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as exc:
@@ -32,9 +61,15 @@ class OneLineGroup(click.Group):
             sys.exit(exc.exit_code)
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
-        except click.Abort:
+        except click.Abort as exc:
+            if isinstance(exc.__context__, TerminatedError):  # outside a command's one_line_errors
+                click.echo("terminated (SIGTERM)", err=True)
+                sys.exit(TerminatedError.exit_code)
             click.echo("Aborted!", err=True)
             sys.exit(1)
+        except TerminatedError:
+            click.echo("terminated (SIGTERM)", err=True)
+            sys.exit(TerminatedError.exit_code)
         sys.exit(0)
 
 
@@ -46,7 +81,8 @@ def main() -> None:
 
     \b
     Exit status: 0 on success; 2 on any handled error (bad input, a missing or broken file, a failed
-    check, a full or read-only disk), printed as one line `Error: ...` on stderr; 130 after Ctrl-C.
+    check, a full or read-only disk), printed as one line `Error: ...` on stderr; 130 after Ctrl-C;
+    143 after SIGTERM (also one line).
     """
 
 

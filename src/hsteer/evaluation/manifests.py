@@ -1,4 +1,5 @@
-"""A run's manifest: merged from the shard manifests when every job has a record and a valid image."""
+"""A run's manifest: merged from the shard manifests when every job has a record that agrees with it (prompt,
+index, seed) and an image."""
 
 from __future__ import annotations
 
@@ -19,11 +20,16 @@ def merge_manifests(run_dir: str | Path, all_jobs: Sequence[dict] | None = None)
     rows = []
     for job in all_jobs:
         rec = records.get(job["file"])
-        if rec is None or not (run_dir / IMAGES / job["file"]).is_file():
-            return False
+        if rec is None or not (run_dir / IMAGES / job["file"]).is_file() or not _agrees(rec, job):
+            return False  # a record that disagrees with its job is never merged: the next run redoes it
         rows.append(rec)
     write_jsonl(run_dir / MANIFEST, rows)
     return True
+
+
+def _agrees(record: dict, job: dict) -> bool:
+    """Whether a record is its job's: same prompt, index and seed (a damaged or edited row is not)."""
+    return all(record.get(key) == job[key] for key in ("prompt", "index", "seed"))
 
 
 def finished_records(run_dir: str | Path) -> list[dict]:

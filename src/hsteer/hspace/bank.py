@@ -22,11 +22,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from hsteer._version import __version__
-from hsteer.checks import check_input_file, check_name
+from hsteer.checks import JSON_MAX_DEPTH, check_input_file, check_name, check_output_file, json_depth
 from hsteer.errors import BankError, HsteerError, ModelMismatchError, ShapeMismatchError, UnknownConceptError
 from hsteer.fileio import atomic_save
 import hsteer.hspace.hub as hub
-from hsteer.hspace.bankcheck import check_finite_concepts, check_header
+from hsteer.hspace.bankcheck import check_concept_meta, check_finite_concepts, check_header, parse_header
 from hsteer.hspace.hub import DEFAULT_WEIGHT_NAME
 from hsteer.model.geometry import hspace_shape, unet_fingerprint
 
@@ -53,8 +53,13 @@ class Concept:
     def __post_init__(self) -> None:
         _check_name("concept", self.name)
         _check_name("group", self.group)
-        if not self.tensors:
+        if not isinstance(self.objective, str) or not self.objective:
+            raise BankError(f"concept {self.name!r}: objective must be a non-empty string, got {self.objective!r}")
+        if not isinstance(self.tensors, dict) or not self.tensors:
             raise BankError(f"concept {self.name!r} has no tensors")
+        if not all(isinstance(t, torch.Tensor) for t in self.tensors.values()):
+            raise BankError(f"concept {self.name!r}: its tensors must be torch tensors")
+        check_concept_meta(self.meta, f"concept {self.name!r}")
         shapes = {tuple(t.shape) for t in self.tensors.values()}
         if len(shapes) != 1:
             raise ShapeMismatchError(f"concept {self.name!r} mixes tensor shapes {sorted(shapes)}")
@@ -182,16 +187,30 @@ class ConceptBank:
                 "concepts": [c.describe() for c in self]}
 
     def save(self, path: str | Path) -> Path:
-        """Write atomically: a failed save leaves any earlier file at `path` intact."""
-        path = Path(path)
+        """Write atomically: a failed save leaves any earlier file at `path` intact.
+
+        Refused before anything is written: an output that is a folder, device, FIFO or socket (a rename
+        would replace `/dev/null` by a regular file), non-finite values, and metadata that `load` would
+        refuse (a bad stored window, nesting too deep), so a saved bank always loads.
+        """
+        path = check_output_file(path, "bank file")
         check_finite_concepts(self)
+        for concept in self:
+            check_concept_meta(concept.meta, f"concept {concept.name!r}")  # meta is mutable after construction
         tensors = {f"{c.name}/{k}": v.detach().to("cpu", torch.float32).contiguous()
                    for c in self for k, v in c.tensors.items()}
         header = {"format": FORMAT_VERSION, "hsteer_version": __version__,
                   "hspace_shape": list(self.hspace_shape or []), "unet_fingerprint": self.unet_fingerprint,
                   "concepts": {c.name: {"group": c.group, "objective": c.objective, "tensors": list(c.tensors),
                                         "meta": c.meta} for c in self}}
-        atomic_save(path, lambda tmp: save_file(tensors, tmp, metadata={"hsteer": json.dumps(header)}))
+        try:
+            text = json.dumps(header)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise BankError(f"cannot save bank {path}: a concept's meta holds a value JSON cannot store "
+                            f"({type(exc).__name__}); keep meta to numbers, strings, lists and objects") from None
+        if json_depth(text) > JSON_MAX_DEPTH:
+            raise BankError(f"cannot save bank {path}: a concept's meta nests deeper than {JSON_MAX_DEPTH} levels")
+        atomic_save(path, lambda tmp: save_file(tensors, tmp, metadata={"hsteer": text}))
         return path
 
     def save_pretrained(self, directory: str | Path, eval_summary: dict[str, Any] | None = None, *,
@@ -238,18 +257,24 @@ class ConceptBank:
             raise BankError(f"bank file {path} is corrupt or not a safetensors file ({exc})") from None
         if "hsteer" not in metadata:
             raise BankError(f"{path} is a safetensors file but not an hsteer bank (no 'hsteer' metadata)")
+        header = parse_header(path, metadata["hsteer"])
+        version = header.get("format") if isinstance(header, dict) else FORMAT_VERSION
+        if isinstance(version, bool) or version != FORMAT_VERSION:
+            raise BankError(f"bank {path} has format {header.get('format')!r}, this hsteer reads format "
+                            f"{FORMAT_VERSION}; upgrade hsteer")
+        check_header(path, header, tensors)
+        return cls._from_header(path, header, tensors)
+
+    @classmethod
+    def _from_header(cls, path: Path, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> ConceptBank:
+        """The bank of a checked header; any remaining inconsistency names the bank file."""
         try:
-            header = json.loads(metadata["hsteer"])
-            if not isinstance(header, dict):
-                check_header(path, header, tensors)
-            if header.get("format") != FORMAT_VERSION:
-                raise BankError(f"bank {path} has format {header.get('format')}, this hsteer reads format "
-                                f"{FORMAT_VERSION}; upgrade hsteer")
-            check_header(path, header, tensors)
             bank = cls(header["hspace_shape"] or None, header.get("unet_fingerprint"))
             for name, entry in header["concepts"].items():
                 parts = {k: tensors[f"{name}/{k}"] for k in entry["tensors"]}
                 bank.add(Concept(name, entry["group"], entry["objective"], parts, entry.get("meta", {})))
+        except HsteerError as exc:
+            raise type(exc)(f"bank file {path}: {exc}") from None
         except (KeyError, TypeError, ValueError) as exc:
             raise BankError(f"bank file {path} has inconsistent metadata ({exc!r}); it is corrupt") from None
         return bank

@@ -1,10 +1,13 @@
 """Checks of a bank file's contents before any concept is built from them, and of concepts before a save.
 
-A bank header must be a JSON object of the documented structure, every tensor it names must exist,
-be float32 (what `ConceptBank.save` writes; fp16, integer and boolean tensors are refused) and have
-the bank's h-space shape. Non-finite values are allowed in a loaded bank, so that `hsteer bank show`
-can point at them, but never written (`check_finite_concepts`) nor used for steering
-(`nonfinite_tensors` in generation).
+A bank header must be JSON of bounded size and depth (`parse_header`) and an object of the documented
+structure; every concept and group name follows the name rule, every stored step window is two finite
+numbers with 0 <= start < end <= 1 (`check_concept_meta`, which `Concept` runs too), and every tensor
+it names must exist, be float32 (what `ConceptBank.save` writes; fp16, integer and boolean tensors are
+refused) and have the bank's h-space shape. Each message names the bank file and the concept, so a
+damaged bank is never blamed on an option the user did not pass. Non-finite values are allowed in a
+loaded bank, so that `hsteer bank show` can point at them, but never written (`check_finite_concepts`)
+nor used for steering (`nonfinite_tensors` in generation).
 """
 
 from __future__ import annotations
@@ -15,12 +18,50 @@ from typing import Any
 
 import torch
 
-from hsteer.checks import check_name
+from hsteer.checks import check_name, check_window_covers_steps, check_window_value, load_json
 from hsteer.errors import BankError, HsteerError
+
+#: The largest 'hsteer' metadata read from a bank, in characters (thousands of concepts fit).
+HEADER_MAX_CHARS = 32 * 2**20
 
 
 def _corrupt(path: Path, what: str) -> BankError:
     return BankError(f"bank file {path} is corrupt: {what}")
+
+
+def parse_header(path: Path, text: object) -> Any:
+    """The 'hsteer' metadata of a bank file as JSON, refused (naming the bank) when not JSON, too large
+    or nested deeper than `checks.JSON_MAX_DEPTH` (no RecursionError on 100,000 levels of `[`)."""
+    if not isinstance(text, str):
+        raise _corrupt(path, "its 'hsteer' metadata is not text")
+    try:
+        return load_json(text, "its 'hsteer' metadata", max_chars=HEADER_MAX_CHARS)
+    except HsteerError as exc:
+        raise _corrupt(path, str(exc)) from None
+
+
+def check_concept_meta(meta: Any, where: str) -> None:
+    """A concept's meta: an object whose stored step window, if any, is a valid window and whose
+    U-Net fingerprint, if any, is a string. `where` names the concept (and the bank file on load)."""
+    if not isinstance(meta, dict):
+        raise BankError(f"{where}: its meta is a {type(meta).__name__}, not an object")
+    if "window" in meta and meta["window"] is not None:
+        try:
+            check_window_value(meta["window"], f"{where}: the stored step window",
+                               fix="the concept is damaged: retrain it, or remove its stored window")
+        except HsteerError as exc:
+            raise BankError(str(exc)) from None
+    fingerprint = meta.get("unet_fingerprint")
+    if fingerprint is not None and not isinstance(fingerprint, str):
+        raise BankError(f"{where}: its stored unet_fingerprint is not a string")
+
+
+def _check_name_in(path: Path, kind: str, name: object, concept: object = None) -> None:
+    try:
+        check_name(kind, name)
+    except HsteerError as exc:
+        where = f" (concept {concept!r})" if concept is not None else ""
+        raise _corrupt(path, f"{exc}{where}") from None
 
 
 def check_header(path: Path, header: Any, tensors: dict[str, torch.Tensor]) -> None:
@@ -37,31 +78,51 @@ def check_header(path: Path, header: Any, tensors: dict[str, torch.Tensor]) -> N
     concepts = header.get("concepts")
     if not isinstance(concepts, dict):
         raise _corrupt(path, f"'concepts' is a {type(concepts).__name__}, not an object of name -> entry")
+    if concepts and not shape:
+        raise _corrupt(path, "'hspace_shape' is empty but the bank holds concepts")
     for name, entry in concepts.items():
-        try:
-            check_name("concept", name)
-        except HsteerError as exc:
-            raise _corrupt(path, str(exc)) from None
-        if not isinstance(entry, dict):
-            raise _corrupt(path, f"the entry of concept {name!r} is not an object")
-        for key in ("group", "objective"):
-            if not isinstance(entry.get(key), str):
-                raise _corrupt(path, f"concept {name!r} has no {key} string")
-        parts = entry.get("tensors")
-        if not isinstance(parts, list) or not parts or not all(isinstance(p, str) for p in parts):
-            raise _corrupt(path, f"concept {name!r} lists no tensors")
-        if not isinstance(entry.get("meta", {}), dict):
-            raise _corrupt(path, f"the meta of concept {name!r} is not an object")
-        for part in parts:
-            key = f"{name}/{part}"
-            if key not in tensors:
-                raise _corrupt(path, f"tensor {key!r} is missing")
-            if tensors[key].dtype != torch.float32:
-                raise _corrupt(path, f"tensor {key!r} is {str(tensors[key].dtype).removeprefix('torch.')}, "
-                                     "banks hold float32 tensors")
-            if shape and list(tensors[key].shape) != shape:
-                raise _corrupt(path, f"tensor {key!r} has shape {tuple(tensors[key].shape)}, the bank's h-space "
-                                     f"is {tuple(shape)}")
+        _check_entry(path, name, entry, shape, tensors)
+
+
+def _check_entry(path: Path, name: str, entry: Any, shape: list[int], tensors: dict[str, torch.Tensor]) -> None:
+    """One concept's entry: names, meta (stored window), and its tensors (present, float32, the bank's shape)."""
+    _check_name_in(path, "concept", name)
+    if not isinstance(entry, dict):
+        raise _corrupt(path, f"the entry of concept {name!r} is not an object")
+    for key in ("group", "objective"):
+        if not isinstance(entry.get(key), str):
+            raise _corrupt(path, f"concept {name!r} has no {key} string")
+    _check_name_in(path, "group", entry["group"], name)
+    parts = entry.get("tensors")
+    if not isinstance(parts, list) or not parts or not all(isinstance(p, str) for p in parts):
+        raise _corrupt(path, f"concept {name!r} lists no tensors")
+    if len(set(parts)) != len(parts):
+        raise _corrupt(path, f"concept {name!r} lists a tensor twice ({', '.join(parts)})")
+    check_concept_meta(entry.get("meta", {}), f"bank file {path}: concept {name!r}")
+    for part in parts:
+        key = f"{name}/{part}"
+        if key not in tensors:
+            raise _corrupt(path, f"tensor {key!r} is missing")
+        if tensors[key].dtype != torch.float32:
+            raise _corrupt(path, f"tensor {key!r} is {str(tensors[key].dtype).removeprefix('torch.')}, "
+                                 "banks hold float32 tensors")
+        if list(tensors[key].shape) != shape:
+            raise _corrupt(path, f"tensor {key!r} has shape {tuple(tensors[key].shape)}, the bank's h-space "
+                                 f"is {tuple(shape)}")
+
+
+def check_bank_windows(bank, names: Iterable[str], steps: int, window: tuple[float, float] | None = None,
+                       strength: float | None = None, label: str = "--window") -> None:
+    """Every concept in `names` acts on at least one of the steps run: in `window` when one is given
+    for all, else in its stored window (the bank and the concept are named, not an option the user
+    did not pass). A window that steers no step would give the plain images, silently."""
+    if window is not None:
+        check_window_covers_steps(*window, steps, label, strength)
+        return
+    for name in sorted(names):
+        stored = bank[name].window
+        if stored is not None:
+            check_window_covers_steps(*stored, steps, f"stored with concept {name!r}", strength)
 
 
 def nonfinite_tensors(concept) -> list[str]:
