@@ -8,6 +8,7 @@ from bank_helpers import random_bank
 import hsteer
 from hsteer import ConceptPolicy, FairPolicy, PlainPolicy, attach, attachment_of, detach, generate
 from hsteer.errors import HsteerError
+from hsteer.hspace.hook import has_hook, steering_hook
 from hsteer.model import load_pipeline
 
 STEPS, GUIDANCE = 4, 3.0
@@ -44,7 +45,7 @@ def test_plain_calls_after_attach_match_generate_and_detach_is_bit_identical(fix
     assert _max_diff(steered, ref.images) <= 1
     assert _max_diff(steered, plain) > 10
     detach(pipe)
-    assert type(pipe) is cls and not pipe.unet.mid_block._forward_hooks and attachment_of(pipe) is None
+    assert type(pipe) is cls and not has_hook(pipe.unet) and attachment_of(pipe) is None
     again = _call(pipe)
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(again, plain))
 
@@ -64,10 +65,11 @@ def test_generate_on_a_detached_pipeline_equals_attached_calls_with_two_prompts(
 def test_attach_again_swaps_in_place_and_scales(sd_pipe):
     bank = random_bank(sd_pipe)
     attach(sd_pipe, bank, ConceptPolicy((("woman", 1.0),)))
-    hook = sd_pipe.unet.__dict__["_hsteer_persistent_hook"]
+    hook = steering_hook(sd_pipe.unet, create=False)
     woman = _call(sd_pipe, seeds=(0,))
     attach(sd_pipe, bank, ConceptPolicy((("man", 1.0),)), scale=0.5)
-    assert sd_pipe.unet.__dict__["_hsteer_persistent_hook"] is hook and len(sd_pipe.unet.mid_block._forward_hooks) == 1
+    assert steering_hook(sd_pipe.unet, create=False) is hook is not None
+    assert list(sd_pipe.unet.mid_block._diffusers_hook.hooks) == ["hsteer"]  # one hook, in diffusers' registry
     man_half = _call(sd_pipe, seeds=(0,))
     ref = generate(sd_pipe, "a doctor", seed=0, bank=bank,
                    policy=ConceptPolicy((("man", 0.5),)), steps=STEPS, guidance=GUIDANCE, progress=False)
@@ -108,11 +110,13 @@ def test_step_window_matches_generate_and_an_empty_window_is_plain(sd_pipe):
     assert seen == list(range(STEPS))  # the user's callback still runs, chained after hsteer's
     attach(sd_pipe, bank, policy, window=(0.5, 1.0))
     attached_late = _call(sd_pipe, seeds=(0, 1))
-    attach(sd_pipe, bank, policy, window=(0.9, 1.0))  # steps 0..3 of 4 are at 0, .25, .5, .75: none steered
-    empty = _call(sd_pipe, seeds=(0, 1))
     assert _max_diff(attached_early, early) <= 1 and _max_diff(attached_late, late) <= 1
-    assert _max_diff(empty, plain) == 0
-    with pytest.raises(HsteerError, match="bad steering window"):
+    attach(sd_pipe, bank, policy, window=(0.9, 1.0))  # steps 0..3 of 4 are at 0, .25, .5, .75: none steered
+    with pytest.raises(HsteerError, match="covers none of the 4 denoising steps"):
+        _call(sd_pipe, seeds=(0, 1))  # a silent no-op would say the concept was applied
+    detach(sd_pipe)
+    assert _max_diff(_call(sd_pipe, seeds=(0, 1)), plain) == 0
+    with pytest.raises(HsteerError, match=r"window \(0.6, 0.2\) is not a step window"):
         attach(sd_pipe, bank, policy, window=(0.6, 0.2))
 
 

@@ -11,6 +11,7 @@ import torch
 from hsteer import ConceptBank, ConceptPolicy, FairPolicy, SteeringConfig, attach, detach, generate, steer
 from hsteer.errors import HsteerError
 from hsteer.hspace.bank import Concept
+from hsteer.hspace.hook import has_hook
 from hsteer.model import load_pipeline, pipeline_hspace_shape, unet_fingerprint
 
 STEPS, GUIDANCE = 3, 3.0
@@ -94,7 +95,7 @@ def test_attaching_first_after_compile_is_refused_clearly(sd_pipe):
     sd_pipe.unet = torch.compile(sd_pipe.unet, backend=CountingBackend())
     with pytest.raises(HsteerError, match="Attach first, then compile"):
         attach(sd_pipe, bank, ConceptPolicy((("woman", 1.0),)))
-    assert not sd_pipe.unet.mid_block._forward_hooks
+    assert not has_hook(sd_pipe.unet)
 
 
 def test_compile_repeated_blocks_keeps_steering_working(sd_dir):

@@ -95,7 +95,7 @@ def reference(sd_dir, clip_dir, fair_bank, tmp_path_factory) -> Path:
 
 
 def test_reference_run_layout(reference):
-    from hsteer.evaluation.harness import generated_counts
+    from hsteer.evaluation.runs import generated_counts
 
     rows = manifest(reference)
     assert [r["file"] for r in rows] == [f"{n:06d}.png" for n in range(12)]
@@ -109,7 +109,7 @@ def test_reference_run_layout(reference):
 
 
 def test_two_accelerate_processes_make_the_same_images(reference, sd_dir, clip_dir, fair_bank, tmp_path):
-    from hsteer.evaluation.harness import read_jsonl
+    from hsteer.evaluation.runs import read_jsonl
 
     out = tmp_path / "sharded"
     # `--cpu --num_processes 2` runs ONE process in accelerate (its simple launcher); the multi-process
@@ -130,7 +130,7 @@ def test_two_accelerate_processes_make_the_same_images(reference, sd_dir, clip_d
 
 
 def test_killed_run_resumes_without_losing_or_repeating_images(reference, sd_dir, clip_dir, fair_bank, tmp_path):
-    from hsteer.evaluation.harness import generated_counts
+    from hsteer.evaluation.runs import generated_counts
 
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", ENTRY, *map(str, winobias_args(sd_dir, clip_dir, fair_bank, out)), "--no-score"]
@@ -165,7 +165,8 @@ def test_killed_run_resumes_without_losing_or_repeating_images(reference, sd_dir
 
 
 def test_corrupt_missing_and_unrecorded_images_are_handled(reference, tmp_path):
-    from hsteer.evaluation.harness import MANIFEST, generated_counts, read_jsonl, run_generation
+    from hsteer.evaluation.runs import MANIFEST, generated_counts, read_jsonl
+    from hsteer.evaluation.sharding import run_generation
 
     out = tmp_path / "damaged"
     shutil.copytree(reference, out)
@@ -180,7 +181,7 @@ def test_corrupt_missing_and_unrecorded_images_are_handled(reference, tmp_path):
     shard.write_text("".join(json.dumps(r) + "\n" for r in rows if r["file"] != "000009.png"))  # unrecorded
     log_before = len(read_jsonl(out / "generation.log"))
 
-    from hsteer.evaluation.harness import prepare_run_dir, read_config
+    from hsteer.evaluation.runs import prepare_run_dir, read_config
 
     prepare_run_dir(out, read_config(out))
     report = run_generation(out, progress=False)
@@ -435,3 +436,19 @@ def test_world_classifier_watches_colour_on_the_bundled_model(tmp_path):
     e = s["untargeted"]["colour"]
     assert e["n"] == 8 and _inside(e["agreement"], e["agreement_ci"])
     assert _inside(e["deviation_ratio_change"], e["deviation_ratio_change_ci"])
+
+
+def test_eval_takes_ratio_and_window_and_its_run_spec_keeps_them(sd_dir, clip_dir, fair_bank, tmp_path):
+    """`hsteer eval` has generate's policy options: --ratio and --window reach the images and the run spec."""
+    out = tmp_path / "ratio"
+    args = winobias_args(sd_dir, clip_dir, fair_bank, out, images=4, steps=4)
+    run_cli(*args, "--ratio", "woman=1,man=0", "--window", "0.0,0.5", "--no-score")
+    generation = json.loads((out / "config.json").read_text())["generation"]
+    assert generation["policy"] == {"kind": "fair", "groups": ["gender"], "scales": {}, "ratios": {"woman": 1.0,
+                                                                                                 "man": 0.0}}
+    assert generation["window"] == [0.0, 0.5]
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert rows and {c["name"] for r in rows for c in r["concepts"]} == {"woman"}
+    assert all(r["window"] == [0.0, 0.5] for r in rows)
+    bad = run_cli(*args[:-2], tmp_path / "bad", "--ratio", "woman=1", "--no-score", ok=False)
+    assert bad.exit_code == 2 and "--ratio gives some concepts of group 'gender' but not man" in bad.output

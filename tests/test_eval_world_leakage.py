@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
-from hsteer.generation import ConceptPolicy, FairPolicy, PlainPolicy, SafePolicy
+from hsteer.policies import ConceptPolicy, FairPolicy, PlainPolicy, SafePolicy
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "hsteer"
 
 #: Lowest first. A module belongs to the first layer whose name is its name or a prefix of it.
-LAYERS = ("_version", "errors", "checks", "fileio", "model", "hspace", "objectives", "training", "outputs",
-          "generation", "world",
+LAYERS = ("_version", "errors", "seeding", "checks", "fileio", "model", "hspace", "objectives", "training",
+          "outputs", "gate", "policies", "generation", "world",
           "evaluation", "apps", "ui", "cli", "__main__")
 
 MAX_FUNCTION_LINES = 100

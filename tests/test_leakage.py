@@ -5,7 +5,7 @@ import pytest
 from hsteer.errors import HsteerError
 from hsteer.evaluation.leakage import (concept_names, fmt_ci, pair_items, strata, targeted_groups,
                                        untargeted_summary)
-from hsteer.generation import ConceptPolicy, FairPolicy, PlainPolicy, SafePolicy
+from hsteer.policies import ConceptPolicy, FairPolicy, PlainPolicy, SafePolicy
 
 
 def _items(colours, concepts, profession="nurse", prompt="a photo of a nurse"):

@@ -13,25 +13,18 @@ from hsteer.errors import (
     TrainingDivergedError,
     UnknownConceptError,
 )
-from hsteer.generation import (
-    ConceptPolicy,
-    FairPolicy,
-    GenerationOutput,
-    PlainPolicy,
-    SafePolicy,
-    attach,
-    detach,
-    generate,
-)
+from hsteer.generation import GenerationOutput, attach, attachment_of, detach, generate
 from hsteer.hspace import (
+    MID_BLOCK,
     Concept,
     ConceptBank,
     SteeringConfig,
+    SteeringSite,
     apply_steering,
-    attachment_of,
     remove_steering,
     steer,
 )
+from hsteer.policies import POLICIES, ConceptPolicy, FairPolicy, PlainPolicy, SafePolicy, SldPolicy, policy_from_spec
 from hsteer.model import hspace_shape, load_pipeline, unet_fingerprint
 from hsteer.training import CodsmaConfig, RespoDiffConfig, SdiscConfig, TrainConfig, train_concept
 
@@ -44,13 +37,17 @@ __all__ = [
     "FairPolicy",
     "GenerationOutput",
     "HsteerError",
+    "MID_BLOCK",
     "ModelMismatchError",
+    "POLICIES",
     "PlainPolicy",
     "RespoDiffConfig",
     "SafePolicy",
     "SdiscConfig",
+    "SldPolicy",
     "ShapeMismatchError",
     "SteeringConfig",
+    "SteeringSite",
     "TrainConfig",
     "TrainingDivergedError",
     "UnknownConceptError",
@@ -62,6 +59,7 @@ __all__ = [
     "generate",
     "hspace_shape",
     "load_pipeline",
+    "policy_from_spec",
     "remove_steering",
     "steer",
     "train_concept",

@@ -21,7 +21,7 @@ from hsteer.hspace.bank import ConceptBank
 from hsteer.apps.recipes import WORLD_CONCEPTS, world_train_config
 from hsteer.evaluation.leakage import fmt_ci
 from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
-from hsteer.generation import FairPolicy, PlainPolicy, SafePolicy
+from hsteer.policies import FairPolicy, PlainPolicy, SafePolicy
 from hsteer.model import load_pipeline, sampling_defaults
 from hsteer.training import TrainConfig, train_into_bank
 

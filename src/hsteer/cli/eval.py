@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-from hsteer.cli.common import build_policy, check_eval_options, model_options, one_line_errors
+from hsteer.cli.common import check_eval_options, model_options, one_line_errors
+from hsteer.cli.options import build_policy, policy_options, sampling_options
 from hsteer.checks import check_optional_count
 from hsteer.errors import HsteerError
 from hsteer.evaluation.clip import DEFAULT_CLIP, Q16_CLIP
@@ -24,34 +25,35 @@ PRESET_ATTRIBUTES = {"gender": ("a woman", "a man"),
                      "race": ("a black-race person", "a white-race person", "a Asian-race person")}
 
 
-class _GreedyOption(click.Option):
-    """An option that takes every following value up to the next option: `--attributes "a woman" "a man"`.
+#: Options that take every following value up to the next option: `--attributes "a woman" "a man"`.
+GREEDY_OPTIONS = ("--attributes", "--attributes-group", "--watch")
+_JOIN = "\x1f"  # the ASCII unit separator: never part of a text typed on a command line
 
-    Repeat it for several groups. Falls back to one value per occurrence if click's parser changes.
+
+class GreedyCommand(click.Command):
+    """A command whose `GREEDY_OPTIONS` take every following value up to the next option.
+
+    click options take a fixed number of values. `parse_args` (click's public entry) folds each run of
+    values after a greedy option into one value before click parses, and `split_greedy` (the option's
+    callback) splits it again. Repeat the option for several groups.
     """
 
-    def add_to_parser(self, parser, ctx) -> None:
-        super().add_to_parser(parser, ctx)
-        table = getattr(parser, "_long_opt", {})
-        for name in self.opts:
-            target = table.get(name)
-            if target is None or not hasattr(target, "process"):
-                continue
-            original = target.process
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        folded, rest = [], list(args)
+        while rest:
+            arg = rest.pop(0)
+            folded.append(arg)
+            if arg in GREEDY_OPTIONS:
+                values = []
+                while rest and not rest[0].startswith("--"):
+                    values.append(rest.pop(0))
+                if values:
+                    folded.append(_JOIN.join(values))
+        return super().parse_args(ctx, folded)
 
-            def process(value, state, _original=original):
-                values = [value]
-                while state.rargs and not str(state.rargs[0]).startswith("--"):
-                    values.append(state.rargs.pop(0))
-                _original(tuple(values), state)
 
-            target.process = process
-            break
-
-    def type_cast_value(self, ctx, value):
-        if value is None:
-            return ()
-        return tuple(tuple(v) if isinstance(v, (tuple, list)) else (v,) for v in value)
+def split_greedy(ctx: click.Context, param: click.Parameter, value) -> tuple[tuple[str, ...], ...]:
+    return tuple(tuple(v.split(_JOIN)) for v in value or ())
 
 
 def parse_attributes(groups: tuple[tuple[str, ...], ...], names: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
@@ -99,55 +101,34 @@ def parse_watch(groups: tuple[tuple[str, ...], ...], world: bool) -> dict[str, l
 
 
 def eval_options(fn):
+    """The options every `hsteer eval` task shares: the run folder, the policy, the sampling."""
     options = [
         click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
                      help="Run folder: images, manifests, scores, report (rerun the same command to resume)."),
-        click.option("--bank", "bank_path", default=None,
-                     help="Bank file or folder, or a Hub repo: USER/REPO[:FILE][@REVISION]."),
-        click.option("--fair", default=None, help="Group(s) to draw one concept from per image, e.g. gender."),
-        click.option("--safe", is_flag=True, help="Add the sum of the bank's safety group."),
-        click.option("--concept", "concepts", multiple=True, help="NAME or NAME=SCALE (repeatable; summed)."),
-        click.option("--group-scale", "scales", multiple=True, help="GROUP=SCALE for --fair/--safe."),
         click.option("--baseline", default="plain", show_default=True,
                      type=click.Choice(["plain", "sld-weak", "sld-medium", "sld-strong", "sld-max"]),
                      help="Without a bank: the plain model or SLD (diffusers' safe pipeline) with a preset."),
-        click.option("--steps", default=None, type=int, help="Denoising steps (default 50; bundled model: 20)."),
-        click.option("--guidance", default=None, type=float, help="CFG scale (default 7.5)."),
-        click.option("--batch-size", default=8, show_default=True, type=int),
-        click.option("--height", default=None, type=int),
-        click.option("--width", default=None, type=int),
-        click.option("--seed", default=0, show_default=True, type=int, help="Base seed: image i gets SEED + i."),
-        click.option("--steer-unconditional", is_flag=True),
-        click.option("--allow-other-model", is_flag=True),
         click.option("--no-score", is_flag=True, help="Only generate; score later with `hsteer score DIR`."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
     for option in reversed(options):
         fn = option(fn)
-    return model_options(fn)
+    return model_options(policy_options(sampling_options(fn)))
 
 
-def _policy_spec(fair, safe, concepts, scales, baseline, bank_path) -> dict[str, Any]:
-    from hsteer.generation import ConceptPolicy, FairPolicy, SafePolicy
+def _policy(o: dict[str, Any]):
+    """The run's policy object: --baseline sld-* or the policy options."""
+    from hsteer.policies import SldPolicy, require_bank
 
-    policy = build_policy(fair, safe, concepts, scales)
-    if baseline != "plain":
-        if fair or safe or concepts:
-            raise HsteerError(f"--baseline {baseline} is its own method; do not combine it with --fair/--safe/--concept")
-        return {"kind": "sld", "preset": baseline.removeprefix("sld-")}
-    if isinstance(policy, FairPolicy):
-        spec = {"kind": "fair", "groups": list(policy.groups), "scales": dict(policy.scales)}
-    elif isinstance(policy, SafePolicy):
-        spec = {"kind": "safe", "scales": {"safety": policy.scale}}
-    elif isinstance(policy, ConceptPolicy):
-        spec = {"kind": "concepts", "concepts": [list(c) for c in policy.concepts]}
-    else:
-        spec = {"kind": "plain"}
-    if spec["kind"] != "plain" and bank_path is None:
-        from hsteer.generation import require_bank
-
-        require_bank(None, policy.name)
-    return spec
+    policy = build_policy(o["fair"], o["safe"], o["concepts"], o["scales"], o["ratios"])
+    if o["baseline"] != "plain":
+        if policy.needs_bank:
+            raise HsteerError(f"--baseline {o['baseline']} is its own method; do not combine it with "
+                              "--fair/--safe/--concept")
+        return SldPolicy(preset=o["baseline"].removeprefix("sld-"))
+    if policy.needs_bank and o["bank_path"] is None:
+        require_bank(None, policy)
+    return policy
 
 
 def _run(task: str, task_args: dict[str, Any], scoring: dict[str, Any], o: dict[str, Any]) -> None:
@@ -156,31 +137,39 @@ def _run(task: str, task_args: dict[str, Any], scoring: dict[str, Any], o: dict[
     from hsteer.evaluation.scoring import score_run
     from hsteer.evaluation.sharding import process_state, run_generation
     from hsteer.model import sampling_defaults
+    from hsteer.policies import parse_window
 
     check_eval_options(o)
-    policy = _policy_spec(o["fair"], o["safe"], o["concepts"], o["scales"], o["baseline"], o["bank_path"])
+    policy = _policy(o)
+    window = parse_window(o["window"])
     bank = None
     if o["bank_path"] is not None:
         from hsteer.hspace.hub import parse_bank_spec
 
         source = parse_bank_spec(o["bank_path"])  # a local path is stored absolute, a Hub repo as given
         bank = str(source.path.resolve()) if source.path is not None else str(o["bank_path"])
-        if policy["kind"] != "plain":
-            ConceptBank.load(bank)  # fail now on a missing or corrupt bank, not after the first process starts
+        if policy.needs_bank:
+            policy.drawable(ConceptBank.load(bank))  # fail now on a bad bank, group or --ratio, not in a process
     if o["batch_size"] < 1:
         raise HsteerError("--batch-size must be >= 1")
     model = o["model"]
     if model is not None and Path(model).exists():
         model = str(Path(model).resolve())
     defaults = sampling_defaults(model)
-    generation = {"task": task, "model": model, "dtype": o["dtype"], "policy": policy,
-                  "bank": bank if policy["kind"] != "plain" else None,
+    generation = {"task": task, "model": model, "dtype": o["dtype"], "policy": policy.to_spec(),
+                  "bank": bank if policy.needs_bank else None, "window": list(window) if window else None,
+                  "respect_prompt": bool(o["respect_prompt"]), "gate": o["gate"],
                   "steps": o["steps"] or defaults["steps"],
                   "guidance": o["guidance"] if o["guidance"] is not None else defaults["guidance"],
                   "height": o["height"], "width": o["width"], "seed": o["seed"],
                   "steer_unconditional": o["steer_unconditional"], "allow_other_model": o["allow_other_model"],
                   "batch_size": o["batch_size"], "task_args": task_args}
     scoring = {"device": o["device"], **scoring}
+    from hsteer.checks import check_texts
+    from hsteer.evaluation.sharding import check_run_settings
+
+    check_texts("an --attributes or --watch text", [scoring.get("attributes"), scoring.get("watch")])
+    check_run_settings(generation)  # prompts UTF-8, windows that steer a step: before the folder is touched
     if scoring.get("baseline_run"):
         from hsteer.evaluation.baselines import check_baseline_run
         from hsteer.evaluation.runs import GenerationSettings
@@ -212,15 +201,15 @@ def _run(task: str, task_args: dict[str, Any], scoring: dict[str, Any], o: dict[
 def eval_group() -> None:
     """Generate and score evaluation sets (WinoBias, I2P, COCO); resumable and shardable with accelerate."""
 
-@eval_group.command("winobias")
+@eval_group.command("winobias", cls=GreedyCommand)
 @eval_options
 @click.option("--classifier", default=DEFAULT_CLIP, show_default=True,
               help="CLIPModel hub id or local folder for zero-shot attributes, or `world` (the world's probes).")
-@click.option("--attributes", "--attributes-group", "attributes", cls=_GreedyOption, multiple=True,
+@click.option("--attributes", "--attributes-group", "attributes", callback=split_greedy, multiple=True,
               help="Attribute texts of one group, e.g. --attributes 'a woman' 'a man' (repeat for more groups; "
                    "`gender`/`race` for docs/methods.md §5's texts; GROUP=TEXT,TEXT also works). Default: gender.")
 @click.option("--group", "group_names", multiple=True, help="Name of each --attributes group, in order.")
-@click.option("--watch", "watch", cls=_GreedyOption, multiple=True,
+@click.option("--watch", "watch", callback=split_greedy, multiple=True,
               help="An attribute group the run does not steer, scored by the same classifier and reported next "
                    "to plain, e.g. --watch race=\"a white person\",\"a black person\" (same syntax as "
                    "--attributes; repeatable). With --classifier world: a probe group's name, e.g. --watch colour.")

@@ -5,23 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from hsteer.errors import HsteerError
+from hsteer.policies import SLD_PRESETS, ConceptPolicy, PlainPolicy, policy_from_spec
 
-SLD_PRESETS = ("weak", "medium", "strong", "max")
-
-
-def policy_from_spec(spec: dict[str, Any]):
-    from hsteer.generation import ConceptPolicy, FairPolicy, PlainPolicy, SafePolicy
-
-    kind = spec.get("kind", "plain")
-    if kind in ("plain", "sld"):
-        return PlainPolicy()
-    if kind == "fair":
-        return FairPolicy(tuple(spec["groups"]), dict(spec.get("scales", {})))
-    if kind == "safe":
-        return SafePolicy(scale=float(spec.get("scales", {}).get("safety", 1.0)))
-    if kind == "concepts":
-        return ConceptPolicy(tuple((n, float(s)) for n, s in spec["concepts"]))
-    raise HsteerError(f"unknown policy kind {kind!r}")
+__all__ = ["SLD_PRESETS", "check_baseline_run", "policy_from_spec", "policy_label", "sld_pipeline", "sld_preset",
+           "targeted_by_spec"]
 
 
 # Generation settings a plain baseline run must share with the steered run it is the baseline of.
@@ -38,7 +25,7 @@ def check_baseline_run(base_dir, generation) -> None:
     from hsteer.evaluation.runs import read_config
 
     base = read_config(Path(base_dir)).generation
-    if base.policy.get("kind", "plain") != "plain":
+    if type(policy_from_spec(base.policy)) is not PlainPolicy:
         raise HsteerError(f"--baseline-run {base_dir} is a {policy_label(base.policy)} run; it must be plain")
     ours, theirs = generation.to_dict(), base.to_dict()
     diff = [k for k in BASELINE_KEYS if ours.get(k) != theirs.get(k)]
@@ -48,24 +35,19 @@ def check_baseline_run(base_dir, generation) -> None:
 
 
 def targeted_by_spec(spec: dict[str, Any], bank_path: str | None = None) -> set[str]:
-    """The attribute groups a run's policy steers (`leakage.targeted_groups` of its policy)."""
-    from hsteer.evaluation.leakage import targeted_groups
-
+    """The attribute groups a run's policy steers (read from its bank for explicit concepts)."""
+    policy = policy_from_spec(spec)
     bank = None
-    if spec.get("kind") == "concepts" and bank_path:
+    if isinstance(policy, ConceptPolicy) and bank_path:
         from hsteer.hspace.bank import ConceptBank
 
         bank = ConceptBank.load(bank_path)
-    return targeted_groups(policy_from_spec(spec), bank)
+    return policy.targeted_groups(bank)
 
 
 def policy_label(spec: dict[str, Any]) -> str:
-    kind = spec.get("kind", "plain")
-    if kind == "sld":
-        return f"sld-{spec['preset']}"
-    if kind == "fair":
-        return "fair:" + ",".join(spec["groups"])
-    return kind
+    """The compact tag of a run's policy (e.g. `fair:gender`, `sld-medium`)."""
+    return policy_from_spec(spec).label
 
 
 def sld_preset(name: str) -> dict[str, float]:

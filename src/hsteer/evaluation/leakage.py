@@ -110,19 +110,9 @@ def fmt_ci(value: float | None, ci: Sequence[float] | None, digits: int = 3) -> 
 
 
 def targeted_groups(policy, bank=None) -> set[str]:
-    """The attribute groups a policy steers: a fair policy's groups, the safety group, or the groups of
-    explicit concepts (read from the bank); none for the plain model."""
-    from hsteer.generation import ConceptPolicy, FairPolicy, SafePolicy
-
-    if isinstance(policy, FairPolicy):
-        return set(policy.groups)
-    if isinstance(policy, SafePolicy):
-        return {policy.group}
-    if isinstance(policy, ConceptPolicy):
-        if bank is None:
-            raise HsteerError("the groups of explicit concepts are read from their bank; give the bank")
-        return {bank[name].group for name, _ in policy.concepts}
-    return set()
+    """The attribute groups a policy steers (`Policy.targeted_groups`): a fair policy's groups, the safety
+    group, or the groups of explicit concepts (read from the bank); none for the plain model."""
+    return policy.targeted_groups(bank)
 
 
 def untargeted_summary(steered: Sequence[Mapping], plain: Sequence[Mapping], groups: Mapping[str, Any],

@@ -17,8 +17,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from hsteer.checks import load_json
 from hsteer.errors import HsteerError
 from hsteer.fileio import atomic_write_text
+from hsteer.outputs import check_own_file, image_ok  # noqa: F401 - image_ok: the harness's name for the check
 
 CONFIG = "config.json"
 MANIFEST = "manifest.jsonl"
@@ -27,8 +29,10 @@ IMAGES = "images"
 SHARDS = "manifests"
 
 # Settings that decide the images: a rerun into the same folder must repeat them.
+#: Settings added after the first run folders: written to config.json only when not their default.
+DEFAULTED_KEYS: dict[str, Any] = {"window": None, "respect_prompt": True, "gate": "embedding"}
 IDENTITY_KEYS = ("task", "model", "policy", "bank", "steps", "guidance", "height", "width", "seed",
-                 "steer_unconditional", "task_args", "dtype")
+                 "steer_unconditional", "task_args", "dtype", "window", "respect_prompt", "gate")
 
 
 # --- settings -----------------------------------------------------------------------------------------
@@ -39,7 +43,7 @@ class GenerationSettings:
     """What to generate: the "generation" object of config.json, key for key.
 
     `task_args` belong to the task (its `jobs` reads them); `policy` is a policy spec
-    ({"kind": "plain" | "sld" | "fair" | "safe" | "concepts", ...}, see `evaluation.baselines`).
+    (`Policy.to_spec()`, read back by `hsteer.policies.policy_from_spec`).
     """
 
     task: str
@@ -47,6 +51,9 @@ class GenerationSettings:
     dtype: str = "float32"
     policy: dict[str, Any] = field(default_factory=lambda: {"kind": "plain"})
     bank: str | None = None
+    window: list[float] | None = None  # one step window for every concept; None: each concept's learned one
+    respect_prompt: bool = True  # the prompt-aware gate (hsteer.gate); False: the papers' blind steering
+    gate: str = "embedding"
     steps: int = 50
     guidance: float = 7.5
     height: int | None = None
@@ -59,7 +66,10 @@ class GenerationSettings:
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as they are
 
     def to_dict(self) -> dict[str, Any]:
+        """The config.json object; the keys added later (`DEFAULTED_KEYS`) only where they differ from their
+        default, so an older run folder's config reads back and writes out unchanged."""
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        data = {k: v for k, v in data.items() if k not in DEFAULTED_KEYS or v != DEFAULTED_KEYS[k]}
         return json.loads(json.dumps({**data, **self.extra}))  # a deep copy, JSON types only
 
     @classmethod
@@ -70,7 +80,7 @@ class GenerationSettings:
 
     def identity(self) -> dict[str, Any]:
         """The settings that decide the images (IDENTITY_KEYS)."""
-        data = self.to_dict()
+        data = {**DEFAULTED_KEYS, **self.to_dict()}
         return {k: data[k] for k in IDENTITY_KEYS}
 
 
@@ -109,8 +119,8 @@ def read_config(run_dir: str | Path) -> RunSettings:
     if not path.is_file():
         raise HsteerError(f"{run_dir} holds no {CONFIG}; it is not an hsteer evaluation folder")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+        data = load_json(path.read_text(encoding="utf-8"), str(path))  # bounded depth: no RecursionError
+    except (UnicodeDecodeError, HsteerError) as exc:
         raise HsteerError(f"{path} is not valid UTF-8 JSON ({type(exc).__name__}); it is damaged: restore it, "
                           "or start the run over in another --out") from None
     if not (isinstance(data, dict) and isinstance(data.get("generation"), dict)
@@ -129,9 +139,8 @@ def prepare_run_dir(run_dir: str | Path, settings: RunSettings) -> None:
         if diff:
             raise HsteerError(f"{run_dir} holds a run with other settings ({', '.join(diff)} differ); "
                               "use another --out, or repeat the original settings to resume it")
-    for stale in (run_dir / IMAGES).glob(".*.png"):  # temporary files of a killed writer
-        stale.unlink(missing_ok=True)
-    (run_dir / IMAGES).mkdir(parents=True, exist_ok=True)
+    check_run_layout(run_dir)  # before anything is written; a killed writer's temporary files are removed
+    (run_dir / IMAGES).mkdir(parents=True, exist_ok=True)  # by each process for its own jobs, under its lock
     (run_dir / SHARDS).mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, settings.to_json())
 
@@ -140,7 +149,8 @@ def prepare_run_dir(run_dir: str | Path, settings: RunSettings) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSON-lines file; a torn last line (killed writer of a non-atomic file) is ignored."""
+    """Rows of a JSON-lines file; a torn last line (killed writer of a non-atomic file) is ignored, and so
+    is any line that is not a JSON object of bounded depth (the rows are checked against the jobs)."""
     rows = []
     if not path.is_file():
         return rows
@@ -149,8 +159,8 @@ def read_jsonl(path: Path) -> list[dict]:
         if not line:
             continue
         try:
-            row = json.loads(line)
-        except ValueError:
+            row = load_json(line, str(path))
+        except HsteerError:
             continue
         if isinstance(row, dict):
             rows.append(row)
@@ -173,28 +183,33 @@ def append_log(path: Path, rows: Iterable[dict]) -> None:
         os.close(fd)
 
 
-def image_ok(path: Path) -> bool:
-    """Whether `path` is a complete, decodable image (PIL verify, then a full load)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            img.verify()
-        with Image.open(path) as img:
-            img.load()
-    except Exception:  # noqa: BLE001  (any decoding failure means: redo the image)
-        return False
-    return True
+def check_run_layout(run_dir: str | Path) -> None:
+    """Before a run touches its folder: the files it writes are regular files, not links (a write would
+    land outside the folder) nor folders (a manifest.jsonl folder would stop the merge after the images
+    were made), and its subfolders are folders; one error line that changes nothing."""
+    run_dir = Path(run_dir)
+    fix = "move it away, or use another --out; nothing was changed"
+    for name in (CONFIG, MANIFEST, LOG):
+        check_own_file(run_dir / name, f"the run's {name}", fix)
+    for name in (IMAGES, SHARDS):
+        if (run_dir / name).exists() and not (run_dir / name).is_dir():
+            raise HsteerError(f"{run_dir / name} is not a folder; {fix}")
+    if (run_dir / SHARDS).is_dir():
+        for path in (run_dir / SHARDS).glob("shard-*.jsonl"):
+            check_own_file(path, "a shard manifest", fix)
 
 
 def load_records(run_dir: Path) -> dict[str, dict]:
-    """file -> record from the merged manifest and every shard manifest (whatever process count made them)."""
+    """file -> record from the merged manifest and every shard manifest (whatever process count made them).
+
+    Rows without a file name string are skipped; a record is used only where it agrees with its job
+    (`sharding.Shard.sort_out`), so a damaged or edited row can never be merged as it is.
+    """
     records: dict[str, dict] = {}
-    for row in read_jsonl(run_dir / MANIFEST):
-        records[row["file"]] = row
-    for path in sorted((run_dir / SHARDS).glob("shard-*.jsonl")):
+    for path in [run_dir / MANIFEST, *sorted((run_dir / SHARDS).glob("shard-*.jsonl"))]:
         for row in read_jsonl(path):
-            records[row["file"]] = row
+            if isinstance(row.get("file"), str):
+                records[row["file"]] = row
     return records
 
 

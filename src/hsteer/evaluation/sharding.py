@@ -10,17 +10,29 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from hsteer.evaluation.baselines import policy_from_spec, policy_label, sld_pipeline
+from hsteer.evaluation.baselines import policy_from_spec, sld_pipeline
 from hsteer.evaluation.manifests import merge_manifests
-from hsteer.evaluation.runs import (IMAGES, LOG, SHARDS, GenerationSettings, append_log, image_ok, load_records,
-                                    read_config, write_jsonl)
+from hsteer.checks import check_text
+from hsteer.evaluation.runs import (IMAGES, LOG, SHARDS, GenerationSettings, append_log, check_run_layout, image_ok,
+                                    load_records, read_config, write_jsonl)
+from hsteer.fileio import FolderLock
+from hsteer.hspace.bankcheck import check_bank_windows
+from hsteer.outputs import check_own_file
 from hsteer.evaluation.tasks import task_jobs
-from hsteer.generation import ImageJob, ImageRecord, generate_jobs, require_bank
+from hsteer.generation import ImageJob, ImageRecord, generate_jobs
+from hsteer.generation.draws import draw_for, prompt_gate
+from hsteer.policies import SldPolicy, require_bank
+
+
+#: A killed writer's temporary file of image NNNNNN.png (`fileio.atomic_path`): .NNNNNN.png.RANDOM.png
+_TEMP_IMAGE = re.compile(r"\.(\d+\.png)\..+\.png")
 
 
 @dataclass
@@ -50,6 +62,8 @@ def record_for(job: ImageJob, generation: GenerationSettings, policy_name: str, 
     rec = ImageRecord(job.file, job.prompt, job.seed, [{"name": n, "scale": s} for n, s in job.concepts],
                       policy_name, int(generation.steps), float(job.extra.get("guidance", generation.guidance)),
                       height, width, job.index, dict(job.extra))
+    if generation.window:
+        rec.extra["window"] = [float(v) for v in generation.window]
     return json.loads(rec.to_json())
 
 
@@ -63,7 +77,9 @@ class Shard:
     jobs: list[ImageJob]
     done: dict[str, dict] = field(default_factory=dict)
     todo: list[ImageJob] = field(default_factory=list)
-    redone: int = 0  # corrupt or partial images removed
+    redone: int = 0  # corrupt or partial images removed, or images whose record disagrees with their job
+    suspect: set[str] = field(default_factory=set)  # decodable images whose record disagrees: made again
+    lock: Any = None  # this shard's `FolderLock`: one process per shard of a run folder
 
     @property
     def path(self) -> Path:
@@ -79,22 +95,40 @@ class Shard:
                                          "pid": os.getpid(), "time": time.time()} for f in files])
 
     def sort_out(self, records: dict[str, dict]) -> None:
-        """Split the jobs into done (image valid and recorded) and todo; delete broken images."""
+        """Split the jobs into done (image decodes, its record agrees with its job) and todo; delete images
+        that do not decode. Every image name is checked first (a link or a folder there is one error that
+        changes nothing); a record that disagrees with its job (prompt, index, seed, concepts) is never
+        kept: its image is made again."""
         images = self.run_dir / IMAGES
+        fix = "move it away, or use another --out; nothing was changed"
+        present = {job.file: check_own_file(images / job.file, "an image hsteer wrote", fix) for job in self.jobs}
         for job in self.jobs:
             path = images / job.file
-            valid = path.is_file() and image_ok(path)
-            if valid and job.file in records:
-                self.done[job.file] = records[job.file]
+            valid = present[job.file] and image_ok(path)
+            record = records.get(job.file)
+            if valid and record is not None and record_matches(record, job):
+                self.done[job.file] = record
                 continue
-            if not valid and path.exists():
+            if valid and record is not None:
+                self.suspect.add(job.file)  # replaced atomically when made again
+                self.redone += 1
+            elif not valid and present[job.file]:
                 path.unlink()
                 self.redone += 1
             self.todo.append(job)  # a valid image without a record is recorded, not made again (`recover`)
 
+    def remove_temporaries(self) -> None:
+        """Remove the temporary files a killed writer left for this shard's images (never another's)."""
+        mine = {job.file for job in self.jobs}
+        for path in (self.run_dir / IMAGES).glob(".*.png"):
+            match = _TEMP_IMAGE.fullmatch(path.name)
+            if match and match.group(1) in mine:
+                path.unlink(missing_ok=True)
+
     def recover(self, generation: GenerationSettings, label: str, height: int, width: int) -> None:
         """Record the images a killed run wrote but could not record; keep only the missing ones to make."""
-        recovered = [job for job in self.todo if (self.run_dir / IMAGES / job.file).is_file()]
+        recovered = [job for job in self.todo
+                     if job.file not in self.suspect and (self.run_dir / IMAGES / job.file).is_file()]
         for job in recovered:
             self.done[job.file] = record_for(job, generation, label, height, width)
         if recovered:
@@ -102,8 +136,37 @@ class Shard:
         self.todo = [job for job in self.todo if job.file not in self.done]
 
 
+def record_matches(record: dict, job: ImageJob) -> bool:
+    """Whether a manifest record describes its job's image: same prompt, index, seed and concepts."""
+    concepts = [{"name": n, "scale": s} for n, s in job.concepts]
+    return (record.get("prompt") == job.prompt and record.get("index") == job.index
+            and record.get("seed") == job.seed and record.get("concepts", concepts) == concepts)
+
+
+def check_run_plan(gen: GenerationSettings, all_jobs: list[dict], policy, bank) -> None:
+    """What a run will do, checked before its folder is touched or a model loads: every prompt is UTF-8
+    text, and every concept the policy can draw acts on at least one of the steps (its stored window,
+    or the run's window)."""
+    for job in all_jobs:
+        check_text(f"the prompt of image {job['file']}", job["prompt"])
+    if policy.needs_bank and bank is not None:
+        window = tuple(gen.window) if gen.window else None
+        check_bank_windows(bank, policy.drawable(bank), int(gen.steps), window)
+
+
+def check_run_settings(generation: dict) -> None:
+    """`check_run_plan` for the "generation" settings of a run not written yet (the CLI, before
+    `prepare_run_dir`): the bank is loaded and the job list built as `run_generation` will."""
+    from hsteer.hspace.bank import ConceptBank
+
+    gen = GenerationSettings.from_dict(generation)
+    policy = policy_from_spec(gen.policy)
+    bank = ConceptBank.load(gen.bank) if gen.bank and policy.needs_bank else None
+    check_run_plan(gen, task_jobs(gen), policy, bank)
+
+
 def _open_shard(run_dir: Path, gen: GenerationSettings, rank: int, world: int, all_jobs: list[dict], policy,
-                bank) -> Shard:
+                bank, reader=None) -> Shard:
     (run_dir / IMAGES).mkdir(parents=True, exist_ok=True)
     (run_dir / SHARDS).mkdir(parents=True, exist_ok=True)
     jobs = []
@@ -113,10 +176,20 @@ def _open_shard(run_dir: Path, gen: GenerationSettings, rank: int, world: int, a
         extra = dict(raw["extra"])
         if "guidance" in raw:
             extra["guidance"] = raw["guidance"]
-        jobs.append(ImageJob(raw["prompt"], raw["index"], raw["seed"], policy.assign(bank, raw["seed"]),
-                             raw["file"], extra))
+        concepts, notes = draw_for(policy, bank, reader, raw["prompt"], raw["seed"])
+        if notes:
+            extra["gate"] = notes
+        jobs.append(ImageJob(raw["prompt"], raw["index"], raw["seed"], concepts, raw["file"], extra))
     shard = Shard(run_dir, rank, world, jobs)
-    shard.sort_out(load_records(run_dir))
+    shard.lock = FolderLock(run_dir, f"{run_dir} is being generated by another hsteer process (process {rank + 1} "
+                                     f"of {world}); wait until it has finished, then rerun the same command",
+                            name=f".lock-shard-{rank:03d}-of-{world:03d}")
+    try:
+        shard.remove_temporaries()
+        shard.sort_out(load_records(run_dir))
+    except BaseException:
+        shard.lock.release()
+        raise
     return shard
 
 
@@ -130,21 +203,31 @@ def run_generation(run_dir: str | Path, *, device: str = "cpu", batch_size: int 
     state = process_state(device)
     if str(device).startswith("cuda") and ":" not in str(device):
         device = str(state.device)
-    policy, label = policy_from_spec(gen.policy), policy_label(gen.policy)
+    policy = policy_from_spec(gen.policy)
+    label = policy.label
     bank = ConceptBank.load(gen.bank) if gen.bank else None
-    if gen.policy.get("kind") not in ("plain", "sld"):
+    if policy.needs_bank:
         require_bank(bank, label)
     all_jobs = task_jobs(gen)
-    shard = _open_shard(run_dir, gen, state.process_index, state.num_processes, all_jobs, policy, bank)
-    generated = 0
-    if shard.todo:
+    check_run_plan(gen, all_jobs, policy, bank)
+    check_run_layout(run_dir)
+    reader = None
+    if policy.needs_bank and gen.respect_prompt:  # the gate reads prompts with the model's text encoder
         pipe = _pipeline_for_run(gen, pipe, device)
-        generated = _generate(shard, gen, pipe, policy, label, bank, int(batch_size or gen.batch_size), progress)
-    else:
-        shard.flush()
-    state.wait_for_everyone()
-    complete = merge_manifests(run_dir, all_jobs) if state.process_index == 0 else False
-    state.wait_for_everyone()
+        reader = prompt_gate(pipe, bank, policy, True, gen.gate)
+    shard = _open_shard(run_dir, gen, state.process_index, state.num_processes, all_jobs, policy, bank, reader)
+    try:
+        generated = 0
+        if shard.todo:
+            pipe = pipe if reader is not None else _pipeline_for_run(gen, pipe, device)
+            generated = _generate(shard, gen, pipe, policy, label, bank, int(batch_size or gen.batch_size), progress)
+        else:
+            shard.flush()
+        state.wait_for_everyone()
+        complete = merge_manifests(run_dir, all_jobs) if state.process_index == 0 else False
+        state.wait_for_everyone()
+    finally:
+        shard.lock.release()  # at once, on an error too: not when the shard is collected
     return GenerationReport(len(all_jobs), len(shard.jobs), len(shard.jobs) - generated, shard.redone, generated,
                             complete, shard.world)
 
@@ -155,8 +238,9 @@ def _pipeline_for_run(gen: GenerationSettings, pipe, device: str):
         from hsteer.model import load_quietly
 
         pipe = load_quietly(gen.model, device, gen.dtype)
-    if gen.policy.get("kind") == "sld":
-        pipe = sld_pipeline(pipe, gen.policy["preset"])
+    policy = policy_from_spec(gen.policy)
+    if isinstance(policy, SldPolicy):
+        pipe = sld_pipeline(pipe, policy.preset)
     return pipe
 
 
@@ -168,7 +252,7 @@ def _generate(shard: Shard, gen: GenerationSettings, pipe, policy, label: str, b
     from hsteer.model import pipeline_hspace_shape, resolve_resolution
 
     height, width = resolve_resolution(pipe, gen.height, gen.width)
-    if bank is not None and policy.name != "plain":
+    if bank is not None and policy.needs_bank:
         bank.check_compatible(pipe.unet, pipeline_hspace_shape(pipe, height, width),
                               allow_other_model=bool(gen.allow_other_model))
     shard.recover(gen, label, height, width)
@@ -179,7 +263,8 @@ def _generate(shard: Shard, gen: GenerationSettings, pipe, policy, label: str, b
     for guidance, chunk in _batches(shard.todo, gen.guidance, batch_size):
         out = generate_jobs(pipe, chunk, bank, label, steps=int(gen.steps), guidance=guidance, height=height,
                             width=width, batch_size=batch_size, steer_unconditional=bool(gen.steer_unconditional),
-                            out_dir=shard.run_dir / IMAGES, progress=False)
+                            out_dir=shard.run_dir / IMAGES, progress=False,
+                            window=tuple(gen.window) if gen.window else None)
         shard.log([rec.file for rec in out.records], "generated")
         shard.done.update({rec.file: json.loads(rec.to_json()) for rec in out.records})
         shard.flush()

@@ -1,19 +1,18 @@
-"""Attach once, then ordinary pipeline calls: one persistent hook, armed per call, that survives torch.compile.
+"""Steered pipeline calls: what `steer`, `attach` and `generate` share, arming the one hook per call.
 
-`with steer(...)` adds a hook for a block of code and removes it. Attaching instead keeps one hook on
-the mid-block for the life of the attachment and changes only the *contents* of a tensor it adds:
+A pipeline carries named *layers* of steering (`attach` adds one called "attached", each `steer` block
+one of its own name). At every `pipe(...)` call the layers' providers are asked for per-image deltas
+(from each image's seed), the rows are laid out for the denoiser batch and handed to the site's hook
+(`hspace.hook`) with their step windows, and the pipeline's `callback_on_step_end` tells the hook each
+next step. After the call (even on error) the hook is disarmed. `generate` runs its batches with only
+its own layer, so an attached pipeline is not steered twice.
 
-- the hook's code is fixed (`h + buffer`, or `h` while disarmed), so a U-Net compiled after attaching
-  traces it once; the buffer is updated in place (`copy_`), so swapping concepts or scales, or
-  switching a step window on and off, recompiles nothing;
-- the pipeline's class is swapped for a subclass of the same name whose `__call__` reads the call's
-  prompts, `num_images_per_prompt` and generators, asks a *provider* for one delta per image (the
-  policies live in `hsteer.generation`), lays the deltas out for the U-Net batch, arms the hook for the
-  call and disarms it afterwards (even on error);
-- detaching restores the original class and removes the hook (bit-identical output); on a compiled
-  U-Net the hook stays registered but disarmed, since compiled code would not notice its removal.
-
-This module knows nothing of banks or policies: `hsteer.attach` builds the provider.
+Why the pipeline's class is swapped while it has layers: the per-image draws need the call's
+generators (one seed per image), and the step windows need `callback_on_step_end`. Both exist only at
+the pipeline call; diffusers has no pipeline-level hook, and `pipe(...)` looks `__call__` up on the
+class, not the instance. So the class becomes a subclass of the same name whose `__call__` goes through
+`PipelineSteering.call`; the original class is restored when the last layer goes. The denoiser itself
+is never wrapped: its only change is the registered hook.
 """
 
 from __future__ import annotations
@@ -26,124 +25,55 @@ from typing import Any
 
 import torch
 
-from hsteer.errors import HsteerError, ShapeMismatchError
-from hsteer.hspace.steering import check_window, in_window
+from hsteer.checks import check_window_covers_steps
+from hsteer.errors import HsteerError
+from hsteer.hspace.hook import WindowRows, release_hook, steering_hook
+from hsteer.hspace.site import MID_BLOCK, SteeringSite, base_module
 
-_HOOK_ATTR = "_hsteer_persistent_hook"
-_STATE_ATTR = "_hsteer_attachment"
-
-#: provider(seeds) -> (deltas `(B, C, h, w)` float tensor or None for an unsteered call, per-image info)
-Provider = Callable[[list[int]], tuple[torch.Tensor | None, list[Any]]]
+_STATE_ATTR = "_hsteer_steering"
 
 
-def base_unet(unet):
-    """The module under a `torch.compile` wrapper (`OptimizedModule._orig_mod`), or the U-Net itself."""
-    return getattr(unet, "_orig_mod", unet)
+@dataclass(frozen=True)
+class WindowDeltas:
+    """Per-image deltas `(B, C, h, w)` (float) added inside the step window [start, end)."""
+
+    start: float
+    end: float
+    deltas: torch.Tensor
 
 
-def is_compiled(unet) -> bool:
-    base = base_unet(unet)
-    return (base is not unet or getattr(base, "_compiled_call_impl", None) is not None
-            or getattr(base.mid_block, "_compiled_call_impl", None) is not None)
-
-
-class PersistentHook:
-    """The mid-block hook of attached pipelines: adds `buffer` (laid out for the U-Net batch) or nothing.
-
-    Its code path depends only on whether it is armed and on shapes, never on values, so compiled
-    code stays valid across swaps. One per U-Net, shared by every pipeline attached to that U-Net.
-    """
-
-    def __init__(self, unet) -> None:
-        self.buffer: torch.Tensor | None = None  # what the hook adds this call; None: disarmed
-        self._source: torch.Tensor | None = None  # the full delta rows, copied into buffer inside the window
-        self._stores: dict[tuple, torch.Tensor] = {}  # one persistent buffer per (shape, dtype, device)
-        self._handle = unet.mid_block.register_forward_hook(self._hook)
-
-    def _hook(self, module, inputs, h: torch.Tensor) -> torch.Tensor:
-        buf = self.buffer
-        if buf is None:
-            return h
-        if buf.shape[-3:] != h.shape[-3:]:
-            raise ShapeMismatchError(
-                f"concept shape {tuple(buf.shape[-3:])} does not match this model's h-space {tuple(h.shape[-3:])} "
-                "at this resolution; generate at the resolution the concept was learned at")
-        rows = h.shape[0]
-        if buf.shape[0] != rows:
-            if buf.shape[0] != 2 * rows:
-                raise HsteerError(f"the attached steering was laid out for {buf.shape[0]} U-Net rows but the U-Net "
-                                  f"batch has {rows}; pass prompts, num_images_per_prompt and generators as usual")
-            buf = buf[rows:]  # laid out for guidance, run without: the conditional rows
-        if buf.device != h.device or buf.dtype != h.dtype:
-            buf = buf.to(device=h.device, dtype=h.dtype)
-        return h + buf
-
-    def arm(self, rows: torch.Tensor, on: bool) -> None:
-        """Copy `rows` into this shape's persistent buffer (in place) and arm the hook; `on=False`: zeros."""
-        key = (tuple(rows.shape), rows.dtype, rows.device)
-        store = self._stores.get(key)
-        if store is None:
-            store = self._stores[key] = torch.zeros_like(rows)
-        self._source = rows
-        self.buffer = store
-        self.gate(on)
-
-    def gate(self, on: bool) -> None:
-        """Inside the step window the buffer holds the deltas, outside it zeros (both in place)."""
-        if self.buffer is None:
-            return
-        if on:
-            self.buffer.copy_(self._source)
-        else:
-            self.buffer.zero_()
-
-    def disarm(self) -> None:
-        self.buffer = None
-        self._source = None
-
-    def remove(self) -> None:
-        self.disarm()
-        self._handle.remove()
-
-
-def persistent_hook(unet, create: bool = True) -> PersistentHook | None:
-    """The U-Net's persistent hook, created on first use; refused on a U-Net compiled without one."""
-    base = base_unet(unet)
-    hook = base.__dict__.get(_HOOK_ATTR)
-    if hook is None and create:
-        if is_compiled(unet):
-            raise HsteerError(
-                "the U-Net is torch.compile'd and was compiled before hsteer.attach: compiled code ignores hooks "
-                "added after compilation. Attach first, then compile (pipe.unet = torch.compile(pipe.unet)); "
-                "later attach calls then swap concepts with no recompilation")
-        hook = base.__dict__[_HOOK_ATTR] = PersistentHook(base)
-    return hook
+#: provider(image seeds, image prompts) -> (the deltas of each window, empty for an unsteered call;
+#: per-image info). A prompt is None where the call passed `prompt_embeds` instead of text.
+Provider = Callable[[list[int], list[str | None]], tuple[list[WindowDeltas], list[Any]]]
 
 
 @dataclass
-class Attachment:
-    """A pipeline's steering between `attach` and `detach`; `attach` again updates it in place."""
+class Layer:
+    """One source of steering on a pipeline: a provider, its scale, and how it treats guidance."""
 
     provider: Provider
     scale: float = 1.0
-    start: float = 0.0
-    end: float = 1.0
     steer_unconditional: bool = False
-    policy_name: str = "attached"
+    guided: bool | None = None  # None: from the call (guidance_scale > 1 on a model without guidance input)
+    label: str = "attached"
+
+
+@dataclass
+class PipelineSteering:
+    """A pipeline's steering layers, and what its last call drew."""
+
+    site: SteeringSite = MID_BLOCK
+    layers: dict[str, Layer] = field(default_factory=dict)
     next_seed: int = 0  # numbering of images of calls without generators
     last_seeds: list[int] = field(default_factory=list)
-    last: list[Any] = field(default_factory=list)  # the provider's per-image info for the last call
+    last: list[Any] = field(default_factory=list)  # per image: the concepts every layer added
 
-    def __post_init__(self) -> None:
-        self.start, self.end = check_window(self.start, self.end)
-
-    # --- one call -------------------------------------------------------------------------------
     def image_seeds(self, generator, n_images: int, per_prompt: int) -> list[int]:
         """Each image's seed, from which its concepts are drawn.
 
         A list of generators: image i's is `generator[i].initial_seed()`. One generator seeded s: image
-        i of each prompt gets `s + i` (hsteer generate's numbering). No generator: the attachment numbers
-        images consecutively across calls from 0, so any K consecutive images are balanced.
+        i of each prompt gets `s + i` (hsteer generate's numbering). No generator: images are numbered
+        consecutively across calls from 0, so any K consecutive images are balanced.
         """
         if isinstance(generator, (list, tuple)):
             if len(generator) != n_images:
@@ -156,51 +86,64 @@ class Attachment:
         self.next_seed += n_images
         return seeds
 
-    def rows(self, deltas: torch.Tensor, guided: bool, device, dtype) -> torch.Tensor:
-        """Per-image deltas times scale, laid out for the U-Net batch ([uncond, cond] with guidance)."""
-        deltas = deltas.to(device=device, dtype=torch.float32) * self.scale
-        if guided:
-            uncond = deltas if self.steer_unconditional else torch.zeros_like(deltas)
-            deltas = torch.cat([uncond, deltas])
-        return deltas.to(dtype)
+    def windows(self, seeds: list[int], prompts: list[str | None], guided: bool, device, dtype) -> list[WindowRows]:
+        """Every layer's window rows for this call, laid out for the denoiser batch."""
+        out, info = [], [[] for _ in seeds]
+        for layer in list(self.layers.values()):
+            windows, drawn = layer.provider(seeds, prompts)
+            for n, concepts in enumerate(drawn):
+                info[n].extend(concepts or [])
+            layer_guided = guided if layer.guided is None else layer.guided
+            for window in windows:
+                deltas = window.deltas.to(device=device, dtype=torch.float32) * layer.scale
+                if layer_guided:
+                    uncond = deltas if layer.steer_unconditional else torch.zeros_like(deltas)
+                    deltas = torch.cat([uncond, deltas])
+                out.append(WindowRows(window.start, window.end, deltas.to(dtype)))
+        self.last_seeds, self.last = seeds, info
+        return out
 
     def call(self, pipe, original, args: tuple, kwargs: dict):
         arguments = _call_arguments(original, pipe, args, kwargs)
         per_prompt = int(arguments.get("num_images_per_prompt") or 1)
         n_images = _prompt_count(arguments) * per_prompt
         seeds = self.image_seeds(arguments.get("generator"), n_images, per_prompt)
-        deltas, info = self.provider(seeds)
-        self.last_seeds, self.last = seeds, info
-        if deltas is None:  # e.g. the plain policy: nothing to add
+        denoiser = self.site.denoiser(pipe)
+        base = base_module(denoiser)
+        guided = (float(arguments.get("guidance_scale", 1.0)) > 1.0
+                  and getattr(base.config, "time_cond_proj_dim", None) is None)
+        device = getattr(pipe, "_execution_device", None) or base.device
+        windows = self.windows(seeds, _image_prompts(arguments, n_images, per_prompt), guided, device, base.dtype)
+        if not windows:  # e.g. the plain policy: nothing to add
             return original(pipe, *args, **kwargs)
-        unet = pipe.unet
-        guidance = float(arguments.get("guidance_scale", 1.0))
-        guided = guidance > 1.0 and getattr(base_unet(unet).config, "time_cond_proj_dim", None) is None
-        device = getattr(pipe, "_execution_device", None) or base_unet(unet).device
-        hook = persistent_hook(unet)
-        hook.arm(self.rows(deltas, guided, device, base_unet(unet).dtype), on=self.start <= 0.0)
-        if (self.start, self.end) != (0.0, 1.0):
-            kwargs = self._with_step_callback(kwargs, hook)
+        steps = arguments.get("num_inference_steps")
+        if isinstance(steps, int) and not isinstance(steps, bool):
+            for window in windows:  # a window that covers none of the steps run would be a silent no-op
+                check_window_covers_steps(window.start, window.end, steps, "window", arguments.get("strength"))
+        hook = steering_hook(denoiser, self.site)
+        hook.arm(windows)
+        if any((w.start, w.end) != (0.0, 1.0) for w in windows):
+            kwargs = _with_step_callback(kwargs, hook)
         try:
             return original(pipe, *args, **kwargs)
         finally:
             hook.disarm()
 
-    def _with_step_callback(self, kwargs: dict, hook: PersistentHook) -> dict:
-        """Chain a `callback_on_step_end` that sets the buffer for the next step (outside the U-Net)."""
-        user = kwargs.get("callback_on_step_end")
-        kwargs = dict(kwargs)
-        if user is not None and hasattr(user, "tensor_inputs") and "callback_on_step_end_tensor_inputs" not in kwargs:
-            kwargs["callback_on_step_end_tensor_inputs"] = user.tensor_inputs
-        start, end = self.start, self.end
 
-        def step_end(pipe, i, t, callback_kwargs):
-            total = getattr(pipe, "_num_timesteps", None) or len(pipe.scheduler.timesteps)
-            hook.gate(in_window(i + 1, total, start, end))
-            return user(pipe, i, t, callback_kwargs) if user is not None else {}
+def _with_step_callback(kwargs: dict, hook) -> dict:
+    """Chain a `callback_on_step_end` that tells the hook the next step (outside the denoiser)."""
+    user = kwargs.get("callback_on_step_end")
+    kwargs = dict(kwargs)
+    if user is not None and hasattr(user, "tensor_inputs") and "callback_on_step_end_tensor_inputs" not in kwargs:
+        kwargs["callback_on_step_end_tensor_inputs"] = user.tensor_inputs
 
-        kwargs["callback_on_step_end"] = step_end
-        return kwargs
+    def step_end(pipe, i, t, callback_kwargs):
+        total = getattr(pipe, "_num_timesteps", None) or len(pipe.scheduler.timesteps)
+        hook.set_step(i + 1, total)
+        return user(pipe, i, t, callback_kwargs) if user is not None else {}
+
+    kwargs["callback_on_step_end"] = step_end
+    return kwargs
 
 
 def _call_arguments(original, pipe, args: tuple, kwargs: dict) -> dict:
@@ -222,80 +165,88 @@ def _prompt_count(arguments: dict) -> int:
     embeds = arguments.get("prompt_embeds")
     if embeds is not None:
         return int(embeds.shape[0])
-    raise HsteerError("an attached pipeline needs `prompt` or `prompt_embeds` to count its images")
+    raise HsteerError("a steered pipeline needs `prompt` or `prompt_embeds` to count its images")
 
 
-_STEERED_CLASSES: dict[type, type] = {}
+def _image_prompts(arguments: dict, n_images: int, per_prompt: int) -> list[str | None]:
+    """Each image's prompt, in diffusers' prompt-major order (None for `prompt_embeds` calls)."""
+    prompt = arguments.get("prompt")
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
+    if prompts is None:
+        return [None] * n_images
+    return [str(p) for p in prompts for _ in range(per_prompt)]
 
 
 def _steered_class(cls: type) -> type:
-    """A subclass of `cls` with the same name whose `__call__` goes through the attachment."""
+    """A subclass of `cls` with the same name whose `__call__` goes through the pipeline's steering (see the
+    module docstring for why). Made per call of `add_layer`, never cached in module state."""
     if getattr(cls, "_hsteer_base", None) is not None:
         return cls
-    if cls not in _STEERED_CLASSES:
-        original = cls.__call__
+    original = cls.__call__
 
-        def __call__(self, *args, **kwargs):
-            attachment = self.__dict__.get(_STATE_ATTR)
-            if attachment is None:
-                return original(self, *args, **kwargs)
-            return attachment.call(self, original, args, kwargs)
+    def __call__(self, *args, **kwargs):
+        steering = self.__dict__.get(_STATE_ATTR)
+        if steering is None or not steering.layers:
+            return original(self, *args, **kwargs)
+        return steering.call(self, original, args, kwargs)
 
-        __call__.__doc__ = original.__doc__
-        __call__.__signature__ = inspect.signature(original)
-        _STEERED_CLASSES[cls] = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__,
-                                                           "__qualname__": cls.__qualname__, "_hsteer_base": cls})
-    return _STEERED_CLASSES[cls]
+    __call__.__doc__ = original.__doc__
+    __call__.__signature__ = inspect.signature(original)
+    return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__,
+                                       "__qualname__": cls.__qualname__, "_hsteer_base": cls})
 
 
-def attach_pipeline(pipe, provider: Provider, *, scale: float = 1.0, start: float = 0.0, end: float = 1.0,
-                    steer_unconditional: bool = False, policy_name: str = "attached") -> Attachment:
-    """Steer every later `pipe(...)` call with `provider`'s deltas; a second call updates the attachment in place."""
-    if getattr(getattr(pipe, "unet", None), "mid_block", None) is None:
-        raise HsteerError(f"{type(pipe).__name__} has no U-Net mid-block to steer (attach needs a diffusers "
-                          "pipeline with `unet`)")
-    persistent_hook(pipe.unet)  # registered now, so that a later torch.compile traces it
-    attachment = pipe.__dict__.get(_STATE_ATTR)
-    if attachment is None:
-        attachment = Attachment(provider, scale, start, end, steer_unconditional, policy_name)
-        pipe.__dict__[_STATE_ATTR] = attachment
+def steering_of(pipe) -> PipelineSteering | None:
+    """The pipeline's steering layers and last draws, or None when nothing steers it."""
+    return pipe.__dict__.get(_STATE_ATTR)
+
+
+def add_layer(pipe, name: str, layer: Layer, site: SteeringSite = MID_BLOCK) -> PipelineSteering:
+    """Steer every later `pipe(...)` call with `layer` (replacing a layer of the same name)."""
+    if not site.is_pipeline(pipe):
+        raise HsteerError(f"{type(pipe).__name__} is not a diffusers pipeline with `{site.denoiser_attr}`; "
+                          "pass a StableDiffusion(XL)Pipeline (or steer a bare U-Net with hsteer.steer)")
+    denoiser = site.denoiser(pipe)
+    hook = steering_hook(denoiser, site)  # registered now, so that a later torch.compile traces it
+    steering = pipe.__dict__.get(_STATE_ATTR)
+    if steering is None:
+        steering = pipe.__dict__[_STATE_ATTR] = PipelineSteering(site)
         pipe.__class__ = _steered_class(type(pipe))
-    else:
-        start, end = check_window(start, end)
-        attachment.provider, attachment.scale, attachment.start, attachment.end = provider, scale, start, end
-        attachment.steer_unconditional, attachment.policy_name = steer_unconditional, policy_name
-    return attachment
+        hook.users += 1
+    steering.layers[name] = layer
+    return steering
 
 
-def detach_pipeline(pipe) -> None:
-    """Undo `attach_pipeline`: the original class; the hook removed (kept disarmed on a compiled U-Net)."""
-    if pipe.__dict__.pop(_STATE_ATTR, None) is None:
+def remove_layer(pipe, name: str | None = None) -> None:
+    """Remove the layer `name` (every layer when None); the last one restores the class and the hook."""
+    steering = pipe.__dict__.get(_STATE_ATTR)
+    if steering is None:
         return
+    for key in list(steering.layers) if name is None else [name]:
+        steering.layers.pop(key, None)
+    if steering.layers:
+        return
+    del pipe.__dict__[_STATE_ATTR]
     base = getattr(type(pipe), "_hsteer_base", None)
     if base is not None:
         pipe.__class__ = base
-    unet = getattr(pipe, "unet", None)
-    hook = persistent_hook(unet, create=False) if unet is not None else None
-    if hook is None:
-        return
-    hook.disarm()
-    if not is_compiled(unet):
-        hook.remove()
-        del base_unet(unet).__dict__[_HOOK_ATTR]
+    denoiser = steering.site.denoiser(pipe)
+    hook = steering_hook(denoiser, steering.site, create=False)
+    if hook is not None:
+        hook.users = max(0, hook.users - 1)
+        hook.disarm()
+        release_hook(denoiser, steering.site)
 
 
 @contextlib.contextmanager
-def suspended(pipe) -> Iterator[None]:
-    """Calls inside the block are not steered by the pipeline's attachment (hsteer.generate steers itself)."""
-    attachment = pipe.__dict__.pop(_STATE_ATTR, None)
+def only_layer(pipe, layer: Layer, site: SteeringSite = MID_BLOCK) -> Iterator[PipelineSteering]:
+    """Calls inside the block are steered by `layer` alone: the pipeline's own layers (an attachment, a
+    `steer` block) and their last draws are set aside and restored on exit. `hsteer.generate` uses it."""
+    saved = pipe.__dict__.pop(_STATE_ATTR, None)
     try:
-        yield
+        yield add_layer(pipe, "generate", layer, site)
     finally:
-        if attachment is not None:
-            pipe.__dict__[_STATE_ATTR] = attachment
-
-
-def attachment_of(pipe) -> Attachment | None:
-    """The pipeline's attachment (scale, window, the last call's seeds and draws), or None."""
-    return pipe.__dict__.get(_STATE_ATTR)
-
+        remove_layer(pipe)
+        if saved is not None:
+            pipe.__dict__[_STATE_ATTR] = saved
+            pipe.__class__ = _steered_class(type(pipe))  # the hook stayed: `saved` still counts as its user

@@ -1,43 +1,48 @@
-"""h-space steering: one forward hook on `unet.mid_block` that adds a constant to its output.
-
-Attach, generate, detach: no forked pipeline or U-Net. Hooks are registered by name on the U-Net
-and removing them restores the unmodified model bit for bit.
+"""`steer`: add a constant at the steering site for a block of code, then remove it.
 
     config = SteeringConfig(delta=bank["square"].delta())
     with steer(pipe, config):
         images = pipe("a photo of a doctor").images
+
+On a pipeline, the config becomes one named layer of the pipeline's steering (`hspace.attach`): the same
+per-call arming `attach` and `generate` use, so the three give the same images for the same deltas. On
+a bare denoiser (a training step calling the U-Net itself) the delta is armed on the hook directly and
+may be a live parameter. Leaving the block removes the layer; the last one removes the hook, and the
+model is bit-identical to the unmodified one again.
 """
 
 from __future__ import annotations
 
 import contextlib
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
 from hsteer.errors import HsteerError, ShapeMismatchError
+from hsteer.hspace.attach import Layer, WindowDeltas, add_layer, remove_layer, steering_of
+from hsteer.hspace.hook import DirectDelta, check_window, in_window, is_compiled, release_hook, steering_hook
+from hsteer.hspace.site import MID_BLOCK, SteeringSite
 
-_REGISTRY_ATTR = "_hsteer_steering_hooks"
+__all__ = ["SteeringConfig", "SteeringHandle", "active_hooks", "apply_steering", "check_window", "in_window",
+           "remove_steering", "steer"]
 
 
 @dataclass
 class SteeringConfig:
-    """What to add to the mid-block output.
+    """What to add at the steering site.
 
     delta: `(C, h, w)` added to every image, or `(B, C, h, w)`: one row per image of the batch
         (in the order diffusers lays out `prompt x num_images_per_prompt`).
     scale: multiplies delta.
     steer_unconditional: with classifier-free guidance, also steer the unconditional half
         (both reference codes steer only the conditional half, the default here).
-    guided: whether U-Net batches are guidance batches `[uncond, cond]`; None asks the pipeline
-        the hook is attached to (a bare U-Net: not guided, unless per-image deltas show the layout).
+    guided: whether denoiser batches are guidance batches `[uncond, cond]`; None reads it from the
+        pipeline call (guidance_scale > 1); a bare U-Net is not guided unless told.
     start, end: the denoising-step window, as fractions of the steps the pipeline runs: step i of N
-        (0-based) is steered when `start <= i / N < end`. The default (0, 1) steers every step. With
-        classifier-free guidance a step is one U-Net call. For img2img, N is the number of steps
-        actually run (`strength * num_inference_steps`), so the window is over those steps. A window
-        other than (0, 1) needs a pipeline (it reads `pipe.num_timesteps`), not a bare U-Net.
+        (0-based) is steered when `start <= i / N < end`. The default (0, 1) steers every step. For
+        img2img, N is the number of steps actually run. A window needs a pipeline (its step callback
+        drives the hook), not a bare U-Net.
     """
 
     delta: torch.Tensor
@@ -48,168 +53,96 @@ class SteeringConfig:
     end: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.delta.dim() not in (3, 4):
-            raise ShapeMismatchError(f"steering delta must be (C, h, w) or (B, C, h, w), got {tuple(self.delta.shape)}")
+        if not isinstance(self.delta, torch.Tensor) or self.delta.dim() not in (3, 4):
+            shape = tuple(self.delta.shape) if isinstance(self.delta, torch.Tensor) else type(self.delta).__name__
+            raise ShapeMismatchError(f"steering delta must be a (C, h, w) or (B, C, h, w) tensor, got {shape}")
         if not torch.isfinite(self.delta).all():
             raise HsteerError("steering delta holds NaN or infinite values; retrain or reload the concept")
-        check_window(self.start, self.end)
+        if not torch.isfinite(torch.tensor(float(self.scale))):
+            raise HsteerError(f"steering scale must be a finite number, got {self.scale}")
+        self.start, self.end = check_window(self.start, self.end)
 
     @property
     def windowed(self) -> bool:
         return (self.start, self.end) != (0.0, 1.0)
 
+    def provider(self):
+        """The layer provider of this config: its delta for every image of a call."""
+        def provide(seeds: list[int], prompts: list[str | None]):
+            delta = self.delta.detach().float()
+            if delta.dim() == 3:
+                delta = delta.expand(len(seeds), *delta.shape)
+            elif delta.shape[0] != len(seeds):
+                raise HsteerError(f"the steering config holds {delta.shape[0]} per-image deltas but the call makes "
+                                  f"{len(seeds)} images; build the config for the batch you generate")
+            return [WindowDeltas(self.start, self.end, delta)], [[] for _ in seeds]
 
-def check_window(start: float, end: float) -> tuple[float, float]:
-    """A valid step window `0 <= start < end <= 1`, or a clear error."""
-    start, end = float(start), float(end)
-    if not 0.0 <= start < end <= 1.0:
-        raise HsteerError(f"bad steering window ({start}, {end}): need 0 <= start < end <= 1, e.g. 0.0,0.6")
-    return start, end
+        return provide
 
 
-def in_window(step: int, total: int, start: float, end: float) -> bool:
-    """Whether 0-based step `step` of `total` lies in [start, end) as fractions of the schedule."""
-    return start <= step / max(total, 1) < end
+class SteeringHandle:
+    """A named steering added by `apply_steering`; `remove()` takes it off again."""
 
-
-class SteeringHook:
-    """The forward hook itself; `remove()` detaches it."""
-
-    def __init__(self, unet, config: SteeringConfig, name: str, pipe=None) -> None:
-        self.config = config
-        self.name = name
-        self._unet = unet
-        self._pipe = weakref.ref(pipe) if pipe is not None else None
-        self._cache: torch.Tensor | None = None
-        self._cache_key: tuple | None = None
-        self._handle = unet.mid_block.register_forward_hook(self._hook)
-        self.calls = 0
-        self._timesteps = None  # the schedule of the generation in progress (a window counts its steps)
-        self._step = 0
-        if config.windowed and self._pipe is None:
-            raise HsteerError("a steering window needs the pipeline (it reads the schedule), not a bare U-Net")
-
-    def _step_in_window(self) -> bool:
-        """Count this U-Net call as the next step of the current generation (a new schedule starts at 0)."""
-        pipe = self._pipe()
-        timesteps = pipe.scheduler.timesteps
-        if timesteps is not self._timesteps:  # set_timesteps makes a new tensor at every pipeline call
-            self._timesteps, self._step = timesteps, 0
-        step, self._step = self._step, self._step + 1
-        total = getattr(pipe, "_num_timesteps", None) or len(timesteps)
-        return in_window(step, total, self.config.start, self.config.end)
-
-    def _uses_cfg(self, rows: int) -> bool:
-        if self.config.guided is not None:
-            return self.config.guided
-        pipe = self._pipe() if self._pipe is not None else None
-        if pipe is None:
-            return False
-        return bool(getattr(pipe, "do_classifier_free_guidance", False)) and rows % 2 == 0
-
-    def _rows_delta(self, h: torch.Tensor) -> torch.Tensor:
-        """The delta laid out row by row for this U-Net batch: zeros on rows left unsteered."""
-        delta = self.config.delta.to(device=h.device, dtype=h.dtype)
-        if self.config.scale != 1.0:
-            delta = delta * self.config.scale
-        if delta.shape[-3:] != h.shape[-3:]:
-            raise ShapeMismatchError(
-                f"concept shape {tuple(delta.shape[-3:])} does not match this model's h-space "
-                f"{tuple(h.shape[-3:])} at this resolution; generate at the resolution the concept was "
-                "learned at, or learn it for this model and size")
-        rows = h.shape[0]
-        if delta.dim() == 3:
-            if not (self._uses_cfg(rows) and not self.config.steer_unconditional):
-                return delta  # broadcast over every row
-            half = rows // 2
-            return torch.cat([torch.zeros_like(delta).expand(half, *delta.shape),
-                              delta.expand(rows - half, *delta.shape)])
-        images = delta.shape[0]
-        if rows == images:  # no guidance: every row is an image
-            return delta
-        if rows % images:
-            raise HsteerError(f"the steering config holds {images} per-image deltas but the U-Net batch has "
-                              f"{rows} rows; build the config for the batch you generate")
-        # diffusers lays guidance batches out as [uncond, cond, (extra...)]
-        first = 0 if self.config.steer_unconditional else 1
-        chunks = [torch.zeros_like(delta) if i < first else delta for i in range(rows // images)]
-        return torch.cat(chunks)
-
-    def _hook(self, module, inputs, h: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        if self.config.windowed and not self._step_in_window():
-            return h
-        delta = self.config.delta
-        if delta.requires_grad:  # training: the delta is a live parameter, never cached
-            return h + self._rows_delta(h)
-        key = (h.shape[0], h.shape[-3:], h.dtype, h.device, delta._version, self.config.scale)
-        if self._cache_key != key:
-            self._cache = self._rows_delta(h)
-            self._cache_key = key
-        return h + self._cache
+    def __init__(self, target, name: str, site: SteeringSite, config: SteeringConfig) -> None:
+        self.target, self.name, self.site, self.config = target, name, site, config
 
     def remove(self) -> None:
-        self._handle.remove()
-        registry = getattr(self._unet, _REGISTRY_ATTR, {})
-        if registry.get(self.name) is self:
-            del registry[self.name]
+        if self.site.is_pipeline(self.target):
+            remove_layer(self.target, self.name)
+            return
+        hook = steering_hook(self.target, self.site, create=False)
+        if hook is not None and hook.direct.pop(self.name, None) is not None:
+            release_hook(self.target, self.site)
 
 
-def _unet_of(pipe_or_unet):
-    unet = getattr(pipe_or_unet, "unet", pipe_or_unet)
-    if getattr(unet, "mid_block", None) is None:
-        raise HsteerError(f"{type(pipe_or_unet).__name__} has no U-Net mid-block to steer")
-    return unet
+def apply_steering(pipe_or_unet, config: SteeringConfig, name: str = "hsteer",
+                   site: SteeringSite = MID_BLOCK) -> SteeringHandle:
+    """Add `config` at the site of a pipeline (or a bare U-Net) under `name`, replacing one of that name.
 
-
-def _refuse_compiled(unet) -> None:
-    """torch.compile'd code does not see hooks attached after compilation: steering would be silently
-    ignored (measured: a compiled U-Net made the plain images with a concept attached)."""
-    compiled = hasattr(unet, "_orig_mod") or getattr(unet, "_compiled_call_impl", None) is not None
-    if compiled or getattr(unet.mid_block, "_compiled_call_impl", None) is not None:
-        raise HsteerError("the U-Net is torch.compile'd, and compiled code ignores hooks attached after "
-                          "compilation; steer the uncompiled U-Net (e.g. pipe.unet = pipe.unet._orig_mod), or "
-                          "hsteer.attach the pipeline before compiling (its persistent hook survives torch.compile)")
-
-
-def apply_steering(pipe_or_unet, config: SteeringConfig, name: str = "hsteer") -> SteeringHook:
-    """Attach `config` to a pipeline's (or a bare U-Net's) mid-block under `name`, replacing any hook of that name.
-
-    On a pipeline, guidance is read from the pipeline at each call so that only the conditional half
-    is steered; on a bare U-Net every row is steered unless per-image deltas reveal the layout.
+    On a pipeline, guidance is read from each call so that only the conditional half is steered; on a
+    bare U-Net every row is steered unless `config.guided` says the batches are guidance batches.
     """
-    unet = _unet_of(pipe_or_unet)
-    _refuse_compiled(unet)
-    registry = unet.__dict__.setdefault(_REGISTRY_ATTR, {})
-    if name in registry:
-        registry[name].remove()
-    pipe = pipe_or_unet if pipe_or_unet is not unet else None
-    hook = SteeringHook(unet, config, name, pipe)
-    registry[name] = hook
-    return hook
+    denoiser = site.denoiser(pipe_or_unet)
+    if is_compiled(denoiser, site) and steering_hook(denoiser, site, create=False) is None:
+        steering_hook(denoiser, site)  # raises: compiled code would ignore a hook added now
+    if site.is_pipeline(pipe_or_unet):
+        add_layer(pipe_or_unet, name, Layer(config.provider(), config.scale, config.steer_unconditional,
+                                            config.guided, label=name), site)
+        return SteeringHandle(pipe_or_unet, name, site, config)
+    if config.windowed:
+        raise HsteerError("a steering window needs the pipeline (its step callback drives the window), not a "
+                          "bare U-Net")
+    delta = config.delta if config.scale == 1.0 else config.delta * config.scale
+    steering_hook(denoiser, site).direct[name] = DirectDelta(delta, bool(config.guided), config.steer_unconditional)
+    return SteeringHandle(pipe_or_unet, name, site, config)
 
 
-def remove_steering(pipe_or_unet, name: str | None = None) -> None:
-    """Remove the hook called `name`, or every hsteer hook when `name` is None."""
-    unet = _unet_of(pipe_or_unet)
-    registry = getattr(unet, _REGISTRY_ATTR, {})
-    for key in list(registry) if name is None else [name]:
-        if key in registry:
-            registry[key].remove()
+def remove_steering(pipe_or_unet, name: str | None = None, site: SteeringSite = MID_BLOCK) -> None:
+    """Remove the steering called `name`, or all of it when `name` is None."""
+    for key, handle in active_hooks(pipe_or_unet, site).items():
+        if name is None or key == name:
+            handle.remove()
 
 
-def active_hooks(pipe_or_unet) -> dict[str, SteeringHook]:
-    return dict(getattr(_unet_of(pipe_or_unet), _REGISTRY_ATTR, {}))
+def active_hooks(pipe_or_unet, site: SteeringSite = MID_BLOCK) -> dict[str, SteeringHandle]:
+    """What steers this pipeline (its layers, `attach` included as "attached") or bare U-Net, by name."""
+    if site.is_pipeline(pipe_or_unet):
+        steering = steering_of(pipe_or_unet)
+        layers = steering.layers if steering is not None else {}
+        return {name: SteeringHandle(pipe_or_unet, name, site, None) for name in layers}
+    hook = steering_hook(site.denoiser(pipe_or_unet), site, create=False)
+    return {name: SteeringHandle(pipe_or_unet, name, site, None) for name in (hook.direct if hook else {})}
 
 
 @contextlib.contextmanager
-def steer(pipe_or_unet, config: SteeringConfig | None, name: str = "hsteer") -> Iterator[SteeringHook | None]:
-    """Steer inside a `with` block; the hook is removed on exit, even on error. `None` steers nothing."""
+def steer(pipe_or_unet, config: SteeringConfig | None, name: str = "hsteer",
+          site: SteeringSite = MID_BLOCK) -> Iterator[SteeringHandle | None]:
+    """Steer inside a `with` block; the steering is removed on exit, even on error. `None` steers nothing."""
     if config is None:
         yield None
         return
-    hook = apply_steering(pipe_or_unet, config, name)
+    handle = apply_steering(pipe_or_unet, config, name, site)
     try:
-        yield hook
+        yield handle
     finally:
-        hook.remove()
+        handle.remove()

@@ -1,0 +1,100 @@
+"""The options `hsteer generate` and `hsteer eval` share, declared once: the policy and the sampling.
+
+`policy_options` and `sampling_options` are decorators; `build_policy` turns the policy options into a
+policy object (`hsteer.policies`), checked before any model loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import click
+
+from hsteer.errors import HsteerError
+
+POLICY_OPTIONS = (
+    click.option("--bank", "bank_path", default=None,
+                 help="Bank file or folder, or a Hub repo: USER/REPO[:FILE][@REVISION]."),
+    click.option("--fair", default=None, help="Group(s) to draw one concept from per image, e.g. gender,race."),
+    click.option("--safe", is_flag=True, help="Add the sum of the bank's safety group."),
+    click.option("--concept", "concepts", multiple=True, help="NAME or NAME=SCALE (repeatable; summed)."),
+    click.option("--group-scale", "scales", multiple=True, help="GROUP=SCALE for --fair/--safe, e.g. gender=1.1."),
+    click.option("--ratio", "ratios", multiple=True,
+                 help="Non-uniform --fair draws, e.g. woman=0.3,man=0.7 (exact per block of seeds)."),
+    click.option("--window", default=None,
+                 help="Steer only these fractions of the denoising steps, e.g. 0.0,0.6 (default: each concept's "
+                      "learned window)."),
+    click.option("--steer-unconditional", is_flag=True, help="Also steer the unconditional CFG half."),
+    click.option("--allow-other-model", is_flag=True, help="Use a bank learned on a U-Net with another config."),
+    click.option("--respect-prompt/--no-respect-prompt", default=True, show_default=True,
+                 help="Gate each image's concepts by its prompt: a fair group the prompt names is not redrawn, "
+                      "the safety concept acts as far as the prompt carries harm. --no-respect-prompt: the "
+                      "papers' blind steering."),
+    click.option("--gate", "gate", default="embedding", show_default=True,
+                 type=click.Choice(["embedding", "embedding-hard", "token", "context"]),
+                 help="How prompts are read for --respect-prompt (docs/methods.md, the gate)."),
+)
+
+SAMPLING_OPTIONS = (
+    click.option("--steps", default=None, type=int, help="Denoising steps (default 50; bundled model: 20)."),
+    click.option("--guidance", default=None, type=float, help="CFG scale (default 7.5; bundled model: its card's)."),
+    click.option("--batch-size", default=8, show_default=True, type=int, help="Images per denoiser batch."),
+    click.option("--height", default=None, type=int, help="Image height (default: the model's)."),
+    click.option("--width", default=None, type=int, help="Image width (default: the model's)."),
+    click.option("--seed", default=0, show_default=True, type=int, help="Image i of each prompt gets seed SEED + i."),
+)
+
+
+def _apply(options: tuple, fn: Callable) -> Callable:
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def policy_options(fn: Callable) -> Callable:
+    """--bank, --fair, --safe, --concept, --group-scale, --ratio, --window, --steer-unconditional,
+    --allow-other-model, --respect-prompt/--no-respect-prompt, --gate."""
+    return _apply(POLICY_OPTIONS, fn)
+
+
+def sampling_options(fn: Callable) -> Callable:
+    """--steps, --guidance, --batch-size, --height, --width, --seed."""
+    return _apply(SAMPLING_OPTIONS, fn)
+
+
+def _group_scales(scales: tuple[str, ...]) -> dict[str, float]:
+    out = {}
+    for spec in scales:
+        group, _, value = spec.partition("=")
+        try:
+            out[group] = float(value)
+        except ValueError:
+            raise HsteerError(f"bad --group-scale {spec!r}: write GROUP=SCALE, e.g. gender=1.1") from None
+    return out
+
+
+def build_policy(fair: str | None, safe: bool, concepts: tuple[str, ...], scales: tuple[str, ...] = (),
+                 ratios: tuple[str, ...] = ()):
+    """The policy of the command line's --fair / --safe / --concept (plain without any), with its
+    --group-scale and --ratio; every value checked here, before anything loads."""
+    from hsteer.policies import FairPolicy, PlainPolicy, SafePolicy, parse_concept_specs, parse_ratios
+
+    if sum(bool(x) for x in (fair, safe, concepts)) > 1:
+        raise HsteerError("choose one of --fair, --safe or --concept")
+    group_scales = _group_scales(scales)
+    if group_scales and not (fair or safe):
+        raise HsteerError("--group-scale applies to the groups of --fair or --safe; with --concept write NAME=SCALE")
+    if ratios and not fair:
+        raise HsteerError("--ratio needs --fair GROUP")
+    if fair:
+        policy = FairPolicy(tuple(g.strip() for g in fair.split(",")), group_scales)
+        return dataclasses.replace(policy, ratios=parse_ratios(ratios)) if ratios else policy
+    if safe:
+        other = sorted(set(group_scales) - {"safety"})
+        if other:
+            raise HsteerError(f"--group-scale {other[0]}=...: --safe steers only the group 'safety'")
+        return SafePolicy(scale=group_scales.get("safety", 1.0))
+    if concepts:
+        return parse_concept_specs(concepts)
+    return PlainPolicy()

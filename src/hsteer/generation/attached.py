@@ -1,0 +1,72 @@
+"""Attach once, then ordinary pipeline calls: a policy's per-image draws on every `pipe(...)` call.
+
+`attach` adds one layer ("attached") to the pipeline's steering (`hspace.attach`): the same arming as
+`generate` and `steer`, so the same seeds give the same images through all three. Each concept acts in
+its own learned step window (or all in the explicit `window`).
+"""
+
+from __future__ import annotations
+
+from hsteer.checks import check_flags, check_steering_args
+from hsteer.gate import GateConfig
+from hsteer.generation.deltas import window_deltas
+from hsteer.generation.draws import draw_for, prompt_gate
+from hsteer.hspace.attach import Layer, PipelineSteering, add_layer, remove_layer, steering_of
+from hsteer.hspace.bank import ConceptBank
+from hsteer.model.geometry import pipeline_hspace_shape
+from hsteer.policies import Policy, check_policy_object, require_bank
+
+#: The name of attach's layer in a pipeline's steering.
+ATTACHED = "attached"
+
+
+def attach(pipe, bank: ConceptBank | None, policy: Policy, *, scale: float = 1.0,
+           window: tuple[float, float] | None = None, steer_unconditional: bool = False,
+           allow_other_model: bool = False, respect_prompt: bool = True,
+           gate: str | GateConfig | None = None) -> PipelineSteering:
+    """Steer every later plain `pipe(...)` call with `policy`'s concepts from `bank`, until `detach(pipe)`.
+
+    Each image's concepts are drawn from its seed, as `generate` does: with `generator=[g_0, ..., g_{B-1}]`
+    (one per image, diffusers' layout prompt-major: prompt 0's images first), image i's seed is
+    `g_i.initial_seed()`, so the same seeds give the same images as `generate(..., seed=...)` with the same
+    policy. With one generator seeded s, image i of each prompt is drawn with seed s + i (its noise is
+    then diffusers', from one generator). With none, images are numbered consecutively across calls
+    from 0, so every block of images stays balanced. `hsteer.attachment_of(pipe).last` lists the concepts
+    each image of the last call got.
+
+    Calling `attach` again swaps policy, bank, scale or window in place: the hook stays, its buffers are
+    overwritten, nothing is recompiled on a `torch.compile`d U-Net. Attach *before* compiling the U-Net.
+    Works on SD 1.x/2.x/SDXL text-to-image, img2img and inpaint pipelines (attach each pipeline you call;
+    `from_pipe` makes a new, unattached pipeline that shares the U-Net). The h-space shape is checked on
+    every call (img2img: at the init image's size). `respect_prompt` (the default) gates each image's
+    concepts by its prompt as `generate` does (`hsteer.gate`); calls with `prompt_embeds` instead of text
+    cannot be read and are steered blind.
+    """
+    window = check_steering_args(pipe, bank, scale=scale, window=window, steer_unconditional=steer_unconditional,
+                                 allow_other_model=allow_other_model, label="attach: ")
+    policy = check_policy_object(policy)
+    check_flags(respect_prompt=respect_prompt)
+    if policy.needs_bank:
+        require_bank(bank, policy).check_compatible(pipe.unet, pipeline_hspace_shape(pipe),
+                                                    allow_other_model=allow_other_model)
+        policy.drawable(bank)  # unknown concepts, groups or ratios fail now, not in the middle of a call
+    shape = tuple(bank.hspace_shape) if bank is not None and bank.hspace_shape else None
+    reader = prompt_gate(pipe, bank, policy, respect_prompt, gate)
+
+    def provide(seeds: list[int], prompts: list[str | None]):
+        draws = [draw_for(policy, bank, reader, p, s)[0] for s, p in zip(seeds, prompts)]
+        info = [[{"name": n, "scale": c} for n, c in draw] for draw in draws]
+        return window_deltas(bank, draws, shape, window), info
+
+    return add_layer(pipe, ATTACHED, Layer(provide, float(scale), steer_unconditional, label=policy.describe()))
+
+
+def detach(pipe) -> None:
+    """Stop steering `pipe`'s calls; its images are bit-identical to the unattached pipeline's again."""
+    remove_layer(pipe, ATTACHED)
+
+
+def attachment_of(pipe) -> PipelineSteering | None:
+    """The pipeline's steering while it is attached (its layers, the last call's seeds and draws), or None."""
+    steering = steering_of(pipe)
+    return steering if steering is not None and ATTACHED in steering.layers else None

@@ -1,0 +1,202 @@
+"""The steering hook: one `diffusers.hooks.ModelHook` at a steering site, in diffusers' own `HookRegistry`.
+
+It is the only hook hsteer registers. Registered under one name (`HOOK_NAME`) on the site's module, it
+composes with diffusers' other hooks (caching, layer skip, group offloading) and is removed the way they
+are. Whatever steers (a `with steer(...)` block, an attached pipeline, `hsteer.generate`, a training
+step) arms it; it adds what it holds to the site's output, and nothing while disarmed:
+
+- **window rows** (pipeline calls): per-image delta rows laid out for the denoiser batch, one
+  persistent buffer per step window. The hook's code depends only on how many windows are armed and
+  on shapes, never on values: a swap of concepts, scales or windows is an in-place `copy_` into the
+  same buffers, so a denoiser compiled after the hook was registered recompiles nothing.
+- **direct deltas** (a bare denoiser, as in training): a tensor added as it is, which may be a live
+  parameter (its gradient flows), laid out for guidance batches when the caller says they are guided.
+
+The current step comes from one explicit source: whoever drives the denoising loop calls
+`set_step(i, total)` (hsteer's pipeline wrapper does it from the pipeline's `callback_on_step_end`,
+outside the compiled region). The hook never guesses the step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+
+from hsteer.errors import HsteerError, ShapeMismatchError
+from hsteer.hspace.site import MID_BLOCK, SteeringSite, base_module
+
+#: The name hsteer's hook is registered under in a module's `HookRegistry`.
+HOOK_NAME = "hsteer"
+
+
+def check_window(start: float, end: float) -> tuple[float, float]:
+    """A valid step window `0 <= start < end <= 1`, or a clear error."""
+    start, end = float(start), float(end)
+    if not 0.0 <= start < end <= 1.0:
+        raise HsteerError(f"bad steering window ({start}, {end}): need 0 <= start < end <= 1, e.g. 0.0,0.6")
+    return start, end
+
+
+def in_window(step: int, total: int, start: float, end: float) -> bool:
+    """Whether 0-based step `step` of `total` lies in [start, end) as fractions of the schedule."""
+    return start <= step / max(total, 1) < end
+
+
+@dataclass(frozen=True)
+class WindowRows:
+    """Delta rows laid out for one denoiser batch, added inside the step window [start, end)."""
+
+    start: float
+    end: float
+    rows: torch.Tensor
+
+
+@dataclass(frozen=True)
+class DirectDelta:
+    """A delta added at every call while armed: `(C, h, w)` for every image or `(B, C, h, w)`, one per image."""
+
+    delta: torch.Tensor
+    guided: bool = False
+    steer_unconditional: bool = False
+
+
+def lay_out(delta: torch.Tensor, rows: int, guided: bool, steer_unconditional: bool) -> torch.Tensor:
+    """`delta` arranged for a denoiser batch of `rows`: diffusers lays guidance batches out as
+    [uncond, cond]; the unconditional half gets zeros unless `steer_unconditional`."""
+    if delta.dim() == 3:
+        if not guided or steer_unconditional:
+            return delta  # broadcast over every row
+        half = rows // 2
+        return torch.cat([torch.zeros_like(delta).expand(half, *delta.shape),
+                          delta.expand(rows - half, *delta.shape)])
+    images = delta.shape[0]
+    if rows == images:  # no guidance: every row is an image
+        return delta
+    if rows % images:
+        raise HsteerError(f"the steering holds {images} per-image deltas but the denoiser batch has {rows} rows; "
+                          "build the config for the batch you generate")
+    first = 0 if steer_unconditional else 1
+    return torch.cat([torch.zeros_like(delta) if i < first else delta for i in range(rows // images)])
+
+
+def _check_shape(delta: torch.Tensor, h: torch.Tensor) -> None:
+    if delta.shape[-3:] != h.shape[-3:]:
+        raise ShapeMismatchError(
+            f"concept shape {tuple(delta.shape[-3:])} does not match this model's h-space {tuple(h.shape[-3:])} "
+            "at this resolution; generate at the resolution the concept was learned at, or learn it for this "
+            "model and size")
+
+
+class SteeringHook(ModelHook):
+    """Adds the armed deltas to the site's output (see the module docstring). One per site module."""
+
+    def __init__(self, site: SteeringSite = MID_BLOCK) -> None:
+        super().__init__()
+        self.site = site
+        self.direct: dict[str, DirectDelta] = {}  # armed by `steer` on a bare denoiser, by name
+        self.windows: list[tuple[float, float]] = []  # the armed windows of the pipeline call in progress
+        self.buffers: list[torch.Tensor] = []  # what is added now: window i's rows inside it, zeros outside
+        self._sources: list[torch.Tensor] = []
+        self._stores: dict[tuple, torch.Tensor] = {}  # persistent buffers, reused across calls
+        self.users = 0  # attached pipelines that keep the hook registered between calls
+
+    # --- the forward pass ---------------------------------------------------------------------------
+    def post_forward(self, module: torch.nn.Module, output: torch.Tensor) -> torch.Tensor:
+        h = output
+        for entry in self.direct.values():
+            delta = entry.delta.to(device=h.device, dtype=h.dtype)
+            _check_shape(delta, h)
+            h = h + lay_out(delta, h.shape[0], entry.guided, entry.steer_unconditional)
+        for buf in self.buffers:
+            h = h + self._fit(buf, h)
+        return h
+
+    @staticmethod
+    def _fit(buf: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        _check_shape(buf, h)
+        rows = h.shape[0]
+        if buf.shape[0] != rows:
+            if buf.shape[0] != 2 * rows:
+                raise HsteerError(f"the steering was laid out for {buf.shape[0]} denoiser rows but the batch has "
+                                  f"{rows}; pass prompts, num_images_per_prompt and generators as usual")
+            buf = buf[rows:]  # laid out for guidance, run without: the conditional rows
+        if buf.device != h.device or buf.dtype != h.dtype:
+            buf = buf.to(device=h.device, dtype=h.dtype)
+        return buf
+
+    # --- arming -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def arm(self, windows: Sequence[WindowRows]) -> None:
+        """Hold `windows` for the call that starts now (step 0); each is copied into a persistent buffer."""
+        buffers, sources = [], []
+        for n, window in enumerate(windows):
+            rows = window.rows.detach()
+            key = (n, tuple(rows.shape), rows.dtype, rows.device)
+            store = self._stores.get(key)
+            if store is None:
+                store = self._stores[key] = torch.zeros_like(rows)
+            buffers.append(store)
+            sources.append(rows)
+        self.windows = [check_window(w.start, w.end) for w in windows]
+        self.buffers, self._sources = buffers, sources
+        self.set_step(0, 1)
+
+    @torch.no_grad()
+    def set_step(self, step: int, total: int) -> None:
+        """The denoising loop is at 0-based step `step` of `total`: each buffer holds its rows inside its
+        window and zeros outside (in place, so compiled code keeps its graph)."""
+        for (start, end), store, source in zip(self.windows, self.buffers, self._sources):
+            if in_window(step, total, start, end):
+                store.copy_(source)
+            else:
+                store.zero_()
+
+    def disarm(self) -> None:
+        """Stop adding the window rows (the persistent buffers are kept for the next call)."""
+        self.windows, self.buffers, self._sources = [], [], []
+
+    @property
+    def armed(self) -> bool:
+        return bool(self.direct or self.buffers)
+
+
+def is_compiled(denoiser, site: SteeringSite = MID_BLOCK) -> bool:
+    """Whether the denoiser (or the site's own module) is `torch.compile`d."""
+    base = base_module(denoiser)
+    module = site.module(base, missing_ok=True)
+    return (base is not denoiser or getattr(base, "_compiled_call_impl", None) is not None
+            or getattr(module, "_compiled_call_impl", None) is not None)
+
+
+def steering_hook(denoiser, site: SteeringSite = MID_BLOCK, create: bool = True) -> SteeringHook | None:
+    """The site's hook, registered on first use; refused on a denoiser compiled without it."""
+    module = site.module(denoiser)
+    registry = getattr(module, "_diffusers_hook", None)
+    hook = registry.get_hook(HOOK_NAME) if registry is not None else None
+    if hook is None and create:
+        if is_compiled(denoiser, site):
+            raise HsteerError(
+                "the U-Net is torch.compile'd, and compiled code ignores hooks added after compilation. "
+                "Attach first, then compile (hsteer.attach(pipe, ...); pipe.unet = torch.compile(pipe.unet)): "
+                "later attach calls then swap concepts with no recompilation. Or steer the uncompiled U-Net "
+                "(pipe.unet = pipe.unet._orig_mod)")
+        hook = SteeringHook(site)
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, HOOK_NAME)
+    return hook
+
+
+def release_hook(denoiser, site: SteeringSite = MID_BLOCK) -> None:
+    """Remove the site's hook once nothing uses it: no attached pipeline, nothing armed. On a compiled
+    denoiser it stays registered (disarmed): compiled code would not notice its removal."""
+    hook = steering_hook(denoiser, site, create=False)
+    if hook is None or hook.users or hook.armed or is_compiled(denoiser, site):
+        return
+    site.module(denoiser)._diffusers_hook.remove_hook(HOOK_NAME, recurse=False)
+
+
+def has_hook(denoiser, site: SteeringSite = MID_BLOCK) -> bool:
+    """Whether hsteer's hook is registered at the site (tests and detach use it)."""
+    return steering_hook(denoiser, site, create=False) is not None

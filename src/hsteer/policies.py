@@ -1,0 +1,441 @@
+"""Policies: which concepts each image gets. One protocol, one registry, no string dispatch elsewhere.
+
+A policy is a small frozen object. It answers five questions, and every caller (generation, attach, the
+CLI, the evaluation harness, the web page) asks only these:
+
+- `kind`: its registry key, also the `"kind"` of its run spec;
+- `drawable(bank)`: the concepts it can ever draw, read from its definition (no sampling);
+- `assign(bank, seed)`: the concepts of the image with that seed, `[(name, scale), ...]`;
+- `to_spec()` / `policy_from_spec(spec)`: the JSON form a run folder stores (ratios included);
+- `describe()`: one short line for captions and manifests; `label`, a compact tag for summaries;
+- `respect(bank, draw, prompt, gate)`: the draw adjusted to what the prompt names (`hsteer.gate`), with
+  the reasons for the manifest ("shape kept: the prompt names circle").
+
+`needs_bank` says whether it draws from a bank; `targeted_groups(bank)` the attribute groups it steers
+(the leakage tables' "targeted" columns). `SldPolicy` draws nothing: it names a baseline that changes
+the pipeline (diffusers' safe pipeline), so run specs can name it like any policy.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
+from types import MappingProxyType
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from hsteer.errors import HsteerError
+from hsteer.gate import PromptGate
+from hsteer.hspace.bank import ConceptBank
+from hsteer.hspace.hook import check_window
+from hsteer.outputs import check_policy
+
+#: The largest block of images a ratio policy may need to balance exactly.
+MAX_BLOCK = 100_000
+#: The largest ratio weight (weights are relative; this keeps their sum finite).
+MAX_RATIO = 1e6
+SLD_PRESETS = ("weak", "medium", "strong", "max")
+
+Draw = list[tuple[str, float]]
+
+
+def unchanged(bank: ConceptBank | None, draw: Draw, prompt: str, gate: PromptGate) -> tuple[Draw, list[str]]:
+    """`respect` of a policy the prompt cannot overrule (plain, SLD, explicit concepts)."""
+    return list(draw), []
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """What every policy offers (see the module docstring)."""
+
+    kind: ClassVar[str]
+    needs_bank: ClassVar[bool]
+
+    def drawable(self, bank: ConceptBank | None) -> set[str]: ...
+
+    def assign(self, bank: ConceptBank | None, image_seed: int) -> list[tuple[str, float]]: ...
+
+    def to_spec(self) -> dict[str, Any]: ...
+
+    def describe(self) -> str: ...
+
+    @property
+    def label(self) -> str: ...
+
+    def targeted_groups(self, bank: ConceptBank | None) -> set[str]: ...
+
+    def respect(self, bank: ConceptBank | None, draw: Draw, prompt: str, gate: PromptGate) -> tuple[Draw, list[str]]:
+        ...
+
+
+def require_bank(bank: ConceptBank | None, policy: Policy | str) -> ConceptBank:
+    """The bank a steering policy draws from; the one check that it was given."""
+    name = policy if isinstance(policy, str) else policy.describe()
+    if bank is None:
+        raise HsteerError(f"the {name} policy needs a bank of concepts (CLI: --bank FILE; Python: bank=...)")
+    return bank
+
+
+@dataclass(frozen=True)
+class PlainPolicy:
+    """No concept: the unmodified model."""
+
+    kind: ClassVar[str] = "plain"
+    needs_bank: ClassVar[bool] = False
+    name: str = "plain"
+
+    def drawable(self, bank: ConceptBank | None) -> set[str]:
+        return set()
+
+    def assign(self, bank: ConceptBank | None, image_seed: int) -> list[tuple[str, float]]:
+        return []
+
+    def to_spec(self) -> dict[str, Any]:
+        return {"kind": self.kind}
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> PlainPolicy:
+        return cls()
+
+    def describe(self) -> str:
+        return "plain"
+
+    @property
+    def label(self) -> str:
+        """A compact tag for summaries and progress bars (`describe()` is the readable line)."""
+        return self.describe()
+
+    def targeted_groups(self, bank: ConceptBank | None) -> set[str]:
+        return set()
+
+    respect = staticmethod(unchanged)
+
+
+@dataclass(frozen=True)
+class SldPolicy:
+    """The SLD baseline: no concept, diffusers' safe pipeline with a preset (`evaluation.baselines`)."""
+
+    kind: ClassVar[str] = "sld"
+    needs_bank: ClassVar[bool] = False
+    preset: str = "medium"
+    name: str = "sld"
+
+    def __post_init__(self) -> None:
+        if self.preset not in SLD_PRESETS:
+            raise HsteerError(f"unknown SLD preset {self.preset!r}; use one of "
+                              f"{', '.join('sld-' + p for p in SLD_PRESETS)}")
+
+    def drawable(self, bank: ConceptBank | None) -> set[str]:
+        return set()
+
+    def assign(self, bank: ConceptBank | None, image_seed: int) -> list[tuple[str, float]]:
+        return []
+
+    def to_spec(self) -> dict[str, Any]:
+        return {"kind": self.kind, "preset": self.preset}
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> SldPolicy:
+        return cls(preset=str(spec.get("preset", "medium")))
+
+    def describe(self) -> str:
+        return f"sld-{self.preset}"
+
+    @property
+    def label(self) -> str:
+        return self.describe()
+
+    def targeted_groups(self, bank: ConceptBank | None) -> set[str]:
+        return set()
+
+    respect = staticmethod(unchanged)
+
+
+@dataclass(frozen=True)
+class FairPolicy:
+    """One concept per group for each image, drawn from the image's seed, summed with per-group scales.
+
+    The draw is stratified: the combinations of the groups' concepts fill a block of K slots (each
+    combination as many slots as its share of K), the slots are shuffled (by a permutation seeded with
+    `seed // K`) and image seed s takes slot `s % K`. Each image's concepts thus depend on its seed alone,
+    and any K consecutive seeds (aligned on a multiple of K) hold every combination exactly its share,
+    so a fair batch is balanced, not just balanced on average.
+
+    `ratios` (concept -> weight) makes a group non-uniform, e.g. {"woman": 0.3, "man": 0.7}. Weights are
+    normalised within their group and rounded to the nearest fraction with denominator <= 100
+    (`Fraction.limit_denominator(100)`, then renormalised); K is the least common multiple of the
+    combinations' denominators (10 for 0.3/0.7; 3 for 1/3, 2/3). A group without ratios is uniform; a
+    group with some must give every member (0 never draws that concept).
+    """
+
+    kind: ClassVar[str] = "fair"
+    needs_bank: ClassVar[bool] = True
+    groups: tuple[str, ...]
+    scales: dict[str, float] = field(default_factory=dict)
+    name: str = "fair"
+    ratios: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.groups:
+            raise HsteerError("fair generation needs at least one group, e.g. --fair gender")
+        check_policy(self.groups, self.scales, ratios=self.ratios)
+
+    def _members(self, bank: ConceptBank) -> list[list[str]]:
+        members = [sorted(c.name for c in bank.group(group)) for group in self.groups]
+        known = {name for names in members for name in names}
+        unknown = sorted(set(self.ratios) - known)
+        if unknown:
+            raise HsteerError(f"--ratio names {', '.join(unknown)}, not a concept of the groups "
+                              f"{', '.join(self.groups)} (their concepts: {', '.join(sorted(known))})")
+        return members
+
+    def _slots(self, bank: ConceptBank) -> list[tuple[str, ...]]:
+        """The block: each combination repeated by its share (sorted members; uniform: each once)."""
+        members = self._members(bank)
+        weights = [_group_weights(group, names, self.ratios) for group, names in zip(self.groups, members)]
+        combos = list(itertools.product(*members))
+        shares = [math.prod(weights[g][name] for g, name in enumerate(combo)) for combo in combos]
+        block = math.lcm(*(share.denominator for share in shares))
+        if block > MAX_BLOCK:
+            raise HsteerError(f"these ratios need blocks of {block} images to balance exactly; use simpler "
+                              "ratios (e.g. tenths)")
+        return [combo for combo, share in zip(combos, shares) for _ in range(int(share * block))]
+
+    def drawable(self, bank: ConceptBank | None) -> set[str]:
+        return {name for combo in set(self._slots(require_bank(bank, self))) for name in combo}
+
+    def assign(self, bank: ConceptBank | None, image_seed: int) -> list[tuple[str, float]]:
+        slots = self._slots(require_bank(bank, self))
+        block, position = divmod(image_seed, len(slots))
+        order = list(range(len(slots)))
+        random.Random(f"hsteer-fair-{block}").shuffle(order)
+        chosen = slots[order[position]]
+        return [(name, float(self.scales.get(group, 1.0))) for group, name in zip(self.groups, chosen)]
+
+    def to_spec(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {"kind": self.kind, "groups": list(self.groups), "scales": dict(self.scales)}
+        if self.ratios:
+            spec["ratios"] = dict(self.ratios)
+        return spec
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> FairPolicy:
+        return cls(tuple(spec["groups"]), {k: float(v) for k, v in dict(spec.get("scales", {})).items()},
+                   ratios={k: float(v) for k, v in dict(spec.get("ratios", {})).items()})
+
+    def describe(self) -> str:
+        ratios = f" ({', '.join(f'{n} {w:g}' for n, w in self.ratios.items())})" if self.ratios else ""
+        scales = "".join(f" {g}x{s:g}" for g, s in self.scales.items() if s != 1.0)
+        return f"fair: {', '.join(self.groups)}{ratios}{scales}"
+
+    @property
+    def label(self) -> str:
+        return "fair:" + ",".join(self.groups)
+
+    def targeted_groups(self, bank: ConceptBank | None) -> set[str]:
+        return set(self.groups)
+
+    def respect(self, bank: ConceptBank | None, draw: Draw, prompt: str, gate: PromptGate) -> tuple[Draw, list[str]]:
+        """A group whose member the prompt names is not redrawn: kept as the prompt has it, or, with the
+        gate's `named="add"`, steered by the named member's own concept."""
+        bank = require_bank(bank, self)
+        out, notes = [], []
+        for group, (name, scale) in zip(self.groups, draw):
+            named = gate.named(prompt, sorted(c.name for c in bank.group(group)))
+            if named is None:
+                out.append((name, scale))
+            elif gate.config.named == "add":
+                out.append((named[0], scale))
+                notes.append(f"{group}: the prompt names {named[0]}, its concept added")
+            else:
+                notes.append(f"{group} kept: the prompt names {named[0]}")
+        return out, notes
+
+
+def _group_weights(group: str, names: list[str], ratios: dict[str, float]) -> dict[str, Fraction]:
+    """Each member's share of its group as a fraction (uniform without ratios)."""
+    given = {n: ratios[n] for n in names if n in ratios}
+    if not given:
+        return {n: Fraction(1, len(names)) for n in names}
+    missing = [n for n in names if n not in given]
+    if missing:
+        raise HsteerError(f"--ratio gives some concepts of group {group!r} but not {', '.join(missing)}; "
+                          "give every member (0 to never draw one)")
+    total = math.fsum(given.values())
+    if any(not math.isfinite(v) or v < 0 for v in given.values()) or not 0 < total < math.inf:
+        raise HsteerError(f"ratios of group {group!r} must be finite, >= 0 and with a positive finite sum, "
+                          f"got {given}; e.g. --ratio woman=0.3,man=0.7")
+    rounded = {n: Fraction(v / total).limit_denominator(100) for n, v in given.items()}
+    norm = sum(rounded.values())
+    if norm == 0:
+        raise HsteerError(f"ratios of group {group!r} round to 0 for every member ({given}); use larger weights")
+    return {n: r / norm for n, r in rounded.items()}
+
+
+@dataclass(frozen=True)
+class SafePolicy:
+    """The sum of every concept of the safety group."""
+
+    kind: ClassVar[str] = "safe"
+    needs_bank: ClassVar[bool] = True
+    group: str = "safety"
+    scale: float = 1.0
+    name: str = "safe"
+
+    def __post_init__(self) -> None:
+        check_policy((self.group,), {self.group: self.scale})
+
+    def drawable(self, bank: ConceptBank | None) -> set[str]:
+        return {c.name for c in require_bank(bank, self).group(self.group)}
+
+    def assign(self, bank: ConceptBank | None, image_seed: int) -> list[tuple[str, float]]:
+        return [(c.name, self.scale) for c in require_bank(bank, self).group(self.group)]
+
+    def to_spec(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {"kind": self.kind, "scales": {self.group: self.scale}}
+        if self.group != "safety":
+            spec["group"] = self.group
+        return spec
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> SafePolicy:
+        group = str(spec.get("group", "safety"))
+        return cls(group, float(dict(spec.get("scales", {})).get(group, 1.0)))
+
+    def describe(self) -> str:
+        return "safe" + (f" x{self.scale:g}" if self.scale != 1.0 else "")
+
+    @property
+    def label(self) -> str:
+        return self.kind
+
+    def targeted_groups(self, bank: ConceptBank | None) -> set[str]:
+        return {self.group}
+
+    def respect(self, bank: ConceptBank | None, draw: Draw, prompt: str, gate: PromptGate) -> tuple[Draw, list[str]]:
+        """The safety concepts scaled by how strongly the prompt carries the harm they were trained against."""
+        members = [c.name for c in require_bank(bank, self).group(self.group)]
+        score = gate.harm(prompt, members)
+        strength = gate.config.strength(score)
+        if strength >= 1.0:
+            return list(draw), []
+        kept = [(name, scale * strength) for name, scale in draw] if strength > 0 else []
+        return kept, [f"{self.group} x{strength:.2f}: the prompt's harm score is {score:.2f}"]
+
+
+@dataclass(frozen=True)
+class ConceptPolicy:
+    """Named concepts with scales for every image (e.g. {"woman": 0.5, "man": 0.5} interpolates)."""
+
+    kind: ClassVar[str] = "concepts"
+    needs_bank: ClassVar[bool] = True
+    concepts: tuple[tuple[str, float], ...]
+    name: str = "concepts"
+
+    def __post_init__(self) -> None:
+        check_policy((), {}, self.concepts)
+
+    def drawable(self, bank: ConceptBank | None) -> set[str]:
+        bank = require_bank(bank, self)
+        for concept, _ in self.concepts:
+            bank[concept]  # unknown names fail with the bank's list
+        return {name for name, _ in self.concepts}
+
+    def assign(self, bank: ConceptBank | None, image_seed: int) -> list[tuple[str, float]]:
+        self.drawable(bank)
+        return list(self.concepts)
+
+    def to_spec(self) -> dict[str, Any]:
+        return {"kind": self.kind, "concepts": [[n, s] for n, s in self.concepts]}
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> ConceptPolicy:
+        return cls(tuple((str(n), float(s)) for n, s in spec["concepts"]))
+
+    def describe(self) -> str:
+        return "concepts: " + ", ".join(f"{n}={s:g}" for n, s in self.concepts)
+
+    @property
+    def label(self) -> str:
+        return self.kind
+
+    def targeted_groups(self, bank: ConceptBank | None) -> set[str]:
+        if bank is None:
+            raise HsteerError("the groups of explicit concepts are read from their bank; give the bank")
+        return {bank[name].group for name in self.drawable(bank)}
+
+    respect = staticmethod(unchanged)  # the user named these concepts: nothing to overrule
+
+
+#: kind -> policy class: the one place a policy kind is looked up.
+POLICIES: Mapping[str, type] = MappingProxyType(
+    {cls.kind: cls for cls in (PlainPolicy, SldPolicy, FairPolicy, SafePolicy, ConceptPolicy)})
+
+
+def policy_from_spec(spec: Mapping[str, Any] | None) -> Policy:
+    """The policy a run spec describes (`policy.to_spec()` gives it back)."""
+    spec = dict(spec or {"kind": "plain"})
+    kind = spec.get("kind", "plain")
+    cls = POLICIES.get(kind)
+    if cls is None:
+        raise HsteerError(f"unknown policy kind {kind!r}; known: {', '.join(POLICIES)}")
+    try:
+        return cls.from_spec(spec)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise HsteerError(f"bad {kind} policy spec {spec}: {exc}") from None
+
+
+def check_policy_object(policy: Any) -> Policy:
+    """A policy object, or a clear error naming what was passed instead (a string, None, ...)."""
+    if not isinstance(policy, tuple(POLICIES.values())):
+        known = isinstance(policy, str) and policy in POLICIES
+        hint = f" (did you mean hsteer.{POLICIES[policy].__name__}(...)?)" if known else ""
+        raise HsteerError(f"policy must be a policy object such as hsteer.FairPolicy(('gender',)), "
+                          f"got {type(policy).__name__} {policy!r}{hint}")
+    return policy
+
+
+# --- the text forms the CLI and the web page share -------------------------------------------------------
+
+
+def parse_ratios(specs: Iterable[str]) -> dict[str, float]:
+    """'woman=0.3,man=0.7' (repeatable) -> {"woman": 0.3, "man": 0.7}; weights finite and >= 0."""
+    out: dict[str, float] = {}
+    for spec in specs:
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            name, _, value = item.partition("=")
+            try:
+                weight = float(value)
+            except ValueError:
+                raise HsteerError(f"bad ratio {item!r}: write NAME=WEIGHT,..., e.g. woman=0.3,man=0.7") from None
+            if not math.isfinite(weight) or weight < 0 or weight > MAX_RATIO:
+                raise HsteerError(f"bad ratio {item!r}: a weight is a number from 0 to {MAX_RATIO:g}, "
+                                  "e.g. woman=0.3,man=0.7")
+            out[name.strip()] = weight
+    return out
+
+
+def parse_window(spec: str | None) -> tuple[float, float] | None:
+    """'0.0,0.6' -> (0.0, 0.6): steer only the first 60% of the denoising steps."""
+    if not spec:
+        return None
+    start, _, end = spec.partition(",")
+    try:
+        return check_window(float(start), float(end))
+    except ValueError:
+        raise HsteerError(f"bad window {spec!r}: write START,END as fractions, e.g. 0.0,0.6") from None
+
+
+def parse_concept_specs(specs: Iterable[str]) -> ConceptPolicy:
+    """'name' or 'name=scale' -> ConceptPolicy."""
+    pairs = []
+    for spec in specs:
+        name, _, scale = spec.partition("=")
+        try:
+            pairs.append((name.strip(), float(scale) if scale else 1.0))
+        except ValueError:
+            raise HsteerError(f"bad concept {spec!r}: write NAME or NAME=SCALE, e.g. square=0.8") from None
+    return ConceptPolicy(tuple(pairs))
