@@ -73,8 +73,8 @@ def learn_bank(pipe, concepts, path: Path) -> Path:
     bank = ConceptBank()
     for name, group, target in concepts:
         # one step at a large learning rate: a crude concept, but one that visibly changes the images
-        config = TrainConfig(concept=name, group=group, neutral=NEUTRAL, target=target, iterations=1, batch_size=2,
-                             steps=STEPS, lr=1.0)
+        config = TrainConfig.for_objective("codsma", concept=name, group=group, neutral=NEUTRAL, target=target,
+                                           iterations=1, batch_size=2, steps=STEPS, lr=1.0)
         bank.add(train_concept(pipe, config, progress=False).concept)
     bank.save(path)
     return path
@@ -144,7 +144,7 @@ def test_generate_shows_plain_and_steered_with_captions_and_download(server, tmp
     # fair over {circle, square}: two consecutive seeds draw each concept once
     assert [g["caption"] for g in steered] in (["seed 0: circle", "seed 1: square"],
                                                ["seed 0: square", "seed 1: circle"])
-    assert "fair over shape" in status and "seeds 0–1" in status
+    assert "fair: shape" in status and "seeds 0–1" in status  # the policy's own describe()
     for item in plain + steered:
         assert Image.open(item["image"]).size[0] >= 128  # the 32 px images are shown enlarged
 
@@ -188,6 +188,111 @@ def test_bad_input_gives_messages_and_the_server_lives_on(server, tmp_path):
         learn(c, "x", "shape", "")
     plain, steered, _, _ = gen(c, policy="plain", n=1)
     assert len(plain) == 1 and steered == []
+
+
+def _policy_radio(app):
+    return next(b for b in app.blocks.values() if getattr(b, "label", None) == "Policy")
+
+
+def test_without_a_bank_the_policy_the_page_shows_is_the_one_that_runs(server, tmp_path):
+    """`hsteer ui` with no bank: the page opens on plain (its first value and the load event's agree), and
+    Generate with it gives plain images; a policy that needs concepts is refused with a readable message."""
+    from hsteer.ui.app import launch
+
+    app = launch(model=server["pipe"], port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        radio = _policy_radio(app)
+        on_load = next(d.fn for d in app.fns.values() if d.fn.__name__ == "on_load")
+        loaded = on_load(None)
+        assert radio.value == loaded[radio] == "plain"
+        next(v for v in loaded.values() if type(v).__name__ == "Session").close()
+        c = Client(app.local_url, verbose=False, analytics_enabled=False, download_files=str(tmp_path))
+        plain, steered, archive, status = gen(c, policy=radio.value, groups=[], n=2)
+        assert [g["caption"] for g in plain] == ["seed 0: plain", "seed 1: plain"] and steered == []
+        assert "plain only" in status and "Error" not in status
+        with zipfile.ZipFile(archive) as zf:
+            assert {"plain/00000.png", "plain/00001.png", "plain/manifest.jsonl"} <= set(zf.namelist())
+        with pytest.raises(AppError, match="the fair policy needs concepts, and this session's bank is empty"):
+            gen(c, policy="fair", groups=[], n=1)
+    finally:
+        app.close()
+    assert _policy_radio(server["app"]).value == "fair"  # a bank with groups opens on fair
+
+
+def test_default_policy_suits_the_bank(server):
+    """Fair when the bank has groups besides safety, safe when it has only that one, plain when it is empty."""
+    from bank_helpers import random_bank
+
+    from hsteer.ui.handlers_generate import POLICY_CHOICES, default_policy
+
+    assert POLICY_CHOICES == ("plain", "fair", "safe", "concepts")
+    assert default_policy(None) == default_policy(ConceptBank()) == "plain"
+    assert default_policy(random_bank(server["pipe"], ("violence",), "safety")) == "safe"
+    assert default_policy(random_bank(server["pipe"])) == "fair"
+
+
+def test_handled_errors_are_kept_for_the_status_line():
+    """`guard` shows a handled error's own text and keeps it for the tab's status (the `.failure` handler)."""
+    import gradio as gr
+
+    from hsteer import HsteerError
+    from hsteer.ui.session import Session
+    from hsteer.ui.wiring import failure_text, guard
+
+    @guard
+    def handler(sess):
+        raise HsteerError("the fair policy needs concepts")
+
+    sess = Session()
+    try:
+        with pytest.raises(gr.Error) as raised:
+            handler(sess)
+        assert raised.value.message == "the fair policy needs concepts"
+        assert failure_text(sess) == "**Error:** the fair policy needs concepts"
+        assert failure_text(None).startswith("**Error:** ")
+    finally:
+        sess.close()
+
+
+def test_forms_use_the_library_checks():
+    from hsteer import HsteerError
+    from hsteer.ui.forms import LEARN_FIELDS, train_config, whole
+
+    assert whole(2.0, "steps", 1, 4) == 2
+    for bad, message in ((2.5, "whole number"), (None, "must be a number"), (9, "between 1 and 4"),
+                         (float("nan"), "finite")):
+        with pytest.raises(HsteerError, match=message):
+            whole(bad, "steps", 1, 4)
+    values = dict(zip(LEARN_FIELDS, ("red", "colour", NEUTRAL, "a photo of a red figure", "", "codsma", 3, 0.05,
+                                     2, STEPS, 4.0, 0, "not a number", None, "", "")))
+    config = train_config(values)  # the SDisc boxes are not read for another objective
+    assert type(config).__name__ == "CodsmaConfig" and config.iterations == 3 and config.target_guidance == 4.0
+    with pytest.raises(HsteerError, match="SDisc images must be a number"):
+        train_config({**values, "objective": "sdisc"})
+    sdisc = train_config({**values, "objective": "sdisc", "sdisc_images": 4.0, "sdisc_epochs": 2})
+    assert (sdisc.sdisc_images, sdisc.sdisc_epochs) == (4, 2)
+    with pytest.raises(HsteerError, match="unknown objective 'x'; choose one of codsma, respodiff, sdisc"):
+        train_config({**values, "objective": "x"})
+    with pytest.raises(HsteerError, match="invalid group name"):
+        train_config({**values, "group": "../up"})
+
+
+def test_the_page_imports_the_library_only_through_lib():
+    """Every module of hsteer.ui but _lib imports hsteer only as hsteer.ui.*: a move in the library is fixed
+    in _lib alone."""
+    import ast
+
+    ui = Path(__file__).resolve().parents[1] / "src" / "hsteer" / "ui"
+    offenders = []
+    for path in sorted(ui.glob("*.py")):
+        if path.name == "_lib.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                       [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.name}: {m}" for m in modules
+                          if (m == "hsteer" or m.startswith("hsteer.")) and not m.startswith("hsteer.ui")]
+    assert offenders == []
 
 
 # --- learning and sessions --------------------------------------------------------------------------
@@ -363,7 +468,7 @@ def test_banks_by_hub_repo_id_never_read_server_paths(server, tmp_path, monkeypa
         assert out[0].startswith("**Error:**") and message in out[0], (text, out[0])
     assert [r[0] for r in c.predict(api_name="/new_bank")[2]["data"]] == [""]  # the session still answers
     # `hsteer ui --bank user/repo`: a command-line bank may be a Hub repo id too
-    from hsteer.ui.app import HsteerUI
+    from hsteer.ui.server import HsteerUI
 
     ui = HsteerUI(server["pipe"], banks=["user/ui-banks"])
     sess = ui.new_session()

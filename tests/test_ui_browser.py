@@ -56,8 +56,9 @@ def shapes_bank(pipe, path: Path) -> Path:
 
     bank = ConceptBank()
     for name in ("circle", "square"):
-        config = TrainConfig(concept=name, group="shape", neutral="a photo of a figure",
-                             target=f"a photo of a {name} figure", iterations=1, batch_size=2, steps=STEPS, lr=1.0)
+        config = TrainConfig.for_objective("codsma", concept=name, group="shape", neutral="a photo of a figure",
+                                           target=f"a photo of a {name} figure", iterations=1, batch_size=2,
+                                           steps=STEPS, lr=1.0)
         bank.add(train_concept(pipe, config, progress=False).concept)
     bank.save(path)
     return path
@@ -69,8 +70,9 @@ def serve(bank: Path | None = None, pipe=None):
     return launch(model=pipe, bank=[bank] if bank else None, port=free_port(), prevent_thread_lock=True, quiet=True)
 
 
-def open_page(browser, url: str, width: int = 1280, height: int = 900):
-    """A page on `url` whose requests to any other host are blocked and recorded in `page.external`."""
+def open_page(browser, url: str, width: int = 1280, height: int = 900, group: str | None = "shape"):
+    """A page on `url` whose requests to any other host are blocked and recorded in `page.external`; once
+    open, the page shows `group` of the session's starting bank (None: the page was started without one)."""
     page = browser.new_page(viewport={"width": width, "height": height}, accept_downloads=True)
     page.external, page.errors = [], []
     origin = url.rstrip("/")
@@ -86,8 +88,8 @@ def open_page(browser, url: str, width: int = 1280, height: int = 900):
     page.on("pageerror", lambda exc: page.errors.append(str(exc)))
     page.goto(url)
     page.wait_for_selector("#generate-btn", timeout=TIMEOUT_MS)
-    # the session's starting bank is shown once the page's load event has run
-    page.locator("#fair-groups").get_by_text("shape").first.wait_for(timeout=TIMEOUT_MS)
+    if group is not None:  # the session's starting bank is shown once the page's load event has run
+        page.locator("#fair-groups").get_by_text(group).first.wait_for(timeout=TIMEOUT_MS)
     return page
 
 
@@ -124,7 +126,7 @@ def server(tmp_path_factory):
 
     pipe = load_pipeline(None)
     app = serve(shapes_bank(pipe, tmp_path_factory.mktemp("browser") / "shapes.safetensors"), pipe)
-    yield app.local_url
+    yield {"url": app.local_url, "pipe": pipe}
     app.close()
     torch.set_num_threads(threads)
 
@@ -134,7 +136,7 @@ def test_page_generates_side_by_side_and_learns(server, tmp_path):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = open_page(browser, server)
+            page = open_page(browser, server["url"])
 
             # Generate: the plain and the steered images of the same seeds, captioned with their concepts
             generate(page, "a photo of a nurse", images=2, steps=STEPS)
@@ -145,7 +147,7 @@ def test_page_generates_side_by_side_and_learns(server, tmp_path):
             assert page.locator("#plain-gallery img").count() == 2
             assert page.locator("#steered-gallery img").count() == 2
             status = page.locator("#gen-status").inner_text()
-            assert "a photo of a nurse" in status and "fair over shape" in status and f"{STEPS} steps" in status
+            assert "a photo of a nurse" in status and "fair: shape" in status and f"{STEPS} steps" in status
             with page.expect_download(timeout=TIMEOUT_MS) as download:  # the zip of PNGs and manifests
                 page.locator("#gen-file a[data-testid=download-link]").click()
             assert download.value.suggested_filename == "hsteer-a-photo-of-a-nurse-seed0.zip"
@@ -193,6 +195,50 @@ def test_page_generates_side_by_side_and_learns(server, tmp_path):
             browser.close()
     for name in ("generate.png", "learn.png", "bank.png"):
         assert (tmp_path / name).stat().st_size > 10_000
+
+
+def test_page_without_a_bank_generates_plain_images(server, tmp_path):
+    """`hsteer ui` with no bank, as the README's first UI line starts it: Generate with the policy the page
+    shows (plain) gives plain images; a policy that needs concepts says why in the page, not a bare "Error"."""
+    sync_playwright = require_browser()
+    app = serve(None, server["pipe"])
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = open_page(browser, app.local_url, group=None)
+                checked = "[...document.querySelectorAll('#policy input:checked')].map(i => i.value)"
+                assert page.evaluate(checked) == ["plain"]
+                generate(page, "a photo of a doctor", images=2, steps=STEPS)
+                assert page.evaluate(checked) == ["plain"]
+                plain = page.locator("#plain-gallery .caption-label").all_inner_texts()
+                assert plain == ["seed 0: plain", "seed 1: plain"]
+                assert page.locator("#plain-gallery img").count() == 2
+                assert page.locator("#steered-gallery img").count() == 0
+                status = page.locator("#gen-status").inner_text()
+                assert "plain only" in status and "Error" not in status
+                for gallery in ("#plain-gallery", "#steered-gallery", "#gen-file"):
+                    assert "Error" not in page.locator(gallery).inner_text(), gallery
+                page.screenshot(path=str(tmp_path / "plain.png"), full_page=True)
+
+                # fair needs concepts: the reason stays in the status line; the galleries show no bare "Error"
+                page.get_by_label("fair", exact=True).check()
+                page.locator("#generate-btn").click()
+                page.wait_for_function("document.querySelector('#gen-status').innerText.includes('Error: ')",
+                                       timeout=TIMEOUT_MS)
+                status = page.locator("#gen-status").inner_text()
+                assert "the fair policy needs concepts, and this session's bank is empty" in status, status
+                page.wait_for_function("!document.querySelector('#plain-gallery').innerText.includes('Error')",
+                                       timeout=TIMEOUT_MS)
+                for gallery in ("#plain-gallery", "#steered-gallery", "#gen-file"):
+                    assert "Error" not in page.locator(gallery).inner_text(), gallery
+                page.screenshot(path=str(tmp_path / "refused.png"), full_page=True)
+                assert page.external == [], f"the page asked other hosts for {page.external}"
+                assert page.errors == [], page.errors
+            finally:
+                browser.close()
+    finally:
+        app.close()
 
 
 def docs_screenshot(bank: Path, out: Path, prompt: str = "a photo of a nurse", images: int = 6) -> Path:

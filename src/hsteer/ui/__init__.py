@@ -5,17 +5,20 @@ The library never imports this package; importing it does not import Gradio unti
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import gradio as gr
 
 
-def build_app(*args: Any, **kwargs: Any):
+def build_app(*args: Any, **kwargs: Any) -> gr.Blocks:
     """See `hsteer.ui.app.build_app`."""
     from hsteer.ui.app import build_app as _build
 
     return _build(*args, **kwargs)
 
 
-def launch(*args: Any, **kwargs: Any):
+def launch(*args: Any, **kwargs: Any) -> gr.Blocks:
     """See `hsteer.ui.app.launch`."""
     from hsteer.ui.app import launch as _launch
 

@@ -7,6 +7,7 @@ here means a reorganisation of the library's modules is fixed in this one file.
 from __future__ import annotations
 
 from hsteer import (
+    POLICIES,
     BankError,
     Concept,
     ConceptBank,
@@ -15,6 +16,7 @@ from hsteer import (
     HsteerError,
     PlainPolicy,
     SafePolicy,
+    SdiscConfig,
     TrainConfig,
     generate,
     load_pipeline,
@@ -22,12 +24,14 @@ from hsteer import (
 )
 from hsteer import world
 from hsteer.apps.recipes import WORLD_CONCEPTS, world_train_config
+from hsteer.checks import check_count, check_float, check_name, check_seed
 from hsteer.evaluation.leakage import fmt_ci
 from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
-from hsteer.generation import parse_window
 from hsteer.hspace.hub import hub_bank_file, parse_hub_spec
 from hsteer.hspace.steering import check_window
 from hsteer.model import sampling_defaults
+from hsteer.policies import Policy, parse_window
+from hsteer.training.config import OBJECTIVES, config_class
 
 default_model_path = world.default_model_path
 
@@ -38,12 +42,21 @@ __all__ = [
     "ConceptPolicy",
     "FairPolicy",
     "HsteerError",
+    "OBJECTIVES",
+    "POLICIES",
     "PlainPolicy",
+    "Policy",
     "SafePolicy",
+    "SdiscConfig",
     "TrainConfig",
     "WORLD_CONCEPTS",
     "WorldEvalConfig",
+    "check_count",
+    "check_float",
+    "check_name",
+    "check_seed",
     "check_window",
+    "config_class",
     "default_model_path",
     "evaluate_world",
     "fmt_ci",

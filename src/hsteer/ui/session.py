@@ -18,13 +18,14 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from hsteer.ui._lib import ConceptBank
+from hsteer.ui._lib import Concept, ConceptBank
 
 log = logging.getLogger("hsteer.ui")
 
 
-def fork_pipeline(pipe):
+def fork_pipeline(pipe: Any) -> Any:
     """A copy of `pipe` with its own module objects, scheduler and hooks, sharing every weight tensor."""
     import torch
 
@@ -83,6 +84,8 @@ class Session:
         self.cancel = threading.Event()
         self.training = False
         self.runs = 0
+        #: the message of this session's last failed event, for the tab's status line (`wiring.guard`)
+        self.last_error: str | None = None
         self.lock = threading.Lock()
 
     def __deepcopy__(self, memo):  # gr.State copies its initial value per session; a Session is never shared
@@ -105,7 +108,7 @@ class Session:
             self.bank = bank
             self.bank_label = label
 
-    def add_concept(self, concept) -> None:
+    def add_concept(self, concept: Concept) -> None:
         with self.lock:
             bank = copy_bank(self.bank)
             bank.add(concept, replace=True)
