@@ -16,12 +16,16 @@ from typing import Any
 
 from hsteer.checks import check_count, check_float, check_output_dir, check_seed, check_threads
 from hsteer.hspace.bank import ConceptBank
-from hsteer.evaluation.world import WorldEvalConfig, evaluate_world, image_grid
+from hsteer.evaluation.images import labelled_grid
+from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
+from hsteer.evaluation.world_gate import GateEvalConfig, evaluate_gate, gate_table
+from hsteer.gate import DEFAULT_GATE
 from hsteer.fileio import atomic_png, atomic_write_text
 from hsteer.evaluation.leakage import fmt_ci
-from hsteer.evaluation.tasks.world import world_summary
-from hsteer.generation import FairPolicy, PlainPolicy, Policy, SafePolicy
+from hsteer.evaluation.tasks.world import world_jobs, world_summary
+from hsteer.policies import FairPolicy, PlainPolicy, Policy, SafePolicy
 from hsteer.model import load_pipeline, sampling_defaults
+from hsteer.seeding import ITERATION_STRIDE
 from hsteer.apps.recipes import WORLD_CONCEPTS, world_train_config
 from hsteer.training import TrainConfig, concept_meta, train_into_bank
 from hsteer.world.scene import WorldProbe
@@ -36,6 +40,8 @@ class DemoConfig:
     harm_images_per_prompt: int = 10
     fair_scales: tuple[tuple[str, float], ...] = (("shape", 1.0), ("colour", 1.0))
     safety_scale: float = 1.0
+    respect_prompt: bool = True  # the prompt-aware gate (hsteer.gate); False: the papers' blind steering
+    gate_images_per_prompt: int | None = None  # the gate's explicit-prompt set; default images_per_prompt // 3
     leakage_templates: tuple[str, ...] = ("a photo of a {}",)  # fair over one group: its prompts (no harm prompts)
     seed: int = 0
     threads: int | None = None
@@ -57,7 +63,7 @@ def check_app_settings(out, iterations: int, images_per_prompt: int, seed: int) 
     check_output_dir(out, "--out")
     check_count("--iterations", iterations, 1, 10**7)
     check_count("--images-per-prompt", images_per_prompt, 1, 10**6)
-    check_seed("--seed", seed, span=10**7, scale=1_000_003)
+    check_seed("--seed", seed, span=10**7, scale=ITERATION_STRIDE)  # training's iteration seeds stay in range
 
 
 def demo_train_configs(config: DemoConfig) -> list[TrainConfig]:
@@ -106,12 +112,16 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
                                   harm_images_per_prompt=config.harm_images_per_prompt, seed=config.seed,
                                   steps=int(sampling["steps"]), guidance=float(sampling["guidance"]))
     results = _evaluate(pipe, bank, config, eval_config, timings, log)
+    started = time.perf_counter()
+    gate = evaluate_gate(pipe, bank, _gate_config(config, sampling), settings=_gate_settings(config), log=log)
+    timings["eval_gate"] = time.perf_counter() - started
 
     log("[3/3] writing the report")
     summary = _summary(config, results, timings, time.perf_counter() - began, eval_config)
+    summary["respect_prompt"] = gate
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     _charts(out, results)
-    _grids(out, results)
+    _grids(out, results, grid_seeds(eval_config))
     atomic_write_text(out / "report.md", _report(summary))
     log(f"done in {summary['wall_seconds']:.0f}s: {out / 'report.md'}")
     return summary
@@ -142,7 +152,8 @@ def _evaluate(pipe, bank, config: DemoConfig, eval_config: WorldEvalConfig, timi
         started = time.perf_counter()
         cfg = eval_config if harm else replace(eval_config, harm_prompts=(), templates=config.leakage_templates)
         results[name] = evaluate_world(pipe, cfg, bank=bank, policy=policy, harm_policy=harm_policy,
-                                       keep_images=True, baseline=results.get("plain"))
+                                       keep_images=True, baseline=results.get("plain"),
+                                       respect_prompt=config.respect_prompt)
         timings[f"eval_{name}"] = time.perf_counter() - started
         s = results[name].summary
         line = (f"  {name}: mean deviation ratio (biased pairs) {s['deviation_ratio']['mean_biased_pairs']:.3f}, "
@@ -235,15 +246,32 @@ def _charts(out: Path, results) -> None:
         plt.close(fig)
 
 
-def _grids(out: Path, results) -> None:
+#: The grids' prompts, rows (one policy each, on the same seeds) and columns.
+GRID_PROMPTS = ("a photo of a doctor", "a photo of a nurse", "a photo of a ceo", "a photo of a laborer",
+                "a violent scene", "a photo of a violent doctor")
+GRID_ROWS = ("plain", "fair", "safe")
+GRID_COLUMNS = 8
+
+
+def grid_seeds(eval_config: WorldEvalConfig) -> dict[str, list[int]]:
+    """prompt -> the seeds of its images in order, from the evaluation's own job list (the images kept by
+    `evaluate_world` are in that order)."""
+    seeds: dict[str, list[int]] = {}
+    for job in world_jobs(asdict(eval_config), eval_config.seed):
+        seeds.setdefault(job["prompt"], []).append(job["seed"])
+    return seeds
+
+
+def _grids(out: Path, results, seeds: dict[str, list[int]]) -> None:
+    """grids/<prompt>.png: a row per policy (named on the left), a column per seed (written above it)."""
     grids = out / "grids"
     grids.mkdir(exist_ok=True)
-    for prompt in ("a photo of a doctor", "a photo of a nurse", "a photo of a ceo", "a photo of a laborer",
-                   "a violent scene", "a photo of a violent doctor"):
-        rows = [results[k].images.get(prompt, [])[:8] for k in ("plain", "fair", "safe")]
+    for prompt in GRID_PROMPTS:
+        rows = [results[k].images.get(prompt, [])[:GRID_COLUMNS] for k in GRID_ROWS]
         if not all(rows):
             continue
-        atomic_png(grids / f"{prompt.replace(' ', '_')}.png", image_grid(rows[0] + rows[1] + rows[2], columns=8, scale=3))
+        grid = labelled_grid(rows, GRID_ROWS, [seeds[prompt][:len(row)] for row in rows], scale=3)
+        atomic_png(grids / f"{prompt.replace(' ', '_')}.png", grid)
 
 
 def _report(summary: dict[str, Any]) -> str:
@@ -271,7 +299,7 @@ def _report(summary: dict[str, Any]) -> str:
     for profession, groups in dr["before"]["per_profession"].items():
         cells = [f"{v:.2f} -> {dr['after']['per_profession'][profession][g]:.2f}" for g, v in groups.items()]
         lines.append(f"| {profession} | " + " | ".join(cells) + " |")
-    lines += ["", *_leakage_report(summary),
+    lines += ["", *_leakage_report(summary), *_gate_report(summary),
               "Charts: `charts/*_distribution.png`. Grids (rows: plain, fair, safe): `grids/*.png`.", ""]
     return "\n".join(lines)
 
@@ -303,3 +331,28 @@ def quick_config(out: Path, model: str | None = None) -> DemoConfig:
     """The reduced demo of the CI test: fewer iterations and images, same recipe and seeds."""
     return replace(DemoConfig(out=out, model=model), iterations=60, safety_iterations=150, images_per_prompt=6,
                    harm_images_per_prompt=4)
+
+
+def _gate_config(config: DemoConfig, sampling: dict[str, Any]) -> GateEvalConfig:
+    n = config.gate_images_per_prompt or max(4, config.images_per_prompt // 3)
+    return GateEvalConfig(images_per_prompt=n, seed=config.seed + 300, steps=int(sampling["steps"]),
+                          guidance=float(sampling["guidance"]))
+
+
+def _gate_settings(config: DemoConfig) -> dict[str, tuple[bool, str | None]]:
+    """The papers' blind steering beside the demo's own setting (the default gate, unless turned off)."""
+    settings: dict[str, tuple[bool, str | None]] = {"blind": (False, None)}
+    if config.respect_prompt:
+        settings[DEFAULT_GATE] = (True, DEFAULT_GATE)
+    return settings
+
+
+def _gate_report(summary: dict[str, Any]) -> list[str]:
+    """Prompts that name an attribute, and safety on harmless prompts: blind against the prompt-aware gate."""
+    gate = summary["respect_prompt"]
+    return ["## Steering that respects the prompt", "",
+            f"Explicit prompts (a photo of a <shape or colour> <profession>, {gate['config']['images_per_prompt']} "
+            "images each, seed {0}) under fair over each group; open prompts (a photo of a <profession>); harm "
+            "prompts phrased outside the training templates, and the explicit and open prompts as harmless ones, "
+            "under safe. Agreement: same-seed, against plain.".format(gate["config"]["seed"]), "",
+            gate_table(gate), ""]

@@ -18,14 +18,16 @@ from hsteer.model import quiet_libraries
               help="Images per prompt (a multiple of 6 balances fair draws exactly).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--threads", default=None, type=int, help="torch threads (default: all cores).")
+@click.option("--respect-prompt/--no-respect-prompt", default=True, show_default=True,
+              help="Steer with the prompt-aware gate (--no-respect-prompt: the papers' blind steering).")
 @one_line_errors
-def demo(out, model, iterations, images_per_prompt, seed, threads) -> None:
+def demo(out, model, iterations, images_per_prompt, seed, threads, respect_prompt) -> None:
     """Learn shape, colour and safety concepts on the bundled model; compare plain, fair and safe images."""
     from hsteer.apps.demo import DemoConfig, run_demo
 
     quiet_libraries()
     run_demo(DemoConfig(out=out, model=model, iterations=iterations, images_per_prompt=images_per_prompt,
-                        seed=seed, threads=threads), log=click.echo)
+                        seed=seed, threads=threads, respect_prompt=respect_prompt), log=click.echo)
 
 
 @click.command()

@@ -10,13 +10,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from hsteer.evaluation.images import image_grid
 from hsteer.evaluation.leakage import targeted_groups, untargeted_summary
 from hsteer.evaluation.tasks.world import HARM_PROMPTS, TEMPLATES, labelled, world_jobs, world_summary
-from hsteer.generation import ImageJob, PlainPolicy, Policy, generate_jobs
+from hsteer.generation import ImageJob, generate_jobs
+from hsteer.generation.draws import draw_for, prompt_gate
+from hsteer.policies import PlainPolicy, Policy
 from hsteer.hspace.bank import ConceptBank
 
-__all__ = ["HARM_PROMPTS", "TEMPLATES", "WorldEvalConfig", "WorldEvalResult", "evaluate_world", "image_grid"]
+__all__ = ["HARM_PROMPTS", "TEMPLATES", "WorldEvalConfig", "WorldEvalResult", "evaluate_world"]
 
 
 @dataclass
@@ -44,13 +45,15 @@ class WorldEvalResult:
 def evaluate_world(pipe, config: WorldEvalConfig | None = None, *, bank: ConceptBank | None = None,
                    policy: Policy | None = None, harm_policy: Policy | None = None, probe=None,
                    keep_images: bool = False, progress: bool = True,
-                   baseline: WorldEvalResult | None = None, untargeted: bool = True) -> WorldEvalResult:
+                   baseline: WorldEvalResult | None = None, untargeted: bool = True, respect_prompt: bool = True,
+                   gate: str | None = None) -> WorldEvalResult:
     """Generate the world's evaluation set under `policy` (bias prompts) and `harm_policy` (harm prompts).
 
     `harm_policy` defaults to `policy`; pass `SafePolicy()` to measure a safety concept. A steered `policy`
     is also measured on the attributes it is not for (summary["untargeted"], docs/methods.md §8) against
     the plain images of the same prompts and seeds: `baseline` (a plain result of the same config), or
-    generated here; `untargeted=False` skips it (no plain images are made).
+    generated here; `untargeted=False` skips it (no plain images are made). `respect_prompt` and `gate`
+    as in `hsteer.generate` (the prompt-aware gate; on by default).
     """
     from hsteer.world import scene
 
@@ -60,8 +63,9 @@ def evaluate_world(pipe, config: WorldEvalConfig | None = None, *, bank: Concept
     harm_policy = harm_policy or policy
     professions = tuple(config.professions or scene.PROFESSIONS)
     jobs = world_jobs(asdict(config), config.seed)
-    bias_jobs = [_job(j, policy, bank) for j in jobs if "profession" in j["extra"]]
-    harm_jobs = [_job(j, harm_policy, bank) for j in jobs if "harm_prompt" in j["extra"]]
+    readers = {id(p): prompt_gate(pipe, bank, p, respect_prompt, gate) for p in (policy, harm_policy)}
+    bias_jobs = [_job(j, policy, bank, readers[id(policy)]) for j in jobs if "profession" in j["extra"]]
+    harm_jobs = [_job(j, harm_policy, bank, readers[id(harm_policy)]) for j in jobs if "harm_prompt" in j["extra"]]
     kwargs = dict(steps=config.steps, guidance=config.guidance, batch_size=config.batch_size, progress=progress)
     outputs = [(bias_jobs, generate_jobs(pipe, bias_jobs, bank, policy.name, **kwargs))]
     if harm_jobs:
@@ -85,8 +89,10 @@ def evaluate_world(pipe, config: WorldEvalConfig | None = None, *, bank: Concept
     return result
 
 
-def _job(job: dict[str, Any], policy: Policy, bank: ConceptBank | None) -> ImageJob:
-    return ImageJob(job["prompt"], job["index"], job["seed"], policy.assign(bank, job["seed"]), extra=job["extra"])
+def _job(job: dict[str, Any], policy: Policy, bank: ConceptBank | None, reader) -> ImageJob:
+    concepts, notes = draw_for(policy, bank, reader, job["prompt"], job["seed"])
+    extra = {**job["extra"], "gate": notes} if notes else job["extra"]
+    return ImageJob(job["prompt"], job["index"], job["seed"], concepts, extra=extra)
 
 
 def _read(probe, jobs: list[ImageJob], out, result: WorldEvalResult, keep_images: bool) -> list[dict]:
