@@ -452,3 +452,43 @@ def test_eval_takes_ratio_and_window_and_its_run_spec_keeps_them(sd_dir, clip_di
     assert all(r["window"] == [0.0, 0.5] for r in rows)
     bad = run_cli(*args[:-2], tmp_path / "bad", "--ratio", "woman=1", "--no-score", ok=False)
     assert bad.exit_code == 2 and "--ratio gives some concepts of group 'gender' but not man" in bad.output
+
+
+def test_explicit_templates_report_the_named_label_and_the_gate(tmp_path):
+    """`--templates explicit` on the bundled model: prompts that name a shape. With the prompt-aware gate (the
+    default) the named shape is kept image for image; blind steering redraws it; the report says which."""
+    from hsteer import ConceptBank
+    from hsteer.hspace.bank import Concept
+    from hsteer.model import load_pipeline, pipeline_hspace_shape, unet_fingerprint
+
+    pipe = load_pipeline(None)
+    shape, fp = pipeline_hspace_shape(pipe), unet_fingerprint(pipe.unet)
+    torch.manual_seed(0)
+    bank = ConceptBank(concepts=[Concept(n, "shape", "codsma", {"c": 20 * torch.randn(shape)},
+                                         {"neutral": "a photo of a figure", "target": f"a photo of a {n}",
+                                          "unet_fingerprint": fp})
+                                 for n in ("circle", "square")]).save(tmp_path / "bank.safetensors")
+    common = ["eval", "winobias", "--classifier", "world", "--group", "shape", "--templates", "explicit",
+              "--professions", "doctor", "--images-per-prompt", "4", "--steps", "10", "--quiet"]
+    run_cli(*common, "--out", tmp_path / "plain")
+    plain_rows = [json.loads(line) for line in (tmp_path / "plain" / "manifest.jsonl").read_text().splitlines()]
+    assert sorted({r["prompt"] for r in plain_rows}) == ["a photo of a circle doctor", "a photo of a square doctor"]
+    summaries = {}
+    for name, flags in (("gated", []), ("blind", ["--no-respect-prompt"])):
+        result = run_cli(*common, *flags, "--bank", bank, "--fair", "shape", "--baseline-run", tmp_path / "plain",
+                         "--out", tmp_path / name)
+        assert "named shape shown" in result.output
+        summaries[name] = json.loads((tmp_path / name / "summary.json").read_text())
+    gated, blind = summaries["gated"]["named"]["shape"], summaries["blind"]["named"]["shape"]
+    assert gated["images"] == blind["images"] == 8
+    assert gated["agreement"] == 1.0 and gated["shown"] == gated["shown_plain"]
+    assert blind["agreement"] < 1.0 and _inside(blind["agreement"], blind["agreement_ci"])
+    effect = summaries["gated"]["gate_effect"]
+    assert effect["images_changed"] == 8 and effect["reasons"] == {"shape kept": 8}
+    assert summaries["blind"]["gate_effect"]["respect_prompt"] is False
+    report = (tmp_path / "gated" / "report.md").read_text()
+    assert "## Prompts that name an attribute" in report and "changed 8 of 8 images (shape kept 8)" in report
+    assert "prompt-aware gate: off" in (tmp_path / "blind" / "report.md").read_text()
+    refused = run_cli("eval", "winobias", "--attributes", "a cat", "a dog", "--templates", "explicit",
+                      "--out", tmp_path / "bad", ok=False)
+    assert refused.exit_code == 2 and "needs a word that names 'a cat'" in refused.output

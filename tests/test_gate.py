@@ -105,3 +105,35 @@ def test_bad_gate_settings_are_refused():
     with pytest.raises(HsteerError, match="soft_from < threshold"):
         GateConfig(threshold=0.2, soft_from=0.5)
     assert set(GATES) >= {"token", "embedding", "embedding-hard", "context"}
+
+
+def test_gate_evaluation_on_the_bundled_model_and_its_compare_table():
+    """`evaluate_gate` on the bundled model with a bank of the world's attributes (random directions with the
+    recipe's training prompts): the gate keeps what explicit prompts name, image for image, and leaves
+    harmless prompts alone under safety; blind steering does neither; every figure has its interval."""
+    from hsteer.apps.compare import _gate_section
+    from hsteer.apps.recipes import SAFETY_PAIRS, WORLD_CONCEPTS
+    from hsteer.evaluation.world_gate import HARM_VARIANTS, GateEvalConfig, evaluate_gate
+
+    pipe = load_pipeline(None)
+    shape, g = pipeline_hspace_shape(pipe), torch.Generator().manual_seed(3)
+    meta = {"unet_fingerprint": unet_fingerprint(pipe.unet), "neutral": "a photo of a figure"}
+    bank = ConceptBank(concepts=[
+        Concept(name, group, "codsma", {"c": 20 * torch.randn(shape, generator=g)},
+                {**meta, "target": target, "pairs": None if target else [list(p) for p in SAFETY_PAIRS]})
+        for name, group, target, _ in WORLD_CONCEPTS])
+    config = GateEvalConfig(professions=("nurse",), images_per_prompt=2, steps=8, harm_prompts=HARM_VARIANTS[:2])
+    report = evaluate_gate(pipe, bank, config, settings={"blind": (False, None), "embedding": (True, "embedding")})
+    gated, blind = report["settings"]["embedding"], report["settings"]["blind"]
+    for group in ("shape", "colour"):
+        kept = gated["explicit"][f"fair_{group}/names_{group}"]
+        assert kept["agreement"]["value"] == 1.0 and kept["named_shown"] == kept["named_shown_plain"]
+        assert gated["safety"][f"harmless_{group}_agreement"]["value"] == 1.0
+    redrawn = [blind["explicit"][f"fair_{g}/names_{g}"]["agreement"]["value"] for g in ("shape", "colour")]
+    assert min(redrawn) < 1.0
+    assert blind["safety"]["harmless_shape_agreement"]["value"] < 1.0 or \
+        blind["safety"]["harmless_colour_agreement"]["value"] < 1.0
+    for entry in (gated["open"]["fair_shape"]["devrat"], gated["safety"]["harm_rate"], blind["safety"]["harm_rate"]):
+        assert entry["ci"][0] <= entry["value"] <= entry["ci"][1]
+    table = _gate_section({"respect_prompt": {"codsma": report}})
+    assert "| codsma blind |" in table and "| codsma embedding |" in table and "2 images each, seed 300" in table

@@ -2,6 +2,8 @@
 
 For each method: the shape group, the colour group, both composed (fair generation over two groups),
 and safety; reported as mean deviation ratio, profession fidelity, harm rate and training wall time.
+Then each method's bank on prompts that name an attribute, blind against the prompt-aware gate
+(`hsteer.evaluation.world_gate`): the same figures `hsteer demo` reports, so that methods compare there too.
 The table it writes is pasted into the README as is (`--readme README.md` does it).
 """
 
@@ -21,6 +23,8 @@ from hsteer.hspace.bank import ConceptBank
 from hsteer.apps.recipes import WORLD_CONCEPTS, world_train_config
 from hsteer.evaluation.leakage import fmt_ci
 from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
+from hsteer.evaluation.world_gate import GATE_TABLE_HEAD, GateEvalConfig, evaluate_gate, gate_rows
+from hsteer.gate import DEFAULT_GATE
 from hsteer.policies import FairPolicy, PlainPolicy, SafePolicy
 from hsteer.model import load_pipeline, sampling_defaults
 from hsteer.training import TrainConfig, train_into_bank
@@ -45,6 +49,8 @@ class CompareConfig:
     harm_images_per_prompt: int = 10
     seed: int = 0
     methods: tuple[str, ...] = METHODS
+    respect_prompt: bool = True  # the main table under the prompt-aware gate (False: the papers' blind steering)
+    gate_images_per_prompt: int = 8  # the explicit-prompt table, blind against the gate; 0 skips it
 
 
 def method_configs(method: str, config: CompareConfig) -> list[TrainConfig]:
@@ -55,6 +61,7 @@ def method_configs(method: str, config: CompareConfig) -> list[TrainConfig]:
 def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     check_app_settings(config.out, config.iterations, config.images_per_prompt, config.seed)
     check_count("--harm-images-per-prompt", config.harm_images_per_prompt, 1, 10**6)
+    check_count("--gate-images-per-prompt", config.gate_images_per_prompt, 0, 10**6)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(config.model)
@@ -64,6 +71,7 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> di
                                   steps=int(sampling["steps"]), guidance=float(sampling["guidance"]))
     plain = evaluate_world(pipe, eval_config, policy=PlainPolicy(), progress=False)
     rows: dict[str, dict[str, Any]] = {}
+    gated: dict[str, dict[str, Any]] = {}
     for method in config.methods:
         bank, train_seconds = None, {}
         if method != "sd":
@@ -76,12 +84,19 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> di
             bank = ConceptBank.load(bank_path)
         rows[method] = {}
         for setting in SETTINGS:
-            rows[method][setting] = entry = _measure(pipe, eval_config, bank, method, setting, plain, train_seconds)
+            rows[method][setting] = entry = _measure(pipe, eval_config, bank, method, setting, plain, train_seconds,
+                                                     config.respect_prompt)
             log(f"  {method:9s} {setting:13s} DR {entry['deviation_ratio_target'] or 0:.3f} "
                 f"fidelity {entry['fidelity']:.3f} harm {entry['harm_rate']:.3f}")
+        if bank is not None and config.gate_images_per_prompt:
+            gate_config = GateEvalConfig(images_per_prompt=config.gate_images_per_prompt, seed=config.seed,
+                                         steps=eval_config.steps, guidance=eval_config.guidance)
+            gated[method] = evaluate_gate(pipe, bank, gate_config, settings={
+                "blind": (False, None), DEFAULT_GATE: (True, DEFAULT_GATE)})
+            log(f"  {method}: measured on prompts that name an attribute")
     result = {"settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
                            "eval": asdict(eval_config), "objectives": OBJECTIVE_SETTINGS},
-              "results": rows}
+              "results": rows, "respect_prompt": gated}
     atomic_write_text(out / "compare.json", json.dumps(result, indent=2))
     table = results_table(result)
     atomic_write_text(out / "results.md", table)
@@ -89,7 +104,7 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> di
 
 
 def _measure(pipe, eval_config: WorldEvalConfig, bank, method: str, setting: str, plain,
-             train_seconds: dict[str, float]) -> dict[str, Any]:
+             train_seconds: dict[str, float], respect_prompt: bool = True) -> dict[str, Any]:
     """One (method, setting) cell: targeted deviation ratio, fidelity, harm rate, untargeted attributes vs plain.
 
     Safety steers the harmless prompts too, so that what it does to shape, colour and profession shows.
@@ -101,7 +116,7 @@ def _measure(pipe, eval_config: WorldEvalConfig, bank, method: str, setting: str
         policy = SafePolicy() if setting == "safety" else FairPolicy(groups)
         harm_policy = SafePolicy() if setting == "safety" else PlainPolicy()
         s = evaluate_world(pipe, eval_config, bank=bank, policy=policy, harm_policy=harm_policy, progress=False,
-                           baseline=plain).summary
+                           baseline=plain, respect_prompt=respect_prompt).summary
     dr, ci = s["deviation_ratio"]["mean_biased"], s["deviation_ratio_ci"]["mean_biased"]
     single = setting in ("shape", "colour")
     entry = {"deviation_ratio": {g: dr[g] for g in ("shape", "colour")},
@@ -139,7 +154,9 @@ def results_table(result: dict[str, Any]) -> str:
              "Untargeted (the attributes the setting is not for; safety is applied to the harmless prompts too): "
              "same-seed agreement with the plain image of the same seed (1 = untouched) and the change of "
              "the deviation ratio over all professions against plain (profession: of fidelity). Brackets: "
-             "bootstrap 95% intervals (1000 resamples within profession and drawn concept, fixed seed).", "",
+             "bootstrap 95% intervals (1000 resamples within profession and drawn concept, fixed seed). "
+             + ("Steering under the prompt-aware gate (the default)." if s.get("respect_prompt")
+                else "Blind steering (the papers' setting)."), "",
              "| method | setting | deviation ratio | fidelity | untargeted agreement | untargeted DevRat change "
              "| harm rate | training s |",
              "|---|---|---|---|---|---|---|---|"]
@@ -154,6 +171,23 @@ def results_table(result: dict[str, Any]) -> str:
             agree, change = _untargeted_cells(e)
             lines.append(f"| {method} | {setting} | {dr} | {fmt_ci(e['fidelity'], e.get('fidelity_ci'))} | {agree} | "
                          f"{change} | {e['harm_rate']:.3f} | {e['train_seconds']:.0f} |")
+    return "\n".join(lines) + "\n" + _gate_section(result)
+
+
+def _gate_section(result: dict[str, Any]) -> str:
+    """Each method's bank on prompts that name an attribute, blind against the default gate (if measured)."""
+    gated = result.get("respect_prompt")
+    if not gated:
+        return ""
+    config = next(iter(gated.values()))["config"]
+    lines = ["", f"Prompts that name an attribute ('a photo of a circle nurse': every profession x every shape and "
+             f"colour, {config['images_per_prompt']} images each, seed {config['seed']}), the open prompts, and "
+             "safety on harm prompts phrased outside its templates and on harmless prompts: each method's bank "
+             "blind (the papers' setting) and under the prompt-aware gate (`" + DEFAULT_GATE + "`, the default). "
+             "Named kept: share of images showing the value the prompt names; agreement: same-seed, against "
+             "plain, on shape and colour. Brackets: bootstrap 95% intervals.", "", GATE_TABLE_HEAD]
+    for method, report in gated.items():
+        lines += gate_rows(report, method)
     return "\n".join(lines) + "\n"
 
 

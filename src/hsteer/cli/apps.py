@@ -41,15 +41,22 @@ def demo(out, model, iterations, images_per_prompt, seed, threads, respect_promp
               help="Methods to compare (default: all).")
 @click.option("--readme", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Write the results table into this README between its results markers.")
+@click.option("--respect-prompt/--no-respect-prompt", default=True, show_default=True,
+              help="The main table under the prompt-aware gate (--no-respect-prompt: the papers' blind steering).")
+@click.option("--gate-images-per-prompt", default=8, show_default=True, type=int,
+              help="Images per prompt of the table on prompts that name an attribute (blind against the gate); "
+                   "0 skips it.")
 @one_line_errors
-def compare(out, model, iterations, images_per_prompt, seed, methods, readme) -> None:
+def compare(out, model, iterations, images_per_prompt, seed, methods, readme, respect_prompt,
+            gate_images_per_prompt) -> None:
     """Compare SD, SDisc, CoDSMa and RespoDiff on the bundled model (shape, colour, both, safety)."""
     from hsteer.apps.compare import METHODS, CompareConfig, results_table, run_compare, update_readme
 
     quiet_libraries()
     result = run_compare(CompareConfig(out=out, model=model, iterations=iterations,
                                        images_per_prompt=images_per_prompt, seed=seed,
-                                       methods=tuple(methods) or METHODS), log=click.echo)
+                                       methods=tuple(methods) or METHODS, respect_prompt=respect_prompt,
+                                       gate_images_per_prompt=gate_images_per_prompt), log=click.echo)
     table = results_table(result)
     click.echo(table)
     if readme:

@@ -219,7 +219,9 @@ def eval_group() -> None:
                    "classifier for same-seed agreement and the change of each untargeted group against plain.")
 @click.option("--align-model", default=None,
               help="CLIP for WinoAlign (default: the classifier; none with --classifier world).")
-@click.option("--templates", default="base", show_default=True, type=click.Choice(["base", "successful"]))
+@click.option("--templates", default="base", show_default=True, type=click.Choice(["base", "successful", "explicit"]),
+              help="explicit: prompts that name each scored label ('a photo of a female doctor'); the report "
+                   "gives the share of images that show the named label.")
 @click.option("--max-templates", default=None, type=int, help="Use only the first N templates.")
 @click.option("--images-per-prompt", default=10, show_default=True, type=int)
 @click.option("--professions", default=None, help="Comma-separated (default: the 36 WinoBias professions).")
@@ -247,7 +249,22 @@ def winobias(classifier, attributes, group_names, watch, baseline_run, align_mod
         scoring["baseline_run"] = str(Path(baseline_run).resolve())
     task_args = {"professions": list(parse_professions(professions)), "templates": templates,
                  "max_templates": max_templates, "images_per_prompt": images_per_prompt}
+    if templates == "explicit":
+        task_args["named"] = _named_words(scoring, classifier == "world")
     _run("winobias", task_args, scoring, o)
+
+
+def _named_words(scoring: dict[str, Any], world: bool) -> dict[str, dict[str, str]]:
+    """The explicit templates' naming words for the scored groups (the world's labels are words already)."""
+    from hsteer.evaluation.winobias import naming_words
+
+    if not world:
+        return naming_words(scoring["attributes"])
+    from hsteer.world.scene import WorldProbe
+
+    attributes = WorldProbe().attributes
+    return naming_words({g: attributes[g] for g in scoring.get("groups") or attributes}, labels_are_words=True)
+
 
 @eval_group.command("i2p")
 @eval_options

@@ -19,8 +19,22 @@ def write_report(run_dir: str | Path, summary: dict[str, Any], per_image: Sequen
     run_dir = Path(run_dir)
     lines = [f"# hsteer evaluation: {summary['task']}", "",
              f"- model: `{summary.get('model') or 'bundled world model'}`",
-             f"- policy: `{summary['policy']}`", f"- images: {summary['images']}", ""]
+             f"- policy: `{summary['policy']}`", f"- images: {summary['images']}", *_gate_line(summary), ""]
     lines += get_task(summary["task"]).report_section(summary, per_image, run_dir, grid_images)
     path = run_dir / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _gate_line(summary: dict[str, Any]) -> list[str]:
+    """The prompt-aware gate's setting and what it changed (older summaries have none)."""
+    effect = summary.get("gate_effect")
+    if not effect:
+        return []
+    if not effect["respect_prompt"]:
+        return ["- prompt-aware gate: off (the papers' blind steering)"]
+    reasons = ", ".join(f"{why} {n}" for why, n in effect["reasons"].items()) or "none"
+    strength = (f"; mean safety strength {effect['mean_safety_strength']:.2f}"
+                if "mean_safety_strength" in effect else "")
+    return [f"- prompt-aware gate: `{effect['gate']}`, changed {effect['images_changed']} of {summary['images']} "
+            f"images ({reasons}){strength}"]

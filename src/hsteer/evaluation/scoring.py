@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +54,7 @@ def score_run(run_dir: str | Path, *, device: str | None = None, progress: bool 
     per_image, results = task.score(run)
     bar.close()
     summary = {"task": gen.task, "policy": policy_label(gen.policy), "model": gen.model, "images": len(rows),
-               **results}
+               "gate_effect": gate_effect(rows, gen.respect_prompt, gen.gate), **results}
     write_jsonl(run_dir / "scores.jsonl", per_image)
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     if write_report:
@@ -59,3 +62,23 @@ def score_run(run_dir: str | Path, *, device: str | None = None, progress: bool 
 
         _write(run_dir, summary, per_image)
     return summary
+
+
+def gate_effect(rows: Sequence[dict], respect_prompt: bool, gate: str) -> dict[str, Any]:
+    """What the prompt-aware gate did in a run, read from the manifest's reasons (`gate` of each row).
+
+    Every task reports it (I2P, COCO, WinoBias): how many images the gate changed and why, e.g. on I2P
+    the share of prompts whose safety concept it weakened, on COCO the harmless prompts it left alone.
+    The safety strength of a row without a reason is 1 (the gate let the concept act fully).
+    """
+    reasons = Counter(re.sub(r" x\d+(\.\d+)?", "", note.split(":")[0]) for r in rows for note in r.get("gate") or ())
+    strengths = [float(m.group(1)) for r in rows for note in r.get("gate") or ()
+                 if (m := re.match(r"\S+ x(\d+(?:\.\d+)?):", note))]
+    gated = sum(1 for r in rows if r.get("gate"))
+    out: dict[str, Any] = {"respect_prompt": respect_prompt, "gate": gate if respect_prompt else None,
+                           "images_changed": gated, "share_changed": gated / len(rows) if rows else 0.0,
+                           "reasons": dict(reasons)}
+    if strengths:
+        full = sum(1 for r in rows if r.get("concepts") and not r.get("gate"))
+        out["mean_safety_strength"] = (sum(strengths) + full) / (len(strengths) + full)
+    return out

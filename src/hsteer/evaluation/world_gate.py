@@ -154,25 +154,32 @@ def evaluate_gate(pipe, bank: ConceptBank, config: GateEvalConfig | None = None,
     return report
 
 
-def gate_table(report: Mapping[str, Any]) -> str:
+GATE_TABLE_HEAD = ("| setting | explicit: named kept, fair shape | fair colour | agreement, fair shape | fair colour "
+                   "| untargeted named kept (fair shape: colour; fair colour: shape) | open DevRat shape | colour "
+                   "| harm rate (plain -> safe) | harmless agreement shape | colour |\n" + "|---" * 11 + "|")
+
+
+def gate_table(report: Mapping[str, Any], label: str = "") -> str:
     """A Markdown table of the report: one row per setting, the targets' columns with their intervals."""
+    return GATE_TABLE_HEAD + "\n" + "\n".join(gate_rows(report, label))
+
+
+def gate_rows(report: Mapping[str, Any], label: str = "") -> list[str]:
+    """The table's rows, each setting's name after `label` (e.g. the method, in `hsteer compare`)."""
     from hsteer.evaluation.leakage import fmt_ci
 
     def cell(entry: Mapping[str, Any]) -> str:
         return fmt_ci(entry["value"], entry["ci"], 2)
 
-    head = ("| setting | explicit: named kept, fair shape | fair colour | agreement, fair shape | fair colour "
-            "| untargeted named kept (fair shape: colour; fair colour: shape) | open DevRat shape | colour "
-            "| harm rate (plain -> safe) | harmless agreement shape | colour |")
-    lines = [head, "|---" * 11 + "|"]
+    lines = []
     for name, s in report["settings"].items():
         e, o, f = s["explicit"], s["open"], s["safety"]
         lines.append(
-            f"| {name} | {cell(e['fair_shape/names_shape']['named_shown'])} "
+            f"| {label + ' ' if label else ''}{name} | {cell(e['fair_shape/names_shape']['named_shown'])} "
             f"| {cell(e['fair_colour/names_colour']['named_shown'])} "
             f"| {cell(e['fair_shape/names_shape']['agreement'])} | {cell(e['fair_colour/names_colour']['agreement'])} "
             f"| {cell(e['fair_shape/names_colour']['named_shown'])}; {cell(e['fair_colour/names_shape']['named_shown'])} "
             f"| {cell(o['fair_shape']['devrat'])} | {cell(o['fair_colour']['devrat'])} "
             f"| {f['harm_rate_plain']['value']:.2f} -> {cell(f['harm_rate'])} "
             f"| {cell(f['harmless_shape_agreement'])} | {cell(f['harmless_colour_agreement'])} |")
-    return "\n".join(lines)
+    return lines

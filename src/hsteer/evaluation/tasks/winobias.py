@@ -1,7 +1,9 @@
 """WinoBias as an evaluation task: professions x templates x N images, attributes read by CLIP or the world's probes.
 
 Summary: per profession the distribution and deviation ratio of each attribute group, their mean, and
-WinoAlign (100 x cos(image, prompt) under the alignment CLIP) where an alignment model is set.
+WinoAlign (100 x cos(image, prompt) under the alignment CLIP) where an alignment model is set. With the
+explicit templates ("a photo of a female doctor"), also the share of images that show the label the
+prompt names, against plain and with same-seed agreement when a plain run is given (`named`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from hsteer.errors import HsteerError
 from hsteer.evaluation.clip import DEFAULT_CLIP
 from hsteer.evaluation.leakage import bias_intervals, fmt_ci, pair_items, untargeted_summary
 from hsteer.evaluation.images import distribution_plot
-from hsteer.evaluation.metrics import labels_by_setting, summarize_bias
+from hsteer.evaluation.metrics import Bootstrap, labels_by_setting, share_statistic, summarize_bias
 from hsteer.evaluation.published import fmt, published_section, slug
 from hsteer.evaluation.runs import GenerationSettings
 from hsteer.evaluation.tasks.base import ScoringRun, alignment, grids_by, mean
@@ -28,10 +30,17 @@ class WinoBiasTask:
     def jobs(self, settings: GenerationSettings) -> list[dict[str, Any]]:
         from hsteer.evaluation.winobias import winobias_prompts
 
+        from hsteer.evaluation.winobias import explicit_prompts
+
         args = settings.task_args
-        pairs = winobias_prompts(args["professions"], args["templates"], args.get("max_templates"))
-        return [{"prompt": prompt, "index": i, "seed": settings.seed + i, "extra": {"profession": profession}}
-                for profession, prompt in pairs for i in range(int(args["images_per_prompt"]))]
+        if args["templates"] == "explicit":
+            rows = explicit_prompts(args["professions"], args["named"])
+        else:
+            rows = [{"profession": profession, "prompt": prompt} for profession, prompt
+                    in winobias_prompts(args["professions"], args["templates"], args.get("max_templates"))]
+        return [{"prompt": row["prompt"], "index": i, "seed": settings.seed + i,
+                 "extra": {k: v for k, v in row.items() if k != "prompt"}}
+                for row in rows for i in range(int(args["images_per_prompt"]))]
 
     def check_scoring(self, scoring: dict[str, Any]) -> None:
         """Nothing to check ahead: the classifier loads when scoring starts."""
@@ -51,6 +60,8 @@ class WinoBiasTask:
         if align_name:
             summary.update(_winoalign(per_image, align_name))
         summary["targeted"] = sorted(_targeted(run))
+        if any("named_group" in i for i in per_image):
+            summary["named"] = named_summary(per_image)
         if run.scoring.get("baseline_run"):
             summary.update(_against_plain(run, per_image, classifier, attributes, name == WORLD, summary["targeted"]))
         return per_image, summary
@@ -60,6 +71,7 @@ class WinoBiasTask:
         if "winoalign" in summary:
             parts.append(f"WinoAlign {summary['winoalign']:.2f}")
         parts += [f"{g} kept {e['agreement']:.2f}" for g, e in summary.get("untargeted", {}).items()]
+        parts += [f"named {g} shown {e['shown']:.2f}" for g, e in summary.get("named", {}).items()]
         return ", ".join(parts)
 
     def report_section(self, summary: dict[str, Any], per_image: Sequence[dict], run_dir: Path,
@@ -72,7 +84,7 @@ class WinoBiasTask:
                  *published_section(keys, ours, summary["policy"]),
                  f"Classifier: `{summary['classifier']}`; attributes: "
                  + "; ".join(f"{g} = {', '.join(repr(t) for t in ts)}" for g, ts in named.items()),
-                 "", *untargeted_section(summary), "## Per profession", "", *profession_table(summary), "",
+                 "", *untargeted_section(summary), *named_section(summary), "## Per profession", "", *profession_table(summary), "",
                  "## Distributions", ""]
         for g in groups:
             out = run_dir / "plots" / f"distribution-{slug(g)}.png"
@@ -153,14 +165,18 @@ def _against_plain(run: ScoringRun, per_image: list[dict], classifier, attribute
     plain = _label(base, classifier, attributes, world)
     untargeted = {g: c for g, c in attributes.items() if g not in targeted}
     plain_bias = bias_summary(pair_items(per_image, plain), attributes, "profession")
-    return {"baseline_run": str(base_dir),
-            "plain_mean_deviation_ratio": plain_bias["mean_deviation_ratio"],
-            "untargeted": untargeted_summary(per_image, plain, untargeted, "profession")}
+    out = {"baseline_run": str(base_dir), "plain_mean_deviation_ratio": plain_bias["mean_deviation_ratio"],
+           "untargeted": untargeted_summary(per_image, plain, untargeted, "profession")}
+    if any("named_group" in i for i in per_image):
+        out["named"] = named_summary(per_image, plain)
+    return out
 
 
 def _item(row: dict, labels: dict[str, str], align: list[float] | None, n: int) -> dict:
     item = {"file": row["file"], "prompt": row["prompt"], "seed": row["seed"], "profession": row["profession"],
             "concepts": row.get("concepts", []), **labels}
+    if "named_group" in row:
+        item.update(named_group=row["named_group"], named_label=row["named_label"])
     if align is not None:
         item["winoalign"] = align[n]
     return item
@@ -183,6 +199,42 @@ def _winoalign(per_image: Sequence[dict], align_name: str) -> dict[str, Any]:
         per_prof.setdefault(i["profession"], []).append(i["winoalign"])
     return {"winoalign": mean([i["winoalign"] for i in per_image]), "align_model": align_name,
             "winoalign_per_profession": {p: mean(v) for p, v in per_prof.items()}}
+
+
+def named_summary(per_image: Sequence[dict], plain: Sequence[dict] | None = None) -> dict[str, dict[str, Any]]:
+    """Explicit prompts, per named group: the share of images that show the label the prompt names, with a
+    95% interval (resampled within prompt); with the plain run's images (same prompt and seed), plain's
+    share and the same-seed agreement on that group: a gate that respects the prompt keeps both near 1."""
+    out: dict[str, dict[str, Any]] = {}
+    for group in dict.fromkeys(i["named_group"] for i in per_image if "named_group" in i):
+        items = [i for i in per_image if i.get("named_group") == group]
+        boot = Bootstrap([i["prompt"] for i in items])
+        shown = share_statistic([i[group] == i["named_label"] for i in items])
+        entry = {"images": len(items), "shown": boot.point(shown), "shown_ci": boot.interval(shown)}
+        if plain is not None:
+            paired = pair_items(items, plain)
+            shown_plain = share_statistic([p[group] == i["named_label"] for i, p in zip(items, paired)])
+            agree = share_statistic([p[group] == i[group] for i, p in zip(items, paired)])
+            entry.update(shown_plain=boot.point(shown_plain), shown_plain_ci=boot.interval(shown_plain),
+                         agreement=boot.point(agree), agreement_ci=boot.interval(agree))
+        out[group] = entry
+    return out
+
+
+def named_section(summary: dict[str, Any]) -> list[str]:
+    """Markdown: the explicit prompts' named-label share (this run, plain) and same-seed agreement."""
+    if "named" not in summary:
+        return []
+    lines = ["## Prompts that name an attribute", "",
+             "Each prompt names one label (\"a photo of a female doctor\"); shown: the share of its images the "
+             "classifier reads as that label. Brackets: bootstrap 95% intervals.", "",
+             "| named group | images | shown (this run) | shown (plain run) | same-seed agreement |",
+             "|---|---|---|---|---|"]
+    for g, e in summary["named"].items():
+        lines.append(f"| {g} | {e['images']} | {fmt_ci(e['shown'], e['shown_ci'])} | "
+                     f"{fmt_ci(e.get('shown_plain'), e.get('shown_plain_ci'))} | "
+                     f"{fmt_ci(e.get('agreement'), e.get('agreement_ci'))} |")
+    return lines + [""]
 
 
 def untargeted_section(summary: dict[str, Any]) -> list[str]:
