@@ -112,16 +112,10 @@ def test_gate_evaluation_on_the_bundled_model_and_its_compare_table():
     recipe's training prompts): the gate keeps what explicit prompts name, image for image, and leaves
     harmless prompts alone under safety; blind steering does neither; every figure has its interval."""
     from hsteer.apps.compare import _gate_section
-    from hsteer.apps.recipes import SAFETY_PAIRS, WORLD_CONCEPTS
     from hsteer.evaluation.world_gate import HARM_VARIANTS, GateEvalConfig, evaluate_gate
 
     pipe = load_pipeline(None)
-    shape, g = pipeline_hspace_shape(pipe), torch.Generator().manual_seed(3)
-    meta = {"unet_fingerprint": unet_fingerprint(pipe.unet), "neutral": "a photo of a figure"}
-    bank = ConceptBank(concepts=[
-        Concept(name, group, "codsma", {"c": 20 * torch.randn(shape, generator=g)},
-                {**meta, "target": target, "pairs": None if target else [list(p) for p in SAFETY_PAIRS]})
-        for name, group, target, _ in WORLD_CONCEPTS])
+    bank = _world_bank(pipe)
     config = GateEvalConfig(professions=("nurse",), images_per_prompt=2, steps=8, harm_prompts=HARM_VARIANTS[:2])
     report = evaluate_gate(pipe, bank, config, settings={"blind": (False, None), "embedding": (True, "embedding")})
     gated, blind = report["settings"]["embedding"], report["settings"]["blind"]
@@ -137,3 +131,41 @@ def test_gate_evaluation_on_the_bundled_model_and_its_compare_table():
         assert entry["ci"][0] <= entry["value"] <= entry["ci"][1]
     table = _gate_section({"respect_prompt": {"codsma": report}})
     assert "| codsma blind |" in table and "| codsma embedding |" in table and "2 images each, seed 300" in table
+
+
+def _world_bank(pipe) -> ConceptBank:
+    """The world's concepts as random directions with the recipe's training prompts (what the gate reads)."""
+    from hsteer.apps.recipes import SAFETY_PAIRS, WORLD_CONCEPTS
+
+    shape, g = pipeline_hspace_shape(pipe), torch.Generator().manual_seed(3)
+    meta = {"unet_fingerprint": unet_fingerprint(pipe.unet), "neutral": "a photo of a figure"}
+    return ConceptBank(concepts=[
+        Concept(name, group, "codsma", {"c": 20 * torch.randn(shape, generator=g)},
+                {**meta, "target": target, "pairs": None if target else [list(p) for p in SAFETY_PAIRS]})
+        for name, group, target, _ in WORLD_CONCEPTS])
+
+
+def test_the_gate_candidates_benchmark_runs_every_setting(tmp_path, capsys):
+    """benchmarks/gate_candidates.py --quick: every candidate gate and blind steering, in one report."""
+    import importlib.util
+    from pathlib import Path
+
+    from hsteer.evaluation.world_gate import SETTINGS
+
+    bank = _world_bank(load_pipeline(None)).save(tmp_path / "bank.safetensors")
+    folder = Path(__file__).resolve().parent.parent / "benchmarks"
+    import sys
+
+    sys.path.insert(0, str(folder))
+    try:
+        spec = importlib.util.spec_from_file_location("gate_candidates", folder / "gate_candidates.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        report = module.main(["--bank", str(bank), "--quick", "--threads", "1"])
+    finally:
+        sys.path.remove(str(folder))
+    assert list(report["settings"]) == list(SETTINGS)
+    printed = capsys.readouterr().out
+    assert all(f"| {name} |" in printed for name in SETTINGS)
+    token = report["settings"]["token"]["explicit"]["fair_shape/names_shape"]
+    assert token["agreement"]["value"] == 1.0

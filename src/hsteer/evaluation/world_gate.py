@@ -53,11 +53,12 @@ def explicit_prompts(professions: Sequence[str], attributes: Mapping[str, Sequen
 
 
 def _images(pipe, prompts: Sequence[str], config: GateEvalConfig, bank: ConceptBank | None, policy: Policy,
-            respect: bool, gate: str | None) -> list:
+            respect: bool, gate: str | None, records: bool = False):
+    """The images of `prompts` (and, with `records`, each image's record: the concepts it got)."""
     out = generate(pipe, list(prompts), num_images_per_prompt=config.images_per_prompt, seed=config.seed,
                    bank=bank, policy=policy, steps=config.steps, guidance=config.guidance,
                    batch_size=config.batch_size, progress=False, respect_prompt=respect, gate=gate)
-    return out.images
+    return (out.images, out.records) if records else out.images
 
 
 def _labels(probe, images) -> list[dict[str, str]]:
@@ -96,13 +97,18 @@ def _explicit(pipe, bank, config, probe, plain, respect, gate) -> dict[str, Any]
 
 
 def _open(pipe, bank, config, probe, plain, respect, gate) -> dict[str, Any]:
-    """Per fair group: the targeted deviation ratio (mean over professions) and untargeted agreement."""
+    """Per fair group: the targeted deviation ratio (mean over professions) and untargeted agreement.
+
+    Resampled within (profession, drawn concept), as the demo does (docs/methods.md §8): the fair draw is
+    balanced by design, and resampling across draws would add variance the design does not have.
+    """
     prompts = [f"a photo of a {p}" for p in config.professions]
     settings = _repeat(config.professions, config.images_per_prompt)
     out: dict[str, Any] = {}
     for group, classes in probe.attributes.items():
-        steered = _labels(probe, _images(pipe, prompts, config, bank, FairPolicy((group,)), respect, gate))
-        boot = Bootstrap(settings)
+        images, records = _images(pipe, prompts, config, bank, FairPolicy((group,)), respect, gate, records=True)
+        steered = _labels(probe, images)
+        boot = Bootstrap([(p, tuple(c["name"] for c in r.concepts)) for p, r in zip(settings, records)])
         dev = deviation_statistic([s[group] for s in steered], classes, settings)
         others = [g for g in probe.attributes if g != group]
         agree = [all(s[g] == p[g] for g in others) for s, p in zip(steered, plain)]
