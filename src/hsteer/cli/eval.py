@@ -132,51 +132,15 @@ def _policy(o: dict[str, Any]):
 
 
 def _run(task: str, task_args: dict[str, Any], scoring: dict[str, Any], o: dict[str, Any]) -> None:
-    from hsteer.hspace.bank import ConceptBank
+    """Check everything, write the run folder's settings, generate this process's share, then score."""
     from hsteer.evaluation.runs import RunSettings, prepare_run_dir
     from hsteer.evaluation.scoring import score_run
     from hsteer.evaluation.sharding import process_state, run_generation
-    from hsteer.model import sampling_defaults
-    from hsteer.policies import parse_window
 
     check_eval_options(o)
-    policy = _policy(o)
-    window = parse_window(o["window"])
-    bank = None
-    if o["bank_path"] is not None:
-        from hsteer.hspace.hub import parse_bank_spec
-
-        source = parse_bank_spec(o["bank_path"])  # a local path is stored absolute, a Hub repo as given
-        bank = str(source.path.resolve()) if source.path is not None else str(o["bank_path"])
-        if policy.needs_bank:
-            policy.drawable(ConceptBank.load(bank))  # fail now on a bad bank, group or --ratio, not in a process
-    if o["batch_size"] < 1:
-        raise HsteerError("--batch-size must be >= 1")
-    model = o["model"]
-    if model is not None and Path(model).exists():
-        model = str(Path(model).resolve())
-    defaults = sampling_defaults(model)
-    generation = {"task": task, "model": model, "dtype": o["dtype"], "policy": policy.to_spec(),
-                  "bank": bank if policy.needs_bank else None, "window": list(window) if window else None,
-                  "respect_prompt": bool(o["respect_prompt"]), "gate": o["gate"],
-                  "steps": o["steps"] or defaults["steps"],
-                  "guidance": o["guidance"] if o["guidance"] is not None else defaults["guidance"],
-                  "height": o["height"], "width": o["width"], "seed": o["seed"],
-                  "steer_unconditional": o["steer_unconditional"], "allow_other_model": o["allow_other_model"],
-                  "batch_size": o["batch_size"], "task_args": task_args}
+    generation = _generation_settings(task, task_args, o)
     scoring = {"device": o["device"], **scoring}
-    from hsteer.checks import check_texts
-    from hsteer.evaluation.sharding import check_run_settings
-
-    check_texts("an --attributes or --watch text", [scoring.get("attributes"), scoring.get("watch")])
-    check_run_settings(generation)  # prompts UTF-8, windows that steer a step: before the folder is touched
-    if scoring.get("baseline_run"):
-        from hsteer.evaluation.baselines import check_baseline_run
-        from hsteer.evaluation.runs import GenerationSettings
-
-        check_baseline_run(scoring["baseline_run"], GenerationSettings.from_dict(generation))
-    if not o["no_score"]:
-        get_task(task).check_scoring(scoring)
+    _check_before_generating(task, generation, scoring, o["no_score"])
     state = process_state(o["device"])
     if state.is_main_process:
         prepare_run_dir(o["out_dir"], RunSettings(generation, scoring))
@@ -195,6 +159,54 @@ def _run(task: str, task_args: dict[str, Any], scoring: dict[str, Any], o: dict[
         return
     summary = score_run(o["out_dir"], progress=not o["quiet"])
     click.echo(summary_line(summary) + f"; report in {Path(o['out_dir']) / 'report.md'}")
+
+
+def _generation_settings(task: str, task_args: dict[str, Any], o: dict[str, Any]) -> dict[str, Any]:
+    """The run's generation settings from the options (a bad bank, group or --ratio fails here, not in a process)."""
+    from hsteer.hspace.bank import ConceptBank
+    from hsteer.model import sampling_defaults
+    from hsteer.policies import parse_window
+
+    policy = _policy(o)
+    window = parse_window(o["window"])
+    bank = None
+    if o["bank_path"] is not None:
+        from hsteer.hspace.hub import parse_bank_spec
+
+        source = parse_bank_spec(o["bank_path"])  # a local path is stored absolute, a Hub repo as given
+        bank = str(source.path.resolve()) if source.path is not None else str(o["bank_path"])
+        if policy.needs_bank:
+            policy.drawable(ConceptBank.load(bank))
+    if o["batch_size"] < 1:
+        raise HsteerError("--batch-size must be >= 1")
+    model = o["model"]
+    if model is not None and Path(model).exists():
+        model = str(Path(model).resolve())
+    defaults = sampling_defaults(model)
+    return {"task": task, "model": model, "dtype": o["dtype"], "policy": policy.to_spec(),
+            "bank": bank if policy.needs_bank else None, "window": list(window) if window else None,
+            "respect_prompt": bool(o["respect_prompt"]), "gate": o["gate"],
+            "steps": o["steps"] or defaults["steps"],
+            "guidance": o["guidance"] if o["guidance"] is not None else defaults["guidance"],
+            "height": o["height"], "width": o["width"], "seed": o["seed"],
+            "steer_unconditional": o["steer_unconditional"], "allow_other_model": o["allow_other_model"],
+            "batch_size": o["batch_size"], "task_args": task_args}
+
+
+def _check_before_generating(task: str, generation: dict[str, Any], scoring: dict[str, Any], no_score: bool) -> None:
+    """Texts, prompts, windows, the baseline run and the scorers: all checked before the folder is touched."""
+    from hsteer.checks import check_texts
+    from hsteer.evaluation.sharding import check_run_settings
+
+    check_texts("an --attributes or --watch text", [scoring.get("attributes"), scoring.get("watch")])
+    check_run_settings(generation)  # prompts UTF-8, windows that steer a step
+    if scoring.get("baseline_run"):
+        from hsteer.evaluation.baselines import check_baseline_run
+        from hsteer.evaluation.runs import GenerationSettings
+
+        check_baseline_run(scoring["baseline_run"], GenerationSettings.from_dict(generation))
+    if not no_score:
+        get_task(task).check_scoring(scoring)
 
 
 @click.group("eval")
