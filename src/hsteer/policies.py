@@ -79,29 +79,16 @@ def require_bank(bank: ConceptBank | None, policy: Policy | str) -> ConceptBank:
     return bank
 
 
-@dataclass(frozen=True)
-class PlainPolicy:
-    """No concept: the unmodified model."""
+class _DrawsNothing:
+    """What the policies without concepts share (plain, SLD): nothing to draw, target or gate."""
 
-    kind: ClassVar[str] = "plain"
     needs_bank: ClassVar[bool] = False
-    name: str = "plain"
 
     def drawable(self, bank: ConceptBank | None) -> set[str]:
         return set()
 
     def assign(self, bank: ConceptBank | None, image_seed: int) -> list[tuple[str, float]]:
         return []
-
-    def to_spec(self) -> dict[str, Any]:
-        return {"kind": self.kind}
-
-    @classmethod
-    def from_spec(cls, spec: Mapping[str, Any]) -> PlainPolicy:
-        return cls()
-
-    def describe(self) -> str:
-        return "plain"
 
     @property
     def label(self) -> str:
@@ -115,11 +102,28 @@ class PlainPolicy:
 
 
 @dataclass(frozen=True)
-class SldPolicy:
+class PlainPolicy(_DrawsNothing):
+    """No concept: the unmodified model."""
+
+    kind: ClassVar[str] = "plain"
+    name: str = "plain"
+
+    def to_spec(self) -> dict[str, Any]:
+        return {"kind": self.kind}
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> PlainPolicy:
+        return cls()
+
+    def describe(self) -> str:
+        return "plain"
+
+
+@dataclass(frozen=True)
+class SldPolicy(_DrawsNothing):
     """The SLD baseline: no concept, diffusers' safe pipeline with a preset (`evaluation.baselines`)."""
 
     kind: ClassVar[str] = "sld"
-    needs_bank: ClassVar[bool] = False
     preset: str = "medium"
     name: str = "sld"
 
@@ -127,12 +131,6 @@ class SldPolicy:
         if self.preset not in SLD_PRESETS:
             raise HsteerError(f"unknown SLD preset {self.preset!r}; use one of "
                               f"{', '.join('sld-' + p for p in SLD_PRESETS)}")
-
-    def drawable(self, bank: ConceptBank | None) -> set[str]:
-        return set()
-
-    def assign(self, bank: ConceptBank | None, image_seed: int) -> list[tuple[str, float]]:
-        return []
 
     def to_spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "preset": self.preset}
@@ -143,15 +141,6 @@ class SldPolicy:
 
     def describe(self) -> str:
         return f"sld-{self.preset}"
-
-    @property
-    def label(self) -> str:
-        return self.describe()
-
-    def targeted_groups(self, bank: ConceptBank | None) -> set[str]:
-        return set()
-
-    respect = staticmethod(unchanged)
 
 
 @dataclass(frozen=True)
