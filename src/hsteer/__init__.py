@@ -26,6 +26,8 @@ from hsteer.hspace import (
 )
 from hsteer.policies import POLICIES, ConceptPolicy, FairPolicy, PlainPolicy, SafePolicy, SldPolicy, policy_from_spec
 from hsteer.model import hspace_shape, load_pipeline, unet_fingerprint
+from hsteer.model.denoisers import site_shape
+from hsteer.model.sites import site_for, site_specs
 from hsteer.training import CodsmaConfig, RespoDiffConfig, SdiscConfig, TrainConfig, train_concept
 
 __all__ = [
@@ -61,6 +63,9 @@ __all__ = [
     "load_pipeline",
     "policy_from_spec",
     "remove_steering",
+    "site_for",
+    "site_shape",
+    "site_specs",
     "steer",
     "train_concept",
     "unet_fingerprint",

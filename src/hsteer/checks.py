@@ -352,9 +352,13 @@ def check_pipeline(pipe: Any, label: str = "pipe") -> Any:
         raise HsteerError(f"{label} must be a loaded diffusers pipeline, got the {type(pipe).__name__} "
                           f"{_shown(str(pipe))}; load it first: pipe = hsteer.load_pipeline({_shown(str(pipe))})")
     unet = getattr(pipe, "unet", None)
+    transformer = getattr(pipe, "transformer", None)
+    if callable(pipe) and unet is None and type(getattr(transformer, "_orig_mod", transformer)).__name__ in (
+            "SD3Transformer2DModel", "FluxTransformer2DModel", "SanaTransformer2DModel"):
+        return pipe  # a transformer pipeline: its sites are checked where one is chosen (hsteer.model.sites)
     if unet is None or not callable(pipe):
-        raise HsteerError(f"{label} must be a diffusers pipeline with a U-Net (SD 1.x/2.x or SDXL), got "
-                          f"{type(pipe).__name__}; load one with hsteer.load_pipeline(...)")
+        raise HsteerError(f"{label} must be a diffusers pipeline with a U-Net (SD 1.x/2.x or SDXL) or an SD3, FLUX "
+                          f"or SANA transformer, got {type(pipe).__name__}; load one with hsteer.load_pipeline(...)")
     if getattr(unet, "mid_block", None) is None or getattr(unet, "config", None) is None:
         raise HsteerError(f"{label}: the U-Net of this {type(pipe).__name__} has no mid-block, so no h-space to "
                           "steer; use an SD 1.x/2.x or SDXL pipeline")

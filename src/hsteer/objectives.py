@@ -1,8 +1,10 @@
 """The training objectives, each one short function beside its equation (docs/methods.md).
 
-Notation: z_t latents at timestep t (reached by the reverse process, no gradient), h the mid-block
-output, eps(z_t; h + c, y, t) the U-Net's noise prediction with c added to h under prompt y.
-All predictions are converted to epsilon, whatever the model predicts (SD 2.x predicts v).
+Notation: z_t latents at timestep t (reached by the reverse process, no gradient), h the steering site's
+tensor (the U-Net mid-block output by default), eps(z_t; h + c, y, t) the denoiser's prediction with c
+added to h under prompt y. On a U-Net every prediction is converted to epsilon (SD 2.x predicts v); on the
+flow models (SD3, FLUX, SANA) it is the velocity they predict (`schedule.prediction`,
+`hsteer.model.denoisers`): the same equations on what the model actually predicts.
 
 The losses take predictions, not models: both training modes (fast and reference) compute the
 predictions their own way (`eps`, `frozen_eps`) and then call exactly these functions.
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from hsteer.hspace.site import MID_BLOCK
 from hsteer.hspace.steering import SteeringConfig, steer
 from hsteer.model.diffusion import DDIMSchedule, TextCondition, guidance_combination, unet_output
 
@@ -23,8 +26,9 @@ def eps(unet, schedule: DDIMSchedule, z_t: torch.Tensor, t: torch.Tensor, y: Tex
         c: torch.Tensor | None = None) -> torch.Tensor:
     """eps(z_t; h + c, y, t); `c=None` is the frozen, unmodified model. With a trainable c the gradient
     reaches c through the up blocks only: the U-Net is frozen and nothing before h + c needs a gradient."""
-    with steer(unet, SteeringConfig(c, guided=False) if c is not None else None, name="hsteer-train"):
-        return schedule.to_epsilon(unet_output(unet, z_t, t, y), z_t, t)
+    module, site = getattr(unet, "module", unet), getattr(unet, "site", MID_BLOCK)  # a Denoiser, or a bare U-Net
+    with steer(module, SteeringConfig(c, guided=False) if c is not None else None, name="hsteer-train", site=site):
+        return schedule.prediction(unet_output(unet, z_t, t, y), z_t, t)
 
 
 @torch.no_grad()
@@ -32,7 +36,7 @@ def frozen_eps(unet, schedule: DDIMSchedule, z_t: torch.Tensor, t: torch.Tensor,
                prompts: Sequence[TextCondition]) -> list[torch.Tensor]:
     """[eps(z_t; h, y, t) for y in prompts]: the frozen model's predictions, in one U-Net batch."""
     n = len(prompts)
-    both = eps(unet, schedule, z_t.repeat(n, 1, 1, 1), t.repeat(n), TextCondition.cat(list(prompts)))
+    both = eps(unet, schedule, z_t.repeat(n, *(1,) * (z_t.dim() - 1)), t.repeat(n), TextCondition.cat(list(prompts)))
     return list(both.chunk(n))
 
 

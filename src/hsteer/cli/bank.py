@@ -33,7 +33,11 @@ def bank_show(bank_path, as_json) -> None:
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    click.echo(f"{bank_path}: h-space {tuple(info['hspace_shape'])}, U-Net {info['unet_fingerprint']}")
+    if info["site"] == "mid_block" and info["family"] == "unet":
+        click.echo(f"{bank_path}: h-space {tuple(info['hspace_shape'])}, U-Net {info['unet_fingerprint']}")
+    else:
+        click.echo(f"{bank_path}: site {info['site']} {tuple(info['hspace_shape'])} of a {info['family']} model "
+                   f"{info['unet_fingerprint']}")
     for c in info["concepts"]:
         tensors = ", ".join(f"{k}{tuple(v)}" for k, v in c["tensors"].items())
         prompts = " ".join(f"{k}={c[k]!r}" for k in ("neutral", "target", "negative") if c.get(k))

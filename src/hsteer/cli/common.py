@@ -96,7 +96,8 @@ def model_options(fn):
                       callback=lambda ctx, param, value: resolve_device(value),
                       help="torch device, e.g. cuda, cuda:1, cpu; auto: cuda, then mps, then cpu.")(fn)
     fn = click.option("--model", default=None,
-                      help="Hub id or local diffusers folder (SD 1.x/2.x or SDXL). Default: the bundled world model.")(fn)
+                      help="Hub id or local diffusers folder (SD 1.x/2.x, SDXL, SD3, FLUX or SANA). Default: the "
+                           "bundled world model.")(fn)
     return fn
 
 

@@ -20,12 +20,15 @@ from hsteer.cli.options import build_policy, policy_options, sampling_options
 @click.option("--init-image", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="img2img: start from this image (the model's img2img pipeline).")
 @click.option("--strength", default=None, type=float, help="img2img strength (default 0.8 with --init-image).")
+@click.option("--site", default=None, metavar="SITE",
+              help="The steering site the bank's concepts must live at (default: the bank's own site); a bank of "
+                   "another site is refused.")
 @click.option("--overwrite", is_flag=True, help="Replace the images and manifest already in --out.")
 @click.option("--resume", is_flag=True, help="Finish an interrupted run in --out (same settings).")
 @one_line_errors
 def generate(model, device, dtype, prompts, num_images, seed, out_dir, bank_path, fair, safe, concepts, scales,
              steps, guidance, batch_size, height, width, steer_unconditional, allow_other_model, ratios, window,
-             respect_prompt, gate, init_image, strength, overwrite, resume) -> None:
+             respect_prompt, gate, init_image, strength, site, overwrite, resume) -> None:
     """Generate images (plain, fair, safe or with explicit concepts) and write manifest.jsonl."""
     from hsteer.checks import check_device
     from hsteer.errors import HsteerError
@@ -45,6 +48,10 @@ def generate(model, device, dtype, prompts, num_images, seed, out_dir, bank_path
     check_generate_settings(prompts, num_images, seed, steps, guidance, batch_size, height, width, cli=True)
     steer_window = parse_window(window)
     bank = ConceptBank.load(bank_path) if bank_path else None
+    if site is not None and (bank is None or bank.site_spec != site.strip()):
+        raise HsteerError(f"--site {site}: " + (f"the bank's concepts live at site {bank.site_spec}; train a bank at "
+                                                f"{site} (hsteer train --site {site})" if bank is not None
+                                                else "a site needs --bank"))
     if policy.needs_bank:
         require_bank(bank, policy)
         from hsteer.hspace.bankcheck import check_bank_windows  # windows (--window or stored) that steer no step

@@ -14,6 +14,7 @@ from hsteer.cli.bank import bank
 from hsteer.cli.common import EXIT_ERROR
 from hsteer.cli.eval import eval_group, q16_group, score
 from hsteer.cli.generate import generate
+from hsteer.cli.sites import sites
 from hsteer.cli.train import train
 from hsteer.cli.ui import ui
 from hsteer.errors import TerminatedError
@@ -86,7 +87,7 @@ def main() -> None:
     """
 
 
-for command in (train, generate, bank, demo, compare, world, eval_group, score, q16_group, ui):
+for command in (train, generate, bank, demo, compare, world, eval_group, score, q16_group, ui, sites):
     main.add_command(command)
 
 

@@ -41,6 +41,9 @@ from hsteer.errors import HsteerError
                    "batch cycle through them), e.g. --pair 'a photo of a Black person' 'a photo of a Black woman'.")
 @click.option("--window", default=None, metavar="START,END",
               help="Learn and apply the concept only in these fractions of the denoising steps, e.g. 0.4,1.0.")
+@click.option("--site", default=None, metavar="SITE",
+              help="Steering site: mid_block (U-Net), transformer_blocks.N, single_transformer_blocks.N (FLUX) or text "
+                   "(an offset on the prompt embeddings). Default: the model's default site.")
 @click.option("--mode", type=click.Choice(["fast", "reference"]), default="fast", show_default=True,
               help="fast: reuse staggered reverse trajectories for every training signal; reference: the papers' "
                    "fresh reverse process per sample (slow; for comparison).")
@@ -53,7 +56,7 @@ from hsteer.errors import HsteerError
 @one_line_errors
 def train(model, device, dtype, objective, bank_path, concept, group, neutral, target, negative, iterations,
           batch_size, steps, lr, target_guidance, sampling_guidance, seed, init_std, lr_sam, lam, sdisc_images,
-          sdisc_epochs, height, width, pairs, window, mode, gradient_checkpointing, checkpoint_every, resume,
+          sdisc_epochs, height, width, pairs, window, site, mode, gradient_checkpointing, checkpoint_every, resume,
           allow_other_model) -> None:
     """Learn a concept and add (or replace) it in a bank.
 
@@ -73,7 +76,7 @@ def train(model, device, dtype, objective, bank_path, concept, group, neutral, t
         objective, concept=concept, group=group, neutral=neutral, target=target, negative=negative,
         iterations=iterations, batch_size=batch_size, steps=steps, lr=lr, target_guidance=target_guidance,
         sampling_guidance=sampling_guidance, seed=seed, init_std=init_std, height=height, width=width, mode=mode,
-        pairs=tuple(tuple(pair) for pair in pairs) or None, window=parse_window(window), **extras)
+        pairs=tuple(tuple(pair) for pair in pairs) or None, window=parse_window(window), site=site, **extras)
     config.validate()
     check_bank_target(bank_path, config.concept, checkpoint_every)
     pipe = load_quietly(model, check_device(device, "--device"), dtype)

@@ -249,11 +249,12 @@ def _generate(shard: Shard, gen: GenerationSettings, pipe, policy, label: str, b
     """Make the shard's missing images in batches (one guidance scale per batch); returns how many."""
     from tqdm.auto import tqdm
 
-    from hsteer.model import pipeline_hspace_shape, resolve_resolution
+    from hsteer.model import resolve_resolution
+    from hsteer.model.denoisers import site_shape
 
     height, width = resolve_resolution(pipe, gen.height, gen.width)
     if bank is not None and policy.needs_bank:
-        bank.check_compatible(pipe.unet, pipeline_hspace_shape(pipe, height, width),
+        bank.check_compatible(pipe, site_shape(pipe, bank.site_of(pipe), height, width),
                               allow_other_model=bool(gen.allow_other_model))
     shard.recover(gen, label, height, width)
     shard.flush()

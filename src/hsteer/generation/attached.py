@@ -13,7 +13,8 @@ from hsteer.generation.deltas import window_deltas
 from hsteer.generation.draws import draw_for, prompt_gate
 from hsteer.hspace.attach import Layer, PipelineSteering, add_layer, remove_layer, steering_of
 from hsteer.hspace.bank import ConceptBank
-from hsteer.model.geometry import pipeline_hspace_shape
+from hsteer.model.denoisers import site_shape
+from hsteer.model.sites import site_for
 from hsteer.policies import Policy, check_policy_object, require_bank
 
 #: The name of attach's layer in a pipeline's steering.
@@ -46,8 +47,9 @@ def attach(pipe, bank: ConceptBank | None, policy: Policy, *, scale: float = 1.0
                                  allow_other_model=allow_other_model, label="attach: ")
     policy = check_policy_object(policy)
     check_flags(respect_prompt=respect_prompt)
+    site = bank.site_of(pipe) if bank is not None else site_for(pipe)
     if policy.needs_bank:
-        require_bank(bank, policy).check_compatible(pipe.unet, pipeline_hspace_shape(pipe),
+        require_bank(bank, policy).check_compatible(pipe, _attach_shape(pipe, bank, site),
                                                     allow_other_model=allow_other_model)
         policy.drawable(bank)  # unknown concepts, groups or ratios fail now, not in the middle of a call
     shape = tuple(bank.hspace_shape) if bank is not None and bank.hspace_shape else None
@@ -58,7 +60,18 @@ def attach(pipe, bank: ConceptBank | None, policy: Policy, *, scale: float = 1.0
         info = [[{"name": n, "scale": c} for n, c in draw] for draw in draws]
         return window_deltas(bank, draws, shape, window), info
 
-    return add_layer(pipe, ATTACHED, Layer(provide, float(scale), steer_unconditional, label=policy.describe()))
+    return add_layer(pipe, ATTACHED, Layer(provide, float(scale), steer_unconditional, label=policy.describe()),
+                     site)
+
+
+def _attach_shape(pipe, bank: ConceptBank, site) -> tuple[int, ...]:
+    """The shape a bank must have to be attached: the U-Net's h-space at its native size (as always). At a
+    transformer's site the token count depends on each call's image size (and is checked by the hook at
+    every call), so only the width, which no size changes, is checked here."""
+    shape = site_shape(pipe, site)
+    if site.kind == "output" or not bank.hspace_shape:
+        return shape
+    return (*tuple(bank.hspace_shape)[:-1], shape[-1])
 
 
 def detach(pipe) -> None:

@@ -26,7 +26,10 @@ from hsteer.generation.records import GenerationOutput, ImageJob, ImageRecord
 from hsteer.hspace.attach import Layer, only_layer, steering_of
 from hsteer.hspace.bank import ConceptBank
 from hsteer.hspace.hook import check_window
-from hsteer.model.geometry import pipeline_hspace_shape, resolve_resolution
+from hsteer.hspace.site import MID_BLOCK, SteeringSite
+from hsteer.model.denoisers import call_defaults, site_shape
+from hsteer.model.geometry import resolve_resolution
+from hsteer.model.sites import denoiser_of
 from hsteer.checks import check_flags, check_pipeline, check_steering_args, check_strength
 from hsteer.hspace.bankcheck import check_bank_windows
 from hsteer.outputs import OutputFolder, check_generate_settings, check_images_finite
@@ -39,16 +42,24 @@ def image_jobs(prompts: Sequence[str], num_images: int, seed: int) -> Iterator[t
     return ((p, i, seed + i) for p in prompts for i in range(num_images))
 
 
-def _resolution_and_shape(pipe, height: int | None, width: int | None,
-                          image: Any = None) -> tuple[int, int, tuple[int, int, int]]:
-    """The image size (the init image's, else the model's native one, where not given) and the h-space
-    shape at that size."""
+def _resolution_and_shape(pipe, height: int | None, width: int | None, image: Any = None,
+                          site: SteeringSite | None = None) -> tuple[int, int, tuple[int, ...] | None]:
+    """The image size (the init image's, else the model's native one, where not given) and the shape of a
+    concept at `site` at that size (None without a site: nothing is steered)."""
     if image is not None and not (height and width):
         size = _image_size(image)
         if size is not None:
             height, width = height or size[0], width or size[1]
     height, width = resolve_resolution(pipe, height, width)
-    return height, width, pipeline_hspace_shape(pipe, height, width)
+    return height, width, site_shape(pipe, site, height, width) if site is not None else None
+
+
+def _site(pipe, bank: ConceptBank | None) -> SteeringSite | None:
+    """Where this run steers: the bank's site, else the site of the pipeline's own steering, else nowhere."""
+    if bank is not None:
+        return bank.site_of(pipe)
+    steering = steering_of(pipe)
+    return steering.site if steering is not None else None
 
 
 def _image_size(image: Any) -> tuple[int, int] | None:
@@ -98,12 +109,8 @@ def generate(pipe, prompts: str | Sequence[str], *, num_images_per_prompt: int =
     strength = check_strength("strength", strength)
     check_generate_settings(prompts, num_images_per_prompt, seed, steps, guidance, batch_size, height, width,
                             negative_prompt=negative_prompt)
-    height, width, shape = _resolution_and_shape(pipe, height, width, image)
-    if policy.needs_bank:
-        require_bank(bank, policy).check_compatible(pipe.unet, shape, allow_other_model=allow_other_model)
-        # unknown concepts, groups or ratios, and windows that steer no step, fail before any folder is touched
-        check_bank_windows(bank, policy.drawable(bank), steps, window, strength if image is not None else None,
-                           label="window")
+    height, width = _check_against_bank(pipe, bank, policy, steps, window, height, width, image, strength,
+                                        allow_other_model)
     images, masks = _per_prompt(image, prompts, "image"), _per_prompt(mask_image, prompts, "mask_image")
     prompt_reader = prompt_gate(pipe, bank, policy, respect_prompt, gate)
     folder = OutputFolder(out_dir, overwrite=overwrite, resume=resume) if out_dir is not None else None
@@ -130,6 +137,20 @@ def generate(pipe, prompts: str | Sequence[str], *, num_images_per_prompt: int =
     finally:
         if folder is not None:
             folder.close()  # the folder's lock goes at once, on an error too
+
+
+def _check_against_bank(pipe, bank: ConceptBank | None, policy: Policy, steps: int,
+                        window: tuple[float, float] | None, height: int | None, width: int | None, image: Any,
+                        strength: float | None, allow_other_model: bool) -> tuple[int, int]:
+    """The call's resolution, once the bank fits the model at its site there and its concepts, groups,
+    ratios and windows are valid (a window that steers no step fails here, before any folder is touched)."""
+    site = require_bank(bank, policy).site_of(pipe) if policy.needs_bank else None
+    height, width, shape = _resolution_and_shape(pipe, height, width, image, site)
+    if policy.needs_bank:
+        bank.check_compatible(pipe, shape, allow_other_model=allow_other_model)
+        check_bank_windows(bank, policy.drawable(bank), steps, window, strength if image is not None else None,
+                           label="window")
+    return height, width
 
 
 def _per_prompt(value: Any, prompts: list[str], what: str) -> dict[str, Any]:
@@ -175,15 +196,17 @@ def generate_jobs(pipe, jobs: Iterable[ImageJob], bank: ConceptBank | None, poli
     stream = iter(jobs)
     batch = list(itertools.islice(stream, batch_size))
     first_image = next((job.inputs["image"] for job in batch if "image" in job.inputs), None)
-    height, width, shape = _resolution_and_shape(pipe, height, width, first_image)
+    site = _site(pipe, bank)
+    height, width, shape = _resolution_and_shape(pipe, height, width, first_image, site)
     out_path = Path(out_dir) if out_dir is not None else None
     if out_path is not None:
         out_path.mkdir(parents=True, exist_ok=True)
     images, records, count = [], [], 0
-    device = torch.device(getattr(pipe, "_execution_device", None) or pipe.unet.device)
+    device = torch.device(getattr(pipe, "_execution_device", None) or denoiser_of(pipe).device)
     gen_device = "cpu" if device.type == "mps" else device
     sizes = {k: v for k, v in (("height", height), ("width", width)) if _accepts(pipe, k)}
-    call = {"num_inference_steps": steps, "guidance_scale": guidance, **sizes, **(pipe_kwargs or {})}
+    call = {"num_inference_steps": steps, "guidance_scale": guidance, **sizes, **call_defaults(pipe),
+            **(pipe_kwargs or {})}
     if strength is not None:
         call["strength"] = strength
     total = len(jobs) if total is None and isinstance(jobs, Sequence) else total
@@ -193,7 +216,7 @@ def generate_jobs(pipe, jobs: Iterable[ImageJob], bank: ConceptBank | None, poli
                       label=policy_name)
         # a plain batch on an unsteered pipeline is called as it is (it may be a wrapper, e.g. the SLD baseline)
         steered = any(job.concepts for job in batch) or steering_of(pipe) is not None
-        with only_layer(pipe, layer) if steered else contextlib.nullcontext():
+        with only_layer(pipe, layer, site or MID_BLOCK) if steered else contextlib.nullcontext():
             result = pipe([job.prompt for job in batch], output_type="np",
                           **_batch_kwargs(call, batch, gen_device, negative_prompt))
         check_images_finite(result.images, batch, guidance)

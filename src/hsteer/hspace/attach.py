@@ -29,13 +29,14 @@ from hsteer.checks import check_window_covers_steps
 from hsteer.errors import HsteerError
 from hsteer.hspace.hook import WindowRows, release_hook, steering_hook
 from hsteer.hspace.site import MID_BLOCK, SteeringSite, base_module
+from hsteer.model.sites import batches_guidance
 
 _STATE_ATTR = "_hsteer_steering"
 
 
 @dataclass(frozen=True)
 class WindowDeltas:
-    """Per-image deltas `(B, C, h, w)` (float) added inside the step window [start, end)."""
+    """Per-image deltas `(B, *site shape)` (float) added inside the step window [start, end)."""
 
     start: float
     end: float
@@ -110,7 +111,7 @@ class PipelineSteering:
         seeds = self.image_seeds(arguments.get("generator"), n_images, per_prompt)
         denoiser = self.site.denoiser(pipe)
         base = base_module(denoiser)
-        guided = (float(arguments.get("guidance_scale", 1.0)) > 1.0
+        guided = (float(arguments.get("guidance_scale", 1.0)) > 1.0 and batches_guidance(base)
                   and getattr(base.config, "time_cond_proj_dim", None) is None)
         device = getattr(pipe, "_execution_device", None) or base.device
         windows = self.windows(seeds, _image_prompts(arguments, n_images, per_prompt), guided, device, base.dtype)
@@ -207,8 +208,11 @@ def add_layer(pipe, name: str, layer: Layer, site: SteeringSite = MID_BLOCK) -> 
         raise HsteerError(f"{type(pipe).__name__} is not a diffusers pipeline with `{site.denoiser_attr}`; "
                           "pass a StableDiffusion(XL)Pipeline (or steer a bare U-Net with hsteer.steer)")
     denoiser = site.denoiser(pipe)
-    hook = steering_hook(denoiser, site)  # registered now, so that a later torch.compile traces it
     steering = pipe.__dict__.get(_STATE_ATTR)
+    if steering is not None and steering.site != site:
+        raise HsteerError(f"the pipeline is already steered at {steering.site.label}; one pipeline is steered at one "
+                          f"site at a time: detach or leave that steering before steering {site.label}")
+    hook = steering_hook(denoiser, site)  # registered now, so that a later torch.compile traces it
     if steering is None:
         steering = pipe.__dict__[_STATE_ATTR] = PipelineSteering(site)
         pipe.__class__ = _steered_class(type(pipe))

@@ -4,7 +4,14 @@ Layout of the file: tensor `"<concept>/<tensor>"` for each tensor of each concep
 `c`; RespoDiff: `ram` and `sam`), and the JSON metadata under the header key `"hsteer"`:
 
     {"format": 1, "hsteer_version": ..., "hspace_shape": [C, h, w], "unet_fingerprint": ...,
+     "site": "mid_block", "family": "unet",
      "concepts": {"<name>": {"group": ..., "objective": ..., "tensors": [...], "meta": {...}}}}
+
+A bank's concepts live at one steering site of one denoiser family (`hsteer.model.sites`): `site` is the
+site's spec (`mid_block`, `transformer_blocks.N`, `single_transformer_blocks.N`, `text`) and
+`hspace_shape` the shape of one concept there (`[C, h, w]` at the mid-block, `[tokens, width]`
+elsewhere); each concept's meta records its own site and shape too. Banks written before sites existed
+have neither key and read as the U-Net mid-block.
 
 No pickles anywhere: loading a bank can never run code.
 """
@@ -29,6 +36,7 @@ import hsteer.hspace.hub as hub
 from hsteer.hspace.bankcheck import check_concept_meta, check_finite_concepts, check_header, parse_header
 from hsteer.hspace.hub import DEFAULT_WEIGHT_NAME
 from hsteer.model.geometry import hspace_shape, unet_fingerprint
+from hsteer.model.sites import FAMILY_NAMES, SteeringSite, denoiser_of, family_of, site_for
 
 FORMAT_VERSION = 1
 
@@ -69,6 +77,12 @@ class Concept:
         return tuple(next(iter(self.tensors.values())).shape)
 
     @property
+    def site(self) -> str | None:
+        """The spec of the site the concept was learned at (None: made before sites were recorded)."""
+        site = self.meta.get("site")
+        return str(site) if site is not None else None
+
+    @property
     def window(self) -> tuple[float, float] | None:
         """The denoising-step window the concept was learned for and acts in (None: every step)."""
         window = self.meta.get("window")
@@ -88,15 +102,17 @@ class Concept:
 
 
 class ConceptBank:
-    """Named concepts for one model's h-space.
+    """Named concepts for one model's steering site (by default the U-Net's h-space).
 
-    `hspace_shape` and `unet_fingerprint` are fixed by the first concept added (or given).
+    `hspace_shape`, `unet_fingerprint`, `site` and `family` are fixed by the first concept added (or given);
+    a bank with neither site nor family given is a U-Net mid-block bank.
     """
 
     def __init__(self, hspace_shape: Iterable[int] | None = None, unet_fingerprint: str | None = None,
-                 concepts: Iterable[Concept] = ()) -> None:
+                 concepts: Iterable[Concept] = (), site: str | None = None, family: str | None = None) -> None:
         self.hspace_shape = tuple(hspace_shape) if hspace_shape is not None else None
         self.unet_fingerprint = unet_fingerprint
+        self.site, self.family = site, family
         self._concepts: dict[str, Concept] = {}
         for concept in concepts:
             self.add(concept)
@@ -135,7 +151,28 @@ class ConceptBank:
             raise UnknownConceptError(f"unknown group {group!r}; this bank's groups: {known}")
         return members
 
+    @property
+    def site_spec(self) -> str:
+        """The site every concept of the bank acts at (`mid_block` for banks made before sites)."""
+        return self.site or "mid_block"
+
+    @property
+    def family_name(self) -> str:
+        return self.family or "unet"
+
+    def _adopt_site(self, concept: Concept) -> None:
+        """The bank's site and family are its concepts': a concept of another site or family is refused."""
+        site, family = concept.meta.get("site"), concept.meta.get("family")
+        if not self._concepts:
+            self.site, self.family = self.site or site, self.family or family
+        if (site or "mid_block") != self.site_spec or (family or "unet") != self.family_name:
+            raise ModelMismatchError(f"concept {concept.name!r} lives at site {site or 'mid_block'} of a "
+                                     f"{FAMILY_NAMES.get(family or 'unet', family)} model, this bank at "
+                                     f"{self.site_spec} of a {FAMILY_NAMES.get(self.family_name, self.family_name)}"
+                                     " model; keep each site's concepts in their own bank")
+
     def add(self, concept: Concept, replace: bool = True) -> None:
+        self._adopt_site(concept)
         if self.hspace_shape is None:
             self.hspace_shape = concept.shape
         if concept.shape != self.hspace_shape:
@@ -158,7 +195,7 @@ class ConceptBank:
 
     def merge(self, other: ConceptBank, replace: bool = False) -> ConceptBank:
         """A new bank with the concepts of both; on a name clash `other` wins only if `replace`."""
-        merged = ConceptBank(self.hspace_shape, self.unet_fingerprint, self)
+        merged = ConceptBank(self.hspace_shape, self.unet_fingerprint, self, self.site, self.family)
         if other.unet_fingerprint and merged.unet_fingerprint and other.unet_fingerprint != merged.unet_fingerprint:
             raise ModelMismatchError(f"cannot merge banks of different U-Nets ({merged.unet_fingerprint} vs "
                                      f"{other.unet_fingerprint})")
@@ -167,12 +204,17 @@ class ConceptBank:
         return merged
 
     # --- validation -----------------------------------------------------------------------------
-    def check_compatible(self, unet, expected_shape: tuple[int, int, int] | None = None,
+    def check_compatible(self, unet, expected_shape: tuple[int, ...] | None = None,
                          allow_other_model: bool = False) -> None:
-        """Refuse to steer a U-Net whose h-space shape (never overridable) or config differs."""
+        """Refuse to steer a denoiser (or a pipeline's) of another family, or whose shape at the bank's site
+        (both never overridable) or config differs. `expected_shape`: the site's shape at the size to be
+        made (a U-Net's native h-space when not given)."""
+        unet = denoiser_of(unet)
+        self.check_family(unet)
         shape = tuple(expected_shape) if expected_shape is not None else hspace_shape(unet)
         if self.hspace_shape is not None and tuple(self.hspace_shape) != shape:
-            raise ShapeMismatchError(f"the bank's concepts have shape {self.hspace_shape} but the model's h-space "
+            where = "h-space" if self.site_spec == "mid_block" else f"site {self.site_spec}"
+            raise ShapeMismatchError(f"the bank's concepts have shape {self.hspace_shape} but the model's {where} "
                                      f"is {shape} at this resolution; use a bank learned for this model and size")
         fingerprint = unet_fingerprint(unet)
         if self.unet_fingerprint and fingerprint != self.unet_fingerprint and not allow_other_model:
@@ -180,11 +222,27 @@ class ConceptBank:
                                      f"this model: {fingerprint}); retrain it for this model, or pass "
                                      "allow_other_model=True (CLI: --allow-other-model) if you know they match")
 
+    def check_family(self, pipe_or_denoiser) -> None:
+        """Refuse a model of another family than the bank's (never overridable: the sites differ)."""
+        family = family_of(pipe_or_denoiser)
+        if self.family is None and not self._concepts:  # a new, empty bank takes its first concept's family
+            return
+        if family != self.family_name:
+            raise ModelMismatchError(f"this bank's concepts were learned at site {self.site_spec} of a "
+                                     f"{FAMILY_NAMES.get(self.family_name, self.family_name)} model; this model is "
+                                     f"{FAMILY_NAMES[family]}: train a bank for it (hsteer train --model ...)")
+
+    def site_of(self, pipe_or_denoiser) -> SteeringSite:
+        """The bank's site on this model (refused on a model of another family, or without that site)."""
+        self.check_family(pipe_or_denoiser)
+        return site_for(pipe_or_denoiser, self.site_spec)
+
     # --- files ----------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
+        concepts = [{**c.describe(), "site": c.site or self.site_spec} for c in self]
         return {"format": FORMAT_VERSION, "hspace_shape": list(self.hspace_shape or []),
-                "unet_fingerprint": self.unet_fingerprint, "groups": self.groups(),
-                "concepts": [c.describe() for c in self]}
+                "unet_fingerprint": self.unet_fingerprint, "site": self.site_spec, "family": self.family_name,
+                "groups": self.groups(), "concepts": concepts}
 
     def save(self, path: str | Path) -> Path:
         """Write atomically: a failed save leaves any earlier file at `path` intact.
@@ -201,6 +259,7 @@ class ConceptBank:
                    for c in self for k, v in c.tensors.items()}
         header = {"format": FORMAT_VERSION, "hsteer_version": __version__,
                   "hspace_shape": list(self.hspace_shape or []), "unet_fingerprint": self.unet_fingerprint,
+                  "site": self.site_spec, "family": self.family_name,
                   "concepts": {c.name: {"group": c.group, "objective": c.objective, "tensors": list(c.tensors),
                                         "meta": c.meta} for c in self}}
         try:
@@ -269,7 +328,8 @@ class ConceptBank:
     def _from_header(cls, path: Path, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> ConceptBank:
         """The bank of a checked header; any remaining inconsistency names the bank file."""
         try:
-            bank = cls(header["hspace_shape"] or None, header.get("unet_fingerprint"))
+            bank = cls(header["hspace_shape"] or None, header.get("unet_fingerprint"), site=header.get("site"),
+                       family=header.get("family"))
             for name, entry in header["concepts"].items():
                 parts = {k: tensors[f"{name}/{k}"] for k in entry["tensors"]}
                 bank.add(Concept(name, entry["group"], entry["objective"], parts, entry.get("meta", {})))

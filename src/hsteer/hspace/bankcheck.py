@@ -70,8 +70,11 @@ def check_header(path: Path, header: Any, tensors: dict[str, torch.Tensor]) -> N
         raise _corrupt(path, f"its 'hsteer' header is a {type(header).__name__}, not an object")
     shape = header.get("hspace_shape")
     if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
-                                              for n in shape) or len(shape) not in (0, 3):
-        raise _corrupt(path, "'hspace_shape' is not a list of three positive integers")
+                                              for n in shape) or len(shape) not in (0, 2, 3):
+        raise _corrupt(path, "'hspace_shape' is not a list of two or three positive integers")
+    for key in ("site", "family"):
+        if header.get(key) is not None and not isinstance(header[key], str):
+            raise _corrupt(path, f"'{key}' is not a string")
     fingerprint = header.get("unet_fingerprint")
     if fingerprint is not None and not isinstance(fingerprint, str):
         raise _corrupt(path, "'unet_fingerprint' is not a string")

@@ -15,6 +15,11 @@ step) arms it; it adds what it holds to the site's output, and nothing while dis
 The current step comes from one explicit source: whoever drives the denoising loop calls
 `set_step(i, total)` (hsteer's pipeline wrapper does it from the pipeline's `callback_on_step_end`,
 outside the compiled region). The hook never guesses the step.
+
+What "the site's output" is depends on the site (`hsteer.model.sites`): the mid-block's tensor, the image
+tokens of a transformer block's output (one element of its tuple, or the trailing tokens of a stream that
+holds text and image tokens), or, at the text site, the `encoder_hidden_states` the denoiser is called
+with (added before its forward). One hook class serves every site; only the data differs.
 """
 
 from __future__ import annotations
@@ -56,17 +61,19 @@ class WindowRows:
 
 @dataclass(frozen=True)
 class DirectDelta:
-    """A delta added at every call while armed: `(C, h, w)` for every image or `(B, C, h, w)`, one per image."""
+    """A delta added at every call while armed: one image's shape (`(C, h, w)`, or `(N, D)` at a token
+    site) for every image, or one more leading dimension, one per image."""
 
     delta: torch.Tensor
     guided: bool = False
     steer_unconditional: bool = False
 
 
-def lay_out(delta: torch.Tensor, rows: int, guided: bool, steer_unconditional: bool) -> torch.Tensor:
+def lay_out(delta: torch.Tensor, rows: int, guided: bool, steer_unconditional: bool, ndim: int = 3) -> torch.Tensor:
     """`delta` arranged for a denoiser batch of `rows`: diffusers lays guidance batches out as
-    [uncond, cond]; the unconditional half gets zeros unless `steer_unconditional`."""
-    if delta.dim() == 3:
+    [uncond, cond]; the unconditional half gets zeros unless `steer_unconditional`. `ndim`: the
+    dimensions of one image's delta at the site (a delta with one more is one row per image)."""
+    if delta.dim() == ndim:
         if not guided or steer_unconditional:
             return delta  # broadcast over every row
         half = rows // 2
@@ -82,12 +89,13 @@ def lay_out(delta: torch.Tensor, rows: int, guided: bool, steer_unconditional: b
     return torch.cat([torch.zeros_like(delta) if i < first else delta for i in range(rows // images)])
 
 
-def _check_shape(delta: torch.Tensor, h: torch.Tensor) -> None:
-    if delta.shape[-3:] != h.shape[-3:]:
+def _check_shape(delta: torch.Tensor, h: torch.Tensor, ndim: int = 3) -> None:
+    if delta.shape[-ndim:] != h.shape[-ndim:]:
         raise ShapeMismatchError(
-            f"concept shape {tuple(delta.shape[-3:])} does not match this model's h-space {tuple(h.shape[-3:])} "
-            "at this resolution; generate at the resolution the concept was learned at, or learn it for this "
-            "model and size")
+            f"concept shape {tuple(delta.shape[-ndim:])} does not match this model's "
+            f"{'h-space' if ndim == 3 else 'steering site'} {tuple(h.shape[-ndim:])} at this resolution; "
+            "generate at the resolution (and, at the text site, the prompt length) the concept was learned at, "
+            "or learn it for this model and size")
 
 
 class SteeringHook(ModelHook):
@@ -104,19 +112,54 @@ class SteeringHook(ModelHook):
         self.users = 0  # attached pipelines that keep the hook registered between calls
 
     # --- the forward pass ---------------------------------------------------------------------------
-    def post_forward(self, module: torch.nn.Module, output: torch.Tensor) -> torch.Tensor:
-        h = output
+    def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
+        """At the text site: add to the prompt embeddings the denoiser is called with."""
+        if self.site.kind != "text" or not self.armed:
+            return args, kwargs
+        if "encoder_hidden_states" in kwargs:
+            kwargs = {**kwargs, "encoder_hidden_states": self._add(kwargs["encoder_hidden_states"])}
+        elif len(args) > 2 and self.site.denoiser_attr == "unet":  # unet(sample, timestep, encoder_hidden_states)
+            args = (*args[:2], self._add(args[2]), *args[3:])
+        else:
+            raise HsteerError(f"{type(module).__name__} was called without encoder_hidden_states, so the text site "
+                              "has nothing to steer; call it with encoder_hidden_states=...")
+        return args, kwargs
+
+    def post_forward(self, module: torch.nn.Module, output):
+        if self.site.kind == "text" or not self.armed:
+            return output
+        if self.site.kind == "output":
+            return self._add(output)
+        index = self.site.output_index
+        if index is None:
+            return self._add_tokens(output)
+        return (*output[:index], self._add_tokens(output[index]), *output[index + 1:])
+
+    def _add_tokens(self, h: torch.Tensor) -> torch.Tensor:
+        """Image tokens only: a stream that also holds text tokens (text first, as diffusers concatenates
+        them) is steered on its trailing image tokens."""
+        tokens = self._tokens()
+        if tokens is None or h.shape[1] <= tokens:
+            return self._add(h)
+        return torch.cat([h[:, :-tokens], self._add(h[:, -tokens:])], dim=1)
+
+    def _tokens(self) -> int | None:
+        armed = [e.delta for e in self.direct.values()] + self.buffers
+        return int(armed[0].shape[-2]) if armed else None
+
+    def _add(self, h: torch.Tensor) -> torch.Tensor:
+        ndim = self.site.ndim
         for entry in self.direct.values():
             delta = entry.delta.to(device=h.device, dtype=h.dtype)
-            _check_shape(delta, h)
-            h = h + lay_out(delta, h.shape[0], entry.guided, entry.steer_unconditional)
+            _check_shape(delta, h, ndim)
+            h = h + lay_out(delta, h.shape[0], entry.guided, entry.steer_unconditional, ndim)
         for buf in self.buffers:
-            h = h + self._fit(buf, h)
+            h = h + self._fit(buf, h, ndim)
         return h
 
     @staticmethod
-    def _fit(buf: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        _check_shape(buf, h)
+    def _fit(buf: torch.Tensor, h: torch.Tensor, ndim: int = 3) -> torch.Tensor:
+        _check_shape(buf, h, ndim)
         rows = h.shape[0]
         if buf.shape[0] != rows:
             if buf.shape[0] != 2 * rows:
@@ -179,10 +222,11 @@ def steering_hook(denoiser, site: SteeringSite = MID_BLOCK, create: bool = True)
     if hook is None and create:
         if is_compiled(denoiser, site):
             raise HsteerError(
-                "the U-Net is torch.compile'd, and compiled code ignores hooks added after compilation. "
-                "Attach first, then compile (hsteer.attach(pipe, ...); pipe.unet = torch.compile(pipe.unet)): "
-                "later attach calls then swap concepts with no recompilation. Or steer the uncompiled U-Net "
-                "(pipe.unet = pipe.unet._orig_mod)")
+                f"the {site.denoiser_attr} is torch.compile'd, and compiled code ignores hooks added after "
+                f"compilation. Attach first, then compile (hsteer.attach(pipe, ...); pipe.{site.denoiser_attr} = "
+                f"torch.compile(pipe.{site.denoiser_attr})): later attach calls then swap concepts with no "
+                f"recompilation. Or steer the uncompiled model (pipe.{site.denoiser_attr} = "
+                f"pipe.{site.denoiser_attr}._orig_mod)")
         hook = SteeringHook(site)
         HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, HOOK_NAME)
     return hook

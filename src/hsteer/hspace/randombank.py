@@ -13,18 +13,25 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from hsteer.hspace.bank import Concept, ConceptBank
-from hsteer.model.geometry import pipeline_hspace_shape, unet_fingerprint
+from hsteer.model.denoisers import site_shape
+from hsteer.model.geometry import unet_fingerprint
+from hsteer.model.sites import denoiser_of, family_of, site_for
 
 
 def random_bank(pipe, names_by_group: Mapping[str, Sequence[str]], *, scale: float = 1.0,
-                seed: int = 0) -> ConceptBank:
-    """CoDSMa-shaped concepts (one tensor `c`) of `pipe`'s h-space shape, tagged with its U-Net.
+                seed: int = 0, site: str | None = None, height: int | None = None,
+                width: int | None = None) -> ConceptBank:
+    """CoDSMa-shaped concepts (one tensor `c`) of `pipe`'s shape at `site` (its default site when None; the
+    U-Net's h-space), at `height` x `width` (the native size when not given), tagged with its denoiser.
 
     `names_by_group`: group -> concept names, in order. Each `c` is `scale` x standard normal noise, drawn
     in that order from one CPU generator seeded with `seed`: the same call gives the same bank.
     """
-    shape = pipeline_hspace_shape(pipe)
+    where = site_for(pipe, site)
+    shape = site_shape(pipe, where, height, width)
     g = torch.Generator().manual_seed(seed)
-    meta = {"unet_fingerprint": unet_fingerprint(pipe.unet)}
-    return ConceptBank(concepts=[Concept(n, grp, "codsma", {"c": scale * torch.randn(shape, generator=g)}, meta)
+    meta = {"unet_fingerprint": unet_fingerprint(denoiser_of(pipe))}
+    if site is not None or family_of(pipe) != "unet":  # U-Net mid-block banks stay as they always were
+        meta.update(site=where.spec, family=family_of(pipe))
+    return ConceptBank(concepts=[Concept(n, grp, "codsma", {"c": scale * torch.randn(shape, generator=g)}, dict(meta))
                                  for grp, names in names_by_group.items() for n in names])

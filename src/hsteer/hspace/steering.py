@@ -32,8 +32,10 @@ __all__ = ["SteeringConfig", "SteeringHandle", "active_hooks", "apply_steering",
 class SteeringConfig:
     """What to add at the steering site.
 
-    delta: `(C, h, w)` added to every image, or `(B, C, h, w)`: one row per image of the batch
-        (in the order diffusers lays out `prompt x num_images_per_prompt`).
+    delta: one image's shape at the site, added to every image (`(C, h, w)` at the U-Net mid-block,
+        `(N, D)` image tokens at a transformer block, `(L, D)` at the text site), or one more leading
+        dimension: one row per image of the batch (in the order diffusers lays out
+        `prompt x num_images_per_prompt`).
     scale: multiplies delta.
     steer_unconditional: with classifier-free guidance, also steer the unconditional half
         (both reference codes steer only the conditional half, the default here).
@@ -53,9 +55,10 @@ class SteeringConfig:
     end: float = 1.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.delta, torch.Tensor) or self.delta.dim() not in (3, 4):
+        if not isinstance(self.delta, torch.Tensor) or self.delta.dim() not in (2, 3, 4):
             shape = tuple(self.delta.shape) if isinstance(self.delta, torch.Tensor) else type(self.delta).__name__
-            raise ShapeMismatchError(f"steering delta must be a (C, h, w) or (B, C, h, w) tensor, got {shape}")
+            raise ShapeMismatchError(f"steering delta must be a (C, h, w) or (B, C, h, w) tensor (at a token site "
+                                     f"(N, D) or (B, N, D)), got {shape}")
         if not torch.isfinite(self.delta).all():
             raise HsteerError("steering delta holds NaN or infinite values; retrain or reload the concept")
         if not torch.isfinite(torch.tensor(float(self.scale))):
@@ -66,11 +69,17 @@ class SteeringConfig:
     def windowed(self) -> bool:
         return (self.start, self.end) != (0.0, 1.0)
 
-    def provider(self):
-        """The layer provider of this config: its delta for every image of a call."""
+    def check_site(self, site: SteeringSite) -> None:
+        """The delta has the site's dimensions (one image's), or one more (one row per image)."""
+        if self.delta.dim() not in (site.ndim, site.ndim + 1):
+            raise ShapeMismatchError(f"steering delta of shape {tuple(self.delta.shape)} does not fit the site "
+                                     f"{site.label}, whose deltas have {site.ndim} dimensions per image")
+
+    def provider(self, ndim: int = 3):
+        """The layer provider of this config: its delta for every image of a call (`ndim`: the site's)."""
         def provide(seeds: list[int], prompts: list[str | None]):
             delta = self.delta.detach().float()
-            if delta.dim() == 3:
+            if delta.dim() == ndim:
                 delta = delta.expand(len(seeds), *delta.shape)
             elif delta.shape[0] != len(seeds):
                 raise HsteerError(f"the steering config holds {delta.shape[0]} per-image deltas but the call makes "
@@ -103,10 +112,11 @@ def apply_steering(pipe_or_unet, config: SteeringConfig, name: str = "hsteer",
     bare U-Net every row is steered unless `config.guided` says the batches are guidance batches.
     """
     denoiser = site.denoiser(pipe_or_unet)
+    config.check_site(site)
     if is_compiled(denoiser, site) and steering_hook(denoiser, site, create=False) is None:
         steering_hook(denoiser, site)  # raises: compiled code would ignore a hook added now
     if site.is_pipeline(pipe_or_unet):
-        add_layer(pipe_or_unet, name, Layer(config.provider(), config.scale, config.steer_unconditional,
+        add_layer(pipe_or_unet, name, Layer(config.provider(site.ndim), config.scale, config.steer_unconditional,
                                             config.guided, label=name), site)
         return SteeringHandle(pipe_or_unet, name, site, config)
     if config.windowed:

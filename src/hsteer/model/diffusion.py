@@ -1,7 +1,9 @@
-"""The pieces of the reverse process that training needs: text conditions, U-Net calls, DDIM steps.
+"""The pieces of the reverse process that training needs: text conditions, denoiser calls, DDIM steps.
 
-Written against the U-Net directly (not the pipeline's `__call__`) so that each sample of a batch
-can stop at its own step, and so the U-Net is evaluated at the timestep its input actually has.
+Written against the denoiser directly (not the pipeline's `__call__`) so that each sample of a batch
+can stop at its own step, and so the denoiser is evaluated at the timestep its input actually has.
+The functions that take `unet` take a bare U-Net or an `hsteer.model.denoisers.Denoiser` (any family);
+the flow models' schedule is `denoisers.FlowSchedule`, with the same `timesteps`, `prediction` and `step`.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from dataclasses import dataclass
 import torch
 
 from hsteer.model.geometry import is_sdxl, resolve_resolution
+from hsteer.model.sites import denoiser_of, family_of
 
 
 @dataclass
 class TextCondition:
-    """Encoded prompts, one row per sample; `added` holds SDXL's pooled text embeds and time ids."""
+    """Encoded prompts, one row per sample; `added` holds SDXL's pooled text embeds and time ids, SD3's and
+    FLUX's pooled embeds (`pooled`), SANA's attention mask (`mask`)."""
 
     embeds: torch.Tensor
     added: dict[str, torch.Tensor] | None = None
@@ -45,7 +49,9 @@ class TextCondition:
 @torch.no_grad()
 def encode_text(pipe, prompts: list[str], height: int | None = None, width: int | None = None) -> TextCondition:
     """Encode prompts exactly as the pipeline does for its conditional branch."""
-    device = pipe.unet.device
+    device = denoiser_of(pipe).device
+    if family_of(pipe) != "unet":
+        return _encode_transformer_text(pipe, prompts, device)
     if is_sdxl(pipe):
         embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, device=device, num_images_per_prompt=1,
                                                   do_classifier_free_guidance=False)
@@ -57,13 +63,39 @@ def encode_text(pipe, prompts: list[str], height: int | None = None, width: int 
 @torch.no_grad()
 def encode_unconditional(pipe, height: int | None = None, width: int | None = None) -> TextCondition:
     """The pipeline's own unconditional branch (the empty prompt; zeros where SDXL's config says so)."""
-    device = pipe.unet.device
+    device = denoiser_of(pipe).device
+    family = family_of(pipe)
+    if family == "sana":  # SANA's negative branch: no chat instruction, the plain length
+        _, _, neg, neg_mask = pipe.encode_prompt([""], do_classifier_free_guidance=True, negative_prompt="",
+                                                 device=device, complex_human_instruction=None)
+        return TextCondition(neg, {"mask": neg_mask})
+    if family != "unet":  # SD3 and FLUX encode the empty negative prompt as they encode a prompt
+        return _encode_transformer_text(pipe, [""], device)
     if is_sdxl(pipe):
         _, neg, _, neg_pooled = pipe.encode_prompt(prompt=[""], device=device, num_images_per_prompt=1,
                                                    do_classifier_free_guidance=True)
         return TextCondition(neg, {"text_embeds": neg_pooled, "time_ids": _time_ids(pipe, 1, height, width)})
     _, neg = pipe.encode_prompt([""], device, 1, True)
     return TextCondition(neg)
+
+
+def _encode_transformer_text(pipe, prompts: list[str], device) -> TextCondition:
+    """SD3, FLUX and SANA prompts as their pipelines' conditional branch encodes them (SANA: with the chat
+    instruction its `__call__` adds by default)."""
+    family = family_of(pipe)
+    if family == "sd3":
+        embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None, device=device,
+                                                  num_images_per_prompt=1, do_classifier_free_guidance=False)
+        return TextCondition(embeds, {"pooled": pooled})
+    if family == "flux":
+        embeds, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=device, num_images_per_prompt=1)
+        return TextCondition(embeds, {"pooled": pooled})
+    import inspect
+
+    instruction = inspect.signature(type(pipe).__call__).parameters["complex_human_instruction"].default
+    embeds, mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=device,
+                                            complex_human_instruction=instruction)
+    return TextCondition(embeds, {"mask": mask})
 
 
 def _time_ids(pipe, n: int, height: int | None, width: int | None) -> torch.Tensor:
@@ -73,7 +105,10 @@ def _time_ids(pipe, n: int, height: int | None, width: int | None) -> torch.Tens
 
 
 def unet_output(unet, x: torch.Tensor, t: torch.Tensor, cond: TextCondition) -> torch.Tensor:
-    """The raw U-Net prediction for latents `x` at per-sample timesteps `t`."""
+    """The raw prediction of a U-Net (or of a `Denoiser`, any family) for latents `x` at timesteps `t`."""
+    predict = getattr(unet, "predict", None)
+    if predict is not None and not isinstance(unet, torch.nn.Module):
+        return predict(x, t, cond)
     return unet(x, t, encoder_hidden_states=cond.embeds, added_cond_kwargs=cond.added, return_dict=False)[0]
 
 
@@ -120,6 +155,10 @@ class DDIMSchedule:
             return (x - a.sqrt() * output) / (1 - a).sqrt()
         raise ValueError(f"unsupported prediction type {self.prediction_type!r}")
 
+    def prediction(self, output: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the objectives compare on a U-Net: the noise (`to_epsilon`)."""
+        return self.to_epsilon(output, x, t)
+
     def step(self, eps: torch.Tensor, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """One DDIM step from the latent at step index k (per sample) to step index k + 1."""
         a_t = self.alpha(self.timesteps[k]).to(x.dtype)
@@ -132,10 +171,10 @@ def guided_epsilon(unet, schedule: DDIMSchedule, x: torch.Tensor, t: torch.Tenso
                    uncond: TextCondition, guidance: float) -> torch.Tensor:
     """Classifier-free guided noise, computed as the pipelines do: one batch [uncond, cond]."""
     if guidance == 1.0:
-        return schedule.to_epsilon(unet_output(unet, x, t, cond), x, t)
+        return schedule.prediction(unet_output(unet, x, t, cond), x, t)
     n = x.shape[0]
     out = unet_output(unet, torch.cat([x, x]), torch.cat([t, t]), TextCondition.cat([uncond, cond]))
-    eps = schedule.to_epsilon(out, torch.cat([x, x]), torch.cat([t, t]))
+    eps = schedule.prediction(out, torch.cat([x, x]), torch.cat([t, t]))
     return guidance_combination(eps[:n], eps[n:], guidance)
 
 

@@ -23,8 +23,11 @@ def is_sdxl(pipe) -> bool:
 
 
 def default_resolution(pipe) -> tuple[int, int]:
-    """The pipeline's native image size (height, width)."""
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    """The pipeline's native image size (height, width): the denoiser's sample size in latents (FLUX, which
+    has none, its pipeline's `default_sample_size`) times the autoencoder's factor."""
+    denoiser = pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
+    sample = getattr(denoiser.config, "sample_size", None) or getattr(pipe, "default_sample_size", 64)
+    size = int(sample) * pipe.vae_scale_factor
     return int(size), int(size)
 
 
@@ -51,9 +54,15 @@ def pipeline_hspace_shape(pipe, height: int | None = None, width: int | None = N
 
 
 def unet_fingerprint(unet) -> str:
-    """A short digest of the U-Net configuration: banks learned on one architecture refuse another."""
+    """A short digest of the denoiser's configuration: banks learned on one architecture refuse another.
+
+    A U-Net is digested over the keys that decide its h-space (as banks have always recorded it); a
+    transformer over its whole public config (every key of a DiT shapes its blocks' outputs)."""
     config = dict(unet.config)
-    payload = {k: config.get(k) for k in _FINGERPRINT_KEYS}
+    if "block_out_channels" in config:
+        payload = {k: config.get(k) for k in _FINGERPRINT_KEYS}
+    else:
+        payload = {k: v for k, v in config.items() if not k.startswith("_")}
     text = json.dumps(payload, sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

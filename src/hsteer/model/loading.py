@@ -1,8 +1,9 @@
 """Loading diffusers pipelines, with their sampling defaults.
 
-hsteer works on stock pipelines: SD 1.x / 2.x (`StableDiffusionPipeline`) and SDXL
-(`StableDiffusionXLPipeline`), from a hub id or a local folder. Everything about the h-space
-(channels, spatial size, dtype, device) is read from the loaded U-Net (`hsteer.model.geometry`).
+hsteer works on stock pipelines: SD 1.x / 2.x (`StableDiffusionPipeline`), SDXL
+(`StableDiffusionXLPipeline`), and the transformer pipelines SD3 (`StableDiffusion3Pipeline`), FLUX
+(`FluxPipeline`) and SANA (`SanaPipeline`), from a hub id or a local folder. Everything about a steering
+site (shape, dtype, device) is read from the loaded denoiser (`hsteer.model.geometry`, `.denoisers`).
 """
 
 from __future__ import annotations
@@ -54,7 +55,27 @@ def sampling_defaults(model: str | Path | None = None) -> dict[str, float]:
             return {"steps": int(data.get("steps", 50)), "guidance": float(data.get("guidance", 7.5))}
         except (TypeError, ValueError):
             raise ModelLoadError(f"model card {card}: 'steps' and 'guidance' must be numbers") from None
+    index = folder / "model_index.json"
+    if index.is_file():
+        return transformer_sampling(str(read_json_object(index, "model index").get("_class_name", "")))
     return dict(SD_SAMPLING)
+
+
+def transformer_sampling(class_name: str) -> dict[str, float]:
+    """The SD3, FLUX and SANA pipelines' own default steps and guidance (FLUX: its distilled guidance), read
+    from their `__call__`; SD's for every other pipeline, so SD and SDXL runs are unchanged."""
+    if not class_name.startswith(("StableDiffusion3", "Flux", "Sana")):
+        return dict(SD_SAMPLING)
+    import inspect
+
+    import diffusers
+
+    quiet_libraries()  # resolving a pipeline class imports transformers, which warns about optional backends
+    pipeline = getattr(diffusers, class_name, None)
+    if pipeline is None:
+        return dict(SD_SAMPLING)
+    params = inspect.signature(pipeline.__call__).parameters
+    return {"steps": int(params["num_inference_steps"].default), "guidance": float(params["guidance_scale"].default)}
 
 
 def read_json_object(path: Path, what: str) -> dict[str, Any]:
@@ -83,11 +104,14 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 def load_pipeline(model: str | Path | None = None, *, device: str | torch.device = "cpu",
                   dtype: str | torch.dtype = "float32", **kwargs: Any):
-    """Load an SD 1.x/2.x or SDXL pipeline from a hub id or local folder (`None`: the bundled model).
+    """Load an SD 1.x/2.x, SDXL, SD3, FLUX or SANA pipeline from a hub id or local folder (`None`: the
+    bundled model).
 
     The safety checker is not loaded: hsteer measures and controls what the model itself generates.
     """
-    from diffusers import DiffusionPipeline, UNet2DConditionModel
+    from diffusers import DiffusionPipeline
+
+    from hsteer.model.sites import FAMILIES
 
     model = default_model() if model is None else str(model)
     torch_dtype = resolve_dtype(dtype)
@@ -101,7 +125,7 @@ def load_pipeline(model: str | Path | None = None, *, device: str | torch.device
     if local.exists():
         class_name = str(read_json_object(local / "model_index.json", "model index").get("_class_name", ""))
     extra: dict[str, Any] = {}
-    if "XL" not in class_name:
+    if "XL" not in class_name and not class_name.startswith(("StableDiffusion3", "Flux", "Sana")):
         extra = {"safety_checker": None, "requires_safety_checker": False}
     try:
         with warnings.catch_warnings():  # newer diffusers rename torch_dtype; older ones know only it
@@ -117,9 +141,12 @@ def load_pipeline(model: str | Path | None = None, *, device: str | torch.device
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise ModelLoadError(f"cannot load model {model!r}: its files are broken or not a supported "
                              f"pipeline ({type(exc).__name__}: {first})") from None
-    if not isinstance(getattr(pipe, "unet", None), UNet2DConditionModel):
-        raise ModelLoadError(f"{model} loads as {type(pipe).__name__}, whose denoiser is not a "
-                             "UNet2DConditionModel; hsteer supports SD 1.x, 2.x and SDXL pipelines")
+    denoiser = getattr(pipe, "unet", None)
+    denoiser = denoiser if denoiser is not None else getattr(pipe, "transformer", None)
+    if type(denoiser).__name__ not in FAMILIES:
+        raise ModelLoadError(f"{model} loads as {type(pipe).__name__}, whose denoiser is a "
+                             f"{type(denoiser).__name__}; hsteer supports SD 1.x, 2.x, SDXL, SD3, FLUX and SANA "
+                             "pipelines")
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

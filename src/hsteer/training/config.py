@@ -31,6 +31,8 @@ class TrainConfig:
     figure", over every colour) leave the concept nothing to learn but its own attribute.
     window: (start, end) fractions of the denoising steps where the concept acts, in training and at use
     (stored with the concept); attributes settle at different steps (docs/methods.md §8).
+    site: the steering site (`hsteer.model.sites`: `mid_block`, `transformer_blocks.N`,
+    `single_transformer_blocks.N`, `text`); None: the model's default site.
     """
 
     concept: str
@@ -52,6 +54,7 @@ class TrainConfig:
     width: int | None = None
     pairs: tuple[tuple[str, str], ...] | None = None
     window: tuple[float, float] | None = None
+    site: str | None = None
 
     #: The concept's tensors, in the bank as "<concept>/<module>".
     modules: ClassVar[tuple[str, ...]] = ("c",)
@@ -94,6 +97,9 @@ class TrainConfig:
             if not self.pairs or not all(len(pair) == 2 and all(isinstance(p, str) and p.strip() for p in pair)
                                          for pair in self.pairs):
                 raise HsteerError("pairs must be non-empty (neutral, target) prompt pairs")
+        if self.site is not None and (not isinstance(self.site, str) or not self.site.strip()):
+            raise HsteerError(f"site must be a site name such as mid_block, transformer_blocks.2 or text, got "
+                              f"{self.site!r}")
         if self.window is not None:
             from hsteer.hspace.steering import check_window
 
@@ -106,7 +112,7 @@ class TrainConfig:
 
     def resume_key(self) -> dict[str, Any]:
         """The settings a checkpoint must share to be resumed (iterations may grow)."""
-        return {k: v for k, v in asdict(self).items() if k != "iterations"}
+        return {k: v for k, v in asdict(self).items() if k != "iterations" and not (k == "site" and v is None)}
 
 
 @dataclass

@@ -16,7 +16,8 @@ from hsteer.errors import HsteerError
 from hsteer.fileio import exclusive_lock
 from hsteer.hspace.bank import ConceptBank
 from hsteer.hspace.bankcheck import check_finite_concepts
-from hsteer.model.geometry import pipeline_hspace_shape
+from hsteer.model.denoisers import check_trainable, site_shape
+from hsteer.model.sites import denoiser_of, site_for
 from hsteer.training.config import TrainConfig
 from hsteer.training.sdisc import train_sdisc
 from hsteer.training.state import TrainResult, run_dir_for
@@ -60,7 +61,7 @@ def train_concept(pipe, config: TrainConfig, *, run_dir: str | Path | None = Non
     """
     check_train_args(pipe, config, run_dir=run_dir, checkpoint_every=checkpoint_every, resume=resume,
                      progress=progress, checkpoint_activations=checkpoint_activations)
-    with gradient_checkpointing(pipe.unet, checkpoint_activations):
+    with gradient_checkpointing(denoiser_of(pipe), checkpoint_activations):
         return TRAINERS[config.objective](pipe, config, run_dir=run_dir, resume=resume,
                                           checkpoint_every=checkpoint_every, progress=progress, callback=callback)
 
@@ -86,6 +87,8 @@ def check_train_args(pipe, config: TrainConfig, *, run_dir: str | Path | None = 
     if run_dir is not None:
         check_output_dir(run_dir, "run_dir")
     check_flags(**flags)
+    check_trainable(pipe, config.objective, config.site)
+    site_for(pipe, config.site)  # a site this model does not have fails before anything runs
 
 
 def check_bank_target(bank_path: str | Path, concept: str, checkpoint_every: int = 1) -> Path:
@@ -106,6 +109,14 @@ def check_bank_target(bank_path: str | Path, concept: str, checkpoint_every: int
     return bank_path
 
 
+def _check_bank_site(bank: ConceptBank, pipe, site: str) -> None:
+    """A bank holds one site's concepts: training another site into it is refused before training."""
+    bank.check_family(pipe)
+    if len(bank) and bank.site_spec != site:
+        raise HsteerError(f"the bank's concepts live at site {bank.site_spec}, this run trains at {site}; pass "
+                          f"--site {bank.site_spec}, or train into another bank")
+
+
 def train_into_bank(pipe, config: TrainConfig, bank_path: str | Path, *, resume: bool = False,
                     checkpoint_every: int = 100, progress: bool = True,
                     checkpoint_activations: bool = False, allow_other_model: bool = False) -> TrainResult:
@@ -117,17 +128,19 @@ def train_into_bank(pipe, config: TrainConfig, bank_path: str | Path, *, resume:
     check_train_args(pipe, config, checkpoint_every=checkpoint_every, resume=resume, progress=progress,
                      checkpoint_activations=checkpoint_activations, allow_other_model=allow_other_model)
     bank_path = check_bank_target(bank_path, config.concept, checkpoint_every)
-    shape = pipeline_hspace_shape(pipe, config.height, config.width)
+    site = site_for(pipe, config.site)
+    shape = site_shape(pipe, site, config.height, config.width)
     bank = ConceptBank.load(bank_path) if bank_path.exists() else None
     if bank is not None:  # fail before hours of training, not after
-        bank.check_compatible(pipe.unet, shape, allow_other_model=allow_other_model)
+        _check_bank_site(bank, pipe, site.spec)
+        bank.check_compatible(pipe, shape, allow_other_model=allow_other_model)
     result = train_concept(pipe, config, run_dir=run_dir_for(bank_path, config.concept), resume=resume,
                            checkpoint_every=checkpoint_every, progress=progress,
                            checkpoint_activations=checkpoint_activations)
     check_finite_concepts([result.concept], "add")
     with exclusive_lock(bank_path, f"bank {bank_path}"):
         bank = ConceptBank.load(bank_path) if bank_path.exists() else ConceptBank()
-        bank.check_compatible(pipe.unet, shape, allow_other_model=allow_other_model)
+        bank.check_compatible(pipe, shape, allow_other_model=allow_other_model)
         bank.add(result.concept, replace=True)
         bank.save(bank_path)
     return result

@@ -21,6 +21,7 @@ from hsteer.errors import BankError, HsteerError, TrainingDivergedError
 from hsteer.fileio import atomic_png, atomic_save, atomic_write_text
 from hsteer.hspace.bank import Concept
 from hsteer.model.geometry import unet_fingerprint
+from hsteer.model.sites import denoiser_of, family_of
 from hsteer.training.config import TrainConfig
 
 
@@ -161,12 +162,14 @@ class LossLog:
         return out
 
 
-def concept_meta(pipe, config: TrainConfig, shape: tuple[int, int, int]) -> dict[str, Any]:
-    """What the bank stores about how a concept was made: its method's settings and the model's identity."""
+def concept_meta(pipe, config: TrainConfig, shape: tuple[int, ...], site: str = "mid_block") -> dict[str, Any]:
+    """What the bank stores about how a concept was made: its method's settings, the model's identity, and
+    the site and shape it acts at (`site`: the site's spec)."""
     meta = {k: v for k, v in asdict(config).items() if k not in ("concept", "group", "objective")}
     for optional in ("pairs", "window"):  # recorded only where used, so banks without them read as before
         if meta.get(optional) is None:
             meta.pop(optional, None)
-    meta.update({"hspace_shape": list(shape), "unet_fingerprint": unet_fingerprint(pipe.unet),
+    meta.update({"site": site, "family": family_of(pipe), "hspace_shape": list(shape),
+                 "unet_fingerprint": unet_fingerprint(denoiser_of(pipe)),
                  "hsteer_version": __version__, "model": str(getattr(pipe, "name_or_path", "") or "")})
     return {k: v for k, v in meta.items() if not (isinstance(v, float) and math.isnan(v))}

@@ -28,15 +28,16 @@ from hsteer.errors import HsteerError
 from hsteer.fileio import atomic_write_text
 from hsteer.hspace.bank import Concept
 from hsteer.hspace.steering import SteeringConfig, active_hooks, steer
+from hsteer.model.denoisers import Denoiser, check_trainable, site_shape
 from hsteer.model.diffusion import (
-    DDIMSchedule,
     TextCondition,
     encode_text,
     encode_unconditional,
     guidance_combination,
     reverse_to_steps,
 )
-from hsteer.model.geometry import pipeline_hspace_shape, resolve_resolution
+from hsteer.model.geometry import resolve_resolution
+from hsteer.model.sites import site_for
 from hsteer.training.config import TrainConfig
 from hsteer.training.state import (
     Checkpoint,
@@ -82,16 +83,23 @@ class Conditions:
 
 @dataclass
 class StepContext:
-    """What every iteration uses: the frozen U-Net, its schedule, the run's settings and state."""
+    """What every iteration uses: the frozen denoiser, its schedule (DDIM or flow), the run's settings and
+    state. `unet` is the bare denoiser module (U-Net or transformer) as before; `denoiser` the same model
+    as training calls it (`hsteer.model.denoisers.Denoiser`: its prediction, site and latents)."""
 
     unet: torch.nn.Module
-    schedule: DDIMSchedule
+    schedule: object
     config: TrainConfig
     params: dict[str, torch.nn.Parameter]
     optimizers: dict[str, torch.optim.Optimizer]
     conds: Conditions
     #: Rows of this iteration inside the step window (None: no window, every row).
     inside: torch.Tensor | None = None
+    denoiser: Denoiser | None = None
+
+    def __post_init__(self) -> None:
+        if self.denoiser is None:
+            raise HsteerError("a StepContext needs its Denoiser; build it with step_context(pipe, config)")
 
     def current(self) -> torch.Tensor:
         """What the concept adds to h now (RespoDiff: RAM + SAM), detached."""
@@ -100,8 +108,8 @@ class StepContext:
     def eps(self, z_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """eps(z_t; h + c, y_neu, t), with c only on the rows inside the window."""
         if c is not None and self.inside is not None:
-            c = c.unsqueeze(0) * self.inside.view(-1, 1, 1, 1).to(c.dtype)
-        return objectives.eps(self.unet, self.schedule, z_t, t, self.conds.neutral, c)
+            c = c.unsqueeze(0) * self.inside.view(-1, *(1,) * c.dim()).to(c.dtype)
+        return objectives.eps(self.denoiser, self.schedule, z_t, t, self.conds.neutral, c)
 
     def rows(self, tensor: torch.Tensor) -> torch.Tensor:
         """The rows a loss is taken over: those inside the window."""
@@ -113,6 +121,11 @@ class StepContext:
         lo, hi = self.config.window or (0.0, 1.0)
         return math.ceil(lo * K - 1e-9), math.ceil(hi * K - 1e-9)
 
+    @property
+    def sampling_cfg(self) -> float:
+        """The guidance of the reverse process: the config's, or 1 on FLUX (its guidance is an input)."""
+        return self.denoiser.sampling_cfg(self.config.sampling_guidance)
+
     def mark_inside(self, k: torch.Tensor) -> None:
         if self.config.window is not None:
             first, end = self.window_steps()
@@ -122,14 +135,14 @@ class StepContext:
         """The reverse process from noise `x` to step k[i] per row, the current concept applied in the window."""
         first, end = self.window_steps()
         phases = [(0, first, False), (first, end, True), (end, self.schedule.steps, False)]
-        guided = self.config.sampling_guidance != 1.0
+        cfg = self.sampling_cfg
         for a, b, steered in phases:
             if a >= b:
                 continue
-            config = SteeringConfig(self.current(), guided=guided) if steered else None
-            with steer(self.unet, config, name="hsteer-sample"):
-                x = reverse_to_steps(self.unet, self.schedule, x, k.clamp(min=a, max=b), self.conds.neutral,
-                                     self.conds.empty, self.config.sampling_guidance, start=a)
+            config = SteeringConfig(self.current(), guided=cfg != 1.0) if steered else None
+            with steer(self.unet, config, name="hsteer-sample", site=self.denoiser.site):
+                x = reverse_to_steps(self.denoiser, self.schedule, x, k.clamp(min=a, max=b), self.conds.neutral,
+                                     self.conds.empty, cfg, start=a)
         return x
 
 
@@ -174,7 +187,7 @@ OBJECTIVE_STEPS: dict[str, ObjectiveStep] = {"codsma": codsma_step, "respodiff":
 
 def reference_iteration(ctx: StepContext, g: torch.Generator, latent_shape, it: int) -> dict[str, float]:
     """The papers' procedure: a fresh reverse process per sample down to its own random step k."""
-    config, unet, schedule, conds = ctx.config, ctx.unet, ctx.schedule, ctx.conds
+    config, unet, schedule, conds = ctx.config, ctx.denoiser, ctx.schedule, ctx.conds
     B = config.batch_size
     first, end = ctx.window_steps()  # k is drawn inside the window: only there does the concept act
     k = (first + torch.randint(0, end - first, (B,), generator=g)).to(unet.device)
@@ -201,7 +214,7 @@ def fast_iteration(ctx: StepContext, pool: TrajectoryPool, g: torch.Generator, i
     ctx.mark_inside(k)
     t = ctx.schedule.timesteps[k]
     prompts = [conds.empty, conds.positive] + ([] if conds.base_is_empty else [conds.base])
-    frozen = objectives.frozen_eps(ctx.unet, ctx.schedule, z_t, t, prompts)
+    frozen = objectives.frozen_eps(ctx.denoiser, ctx.schedule, z_t, t, prompts)
     eps_uncond, eps_pos = frozen[0], frozen[1]
     eps_base = eps_uncond if conds.base_is_empty else frozen[2]
     eps_target = objectives.guided_target(eps_pos, eps_base, config.target_guidance)
@@ -212,7 +225,7 @@ def fast_iteration(ctx: StepContext, pool: TrajectoryPool, g: torch.Generator, i
     if eps_cond is None:  # the step changed the concept before making a steered prediction: make it now
         with torch.no_grad():
             eps_cond = ctx.eps(z_t, t, ctx.current())
-    pool.advance(guidance_combination(eps_uncond, eps_cond, config.sampling_guidance), g)
+    pool.advance(guidance_combination(eps_uncond, eps_cond, ctx.sampling_cfg), g)
     return row
 
 
@@ -223,7 +236,7 @@ class TrajectoryPool:
     batch spans the whole schedule and each step is visited equally often.
     """
 
-    def __init__(self, schedule: DDIMSchedule, size: int, latent_shape, device, dtype) -> None:
+    def __init__(self, schedule, size: int, latent_shape, device, dtype) -> None:
         self.schedule, self.size, self.latent_shape = schedule, size, latent_shape
         self.device, self.dtype = device, dtype
         self.x = torch.empty(0)
@@ -262,11 +275,13 @@ class TrajectoryPool:
 def train_steered(pipe, config: TrainConfig, *, run_dir: str | Path | None = None, resume: bool = False,
                   checkpoint_every: int = 100, progress: bool = True, callback: Callback | None = None) -> TrainResult:
     """Learn a CoDSMa or RespoDiff concept on `pipe`; see `hsteer.training.train_concept`."""
-    unet = pipe.unet
-    if active_hooks(unet):
-        raise HsteerError(f"the pipeline is being steered ({', '.join(active_hooks(unet))}); remove its hooks "
-                          "before training")
+    site = site_for(pipe, config.site)
+    module = site.denoiser(pipe)
+    if active_hooks(module, site):
+        raise HsteerError(f"the pipeline is being steered ({', '.join(active_hooks(module, site))}); remove its "
+                          "hooks before training")
     ctx, shape, latent_shape = step_context(pipe, config)
+    unet = ctx.denoiser
     params = ctx.params
     ckpt, log, start = _open_run(run_dir, config, ctx, resume)
     rows = log.rows if log is not None else []
@@ -285,22 +300,25 @@ def train_steered(pipe, config: TrainConfig, *, run_dir: str | Path | None = Non
         log.plot()
     concept = Concept(config.concept, config.group, config.objective,
                       {k: p.detach().cpu().float().clone() for k, p in params.items()},
-                      meta=concept_meta(pipe, config, shape))
+                      meta=concept_meta(pipe, config, shape, site.spec))
     return TrainResult(concept, rows, seconds, start,
                        Path(run_dir) if run_dir is not None else None)
 
 
 def step_context(pipe, config: TrainConfig) -> tuple[StepContext, tuple[int, ...], tuple[int, ...]]:
-    """A run's start: the frozen U-Net, its schedule, the seeded concept tensors with their optimisers and
-    the encoded prompts; with the h-space shape and the latent shape at the run's resolution."""
-    unet = pipe.unet
-    unet.requires_grad_(False)
+    """A run's start: the frozen denoiser at the run's site, its schedule, the seeded concept tensors with
+    their optimisers and the encoded prompts; with the site's shape and the latent shape at the run's
+    resolution."""
+    check_trainable(pipe, config.objective, config.site)
     height, width = resolve_resolution(pipe, config.height, config.width)
-    shape = pipeline_hspace_shape(pipe, height, width)
-    latent_shape = (unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-    params = init_params(config, shape, unet.device)
-    ctx = StepContext(unet, DDIMSchedule(pipe.scheduler, config.steps, unet.device), config, params,
-                      make_optimizers(config, params), Conditions.encode(pipe, config, height, width))
+    site = site_for(pipe, config.site)
+    den = Denoiser(pipe, height, width, site, guidance=config.sampling_guidance)
+    den.module.requires_grad_(False)
+    shape = site_shape(pipe, site, height, width)
+    latent_shape = den.latent_shape()
+    params = init_params(config, shape, den.device)
+    ctx = StepContext(den.module, den.schedule(config.steps), config, params, make_optimizers(config, params),
+                      Conditions.encode(pipe, config, height, width), denoiser=den)
     return ctx, shape, latent_shape
 
 

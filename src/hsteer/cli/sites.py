@@ -1,0 +1,56 @@
+"""`hsteer sites`: scan a model's steering sites and step windows for a concept (`hsteer.apps.site_scan`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from hsteer.cli.common import model_options, one_line_errors
+
+
+@click.command("sites")
+@model_options
+@click.option("--neutral", default="a photo of a person", show_default=True, help="Neutral prompt.")
+@click.option("--target", default="a photo of a woman", show_default=True, help="Target prompt of the concept.")
+@click.option("--keep", "keep", multiple=True,
+              help="A prompt the concept should leave alone (repeatable), e.g. 'a photo of a red car': leakage.")
+@click.option("--site", "sites", multiple=True, help="A site to scan (repeatable; default: every site).")
+@click.option("--window", "windows", multiple=True, metavar="START,END",
+              help="A step window to scan (repeatable; default 0,1).")
+@click.option("--list", "list_only", is_flag=True, help="Only list the model's sites and their shapes.")
+@click.option("--iterations", default=20, show_default=True, type=int, help="Training iterations per site.")
+@click.option("--batch-size", default=4, show_default=True, type=int)
+@click.option("--steps", default=10, show_default=True, type=int, help="Denoising steps of the schedule.")
+@click.option("--lr", default=0.05, show_default=True, type=float)
+@click.option("--height", default=None, type=int, help="Image height (default: the model's native size).")
+@click.option("--width", default=None, type=int, help="Image width (default: the model's native size).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the results to this JSON file.")
+@one_line_errors
+def sites(model, device, dtype, neutral, target, keep, sites, windows, list_only, iterations, batch_size, steps, lr,
+          height, width, seed, json_path) -> None:
+    """Train a short concept at each site and window of a model; report effect, leakage and cost per site."""
+    from hsteer.apps.site_scan import ScanSettings, format_table, scan_sites, to_json
+    from hsteer.checks import check_device
+    from hsteer.fileio import atomic_write_text
+    from hsteer.model import load_quietly
+    from hsteer.model.denoisers import site_shape
+    from hsteer.model.sites import site_for, site_specs
+    from hsteer.policies import parse_window
+
+    settings = ScanSettings(neutral, target, tuple(keep), iterations, batch_size, steps, lr, height=height,
+                            width=width, seed=seed)
+    settings.validate()
+    scan_windows = [parse_window(w) for w in windows] or [(0.0, 1.0)]
+    pipe = load_quietly(model, check_device(device, "--device"), dtype)
+    if list_only:
+        for spec in sites or site_specs(pipe):
+            click.echo(f"{spec}: {site_shape(pipe, site_for(pipe, spec), height, width)}")
+        return
+    results = scan_sites(pipe, settings, list(sites) or None, scan_windows)
+    click.echo(format_table(results))
+    if json_path is not None:
+        atomic_write_text(json_path, json.dumps(to_json(results), indent=2) + "\n")

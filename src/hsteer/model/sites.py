@@ -1,0 +1,178 @@
+"""Steering sites as data: where in a denoiser a concept is added, for each denoiser family.
+
+A site is named by a short spec, stored with every concept of a bank:
+
+- `mid_block`: the U-Net mid-block output, the "h-space" of SD 1.x, 2.x and SDXL (their only block site);
+- `transformer_blocks.N`: the output of transformer block N, image tokens only (SD3's joint blocks and
+  FLUX's double-stream blocks return `(text tokens, image tokens)`; SANA's blocks hold image tokens only);
+- `single_transformer_blocks.N` (FLUX): a single-stream block, whose stream holds text and image tokens;
+  only the image tokens are steered;
+- `text`: the text representation, an offset added to the prompt embeddings the denoiser consumes
+  (`encoder_hidden_states`; RespoDiff's route on FLUX), for every family.
+
+The family decides the layout of classifier-free guidance too: SD, SDXL, SD3 and SANA batch
+`[uncond, cond]`; FLUX has no such batch (its guidance is distilled into an input, or true CFG runs two
+passes), so every row of a FLUX call is an image.
+
+Why here, in the model layer: a site is a fact about the model's structure (a submodule path and what its
+output holds), and the hook, the bank and training all read it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from hsteer.errors import HsteerError
+
+#: denoiser class name -> family. The family of a bank must be the family of the model it steers.
+FAMILIES = {"UNet2DConditionModel": "unet", "SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux",
+            "SanaTransformer2DModel": "sana"}
+FAMILY_NAMES = {"unet": "U-Net (SD 1.x/2.x, SDXL)", "sd3": "SD3 (MMDiT)", "flux": "FLUX", "sana": "SANA"}
+KINDS = ("output", "tokens", "text")
+_BLOCK = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)$")
+
+
+def base_module(module: torch.nn.Module) -> torch.nn.Module:
+    """The module under a `torch.compile` wrapper (`OptimizedModule._orig_mod`), or the module itself."""
+    return getattr(module, "_orig_mod", module)
+
+
+def denoiser_of(pipe_or_model):
+    """The pipeline's denoiser (`unet` or `transformer`), or the model itself when given one."""
+    for attr in ("unet", "transformer"):
+        found = getattr(pipe_or_model, attr, None)
+        if isinstance(found, torch.nn.Module):
+            return found
+    return pipe_or_model
+
+
+def family_of(pipe_or_model) -> str:
+    """`unet`, `sd3`, `flux` or `sana`: the family of a pipeline's (or a bare) denoiser."""
+    name = type(base_module(denoiser_of(pipe_or_model))).__name__
+    if name not in FAMILIES:
+        raise HsteerError(f"{name} is not a denoiser hsteer can steer; use an SD 1.x/2.x, SDXL, SD3, FLUX or SANA "
+                          "pipeline")
+    return FAMILIES[name]
+
+
+def batches_guidance(pipe_or_model) -> bool:
+    """Whether the family runs classifier-free guidance as one `[uncond, cond]` batch (all but FLUX)."""
+    return family_of(pipe_or_model) != "flux"
+
+
+@dataclass(frozen=True)
+class SteeringSite:
+    """A place in the denoiser whose tensor a concept is added to.
+
+    `path`: the submodule's attribute path (`""`: the denoiser itself, for the text site);
+    `denoiser_attr`: the pipeline attribute holding the denoiser; `kind`: `output` (the module's tensor
+    output, `(B, C, h, w)`), `tokens` (image tokens `(B, N, D)`, element `output_index` of a tuple output)
+    or `text` (the `encoder_hidden_states` input, `(B, L, D)`).
+    """
+
+    path: str = "mid_block"
+    denoiser_attr: str = "unet"
+    kind: str = "output"
+    output_index: int | None = None
+
+    @property
+    def spec(self) -> str:
+        """The short name stored in banks and taken by `--site`."""
+        return "text" if self.kind == "text" else self.path
+
+    @property
+    def label(self) -> str:
+        return f"{self.denoiser_attr}.{self.spec}"
+
+    @property
+    def ndim(self) -> int:
+        """Dimensions of one image's delta: 3 for the mid-block `(C, h, w)`, 2 for tokens `(N, D)` or `(L, D)`."""
+        return 3 if self.kind == "output" else 2
+
+    def denoiser(self, pipe_or_model):
+        """The denoiser of a pipeline, or the model itself when given one (compile wrappers kept)."""
+        model = getattr(pipe_or_model, self.denoiser_attr, pipe_or_model)
+        if self.module(model, missing_ok=True) is None:
+            raise HsteerError(f"{type(pipe_or_model).__name__} has no {self.label} to steer; pass the site of its "
+                              "bank (site=bank.site_of(pipe)) or one of its own "
+                              "(`hsteer sites` lists them)")
+        return model
+
+    def module(self, denoiser, missing_ok: bool = False) -> torch.nn.Module | None:
+        """The site's submodule inside `denoiser` (a compile wrapper is looked through)."""
+        found = base_module(denoiser)
+        for part in self.path.split(".") if self.path else ():
+            found = _child(found, part)
+            if found is None:
+                if missing_ok:
+                    return None
+                raise HsteerError(f"{type(denoiser).__name__} has no {self.path} to steer")
+        if not isinstance(found, torch.nn.Module):
+            if missing_ok:
+                return None
+            raise HsteerError(f"{type(denoiser).__name__}.{self.path} is not a module")
+        return found
+
+    def is_pipeline(self, pipe_or_model) -> bool:
+        return getattr(pipe_or_model, self.denoiser_attr, None) is not None
+
+
+def _child(module, part: str):
+    if part.isdigit() and isinstance(module, (torch.nn.ModuleList, torch.nn.Sequential)):
+        return module[int(part)] if int(part) < len(module) else None
+    return getattr(module, part, None)
+
+
+#: The U-Net mid-block output: the default site of SD 1.x, 2.x and SDXL.
+MID_BLOCK = SteeringSite()
+
+
+def block_counts(pipe_or_model) -> dict[str, int]:
+    """How many blocks of each steerable kind the denoiser has (`mid_block`: 1 on a U-Net)."""
+    model = base_module(denoiser_of(pipe_or_model))
+    if family_of(model) == "unet":
+        return {"mid_block": 1 if getattr(model, "mid_block", None) is not None else 0}
+    counts = {"transformer_blocks": len(model.transformer_blocks)}
+    if family_of(model) == "flux":
+        counts["single_transformer_blocks"] = len(model.single_transformer_blocks)
+    return counts
+
+
+def default_site_spec(pipe_or_model) -> str:
+    """The site a concept is learned at when `--site` is not given: the U-Net mid-block; on a
+    transformer the middle block of its (first) stack, until a site scan of the model says otherwise."""
+    if family_of(pipe_or_model) == "unet":
+        return "mid_block"
+    return f"transformer_blocks.{block_counts(pipe_or_model)['transformer_blocks'] // 2}"
+
+
+def site_specs(pipe_or_model) -> list[str]:
+    """Every site of the model, by spec: its blocks, then `text`."""
+    specs = [name if name == "mid_block" else f"{name}.{n}"
+             for name, count in block_counts(pipe_or_model).items() for n in range(count)]
+    return [*specs, "text"]
+
+
+def site_for(pipe_or_model, spec: str | None = None) -> SteeringSite:
+    """The site named `spec` on this model (None: its default), or an error listing what the model has."""
+    family = family_of(pipe_or_model)
+    attr = "unet" if family == "unet" else "transformer"
+    spec = default_site_spec(pipe_or_model) if spec is None else str(spec).strip()
+    if spec == "text":
+        return SteeringSite("", attr, "text")
+    if family == "unet":
+        if spec != "mid_block":
+            raise HsteerError(f"site {spec!r}: a U-Net is steered at 'mid_block' or 'text'")
+        return MID_BLOCK
+    match = _BLOCK.match(spec)
+    counts = block_counts(pipe_or_model)
+    if match is None or match.group(1) not in counts:
+        valid = ", ".join(f"{name}.0..{count - 1}" for name, count in counts.items())
+        raise HsteerError(f"site {spec!r} is not a site of this {FAMILY_NAMES[family]} model; use {valid} or text")
+    index, count = int(match.group(2)), counts[match.group(1)]
+    if index >= count:
+        raise HsteerError(f"site {spec!r}: this model has {count} {match.group(1)} (0..{count - 1})")
+    return SteeringSite(spec, attr, "tokens", None if family == "sana" else 1)
