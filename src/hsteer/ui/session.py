@@ -42,6 +42,9 @@ class PipelinePool:
 
     def __init__(self, pipe) -> None:
         self.base = pipe
+        # Forks are copied from a template no job ever runs: copying a pipeline while another thread
+        # generates with it reads dicts that the run is changing (its hooks, its step state).
+        self._template = fork_pipeline(pipe)
         self._free = [pipe]
         self._lock = threading.Lock()
         self.created = 1
@@ -52,7 +55,7 @@ class PipelinePool:
             if self._free:
                 pipe = self._free.pop()
             else:
-                pipe = fork_pipeline(self.base)
+                pipe = fork_pipeline(self._template)
                 self.created += 1
         try:
             yield pipe
