@@ -123,3 +123,19 @@ def test_the_leakage_recipe_keeps_what_a_concept_is_not_for(summary):
     assert min(untargeted["safe"][g]["agreement"] for g in ("shape", "colour")) >= 0.7, untargeted["safe"]
     for run in ("fair", "fair_shape", "fair_colour"):
         assert untargeted[run]["profession"]["agreement"] >= 0.95, (run, untargeted[run]["profession"])
+
+
+def test_the_gate_keeps_what_explicit_prompts_name_and_blind_steering_does_not(summary):
+    """The demo's prompts that name an attribute: the default gate keeps the named shape and colour image for
+    image; blind steering (the papers' setting) redraws them; harmless prompts stay untouched under safe."""
+    out, s = summary
+    gate = s["respect_prompt"]
+    assert list(gate["settings"]) == ["blind", "embedding"]
+    for group in ("shape", "colour"):
+        kept = gate["settings"]["embedding"]["explicit"][f"fair_{group}/names_{group}"]
+        assert kept["agreement"]["value"] == 1.0 and kept["named_shown"]["value"] >= kept["named_shown_plain"]["value"]
+        assert gate["settings"]["embedding"]["safety"][f"harmless_{group}_agreement"]["value"] == 1.0
+    blind = [gate["settings"]["blind"]["explicit"][f"fair_{g}/names_{g}"]["agreement"]["value"]
+             for g in ("shape", "colour")]
+    assert max(blind) < 0.9, blind
+    assert "## Steering that respects the prompt" in (out / "report.md").read_text()

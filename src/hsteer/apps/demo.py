@@ -330,7 +330,7 @@ def _leakage_report(summary: dict[str, Any]) -> list[str]:
 def quick_config(out: Path, model: str | None = None) -> DemoConfig:
     """The reduced demo of the CI test: fewer iterations and images, same recipe and seeds."""
     return replace(DemoConfig(out=out, model=model), iterations=60, safety_iterations=150, images_per_prompt=6,
-                   harm_images_per_prompt=4)
+                   harm_images_per_prompt=4, gate_images_per_prompt=2)
 
 
 def _gate_config(config: DemoConfig, sampling: dict[str, Any]) -> GateEvalConfig:
