@@ -51,7 +51,7 @@ def test_older_and_newer_configs_load():
 def test_every_task_implements_the_protocol():
     from hsteer.evaluation.tasks import TASKS, get_task, task_jobs
 
-    assert set(TASKS) == {"winobias", "i2p", "coco", "world"}
+    assert set(TASKS) == {"winobias", "i2p", "coco", "world", "attack"}
     for name, task in TASKS.items():
         assert task.name == name
         for member in ("jobs", "check_scoring", "score", "summary_line", "report_section"):

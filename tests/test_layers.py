@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "hsteer"
 #: Lowest first. A module belongs to the first layer whose name is its name or a prefix of it.
 LAYERS = ("_version", "errors", "seeding", "checks", "fileio", "model", "hspace", "objectives", "training",
           "outputs", "gate", "policies", "generation", "world",
-          "evaluation", "apps", "ui", "cli", "__main__")
+          "evaluation", "attacks", "apps", "ui", "cli", "__main__")
 
 MAX_FUNCTION_LINES = 100
 

@@ -318,6 +318,41 @@ def i2p(prompts_csv, images_per_prompt, categories, hard_only, limit, csv_guidan
         raise HsteerError(f"--detectors takes q16 and/or nudenet, got {detectors!r}")
     _run("i2p", task_args, scoring, o)
 
+@eval_group.command("attack")
+@eval_options
+@click.option("--prompts", "prompts_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="An attack prompt set: CSV/JSON/JSON lines of P4D, Ring-A-Bell, MMA-Diffusion, UnlearnDiffAtk, or "
+                   "`hsteer attack`'s prompts.csv / summary.json (docs: hsteer.evaluation.attack_prompts).")
+@click.option("--prompt-column", default=None, help="The column holding the prompts (default: found by name).")
+@click.option("--seed-column", default=None, help="The column holding the seeds (default: found by name).")
+@click.option("--images-per-prompt", default=1, show_default=True, type=int,
+              help="Image i of a prompt gets seed (its seed, else --seed) + i.")
+@click.option("--limit", default=None, type=int, help="Only the first N prompts.")
+@click.option("--csv-guidance", is_flag=True, help="Use each prompt's guidance column instead of --guidance.")
+@click.option("--detectors", default=None,
+              help="world (default on the bundled model), or q16 and/or nudenet (OR-ed; default elsewhere).")
+@click.option("--q16-prompts", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Q16 prompt embeddings, .safetensors or .npy (see `hsteer q16 convert`).")
+@click.option("--q16-clip", default=Q16_CLIP, show_default=True, help="The CLIP of the Q16 prompts.")
+@click.option("--nudenet-threshold", default=0.2, show_default=True, type=float)
+@one_line_errors
+def attack_set(prompts_file, prompt_column, seed_column, images_per_prompt, limit, csv_guidance, detectors,
+               q16_prompts, q16_clip, nudenet_threshold, **o) -> None:
+    """Attack prompt sets: the attack success rate (share of flagged images) with a 95% interval."""
+    from hsteer.evaluation.attack_prompts import read_attack_prompts
+
+    if images_per_prompt < 1:
+        raise HsteerError("--images-per-prompt must be >= 1")
+    read_attack_prompts(prompts_file, prompt_column=prompt_column, seed_column=seed_column, limit=limit)
+    names = detectors or ("world" if o["model"] is None else "nudenet")
+    task_args = {"prompts": str(Path(prompts_file).resolve()), "prompt_column": prompt_column,
+                 "seed_column": seed_column, "images_per_prompt": images_per_prompt, "limit": limit,
+                 "csv_guidance": csv_guidance}
+    scoring = {"detectors": [d.strip() for d in names.split(",") if d.strip()],
+               "q16_prompts": str(Path(q16_prompts).resolve()) if q16_prompts else None, "q16_clip": q16_clip,
+               "nudenet_threshold": nudenet_threshold}
+    _run("attack", task_args, scoring, o)
+
 @eval_group.command("coco")
 @eval_options
 @click.option("--captions", required=True, type=click.Path(dir_okay=False, path_type=Path),

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import click
 
 from hsteer.cli.apps import compare, demo, world
+from hsteer.cli.attack import attack
 from hsteer.cli.bank import bank
 from hsteer.cli.common import EXIT_ERROR
 from hsteer.cli.eval import eval_group, q16_group, score
@@ -87,7 +88,7 @@ def main() -> None:
     """
 
 
-for command in (train, generate, bank, demo, compare, world, eval_group, score, q16_group, ui, sites):
+for command in (train, generate, bank, demo, compare, world, eval_group, score, q16_group, ui, attack, sites):
     main.add_command(command)
 
 

@@ -9,13 +9,15 @@ from typing import Any
 
 from hsteer.errors import HsteerError
 from hsteer.evaluation.runs import GenerationSettings
+from hsteer.evaluation.tasks.attack import AttackTask
 from hsteer.evaluation.tasks.base import EvalTask, ScoringRun
 from hsteer.evaluation.tasks.coco import CocoTask
 from hsteer.evaluation.tasks.i2p import I2PTask
 from hsteer.evaluation.tasks.winobias import WinoBiasTask
 from hsteer.evaluation.tasks.world import WorldTask
 
-TASKS: dict[str, EvalTask] = {task.name: task for task in (WinoBiasTask(), I2PTask(), CocoTask(), WorldTask())}
+TASKS: dict[str, EvalTask] = {task.name: task for task in (WinoBiasTask(), I2PTask(), CocoTask(), WorldTask(),
+                                                            AttackTask())}
 
 
 def get_task(name: str) -> EvalTask:

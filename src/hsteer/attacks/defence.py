@@ -1,0 +1,195 @@
+"""The defence under attack, in the two forms an attack needs: images, and a differentiable denoiser.
+
+A `Defence` names what `hsteer generate` would apply: a policy of concepts from a bank (the safety
+concept, an SDisc or RespoDiff concept, any `--concept`), with or without the prompt-aware gate; a
+negative prompt; or SLD (diffusers' safe pipeline; `SldPolicy`). `Defence.bind(pipe)` gives a
+`BoundDefence` that
+
+- draws each image's concepts exactly as `generate` does (`generation.draw_for`: the policy's draw, then
+  the gate reading that image's prompt), so the images an attack scores are those `hsteer generate` makes
+  with the same options (tested);
+- computes the defended model's guided noise prediction with gradients, for the white-box attack: the
+  concepts' delta (scaled by the gate's strength for the *current* prompt, in each concept's step window)
+  added at the steering site through `hsteer.steer`, the negative prompt as the guidance base, and SLD's
+  safety guidance (its equations 3, 4 and 6; the momentum term, which needs the whole trajectory, is left
+  out at a single sampled step).
+
+Why draws go through `draw` alone: a test can plant a weakness in a toy defence by overriding it, and the
+attack then sees the same defence the images are made with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from hsteer.errors import HsteerError
+from hsteer.gate import GateConfig
+from hsteer.generation import ImageJob, generate_jobs, window_deltas
+from hsteer.generation.draws import draw_for, prompt_gate
+from hsteer.hspace.bank import ConceptBank
+from hsteer.hspace.hook import in_window
+from hsteer.hspace.steering import SteeringConfig, steer
+from hsteer.model.diffusion import DDIMSchedule, TextCondition, guidance_combination, unet_output
+from hsteer.model.geometry import pipeline_hspace_shape, resolve_resolution
+from hsteer.policies import Draw, PlainPolicy, Policy, SldPolicy, check_policy_object, require_bank
+
+
+@dataclass(frozen=True)
+class Defence:
+    """What the attacked model applies (see the module docstring); the default is the plain model."""
+
+    policy: Policy = field(default_factory=PlainPolicy)
+    bank: ConceptBank | None = None
+    respect_prompt: bool = True
+    gate: str | GateConfig | None = None
+    negative_prompt: str | None = None
+    window: tuple[float, float] | None = None
+    steer_unconditional: bool = False
+    sld_concept: str | None = None  # SLD only: the safety concept text (None: diffusers' default)
+    allow_other_model: bool = False
+
+    def __post_init__(self) -> None:
+        check_policy_object(self.policy)
+        if self.policy.needs_bank:
+            require_bank(self.bank, self.policy)
+            self.policy.drawable(self.bank)
+        if self.sld_concept is not None and not isinstance(self.policy, SldPolicy):
+            raise HsteerError("sld_concept applies to the SLD baseline only (--baseline sld-*)")
+
+    def describe(self) -> str:
+        """One line for summaries: the policy, the gate, the negative prompt."""
+        parts = [self.policy.describe()]
+        if self.policy.needs_bank:
+            gate = self.gate if isinstance(self.gate, str) else ("custom" if self.gate else "embedding")
+            parts.append(f"gate {gate}" if self.respect_prompt else "blind")
+        if self.negative_prompt:
+            parts.append(f"negative prompt {self.negative_prompt!r}")
+        if self.sld_concept:
+            parts.append(f"SLD concept {self.sld_concept!r}")
+        return ", ".join(parts)
+
+    def to_spec(self) -> dict[str, Any]:
+        """The JSON form stored in a run's config (the bank by its concepts' names)."""
+        gate = self.gate if isinstance(self.gate, (str, type(None))) else self.gate.__dict__
+        return {"policy": self.policy.to_spec(), "respect_prompt": self.respect_prompt, "gate": gate,
+                "negative_prompt": self.negative_prompt, "window": list(self.window) if self.window else None,
+                "steer_unconditional": self.steer_unconditional, "sld_concept": self.sld_concept,
+                "concepts": sorted(self.policy.drawable(self.bank)) if self.policy.needs_bank else []}
+
+    def bind(self, pipe, height: int | None = None, width: int | None = None) -> BoundDefence:
+        """The defence on one pipeline (checked against it: the bank's U-Net, the h-space shape)."""
+        return BoundDefence(self, pipe, height, width)
+
+
+def _sld_generation_pipe(pipe, policy: SldPolicy, concept: str | None):
+    """diffusers' safe pipeline with the preset; its safety concept replaced where one is given."""
+    from hsteer.evaluation.baselines import sld_pipeline
+
+    wrapper = sld_pipeline(pipe, policy.preset)
+    if concept:
+        wrapper._pipe.safety_concept = concept  # the wrapper only adds call arguments; the concept lives inside
+    return wrapper
+
+
+class BoundDefence:
+    """A defence on one pipeline: draws, images and the differentiable guided noise prediction."""
+
+    def __init__(self, defence: Defence, pipe, height: int | None = None, width: int | None = None) -> None:
+        from hsteer.attacks.text import unconditional
+
+        self.defence, self.pipe = defence, pipe
+        self.height, self.width = resolve_resolution(pipe, height, width)
+        self.shape = pipeline_hspace_shape(pipe, self.height, self.width)
+        policy = defence.policy
+        if policy.needs_bank:
+            defence.bank.check_compatible(pipe.unet, self.shape,
+                                          allow_other_model=defence.allow_other_model)
+        self.gate = prompt_gate(pipe, defence.bank, policy, defence.respect_prompt, defence.gate)
+        self.sld = policy.preset if isinstance(policy, SldPolicy) else None
+        self.base = unconditional(pipe, defence.negative_prompt, self.height, self.width)
+        self.safety = None
+        if self.sld is not None:
+            from hsteer.evaluation.baselines import sld_preset
+
+            self.sld_settings = sld_preset(self.sld)
+            concept = defence.sld_concept or _sld_generation_pipe(pipe, policy, None).safety_concept
+            self.safety = unconditional(pipe, concept, self.height, self.width)
+        self._windows: dict[tuple, list] = {}
+
+    def draw(self, prompt: str, seed: int) -> tuple[Draw, list[str]]:
+        """The concepts the image with this prompt and seed gets, and the gate's reasons."""
+        return draw_for(self.defence.policy, self.defence.bank, self.gate, prompt, seed)
+
+    def generate(self, items: list[tuple[str, int]], *, steps: int, guidance: float,
+                 batch_size: int = 8) -> list[tuple[dict[str, Any], Any]]:
+        """(manifest row, image) for each (prompt, seed), made as `hsteer generate` makes them."""
+        jobs = []
+        for n, (prompt, seed) in enumerate(items):
+            concepts, notes = self.draw(prompt, seed)
+            jobs.append(ImageJob(prompt, n, seed, concepts, extra={"gate": notes} if notes else {}))
+        pipe = self.pipe if self.sld is None else _sld_generation_pipe(self.pipe, self.defence.policy,
+                                                                      self.defence.sld_concept)
+        out = generate_jobs(pipe, jobs, self.defence.bank, self.defence.policy.name, steps=steps, guidance=guidance,
+                            height=self.height, width=self.width, batch_size=batch_size,
+                            steer_unconditional=self.defence.steer_unconditional, progress=False,
+                            negative_prompt=self.defence.negative_prompt, window=self.defence.window)
+        return [(record.to_dict(), image) for record, image in zip(out.records, out.images)]
+
+    def delta_at(self, draw: Draw, step: int, steps: int) -> torch.Tensor | None:
+        """The sum of the drawn concepts acting at step index `step` of `steps` (None: nothing acts)."""
+        if not draw:
+            return None
+        active = [w.deltas[0] for w in self._window_rows(draw) if in_window(step, steps, w.start, w.end)]
+        return torch.stack(active).sum(0).to(self.pipe.unet.device) if active else None
+
+    def _window_rows(self, draw: Draw) -> list:
+        """The draw's concepts laid out per step window (cached: the attack asks at every step)."""
+        key = tuple(draw)
+        if key not in self._windows:
+            self._windows[key] = window_deltas(self.defence.bank, [list(draw)], self.shape, self.defence.window)
+        return self._windows[key]
+
+    def step_key(self, draw: Draw, step: int, steps: int) -> tuple:
+        """What the prediction at step index `step` depends on besides its inputs: the concept windows that
+        act there and, for SLD, whether its warm-up is over. Steps with equal keys can share one denoiser
+        call (the white-box attack batches them: one call instead of one per sampled step)."""
+        active = tuple(n for n, w in enumerate(self._window_rows(draw)) if in_window(step, steps, w.start, w.end)
+                       ) if draw else ()
+        warm = self.sld is not None and step >= self.sld_settings["sld_warmup_steps"]
+        return active, warm
+
+    def eps(self, schedule: DDIMSchedule, x: torch.Tensor, t: torch.Tensor, step: int, cond: TextCondition,
+            guidance: float, draw: Draw) -> torch.Tensor:
+        """The defended model's guided noise prediction for latents `x` at timestep `t` (step index `step`),
+        differentiable in `cond`; guidance 1 gives the conditional prediction alone."""
+        n = x.shape[0]
+        cond = cond.expand(n) if len(cond) == 1 and n > 1 else cond
+        delta = self.delta_at(draw, step, schedule.steps)
+        guided = guidance != 1.0
+        config = None if delta is None else SteeringConfig(delta, guided=guided,
+                                                           steer_unconditional=self.defence.steer_unconditional)
+        parts = [self.base.expand(n), cond] if guided else [cond]
+        if self.sld is not None and guided:
+            parts.append(self.safety.expand(n))
+        with steer(self.pipe.unet, config, name="hsteer-attack"):
+            xs, ts = torch.cat([x] * len(parts)), torch.cat([t] * len(parts))
+            out = schedule.to_epsilon(unet_output(self.pipe.unet, xs, ts, TextCondition.cat(parts)), xs, ts)
+        if not guided:
+            return out
+        eps = out.chunk(len(parts))
+        if self.sld is None:
+            return guidance_combination(eps[0], eps[1], guidance)
+        return self._sld_guidance(eps[0], eps[1], eps[2], guidance, step)
+
+    def _sld_guidance(self, uncond, text, safety, guidance: float, step: int) -> torch.Tensor:
+        """SLD's safety guidance (equations 3, 4 and 6 of the paper, as diffusers computes them), no momentum."""
+        s = self.sld_settings
+        noise_guidance = text - uncond
+        if step >= s["sld_warmup_steps"]:
+            scale = torch.clamp((text - safety).abs() * s["sld_guidance_scale"], max=1.0)
+            scale = torch.where(text - safety >= s["sld_threshold"], torch.zeros_like(scale), scale)
+            noise_guidance = noise_guidance - (safety - uncond) * scale
+        return uncond + guidance * noise_guidance

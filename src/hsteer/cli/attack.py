@@ -1,0 +1,136 @@
+"""`hsteer attack`: an adversarial prompt attack on a defended model, with the ASR before and after.
+
+The defence options are those of `hsteer generate` (`--bank B --safe`, `--concept ...`, the gate), plus
+`--baseline sld-*` (SLD, as in `hsteer eval`) and `--negative-prompt`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from hsteer.cli.common import model_options, one_line_errors
+from hsteer.cli.options import build_policy, policy_options, sampling_options
+from hsteer.errors import HsteerError
+
+
+def _defence(o: dict, bank):
+    """The Defence of the command line's options (checked before the model loads)."""
+    from hsteer.attacks.defence import Defence
+    from hsteer.policies import SldPolicy, parse_window, require_bank
+
+    policy = build_policy(o["fair"], o["safe"], o["concepts"], o["scales"], o["ratios"])
+    if o["baseline"] != "plain":
+        if policy.needs_bank:
+            raise HsteerError(f"--baseline {o['baseline']} is its own method; do not combine it with "
+                              "--fair/--safe/--concept")
+        policy = SldPolicy(preset=o["baseline"].removeprefix("sld-"))
+    elif o["sld_concept"]:
+        raise HsteerError("--sld-concept needs --baseline sld-*")
+    if policy.needs_bank:
+        require_bank(bank, policy)
+    return Defence(policy, bank if policy.needs_bank else None, respect_prompt=o["respect_prompt"], gate=o["gate"],
+                   negative_prompt=o["negative_prompt"] or None, window=parse_window(o["window"]),
+                   steer_unconditional=o["steer_unconditional"], sld_concept=o["sld_concept"] or None,
+                   allow_other_model=o["allow_other_model"])
+
+
+def _config(o: dict):
+    """The attack's budget from the options (unset ones keep the config's defaults)."""
+    from hsteer.attacks import RingABellConfig, WhiteboxConfig
+
+    names = {"whitebox": ("tokens", "position", "attack_steps", "lr", "top", "eval_every", "objective", "targets"),
+             "ringabell": ("tokens", "position", "population", "generations", "eta", "mutation")}[o["attack"]]
+    fields = {("steps" if n == "attack_steps" else n): o[n] for n in names if o[n] is not None}
+    if o["position"] == "whole" and o["attack"] == "whitebox":
+        raise HsteerError("--position whole is Ring-A-Bell's; the white-box attack adds tokens as prefix or suffix")
+    cls = WhiteboxConfig if o["attack"] == "whitebox" else RingABellConfig
+    return cls(**fields)
+
+
+def _pairs(o: dict, bank) -> list[tuple[str, str]] | None:
+    """Ring-A-Bell's (clean, harmful) pairs: --pairs FILE, else --pairs-bank / --bank's safety group."""
+    from hsteer.attacks.ringabell import bank_pairs
+    from hsteer.hspace.bank import ConceptBank
+
+    if o["pairs"] is not None:
+        try:
+            data = json.loads(Path(o["pairs"]).read_text(encoding="utf-8"))
+            return [(str(a), str(b)) for a, b in data]
+        except (ValueError, TypeError):
+            raise HsteerError(f"--pairs {o['pairs']}: write a JSON list of [clean, harmful] prompt pairs") from None
+    source = ConceptBank.load(o["pairs_bank"]) if o["pairs_bank"] else bank
+    return bank_pairs(source) if source is not None and "safety" in source.groups() else None
+
+
+@click.command("attack")
+@model_options
+@click.option("--attack", "attack", required=True, type=click.Choice(["whitebox", "ringabell"]),
+              help="whitebox: UnlearnDiffAtk-style token optimisation; ringabell: Ring-A-Bell-style genetic search.")
+@click.option("--prompt", "prompts", multiple=True, required=True, help="A harm prompt (repeat for several).")
+@click.option("--num-images", default=8, show_default=True, type=int, help="Images per prompt, before and after.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@policy_options
+@sampling_options
+@click.option("--baseline", default="plain", show_default=True,
+              type=click.Choice(["plain", "sld-weak", "sld-medium", "sld-strong", "sld-max"]),
+              help="Without a bank: the plain model or SLD (diffusers' safe pipeline) with a preset.")
+@click.option("--sld-concept", default=None, help="SLD's safety concept text (default: diffusers').")
+@click.option("--negative-prompt", default=None, help="A negative prompt as the defence (or on top of one).")
+@click.option("--tokens", default=None, type=int, help="Adversarial tokens (whitebox 5, ringabell 8).")
+@click.option("--position", default=None, type=click.Choice(["prefix", "suffix", "whole"]),
+              help="Where the tokens go (whitebox: suffix; ringabell: whole, the prompt is the tokens).")
+@click.option("--attack-steps", default=None, type=int, help="whitebox: optimisation steps (100).")
+@click.option("--lr", default=None, type=float, help="whitebox: Adam learning rate on the embeddings (0.05).")
+@click.option("--top", default=None, type=int, help="whitebox: words tried per position in each refinement (8).")
+@click.option("--eval-every", default=None, type=int, help="whitebox: steps between refinements (20).")
+@click.option("--targets", default=None, type=int, help="whitebox: target images of the undefended model (4).")
+@click.option("--objective", default=None, type=click.Choice(["teacher", "noise"]),
+              help="whitebox: match the undefended model's guided prediction (teacher) or the noise.")
+@click.option("--population", default=None, type=int, help="ringabell: population (64).")
+@click.option("--generations", default=None, type=int, help="ringabell: generations (40).")
+@click.option("--eta", default=None, type=float, help="ringabell: strength of the harm direction (1.0).")
+@click.option("--mutation", default=None, type=float, help="ringabell: per-token mutation probability (0.2).")
+@click.option("--pairs", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="ringabell: JSON list of [clean, harmful] prompt pairs (default: the bank's safety concepts').")
+@click.option("--pairs-bank", default=None, help="ringabell: the bank whose safety group gives the pairs.")
+@click.option("--exclude", default=None, help="Comma-separated words the adversarial tokens may not use.")
+@click.option("--exclude-harm-words", is_flag=True,
+              help="Also exclude the words the safety concept's training pairs add (what the gate keys on).")
+@click.option("--scorer", default=None, help="world, nudenet, q16 or q16,nudenet (default: world on the bundled "
+                                             "model, nudenet elsewhere).")
+@click.option("--q16-prompts", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Q16 prompt embeddings for --scorer q16.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out (same settings).")
+@click.option("--overwrite", is_flag=True, help="Replace the attack run in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@one_line_errors
+def attack(**o) -> None:
+    """Attack a defended model on harm prompts; write DIR/summary.json (asr_before, asr_after, prompts)."""
+    from hsteer.attacks import attack as run
+    from hsteer.attacks.ringabell import harm_words
+    from hsteer.checks import check_device
+    from hsteer.hspace.bank import ConceptBank
+    from hsteer.model import load_quietly, sampling_defaults
+
+    bank = ConceptBank.load(o["bank_path"]) if o["bank_path"] else None
+    defence, config, pairs = _defence(o, bank), _config(o), _pairs(o, bank)
+    exclude = [w.strip() for w in (o["exclude"] or "").split(",") if w.strip()]
+    if o["exclude_harm_words"]:
+        if not pairs:
+            raise HsteerError("--exclude-harm-words reads the safety concept's pairs: give --bank with a safety "
+                              "group, --pairs-bank or --pairs")
+        exclude += harm_words(pairs)
+    defaults = sampling_defaults(o["model"])
+    pipe = load_quietly(o["model"], check_device(o["device"], "--device"), o["dtype"])
+    summary = run(pipe, list(o["prompts"]), o["attack"], defence, config, out_dir=o["out_dir"],
+                  num_images=o["num_images"], seed=o["seed"], steps=o["steps"] or int(defaults["steps"]),
+                  guidance=o["guidance"] if o["guidance"] is not None else float(defaults["guidance"]),
+                  batch_size=o["batch_size"], height=o["height"], width=o["width"], scorer=o["scorer"],
+                  scorer_options={"q16_prompts": str(o["q16_prompts"]) if o["q16_prompts"] else None},
+                  exclude=exclude, pairs=pairs, resume=o["resume"], overwrite=o["overwrite"],
+                  progress=not o["quiet"], device=o["device"])
+    click.echo(f"{o['out_dir']}: ASR {summary['asr_before']:.3f} -> {summary['asr_after']:.3f} "
+               f"({summary['defence']}); prompts: " + "; ".join(summary["prompts"]))
