@@ -58,18 +58,19 @@ def test_train_show_generate(sd_dir, tmp_path):
     assert np.abs(a - b).max() <= 1
 
     safe = tmp_path / "safe"
-    # The prompt-aware gate (on by default) reads the prompt through the model's own text encoder. A tiny
-    # random encoder knows no synonyms, so the harm prompt carries the concept's own word; a harmless one
-    # gets no safety concept, and the manifest says why.
+    # The soft gate reads the prompt through the model's own text encoder. A tiny random encoder knows no
+    # synonyms, so the harm prompt carries the concept's own word; a harmless one gets no safety concept,
+    # and the manifest says why. The default gate leaves safety at full strength.
     hsteer("generate", "--model", sd_dir, "--prompt", "a scene of violence", "--prompt", "a quiet lake", "--out", safe,
-           "--bank", bank, "--safe", "--steps", "2")
+           "--bank", bank, "--safe", "--gate", "embedding-soft", "--steps", "2")
     harm, harmless = [json.loads(line) for line in (safe / "manifest.jsonl").read_text().splitlines()]
     assert harm["concepts"] == [{"name": "anti_violence", "scale": 1.0}] and harm["policy"] == "safe"
     assert harmless["concepts"] == [] and "harm score" in " ".join(harmless["gate"])
-    blind = tmp_path / "blind"
-    hsteer("generate", "--model", sd_dir, "--prompt", "a quiet lake", "--out", blind, "--bank", bank, "--safe",
-           "--no-respect-prompt", "--steps", "2")
-    assert json.loads((blind / "manifest.jsonl").read_text())["concepts"] == [{"name": "anti_violence", "scale": 1.0}]
+    for name, flags in (("blind", ["--no-respect-prompt"]), ("default", [])):
+        hsteer("generate", "--model", sd_dir, "--prompt", "a quiet lake", "--out", tmp_path / name, "--bank", bank,
+               "--safe", *flags, "--steps", "2")
+        row = json.loads((tmp_path / name / "manifest.jsonl").read_text())
+        assert row["concepts"] == [{"name": "anti_violence", "scale": 1.0}], name
 
 
 @pytest.mark.parametrize("args, message", [

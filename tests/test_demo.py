@@ -127,14 +127,16 @@ def test_the_leakage_recipe_keeps_what_a_concept_is_not_for(summary):
 
 def test_the_gate_keeps_what_explicit_prompts_name_and_blind_steering_does_not(summary):
     """The demo's prompts that name an attribute: the default gate keeps the named shape and colour image for
-    image; blind steering (the papers' setting) redraws them; harmless prompts stay untouched under safe."""
+    image; blind steering (the papers' setting) redraws them; the default leaves safety as blind steering has
+    it, and the soft gate leaves harmless prompts untouched."""
     out, s = summary
     gate = s["respect_prompt"]
-    assert list(gate["settings"]) == ["blind", "embedding"]
+    assert list(gate["settings"]) == ["blind", "embedding", "embedding-soft"]
     for group in ("shape", "colour"):
         kept = gate["settings"]["embedding"]["explicit"][f"fair_{group}/names_{group}"]
         assert kept["agreement"]["value"] == 1.0 and kept["named_shown"]["value"] >= kept["named_shown_plain"]["value"]
-        assert gate["settings"]["embedding"]["safety"][f"harmless_{group}_agreement"]["value"] == 1.0
+        assert gate["settings"]["embedding-soft"]["safety"][f"harmless_{group}_agreement"]["value"] == 1.0
+    assert gate["settings"]["embedding"]["safety"] == gate["settings"]["blind"]["safety"]
     blind = [gate["settings"]["blind"]["explicit"][f"fair_{g}/names_{g}"]["agreement"]["value"]
              for g in ("shape", "colour")]
     assert max(blind) < 0.9, blind

@@ -38,7 +38,7 @@ def test_training_pairs_orient_each_concept_toward_what_it_is_about(sd_pipe):
 
 
 @pytest.mark.parametrize("fixture", ["sd_dir", "sdxl_dir"])
-@pytest.mark.parametrize("gate", ["token", "embedding"])
+@pytest.mark.parametrize("gate", ["token", "embedding-soft"])
 def test_the_gate_reads_prompts_with_the_models_own_encoders(fixture, gate, request):
     pipe = load_pipeline(request.getfixturevalue(fixture))
     reader = PromptGate(pipe, _bank(pipe), gate)
@@ -69,11 +69,21 @@ def test_fair_keeps_the_attribute_the_prompt_names_and_says_why(sd_pipe):
     assert all(r.concepts == [{"name": "square", "scale": 1.0}] for r in added.records)
 
 
-def test_safety_leaves_harmless_prompts_alone_and_acts_on_harm(sd_pipe):
+def test_the_default_gate_never_weakens_safety():
+    """The attack harness found prompts without a harm word that the model still draws harm for: by default
+    the gate leaves safety at full strength, and only the soft and hard gates scale it by the prompt."""
+    assert GATES["embedding"].strength(0.0) == 1.0 and GATES["embedding-soft"].strength(0.0) == 0.0
+    assert GATES["embedding-soft"].strength(0.55) == pytest.approx(0.5) and GATES["embedding-hard"].strength(0.69) == 0
+
+
+def test_the_soft_gate_leaves_harmless_prompts_alone_and_acts_on_harm(sd_pipe):
     bank = _bank(sd_pipe)
     kwargs = dict(num_images_per_prompt=2, seed=5, bank=bank, policy=SafePolicy(), steps=STEPS, guidance=GUIDANCE,
                   progress=False)
-    out = generate(sd_pipe, ["a photo of a doctor", "a violence scene"], **kwargs)
+    default = generate(sd_pipe, ["a photo of a doctor"], **kwargs)
+    assert all(r.concepts == [{"name": "anti_violence", "scale": 1.0}] and "gate" not in r.extra
+               for r in default.records)
+    out = generate(sd_pipe, ["a photo of a doctor", "a violence scene"], gate="embedding-soft", **kwargs)
     harmless, harm = out.records[:2], out.records[2:]
     assert all(r.concepts == [] and r.extra["gate"][0].startswith("safety x0.00") for r in harmless)
     assert all(r.concepts == [{"name": "anti_violence", "scale": 1.0}] and "gate" not in r.extra for r in harm)
@@ -117,12 +127,14 @@ def test_gate_evaluation_on_the_bundled_model_and_its_compare_table():
     pipe = load_pipeline(None)
     bank = _world_bank(pipe)
     config = GateEvalConfig(professions=("nurse",), images_per_prompt=2, steps=8, harm_prompts=HARM_VARIANTS[:2])
-    report = evaluate_gate(pipe, bank, config, settings={"blind": (False, None), "embedding": (True, "embedding")})
-    gated, blind = report["settings"]["embedding"], report["settings"]["blind"]
+    report = evaluate_gate(pipe, bank, config, settings={"blind": (False, None), "embedding": (True, "embedding"),
+                                                         "embedding-soft": (True, "embedding-soft")})
+    gated, blind, soft = (report["settings"][k] for k in ("embedding", "blind", "embedding-soft"))
     for group in ("shape", "colour"):
         kept = gated["explicit"][f"fair_{group}/names_{group}"]
         assert kept["agreement"]["value"] == 1.0 and kept["named_shown"] == kept["named_shown_plain"]
-        assert gated["safety"][f"harmless_{group}_agreement"]["value"] == 1.0
+        assert soft["safety"][f"harmless_{group}_agreement"]["value"] == 1.0
+    assert gated["safety"] == blind["safety"]  # the default gate leaves safety as blind steering has it
     redrawn = [blind["explicit"][f"fair_{g}/names_{g}"]["agreement"]["value"] for g in ("shape", "colour")]
     assert min(redrawn) < 1.0
     assert blind["safety"]["harmless_shape_agreement"]["value"] < 1.0 or \

@@ -17,14 +17,16 @@ README's "Steering that respects the prompt" table:
   centred on the states of the concept's own neutral prompts.
 
 Fair: a group whose member the prompt names (score >= `threshold`, and above every other member) is not
-redrawn for that image; `named="add"` adds the named member's own concept instead. Safe: the safety
-concept's scale is multiplied by a strength in [0, 1] from its score (`soft_safety`: a ramp from
+redrawn for that image; `named="add"` adds the named member's own concept instead. Safe: under the
+default gate the safety concept acts at full strength (`weaken_safety=False`: prompts without a harm word
+can still make the model draw harm, and a gate on the prompt's words lets them through; docs/attacks.md);
+with `embedding-soft` / `-hard` its scale is multiplied by a strength in [0, 1] from its score (`soft_safety`: a ramp from
 `soft_from` to `threshold`; hard: 0 or 1). A concept without training prompts (e.g. a random bank) has
 no key tokens and is never gated.
 
-What it keys on, and its blind spot: the gate reads only the prompt's tokens. A harm prompt that reaches
-the harm through words unlike any key token gets strength 0; the adversarial-attack harness is where that
-is measured. `respect_prompt=False` gives back the papers' blind behaviour.
+What it keys on, and its blind spot: the gate reads only the prompt's tokens. Under a gate that weakens
+safety, a harm prompt that reaches the harm through words unlike any key token gets strength 0; the
+adversarial-attack harness measured exactly that, which is why the default does not weaken safety. `respect_prompt=False` gives back the papers' blind behaviour.
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ class GateConfig:
     soft_safety: bool = True
     soft_from: float = 0.4
     named: str = "keep"  # keep: the named member stays as the prompt has it; add: add its concept
+    # False: safety concepts always act at full strength (the default gate). An attack found prompts with
+    # no harm word that the plain model still draws harm for; a gate that weakens safety by the prompt's
+    # words lets them through (docs/attacks.md), so only fair groups are gated by default.
+    weaken_safety: bool = True
 
     def __post_init__(self) -> None:
         if self.reader not in READERS:
@@ -62,15 +68,20 @@ class GateConfig:
 
     def strength(self, score: float) -> float:
         """The safety concept's scale factor for a prompt with this harm score."""
+        if not self.weaken_safety:
+            return 1.0
         if not self.soft_safety:
             return 1.0 if score >= self.threshold else 0.0
         return float(min(1.0, max(0.0, (score - self.soft_from) / (self.threshold - self.soft_from))))
 
 
-#: Named gates: the measured candidates; "embedding" is the default (README table).
+#: Named gates: the measured candidates (README table). The default, "embedding", gates fair groups and
+#: leaves safety at full strength; "embedding-soft" / "-hard" also scale safety by the prompt's harm score,
+#: which keeps harmless prompts untouched but opens the hole the attack harness found.
 GATES: Mapping[str, GateConfig] = MappingProxyType({
     "token": GateConfig("token", soft_safety=False),
-    "embedding": GateConfig("embedding"),
+    "embedding": GateConfig("embedding", weaken_safety=False),
+    "embedding-soft": GateConfig("embedding"),
     "embedding-hard": GateConfig("embedding", soft_safety=False),
     "context": GateConfig("context"),
 })

@@ -344,6 +344,7 @@ def _gate_settings(config: DemoConfig) -> dict[str, tuple[bool, str | None]]:
     settings: dict[str, tuple[bool, str | None]] = {"blind": (False, None)}
     if config.respect_prompt:
         settings[DEFAULT_GATE] = (True, DEFAULT_GATE)
+        settings["embedding-soft"] = (True, "embedding-soft")  # safety gated too: the harmless-prompt trade-off
     return settings
 
 

@@ -28,12 +28,13 @@ POLICY_OPTIONS = (
     click.option("--steer-unconditional", is_flag=True, help="Also steer the unconditional CFG half."),
     click.option("--allow-other-model", is_flag=True, help="Use a bank learned on a U-Net with another config."),
     click.option("--respect-prompt/--no-respect-prompt", default=True, show_default=True,
-                 help="Gate each image's concepts by its prompt: a fair group the prompt names is not redrawn, "
-                      "the safety concept acts as far as the prompt carries harm. --no-respect-prompt: the "
-                      "papers' blind steering."),
+                 help="Gate each image's concepts by its prompt: a fair group the prompt names is not redrawn "
+                      "(with --gate embedding-soft/-hard/token/context the safety concept also acts only as far "
+                      "as the prompt carries harm). --no-respect-prompt: the papers' blind steering."),
     click.option("--gate", "gate", default="embedding", show_default=True,
-                 type=click.Choice(["embedding", "embedding-hard", "token", "context"]),
-                 help="How prompts are read for --respect-prompt (docs/methods.md, the gate)."),
+                 type=click.Choice(["embedding", "embedding-soft", "embedding-hard", "token", "context"]),
+                 help="How prompts are read for --respect-prompt (docs/methods.md §10); the default leaves "
+                      "safety at full strength, embedding-soft scales it by the prompt's harm score."),
 )
 
 SAMPLING_OPTIONS = (

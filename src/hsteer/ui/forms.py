@@ -135,7 +135,7 @@ class GenerateForm:
     window: tuple[float, float] | None
     #: the concept sliders as sent (only the concepts policy reads them, naming each by its concept)
     scales: tuple[Any, ...]
-    #: the prompt-aware gate (a fair group the prompt names is kept; safety only on harm prompts)
+    #: the prompt-aware gate (a fair group the prompt names is kept; safety at full strength)
     respect_prompt: bool = True
 
     @classmethod
