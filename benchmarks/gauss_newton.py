@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from common import setup_threads
-from run import ARMS, QualityProbe, seconds_to_reach
+from trainbench import ARMS, QualityProbe, seconds_to_reach
 
 
 def gauss_newton_delta(f, c, eps_target, cg_iterations: int, damping: float):

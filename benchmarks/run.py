@@ -40,10 +40,11 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from common import setup_threads
+from trainbench import (ARMS, QUICK_ARMS, QUICK_SWEEPS, SWEEPS, Arm, QualityProbe, bench_training,  # noqa: F401 (re-exported)
+                        reached_point, seconds_to_reach, training_curve)
 
 
 def _random_bank(pipe, names_by_group: dict[str, list[str]], scale: float = 1.0):
@@ -290,229 +291,6 @@ def bench_train_throughput(pipe, steps: int, iterations: int) -> dict[str, dict[
     return out
 
 
-#: The professions whose planted bias is in shape: the targeted attribute of the training benchmark.
-def _shape_professions() -> tuple[str, ...]:
-    from hsteer.world import scene
-
-    return tuple(p for p, group in scene.BIASED_PAIRS if group == "shape")
-
-
-def _quality(summary: dict) -> dict[str, float]:
-    """What the training benchmark reads of a fair-over-shape bank, each with its 95% interval: the targeted
-    deviation ratio (shape); the untargeted attributes against the plain images of the same seeds: colour's
-    same-seed agreement and the change of its deviation ratio (distribution shift), and profession fidelity."""
-    untargeted = summary.get("untargeted", {})
-    colour, profession = untargeted.get("colour", {}), untargeted.get("profession", {})
-    return {"deviation_ratio": summary["deviation_ratio"]["mean_all"]["shape"],
-            "deviation_ratio_ci": summary.get("deviation_ratio_ci", {}).get("mean_all", {}).get("shape"),
-            "colour_agreement": colour.get("agreement"),
-            "colour_agreement_ci": colour.get("agreement_ci"),
-            "colour_deviation_change": colour.get("deviation_ratio_change"),
-            "colour_deviation_change_ci": colour.get("deviation_ratio_change_ci"),
-            "fidelity": summary["fidelity"]["mean"],
-            "fidelity_change_ci": profession.get("fidelity_change_ci")}
-
-
-def _bootstrap_median_ratio(numerators: list[float], denominators: list[float], resamples: int = 2000,
-                            seed: int = 0) -> tuple[float, float, float]:
-    """Median of per-seed ratios and a percentile 95% interval, resampling the seeds with replacement."""
-    import random
-
-    ratios = [a / b for a, b in zip(numerators, denominators)]
-    rng = random.Random(seed)
-    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
-    return statistics.median(ratios), medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
-
-
-class QualityProbe:
-    """The training benchmark's quality: fair generation over shape on the shape-biased professions, against
-    the plain images of the same seeds (made once); `meets` is the fixed quality both modes are timed to."""
-
-    def __init__(self, pipe, images: int, threshold: float = 0.05, agreement_target: float | None = 0.90) -> None:
-        from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
-        from hsteer.policies import PlainPolicy
-        from hsteer.model import sampling_defaults
-
-        sampling = sampling_defaults(getattr(pipe, "_hsteer_model", None))
-        self.pipe, self.threshold, self.agreement_target = pipe, threshold, agreement_target
-        self.config = WorldEvalConfig(professions=_shape_professions(), templates=("a photo of a {}",),
-                                      images_per_prompt=images, harm_prompts=(), steps=int(sampling["steps"]),
-                                      guidance=float(sampling["guidance"]), groups=("shape", "colour"))
-        self.plain = evaluate_world(pipe, self.config, policy=PlainPolicy(), progress=False)
-
-    def __call__(self, concepts) -> dict:
-        from hsteer.evaluation.world import evaluate_world
-        from hsteer.policies import FairPolicy
-        from hsteer.hspace.bank import ConceptBank
-
-        result = evaluate_world(self.pipe, self.config, bank=ConceptBank(concepts=concepts),
-                                policy=FairPolicy(("shape",)), baseline=self.plain, progress=False)
-        return _quality(result.summary)
-
-    def meets(self, q: dict) -> bool:
-        return q["deviation_ratio"] <= self.threshold and (
-            self.agreement_target is None or (q["colour_agreement"] or 0.0) >= self.agreement_target)
-
-
-def _check_milestones(milestones, step: int) -> None:
-    if any(m % step for m in milestones):
-        raise ValueError(f"milestones {tuple(milestones)} must be multiples of step {step}")
-
-
-def training_curve(pipe, probe: QualityProbe, mode: str, milestones: list[int], seed: int, workdir: Path,
-                   step: int | None = None, **extra) -> list[dict]:
-    """Train the world recipe's circle and square, evaluating at `milestones` until the quality is met, then
-    bisect: the first `step`-multiple that meets it. Seconds are training time only.
-
-    Training resumes in increments of `step` iterations (exactly as one run: resuming is exact), keeping the
-    concepts at each; once a milestone meets the quality, the kept concepts between the last milestone that
-    did not and this one are evaluated by bisection (the quality is taken as monotone there). So the time to
-    the quality is resolved to `step` iterations for the cost of a few evaluations. `extra`: settings over
-    the recipe's. Returns the evaluated points in order of iterations.
-    """
-    from hsteer.apps.recipes import world_train_config
-    from hsteer.training import train_concept
-
-    step = step or milestones[0]
-    _check_milestones(milestones, step)
-    tag = "-".join(f"{k}{v}" for k, v in sorted(extra.items()))
-    seconds, done, kept, points = 0.0, 0, {}, {}
-
-    def evaluate(m: int) -> bool:
-        points[m] = {"iterations": m, "seconds": kept[m][0], **probe(kept[m][1])}
-        return probe.meets(points[m])
-
-    last_failed = 0
-    for m in milestones:
-        for target in range(done + step, m + 1, step):
-            concepts = []
-            for name in ("circle", "square"):
-                config = world_train_config(name, target, seed, mode=mode, **extra)
-                result = train_concept(pipe, config, run_dir=workdir / f"{mode}{tag}-{seed}" / name, resume=True,
-                                       checkpoint_every=step, progress=False)
-                seconds += result.seconds
-                concepts.append(result.concept)
-            kept[target], done = (seconds, concepts), target
-        if evaluate(m):
-            between = [k for k in sorted(kept) if last_failed < k < m]
-            while between:
-                middle = between[len(between) // 2]
-                met = evaluate(middle)
-                between = [k for k in between if (k < middle if met else k > middle)]
-            break
-        last_failed = m
-    return [points[m] for m in sorted(points)]
-
-
-def reached_point(probe: QualityProbe, points: list[dict]) -> dict | None:
-    """The first evaluated point that meets the quality (None: none did)."""
-    return next((p for p in points if probe.meets(p)), None)
-
-
-def seconds_to_reach(probe: QualityProbe, points: list[dict]) -> float | None:
-    point = reached_point(probe, points)
-    return None if point is None else point["seconds"]
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One procedure of the training benchmark: its mode, its settings over the world recipe's, and where its
-    curve is evaluated (`milestones`, then bisected down to `step` iterations: `training_curve`)."""
-
-    mode: str
-    settings: dict = field(default_factory=dict)
-    milestones: tuple[int, ...] = ()
-    step: int = 1
-
-    def __post_init__(self) -> None:  # fail at once, not after the generation benchmarks
-        _check_milestones(self.milestones, self.step)
-
-    def smoke(self) -> Arm:
-        """The same procedure at smoke sizes (CI): evaluated after 1 and 2 iterations."""
-        return replace(self, milestones=(1, 2), step=1)
-
-    def curve(self, pipe, probe: QualityProbe, seed: int, workdir: Path) -> list[dict]:
-        """This arm's `training_curve` at `seed`."""
-        return training_curve(pipe, probe, self.mode, list(self.milestones), seed, workdir, self.step,
-                              **self.settings)
-
-
-#: The recipe's learning rate (both modes in the demo), and the fast mode's in this benchmark: Adam's
-#: square-root rule scales the step with the batch's gradient noise, lr x sqrt(batch / 1) for the fast
-#: mode's batch of 9 (3 pairs x 3) against the reference's batch of 1.
-RECIPE_LR = 0.05
-FAST_LR = 0.15  # = RECIPE_LR * sqrt(9)
-
-#: The full benchmark's arms. "reference": the papers' procedure (batch 1, a fresh reverse process per
-#: sample) at the recipe's learning rate; "fast": the fast mode at its batch-scaled one; "reference_fast_lr":
-#: the reference at the fast mode's rate too, so that what the learning rate alone buys is measured.
-ARMS = {"reference": Arm("reference", {"batch_size": 1}, (50, 100, 150, 200, 300), 25),
-        "fast": Arm("fast", {"lr": FAST_LR}, (4, 8, 12, 20, 30, 48), 2),
-        "reference_fast_lr": Arm("reference", {"batch_size": 1, "lr": FAST_LR}, (10, 20, 30, 45, 60, 90), 5)}
-QUICK_ARMS = {name: replace(arm.smoke(), milestones=(2, 4)) if name == "reference" else arm.smoke()
-              for name, arm in ARMS.items()}
-
-
-def bench_training(pipe, arms: dict[str, Arm], images: int, workdir: Path, seeds: tuple[int, ...] = (0, 1, 2),
-                   threshold: float = 0.05, agreement_target: float | None = 0.90) -> dict:
-    """Time to an equal, fixed quality: the reference procedure vs the fast mode, over several seeds.
-
-    Quality (`QualityProbe`): fair generation over the shape group on the professions with a planted shape
-    bias, mean deviation ratio <= `threshold` (and, with `agreement_target`, same-seed colour agreement with
-    the plain images >= it). Each arm trains the world recipe's circle and square concepts and is evaluated
-    at its milestones, then bisected down to its step (`training_curve`); its time is training time only, up
-    to the first point that meets the quality. Speedup per seed = an arm's time / the fast arm's; reported
-    as the median over seeds with a bootstrap interval, whose lower end is the headline:
-    `train_speedup_equal_quality` (arm "reference") and `train_speedup_equal_lr` (arm "reference_fast_lr").
-    `train_quality`: each arm's quality at that point (its last point where it never met it), with the
-    untargeted columns and their intervals.
-    """
-    probe = QualityProbe(pipe, images, threshold, agreement_target)
-    runs = []
-    for seed in seeds:
-        run: dict = {"seed": seed}
-        for name, arm in arms.items():
-            curve = arm.curve(pipe, probe, seed, workdir / name)
-            run[f"{name}_curve"], run[f"{name}_seconds_to_reach"] = curve, seconds_to_reach(probe, curve)
-        runs.append(run)
-    out: dict = {"train_threshold": {"deviation_ratio": threshold, "colour_agreement": agreement_target},
-                 "train_arms": {name: asdict(arm) for name, arm in arms.items()}, "train_runs": runs,
-                 "eval_images_per_profession": images, "eval_professions": list(probe.config.professions)}
-    for key, name in (("train_speedup_equal_quality", "reference"), ("train_speedup_equal_lr", "reference_fast_lr")):
-        if name not in arms:
-            continue
-        reached = [r for r in runs if r[f"{name}_seconds_to_reach"] and r["fast_seconds_to_reach"]]
-        out[f"{key}_seeds_reached"] = len(reached)
-        median = low = high = 0.0
-        if reached:
-            median, low, high = _bootstrap_median_ratio([r[f"{name}_seconds_to_reach"] for r in reached],
-                                                        [r["fast_seconds_to_reach"] for r in reached])
-        out.update({key: median, f"{key}_low": low, f"{key}_high": high})
-    reached = [r for r in runs if r["reference_seconds_to_reach"] and r["fast_seconds_to_reach"]]
-    out["train_seeds_reached"] = len(reached)
-    out["train_speedup"] = statistics.median(r["reference_curve"][-1]["seconds"] / r["fast_seconds_to_reach"]
-                                             for r in reached) if reached else 0.0
-    out["train_quality"] = {name: _quality_at_reach(probe, [r[f"{name}_curve"] for r in runs]) for name in arms}
-    return out
-
-
-def _quality_at_reach(probe: QualityProbe, curves: list[list[dict]]) -> dict:
-    """Median over seeds of an arm's quality where it first met the bar (else its last point), and the worst
-    interval ends: the lowest fidelity and colour agreement, the largest colour deviation-ratio change."""
-    points = [reached_point(probe, curve) or curve[-1] for curve in curves]
-    out = {key: statistics.median(p[key] for p in points)
-           for key in ("iterations", "seconds", "deviation_ratio", "colour_agreement", "colour_deviation_change",
-                       "fidelity") if all(p.get(key) is not None for p in points)}
-    out["fidelity_min"] = min(p["fidelity"] for p in points)
-    lows = [p["colour_agreement_ci"][0] for p in points if p.get("colour_agreement_ci")]
-    highs = [p["colour_deviation_change_ci"][1] for p in points if p.get("colour_deviation_change_ci")]
-    if lows:
-        out["colour_agreement_ci_low_min"] = min(lows)
-    if highs:
-        out["colour_deviation_change_ci_high_max"] = max(highs)
-    return out
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="Smoke sizes (CI).")
@@ -532,6 +310,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--skip-compile", action="store_true", help="No compiled-pipeline benchmarks.")
     parser.add_argument("--skip-equal-lr", action="store_true",
                         help="Do not also time the reference at the fast mode's learning rate.")
+    parser.add_argument("--skip-sweep", action="store_true",
+                        help="No learning-rate sweeps (train_speedup_best, train_speedup_best_per_concept).")
     parser.add_argument("--skip-training", action="store_true",
                         help="Generation and memory only (the training benchmark needs the world model's probes).")
     args = parser.parse_args(argv)
@@ -569,7 +349,8 @@ def main(argv: list[str] | None = None) -> dict:
                 arms = {k: v for k, v in arms.items() if k != "reference_fast_lr"}
             results.update(bench_training(pipe, arms, images=2 if args.quick else args.eval_images,
                                           workdir=Path(tmp), seeds=(0,) if args.quick else (0, 1, 2),
-                                          agreement_target=args.agreement_target or None))
+                                          agreement_target=args.agreement_target or None,
+                                          sweeps=None if args.skip_sweep else QUICK_SWEEPS if args.quick else SWEEPS))
     if args.json:
         print(json.dumps(results, indent=2))
     else:

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from common import setup_threads
-from run import ARMS, RECIPE_LR, Arm, QualityProbe, _quality_at_reach, seconds_to_reach
+from trainbench import ARMS, RECIPE_LR, Arm, QualityProbe, _quality_at_reach, _rate_arm, seconds_to_reach
 
 FAST, REFERENCE = ARMS["fast"], ARMS["reference"]
 
@@ -30,6 +30,12 @@ FAST, REFERENCE = ARMS["fast"], ARMS["reference"]
 def _fast(**change) -> Arm:
     """The benchmark's fast arm with `change` over its settings (same milestones and bisection step)."""
     return Arm("fast", {**FAST.settings, **change}, FAST.milestones, FAST.step)
+
+
+def _group(lr: float, **change) -> Arm:
+    """The group trainer (circle and square together, `hsteer.training.group`) at `lr`, with `change`."""
+    arm = _rate_arm("group", lr)
+    return Arm("group", {**arm.settings, **change}, arm.milestones, arm.step)
 
 
 #: name -> (what changes, the arm: mode, settings over the recipe's, milestones, bisection step). Ideas are
@@ -50,6 +56,12 @@ IDEAS: dict[str, tuple[str, Arm]] = {
     "reference-lr0.15": ("the reference procedure at the fast arm's learning rate 0.15", ARMS["reference_fast_lr"]),
     "reference-lr0.2": ("the reference procedure at learning rate 0.2",
                         Arm("reference", {"batch_size": 1, "lr": 0.2}, (10, 20, 30, 45, 60, 90), 5)),
+    "reference-lr0.3": ("the reference procedure at learning rate 0.3", _rate_arm("reference", 0.3)),
+    "group": ("circle and square trained together (one pool in the window, one U-Net pass), lr 0.15", _group(0.15)),
+    "group-lr0.3": ("the group trained together at lr 0.3", _group(0.3)),
+    "group-lr0.45-warmup2": ("the group at lr 0.45 with a 2-iteration linear warm-up", _group(0.45, lr_warmup=2)),
+    "group-jumps2": ("the group at lr 0.3, the pool's unsteered start in 2 DDIM jumps", _group(0.3, jumps=2)),
+    "group-batch6": ("the group at lr 0.3, batch 6 per concept (2 rows per pair)", _group(0.3, batch_size=6)),
 }
 DEFAULT_IDEAS = ("fast", "lr0.05", "lr0.1", "lr0.2", "batch3", "steps10")
 

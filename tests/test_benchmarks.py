@@ -29,7 +29,10 @@ def test_quick_benchmark_reports_every_key():
     assert results["fair_distinct_concepts"] > 1  # the fair batch really mixed concepts
     memory = results["train_memory"]
     assert 0 < memory["memory_ratio_checkpointed"] < memory["memory_ratio"] < 1
-    assert set(results["train_quality"]) == {"reference", "fast", "reference_fast_lr"}
+    assert {"reference", "fast", "reference_fast_lr"} <= set(results["train_quality"])
+    assert set(results["train_sweep"]) == {"reference", "fast", "group"}
+    for key in ("train_speedup_best", "train_speedup_best_per_concept", "train_group_speedup"):
+        assert results[f"{key}_low"] <= results[key] <= results[f"{key}_high"], key
     arms = results["train_arms"]
     assert arms["reference"]["settings"] == {"batch_size": 1}  # the recipe's learning rate
     assert arms["fast"]["settings"]["lr"] == arms["reference_fast_lr"]["settings"]["lr"] == 0.15
@@ -157,3 +160,60 @@ def test_quick_gauss_newton_trains_and_scores_both_procedures():
     point = run["gauss_newton_curve"][0]
     assert point["iterations"] == 1 and point["seconds"] > 0 and 0 <= point["deviation_ratio"] <= 1
     assert run["adam_curve"] and all(p["seconds"] > 0 for p in run["adam_curve"])
+
+
+def test_quick_gpu_benchmark_covers_both_architectures_and_the_offload_paths():
+    """benchmarks/gpu.py's CPU mode: toy-width SD 1.5 and SDXL layouts, every section, offload steering checked."""
+    out = _load("gpu").main(["--quick", "--device", "cpu", "--threads", "2", "--skip-compile"])
+    assert set(out["models"]) == {"sd15", "sdxl"} and out["machine"].endswith("cpu, float32")
+    sd15, sdxl = out["models"]["sd15"], out["models"]["sdxl"]
+    assert sd15["hspace_shape"] == [64, 2, 2] and sdxl["hspace_shape"] == [64, 4, 4]  # 3 vs 2 downsamplings
+    for model in (sd15, sdxl):
+        assert model["generation"]["steer_overhead"] > 0 and model["generation"]["fair_distinct_concepts"] > 1
+        assert model["attach"]["attach_fair_batch_ratio"] > 0
+        memory = model["train_memory"]
+        assert 0 < memory["memory_ratio_checkpointed"] < memory["memory_ratio"] < 1
+        throughput = model["train_throughput"]
+        assert throughput["fast"]["batch"] == 8 and throughput["reference"]["batch"] == 1
+        assert throughput["signals_per_second_ratio"] > 0 and model["group_throughput"]["signals_per_second"] > 0
+    offload = sd15["offload"]
+    assert offload["steered_vs_plain_max_abs"] > 1e-3  # the concept acts, so agreement below means something
+    for path in ("model_cpu_offload", "group_offload"):
+        assert offload[path]["ran"] and offload[path]["max_abs_vs_on_device"] <= 1e-4, path
+    assert offload["ok"] and "offload" not in sdxl  # checked once, on the first model
+
+
+def test_sweep_tries_every_rate_on_the_first_seed_then_times_the_best_on_every_seed():
+    """Rates in order 0.3, 0.2, 0.1: each later rate is stopped at the best time so far; 0.2 wins on seed 0
+    (3 s against 4 s) and only it runs on seeds 1 and 2."""
+    trainbench = _load("trainbench")
+    seconds = {(0.3, 0): 4.0, (0.2, 0): 3.0, (0.1, 0): None, (0.2, 1): 3.5, (0.2, 2): 2.5}
+    calls: list[tuple[float, int, float | None]] = []
+
+    class Probe:
+        def meets(self, point):
+            return point["deviation_ratio"] <= 0.05
+
+    class Curves:
+        probe = Probe()
+
+        def __call__(self, arm, seed, budget=None):
+            lr = arm.settings["lr"]
+            calls.append((lr, seed, budget))
+            reached = seconds[(lr, seed)]
+            if reached is None:  # stopped at the budget, never met
+                return [{"iterations": 2, "seconds": 1.0, "deviation_ratio": 0.4}]
+            return [{"iterations": 2, "seconds": reached / 2, "deviation_ratio": 0.4},
+                    {"iterations": 4, "seconds": reached, "deviation_ratio": 0.0}]
+
+    rates = {lr: trainbench.Arm("fast", {"lr": lr}, (2, 4), 2) for lr in (0.3, 0.2, 0.1)}
+    record, by_seed = trainbench._sweep(Curves(), rates, (0, 1, 2))
+    assert calls[:3] == [(0.3, 0, None), (0.2, 0, 4.0), (0.1, 0, 3.0)]
+    assert [(lr, seed) for lr, seed, _ in calls[3:]] == [(0.2, 0), (0.2, 1), (0.2, 2)]
+    assert record["best_lr"] == 0.2 and record["rates"]["0.1"] == {"seconds_to_reach": None, "iterations": None,
+                                                                  "stopped_at_seconds": 3.0}
+    assert [trainbench.seconds_to_reach(Probe(), by_seed[s]) for s in (0, 1, 2)] == [3.0, 3.5, 2.5]
+    keys = trainbench._ratio_keys("k", [{"a_seconds_to_reach": 6.0, "b_seconds_to_reach": 2.0},
+                                        {"a_seconds_to_reach": 8.0, "b_seconds_to_reach": 2.0},
+                                        {"a_seconds_to_reach": 9.0, "b_seconds_to_reach": None}], "a", "b")
+    assert keys["k_seeds_reached"] == 2 and keys["k_low"] <= keys["k"] <= keys["k_high"] and keys["k"] == 3.5

@@ -1,0 +1,250 @@
+"""Training the concepts of one group together: one trajectory pool and one U-Net pass per iteration.
+
+The concepts of a group (circle and square; man and woman) share their neutral prompts, schedule and step
+window; only their targets differ. Trained one by one, each builds its own trajectory pool and runs its own
+U-Net batches. Here they share them:
+
+- one batch holds every concept's rows (row r of concept j carries concept j), so an iteration is one
+  frozen U-Net batch (empty + target prompts) and one steered batch with gradient, for the whole group;
+- the pool's trajectories are kept inside the step window, staggered over its steps, so every row of
+  every batch is a training signal (the per-concept fast mode advances its rows over the whole schedule
+  and trains only on those inside the window);
+- the part of a trajectory before the window is unsteered, so it does not depend on the concepts: it is
+  made once per slot for the whole group (`_prefix`), in batches, and optionally with a few large DDIM
+  jumps instead of every step (`jumps`: the latents entering the window are then approximate);
+- an optional linear learning-rate warm-up (`lr_warmup` iterations).
+
+Each concept keeps its own Adam, learning rate and target guidance, and its loss is its own rows' CoDSMa
+loss, so its gradient is that of a separate run on the same latents. Training is in memory: `GroupRun.run`
+continues exactly where the last call stopped (the benchmarks time it that way).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+
+from hsteer import objectives
+from hsteer.errors import HsteerError
+from hsteer.hspace.bank import Concept
+from hsteer.hspace.steering import SteeringConfig, active_hooks, steer
+from hsteer.model.diffusion import DDIMSchedule, TextCondition, guidance_combination, guided_epsilon
+from hsteer.seeding import iteration_generator, pool_seed
+from hsteer.training.config import TrainConfig
+from hsteer.training.state import TrainResult, check_finite, concept_meta
+from hsteer.training.steered import StepContext, step_context
+
+#: Settings every concept of a group must share, because the group shares its trajectories.
+SHARED = ("mode", "steps", "batch_size", "sampling_guidance", "seed", "window", "height", "width", "neutral")
+
+
+def check_group(configs: Sequence[TrainConfig]) -> None:
+    """Refuse a group that cannot share one pool, naming the setting that differs."""
+    if len(configs) < 1 or not all(isinstance(c, TrainConfig) for c in configs):
+        raise HsteerError("a group needs one or more TrainConfigs (e.g. one CodsmaConfig per concept)")
+    for config in configs:
+        config.validate()
+        if config.objective != "codsma":
+            raise HsteerError(f"{config.concept}: group training supports the codsma objective, not "
+                              f"{config.objective!r}; train RespoDiff and SDisc concepts one by one")
+        if config.mode != "fast":
+            raise HsteerError(f"{config.concept}: group training is a fast-mode procedure; mode is {config.mode!r}")
+    first = configs[0]
+    names = [c.concept for c in configs]
+    if len(set(names)) != len(names):
+        raise HsteerError(f"a group's concepts need distinct names, got {', '.join(names)}")
+    for config in configs[1:]:
+        for key in SHARED:
+            if getattr(config, key) != getattr(first, key):
+                raise HsteerError(f"{config.concept} and {first.concept} differ in {key} ({getattr(config, key)!r} "
+                                  f"vs {getattr(first, key)!r}): a group's concepts share their trajectories, so "
+                                  "they must share it; train them one by one otherwise")
+        if _neutrals(config) != _neutrals(first):
+            raise HsteerError(f"{config.concept} and {first.concept} have different neutral prompts row by row; "
+                              "a group's pairs must share their neutral sides (in the same order)")
+        if (config.negative is None) != (first.negative is None):
+            raise HsteerError("either every concept of a group has a negative prompt or none has")
+
+
+def _neutrals(config: TrainConfig) -> list[str]:
+    """The neutral prompt of each batch row."""
+    if config.pairs:
+        return [config.pairs[i % len(config.pairs)][0] for i in range(config.batch_size)]
+    return [config.neutral] * config.batch_size
+
+
+class GroupRun:
+    """A group's concepts trained together (module docstring); `run(n)` trains up to iteration n."""
+
+    def __init__(self, pipe, configs: Sequence[TrainConfig], *, lr_warmup: int = 0, jumps: int = 0) -> None:
+        check_group(configs)
+        if active_hooks(pipe.unet):
+            raise HsteerError(f"the pipeline is being steered ({', '.join(active_hooks(pipe.unet))}); remove "
+                              "its hooks before training")
+        if lr_warmup < 0 or jumps < 0:
+            raise HsteerError(f"lr_warmup and jumps must be >= 0, got {lr_warmup} and {jumps}")
+        self.pipe, self.configs, self.lr_warmup, self.jumps = pipe, list(configs), lr_warmup, jumps
+        built = [step_context(pipe, config) for config in configs]
+        self.ctxs: list[StepContext] = [b[0] for b in built]
+        self.shape, self.latent_shape = built[0][1], built[0][2]
+        lead = self.ctxs[0]
+        self.unet, self.schedule, self.B = lead.unet, lead.schedule, configs[0].batch_size
+        if not isinstance(self.schedule, DDIMSchedule):
+            raise HsteerError(f"group training runs on DDIM-scheduled U-Nets (SD 1.x/2.x, SDXL); this model's "
+                              f"schedule is {type(self.schedule).__name__}: train its concepts one by one")
+        #: how the objectives call the model: the run's Denoiser where the trainer has one, else the U-Net
+        self.model = getattr(lead, "denoiser", None) or lead.unet
+        self.first, self.end = lead.window_steps()
+        if self.first >= self.end:
+            raise HsteerError(f"the window {configs[0].window} covers none of the {configs[0].steps} steps")
+        cat = TextCondition.cat
+        self.neutral = cat([c.conds.neutral for c in self.ctxs])
+        self.empty = cat([c.conds.empty for c in self.ctxs])
+        self.positive = cat([c.conds.positive for c in self.ctxs])
+        self.base = None if lead.conds.base_is_empty else cat([c.conds.base for c in self.ctxs])
+        self.iteration, self.seconds, self.rows = 0, 0.0, []
+        self.x = self.k = self.spare = None
+        self.spare_used = torch.ones(self.B, dtype=torch.bool)
+
+    # --- the pool ---------------------------------------------------------------------------------------
+
+    def _noise(self, g: torch.Generator) -> torch.Tensor:
+        x = torch.randn((self.B, *self.latent_shape), generator=g) * self.schedule.init_noise_sigma
+        return x.to(self.unet.device, self.unet.dtype)
+
+    @torch.no_grad()
+    def _walk(self, x: torch.Tensor, k_from: torch.Tensor, k_to: torch.Tensor, jumps: int,
+              delta: torch.Tensor | None = None) -> torch.Tensor:
+        """DDIM from step k_from[i] to k_to[i] per row (`x` holds B slots, or n x B rows with `delta`, one
+        concept per row): every step, or with `jumps` > 0 that many DDIM jumps over the timesteps."""
+        n = x.shape[0] // self.B
+        cond, uncond = self.ctxs[0].conds.neutral, self.ctxs[0].conds.empty
+        if n > 1:
+            cond, uncond = self.neutral, self.empty
+        k_from, k_to = k_from.repeat(n), k_to.repeat(n)
+        span = k_to - k_from
+        ladder = ([k_from + span * m // jumps for m in range(jumps + 1)] if jumps
+                  else [torch.minimum(k_from + m, k_to) for m in range(int(span.max().item()) + 1)])
+        guidance, x = self.configs[0].sampling_guidance, x.clone()
+        for here, there in zip(ladder, ladder[1:]):
+            active = (there > here).nonzero(as_tuple=True)[0]
+            if not len(active):
+                continue
+            xa, t = x[active], self.schedule.timesteps[here[active]]
+            config = SteeringConfig(delta[active], guided=guidance != 1.0) if delta is not None else None
+            with steer(self.unet, config, name="hsteer-sample"):
+                eps = guided_epsilon(self.model, self.schedule, xa, t, cond.select(active), uncond.select(active),
+                                     guidance)
+            a_t = self.schedule.alpha(t).to(x.dtype)
+            a_next = self.schedule.alpha(self.schedule.timesteps[there[active]]).to(x.dtype)
+            x0 = (xa - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+            x[active] = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+        return x
+
+    def _prefix(self, g: torch.Generator) -> torch.Tensor:
+        """One latent per slot at the window's first step: unsteered, so shared by every concept."""
+        zero = torch.zeros(self.B, dtype=torch.long, device=self.unet.device)
+        return self._walk(self._noise(g), zero, zero + self.first, self.jumps)
+
+    def _deltas(self) -> torch.Tensor:
+        """Each row's current concept: concept j on rows j*B .. (j+1)*B - 1, detached."""
+        return torch.cat([c.current().unsqueeze(0).expand(self.B, *self.shape) for c in self.ctxs])
+
+    def _start_pool(self) -> None:
+        """Slots staggered over the window's steps; the in-window part is steered unless every concept is
+        still zero (then it is shared too, and may take the jumps)."""
+        g = torch.Generator("cpu").manual_seed(pool_seed(self.configs[0].seed))
+        width = self.end - self.first
+        self.k = (self.first + torch.arange(self.B) * width // self.B).to(self.unet.device)
+        start = torch.full_like(self.k, self.first)
+        x = self._prefix(g)
+        n = len(self.ctxs)
+        if all(not c.current().any() for c in self.ctxs):
+            self.x = self._walk(x, start, self.k, self.jumps).repeat(n, 1, 1, 1)
+        else:
+            self.x = self._walk(x.repeat(n, 1, 1, 1), start, self.k, 0, self._deltas())
+
+    def _restart(self, done: torch.Tensor, g: torch.Generator) -> None:
+        """Slots whose trajectories left the window take a fresh prefix latent (made B at a time)."""
+        if (self.spare_used & done).any():
+            self.spare, self.spare_used = self._prefix(g), torch.zeros(self.B, dtype=torch.bool)
+        slots = done.nonzero(as_tuple=True)[0]
+        view = self.x.view(len(self.ctxs), self.B, *self.latent_shape)
+        view[:, slots] = self.spare[slots].unsqueeze(0)
+        self.spare_used[slots.cpu()] = True
+        self.k[slots] = self.first
+
+    # --- training ---------------------------------------------------------------------------------------
+
+    def _iteration(self, it: int) -> dict[str, float]:
+        """One optimiser step of every concept on the pool's latents, then one DDIM step of the pool."""
+        g = iteration_generator(self.configs[0].seed, it)
+        n, B = len(self.ctxs), self.B
+        k = self.k.repeat(n)
+        t = self.schedule.timesteps[k]
+        prompts = [self.empty, self.positive] + ([self.base] if self.base is not None else [])
+        frozen = objectives.frozen_eps(self.model, self.schedule, self.x, t, prompts)
+        eps_uncond, eps_pos = frozen[0], frozen[1]
+        eps_base = eps_uncond if self.base is None else frozen[2]
+        delta = torch.cat([c.params["c"].unsqueeze(0).expand(B, *self.shape) for c in self.ctxs])
+        eps_c = objectives.eps(self.model, self.schedule, self.x, t, self.neutral, delta)
+        row: dict[str, float] = {"iteration": it}
+        total = 0.0
+        for j, config in enumerate(self.configs):
+            rows = slice(j * B, (j + 1) * B)
+            target = objectives.guided_target(eps_pos[rows], eps_base[rows], config.target_guidance)
+            loss = objectives.codsma_loss(eps_c[rows], target)
+            check_finite(loss, f"{config.concept}'s loss", it, config.lr)
+            row[f"loss/{config.concept}"] = loss.item()
+            total = total + loss
+        for ctx, config in zip(self.ctxs, self.configs):
+            optimizer = ctx.optimizers["c"]
+            optimizer.zero_grad(set_to_none=True)
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * (min(1.0, (it + 1) / self.lr_warmup) if self.lr_warmup else 1.0)
+        total.backward()  # each concept's gradient is its own loss's: the concepts are disjoint parameters
+        for ctx in self.ctxs:
+            ctx.optimizers["c"].step()
+        row["loss"] = float(total.item()) / n
+        eps = guidance_combination(eps_uncond, eps_c.detach(), self.configs[0].sampling_guidance)
+        self.x = self.schedule.step(eps, self.x, k)
+        self.k = self.k + 1
+        done = self.k >= self.end
+        if done.any():
+            self._restart(done, g)
+        return row
+
+    def run(self, iterations: int, callback=None) -> None:
+        """Train every concept up to `iterations` in all (continuing); adds the time to `seconds`."""
+        began = time.perf_counter()
+        if self.x is None:
+            self._start_pool()
+        for it in range(self.iteration, iterations):
+            self.rows.append(self._iteration(it))
+            if callback is not None:
+                callback(it, self.rows[-1])
+        self.iteration = max(self.iteration, iterations)
+        self.seconds += time.perf_counter() - began
+
+    def concepts(self) -> list[Concept]:
+        """The concepts as they are now, ready for a bank."""
+        return [Concept(config.concept, config.group, config.objective,
+                        {k: p.detach().cpu().float().clone() for k, p in ctx.params.items()},
+                        meta={**concept_meta(self.pipe, config, self.shape), "trained_with": "group"})
+                for ctx, config in zip(self.ctxs, self.configs)]
+
+
+def train_group(pipe, configs: Sequence[TrainConfig], *, lr_warmup: int = 0, jumps: int = 0,
+                callback=None) -> list[TrainResult]:
+    """Train a group's concepts together for `configs[0].iterations` iterations (all configs must agree);
+    one TrainResult per concept, each carrying the group's training seconds (they were spent together)."""
+    if len({c.iterations for c in configs}) > 1:
+        raise HsteerError("a group's concepts train for the same number of iterations; give them all one count")
+    run = GroupRun(pipe, configs, lr_warmup=lr_warmup, jumps=jumps)
+    run.run(configs[0].iterations, callback)
+    losses = [{"iteration": r["iteration"], "loss": r[f"loss/{c.concept}"]} for c in configs for r in run.rows]
+    per = len(run.rows)
+    return [TrainResult(concept, losses[i * per:(i + 1) * per], run.seconds)
+            for i, concept in enumerate(run.concepts())]
