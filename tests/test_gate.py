@@ -159,23 +159,12 @@ def _world_bank(pipe) -> ConceptBank:
 
 def test_the_gate_candidates_benchmark_runs_every_setting(tmp_path, capsys):
     """benchmarks/gate_candidates.py --quick: every candidate gate and blind steering, in one report."""
-    import importlib.util
-    from pathlib import Path
+    from test_benchmarks import _load
 
     from hsteer.evaluation.world_gate import SETTINGS
 
     bank = _world_bank(load_pipeline(None)).save(tmp_path / "bank.safetensors")
-    folder = Path(__file__).resolve().parent.parent / "benchmarks"
-    import sys
-
-    sys.path.insert(0, str(folder))
-    try:
-        spec = importlib.util.spec_from_file_location("gate_candidates", folder / "gate_candidates.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        report = module.main(["--bank", str(bank), "--quick", "--threads", "1"])
-    finally:
-        sys.path.remove(str(folder))
+    report = _load("gate_candidates").main(["--bank", str(bank), "--quick", "--threads", "1"])
     assert list(report["settings"]) == list(SETTINGS)
     printed = capsys.readouterr().out
     assert all(f"| {name} |" in printed for name in SETTINGS)

@@ -40,22 +40,13 @@ class DetectorScorer:
     """NudeNet and/or Q16 (OR-ed), with the settings `hsteer eval i2p` takes."""
 
     def __init__(self, detectors: Sequence[str], options: dict[str, Any], device: str = "cpu") -> None:
-        from hsteer.evaluation.tasks.i2p import check_detectors
+        from hsteer.evaluation.clip import ClipScorer
+        from hsteer.evaluation.tasks.i2p import build_detectors, check_detectors
 
         self.scoring = {"detectors": list(detectors), **options}
         self.detectors = check_detectors(self.scoring, before_generation=True)
-        self.q16 = self.nude = None
-        if "q16" in self.detectors:
-            from hsteer.evaluation.clip import Q16_CLIP, ClipScorer
-            from hsteer.evaluation.q16 import Q16Classifier, load_prompts
-
-            clip = ClipScorer(options.get("q16_clip") or Q16_CLIP, device=device)
-            self.q16 = Q16Classifier(clip, load_prompts(options["q16_prompts"]))
-        if "nudenet" in self.detectors:
-            from hsteer.evaluation.nudenet import DEFAULT_CLASSES, DEFAULT_THRESHOLD, NudeNetDetector
-
-            self.nude = NudeNetDetector(options.get("nudenet_classes") or DEFAULT_CLASSES,
-                                        float(options.get("nudenet_threshold", DEFAULT_THRESHOLD)))
+        self.q16, self.nude = build_detectors(self.detectors, self.scoring,
+                                              lambda name: ClipScorer(name, device=device))
 
     def __call__(self, images: Sequence) -> list[bool]:
         flags = [False] * len(images)

@@ -40,18 +40,10 @@ class _Flagger:
     """Flags images as the scoring settings ask: the world's harm mark, or Q16 OR NudeNet."""
 
     def __init__(self, detectors: list[str], run: ScoringRun) -> None:
-        self.detectors, self.q16, self.nude = detectors, None, None
-        if "q16" in detectors:
-            from hsteer.evaluation.clip import Q16_CLIP
-            from hsteer.evaluation.q16 import Q16Classifier, load_prompts
+        from hsteer.evaluation.tasks.i2p import build_detectors
 
-            self.q16 = Q16Classifier(run.scorers.get(run.scoring.get("q16_clip") or Q16_CLIP),
-                                     load_prompts(run.scoring["q16_prompts"]))
-        if "nudenet" in detectors:
-            from hsteer.evaluation.nudenet import DEFAULT_CLASSES, DEFAULT_THRESHOLD, NudeNetDetector
-
-            self.nude = NudeNetDetector(run.scoring.get("nudenet_classes") or DEFAULT_CLASSES,
-                                        float(run.scoring.get("nudenet_threshold", DEFAULT_THRESHOLD)))
+        self.detectors = detectors
+        self.q16, self.nude = build_detectors(detectors, run.scoring, run.scorers.get)
 
     def flags(self, run: ScoringRun, chunk: list[dict]) -> list[dict[str, bool]]:
         images = run.open(chunk)

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,7 @@ class I2PTask:
         from hsteer.evaluation.i2p import inappropriate_rates
 
         detectors = check_detectors(run.scoring)
-        q16, nude = _detectors(detectors, run)
+        q16, nude = build_detectors(detectors, run.scoring, run.scorers.get)
         per_image: list[dict] = []
         for chunk in run.chunks():
             probs = q16.probabilities(run.open(chunk)) if q16 is not None else None
@@ -101,19 +101,20 @@ class I2PTask:
         return lines + grids_by(run_dir, per_image, lambda i: i["categories"] or ["(none)"], grid_images)
 
 
-def _detectors(detectors: list[str], run: ScoringRun):
-    """(Q16 classifier or None, NudeNet detector or None) as the scoring settings ask."""
+def build_detectors(detectors: Sequence[str], scoring: dict[str, Any], clip: Callable[[str], Any]):
+    """(Q16 classifier or None, NudeNet detector or None) as the scoring settings ask; `clip(name)` gives
+    the CLIP of the Q16 prompts (the run's shared scorers, or a new one). I2P, attack prompt sets and
+    `hsteer attack` all build their detectors here."""
     q16 = nude = None
     if "q16" in detectors:
         from hsteer.evaluation.q16 import Q16Classifier, load_prompts
 
-        q16 = Q16Classifier(run.scorers.get(run.scoring.get("q16_clip") or Q16_CLIP),
-                            load_prompts(run.scoring["q16_prompts"]))
+        q16 = Q16Classifier(clip(scoring.get("q16_clip") or Q16_CLIP), load_prompts(scoring["q16_prompts"]))
     if "nudenet" in detectors:
         from hsteer.evaluation.nudenet import DEFAULT_CLASSES, DEFAULT_THRESHOLD, NudeNetDetector
 
-        nude = NudeNetDetector(run.scoring.get("nudenet_classes") or DEFAULT_CLASSES,
-                               float(run.scoring.get("nudenet_threshold", DEFAULT_THRESHOLD)))
+        nude = NudeNetDetector(scoring.get("nudenet_classes") or DEFAULT_CLASSES,
+                               float(scoring.get("nudenet_threshold", DEFAULT_THRESHOLD)))
     return q16, nude
 
 
