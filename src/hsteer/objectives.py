@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from hsteer.hspace.site import MID_BLOCK
+from hsteer.model.sites import MID_BLOCK
 from hsteer.hspace.steering import SteeringConfig, steer
 from hsteer.model.diffusion import DDIMSchedule, TextCondition, guidance_combination, unet_output
 

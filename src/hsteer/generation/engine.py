@@ -26,7 +26,7 @@ from hsteer.generation.records import GenerationOutput, ImageJob, ImageRecord
 from hsteer.hspace.attach import Layer, only_layer, steering_of
 from hsteer.hspace.bank import ConceptBank
 from hsteer.hspace.hook import check_window
-from hsteer.hspace.site import MID_BLOCK, SteeringSite
+from hsteer.model.sites import MID_BLOCK, SteeringSite
 from hsteer.model.denoisers import call_defaults, site_shape
 from hsteer.model.geometry import resolve_resolution
 from hsteer.model.sites import denoiser_of

@@ -4,7 +4,7 @@ concepts, and banks on the Hugging Face Hub."""
 from hsteer.hspace.bank import Concept, ConceptBank
 from hsteer.hspace.hook import SteeringHook
 from hsteer.hspace.hub import DEFAULT_WEIGHT_NAME
-from hsteer.hspace.site import MID_BLOCK, SteeringSite
+from hsteer.model.sites import MID_BLOCK, SteeringSite
 from hsteer.hspace.steering import SteeringConfig, active_hooks, apply_steering, remove_steering, steer
 
 __all__ = ["DEFAULT_WEIGHT_NAME", "MID_BLOCK", "Concept", "ConceptBank", "SteeringConfig", "SteeringHook",

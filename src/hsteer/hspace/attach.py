@@ -28,7 +28,7 @@ import torch
 from hsteer.checks import check_window_covers_steps
 from hsteer.errors import HsteerError
 from hsteer.hspace.hook import WindowRows, release_hook, steering_hook
-from hsteer.hspace.site import MID_BLOCK, SteeringSite, base_module
+from hsteer.model.sites import MID_BLOCK, SteeringSite, base_module
 from hsteer.model.sites import batches_guidance
 
 _STATE_ATTR = "_hsteer_steering"

@@ -31,7 +31,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
 from hsteer.errors import HsteerError, ShapeMismatchError
-from hsteer.hspace.site import MID_BLOCK, SteeringSite, base_module
+from hsteer.model.sites import MID_BLOCK, SteeringSite, base_module
 
 #: The name hsteer's hook is registered under in a module's `HookRegistry`.
 HOOK_NAME = "hsteer"

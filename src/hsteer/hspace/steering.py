@@ -22,7 +22,7 @@ import torch
 from hsteer.errors import HsteerError, ShapeMismatchError
 from hsteer.hspace.attach import Layer, WindowDeltas, add_layer, remove_layer, steering_of
 from hsteer.hspace.hook import DirectDelta, check_window, in_window, is_compiled, release_hook, steering_hook
-from hsteer.hspace.site import MID_BLOCK, SteeringSite
+from hsteer.model.sites import MID_BLOCK, SteeringSite
 
 __all__ = ["SteeringConfig", "SteeringHandle", "active_hooks", "apply_steering", "check_window", "in_window",
            "remove_steering", "steer"]
