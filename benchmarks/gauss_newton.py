@@ -11,7 +11,7 @@ no learning rate, so what it saves cannot be a learning-rate effect. Each iterat
 fast mode's: trajectories at staggered steps, the target from the frozen model, one DDIM step of every
 trajectory with the updated concept. The concepts are scored by the training benchmark's `QualityProbe`
 after each of `--iterations`, and the time to the quality is set against the fast mode's (Adam) measured in
-the same run (`run.ARMS["fast"]`).
+the same run (`trainbench.ARMS["fast"]`).
 
 A prototype for measurement: the product's trainers are `hsteer.training`. Forward-mode products need
 attention written with plain ops, so the U-Net's attention processors are swapped for diffusers'

@@ -43,8 +43,7 @@ import time
 from pathlib import Path
 
 from common import setup_threads
-from trainbench import (ARMS, QUICK_ARMS, QUICK_SWEEPS, SWEEPS, Arm, QualityProbe, bench_training,  # noqa: F401 (re-exported)
-                        reached_point, seconds_to_reach, training_curve)
+from trainbench import ARMS, QUICK_ARMS, QUICK_SWEEPS, SWEEPS, bench_training
 
 
 def _random_bank(pipe, names_by_group: dict[str, list[str]], scale: float = 1.0):

@@ -3,7 +3,7 @@
     python benchmarks/train_ideas.py [--seeds 0,1] [--images 48] [--ideas fast,lr0.1,...] [--json] [--quick]
 
 Every idea trains the world recipe's circle and square concepts with a few settings changed over the
-training benchmark's fast arm (`run.ARMS`), evaluated at coarse milestones and then bisected down to a few
+training benchmark's fast arm (`trainbench.ARMS`), evaluated at coarse milestones and then bisected down to a few
 iterations, until the quality of `benchmarks/run.py`'s training benchmark is met (fair over shape on the
 shape-biased professions: mean deviation ratio <= 0.05 and same-seed colour agreement with plain >= 0.90,
 `QualityProbe`). It prints, per idea: training seconds to that quality per seed, their median, the ratio of

@@ -94,7 +94,7 @@ def test_training_curve_bisects_to_the_first_step_that_meets_the_quality(monkeyp
     evaluates 10 (no), 30 (yes), then bisects 15, 20, 25 down to 20; its seconds are those of iteration 20."""
     import hsteer.training
 
-    run = _load("run")
+    run = _load("trainbench")
     trained: list[int] = []
 
     def fake_train(pipe, config, **kwargs):
