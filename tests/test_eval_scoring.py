@@ -208,6 +208,21 @@ def test_q16_converter_refuses_anything_but_arrays(tmp_path):
         load_prompts(tmp_path / "obj.npy")
 
 
+def test_q16_converter_refuses_streams_that_claim_more_bytes_than_they_hold():
+    """Random bytes reached the unpickler and it tried to allocate what a FRAME or BYTEARRAY8 opcode claimed
+    (OverflowError, MemoryError) in about 1% of the hostile probe's random files: such streams are refused
+    as malformed, with the same message, and real array pickles of every protocol still load."""
+    from hsteer.evaluation.q16 import load_array_pickle
+
+    huge = (2**62).to_bytes(8, "little")
+    for data in (b"\x80\x05\x95" + huge, b"\x80\x05\x96" + huge + b"x", b"\x80\x04\x8e" + huge):
+        with pytest.raises(HsteerError, match="not a plain numpy-array pickle"):
+            load_array_pickle(data)
+    array = np.arange(6, dtype=np.float16).reshape(2, 3)
+    for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
+        assert np.array_equal(load_array_pickle(pickle.dumps(array, protocol=protocol)), array)
+
+
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path

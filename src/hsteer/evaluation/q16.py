@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import pickletools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,17 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 
 def load_array_pickle(data: bytes) -> np.ndarray:
-    """Unpickle `data` if it is a plain numpy array; anything else raises HsteerError."""
+    """Unpickle `data` if it is a plain numpy array; anything else raises HsteerError.
+
+    The opcode stream is walked first (`pickletools.genops` reads each argument from `data` itself): a
+    malformed stream, e.g. a FRAME or BYTEARRAY8 claiming more bytes than `data` holds, is refused there,
+    before the unpickler would try to allocate what it claims (OverflowError, MemoryError).
+    """
+    try:
+        for _ in pickletools.genops(data):
+            pass
+    except Exception as exc:  # unknown opcodes, truncated or oversized arguments: whatever the bytes say
+        raise HsteerError(f"not a plain numpy-array pickle: {exc}") from None
     try:
         value = _ArrayUnpickler(io.BytesIO(data)).load()
     except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError, ImportError) as exc:
