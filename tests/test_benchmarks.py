@@ -217,3 +217,21 @@ def test_sweep_tries_every_rate_on_the_first_seed_then_times_the_best_on_every_s
                                         {"a_seconds_to_reach": 8.0, "b_seconds_to_reach": 2.0},
                                         {"a_seconds_to_reach": 9.0, "b_seconds_to_reach": None}], "a", "b")
     assert keys["k_seeds_reached"] == 2 and keys["k_low"] <= keys["k"] <= keys["k_high"] and keys["k"] == 3.5
+
+
+def test_the_reliable_reference_rate_is_the_fastest_that_met_the_quality_on_every_seed():
+    """The sweep's best (0.6, chosen on seed 0) missed seed 1, so the reliable rate is the fixed arm at 0.15,
+    and train_speedup_best_reliable divides its times by the group's."""
+    trainbench = _load("trainbench")
+    runs = [{"reference_seconds_to_reach": 50.0, "reference_fast_lr_seconds_to_reach": 9.0,
+             "reference_best_seconds_to_reach": 1.0, "group_best_seconds_to_reach": 0.9},
+            {"reference_seconds_to_reach": 80.0, "reference_fast_lr_seconds_to_reach": 12.0,
+             "reference_best_seconds_to_reach": None, "group_best_seconds_to_reach": 1.0},
+            {"reference_seconds_to_reach": 70.0, "reference_fast_lr_seconds_to_reach": 15.0,
+             "reference_best_seconds_to_reach": 7.0, "group_best_seconds_to_reach": 1.0}]
+    out = {"train_sweep": {"reference": {"best_lr": 0.6}}}
+    trainbench._reliable(out, runs, trainbench.ARMS)
+    assert out["train_sweep"]["reference"]["reliable_lr"] == 0.15
+    assert [r["reference_reliable_seconds_to_reach"] for r in runs] == [9.0, 12.0, 15.0]
+    keys = trainbench._ratio_keys("k", runs, "reference_reliable", "group_best")
+    assert keys["k"] == 12.0 and keys["k_seeds_reached"] == 3

@@ -128,3 +128,24 @@ def test_generate_fair_ratios_window_img2img_and_device_auto(sd_dir, tmp_path):
     proc = hsteer("generate", "--model", sd_dir, "--prompt", "x", "--out", tmp_path / "p", "--bank", bank,
                   "--concept", "woman", "--ratio", "woman=1", check=False)
     assert proc.returncode == 2 and "--ratio needs --fair" in proc.stderr
+
+
+def test_train_several_concepts_together_into_a_bank(sd_dir, tmp_path):
+    """`hsteer train --concept a --concept b` trains the group in one pool (`--pair` targets hold {concept});
+    a count mismatch or a pair without {concept} is one line and exit 2."""
+    bank = tmp_path / "bank.safetensors"
+    common = ["--model", sd_dir, "--bank", bank, "--group", "gender", "--neutral", "a photo of a person",
+              "--iterations", "3", "--batch-size", "4", "--steps", "4", "--checkpoint-every", "2", "--lr", "0.1"]
+    out = hsteer("train", "--concept", "woman", "--concept", "man", "--target", "a {concept}",
+                 "--pair", "a person", "a {concept}", "--pair", "a doctor", "a {concept} doctor", *common)
+    assert out.stdout.count("saved concept") == 2
+    info = json.loads(hsteer("bank", "show", bank, "--json").stdout)
+    by_name = {c["name"]: c for c in info["concepts"]}
+    assert set(by_name) == {"woman", "man"} and by_name["man"]["trained_with"] == "group"
+    assert by_name["woman"]["pairs"] == [["a person", "a woman"], ["a doctor", "a woman doctor"]]
+    assert (tmp_path / "bank.runs" / "woman+man" / "group_checkpoint.safetensors").is_file()
+    bad = hsteer("train", "--concept", "woman", "--concept", "man", "--target", "a woman", *common, check=False)
+    assert bad.returncode == 2 and "one --target per --concept" in bad.stderr
+    bad = hsteer("train", "--concept", "woman", "--concept", "man", "--target", "a {concept}",
+                 "--pair", "a person", "a woman", *common, check=False)
+    assert bad.returncode == 2 and "{concept}" in bad.stderr

@@ -74,3 +74,25 @@ def test_a_group_must_share_its_trajectories():
         check_group([_config("man", mode="reference")])
     with pytest.raises(HsteerError, match="same number of iterations"):
         train_group(None, [man, _config("woman", iterations=5)])
+
+
+def test_a_checkpointed_group_run_resumes_exactly(sd_pipe, tmp_path):
+    """Checkpoints every 2 iterations; a run stopped at 3 and resumed to 5 ends where an unbroken run of 5
+    ends (concepts, Adam states and the pool are all in the file)."""
+    whole = train_group(sd_pipe, [_config("man", iterations=5), _config("woman", iterations=5)])
+    train_group(sd_pipe, [_config("man", iterations=3), _config("woman", iterations=3)], run_dir=tmp_path,
+                checkpoint_every=2)
+    assert (tmp_path / "group_checkpoint.safetensors").is_file()
+    resumed = train_group(sd_pipe, [_config("man", iterations=5), _config("woman", iterations=5)],
+                          run_dir=tmp_path, resume=True, checkpoint_every=2)
+    assert resumed[0].resumed_from == 3 and len(resumed[0].losses) == 5
+    for a, b in zip(whole, resumed):
+        assert torch.equal(a.concept.tensors["c"], b.concept.tensors["c"])
+    with pytest.raises(HsteerError, match="other concepts or settings"):
+        train_group(sd_pipe, [_config("man", iterations=6, lr=0.2), _config("woman", iterations=6, lr=0.2)],
+                    run_dir=tmp_path, resume=True)
+
+
+def test_group_training_refuses_another_site(sd_pipe):
+    with pytest.raises(HsteerError, match="mid-block"):
+        check_group([_config("man", site="text"), _config("woman", site="text")])

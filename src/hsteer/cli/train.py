@@ -14,10 +14,13 @@ from hsteer.errors import HsteerError
 @click.option("--objective", type=click.Choice(["codsma", "respodiff", "sdisc"]), default="codsma", show_default=True)
 @click.option("--bank", "bank_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Bank file to add the concept to (created if missing).")
-@click.option("--concept", required=True, help="Concept name, e.g. woman.")
+@click.option("--concept", "concepts", required=True, multiple=True,
+              help="Concept name, e.g. woman. Give it several times (with one --target each, in order) to train "
+                   "a group's concepts together: one trajectory pool and one U-Net pass per iteration for all.")
 @click.option("--group", required=True, help="Group name, e.g. gender or safety.")
 @click.option("--neutral", required=True, help="Neutral prompt, e.g. 'a person'.")
-@click.option("--target", default=None, help="Target prompt, e.g. 'a woman'.")
+@click.option("--target", "targets", multiple=True,
+              help="Target prompt, e.g. 'a woman' (one per --concept; or one holding {concept}, filled per concept).")
 @click.option("--negative", default=None, help="Prompt to steer away from (safety), e.g. 'violence'.")
 @click.option("--iterations", default=1000, show_default=True, type=int)
 @click.option("--batch-size", default=8, show_default=True, type=int)
@@ -54,7 +57,7 @@ from hsteer.errors import HsteerError
 @click.option("--allow-other-model", is_flag=True,
               help="Add to a bank learned on a U-Net with another config (same h-space shape).")
 @one_line_errors
-def train(model, device, dtype, objective, bank_path, concept, group, neutral, target, negative, iterations,
+def train(model, device, dtype, objective, bank_path, concepts, group, neutral, targets, negative, iterations,
           batch_size, steps, lr, target_guidance, sampling_guidance, seed, init_std, lr_sam, lam, sdisc_images,
           sdisc_epochs, height, width, pairs, window, site, mode, gradient_checkpointing, checkpoint_every, resume,
           allow_other_model) -> None:
@@ -69,22 +72,64 @@ def train(model, device, dtype, objective, bank_path, concept, group, neutral, t
     from hsteer.model import load_quietly
     from hsteer.policies import parse_window
     from hsteer.training import TrainConfig, train_into_bank
-    from hsteer.training.run import check_bank_target
+    from hsteer.training.group import check_group
+    from hsteer.training.run import check_bank_target, train_group_into_bank
 
     extras = method_options(objective, lr_sam=lr_sam, lam=lam, sdisc_images=sdisc_images, sdisc_epochs=sdisc_epochs)
-    config = TrainConfig.for_objective(
-        objective, concept=concept, group=group, neutral=neutral, target=target, negative=negative,
-        iterations=iterations, batch_size=batch_size, steps=steps, lr=lr, target_guidance=target_guidance,
-        sampling_guidance=sampling_guidance, seed=seed, init_std=init_std, height=height, width=width, mode=mode,
-        pairs=tuple(tuple(pair) for pair in pairs) or None, window=parse_window(window), site=site, **extras)
-    config.validate()
-    check_bank_target(bank_path, config.concept, checkpoint_every)
+    settings = dict(group=group, neutral=neutral, negative=negative, iterations=iterations, batch_size=batch_size,
+                    steps=steps, lr=lr, target_guidance=target_guidance, sampling_guidance=sampling_guidance,
+                    seed=seed, init_std=init_std, height=height, width=width, mode=mode, window=parse_window(window),
+                    site=site, **extras)
+    configs = [TrainConfig.for_objective(objective, concept=name, target=target,
+                                         pairs=_pairs_for(pairs, name, len(concepts)), **settings)
+               for name, target in zip(concepts, _targets_for(targets, concepts))]
+    for config in configs:
+        config.validate()
+        check_bank_target(bank_path, config.concept, checkpoint_every)
+    if len(configs) > 1:
+        _check_group_flags(gradient_checkpointing)
+        check_group(configs)
     pipe = load_quietly(model, check_device(device, "--device"), dtype)
-    result = train_into_bank(pipe, config, bank_path, resume=resume, checkpoint_every=checkpoint_every,
-                             checkpoint_activations=gradient_checkpointing, allow_other_model=allow_other_model)
-    last = result.losses[-1]["loss"] if result.losses else float("nan")
-    click.echo(f"saved concept {concept!r} (group {group!r}, {objective}) to {bank_path}; "
-               f"final loss {last:.4g}; {result.seconds:.1f}s; log in {result.run_dir}")
+    if len(configs) > 1:
+        results = train_group_into_bank(pipe, configs, bank_path, resume=resume, checkpoint_every=checkpoint_every,
+                                        allow_other_model=allow_other_model)
+    else:
+        results = [train_into_bank(pipe, configs[0], bank_path, resume=resume, checkpoint_every=checkpoint_every,
+                                   checkpoint_activations=gradient_checkpointing,
+                                   allow_other_model=allow_other_model)]
+    for result in results:
+        last = result.losses[-1]["loss"] if result.losses else float("nan")
+        where = f"; log in {result.run_dir}" if result.run_dir is not None else ""
+        click.echo(f"saved concept {result.concept.name!r} (group {group!r}, {objective}) to {bank_path}; "
+                   f"final loss {last:.4g}; {result.seconds:.1f}s{where}")
+
+
+def _targets_for(targets: tuple[str, ...], concepts: tuple[str, ...]) -> list[str | None]:
+    """One target per concept: as given, one each; or one holding {concept}; none (safety) for a lone concept."""
+    if len(targets) == len(concepts):
+        return list(targets)
+    if len(targets) == 1 and "{concept}" in targets[0]:
+        return [targets[0].replace("{concept}", name) for name in concepts]
+    if not targets and len(concepts) == 1:
+        return [None]
+    raise HsteerError(f"{len(concepts)} --concept and {len(targets)} --target given: give one --target per "
+                      "--concept, in the same order, or one --target holding {concept}")
+
+
+def _pairs_for(pairs: tuple[tuple[str, str], ...], concept: str, count: int) -> tuple[tuple[str, str], ...] | None:
+    """--pair as given for one concept; for a group, each pair's target must hold {concept}."""
+    if not pairs:
+        return None
+    if count > 1 and not all("{concept}" in target for _, target in pairs):
+        raise HsteerError("with several --concept, each --pair's target must hold {concept}, e.g. --pair "
+                          "'a photo of a red figure' 'a photo of a red {concept} figure'")
+    return tuple((neutral, target.replace("{concept}", concept)) for neutral, target in pairs)
+
+
+def _check_group_flags(gradient_checkpointing: bool) -> None:
+    if gradient_checkpointing:
+        raise HsteerError("--gradient-checkpointing is not available when training several concepts together; "
+                          "drop it, or train them one by one")
 
 
 def method_options(objective: str, **options) -> dict:

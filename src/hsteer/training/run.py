@@ -144,3 +144,35 @@ def train_into_bank(pipe, config: TrainConfig, bank_path: str | Path, *, resume:
         bank.add(result.concept, replace=True)
         bank.save(bank_path)
     return result
+
+
+def train_group_into_bank(pipe, configs: list[TrainConfig], bank_path: str | Path, *, resume: bool = False,
+                          checkpoint_every: int = 100, allow_other_model: bool = False) -> list[TrainResult]:
+    """Train a group's concepts together (`hsteer.training.group`: one trajectory pool and one U-Net pass per
+    iteration for all of them) and add them to the bank at `bank_path`, as `train_into_bank` does for one.
+
+    The run is checkpointed in `<bank>.runs/<name+name...>` and resumes from there with `resume=True`.
+    """
+    from hsteer.training.group import check_group, train_group
+
+    check_group(configs)
+    for config in configs:
+        check_train_args(pipe, config, checkpoint_every=checkpoint_every, resume=resume,
+                         allow_other_model=allow_other_model)
+        bank_path = check_bank_target(bank_path, config.concept, checkpoint_every)
+    site = site_for(pipe, configs[0].site)
+    shape = site_shape(pipe, site, configs[0].height, configs[0].width)
+    if bank_path.exists():
+        bank = ConceptBank.load(bank_path)
+        _check_bank_site(bank, pipe, site.spec)
+        bank.check_compatible(pipe, shape, allow_other_model=allow_other_model)
+    run_dir = run_dir_for(bank_path, "+".join(c.concept for c in configs))
+    results = train_group(pipe, configs, run_dir=run_dir, resume=resume, checkpoint_every=checkpoint_every)
+    check_finite_concepts([r.concept for r in results], "add")
+    with exclusive_lock(bank_path, f"bank {bank_path}"):
+        bank = ConceptBank.load(bank_path) if bank_path.exists() else ConceptBank()
+        bank.check_compatible(pipe, shape, allow_other_model=allow_other_model)
+        for result in results:
+            bank.add(result.concept, replace=True)
+        bank.save(bank_path)
+    return results
