@@ -327,8 +327,9 @@ def bench_training(pipe, arms: dict[str, Arm], images: int, workdir: Path, seeds
         out.update(_ratio_keys("train_speedup_best", runs, "reference_best", "group_best"))
         _reliable(out, runs, arms)
         out.update(_ratio_keys("train_speedup_best_reliable", runs, "reference_reliable", "group_best"))
-        out.update(_ratio_keys("train_speedup_best_per_concept", runs, "reference_best", "fast_best"))
-        out.update(_ratio_keys("train_group_speedup", runs, "fast_best", "group_best"))
+        if "fast" in sweeps:  # the per-concept sweep is opt-in (run.py --per-concept-sweep)
+            out.update(_ratio_keys("train_speedup_best_per_concept", runs, "reference_best", "fast_best"))
+            out.update(_ratio_keys("train_group_speedup", runs, "fast_best", "group_best"))
     out["train_quality"] = {name: _quality_at_reach(probe, c) for name, c in quality.items()}
     return out
 

@@ -334,3 +334,50 @@ def test_the_prompt_gate_reads_the_clip_and_t5_encoders(dit_pipes, family):
     blind = generate(pipe, "a photo of a woman", respect_prompt=False, **kwargs)
     assert all(not r.concepts and r.extra.get("gate") for r in named.records)
     assert all(r.concepts for r in blind.records)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_ui_serves_a_transformer_model(dit_pipes, sd_pipe, family):
+    """The page's server on SD3, FLUX and SANA: its native size, banks checked at their own site (a U-Net
+    bank refused), and a training run from the Learn tab on the transformer (its stop hook included)."""
+    import queue
+
+    pytest.importorskip("gradio", reason="the ui extra is not installed")
+    from hsteer.training import CodsmaConfig
+    from hsteer.ui.handlers_learn import _train
+    from hsteer.ui.server import HsteerUI
+    from hsteer.ui.session import Session
+
+    pipe = dit_pipes[family]
+    ui = HsteerUI(pipe)
+    assert ui.resolution == SIZE and not ui.is_world
+    ui.check_bank(_bank(pipe, site="transformer_blocks.0"))
+    with pytest.raises(HsteerError):
+        ui.check_bank(randombank.random_bank(sd_pipe, {"gender": ["woman", "man"]}, scale=1.0, seed=0))
+    events: queue.Queue = queue.Queue()
+    config = CodsmaConfig(concept="woman", group="gender", neutral="a person", target="a woman", iterations=2,
+                          batch_size=2, steps=STEPS, height=SIZE, width=SIZE)
+    _train(ui, Session(), config, events)
+    kinds = [events.get_nowait()[0] for _ in range(events.qsize())]
+    assert kinds[-1] == "done" and kinds.count("row") == 2
+
+
+def test_the_scan_picks_the_largest_net_effect_and_writes_it_as_the_default_site(dit_dirs, tmp_path):
+    import shutil
+
+    from hsteer.apps.site_scan import SiteResult, choose_site
+
+    rows = [SiteResult("transformer_blocks.0", (0.0, 1.0), (64, 32), 0.6, 0.5, 0.1, 1),
+            SiteResult("transformer_blocks.1", (0.0, 1.0), (64, 32), 0.5, 0.1, 0.1, 1),
+            SiteResult("text", (0.0, 1.0), (8, 32), 0.3, None, 0.1, 1)]
+    assert choose_site(rows).site == "transformer_blocks.1"  # 0.4 net beats 0.1 and 0.3
+    folder = tmp_path / "sd3"
+    shutil.copytree(dit_dirs["sd3"], folder)
+    assert site_for(load_pipeline(folder)).spec == "transformer_blocks.1"  # 2 blocks: the middle one
+    out = CliRunner().invoke(cli, ["sites", "--model", str(folder), "--site", "transformer_blocks.0", "--iterations",
+                                   "1", "--batch-size", "1", "--steps", "2", "--height", str(SIZE), "--width",
+                                   str(SIZE), "--set-default"])
+    assert out.exit_code == 0, out.output
+    assert "pick: transformer_blocks.0" in out.output
+    assert json.loads((folder / "hsteer.json").read_text())["site"] == "transformer_blocks.0"
+    assert site_for(load_pipeline(folder)).spec == "transformer_blocks.0"  # the card's site is the default now

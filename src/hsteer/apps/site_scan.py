@@ -143,6 +143,14 @@ def scan_sites(pipe, settings: ScanSettings, sites: Sequence[str] | None = None,
     return out
 
 
+def choose_site(results: Sequence[SiteResult]) -> SiteResult:
+    """The scan's pick: the largest effect net of leakage (effect - leakage; leakage 0 where nothing was kept).
+    Both are fractions of the change the concept was asked for, so one unit of leakage costs one of effect."""
+    if not results:
+        raise HsteerError("the scan has no results to choose from")
+    return max(results, key=lambda r: r.effect - (r.leakage or 0.0))
+
+
 def format_table(results: Sequence[SiteResult]) -> str:
     """The scan as a plain-text table, best effect first."""
     lines = [f"{'site':<30} {'window':<10} {'effect':>7} {'leakage':>8} {'s/it':>7} {'params':>9}"]

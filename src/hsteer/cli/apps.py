@@ -92,6 +92,27 @@ def world_train(out, seed, vae_minutes, unet_minutes, threads, snapshot_every_mi
     click.echo(f"saved the pipeline to {path}")
 
 
+@world.command("train-dit")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--source", default=None, help="U-Net world model whose VAE and text encoder it shares. Default: the "
+                                              "bundled one.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--minutes", default=30.0, show_default=True, type=float, help="Training budget (wall clock).")
+@click.option("--threads", default=2, show_default=True, type=int)
+@click.option("--n-images", default=40_000, show_default=True, type=int, help="Rendered training images.")
+@click.option("--batch-size", default=64, show_default=True, type=int)
+@click.option("--lr", default=6e-4, show_default=True, type=float)
+@click.option("--no-resume", is_flag=True, help="Start over instead of resuming from OUT.state.")
+@one_line_errors
+def world_train_dit(out, source, seed, minutes, threads, n_images, batch_size, lr, no_resume) -> None:
+    """Train the world's second model, a tiny SD3 (MMDiT) transformer, on a CPU; resumable."""
+    from hsteer.apps.world_dit import train_world_dit
+
+    path = train_world_dit(out, source, seed=seed, minutes=minutes, threads=threads, n_images=n_images,
+                           batch_size=batch_size, lr=lr, resume=not no_resume, log=click.echo)
+    click.echo(f"saved the pipeline to {path}")
+
+
 @world.command("quality")
 @click.option("--model", default=None, help="Default: the bundled world model.")
 @click.option("--images", default=200, show_default=True, type=int, help="Images per prompt set.")

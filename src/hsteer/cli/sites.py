@@ -29,11 +29,14 @@ from hsteer.cli.common import model_options, one_line_errors
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the results to this JSON file.")
+@click.option("--set-default", is_flag=True,
+              help="Write the pick (largest effect net of leakage) into the model folder's hsteer.json as its default "
+                   "site, which --site then overrides.")
 @one_line_errors
 def sites(model, device, dtype, neutral, target, keep, sites, windows, list_only, iterations, batch_size, steps, lr,
-          height, width, seed, json_path) -> None:
+          height, width, seed, json_path, set_default) -> None:
     """Train a short concept at each site and window of a model; report effect, leakage and cost per site."""
-    from hsteer.apps.site_scan import ScanSettings, format_table, scan_sites, to_json
+    from hsteer.apps.site_scan import ScanSettings, choose_site, format_table, scan_sites, to_json
     from hsteer.checks import check_device
     from hsteer.fileio import atomic_write_text
     from hsteer.model import load_quietly
@@ -54,3 +57,12 @@ def sites(model, device, dtype, neutral, target, keep, sites, windows, list_only
     click.echo(format_table(results))
     if json_path is not None:
         atomic_write_text(json_path, json.dumps(to_json(results), indent=2) + "\n")
+    pick = choose_site(results)
+    click.echo(f"pick: {pick.site} (window {pick.window[0]:g}-{pick.window[1]:g}): effect {pick.effect:.3f}, "
+               f"leakage {pick.leakage if pick.leakage is None else round(pick.leakage, 3)}")
+    if set_default:
+        from hsteer.model.card import write_default_site
+        from hsteer.model.loading import model_location
+
+        card = write_default_site(model_location(model), pick.site)
+        click.echo(f"default site {pick.site} written to {card}")

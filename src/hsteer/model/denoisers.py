@@ -191,6 +191,10 @@ def call_defaults(pipe) -> dict[str, object]:
     resolution binning), so the token count is the one its concepts were learned at."""
     if family_of(pipe) == "sana" and "use_resolution_binning" in inspect.signature(type(pipe).__call__).parameters:
         return {"use_resolution_binning": False}
+    if family_of(pipe) == "sd3":
+        from hsteer.model.card import max_sequence_length
+
+        return max_sequence_length(pipe)
     return {}
 
 

@@ -84,8 +84,11 @@ def _encode_transformer_text(pipe, prompts: list[str], device) -> TextCondition:
     instruction its `__call__` adds by default)."""
     family = family_of(pipe)
     if family == "sd3":
+        from hsteer.model.card import max_sequence_length
+
         embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None, device=device,
-                                                  num_images_per_prompt=1, do_classifier_free_guidance=False)
+                                                  num_images_per_prompt=1, do_classifier_free_guidance=False,
+                                                  **max_sequence_length(pipe))
         return TextCondition(embeds, {"pooled": pooled})
     if family == "flux":
         embeds, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=device, num_images_per_prompt=1)

@@ -23,11 +23,24 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
 
 #: The bundled world model (package data of `hsteer.world`): the default `--model` of every command.
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "world" / "model"
+#: The same world on a tiny SD3 transformer (`hsteer world train-dit`): `--model world-dit` names it.
+BUNDLED_DIT_MODEL = BUNDLED_MODEL.parent / "model_dit"
 
 
 def default_model() -> str:
     """The bundled world model's folder."""
     return str(BUNDLED_MODEL)
+
+
+#: Names of the bundled models, usable wherever a model is taken (`--model world-dit`).
+BUNDLED_NAMES = {"world": BUNDLED_MODEL, "world-dit": BUNDLED_DIT_MODEL}
+
+
+def model_location(model: str | Path | None) -> str:
+    """The folder or Hub id `model` names: the bundled U-Net model for None, a bundled model by its name."""
+    if model is None:
+        return default_model()
+    return str(BUNDLED_NAMES.get(str(model), model))
 
 
 def quiet_libraries() -> None:
@@ -47,7 +60,7 @@ SD_SAMPLING = {"steps": 50, "guidance": 7.5}
 
 def sampling_defaults(model: str | Path | None = None) -> dict[str, float]:
     """Default steps and CFG scale: SD's, unless the model folder ships an `hsteer.json` with its own."""
-    folder = Path(default_model() if model is None else model)
+    folder = Path(model_location(model))
     card = folder / "hsteer.json"
     if card.is_file():
         data = read_json_object(card, "model card")
@@ -113,7 +126,7 @@ def load_pipeline(model: str | Path | None = None, *, device: str | torch.device
 
     from hsteer.model.sites import FAMILIES
 
-    model = default_model() if model is None else str(model)
+    model = model_location(model)
     torch_dtype = resolve_dtype(dtype)
     local = Path(model)
     if local.exists() and not (local / "model_index.json").is_file():
@@ -121,19 +134,22 @@ def load_pipeline(model: str | Path | None = None, *, device: str | torch.device
                              "pass a folder saved with `pipeline.save_pretrained` or a hub id")
     if not local.exists() and (model.startswith((".", "/", "~")) or model.count("/") > 1):
         raise ModelLoadError(f"model folder {model} does not exist")
-    class_name = ""
+    class_name, index = "", {}
     if local.exists():
-        class_name = str(read_json_object(local / "model_index.json", "model index").get("_class_name", ""))
+        index = read_json_object(local / "model_index.json", "model index")
+        class_name = str(index.get("_class_name", ""))
     extra: dict[str, Any] = {}
     if "XL" not in class_name and not class_name.startswith(("StableDiffusion3", "Flux", "Sana")):
         extra = {"safety_checker": None, "requires_safety_checker": False}
+    # components saved as absent ([null, null], e.g. SD3 without its T5 encoder): diffusers wants them passed
+    absent = {name: None for name, value in index.items() if value == [None, None] and name not in kwargs}
     try:
         with warnings.catch_warnings():  # newer diffusers rename torch_dtype; older ones know only it
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
             try:
-                pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=torch_dtype, **extra, **kwargs)
+                pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=torch_dtype, **{**absent, **extra}, **kwargs)
             except TypeError:  # a pipeline class that takes no safety-checker arguments
-                pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=torch_dtype, **kwargs)
+                pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=torch_dtype, **absent, **kwargs)
     except OSError as exc:
         raise ModelLoadError(f"cannot load model {model!r}: {(str(exc).splitlines() or [type(exc).__name__])[0]} "
                              "(offline? pass a local diffusers folder)") from None

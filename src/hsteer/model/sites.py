@@ -143,9 +143,15 @@ def block_counts(pipe_or_model) -> dict[str, int]:
 
 def default_site_spec(pipe_or_model) -> str:
     """The site a concept is learned at when `--site` is not given: the U-Net mid-block; on a
-    transformer the middle block of its (first) stack, until a site scan of the model says otherwise."""
+    transformer the site its model card names (chosen by a site scan: `hsteer sites`), else the middle
+    block of its (first) stack."""
     if family_of(pipe_or_model) == "unet":
         return "mid_block"
+    from hsteer.model.card import model_card
+
+    chosen = model_card(pipe_or_model).get("site")
+    if isinstance(chosen, str) and chosen:
+        return chosen
     return f"transformer_blocks.{block_counts(pipe_or_model)['transformer_blocks'] // 2}"
 
 

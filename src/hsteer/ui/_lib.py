@@ -30,12 +30,17 @@ from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
 from hsteer.hspace.hub import hub_bank_file, parse_hub_spec
 from hsteer.hspace.steering import check_window
 from hsteer.model import sampling_defaults
+from hsteer.model.denoisers import site_shape
+from hsteer.model.geometry import resolve_resolution
+from hsteer.model.loading import BUNDLED_DIT_MODEL, model_location
+from hsteer.model.sites import denoiser_of, site_for
 from hsteer.policies import Policy, parse_window
 from hsteer.training.config import OBJECTIVES, config_class
 
 default_model_path = world.default_model_path
 
 __all__ = [
+    "BUNDLED_DIT_MODEL",
     "BankError",
     "Concept",
     "ConceptBank",
@@ -58,6 +63,11 @@ __all__ = [
     "check_window",
     "config_class",
     "default_model_path",
+    "denoiser_of",
+    "model_location",
+    "resolve_resolution",
+    "site_for",
+    "site_shape",
     "evaluate_world",
     "fmt_ci",
     "generate",

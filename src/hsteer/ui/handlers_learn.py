@@ -88,7 +88,7 @@ def _train(ui: HsteerUI, sess: Session, config: Any, events: queue.Queue) -> Non
 
     try:
         with ui.pool.acquire() as pipe:
-            handle = pipe.unet.register_forward_pre_hook(stop_hook)
+            handle = _lib.denoiser_of(pipe).register_forward_pre_hook(stop_hook)
             try:
                 result = _lib.train_concept(pipe, config, progress=False, callback=callback)
             finally:

@@ -36,11 +36,12 @@ class HsteerUI:
             model_path = str(getattr(pipe, "name_or_path", "") or "") or None
             self.model_label = model_path or type(pipe).__name__
         self.pool = PipelinePool(pipe)
-        self.is_world = self._is_world_model(model_path)
+        self.is_world = self._is_world_model(None if model_path is None else _lib.model_location(model_path))
         if self.is_world:
-            self.model_label = "bundled world model"
+            self.model_label = "bundled world model" + (" (DiT)" if _lib.denoiser_of(pipe) is not getattr(
+                pipe, "unet", None) else "")
         self.defaults = _lib.sampling_defaults(model_path)  # SD's, unless the folder has an hsteer.json
-        self.resolution = int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+        self.resolution = int(_lib.resolve_resolution(pipe)[0])  # U-Net or transformer: its native size
         # Banks named on the command line: loaded now, so that a broken one stops the server at start-up.
         self.cli_banks: dict[str, ConceptBank] = {}
         for spec in banks:  # a file, a folder or a Hub repo id
@@ -53,14 +54,17 @@ class HsteerUI:
         if model_path is None:
             return True
         try:
-            return Path(model_path).resolve() == Path(_lib.default_model_path()).resolve()
+            here = Path(model_path).resolve()  # the world's probes score both bundled models' images
+            return here in (Path(_lib.default_model_path()).resolve(), _lib.BUNDLED_DIT_MODEL.resolve())
         except (OSError, FileNotFoundError):
             return False
 
     def check_bank(self, bank: ConceptBank) -> None:
-        """Refuse a bank learned on another U-Net before a session takes it."""
+        """Refuse a bank learned on another model (family, site shape or weights) before a session takes it."""
         if len(bank):
-            bank.check_compatible(self.pool.base.unet)
+            pipe = self.pool.base
+            bank.check_family(pipe)
+            bank.check_compatible(pipe, _lib.site_shape(pipe, _lib.site_for(pipe, bank.site_spec)))
 
     def starting_bank(self) -> tuple[str, ConceptBank]:
         """Every new session's bank and its label: the command line's first bank, or a new empty one."""

@@ -1,0 +1,54 @@
+"""What a model folder says about itself to hsteer: its `hsteer.json` (sampling defaults, and for a
+transformer model the steering site its scan chose and the T5 length it was trained with).
+
+Read from the folder a pipeline was loaded from (`pipe.name_or_path`), so a pipeline built in memory, or
+loaded from a folder without the file, gets the library's defaults.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def model_card(pipe_or_model) -> dict[str, Any]:
+    """The `hsteer.json` of the folder `pipe_or_model` was loaded from, or {} (no folder, no file, or a file
+    that is not a JSON object: `sampling_defaults` reports a broken card; here it only means no overrides)."""
+    folder = getattr(pipe_or_model, "name_or_path", None)
+    if not isinstance(folder, str) or not folder:
+        return {}
+    card = Path(folder) / "hsteer.json"
+    try:
+        data = json.loads(card.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def max_sequence_length(pipe) -> dict[str, int]:
+    """`{"max_sequence_length": n}` where the model card fixes the T5 part of SD3's prompt (the bundled DiT
+    world model has no T5 encoder; its pipeline pads the prompt with n zero tokens), else {}."""
+    value = model_card(pipe).get("max_sequence_length")
+    return {"max_sequence_length": value} if isinstance(value, int) and 0 < value <= 512 else {}
+
+
+def write_default_site(folder: str | Path, spec: str) -> Path:
+    """Record `spec` as the model's default steering site in `folder/hsteer.json` (kept keys preserved),
+    atomically: what `hsteer sites --set-default` does with the scan's pick."""
+    from hsteer.errors import HsteerError
+    from hsteer.fileio import atomic_write_text
+
+    card = Path(folder) / "hsteer.json"
+    if not (Path(folder) / "model_index.json").is_file():
+        raise HsteerError(f"{folder} is not a local model folder; --set-default writes the folder's hsteer.json")
+    data: dict[str, Any] = {}
+    if card.is_file():
+        try:
+            data = json.loads(card.read_text(encoding="utf-8"))
+        except ValueError:
+            raise HsteerError(f"{card} is not valid JSON; fix or delete it") from None
+        if not isinstance(data, dict):
+            raise HsteerError(f"{card} must hold a JSON object; fix or delete it")
+    atomic_write_text(card, json.dumps({**data, "site": spec}) + "\n")
+    return card

@@ -1,0 +1,39 @@
+"""The DiT world model's trainer (hsteer.apps.world_dit): a short run from the bundled U-Net model's parts,
+saved, loaded back as a StableDiffusion3Pipeline, and driven by hsteer with its model card."""
+
+import json
+
+import torch
+
+
+def test_a_short_dit_run_saves_a_loadable_sd3_pipeline_that_hsteer_reads(tmp_path):
+    from diffusers import StableDiffusion3Pipeline
+
+    from hsteer.apps.world_dit import MAX_SEQUENCE_LENGTH, caption_features, train_world_dit
+    from hsteer.model import load_pipeline
+    from hsteer.model.diffusion import encode_text
+    from hsteer.model.sites import default_site_spec
+
+    out = train_world_dit(tmp_path / "dit", minutes=0.05, n_images=256, batch_size=8, threads=1,
+                          snapshot_every_minutes=10)
+    info = json.loads((out / "training_info.json").read_text())
+    assert info["final"] and info["steps_trained"] >= 1
+    card = json.loads((out / "hsteer.json").read_text())
+    assert card["max_sequence_length"] == MAX_SEQUENCE_LENGTH and card["steps"] == 20
+    assert sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) < 15e6  # a bundled model's limit
+    pipe = StableDiffusion3Pipeline.from_pretrained(out, text_encoder_3=None, tokenizer_3=None)
+    assert pipe.text_encoder_3 is None and pipe.vae.config.shift_factor == 0.0
+    # hsteer encodes prompts exactly as training did: the CLIP features and one zero token in T5's place
+    ours = load_pipeline(out)
+    cond = encode_text(ours, ["a photo of a red circle doctor"])
+    embeds, pooled = caption_features(pipe, ["a photo of a red circle doctor"])
+    assert cond.embeds.shape[1] == 16 + MAX_SEQUENCE_LENGTH
+    assert torch.allclose(cond.embeds, embeds, atol=1e-6) and torch.allclose(cond.added["pooled"], pooled, atol=1e-6)
+    assert default_site_spec(ours) == "transformer_blocks.2"  # the middle block until a scan writes the card
+    card["site"] = "transformer_blocks.1"
+    (out / "hsteer.json").write_text(json.dumps(card))
+    assert default_site_spec(load_pipeline(out)) == "transformer_blocks.1"
+    # resuming continues the same run from its state file
+    again = train_world_dit(tmp_path / "dit", minutes=0.08, n_images=256, batch_size=8, threads=1)
+    assert json.loads((again / "training_info.json").read_text())["steps_trained"] > info["steps_trained"]
+    assert json.loads((again / "hsteer.json").read_text())["site"] == "transformer_blocks.1"  # the scan's choice kept
