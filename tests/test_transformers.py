@@ -350,8 +350,13 @@ def test_the_ui_serves_a_transformer_model(dit_pipes, sd_pipe, family):
 
     pipe = dit_pipes[family]
     ui = HsteerUI(pipe)
-    assert ui.resolution == SIZE and not ui.is_world
-    ui.check_bank(_bank(pipe, site="transformer_blocks.0"))
+    from hsteer.model.geometry import resolve_resolution
+
+    assert ui.resolution == resolve_resolution(pipe)[0] and not ui.is_world  # the model's native size
+    assert family != "sd3" or ui.resolution == SIZE
+    native = resolve_resolution(pipe)
+    ui.check_bank(randombank.random_bank(pipe, {"gender": ["woman", "man"]}, scale=1.0, seed=3,
+                                         site="transformer_blocks.0", height=native[0], width=native[1]))
     with pytest.raises(HsteerError):
         ui.check_bank(randombank.random_bank(sd_pipe, {"gender": ["woman", "man"]}, scale=1.0, seed=0))
     events: queue.Queue = queue.Queue()
@@ -381,3 +386,24 @@ def test_the_scan_picks_the_largest_net_effect_and_writes_it_as_the_default_site
     assert "pick: transformer_blocks.0" in out.output
     assert json.loads((folder / "hsteer.json").read_text())["site"] == "transformer_blocks.0"
     assert site_for(load_pipeline(folder)).spec == "transformer_blocks.0"  # the card's site is the default now
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_hsteer_eval_runs_on_a_transformer_with_a_block_bank(dit_pipes, dit_dirs, family, tmp_path):
+    """`hsteer eval winobias` (world probes) plain and fair on a transformer: the harness, its report and the
+    untargeted columns work at a block site as at the mid-block."""
+    pipe = dit_pipes[family]
+    bank = _bank(pipe, site="transformer_blocks.0", groups={"shape": ["circle", "square"]})
+    bank.save(tmp_path / "bank.safetensors")
+    common = ["eval", "winobias", "--model", str(dit_dirs[family]), "--classifier", "world", "--group", "shape",
+              "--watch", "colour", "--professions", "doctor", "--max-templates", "1", "--images-per-prompt", "2",
+              "--steps", "2", "--height", str(SIZE), "--width", str(SIZE), "--quiet"]
+    plain = CliRunner().invoke(cli, [*common, "--out", str(tmp_path / "plain")])
+    assert plain.exit_code == 0, plain.output
+    fair = CliRunner().invoke(cli, [*common, "--bank", str(tmp_path / "bank.safetensors"), "--fair", "shape",
+                                    "--baseline-run", str(tmp_path / "plain"), "--out", str(tmp_path / "fair")])
+    assert fair.exit_code == 0, fair.output
+    summary = json.loads((tmp_path / "fair" / "summary.json").read_text())
+    assert summary["targeted"] == ["shape"] and summary["untargeted"]["colour"]["n"] == 2
+    rows = [json.loads(line) for line in (tmp_path / "fair" / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["concepts"][0]["name"] in {"circle", "square"} for r in rows)
