@@ -38,7 +38,7 @@ from hsteer.hspace.steering import SteeringConfig, active_hooks, steer
 from hsteer.model.diffusion import DDIMSchedule, TextCondition, guidance_combination, guided_epsilon
 from hsteer.seeding import iteration_generator, pool_seed
 from hsteer.training.config import TrainConfig
-from hsteer.training.state import TrainResult, check_finite, concept_meta
+from hsteer.training.state import TrainResult, adam_tensors, check_finite, concept_meta, restore_adam
 from hsteer.training.steered import StepContext, step_context
 
 #: Settings every concept of a group must share, because the group shares its trajectories.
@@ -113,26 +113,23 @@ class GroupRun:
         self.positive = cat([c.conds.positive for c in self.ctxs])
         self.base = None if lead.conds.base_is_empty else cat([c.conds.base for c in self.ctxs])
         self.iteration, self.seconds, self.rows = 0, 0.0, []
-        self.x = self.k = self.spare = None
-        self.spare_used = torch.ones(self.B, dtype=torch.bool)
+        self.x = self.k = self.spare = self.spare_used = None  # the pool: made by `_start_pool`
 
     # --- the pool ---------------------------------------------------------------------------------------
 
-    def _noise(self, g: torch.Generator, n: int) -> torch.Tensor:
-        x = torch.randn((n, *self.latent_shape), generator=g) * self.schedule.init_noise_sigma
+    def _noise(self, g: torch.Generator) -> torch.Tensor:
+        x = torch.randn((self.B, *self.latent_shape), generator=g) * self.schedule.init_noise_sigma
         return x.to(self.unet.device, self.unet.dtype)
 
     @torch.no_grad()
     def _walk(self, x: torch.Tensor, k_from: torch.Tensor, k_to: torch.Tensor, jumps: int,
-              delta: torch.Tensor | None = None, slots: torch.Tensor | None = None) -> torch.Tensor:
-        """DDIM from step k_from[i] to k_to[i] per row (`x` holds B slots, or the given `slots`, or n x B rows
-        with `delta`, one concept per row): every step, or with `jumps` > 0 that many DDIM jumps."""
-        n = max(1, x.shape[0] // self.B)
+              delta: torch.Tensor | None = None) -> torch.Tensor:
+        """DDIM from step k_from[i] to k_to[i] per row (`x` holds B slots, or n x B rows with `delta`, one
+        concept per row): every step, or with `jumps` > 0 that many DDIM jumps over the timesteps."""
+        n = x.shape[0] // self.B
         cond, uncond = self.ctxs[0].conds.neutral, self.ctxs[0].conds.empty
-        if delta is not None:
+        if n > 1:
             cond, uncond = self.neutral, self.empty
-        elif slots is not None:
-            cond, uncond = cond.select(slots), uncond.select(slots)
         k_from, k_to = k_from.repeat(n), k_to.repeat(n)
         span = k_to - k_from
         ladder = ([k_from + span * m // jumps for m in range(jumps + 1)] if jumps
@@ -153,12 +150,10 @@ class GroupRun:
             x[active] = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
         return x
 
-    def _prefix(self, g: torch.Generator, slots: torch.Tensor) -> torch.Tensor:
-        """A fresh latent at the window's first step for each of `slots`: unsteered, so shared by every
-        concept. Made only for the slots that need one (a batch of 2 rows costs a third of a batch of 18 on
-        the bundled model), with the neutral prompt of each slot's row."""
-        zero = torch.zeros(len(slots), dtype=torch.long, device=self.unet.device)
-        return self._walk(self._noise(g, len(slots)), zero, zero + self.first, self.jumps, slots=slots)
+    def _prefix(self, g: torch.Generator) -> torch.Tensor:
+        """One latent per slot at the window's first step: unsteered, so shared by every concept."""
+        zero = torch.zeros(self.B, dtype=torch.long, device=self.unet.device)
+        return self._walk(self._noise(g), zero, zero + self.first, self.jumps)
 
     def _deltas(self) -> torch.Tensor:
         """Each row's current concept: concept j on rows j*B .. (j+1)*B - 1, detached."""
@@ -171,7 +166,7 @@ class GroupRun:
         width = self.end - self.first
         self.k = (self.first + torch.arange(self.B) * width // self.B).to(self.unet.device)
         start = torch.full_like(self.k, self.first)
-        x = self._prefix(g, torch.arange(self.B))
+        x = self._prefix(g)
         self.spare, self.spare_used = x, torch.zeros(self.B, dtype=torch.bool)
         n = len(self.ctxs)
         if all(not c.current().any() for c in self.ctxs):
@@ -184,7 +179,7 @@ class GroupRun:
         the pool's start (kept, so free: re-walked under the concept as it is now, it gives new latents),
         then from fresh prefix latents, made B at a time when a slot's spare has been used."""
         if (self.spare_used & done.cpu()).any():
-            self.spare, self.spare_used = self._prefix(g, torch.arange(self.B)), torch.zeros(self.B, dtype=torch.bool)
+            self.spare, self.spare_used = self._prefix(g), torch.zeros(self.B, dtype=torch.bool)
         slots = done.nonzero(as_tuple=True)[0]
         view = self.x.view(len(self.ctxs), self.B, *self.latent_shape)
         view[:, slots] = self.spare[slots].unsqueeze(0)
@@ -252,11 +247,9 @@ class GroupRun:
         steps = []
         for j, ctx in enumerate(self.ctxs):
             tensors[f"param/{j}"] = ctx.params["c"].detach().cpu().contiguous()
-            state = ctx.optimizers["c"].state_dict()["state"].get(0, {})
-            for key in ("exp_avg", "exp_avg_sq"):
-                if key in state:
-                    tensors[f"adam/{j}/{key}"] = state[key].detach().cpu().contiguous()
-            steps.append(float(state["step"]) if "step" in state else None)
+            moments, step = adam_tensors(f"adam/{j}", ctx.optimizers["c"])
+            tensors.update(moments)
+            steps.append(step)
         if self.x is not None:
             tensors.update({"pool/x": self.x.detach().cpu().contiguous(), "pool/k": self.k.cpu().contiguous(),
                             "pool/spare": self.spare.detach().cpu().contiguous(),
@@ -283,12 +276,7 @@ class GroupRun:
                 p = ctx.params["c"]
                 p.copy_(tensors[f"param/{j}"].to(p.device, p.dtype))
                 if meta["adam_steps"][j] is not None:
-                    opt = ctx.optimizers["c"]
-                    state = opt.state_dict()
-                    state["state"] = {0: {"step": torch.tensor(meta["adam_steps"][j]),
-                                          "exp_avg": tensors[f"adam/{j}/exp_avg"].to(p.device),
-                                          "exp_avg_sq": tensors[f"adam/{j}/exp_avg_sq"].to(p.device)}}
-                    opt.load_state_dict(state)
+                    restore_adam(ctx.optimizers["c"], tensors, f"adam/{j}", meta["adam_steps"][j])
         if "pool/x" in tensors:
             self.x, self.spare = tensors["pool/x"].to(device, dtype), tensors["pool/spare"].to(device, dtype)
             self.k = tensors["pool/k"].to(device)

@@ -68,6 +68,24 @@ def optimise(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
     optimizer.step()
 
 
+def adam_tensors(prefix: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], float | None]:
+    """A one-tensor Adam's moments as `prefix/exp_avg`, `prefix/exp_avg_sq` (CPU), and its step count
+    (None before its first step): what a checkpoint keeps of it."""
+    state = optimizer.state_dict()["state"].get(0, {})
+    tensors = {f"{prefix}/{key}": state[key].detach().cpu().contiguous() for key in ("exp_avg", "exp_avg_sq")
+               if key in state}
+    return tensors, (float(state["step"]) if "step" in state else None)
+
+
+def restore_adam(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str, step: float) -> None:
+    """Put back what `adam_tensors` kept, on the device of the optimiser's tensor."""
+    device = optimizer.param_groups[0]["params"][0].device
+    state = optimizer.state_dict()
+    state["state"] = {0: {"step": torch.tensor(step), "exp_avg": tensors[f"{prefix}/exp_avg"].to(device),
+                          "exp_avg_sq": tensors[f"{prefix}/exp_avg_sq"].to(device)}}
+    optimizer.load_state_dict(state)
+
+
 class Checkpoint:
     """Concept tensors + Adam states + progress (+ extra tensors such as the trajectory pool), in one file."""
 
@@ -81,12 +99,10 @@ class Checkpoint:
         tensors.update(extra or {})
         steps = {}
         for name, opt in optimizers.items():
-            state = opt.state_dict()["state"].get(0, {})
-            for key in ("exp_avg", "exp_avg_sq"):
-                if key in state:
-                    tensors[f"adam/{name}/{key}"] = state[key].detach().cpu().contiguous()
-            if "step" in state:
-                steps[name] = float(state["step"])
+            moments, step = adam_tensors(f"adam/{name}", opt)
+            tensors.update(moments)
+            if step is not None:
+                steps[name] = step
         meta = {"iteration": iteration, "config": config.resume_key(), "adam_steps": steps}
         atomic_save(self.path, lambda tmp: save_file(tensors, tmp, metadata={"hsteer_checkpoint": json.dumps(meta)}))
 
@@ -113,14 +129,8 @@ class Checkpoint:
                 p.copy_(tensors[f"param/{k}"].to(p.device, p.dtype))
         self.extra = {k: v for k, v in tensors.items() if not k.startswith(("param/", "adam/"))}
         for name, opt in optimizers.items():
-            if name not in meta["adam_steps"]:
-                continue
-            state = opt.state_dict()
-            p = opt.param_groups[0]["params"][0]
-            state["state"] = {0: {"step": torch.tensor(meta["adam_steps"][name]),
-                                  "exp_avg": tensors[f"adam/{name}/exp_avg"].to(p.device),
-                                  "exp_avg_sq": tensors[f"adam/{name}/exp_avg_sq"].to(p.device)}}
-            opt.load_state_dict(state)
+            if name in meta["adam_steps"]:
+                restore_adam(opt, tensors, f"adam/{name}", meta["adam_steps"][name])
         return int(meta["iteration"])
 
 
