@@ -117,6 +117,31 @@ def _check_bank_site(bank: ConceptBank, pipe, site: str) -> None:
                           f"--site {bank.site_spec}, or train into another bank")
 
 
+def _checked_shape(pipe, config: TrainConfig, bank_path: Path, allow_other_model: bool) -> tuple[int, ...]:
+    """The shape of `config`'s concepts at their site; an existing bank at another site, family or shape is
+    refused here, before hours of training rather than after."""
+    site = site_for(pipe, config.site)
+    shape = site_shape(pipe, site, config.height, config.width)
+    if bank_path.exists():
+        bank = ConceptBank.load(bank_path)
+        _check_bank_site(bank, pipe, site.spec)
+        bank.check_compatible(pipe, shape, allow_other_model=allow_other_model)
+    return shape
+
+
+def _add_to_bank(pipe, bank_path: Path, shape: tuple[int, ...], results: list[TrainResult],
+                 allow_other_model: bool) -> None:
+    """Add (or replace) the trained concepts in the bank, read, updated and saved under an exclusive lock,
+    so concurrent runs into one bank keep every concept."""
+    check_finite_concepts([r.concept for r in results], "add")
+    with exclusive_lock(bank_path, f"bank {bank_path}"):
+        bank = ConceptBank.load(bank_path) if bank_path.exists() else ConceptBank()
+        bank.check_compatible(pipe, shape, allow_other_model=allow_other_model)
+        for result in results:
+            bank.add(result.concept, replace=True)
+        bank.save(bank_path)
+
+
 def train_into_bank(pipe, config: TrainConfig, bank_path: str | Path, *, resume: bool = False,
                     checkpoint_every: int = 100, progress: bool = True,
                     checkpoint_activations: bool = False, allow_other_model: bool = False) -> TrainResult:
@@ -128,21 +153,11 @@ def train_into_bank(pipe, config: TrainConfig, bank_path: str | Path, *, resume:
     check_train_args(pipe, config, checkpoint_every=checkpoint_every, resume=resume, progress=progress,
                      checkpoint_activations=checkpoint_activations, allow_other_model=allow_other_model)
     bank_path = check_bank_target(bank_path, config.concept, checkpoint_every)
-    site = site_for(pipe, config.site)
-    shape = site_shape(pipe, site, config.height, config.width)
-    bank = ConceptBank.load(bank_path) if bank_path.exists() else None
-    if bank is not None:  # fail before hours of training, not after
-        _check_bank_site(bank, pipe, site.spec)
-        bank.check_compatible(pipe, shape, allow_other_model=allow_other_model)
+    shape = _checked_shape(pipe, config, bank_path, allow_other_model)
     result = train_concept(pipe, config, run_dir=run_dir_for(bank_path, config.concept), resume=resume,
                            checkpoint_every=checkpoint_every, progress=progress,
                            checkpoint_activations=checkpoint_activations)
-    check_finite_concepts([result.concept], "add")
-    with exclusive_lock(bank_path, f"bank {bank_path}"):
-        bank = ConceptBank.load(bank_path) if bank_path.exists() else ConceptBank()
-        bank.check_compatible(pipe, shape, allow_other_model=allow_other_model)
-        bank.add(result.concept, replace=True)
-        bank.save(bank_path)
+    _add_to_bank(pipe, bank_path, shape, [result], allow_other_model)
     return result
 
 
@@ -160,19 +175,8 @@ def train_group_into_bank(pipe, configs: list[TrainConfig], bank_path: str | Pat
         check_train_args(pipe, config, checkpoint_every=checkpoint_every, resume=resume,
                          allow_other_model=allow_other_model)
         bank_path = check_bank_target(bank_path, config.concept, checkpoint_every)
-    site = site_for(pipe, configs[0].site)
-    shape = site_shape(pipe, site, configs[0].height, configs[0].width)
-    if bank_path.exists():
-        bank = ConceptBank.load(bank_path)
-        _check_bank_site(bank, pipe, site.spec)
-        bank.check_compatible(pipe, shape, allow_other_model=allow_other_model)
+    shape = _checked_shape(pipe, configs[0], bank_path, allow_other_model)  # the group shares site and size
     run_dir = run_dir_for(bank_path, "+".join(c.concept for c in configs))
     results = train_group(pipe, configs, run_dir=run_dir, resume=resume, checkpoint_every=checkpoint_every)
-    check_finite_concepts([r.concept for r in results], "add")
-    with exclusive_lock(bank_path, f"bank {bank_path}"):
-        bank = ConceptBank.load(bank_path) if bank_path.exists() else ConceptBank()
-        bank.check_compatible(pipe, shape, allow_other_model=allow_other_model)
-        for result in results:
-            bank.add(result.concept, replace=True)
-        bank.save(bank_path)
+    _add_to_bank(pipe, bank_path, shape, results, allow_other_model)
     return results
