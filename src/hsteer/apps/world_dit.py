@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -35,8 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from hsteer.apps.world_data import MAX_LENGTH, render_dataset
-from hsteer.apps.world_pipeline import TEXT_CONFIG, dir_size, load_training_state, save_training_state
-from hsteer.apps.world_training_loop import TrainLog, lr_factor
+from hsteer.apps.world_pipeline import (TEXT_CONFIG, dir_size, load_training_state, publish_folder,
+                                       save_training_state)
+from hsteer.apps.world_training_loop import lr_factor, run_folders
 from hsteer.errors import TrainingDivergedError
 from hsteer.world import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
@@ -154,25 +153,22 @@ def flow_step(transformer, opt, params, batch: dict, rng: np.random.Generator, c
 def save_dit_pipeline(out_dir: Path, pipe, transformer, extra: dict) -> None:
     """The pipeline with `transformer` (the EMA weights) to `out_dir`, atomically, with its model card."""
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    live = pipe.transformer
-    pipe.transformer = transformer
-    try:
-        pipe.save_pretrained(str(tmp), safe_serialization=True)
-    finally:
-        pipe.transformer = live
     card = {"steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE, "max_sequence_length": MAX_SEQUENCE_LENGTH}
     previous = out_dir / "hsteer.json"
     if previous.is_file():  # keep what a site scan wrote (the default site)
         card = {**json.loads(previous.read_text()), **card}
-    (tmp / "hsteer.json").write_text(json.dumps(card) + "\n")
-    (tmp / "training_info.json").write_text(json.dumps(extra, indent=2))
-    if out_dir.exists():
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+
+    def write(tmp: Path) -> None:
+        live = pipe.transformer
+        pipe.transformer = transformer
+        try:
+            pipe.save_pretrained(str(tmp), safe_serialization=True)
+        finally:
+            pipe.transformer = live
+        (tmp / "hsteer.json").write_text(json.dumps(card) + "\n")
+        (tmp / "training_info.json").write_text(json.dumps(extra, indent=2))
+
+    publish_folder(out_dir, write)
 
 
 def train_world_dit(out_dir: Path, source: str | Path | None = None, *, log: Callable[[str], None] | None = None,
@@ -187,10 +183,7 @@ def train_world_dit(out_dir: Path, source: str | Path | None = None, *, log: Cal
 
     cfg = DitTrainSettings(**settings)
     torch.set_num_threads(cfg.threads)
-    out_dir = Path(out_dir).resolve()
-    state_dir = out_dir.with_name(out_dir.name + ".state")
-    state_dir.mkdir(parents=True, exist_ok=True)
-    L = TrainLog(out_dir.with_name(out_dir.name + ".train.log"), log)
+    out_dir, state_dir, L = run_folders(out_dir, log)
     L(f"train_world_dit out={out_dir} {json.dumps(asdict(cfg))} torch={torch.__version__}")
     pipe = build_pipeline(source or default_model_path(), cfg.seed)
     t = time.time()

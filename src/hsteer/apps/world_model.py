@@ -29,7 +29,7 @@ from hsteer.apps.world_data import (
     render_dataset,
 )
 from hsteer.apps.world_pipeline import SCHEDULER_CONFIG, TEXT_CONFIG, UNET_CONFIG, VAE_CONFIG, save_pipeline
-from hsteer.apps.world_training_loop import TrainLog, UNetRun, WorldTrainSettings, unet_stage, vae_stage
+from hsteer.apps.world_training_loop import UNetRun, WorldTrainSettings, run_folders, unet_stage, vae_stage
 
 __all__ = ["MAX_LENGTH", "SCHEDULER_CONFIG", "SPECIAL_TOKENS", "TEXT_CONFIG", "UNET_CONFIG", "VAE_CONFIG",
            "WorldTrainSettings", "build_tokenizer_files", "load_tokenizer", "render_dataset", "save_pipeline",
@@ -49,10 +49,7 @@ def train_world_model(out_dir: Path, *, log: Callable[[str], None] | None = None
 
     cfg = WorldTrainSettings(**settings)
     torch.set_num_threads(cfg.threads)
-    out_dir = Path(out_dir).resolve()
-    state_dir = out_dir.with_name(out_dir.name + ".state")
-    state_dir.mkdir(parents=True, exist_ok=True)
-    L = TrainLog(out_dir.with_name(out_dir.name + ".train.log"), log)
+    out_dir, state_dir, L = run_folders(out_dir, log)
     L(f"train_world_model out={out_dir} seed={cfg.seed} vae_minutes={cfg.vae_minutes} "
       f"unet_minutes={cfg.unet_minutes} threads={cfg.threads} n_images={cfg.n_images} batch={cfg.batch_size} "
       f"lr={cfg.lr} torch={torch.__version__}")

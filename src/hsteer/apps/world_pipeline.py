@@ -68,15 +68,25 @@ def dir_size(p: Path) -> int:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
-def save_pipeline(out_dir: Path, vae, text_encoder, unet, tok_dir: Path, extra: dict | None = None) -> None:
-    """Save the full pipeline folder atomically (tmp dir, then rename)."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-    from transformers import CLIPTokenizer
-
+def publish_folder(out_dir: Path, write) -> None:
+    """Replace `out_dir` by the folder `write(tmp)` fills beside it, then renames into place: a reader (or a
+    crash) sees the old folder or the new one, never half of one."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    if out_dir.exists():
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_pipeline(out_dir: Path, vae, text_encoder, unet, tok_dir: Path, extra: dict | None = None) -> None:
+    """Save the full pipeline folder atomically (`publish_folder`)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -87,15 +97,15 @@ def save_pipeline(out_dir: Path, vae, text_encoder, unet, tok_dir: Path, extra: 
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.save_pretrained(str(tmp), safe_serialization=True)
-    # the sampling defaults every hsteer command reads from the model folder (hsteer.model.sampling_defaults)
-    (tmp / "hsteer.json").write_text(json.dumps({"steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE}) + "\n")
-    if extra is not None:
-        (tmp / "training_info.json").write_text(json.dumps(extra, indent=2))
-    if out_dir.exists():
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+
+    def write(tmp: Path) -> None:
+        pipe.save_pretrained(str(tmp), safe_serialization=True)
+        # the sampling defaults every hsteer command reads from the model folder (hsteer.model.sampling_defaults)
+        (tmp / "hsteer.json").write_text(json.dumps({"steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE}) + "\n")
+        if extra is not None:
+            (tmp / "training_info.json").write_text(json.dumps(extra, indent=2))
+
+    publish_folder(out_dir, write)
 
 
 def save_training_state(path: Path, modules: dict, opt, step: int, elapsed: float) -> None:

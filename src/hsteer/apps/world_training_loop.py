@@ -66,6 +66,15 @@ class TrainLog:
             self.echo(line)
 
 
+def run_folders(out_dir: Path, echo: Callable[[str], None] | None) -> tuple[Path, Path, TrainLog]:
+    """A world-model run's places: the model folder, its resumable state beside it (`<out>.state/`, made
+    here) and its log (`<out>.train.log`)."""
+    out_dir = Path(out_dir).resolve()
+    state_dir = out_dir.with_name(out_dir.name + ".state")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir, state_dir, TrainLog(out_dir.with_name(out_dir.name + ".train.log"), echo)
+
+
 def lr_factor(step: int, frac: float, warmup: int, final: float = 0.1) -> float:
     """Linear warm-up over ``warmup`` steps, then cosine decay (in elapsed-time fraction) to ``final``."""
     w = min(1.0, (step + 1) / warmup)
