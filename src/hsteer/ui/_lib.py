@@ -32,7 +32,7 @@ from hsteer.hspace.steering import check_window
 from hsteer.model import sampling_defaults
 from hsteer.model.denoisers import site_shape
 from hsteer.model.geometry import resolve_resolution
-from hsteer.model.loading import BUNDLED_DIT_MODEL, model_location
+from hsteer.model.loading import BUNDLED_NAMES, model_location
 from hsteer.model.sites import denoiser_of, site_for
 from hsteer.policies import Policy, parse_window
 from hsteer.training.config import OBJECTIVES, config_class
@@ -40,7 +40,7 @@ from hsteer.training.config import OBJECTIVES, config_class
 default_model_path = world.default_model_path
 
 __all__ = [
-    "BUNDLED_DIT_MODEL",
+    "BUNDLED_NAMES",
     "BankError",
     "Concept",
     "ConceptBank",

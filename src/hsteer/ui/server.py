@@ -38,8 +38,7 @@ class HsteerUI:
         self.pool = PipelinePool(pipe)
         self.is_world = self._is_world_model(None if model_path is None else _lib.model_location(model_path))
         if self.is_world:
-            self.model_label = "bundled world model" + (" (DiT)" if _lib.denoiser_of(pipe) is not getattr(
-                pipe, "unet", None) else "")
+            self.model_label = "bundled world model" + (" (DiT)" if getattr(pipe, "unet", None) is None else "")
         self.defaults = _lib.sampling_defaults(model_path)  # SD's, unless the folder has an hsteer.json
         self.resolution = int(_lib.resolve_resolution(pipe)[0])  # U-Net or transformer: its native size
         # Banks named on the command line: loaded now, so that a broken one stops the server at start-up.
@@ -55,7 +54,7 @@ class HsteerUI:
             return True
         try:
             here = Path(model_path).resolve()  # the world's probes score both bundled models' images
-            return here in (Path(_lib.default_model_path()).resolve(), _lib.BUNDLED_DIT_MODEL.resolve())
+            return here in {folder.resolve() for folder in _lib.BUNDLED_NAMES.values()}
         except (OSError, FileNotFoundError):
             return False
 
