@@ -38,17 +38,11 @@ def write_default_site(folder: str | Path, spec: str) -> Path:
     atomically: what `hsteer sites --set-default` does with the scan's pick."""
     from hsteer.errors import HsteerError
     from hsteer.fileio import atomic_write_text
+    from hsteer.model.loading import read_json_object
 
     card = Path(folder) / "hsteer.json"
     if not (Path(folder) / "model_index.json").is_file():
         raise HsteerError(f"{folder} is not a local model folder; --set-default writes the folder's hsteer.json")
-    data: dict[str, Any] = {}
-    if card.is_file():
-        try:
-            data = json.loads(card.read_text(encoding="utf-8"))
-        except ValueError:
-            raise HsteerError(f"{card} is not valid JSON; fix or delete it") from None
-        if not isinstance(data, dict):
-            raise HsteerError(f"{card} must hold a JSON object; fix or delete it")
+    data = read_json_object(card, "model card") if card.is_file() else {}
     atomic_write_text(card, json.dumps({**data, "site": spec}) + "\n")
     return card
