@@ -11,6 +11,23 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hsteer.errors import ModelLoadError
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from a UTF-8 file, or one ModelLoadError line saying what is wrong with it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ModelLoadError(f"{what} {path} is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{what} {path} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{what} {path} is not a JSON object")
+    return data
+
 
 def model_card(pipe_or_model) -> dict[str, Any]:
     """The `hsteer.json` of the folder `pipe_or_model` was loaded from, or {} (no folder, no file, or a file
@@ -38,7 +55,6 @@ def write_default_site(folder: str | Path, spec: str) -> Path:
     atomically: what `hsteer sites --set-default` does with the scan's pick."""
     from hsteer.errors import HsteerError
     from hsteer.fileio import atomic_write_text
-    from hsteer.model.loading import read_json_object
 
     card = Path(folder) / "hsteer.json"
     if not (Path(folder) / "model_index.json").is_file():

@@ -8,7 +8,6 @@ site (shape, dtype, device) is read from the loaded denoiser (`hsteer.model.geom
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 
 from hsteer.errors import ModelLoadError
+from hsteer.model.card import read_json_object
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
           "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -89,21 +89,6 @@ def transformer_sampling(class_name: str) -> dict[str, float]:
         return dict(SD_SAMPLING)
     params = inspect.signature(pipeline.__call__).parameters
     return {"steps": int(params["num_inference_steps"].default), "guidance": float(params["guidance_scale"].default)}
-
-
-def read_json_object(path: Path, what: str) -> dict[str, Any]:
-    """A JSON object from a UTF-8 file, or one ModelLoadError line saying what is wrong with it."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ModelLoadError(f"{what} {path} is not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"{what} {path} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
-    except OSError as exc:
-        raise ModelLoadError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{what} {path} is not a JSON object")
-    return data
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
