@@ -28,3 +28,11 @@ def test_results_table_has_untargeted_columns_with_intervals():
     old = {**result, "results": {"codsma": {"shape": {k: v for k, v in _entry(0.1, {}).items()
                                                       if not k.endswith("_ci") and k != "untargeted"}}}}
     assert "| codsma | shape | 0.100 | 0.990 | - | - | 0.900 | 12 |" in results_table(old)  # an older compare.json
+
+
+def test_results_table_names_the_model_it_was_run_on():
+    settings = {"iterations": 150, "images_per_prompt": 24, "harm_images_per_prompt": 10, "seed": 0}
+    result = {"settings": settings, "results": {}}
+    assert results_table(result).startswith("Bundled model, ")
+    result["settings"] = {**settings, "model": "/models/world-dit"}
+    assert results_table(result).startswith("Model /models/world-dit, ")

@@ -144,7 +144,8 @@ def _untargeted_cells(entry: dict[str, Any]) -> tuple[str, str]:
 
 def results_table(result: dict[str, Any]) -> str:
     s = result["settings"]
-    lines = [f"Bundled model, CoDSMa/RespoDiff {s['iterations']} iterations per concept (fast mode, the leakage "
+    model = f"Model {s['model']}" if s.get("model") else "Bundled model"
+    lines = [f"{model}, CoDSMa/RespoDiff {s['iterations']} iterations per concept (fast mode, the leakage "
              "recipe: pairs and step windows, batch 9 for shape, 8 for colour), "
              f"SDisc {OBJECTIVE_SETTINGS['sdisc']['sdisc_images']} images x {OBJECTIVE_SETTINGS['sdisc']['sdisc_epochs']} "
              f"epochs; {s['images_per_prompt']} images per profession ('a photo of a <profession>'), "
