@@ -183,11 +183,14 @@ def test_quick_gpu_benchmark_covers_both_architectures_and_the_offload_paths():
     assert offload["ok"] and "offload" not in sdxl  # checked once, on the first model
 
 
-def test_sweep_tries_every_rate_on_the_first_seed_then_times_the_best_on_every_seed():
-    """Rates in order 0.3, 0.2, 0.1: each later rate is stopped at the best time so far; 0.2 wins on seed 0
-    (3 s against 4 s) and only it runs on seeds 1 and 2."""
+def test_sweep_picks_the_rate_with_the_lowest_median_over_seeds_and_prunes_exactly():
+    """Rates in order 0.3, 0.2, 0.1. 0.3 (no budget yet) takes 4 s on every seed: median 4. 0.2 runs at a
+    budget of 4 s: 3 s, stopped unmet on seed 1 (it needs 5 s), 2.5 s: median 3, the best. 0.1 misses on two
+    seeds (more than half slower than 3 s: its median cannot beat it) and is dropped before seed 2. The
+    best rate is then timed on every seed without a budget (seed 1's 5 s counts)."""
     trainbench = _load("trainbench")
-    seconds = {(0.3, 0): 4.0, (0.2, 0): 3.0, (0.1, 0): None, (0.2, 1): 3.5, (0.2, 2): 2.5}
+    seconds = {(0.3, 0): 4.0, (0.3, 1): 4.0, (0.3, 2): 4.0, (0.2, 0): 3.0, (0.2, 1): 5.0, (0.2, 2): 2.5,
+               (0.1, 0): None, (0.1, 1): None}
     calls: list[tuple[float, int, float | None]] = []
 
     class Probe:
@@ -201,18 +204,49 @@ def test_sweep_tries_every_rate_on_the_first_seed_then_times_the_best_on_every_s
             lr = arm.settings["lr"]
             calls.append((lr, seed, budget))
             reached = seconds[(lr, seed)]
-            if reached is None:  # stopped at the budget, never met
+            if reached is None or (budget is not None and reached > budget):  # stopped unmet
                 return [{"iterations": 2, "seconds": 1.0, "deviation_ratio": 0.4}]
             return [{"iterations": 2, "seconds": reached / 2, "deviation_ratio": 0.4},
                     {"iterations": 4, "seconds": reached, "deviation_ratio": 0.0}]
 
     rates = {lr: trainbench.Arm("fast", {"lr": lr}, (2, 4), 2) for lr in (0.3, 0.2, 0.1)}
     record, by_seed = trainbench._sweep(Curves(), rates, (0, 1, 2))
-    assert calls[:3] == [(0.3, 0, None), (0.2, 0, 4.0), (0.1, 0, 3.0)]
-    assert [(lr, seed) for lr, seed, _ in calls[3:]] == [(0.2, 0), (0.2, 1), (0.2, 2)]
-    assert record["best_lr"] == 0.2 and record["rates"]["0.1"] == {"seconds_to_reach": None, "iterations": None,
-                                                                  "stopped_at_seconds": 3.0}
-    assert [trainbench.seconds_to_reach(Probe(), by_seed[s]) for s in (0, 1, 2)] == [3.0, 3.5, 2.5]
+    assert calls == [(0.3, 0, None), (0.3, 1, None), (0.3, 2, None), (0.2, 0, 4.0), (0.2, 1, 4.0), (0.2, 2, 4.0),
+                     (0.1, 0, 3.0), (0.1, 1, 3.0), (0.2, 0, None), (0.2, 1, None), (0.2, 2, None)]
+    assert record["best_lr"] == 0.2 and record["best_median_seconds"] == 3.0
+    assert record["rates"]["0.3"]["median_seconds"] == 4.0 and not record["rates"]["0.3"]["dropped"]
+    assert record["rates"]["0.2"]["seconds_by_seed"] == {"0": 3.0, "1": None, "2": 2.5}
+    assert record["rates"]["0.1"] == {"seconds_by_seed": {"0": None, "1": None}, "median_seconds": None,
+                                      "dropped": True, "stopped_at_seconds": 3.0}
+    assert [trainbench.seconds_to_reach(Probe(), by_seed[s]) for s in (0, 1, 2)] == [3.0, 5.0, 2.5]
+
+
+def test_curves_are_reused_and_a_budget_stopped_curve_is_retrained_for_a_larger_budget(monkeypatch, tmp_path):
+    trainbench = _load("trainbench")
+    trained: list[float | None] = []
+
+    class Probe:
+        def meets(self, point):
+            return point["deviation_ratio"] <= 0.05
+
+    def curve(self, pipe, probe, seed, workdir, budget=None):
+        trained.append(budget)
+        if budget is not None and budget < 5.0:  # needs 5 s: stopped unmet
+            return [{"iterations": 2, "seconds": budget, "deviation_ratio": 0.4}]
+        return [{"iterations": 4, "seconds": 5.0, "deviation_ratio": 0.0}]
+
+    monkeypatch.setattr(trainbench.Arm, "curve", curve)
+    curves = trainbench._Curves(None, Probe(), tmp_path)
+    arm = trainbench.Arm("fast", {"lr": 0.3}, (2, 4), 2)
+    assert trainbench.seconds_to_reach(Probe(), curves(arm, 0, 3.0)) is None
+    curves(arm, 0, 2.0)  # a smaller budget: the stopped curve answers it
+    assert trainbench.seconds_to_reach(Probe(), curves(arm, 0)) == 5.0  # no budget: trained again
+    curves(arm, 0, 1.0)  # met: reused whatever the budget
+    assert trained == [3.0, None]
+
+
+def test_ratio_keys_take_the_median_of_per_seed_ratios_over_the_seeds_both_met():
+    trainbench = _load("trainbench")
     keys = trainbench._ratio_keys("k", [{"a_seconds_to_reach": 6.0, "b_seconds_to_reach": 2.0},
                                         {"a_seconds_to_reach": 8.0, "b_seconds_to_reach": 2.0},
                                         {"a_seconds_to_reach": 9.0, "b_seconds_to_reach": None}], "a", "b")
