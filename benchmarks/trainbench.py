@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import sys
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -252,8 +254,14 @@ class _Curves:
                                    or (budget is not None and budget <= cached[1])):
             return cached[0]
         tag = f"{arm.mode}-{len(self.done)}-{seed}-{budget}"
-        self.done[key] = (arm.curve(self.pipe, self.probe, seed, self.workdir / tag, budget), budget)
-        return self.done[key][0]
+        began = time.perf_counter()
+        curve = arm.curve(self.pipe, self.probe, seed, self.workdir / tag, budget)
+        self.done[key] = (curve, budget)
+        reached = reached_point(self.probe, curve)
+        print(f"[train bench] {arm.mode} {arm.settings} seed {seed} budget {budget}: "
+              f"{'%.2f s' % reached['seconds'] if reached else 'unmet'} after {len(curve)} evaluations "
+              f"({time.perf_counter() - began:.0f} s)", file=sys.stderr, flush=True)
+        return curve
 
 
 def _sweep(curves: _Curves, rates: dict[float, Arm], seeds: tuple[int, ...]) -> dict:
