@@ -31,16 +31,31 @@ def read_json_object(path: Path, what: str) -> dict[str, Any]:
 
 def model_card(pipe_or_model) -> dict[str, Any]:
     """The `hsteer.json` of the folder `pipe_or_model` was loaded from, or {} (no folder, no file, or a file
-    that is not a JSON object: `sampling_defaults` reports a broken card; here it only means no overrides)."""
+    that is not a JSON object: `sampling_defaults` reports a broken card; here it only means no overrides).
+
+    Asked at every prompt encoding of an SD3 model, so the parsed card is kept on the object, keyed by the
+    file's modification time: a card rewritten after loading (`hsteer sites --set-default`) is read again."""
     folder = getattr(pipe_or_model, "name_or_path", None)
     if not isinstance(folder, str) or not folder:
         return {}
     card = Path(folder) / "hsteer.json"
     try:
+        stamp = (str(card), card.stat().st_mtime_ns)
+    except OSError:
+        return {}
+    kept = getattr(pipe_or_model, "_hsteer_card", None)
+    if kept is not None and kept[0] == stamp:
+        return dict(kept[1])
+    try:
         data = json.loads(card.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return data if isinstance(data, dict) else {}
+    data = data if isinstance(data, dict) else {}
+    try:
+        pipe_or_model._hsteer_card = (stamp, data)
+    except AttributeError:  # an object that takes no attributes: read each time
+        pass
+    return dict(data)
 
 
 def max_sequence_length(pipe) -> dict[str, int]:
