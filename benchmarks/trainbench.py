@@ -361,23 +361,25 @@ def bench_training(pipe, arms: dict[str, Arm], images: int, workdir: Path, seeds
 
 
 def _reliable(out: dict, runs: list[dict], arms: dict[str, Arm]) -> None:
-    """The reference's fastest rate among those timed on every seed that met the quality on every seed (the
-    fixed arms and the sweep's best): the sweep picks on one seed, and a rate that met the bar on it can miss
-    it on another (a batch of 1 at a large rate lands on the bar by chance). Adds `reference_reliable_*`
-    per run and `train_sweep["reference"]["reliable_lr"]`."""
-    candidates = {name: arms[name].settings.get("lr", RECIPE_LR) for name in ("reference", "reference_fast_lr")
-                  if name in arms}
-    best = out.get("train_sweep", {}).get("reference", {}).get("best_lr")
-    if best is not None:
-        candidates["reference_best"] = best
-    timed = {name: [r.get(f"{name}_seconds_to_reach") for r in runs] for name in candidates}
-    reliable = {name: statistics.median(t) for name, t in timed.items() if t and all(t)}
+    """The reference's fastest rate (lowest median) among those that met the quality on every seed: the
+    fixed arms and every rate of the sweep timed on all seeds. The sweep's best counts a seed that never met
+    the quality as infinitely slow, so a rate that lands on the bar by chance on two seeds of three (a batch
+    of 1 at a large rate) can still win it; this is the rate a user could rely on. Adds
+    `reference_reliable_*` per run and `train_sweep["reference"]["reliable_lr"]`."""
+    timed: dict[float, list[float | None]] = {}
+    for name in ("reference", "reference_fast_lr"):
+        if name in arms:
+            timed[arms[name].settings.get("lr", RECIPE_LR)] = [r.get(f"{name}_seconds_to_reach") for r in runs]
+    for lr, record in out.get("train_sweep", {}).get("reference", {}).get("rates", {}).items():
+        by_seed = record.get("seconds_by_seed", {})
+        timed.setdefault(float(lr), [by_seed.get(str(r["seed"])) for r in runs])
+    reliable = {lr: statistics.median(t) for lr, t in timed.items() if t and all(t)}
     if not reliable:
         return
-    name = min(reliable, key=reliable.get)
-    out.setdefault("train_sweep", {}).setdefault("reference", {})["reliable_lr"] = candidates[name]
-    for run in runs:
-        run["reference_reliable_seconds_to_reach"] = run.get(f"{name}_seconds_to_reach")
+    lr = min(reliable, key=reliable.get)
+    out.setdefault("train_sweep", {}).setdefault("reference", {})["reliable_lr"] = lr
+    for run, seconds in zip(runs, timed[lr]):
+        run["reference_reliable_seconds_to_reach"] = seconds
 
 
 def _quality_at_reach(probe: QualityProbe, curves: list[list[dict]]) -> dict:
