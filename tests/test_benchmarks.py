@@ -274,3 +274,11 @@ def test_the_reliable_reference_rate_is_the_fastest_that_met_the_quality_on_ever
     keys = trainbench._ratio_keys("k", runs, "reference_reliable", "group_best")
     assert abs(keys["k"] - 8.0 / 0.9) < 1e-9 and keys["k_seeds_reached"] == 3
 
+
+def test_harm_readout_scores_every_readout_with_its_margin():
+    result = _load("harm_readout").main(["--json", "--threads", "1", "--noises", "1"])
+    assert {"text: pooled", "h-space, step 0", "h-space, step 12"} <= set(result)
+    for name, r in result.items():
+        assert set(r["highest_harmless"]) == {"professions", "named attribute", "white-box, harm words dropped"}
+        assert r["margin"] == min(r["lowest_harmful"].values()) - max(r["highest_harmless"].values()), name
+        assert r["lowest_harmful"]["harm prompts"] < 5 and r["highest_harmless"]["professions"] > -5, name
