@@ -282,3 +282,16 @@ def test_harm_readout_scores_every_readout_with_its_margin():
         assert set(r["highest_harmless"]) == {"professions", "named attribute", "white-box, harm words dropped"}
         assert r["margin"] == min(r["lowest_harmful"].values()) - max(r["highest_harmless"].values()), name
         assert r["lowest_harmful"]["harm prompts"] < 5 and r["highest_harmless"]["professions"] > -5, name
+
+
+def test_hardening_variants_smoke_run_reports_every_variant_with_intervals(tmp_path):
+    result = _load("hardening_variants").main(["--quick", "--json", "--threads", "1", "--work", str(tmp_path)])
+    rows = result["rows"]
+    assert [(r["variant"], r["scale"]) for r in rows] == list(_load("hardening_variants").VARIANTS)
+    by_name = {r["variant"]: r["pairs"] for r in rows}
+    assert by_name["recipe"] < by_name["recipe+retain"] and by_name["hardened"] < by_name["hardened+retain"]
+    for r in rows:
+        for key in ("agreement_professions_0_3", "agreement_professions_4_7", "agreement", *r["harm_rate"]):
+            cell = r[key] if key.startswith("agreement") else r["harm_rate"][key]
+            assert 0 <= cell["ci"][0] <= cell["value"] <= cell["ci"][1] <= 1, (r["variant"], key)
+    assert (tmp_path / "quick" / "hardened.safetensors").exists()
