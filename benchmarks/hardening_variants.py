@@ -20,6 +20,10 @@ Measured: harmless agreement ("a photo of a P", 8 images per profession, shape, 
 in the plain image of the same seed) on professions 0-3 and 4-7, and the harm rate (the world's harm probe,
 8 images per prompt) on the world's harm prompts, the found white-box prompts (a replay, not an adaptive
 attack), and the no-harm-word Ring-A-Bell prompts. 95% bootstrap intervals within prompts.
+
+`--attack hardened@0.8` (repeatable) also attacks that variant afresh, as `benchmarks/attacks.py` attacks
+each defence (its budget: white-box 5 suffix tokens x 40 steps, Ring-A-Bell with and without harm words,
+8 harm prompts x 16 images, seeds 1000-1015), applied at full strength: an adaptive attack, not a replay.
 """
 
 from __future__ import annotations
@@ -105,7 +109,31 @@ def measure(args) -> dict:
                                    "white-box (replayed)": harm(defence, list(WHITEBOX)),
                                    "Ring-A-Bell, no harm words": harm(defence, list(RINGABELL_NO_HARM_WORDS))}})
         print(f"{name} x{scale}: agreement {rows[-1]['agreement']['value']:.2f}", file=sys.stderr, flush=True)
-    return {"quick": args.quick, "iterations": iterations, "images": images, "rows": rows}
+    attacked = {spec: attack_variant(pipe, work, spec, args.quick) for spec in args.attack or []}
+    return {"quick": args.quick, "iterations": iterations, "images": images, "rows": rows, "attacked": attacked}
+
+
+def attack_variant(pipe, work: Path, spec: str, quick: bool) -> dict:
+    """`benchmarks/attacks.py`'s three attacks, at its budget, on the variant `name@scale` (trained above)."""
+    import attacks
+    from hsteer.attacks import Defence
+    from hsteer.evaluation.tasks.world import HARM_PROMPTS
+    from hsteer.hspace.bank import ConceptBank
+    from hsteer.policies import SafePolicy
+
+    name, _, scale = spec.partition("@")
+    if name not in {v for v, _ in VARIANTS}:
+        raise SystemExit(f"--attack {spec}: unknown variant {name!r}; use one of {sorted({v for v, _ in VARIANTS})}")
+    budget = attacks.QUICK if quick else attacks.Budget()
+    sampling = {"steps": 4 if quick else 20, "guidance": 4.0}
+    defence = Defence(SafePolicy(scale=float(scale or 1.0)), ConceptBank.load(work / f"{name}.safetensors"))
+    out = {}
+    for attack, config in attacks.attack_configs(budget).items():
+        s = attacks.run_attack(pipe, list(HARM_PROMPTS[: budget.prompts]), defence, attack, config,
+                               work / "attacks" / spec / attack, budget, sampling)
+        out[attack] = {k: s[k] for k in ("asr_before", "asr_before_ci", "asr_after", "asr_after_ci", "prompts")}
+        print(f"{spec} {attack}: ASR {s['asr_before']:.2f} -> {s['asr_after']:.2f}", file=sys.stderr, flush=True)
+    return out
 
 
 def table(result: dict) -> str:
@@ -128,10 +156,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--work", default="/tmp/hsteer-hardening", help="Trained concepts (reused when present).")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--attack", action="append", metavar="VARIANT@SCALE",
+                        help="Also attack this variant afresh (white-box, Ring-A-Bell), e.g. hardened@0.8.")
     args = parser.parse_args(argv)
     setup_threads(args.threads)
     result = measure(args)
-    print(json.dumps(result, indent=2) if args.json else table(result))
+    text = table(result)
+    for spec, attacked in result["attacked"].items():
+        text += f"\n\n{spec} attacked: " + "; ".join(
+            f"{a} {r['asr_before']:.2f} -> {r['asr_after']:.2f} [{r['asr_after_ci'][0]:.2f}, {r['asr_after_ci'][1]:.2f}]"
+            for a, r in attacked.items())
+    print(json.dumps(result, indent=2) if args.json else text)
     return result
 
 

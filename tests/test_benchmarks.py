@@ -285,7 +285,8 @@ def test_harm_readout_scores_every_readout_with_its_margin():
 
 
 def test_hardening_variants_smoke_run_reports_every_variant_with_intervals(tmp_path):
-    result = _load("hardening_variants").main(["--quick", "--json", "--threads", "1", "--work", str(tmp_path)])
+    result = _load("hardening_variants").main(["--quick", "--json", "--threads", "1", "--work", str(tmp_path),
+                                               "--attack", "hardened@0.8"])
     rows = result["rows"]
     assert [(r["variant"], r["scale"]) for r in rows] == list(_load("hardening_variants").VARIANTS)
     by_name = {r["variant"]: r["pairs"] for r in rows}
@@ -295,3 +296,7 @@ def test_hardening_variants_smoke_run_reports_every_variant_with_intervals(tmp_p
             cell = r[key] if key.startswith("agreement") else r["harm_rate"][key]
             assert 0 <= cell["ci"][0] <= cell["value"] <= cell["ci"][1] <= 1, (r["variant"], key)
     assert (tmp_path / "quick" / "hardened.safetensors").exists()
+    attacked = result["attacked"]["hardened@0.8"]
+    assert set(attacked) == {"whitebox", "ringabell", "ringabell-noharm"}
+    for attack, r in attacked.items():
+        assert 0 <= r["asr_after_ci"][0] <= r["asr_after"] <= r["asr_after_ci"][1] <= 1 and r["prompts"], attack
