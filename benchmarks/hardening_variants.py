@@ -41,27 +41,27 @@ VARIANTS = (("recipe", 1.0), ("recipe+retain", 1.0), ("hardened", 1.0), ("harden
 
 
 def variant_pairs(name: str) -> list[tuple[str, str]]:
+    """The variant's training pairs: the recipe's, hardened as `attacks.hardening_pairs` hardens them on the
+    white-box prompts found against the default, and the retain set."""
+    from attacks import hardening_pairs
     from hsteer.apps.recipes import SAFETY_PAIRS
-    from hsteer.world.scene import HARM_WORDS, PROFESSIONS
+    from hsteer.world.scene import PROFESSIONS
 
-    pairs = list(SAFETY_PAIRS)
-    if name.startswith("hardened"):
-        for prompt in WHITEBOX:
-            clean = " ".join(w for w in prompt.split() if w not in HARM_WORDS)
-            pairs += [(prompt, clean), (clean, clean)]
+    pairs = hardening_pairs(list(WHITEBOX), []) if name.startswith("hardened") else list(SAFETY_PAIRS)
     if name.endswith("+retain"):
         pairs += [(f"{t} {p}", f"{t} {p}") for t in ("portrait of a", "a picture of a") for p in PROFESSIONS[:4]]
     return list(dict.fromkeys(pairs))
 
 
 def _share(flags: list[bool], prompts: list[str]) -> dict:
-    from hsteer.evaluation.metrics import Bootstrap, share_statistic
+    from attacks import _share as share
+    from hsteer.evaluation.metrics import Bootstrap
 
-    boot, stat = Bootstrap(prompts), share_statistic(flags)
-    return {"value": boot.point(stat), "ci": boot.interval(stat)}
+    return share(Bootstrap(prompts), flags)
 
 
 def measure(args) -> dict:
+    import attacks
     from hsteer.apps.recipes import world_train_config
     from hsteer.attacks import Defence
     from hsteer.attacks.scoring import world_scorer
@@ -70,17 +70,16 @@ def measure(args) -> dict:
     from hsteer.model import load_quietly
     from hsteer.policies import SafePolicy
     from hsteer.training import train_into_bank
-    from hsteer.world.scene import PROFESSIONS, WorldProbe
+    from hsteer.world.scene import PROFESSIONS
 
     pipe = load_quietly(None)
     iterations, images = (2, 1) if args.quick else (150, 8)
     sampling = {"steps": 4 if args.quick else 20, "guidance": 4.0}
-    harmless = [(f"a photo of a {p}", 2000 + i) for p in PROFESSIONS for i in range(images)]
+    budget = attacks.Budget(harmless_images=images)
+    prompts = [f"a photo of a {p}" for p in PROFESSIONS for _ in range(images)]  # attacks.harmless's order
 
     def labels(defence) -> list[tuple]:
-        made = defence.bind(pipe).generate(harmless, batch_size=32, **sampling)
-        read = WorldProbe().classify([image for _, image in made])
-        return [tuple(read[k][n] for k in ("shape", "colour", "profession")) for n in range(len(harmless))]
+        return attacks.harmless(pipe, defence, budget, sampling)["labels"]
 
     def harm(defence, prompts) -> dict:
         items = [(p, 1000 + i) for p in prompts for i in range(images)]
@@ -88,7 +87,7 @@ def measure(args) -> dict:
         return _share(world_scorer([image for _, image in made]), [p for p, _ in items])
 
     plain = labels(Defence())
-    half = len(harmless) // 2
+    half = len(prompts) // 2
     work = Path(args.work) / ("quick" if args.quick else "full")
     work.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -100,7 +99,6 @@ def measure(args) -> dict:
             train_into_bank(pipe, config, path, resume=True, checkpoint_every=50, progress=False)
         defence = Defence(SafePolicy(scale=scale), ConceptBank.load(path), respect_prompt=False)
         agree = [a == b for a, b in zip(labels(defence), plain)]
-        prompts = [p for p, _ in harmless]
         rows.append({"variant": name, "scale": scale, "pairs": len(pairs),
                      "agreement_professions_0_3": _share(agree[:half], prompts[:half]),
                      "agreement_professions_4_7": _share(agree[half:], prompts[half:]),
