@@ -243,24 +243,19 @@ def carriers(entry: dict[str, Any], cut: float = 0.5) -> list[str]:
 
 
 def hardening_pairs(whitebox: list[str], diagnosed: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """The recipe's safety pairs plus, per found prompt, (prompt -> its clean form) and (clean -> itself).
+    """The recipe's (hardened) safety pairs plus, per found prompt, (prompt -> its clean form) and (clean ->
+    itself), as `hsteer.apps.recipes.adversarial_pairs` builds them.
 
     A white-box prompt keeps the harm words: its clean form drops them. A Ring-A-Bell prompt without harm
     words is cleaned of the tokens that carry its harm (`carriers`), so the gate learns them as key tokens.
     """
-    from hsteer.apps.recipes import SAFETY_PAIRS
-    from hsteer.world.scene import HARM_WORDS
+    from hsteer.apps.recipes import HARDENED_SAFETY_PAIRS, adversarial_pairs
 
-    found = [(p, [w for w in p.split() if w not in HARM_WORDS]) for p in whitebox]
+    pairs = list(HARDENED_SAFETY_PAIRS) + adversarial_pairs(whitebox)
     for entry in diagnosed:
         keep = carriers(entry)
         if keep and entry["asr_judged"] > 0.10:
-            found.append((entry["prompt"], [w for w in entry["prompt"].split() if w not in keep]))
-    pairs = list(SAFETY_PAIRS)
-    for prompt, words in found:
-        clean = " ".join(words) or "a scene"
-        if clean != prompt:
-            pairs += [(prompt, clean), (clean, clean)]
+            pairs += adversarial_pairs([entry["prompt"]], harm_words=tuple(keep))
     return list(dict.fromkeys(pairs))
 
 

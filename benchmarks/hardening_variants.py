@@ -41,13 +41,12 @@ VARIANTS = (("recipe", 1.0), ("recipe+retain", 1.0), ("hardened", 1.0), ("harden
 
 
 def variant_pairs(name: str) -> list[tuple[str, str]]:
-    """The variant's training pairs: the recipe's, hardened as `attacks.hardening_pairs` hardens them on the
-    white-box prompts found against the default, and the retain set."""
-    from attacks import hardening_pairs
-    from hsteer.apps.recipes import SAFETY_PAIRS
+    """The variant's training pairs: the unhardened recipe's (`SAFETY_PAIRS`) or the hardened recipe's (with
+    the white-box prompts found against the unhardened default), and the retain set."""
+    from hsteer.apps.recipes import HARDENED_SAFETY_PAIRS, SAFETY_PAIRS
     from hsteer.world.scene import PROFESSIONS
 
-    pairs = hardening_pairs(list(WHITEBOX), []) if name.startswith("hardened") else list(SAFETY_PAIRS)
+    pairs = list(HARDENED_SAFETY_PAIRS if name.startswith("hardened") else SAFETY_PAIRS)
     if name.endswith("+retain"):
         pairs += [(f"{t} {p}", f"{t} {p}") for t in ("portrait of a", "a picture of a") for p in PROFESSIONS[:4]]
     return list(dict.fromkeys(pairs))
@@ -95,7 +94,8 @@ def measure(args) -> dict:
         pairs = variant_pairs(name)
         path = work / f"{name}.safetensors"
         if not path.exists():
-            config = world_train_config("anti_harm", iterations, 0, pairs=tuple(pairs), batch_size=len(pairs))
+            config = world_train_config("anti_harm", iterations, 0, pairs=tuple(pairs), batch_size=len(pairs),
+                                        stored_scale=1.0)  # each variant's scale is applied at use
             train_into_bank(pipe, config, path, resume=True, checkpoint_every=50, progress=False)
         defence = Defence(SafePolicy(scale=scale), ConceptBank.load(path), respect_prompt=False)
         agree = [a == b for a, b in zip(labels(defence), plain)]

@@ -80,6 +80,8 @@ def test_train_show_generate(sd_dir, tmp_path):
     (["generate", "--prompt", "", "--out", "{tmp}/o"], "empty prompt"),
     (["train", "--bank", "{tmp}/b.safetensors", "--concept", "w", "--group", "g", "--neutral", "a person"],
      "give a target prompt"),
+    (["train", "--bank", "{tmp}/b.safetensors", "--concept", "w", "--group", "g", "--neutral", "a person",
+      "--target", "a woman", "--stored-scale", "0"], "stored_scale (--stored-scale) must be"),
     (["bank", "show", "{tmp}/missing.safetensors"], "does not exist"),
 ])
 def test_errors_are_one_line(sd_dir, tmp_path, args, message):

@@ -76,3 +76,49 @@ def test_bad_pairs_and_windows_are_refused():
         _config(pairs=(("a figure",),)).validate()
     with pytest.raises(HsteerError, match="window"):
         _config(window=(0.6, 0.2)).validate()
+
+
+@pytest.mark.parametrize("objective", ["codsma", "respodiff"])
+def test_stored_scale_shortens_what_the_bank_keeps_and_not_the_training(sd_pipe, tmp_path, objective):
+    """The run trains as before and stores its tensors at the fraction asked for (recorded in the meta);
+    a checkpoint of the full-length run resumes into the short one, since training is the same."""
+    from hsteer.training import train_into_bank
+
+    full = train_concept(sd_pipe, _config(objective=objective), progress=False)
+    short = train_concept(sd_pipe, _config(objective=objective, stored_scale=0.5), progress=False)
+    assert short.losses == full.losses
+    for name, tensor in full.concept.tensors.items():
+        assert tensor.abs().sum() > 0
+        assert torch.equal(short.concept.tensors[name], tensor * 0.5), name
+    assert short.concept.meta["stored_scale"] == 0.5 and "stored_scale" not in full.concept.meta
+    bank = tmp_path / "b.safetensors"
+    train_into_bank(sd_pipe, _config(objective=objective), bank, checkpoint_every=3, progress=False)
+    resumed = train_into_bank(sd_pipe, _config(objective=objective, stored_scale=0.5), bank, resume=True,
+                              progress=False)
+    assert resumed.resumed_from == 3
+    assert torch.equal(ConceptBank.load(bank)["square"].delta(), short.concept.delta())
+    with pytest.raises(HsteerError, match="stored_scale"):
+        _config(stored_scale=-1.0).validate()
+
+
+def test_the_world_safety_recipe_trains_against_the_found_attack_prompts():
+    """The bundled world's safety concept: the recipe's pairs, plus each white-box prompt found against the
+    unhardened concept mapped to its clean form (and that form to itself), one batch of all of them, stored
+    at 0.8 of its length; the fair concepts and SDisc (which learns from images) are unchanged."""
+    from hsteer.apps.recipes import (FOUND_ATTACK_PROMPTS, SAFETY_PAIRS, SAFETY_STORED_SCALE, adversarial_pairs,
+                                     world_train_config)
+
+    assert adversarial_pairs(["a photo of a violent doctor x"]) == [
+        ("a photo of a violent doctor x", "a photo of a doctor x"), ("a photo of a doctor x", "a photo of a doctor x")]
+    assert adversarial_pairs(["a photo of a doctor"]) == []
+    assert adversarial_pairs(["gory"]) == [("gory", "a scene"), ("a scene", "a scene")]
+    assert adversarial_pairs(["3 scene q"], harm_words=("q",)) == [("3 scene q", "3 scene"), ("3 scene", "3 scene")]
+    config = world_train_config("anti_harm", 150)
+    assert config.pairs[: len(SAFETY_PAIRS)] == SAFETY_PAIRS and len(set(config.pairs)) == len(config.pairs)
+    assert set(adversarial_pairs(FOUND_ATTACK_PROMPTS)) <= set(config.pairs)
+    assert len(config.pairs) == len(SAFETY_PAIRS) + 2 * len(FOUND_ATTACK_PROMPTS)
+    assert config.batch_size == len(config.pairs)  # row i takes pair i: every pair in every batch
+    assert config.stored_scale == SAFETY_STORED_SCALE == 0.8
+    assert world_train_config("anti_harm", 150, objective="respodiff").pairs == config.pairs
+    for other in (world_train_config("anti_harm", 150, objective="sdisc"), world_train_config("circle", 150)):
+        assert other.stored_scale == 1.0 and not set(other.pairs or ()) & set(config.pairs)

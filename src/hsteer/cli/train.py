@@ -32,6 +32,9 @@ from hsteer.errors import HsteerError
               help="CFG scale of the reverse process that reaches z_t.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--init-std", default=0.0, show_default=True, type=float, help="Std of the random initial concept.")
+@click.option("--stored-scale", default=1.0, show_default=True, type=float,
+              help="Store the learned concept at this fraction of its length (the world recipe's hardened safety "
+                   "concept: 0.8, docs/attacks.md).")
 @click.option("--lr-sam", default=1e-3, show_default=True, type=float, help="RespoDiff: learning rate of SAM.")
 @click.option("--lam", default=0.5, show_default=True, type=float, help="RespoDiff: weight lambda of L_sem.")
 @click.option("--sdisc-images", default=64, show_default=True, type=int,
@@ -58,9 +61,9 @@ from hsteer.errors import HsteerError
               help="Add to a bank learned on a U-Net with another config (same h-space shape).")
 @one_line_errors
 def train(model, device, dtype, objective, bank_path, concepts, group, neutral, targets, negative, iterations,
-          batch_size, steps, lr, target_guidance, sampling_guidance, seed, init_std, lr_sam, lam, sdisc_images,
-          sdisc_epochs, height, width, pairs, window, site, mode, gradient_checkpointing, checkpoint_every, resume,
-          allow_other_model) -> None:
+          batch_size, steps, lr, target_guidance, sampling_guidance, seed, init_std, stored_scale, lr_sam, lam,
+          sdisc_images, sdisc_epochs, height, width, pairs, window, site, mode, gradient_checkpointing,
+          checkpoint_every, resume, allow_other_model) -> None:
     """Learn a concept and add (or replace) it in a bank.
 
     \b
@@ -78,8 +81,8 @@ def train(model, device, dtype, objective, bank_path, concepts, group, neutral, 
     extras = method_options(objective, lr_sam=lr_sam, lam=lam, sdisc_images=sdisc_images, sdisc_epochs=sdisc_epochs)
     settings = dict(group=group, neutral=neutral, negative=negative, iterations=iterations, batch_size=batch_size,
                     steps=steps, lr=lr, target_guidance=target_guidance, sampling_guidance=sampling_guidance,
-                    seed=seed, init_std=init_std, height=height, width=width, mode=mode, window=parse_window(window),
-                    site=site, **extras)
+                    seed=seed, init_std=init_std, stored_scale=stored_scale, height=height, width=width, mode=mode,
+                    window=parse_window(window), site=site, **extras)
     configs = [TrainConfig.for_objective(objective, concept=name, target=target,
                                          pairs=_pairs_for(pairs, name, len(concepts)), **settings)
                for name, target in zip(concepts, _targets_for(targets, concepts))]

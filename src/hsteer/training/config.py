@@ -33,6 +33,10 @@ class TrainConfig:
     (stored with the concept); attributes settle at different steps (docs/methods.md §8).
     site: the steering site (`hsteer.model.sites`: `mid_block`, `transformer_blocks.N`,
     `single_transformer_blocks.N`, `text`); None: the model's default site.
+    stored_scale: the learned tensors are stored at this fraction of their trained length (1: as learned).
+    Training is unchanged; only what lands in the bank is scaled, so `scale` at use composes with it. A
+    concept trained hard against adversarial prompts (the world recipe's safety concept) repaints harmless
+    images at full length and keeps its reach shorter (docs/attacks.md measures 0.8).
     """
 
     concept: str
@@ -55,6 +59,7 @@ class TrainConfig:
     pairs: tuple[tuple[str, str], ...] | None = None
     window: tuple[float, float] | None = None
     site: str | None = None
+    stored_scale: float = 1.0
 
     #: The concept's tensors, in the bank as "<concept>/<module>".
     modules: ClassVar[tuple[str, ...]] = ("c",)
@@ -112,7 +117,8 @@ class TrainConfig:
 
     def resume_key(self) -> dict[str, Any]:
         """The settings a checkpoint must share to be resumed (iterations may grow)."""
-        return {k: v for k, v in asdict(self).items() if k != "iterations" and not (k == "site" and v is None)}
+        return {k: v for k, v in asdict(self).items()
+                if k not in ("iterations", "stored_scale") and not (k == "site" and v is None)}
 
 
 @dataclass
@@ -186,3 +192,4 @@ def check_train_settings(config: TrainConfig) -> None:
     for name in ("target_guidance", "sampling_guidance"):
         check_float(label(name), getattr(config, name), maximum=1e4)
     check_float(label("init_std"), config.init_std, 0.0, maximum=1e4)
+    check_float(label("stored_scale"), config.stored_scale, 0.0, maximum=1e3, above=True)

@@ -38,7 +38,8 @@ from hsteer.hspace.steering import SteeringConfig, active_hooks, steer
 from hsteer.model.diffusion import DDIMSchedule, TextCondition, guidance_combination, guided_epsilon
 from hsteer.seeding import iteration_generator, pool_seed
 from hsteer.training.config import TrainConfig
-from hsteer.training.state import TrainResult, adam_tensors, check_finite, concept_meta, restore_adam
+from hsteer.training.state import (TrainResult, adam_tensors, check_finite, concept_meta, restore_adam,
+                                   stored_tensors)
 from hsteer.training.steered import StepContext, step_context
 
 #: Settings every concept of a group must share, because the group shares its trajectories.
@@ -286,7 +287,7 @@ class GroupRun:
     def concepts(self) -> list[Concept]:
         """The concepts as they are now, ready for a bank."""
         return [Concept(config.concept, config.group, config.objective,
-                        {k: p.detach().cpu().float().clone() for k, p in ctx.params.items()},
+                        stored_tensors(config, ctx.params),
                         meta={**concept_meta(self.pipe, config, self.shape), "trained_with": "group"})
                 for ctx, config in zip(self.ctxs, self.configs)]
 

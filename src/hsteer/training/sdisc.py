@@ -31,6 +31,7 @@ from hsteer.training.state import (
     init_params,
     make_optimizers,
     optimise,
+    stored_tensors,
 )
 
 
@@ -94,7 +95,7 @@ def train_sdisc(pipe, config: SdiscConfig, *, run_dir: str | Path | None = None,
             optimise(optimizer, loss)
             rows.append({"iteration": len(rows), "loss": loss.item()})
     seconds = time.perf_counter() - began  # training time: the loss plot below is reporting, not training
-    concept = Concept(config.concept, config.group, "sdisc", {"c": c.detach().cpu().float().clone()},
+    concept = Concept(config.concept, config.group, "sdisc", stored_tensors(config, {"c": c}),
                       meta=concept_meta(pipe, config, shape))
     if run_dir is not None:
         log = LossLog(run_dir, rows)

@@ -172,6 +172,13 @@ class LossLog:
         return out
 
 
+def stored_tensors(config: TrainConfig, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The trained tensors as the bank keeps them: float32 on the CPU, at `config.stored_scale` of their length."""
+    scale = float(config.stored_scale)
+    return {k: p.detach().cpu().float().clone() if scale == 1.0 else p.detach().cpu().float() * scale
+            for k, p in params.items()}
+
+
 def concept_meta(pipe, config: TrainConfig, shape: tuple[int, ...], site: str = "mid_block") -> dict[str, Any]:
     """What the bank stores about how a concept was made: its method's settings, the model's identity, and
     the site and shape it acts at (`site`: the site's spec)."""
@@ -179,6 +186,8 @@ def concept_meta(pipe, config: TrainConfig, shape: tuple[int, ...], site: str = 
     for optional in ("pairs", "window"):  # recorded only where used, so banks without them read as before
         if meta.get(optional) is None:
             meta.pop(optional, None)
+    if meta.get("stored_scale") == 1.0:
+        meta.pop("stored_scale")
     meta.update({"site": site, "family": family_of(pipe), "hspace_shape": list(shape),
                  "unet_fingerprint": unet_fingerprint(denoiser_of(pipe)),
                  "hsteer_version": __version__, "model": str(getattr(pipe, "name_or_path", "") or "")})

@@ -48,6 +48,7 @@ from hsteer.training.state import (
     init_params,
     make_optimizers,
     optimise,
+    stored_tensors,
 )
 from hsteer.seeding import iteration_generator, pool_seed
 
@@ -299,7 +300,7 @@ def train_steered(pipe, config: TrainConfig, *, run_dir: str | Path | None = Non
         log.flush()
         log.plot()
     concept = Concept(config.concept, config.group, config.objective,
-                      {k: p.detach().cpu().float().clone() for k, p in params.items()},
+                      stored_tensors(config, params),
                       meta=concept_meta(pipe, config, shape, site.spec))
     return TrainResult(concept, rows, seconds, start,
                        Path(run_dir) if run_dir is not None else None)
