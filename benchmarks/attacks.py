@@ -38,7 +38,9 @@ from common import setup_threads
 NEGATIVE = "violent bloody gory brutal"
 METHODS = ("sdisc", "codsma", "respodiff")
 STEP_HALVES = ((0.0, 0.5), (0.5, 1.0))
-DEFAULT = "codsma+gate"  # hsteer's default safety setting: CoDSMa's concept, the embedding gate
+#: hsteer's default safety setting: CoDSMa's concept under the default gate (`embedding`), which leaves safety
+#: at full strength and so makes exactly the images of the blind row.
+DEFAULT = "codsma+blind"
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,8 @@ def defences(banks: dict[str, Any]) -> dict[str, Any]:
 
     out = {"plain": Defence()}
     for method in ("codsma", *(m for m in METHODS if m != "codsma")):  # the default first: hardening needs it
-        out[f"{method}+gate"] = Defence(SafePolicy(), banks[method], respect_prompt=True)
+        # "+gate": the soft gate, which scales safety by the prompt's harm score (`--gate embedding-soft`)
+        out[f"{method}+gate"] = Defence(SafePolicy(), banks[method], respect_prompt=True, gate="embedding-soft")
         out[f"{method}+blind"] = Defence(SafePolicy(), banks[method], respect_prompt=False)
     out["negative-prompt"] = Defence(negative_prompt=NEGATIVE)
     out["sld-medium"] = Defence(SldPolicy("medium"), sld_concept=NEGATIVE)
@@ -285,12 +288,14 @@ def hardening(pipe, rows, banks, work: Path, budget: Budget, sampling: dict, pro
     from hsteer.policies import SafePolicy
 
     default = defences(banks)[DEFAULT]
+    runs = {a: next(work / n / a for n in (DEFAULT, DEFAULT.replace("+blind", "+gate")) if (work / n / a).exists())
+            for a in ("whitebox", "ringabell-noharm")}  # a blind row may have taken its gated twin's white-box run
     cached = work / "diagnosis.json"
     if cached.exists():
         found = json.loads(cached.read_text(encoding="utf-8"))
     else:
-        found = {"whitebox": diagnose(pipe, default, work / DEFAULT / "whitebox", budget, sampling),
-                 "ringabell-noharm": diagnose(pipe, default, work / DEFAULT / "ringabell-noharm", budget, sampling,
+        found = {"whitebox": diagnose(pipe, default, runs["whitebox"], budget, sampling),
+                 "ringabell-noharm": diagnose(pipe, default, runs["ringabell-noharm"], budget, sampling,
                                               judge=Defence())}
         from hsteer.fileio import atomic_write_text
 
@@ -305,8 +310,8 @@ def hardening(pipe, rows, banks, work: Path, budget: Budget, sampling: dict, pro
         for gate in (True, False):
             name = f"codsma-hardened-{round_}+{'gate' if gate else 'blind'}"
             twin = None if gate else rows[f"codsma-hardened-{round_}+gate"]["whitebox"]
-            rows[name] = measure_defence(pipe, name, Defence(SafePolicy(), bank, respect_prompt=gate), prompts,
-                                         budget, sampling, work, plain_labels, log, twin)
+            defence = Defence(SafePolicy(), bank, respect_prompt=gate, gate="embedding-soft" if gate else None)
+            rows[name] = measure_defence(pipe, name, defence, prompts, budget, sampling, work, plain_labels, log, twin)
             rows[name]["training_pairs"] = pairs
         whitebox += rows[f"codsma-hardened-{round_}+gate"]["whitebox"]["prompts"]
     return found
@@ -344,7 +349,7 @@ def measure(args) -> dict[str, Any]:
     result: dict[str, Any] = {"quick": args.quick, "budget": budget.__dict__, "sampling": sampling,
                               "harm_prompts": prompts, "negative": NEGATIVE, "default": DEFAULT, "rows": rows}
     result["target"] = target(rows, DEFAULT) if DEFAULT in rows else None  # a partial run (--defences)
-    hardened = f"codsma-hardened-{budget.harden_rounds}+gate"
+    hardened = f"codsma-hardened-{budget.harden_rounds}+blind"  # as DEFAULT: the default gate's images
     if merged.get("diagnosis") and hardened in merged["rows"]:
         rows.update({k: v for k, v in merged["rows"].items() if k.startswith("codsma-hardened-")})
         result["diagnosis"] = merged["diagnosis"]
@@ -375,7 +380,8 @@ def target(rows: dict[str, Any], name: str) -> dict[str, Any]:
         return r["whitebox"]["asr_after"] if r["whitebox"]["asr_after"] is not None else r["whitebox"]["asr_before"]
 
     mine = after(rows[name])
-    twin = name.replace("+gate", "+blind")  # the same concept: white-box runs identical where the gate stays on
+    # the same concept gated or blind: white-box runs identical where the gate stays on
+    twin = name.replace("+gate", "+blind") if name.endswith("+gate") else name.replace("+blind", "+gate")
     others = {k: after(r) for k, r in rows.items() if k not in (name, twin) and after(r) is not None}
     if mine is None:
         return {"setting": name, "asr_after_whitebox": None, "met": False, "note": "not finished"}

@@ -122,3 +122,21 @@ def test_the_world_safety_recipe_trains_against_the_found_attack_prompts():
     assert world_train_config("anti_harm", 150, objective="respodiff").pairs == config.pairs
     for other in (world_train_config("anti_harm", 150, objective="sdisc"), world_train_config("circle", 150)):
         assert other.stored_scale == 1.0 and not set(other.pairs or ()) & set(config.pairs)
+
+
+def test_the_web_pages_safety_preset_fills_the_recipe_and_its_stored_length():
+    """The Learn tab's `anti_harm` preset is `hsteer demo`'s concept: its pairs, batch and stored length, and
+    the form turns it back into the same config."""
+    from hsteer.apps.recipes import world_train_config
+    from hsteer.ui.forms import LEARN_FIELDS, train_config
+    from hsteer.ui.handlers_learn import PRESET_FIELDS, preset_values
+
+    recipe = world_train_config("anti_harm", 150)
+    values = dict(zip(PRESET_FIELDS, preset_values("anti_harm (safety)", recipe.steps)))
+    assert values["stored_scale"] == 0.8 and values["batch_size"] == len(recipe.pairs) == 24
+    assert values["pairs"].splitlines() == [f"{n} => {t}" for n, t in recipe.pairs]
+    form = {**dict.fromkeys(LEARN_FIELDS, ""), **values, "training_seed": 0, "sdisc_images": 64, "sdisc_epochs": 20}
+    assert train_config(form) == recipe
+    assert dict(zip(PRESET_FIELDS, preset_values("circle (shape)", 20)))["stored_scale"] == 1.0
+    with pytest.raises(HsteerError, match="the stored length"):
+        train_config({**form, "stored_scale": 0.0})

@@ -126,7 +126,7 @@ def gen(c: Client, policy="fair", groups=("shape",), seed=0, n=2, scales=(), pro
 #: pair in every step unless they say otherwise.
 LEARN_DEFAULTS = dict(neutral=NEUTRAL, negative="", objective="codsma", iterations=2, lr=0.05, batch_size=2,
                       denoising_steps=STEPS, target_guidance=4.0, training_seed=0, sdisc_images=4, sdisc_epochs=1,
-                      pairs="", window="")
+                      pairs="", window="", stored_scale=1.0)
 
 
 def learn(c: Client, name, group, target, **kwargs):
@@ -264,7 +264,7 @@ def test_forms_use_the_library_checks():
         with pytest.raises(HsteerError, match=message):
             whole(bad, "steps", 1, 4)
     values = dict(zip(LEARN_FIELDS, ("red", "colour", NEUTRAL, "a photo of a red figure", "", "codsma", 3, 0.05,
-                                     2, STEPS, 4.0, 0, "not a number", None, "", "")))
+                                     2, STEPS, 4.0, 0, "not a number", None, "", "", 1.0)))
     config = train_config(values)  # the SDisc boxes are not read for another objective
     assert type(config).__name__ == "CodsmaConfig" and config.iterations == 3 and config.target_guidance == 4.0
     with pytest.raises(HsteerError, match="SDisc images must be a number"):

@@ -33,7 +33,7 @@ GENERATE_FIELDS = ("prompt", "seed", "num_images", "guidance", "steps", "policy"
 #: The Learn form's inputs, in the order of the page's `/learn` API.
 LEARN_FIELDS = ("name", "group", "neutral", "target", "negative", "objective", "iterations", "lr", "batch_size",
                 "denoising_steps", "target_guidance", "training_seed", "sdisc_images", "sdisc_epochs", "pairs",
-                "window")
+                "window", "stored_scale")
 
 
 class UserError(HsteerError):
@@ -182,7 +182,8 @@ def train_config(values: Mapping[str, Any]) -> _lib.TrainConfig:
         lr=number(values["lr"], "the learning rate", 1e-8, 10.0),
         target_guidance=number(values["target_guidance"], "the target guidance", 0.0, 50.0),
         seed=whole(values["training_seed"], "the seed", 0), pairs=parse_pairs(values["pairs"]),
-        window=parse_window(values["window"], "the step window"))
+        window=parse_window(values["window"], "the step window"),
+        stored_scale=number(values["stored_scale"], "the stored length", 1e-3, 10.0))
     takes = {f.name for f in fields(_lib.config_class(objective))}
     settings.update({name: whole(values[name], label, low, high)
                      for name, (label, low, high) in METHOD_SETTINGS.items() if name in takes})

@@ -145,11 +145,13 @@ def _training_settings(ui: HsteerUI, start: Any = None) -> SimpleNamespace:
         with gr.Row():
             c_tg = gr.Number(4.0, label="Target guidance")
             c_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+            c_stored = gr.Number(start.stored_scale if start else 1.0, elem_id="c-stored-scale",
+                                 label="Stored length (fraction of the trained concept the bank keeps)")
         with gr.Row():
             c_sd_images = gr.Number(64, label="SDisc images", precision=0, minimum=1)
             c_sd_epochs = gr.Number(20, label="SDisc epochs", precision=0, minimum=1)
     return SimpleNamespace(c_lr=c_lr, c_batch=c_batch, c_steps=c_steps, c_tg=c_tg, c_seed=c_seed,
-                           c_sd_images=c_sd_images, c_sd_epochs=c_sd_epochs)
+                           c_stored=c_stored, c_sd_images=c_sd_images, c_sd_epochs=c_sd_epochs)
 
 
 def bank_tab(ui: HsteerUI) -> SimpleNamespace:

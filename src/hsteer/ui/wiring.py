@@ -164,7 +164,8 @@ def learn_inputs(learn: SimpleNamespace) -> dict[str, Any]:
               "negative": learn.c_negative, "objective": learn.c_objective, "iterations": learn.c_iterations,
               "lr": learn.c_lr, "batch_size": learn.c_batch, "denoising_steps": learn.c_steps,
               "target_guidance": learn.c_tg, "training_seed": learn.c_seed, "sdisc_images": learn.c_sd_images,
-              "sdisc_epochs": learn.c_sd_epochs, "pairs": learn.c_pairs, "window": learn.c_window}
+              "sdisc_epochs": learn.c_sd_epochs, "pairs": learn.c_pairs, "window": learn.c_window,
+              "stored_scale": learn.c_stored}
     return {name: fields[name] for name in LEARN_FIELDS}
 
 
