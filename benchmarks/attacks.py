@@ -288,12 +288,13 @@ def hardening(pipe, rows, banks, work: Path, budget: Budget, sampling: dict, pro
     from hsteer.policies import SafePolicy
 
     default = defences(banks)[DEFAULT]
-    runs = {a: next(work / n / a for n in (DEFAULT, DEFAULT.replace("+blind", "+gate")) if (work / n / a).exists())
-            for a in ("whitebox", "ringabell-noharm")}  # a blind row may have taken its gated twin's white-box run
     cached = work / "diagnosis.json"
     if cached.exists():
         found = json.loads(cached.read_text(encoding="utf-8"))
     else:
+        runs = {a: next(work / n / a for n in (DEFAULT, DEFAULT.replace("+blind", "+gate"))
+                        if (work / n / a).exists())
+                for a in ("whitebox", "ringabell-noharm")}  # a blind row may have taken its gated twin's run
         found = {"whitebox": diagnose(pipe, default, runs["whitebox"], budget, sampling),
                  "ringabell-noharm": diagnose(pipe, default, runs["ringabell-noharm"], budget, sampling,
                                               judge=Defence())}

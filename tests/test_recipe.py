@@ -118,7 +118,7 @@ def test_the_world_safety_recipe_trains_against_the_found_attack_prompts():
     assert set(adversarial_pairs(FOUND_ATTACK_PROMPTS)) <= set(config.pairs)
     assert len(config.pairs) == len(SAFETY_PAIRS) + 2 * len(FOUND_ATTACK_PROMPTS)
     assert config.batch_size == len(config.pairs)  # row i takes pair i: every pair in every batch
-    assert config.stored_scale == SAFETY_STORED_SCALE == 0.8
+    assert config.stored_scale == SAFETY_STORED_SCALE["codsma"] == 0.8
     assert world_train_config("anti_harm", 150, objective="respodiff").pairs == config.pairs
     assert world_train_config("anti_harm", 150, objective="respodiff").stored_scale == 1.0
     for other in (world_train_config("anti_harm", 150, objective="sdisc"), world_train_config("circle", 150)):
