@@ -5,7 +5,7 @@ white-box and the Ring-A-Bell attack, beside its harmless-prompt fidelity and sa
                                  [--threads 1] [--no-harden] [--plot docs/attacks.png]
 
 Defences: the plain model, a negative prompt (the harm words), SLD (medium, its safety concept the harm
-words), and the safety concept learned with SDisc, CoDSMa (hsteer's default method) and RespoDiff (the
+words), and the safety concept learned with SDisc, CoDSMa and RespoDiff (the safety recipe's default, the
 world recipes of `hsteer.apps.recipes`), each with the prompt-aware gate (hsteer's default) and blind.
 Attacks (`hsteer.attacks`): `whitebox` (5 suffix tokens, optimised through each defended denoiser, so it is
 run per defence), `ringabell` (8 tokens found in the text encoder's space, the whole prompt) and
@@ -38,9 +38,11 @@ from common import setup_threads
 NEGATIVE = "violent bloody gory brutal"
 METHODS = ("sdisc", "codsma", "respodiff")
 STEP_HALVES = ((0.0, 0.5), (0.5, 1.0))
-#: hsteer's default safety setting: CoDSMa's concept under the default gate (`embedding`), which leaves safety
+#: hsteer's default safety setting: RespoDiff's concept (`default_objective("safety")`) under the default gate
+#: (`embedding`), which leaves safety
 #: at full strength and so makes exactly the images of the blind row.
-DEFAULT = "codsma+blind"
+DEFAULT = "respodiff+blind"
+DEFAULT_METHOD = DEFAULT.split("+")[0]
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,6 @@ QUICK = Budget(iterations=40, prompts=2, images=4, harmless_images=2, wb_steps=6
 
 def train_banks(pipe, work: Path, budget: Budget, log) -> dict[str, Any]:
     """One bank per method, each with the world's safety concept `anti_harm` (resumed when already there)."""
-    from hsteer.apps.compare import OBJECTIVE_SETTINGS
     from hsteer.apps.recipes import world_train_config
     from hsteer.hspace.bank import ConceptBank
     from hsteer.training import train_into_bank
@@ -73,8 +74,7 @@ def train_banks(pipe, work: Path, budget: Budget, log) -> dict[str, Any]:
         path = work / f"{method}.safetensors"
         if not path.exists():
             began = time.perf_counter()
-            config = world_train_config("anti_harm", budget.iterations, 0, objective=method,
-                                        **OBJECTIVE_SETTINGS[method])
+            config = world_train_config("anti_harm", budget.iterations, 0, objective=method)
             train_into_bank(pipe, config, path, resume=True, checkpoint_every=50, progress=False)
             log(f"trained {method} anti_harm in {time.perf_counter() - began:.0f}s")
         banks[method] = ConceptBank.load(path)
@@ -87,7 +87,7 @@ def defences(banks: dict[str, Any]) -> dict[str, Any]:
     from hsteer.policies import SafePolicy, SldPolicy
 
     out = {"plain": Defence()}
-    for method in ("codsma", *(m for m in METHODS if m != "codsma")):  # the default first: hardening needs it
+    for method in (DEFAULT_METHOD, *(m for m in METHODS if m != DEFAULT_METHOD)):  # the default first
         # "+gate": the soft gate, which scales safety by the prompt's harm score (`--gate embedding-soft`)
         out[f"{method}+gate"] = Defence(SafePolicy(), banks[method], respect_prompt=True, gate="embedding-soft")
         out[f"{method}+blind"] = Defence(SafePolicy(), banks[method], respect_prompt=False)
@@ -264,19 +264,20 @@ def hardening_pairs(whitebox: list[str], diagnosed: list[dict[str, Any]]) -> lis
 
 def harden(pipe, work: Path, pairs: list[tuple[str, str]], budget: Budget, round_: int, log,
            cached_only: bool = False):
-    """The CoDSMa safety concept retrained on `pairs` (AdvUnlearn's idea, on the concept instead of the
+    """The default method's safety concept retrained on `pairs` (AdvUnlearn's idea, on the concept instead of the
     text encoder)."""
     from hsteer.apps.recipes import world_train_config
     from hsteer.hspace.bank import ConceptBank
     from hsteer.training import train_into_bank
 
-    path = work / f"codsma-hardened-{round_}.safetensors"
+    path = work / f"{DEFAULT_METHOD}-hardened-{round_}.safetensors"
     if not path.exists() and cached_only:
         return None
     if not path.exists():
         began = time.perf_counter()
         # row i of a batch trains on pairs[i % len(pairs)]: a batch of every pair, or the new ones go unseen
-        config = world_train_config("anti_harm", budget.iterations, 0, pairs=tuple(pairs), batch_size=len(pairs))
+        config = world_train_config("anti_harm", budget.iterations, 0, objective=DEFAULT_METHOD, pairs=tuple(pairs),
+                                    batch_size=len(pairs))
         train_into_bank(pipe, config, path, resume=True, checkpoint_every=50, progress=False)
         log(f"hardened round {round_}: trained on {len(pairs)} pairs in {time.perf_counter() - began:.0f}s")
     return ConceptBank.load(path)
@@ -309,12 +310,12 @@ def hardening(pipe, rows, banks, work: Path, budget: Budget, sampling: dict, pro
         if bank is None:  # --cached-only and the hardened concept is not trained yet
             break
         for gate in (True, False):
-            name = f"codsma-hardened-{round_}+{'gate' if gate else 'blind'}"
-            twin = None if gate else rows[f"codsma-hardened-{round_}+gate"]["whitebox"]
+            name = f"{DEFAULT_METHOD}-hardened-{round_}+{'gate' if gate else 'blind'}"
+            twin = None if gate else rows[f"{DEFAULT_METHOD}-hardened-{round_}+gate"]["whitebox"]
             defence = Defence(SafePolicy(), bank, respect_prompt=gate, gate="embedding-soft" if gate else None)
             rows[name] = measure_defence(pipe, name, defence, prompts, budget, sampling, work, plain_labels, log, twin)
             rows[name]["training_pairs"] = pairs
-        whitebox += rows[f"codsma-hardened-{round_}+gate"]["whitebox"]["prompts"]
+        whitebox += rows[f"{DEFAULT_METHOD}-hardened-{round_}+gate"]["whitebox"]["prompts"]
     return found
 
 
@@ -350,9 +351,9 @@ def measure(args) -> dict[str, Any]:
     result: dict[str, Any] = {"quick": args.quick, "budget": budget.__dict__, "sampling": sampling,
                               "harm_prompts": prompts, "negative": NEGATIVE, "default": DEFAULT, "rows": rows}
     result["target"] = target(rows, DEFAULT) if DEFAULT in rows else None  # a partial run (--defences)
-    hardened = f"codsma-hardened-{budget.harden_rounds}+blind"  # as DEFAULT: the default gate's images
+    hardened = f"{DEFAULT_METHOD}-hardened-{budget.harden_rounds}+blind"  # as DEFAULT: the default gate's images
     if merged.get("diagnosis") and hardened in merged["rows"]:
-        rows.update({k: v for k, v in merged["rows"].items() if k.startswith("codsma-hardened-")})
+        rows.update({k: v for k, v in merged["rows"].items() if k.startswith(f"{DEFAULT_METHOD}-hardened-")})
         result["diagnosis"] = merged["diagnosis"]
     elif args.harden and result["target"] is not None and not result["target"]["met"]:
         result["diagnosis"] = hardening(pipe, rows, banks, work, budget, sampling, prompts, plain_labels, log)

@@ -94,7 +94,8 @@ def measure(args) -> dict:
         pairs = variant_pairs(name)
         path = work / f"{name}.safetensors"
         if not path.exists():
-            config = world_train_config("anti_harm", iterations, 0, pairs=tuple(pairs), batch_size=len(pairs),
+            config = world_train_config("anti_harm", iterations, 0, objective="codsma", pairs=tuple(pairs),
+                                        batch_size=len(pairs),
                                         stored_scale=1.0)  # each variant's scale is applied at use
             train_into_bank(pipe, config, path, resume=True, checkpoint_every=50, progress=False)
         defence = Defence(SafePolicy(scale=scale), ConceptBank.load(path), respect_prompt=False)

@@ -22,8 +22,6 @@ from pathlib import Path
 from common import setup_threads
 
 METHODS = ("sdisc", "codsma", "respodiff")
-EXTRA = {"codsma": {}, "respodiff": {"lr_sam": 0.005, "lam": 0.5}, "sdisc": {"lr": 0.1, "sdisc_images": 64,
-                                                                           "sdisc_epochs": 20}}
 
 
 def measure(args) -> dict:
@@ -46,7 +44,7 @@ def measure(args) -> dict:
     for method in METHODS:
         began = time.perf_counter()
         concepts = [train_concept(pipe, world_train_config(name, args.iterations, 0, objective=method,
-                                                           recipe=args.recipe, **EXTRA[method]),
+                                                           recipe=args.recipe),
                                   progress=False).concept for name in ("circle", "square")]
         seconds = time.perf_counter() - began
         bank = ConceptBank(concepts=concepts)

@@ -103,10 +103,11 @@ def test_stored_scale_shortens_what_the_bank_keeps_and_not_the_training(sd_pipe,
 
 def test_the_world_safety_recipe_trains_against_the_found_attack_prompts():
     """The bundled world's safety concept: the recipe's pairs, plus each white-box prompt found against the
-    unhardened concept mapped to its clean form (and that form to itself), one batch of all of them, stored
-    at 0.8 of its length; the fair concepts and SDisc (which learns from images) are unchanged."""
-    from hsteer.apps.recipes import (FOUND_ATTACK_PROMPTS, SAFETY_PAIRS, SAFETY_STORED_SCALE, adversarial_pairs,
-                                     world_train_config)
+    unhardened concept mapped to its clean form (and that form to itself), one batch of all of them, learned
+    with RespoDiff by default (at full length; CoDSMa's is stored at 0.8 of its length); the fair concepts
+    (CoDSMa) and SDisc (which learns from images) are unchanged."""
+    from hsteer.apps.recipes import (FOUND_ATTACK_PROMPTS, OBJECTIVE_SETTINGS, SAFETY_PAIRS, SAFETY_STORED_SCALE,
+                                     adversarial_pairs, default_objective, world_train_config)
 
     assert adversarial_pairs(["a photo of a violent doctor x"]) == [
         ("a photo of a violent doctor x", "a photo of a doctor x"), ("a photo of a doctor x", "a photo of a doctor x")]
@@ -114,30 +115,47 @@ def test_the_world_safety_recipe_trains_against_the_found_attack_prompts():
     assert adversarial_pairs(["gory"]) == [("gory", "a scene"), ("a scene", "a scene")]
     assert adversarial_pairs(["3 scene q"], harm_words=("q",)) == [("3 scene q", "3 scene"), ("3 scene", "3 scene")]
     config = world_train_config("anti_harm", 150)
+    assert default_objective("safety") == config.objective == "respodiff"
+    assert (config.lr_sam, config.lam) == (OBJECTIVE_SETTINGS["respodiff"]["lr_sam"], 0.5) == (0.005, 0.5)
     assert config.pairs[: len(SAFETY_PAIRS)] == SAFETY_PAIRS and len(set(config.pairs)) == len(config.pairs)
     assert set(adversarial_pairs(FOUND_ATTACK_PROMPTS)) <= set(config.pairs)
     assert len(config.pairs) == len(SAFETY_PAIRS) + 2 * len(FOUND_ATTACK_PROMPTS)
     assert config.batch_size == len(config.pairs)  # row i takes pair i: every pair in every batch
-    assert config.stored_scale == SAFETY_STORED_SCALE["codsma"] == 0.8
-    assert world_train_config("anti_harm", 150, objective="respodiff").pairs == config.pairs
-    assert world_train_config("anti_harm", 150, objective="respodiff").stored_scale == 1.0
+    assert config.stored_scale == 1.0
+    codsma = world_train_config("anti_harm", 150, objective="codsma")
+    assert codsma.pairs == config.pairs and codsma.stored_scale == SAFETY_STORED_SCALE["codsma"] == 0.8
+    assert world_train_config("anti_harm", 150, lam=0.25).lam == 0.25  # an explicit setting wins
     for other in (world_train_config("anti_harm", 150, objective="sdisc"), world_train_config("circle", 150)):
         assert other.stored_scale == 1.0 and not set(other.pairs or ()) & set(config.pairs)
+    assert world_train_config("circle", 150).objective == default_objective("shape") == "codsma"
+    assert world_train_config("anti_harm", 150, objective="sdisc").lr == OBJECTIVE_SETTINGS["sdisc"]["lr"]
+    with pytest.raises(ValueError, match="unknown objective 'esd'"):
+        world_train_config("anti_harm", 150, objective="esd")
+    with pytest.raises(ValueError, match="unknown world concept 'triangle'"):
+        world_train_config("triangle", 150)
 
 
-def test_the_web_pages_safety_preset_fills_the_recipe_and_its_stored_length():
-    """The Learn tab's `anti_harm` preset is `hsteer demo`'s concept: its pairs, batch and stored length, and
-    the form turns it back into the same config."""
+def test_the_web_pages_safety_preset_fills_the_recipe_and_its_objectives_settings():
+    """The Learn tab's `anti_harm` preset is `hsteer demo`'s concept: RespoDiff with its SAM learning rate
+    and lambda, its pairs and batch, and the form turns it back into the same config; a CoDSMa form ignores
+    whatever the RespoDiff boxes hold."""
     from hsteer.apps.recipes import world_train_config
     from hsteer.ui.forms import LEARN_FIELDS, train_config
     from hsteer.ui.handlers_learn import PRESET_FIELDS, preset_values
 
     recipe = world_train_config("anti_harm", 150)
     values = dict(zip(PRESET_FIELDS, preset_values("anti_harm (safety)", recipe.steps)))
-    assert values["stored_scale"] == 0.8 and values["batch_size"] == len(recipe.pairs) == 24
+    assert values["objective"] == "respodiff" and (values["lr_sam"], values["lam"]) == (0.005, 0.5)
+    assert values["stored_scale"] == 1.0 and values["batch_size"] == len(recipe.pairs) == 24
     assert values["pairs"].splitlines() == [f"{n} => {t}" for n, t in recipe.pairs]
     form = {**dict.fromkeys(LEARN_FIELDS, ""), **values, "training_seed": 0, "sdisc_images": 64, "sdisc_epochs": 20}
     assert train_config(form) == recipe
-    assert dict(zip(PRESET_FIELDS, preset_values("circle (shape)", 20)))["stored_scale"] == 1.0
+    assert train_config({**form, "lam": 2.0}).lam == 2.0
+    with pytest.raises(HsteerError, match="RespoDiff's SAM learning rate"):
+        train_config({**form, "lr_sam": 0.0})
+    circle = dict(zip(PRESET_FIELDS, preset_values("circle (shape)", 20)))
+    assert circle["stored_scale"] == 1.0 and circle["objective"] == "codsma"
+    codsma = train_config({**form, "objective": "codsma", "lr_sam": "not a number"})
+    assert codsma.objective == "codsma" and not hasattr(codsma, "lr_sam")
     with pytest.raises(HsteerError, match="the stored length"):
         train_config({**form, "stored_scale": 0.0})

@@ -20,7 +20,7 @@ from hsteer.apps.demo import check_app_settings
 from hsteer.checks import check_count
 from hsteer.fileio import atomic_write_text
 from hsteer.hspace.bank import ConceptBank
-from hsteer.apps.recipes import WORLD_CONCEPTS, world_train_config
+from hsteer.apps.recipes import OBJECTIVE_SETTINGS, WORLD_CONCEPTS, world_train_config
 from hsteer.evaluation.leakage import fmt_ci
 from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
 from hsteer.evaluation.world_gate import GATE_TABLE_HEAD, GateEvalConfig, evaluate_gate, gate_rows
@@ -31,13 +31,6 @@ from hsteer.training import TrainConfig, train_into_bank
 
 METHODS = ("sd", "sdisc", "codsma", "respodiff")
 SETTINGS = ("shape", "colour", "shape+colour", "safety")
-
-#: Per-objective settings on the bundled model (the rest comes from the demo's recipe).
-OBJECTIVE_SETTINGS: dict[str, dict[str, Any]] = {
-    "codsma": {},
-    "respodiff": {"lr_sam": 0.005, "lam": 0.5},
-    "sdisc": {"lr": 0.1, "sdisc_images": 64, "sdisc_epochs": 20},
-}
 
 
 @dataclass
@@ -54,7 +47,7 @@ class CompareConfig:
 
 
 def method_configs(method: str, config: CompareConfig) -> list[TrainConfig]:
-    return [world_train_config(name, config.iterations, config.seed, objective=method, **OBJECTIVE_SETTINGS[method])
+    return [world_train_config(name, config.iterations, config.seed, objective=method)
             for name, *_ in WORLD_CONCEPTS]
 
 

@@ -1,7 +1,7 @@
 """`hsteer demo`: the whole flow on the bundled world model, offline, on a CPU, in minutes.
 
-Learns the shape group {circle, square}, the colour group {red, green, blue} and a safety concept with
-CoDSMa, then generates plain vs fair vs safe images, measures them with the world's exact probes and
+Learns the shape group {circle, square} and the colour group {red, green, blue} with CoDSMa and a safety
+concept with RespoDiff (the recipe's `default_objective`), then generates plain vs fair vs safe images, measures them with the world's exact probes and
 writes a report. Rerunning it reuses concepts already in the bank with the same settings.
 """
 
@@ -72,6 +72,16 @@ def demo_train_configs(config: DemoConfig) -> list[TrainConfig]:
             for name, group, *_ in WORLD_CONCEPTS]
 
 
+def learned_with(trains: list[TrainConfig]) -> str:
+    """Which objective each group learns with, e.g. "shape, colour: codsma; safety: respodiff"."""
+    by_objective: dict[str, list[str]] = {}
+    for train in trains:
+        groups = by_objective.setdefault(train.objective, [])
+        if train.group not in groups:
+            groups.append(train.group)
+    return "; ".join(f"{', '.join(groups)}: {objective}" for objective, groups in by_objective.items())
+
+
 def _already_trained(bank: ConceptBank | None, pipe, train: TrainConfig) -> bool:
     """A concept with identical settings is in the bank: reuse it (the demo resumes where it stopped)."""
     if bank is None or train.concept not in bank:
@@ -96,8 +106,9 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     bank_path = out / "bank.safetensors"
     timings: dict[str, float] = {}
 
-    log(f"[1/3] learning {len(WORLD_CONCEPTS)} concepts with CoDSMa -> {bank_path}")
-    for train in demo_train_configs(config):
+    trains = demo_train_configs(config)
+    log(f"[1/3] learning {len(WORLD_CONCEPTS)} concepts ({learned_with(trains)}) -> {bank_path}")
+    for train in trains:
         bank = ConceptBank.load(bank_path) if bank_path.exists() else None
         if _already_trained(bank, pipe, train):
             log(f"  {train.group}/{train.concept}: already in the bank, reused")
@@ -119,6 +130,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     log("[3/3] writing the report")
     summary = _summary(config, results, timings, time.perf_counter() - began, eval_config)
     summary["respect_prompt"] = gate
+    summary["learned_with"] = learned_with(trains)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     _charts(out, results)
     _grids(out, results, grid_seeds(eval_config))
@@ -279,7 +291,8 @@ def _report(summary: dict[str, Any]) -> str:
     biased, biased_ci = summary["mean_deviation_ratio_biased"], summary["mean_deviation_ratio_biased_ci"]
     fid, fid_ci = summary["fidelity"], summary["fidelity_ci"]
     lines = ["# hsteer demo report", "",
-             f"Model: {summary['model']}. Wall time: {summary['wall_seconds']:.0f} s. Concepts learned with CoDSMa; "
+             f"Model: {summary['model']}. Wall time: {summary['wall_seconds']:.0f} s. Concepts learned with "
+             f"{summary.get('learned_with', 'CoDSMa')}; "
              "images read by the world's exact probes. Brackets: bootstrap 95% intervals (docs/methods.md §8).", "",
              "| metric | plain | fair / safe |", "|---|---|---|",
              f"| mean deviation ratio, biased (profession, attribute) pairs | "

@@ -54,6 +54,25 @@ FOUND_ATTACK_PROMPTS: tuple[str, ...] = (
 #: its full length: at 0.8 it measured white-box 0.31, at 1.0 0.02.
 SAFETY_STORED_SCALE: dict[str, float] = {"codsma": 0.8}
 
+#: Per objective, its settings on the bundled model (the rest is the recipe's).
+OBJECTIVE_SETTINGS: dict[str, dict[str, float | int]] = {
+    "codsma": {},
+    "respodiff": {"lr_sam": 0.005, "lam": 0.5},
+    "sdisc": {"lr": 0.1, "sdisc_images": 64, "sdisc_epochs": 20},
+}
+
+#: The objective a group's concepts learn with when none is named: CoDSMa, except safety, which RespoDiff
+#: learns. Measured against the white-box attack on the bundled model (`benchmarks/attacks.py`, both
+#: hardened): RespoDiff's concept (its semantic tensor keeps harmless prompts faithful) at full length has
+#: a white-box ASR of 0.02 [0.00, 0.05] against CoDSMa's 0.04 [0.02, 0.07] at 0.8 of its length, with a
+#: harmless agreement of 0.83 [0.73, 0.91] against 0.80 [0.70, 0.89].
+DEFAULT_OBJECTIVES: dict[str, str] = {"safety": "respodiff"}
+
+
+def default_objective(group: str) -> str:
+    """The objective `world_train_config` uses for `group` when none is named (`DEFAULT_OBJECTIVES`)."""
+    return DEFAULT_OBJECTIVES.get(group, "codsma")
+
 
 def adversarial_pairs(prompts: tuple[str, ...] | list[str], harm_words: tuple[str, ...] = HARM_WORDS
                       ) -> list[tuple[str, str]]:
@@ -81,9 +100,10 @@ def conditioned_pairs(name: str, group: str) -> tuple[tuple[str, str], ...]:
     return tuple((f"a photo of a {s} figure", f"a photo of a {name} {s} figure") for s in SHAPES)
 
 
-def world_train_config(name: str, iterations: int, seed: int = 0, objective: str = "codsma",
+def world_train_config(name: str, iterations: int, seed: int = 0, objective: str | None = None,
                        recipe: str = "conditioned", **extra: object) -> TrainConfig:
-    """The recipe for one of the world's concepts (CoDSMa unless `objective`; `extra`: that method's settings).
+    """The recipe for one of the world's concepts, learned with `objective` (None: its group's
+    `default_objective`) and that objective's `OBJECTIVE_SETTINGS`; `extra` overrides any setting.
 
     `conditioned` (the default, measured in docs/methods.md §8): shape and colour concepts learn from pairs
     that hold the other attribute fixed and act only in the steps where their attribute settles; the safety
@@ -96,7 +116,12 @@ def world_train_config(name: str, iterations: int, seed: int = 0, objective: str
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     by_name = {c[0]: c for c in WORLD_CONCEPTS}
+    if name not in by_name:
+        raise ValueError(f"unknown world concept {name!r}; choose one of {', '.join(by_name)}")
     _, group, target, negative = by_name[name]
+    objective = objective or default_objective(group)
+    if objective not in OBJECTIVE_SETTINGS:
+        raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVE_SETTINGS)}")
     settings = dict(_BASE, iterations=iterations, seed=seed)
     if negative is not None:
         settings["target_guidance"] = SAFETY_TARGET_GUIDANCE
@@ -110,6 +135,7 @@ def world_train_config(name: str, iterations: int, seed: int = 0, objective: str
         elif objective != "sdisc":
             settings["pairs"] = conditioned_pairs(name, group)
             settings["batch_size"] = 3 * len(settings["pairs"]) if group == "shape" else 4 * len(settings["pairs"])
+    settings.update(OBJECTIVE_SETTINGS[objective])
     settings.update(extra)
     return TrainConfig.for_objective(objective, concept=name, group=group, target=target, negative=negative,
                                      **settings)

@@ -33,7 +33,7 @@ GENERATE_FIELDS = ("prompt", "seed", "num_images", "guidance", "steps", "policy"
 #: The Learn form's inputs, in the order of the page's `/learn` API.
 LEARN_FIELDS = ("name", "group", "neutral", "target", "negative", "objective", "iterations", "lr", "batch_size",
                 "denoising_steps", "target_guidance", "training_seed", "sdisc_images", "sdisc_epochs", "pairs",
-                "window", "stored_scale")
+                "window", "stored_scale", "lr_sam", "lam")
 
 
 class UserError(HsteerError):
@@ -155,10 +155,11 @@ class GenerateForm:
                    respect_prompt=values.get("respect_prompt", True) is not False)
 
 
-#: The Learn form's settings of one method only: config field -> (label, low, high). Each is read and
-#: passed only where the objective's config class has that field.
-METHOD_SETTINGS: dict[str, tuple[str, int, int]] = {"sdisc_images": ("SDisc images", 1, 4096),
-                                                    "sdisc_epochs": ("SDisc epochs", 1, 1000)}
+#: The Learn form's settings of one method only: config field -> (label, low, high, whole number?). Each
+#: is read and passed only where the objective's config class has that field.
+METHOD_SETTINGS: dict[str, tuple[str, float, float, bool]] = {
+    "sdisc_images": ("SDisc images", 1, 4096, True), "sdisc_epochs": ("SDisc epochs", 1, 1000, True),
+    "lr_sam": ("RespoDiff's SAM learning rate", 1e-8, 10.0, False), "lam": ("RespoDiff's lambda", 0.0, 1e3, False)}
 
 
 def train_config(values: Mapping[str, Any]) -> _lib.TrainConfig:
@@ -185,8 +186,9 @@ def train_config(values: Mapping[str, Any]) -> _lib.TrainConfig:
         window=parse_window(values["window"], "the step window"),
         stored_scale=number(values["stored_scale"], "the stored length", 1e-3, 10.0))
     takes = {f.name for f in fields(_lib.config_class(objective))}
-    settings.update({name: whole(values[name], label, low, high)
-                     for name, (label, low, high) in METHOD_SETTINGS.items() if name in takes})
+    settings.update({name: (whole(values[name], label, int(low), int(high)) if integral
+                            else number(values[name], label, low, high))
+                     for name, (label, low, high, integral) in METHOD_SETTINGS.items() if name in takes})
     config = _lib.TrainConfig.for_objective(objective, **settings)
     config.validate()
     return config

@@ -31,7 +31,7 @@ WORLD_PRESETS: dict[str, str] = {f"{name} ({group})": name for name, group, *_ i
 PRESET_ITERATIONS = 150  # the demo's
 #: The Learn form's fields a preset fills, in this order (`preset_values`).
 PRESET_FIELDS = ("name", "group", "neutral", "target", "negative", "pairs", "window", "objective", "lr",
-                 "iterations", "batch_size", "denoising_steps", "target_guidance", "stored_scale")
+                 "iterations", "batch_size", "denoising_steps", "target_guidance", "stored_scale", "lr_sam", "lam")
 
 
 def preset_values(choice: str, denoising_steps: int) -> tuple[Any, ...] | None:
@@ -41,7 +41,8 @@ def preset_values(choice: str, denoising_steps: int) -> tuple[Any, ...] | None:
     c = _lib.world_train_config(WORLD_PRESETS[choice], PRESET_ITERATIONS)
     return (c.concept, c.group, c.neutral, c.target or "", c.negative or "", pairs_text(c.pairs),
             window_text(c.window), c.objective, c.lr, c.iterations, c.batch_size, denoising_steps,
-            c.target_guidance, c.stored_scale)
+            c.target_guidance, c.stored_scale, getattr(c, "lr_sam", _lib.RespoDiffConfig.lr_sam),
+            getattr(c, "lam", _lib.RespoDiffConfig.lam))
 
 
 def training_events(ui: HsteerUI, sess: Session, config: Any) -> Iterator[tuple[str, Any]]:

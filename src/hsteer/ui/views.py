@@ -150,8 +150,13 @@ def _training_settings(ui: HsteerUI, start: Any = None) -> SimpleNamespace:
         with gr.Row():
             c_sd_images = gr.Number(64, label="SDisc images", precision=0, minimum=1)
             c_sd_epochs = gr.Number(20, label="SDisc epochs", precision=0, minimum=1)
+            c_lr_sam = gr.Number(_lib.RespoDiffConfig.lr_sam, label="RespoDiff: SAM learning rate",
+                                 elem_id="c-lr-sam")
+            c_lam = gr.Number(_lib.RespoDiffConfig.lam, label="RespoDiff: lambda (SAM's loss weight)",
+                              elem_id="c-lam")
     return SimpleNamespace(c_lr=c_lr, c_batch=c_batch, c_steps=c_steps, c_tg=c_tg, c_seed=c_seed,
-                           c_stored=c_stored, c_sd_images=c_sd_images, c_sd_epochs=c_sd_epochs)
+                           c_stored=c_stored, c_sd_images=c_sd_images, c_sd_epochs=c_sd_epochs,
+                           c_lr_sam=c_lr_sam, c_lam=c_lam)
 
 
 def bank_tab(ui: HsteerUI) -> SimpleNamespace:

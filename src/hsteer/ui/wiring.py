@@ -165,7 +165,7 @@ def learn_inputs(learn: SimpleNamespace) -> dict[str, Any]:
               "lr": learn.c_lr, "batch_size": learn.c_batch, "denoising_steps": learn.c_steps,
               "target_guidance": learn.c_tg, "training_seed": learn.c_seed, "sdisc_images": learn.c_sd_images,
               "sdisc_epochs": learn.c_sd_epochs, "pairs": learn.c_pairs, "window": learn.c_window,
-              "stored_scale": learn.c_stored}
+              "stored_scale": learn.c_stored, "lr_sam": learn.c_lr_sam, "lam": learn.c_lam}
     return {name: fields[name] for name in LEARN_FIELDS}
 
 
