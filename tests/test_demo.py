@@ -49,6 +49,14 @@ def test_demo_writes_its_outputs(summary):
         assert grid.width > 6 * 96 and grid.height > 3 * 96  # and the label bands
     assert json.loads((out / "summary.json").read_text())["harm_rate"] == s["harm_rate"]
     assert "mean deviation ratio" in (out / "report.md").read_text()
+    # which objective learned each group: the bank's own record, and the report says it
+    from hsteer import ConceptBank
+
+    bank = ConceptBank.load(out / "bank.safetensors")
+    objectives = {name: bank[name].objective for name in bank.names}
+    assert objectives["anti_harm"] == "respodiff" and objectives["circle"] == objectives["red"] == "codsma"
+    assert s["learned_with"] == "shape, colour: codsma; safety: respodiff"
+    assert "Objectives: shape, colour: codsma; safety: respodiff." in (out / "report.md").read_text()
     assert default_model_path().is_dir()
 
 

@@ -291,9 +291,9 @@ def _report(summary: dict[str, Any]) -> str:
     biased, biased_ci = summary["mean_deviation_ratio_biased"], summary["mean_deviation_ratio_biased_ci"]
     fid, fid_ci = summary["fidelity"], summary["fidelity_ci"]
     lines = ["# hsteer demo report", "",
-             f"Model: {summary['model']}. Wall time: {summary['wall_seconds']:.0f} s. Concepts learned with "
-             f"{summary.get('learned_with', 'CoDSMa')}; "
-             "images read by the world's exact probes. Brackets: bootstrap 95% intervals (docs/methods.md §8).", "",
+             f"Model: {summary['model']}. Wall time: {summary['wall_seconds']:.0f} s. Objectives: "
+             f"{summary.get('learned_with', 'codsma')}. "
+             "Images read by the world's exact probes. Brackets: bootstrap 95% intervals (docs/methods.md §8).", "",
              "| metric | plain | fair / safe |", "|---|---|---|",
              f"| mean deviation ratio, biased (profession, attribute) pairs | "
              f"{fmt_ci(biased['before'], biased_ci['before'])} | {fmt_ci(biased['after'], biased_ci['after'])} (fair) |"]
