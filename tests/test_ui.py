@@ -6,131 +6,32 @@ any connection to a non-loopback address, and the last test asserts there was no
 
 from __future__ import annotations
 
-import os
+import json
+import re
+import time
+import zipfile
+from pathlib import Path
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import numpy as np
+import pytest
+from ui_helpers import (LEARN_DEFAULTS, NEUTRAL, OUTSIDE_ATTEMPTS, STEPS, client, free_port, gen, learn,
+                        network_guard, page_server)
 
-import json  # noqa: E402
-import re  # noqa: E402
-import socket  # noqa: E402
-import time  # noqa: E402
-import zipfile  # noqa: E402
-from pathlib import Path  # noqa: E402
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-gradio_client = pytest.importorskip("gradio_client", reason="the ui extra is not installed: pip install 'hsteer[ui]'")
-from gradio_client import Client, handle_file  # noqa: E402
-from gradio_client.exceptions import AppError  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from hsteer import ConceptBank, TrainConfig, generate, load_pipeline, train_concept  # noqa: E402
-
-STEPS = 4  # denoising steps in these tests: the bundled model makes 32 px images; 4 steps keep them fast
-NEUTRAL = "a photo of a figure"
-OUTSIDE_ATTEMPTS: list[object] = []
-
-
-def _is_loopback(address) -> bool:
-    if not isinstance(address, tuple):  # AF_UNIX paths
-        return True
-    host = str(address[0])
-    return host in ("localhost", "::1", "0.0.0.0") or host.startswith("127.") or host.startswith("::ffff:127.")
+from hsteer import ConceptBank, generate
 
 
 @pytest.fixture(scope="module", autouse=True)
 def no_network():
-    """Record (and refuse) any connection this process tries to open to another machine."""
-    original, original_ex = socket.socket.connect, socket.socket.connect_ex
-
-    def connect(self, address):
-        if not _is_loopback(address):
-            OUTSIDE_ATTEMPTS.append(address)
-            raise OSError(f"test guard: no network ({address})")
-        return original(self, address)
-
-    def connect_ex(self, address):
-        if not _is_loopback(address):
-            OUTSIDE_ATTEMPTS.append(address)
-            return 111
-        return original_ex(self, address)
-
-    socket.socket.connect, socket.socket.connect_ex = connect, connect_ex
-    yield
-    socket.socket.connect, socket.socket.connect_ex = original, original_ex
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def learn_bank(pipe, concepts, path: Path) -> Path:
-    bank = ConceptBank()
-    for name, group, target in concepts:
-        # one step at a large learning rate: a crude concept, but one that visibly changes the images
-        config = TrainConfig.for_objective("codsma", concept=name, group=group, neutral=NEUTRAL, target=target,
-                                           iterations=1, batch_size=2, steps=STEPS, lr=1.0)
-        bank.add(train_concept(pipe, config, progress=False).concept)
-    bank.save(path)
-    return path
+    yield from network_guard()
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    from hsteer.ui.app import launch
-
-    root = tmp_path_factory.mktemp("ui")
-    allowed, outside = root / "allowed", root / "outside"
-    allowed.mkdir()
-    outside.mkdir()
-    pipe = load_pipeline(None)
-    shapes = learn_bank(pipe, [("circle", "shape", "a photo of a circle figure"),
-                               ("square", "shape", "a photo of a square figure")], root / "shapes.safetensors")
-    learn_bank(pipe, [("red", "colour", "a photo of a red figure")], allowed / "colours.safetensors")
-    learn_bank(pipe, [("blue", "colour", "a photo of a blue figure")], outside / "secret.safetensors")
-    (allowed / "escape.safetensors").symlink_to(outside / "secret.safetensors")
-    (allowed / "escape-dir").symlink_to(outside, target_is_directory=True)
-    run = allowed / "runs" / "wino"
-    (run / "plots").mkdir(parents=True)
-    Image.new("RGB", (40, 30), "red").save(run / "plots" / "distribution-gender.png")
-    Image.new("RGB", (40, 30), "blue").save(outside / "private.png")
-    (run / "report.md").write_text("# hsteer evaluation: winobias\n\n| profession | DevRat |\n|---|---|\n| doctor | 0.12 |\n\n"
-                                   "![gender](plots/distribution-gender.png)\n\n![leak](../../../outside/private.png)\n")
-    (outside / "report.md").write_text("# secret report\n")
-    app = launch(model=pipe, bank=[shapes], allowed_dirs=[allowed], port=free_port(), prevent_thread_lock=True,
-                 quiet=True)
-    yield {"app": app, "url": app.local_url, "pipe": pipe, "allowed": allowed, "outside": outside, "root": root}
-    app.close()
-    torch.set_num_threads(threads)
-
-
-def client(server, tmp_path) -> Client:
-    return Client(server["url"], verbose=False, analytics_enabled=False, download_files=str(tmp_path))
-
-
-def gen(c: Client, policy="fair", groups=("shape",), seed=0, n=2, scales=(), prompt="a photo of a doctor",
-        window=("as learned", 0.0, 1.0)):
-    return c.predict(prompt=prompt, seed=seed, num_images=n, guidance=4.0, steps=STEPS, policy=policy,
-                     fair_groups=list(groups), strength=1.0, step_window=window[0], window_start=window[1],
-                     window_end=window[2], **{f"scale_{i + 1}": s for i, s in enumerate(scales)}, api_name="/generate")
-
-
-#: The page starts on the demo's recipe (pairs and a step window); these tests learn from one neutral -> target
-#: pair in every step unless they say otherwise.
-LEARN_DEFAULTS = dict(neutral=NEUTRAL, negative="", objective="codsma", iterations=2, lr=0.05, batch_size=2,
-                      denoising_steps=STEPS, target_guidance=4.0, training_seed=0, sdisc_images=4, sdisc_epochs=1,
-                      pairs="", window="", stored_scale=1.0)
-
-
-def learn(c: Client, name, group, target, **kwargs):
-    return c.predict(name=name, group=group, target=target, **{**LEARN_DEFAULTS, **kwargs}, api_name="/learn")
+    yield from page_server(tmp_path_factory)
 
 
 # --- generation --------------------------------------------------------------------------------------
@@ -391,108 +292,6 @@ def test_the_learn_tab_starts_on_the_demo_recipe(server):
     assert values["c-pairs"].splitlines() == [f"{n} => {t}" for n, t in recipe.pairs]
     assert values["c-window"] == "0.4,1" and recipe.window == (0.4, 1.0)
     assert values["c-batch"] == recipe.batch_size and values["c-iterations"] == 150
-
-
-# --- banks and paths --------------------------------------------------------------------------------
-
-
-def test_bad_bank_uploads_give_messages_not_crashes(server, tmp_path):
-    c = client(server, tmp_path)
-    junk = tmp_path / "junk.safetensors"
-    junk.write_bytes(b"this is not a safetensors file at all")
-    out = c.predict(bank_file=handle_file(str(junk)), api_name="/upload_bank")
-    assert out[0].startswith("**Error:**") and "corrupt or not a safetensors file" in out[0]
-    from safetensors.torch import save_file
-
-    plain = tmp_path / "plain.safetensors"
-    save_file({"x": torch.zeros(2)}, str(plain))
-    out = c.predict(bank_file=handle_file(str(plain)), api_name="/upload_bank")
-    assert "not an hsteer bank" in out[0]
-    # the session's bank is what it was, and the server still works
-    _, steered, _, _ = gen(c, groups=["shape"], n=1)
-    assert steered[0]["caption"] in ("seed 0: circle", "seed 0: square")
-    # a good upload replaces the bank
-    out = c.predict(bank_file=handle_file(str(server["allowed"] / "colours.safetensors")), api_name="/upload_bank")
-    assert out[0] == "Loaded **colours.safetensors**: 1 concept(s)."
-    assert [row[0] for row in out[2]["data"]] == ["red"]
-
-
-def test_paths_outside_the_allowed_folders_are_refused(server, tmp_path):
-    c = client(server, tmp_path)
-    outside = server["outside"]
-    for path in (str(outside / "secret.safetensors"), "/etc/passwd", "../outside/secret.safetensors",
-                 "escape.safetensors", "escape-dir/secret.safetensors", str(server["allowed"] / "escape.safetensors")):
-        out = c.predict(path=path, api_name="/load_bank_path")
-        assert out[0].startswith("**Error:**") and "outside the folders this server may read" in out[0], (path, out[0])
-    out = c.predict(path="/etc/does-not-exist", api_name="/load_bank_path")
-    assert "outside the folders" in out[0]  # the same answer whether it exists or not
-    # the server itself serves no file by path: not the allowed folders' files, not the session's own folder
-    import httpx
-
-    for path in (server["allowed"] / "colours.safetensors", outside / "secret.safetensors", "/etc/passwd"):
-        assert httpx.get(f"{server['url']}gradio_api/file={path}").status_code == 403, path
-    out = c.predict(path="colours.safetensors", api_name="/load_bank_path")  # relative to the allowed folder
-    assert out[0] == "Loaded **colours.safetensors**: 1 concept(s)."
-
-    for folder in (str(outside), "escape-dir", "../outside", "/"):
-        with pytest.raises(AppError, match="outside the folders"):
-            c.predict(found_folder=None, run_folder=folder, api_name="/open_report")
-    body, figures = c.predict(found_folder=None, run_folder="runs/wino", api_name="/open_report")
-    assert "| doctor | 0.12 |" in body and "secret" not in body
-    assert [f["caption"] for f in figures] == ["gender"]  # the image outside the run folder is not read
-    assert "not shown" in body
-    assert Image.open(figures[0]["image"]).getpixel((0, 0))[:3] == (255, 0, 0)
-
-
-def test_banks_by_hub_repo_id_never_read_server_paths(server, tmp_path, monkeypatch):
-    """The Hub box loads `user/repo[:FILE][@REV]` from the Hub cache (offline here) and nothing else."""
-    from bank_helpers import hub_snapshot, random_bank
-    from huggingface_hub import constants
-
-    cache = hub_snapshot(tmp_path / "hub", "user/ui-banks",
-                         {"hsteer_bank.safetensors": random_bank(server["pipe"], ("hub_a", "hub_b"), "hubg")})
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    c = client(server, tmp_path)
-    out = c.predict(repo_id="user/ui-banks", api_name="/load_bank_hub")
-    assert out[0] == "Loaded **user/ui-banks**: 2 concept(s)." and [r[0] for r in out[2]["data"]] == ["hub_a", "hub_b"]
-    _, steered, _, _ = gen(c, groups=["hubg"], n=2)
-    assert {i["caption"].split(": ")[1] for i in steered} == {"hub_a", "hub_b"}  # fair: each drawn once
-    refused = {"user/ui-banks:../../../outside/secret.safetensors": "leaves the repository",
-               "/etc/passwd": "not a Hub repo id", str(server["outside"] / "secret.safetensors"): "not a Hub repo id",
-               "allowed/colours.safetensors": "not a Hub repo id", "user/missing": "could not get bank",
-               # an existing folder of the server that reads like a repo id is looked up on the Hub, not read
-               "tests/data": "could not get bank tests/data"}
-    assert Path("tests/data").is_dir()
-    for text, message in refused.items():
-        out = c.predict(repo_id=text, api_name="/load_bank_hub")
-        assert out[0].startswith("**Error:**") and message in out[0], (text, out[0])
-    assert [r[0] for r in c.predict(api_name="/new_bank")[2]["data"]] == [""]  # the session still answers
-    # `hsteer ui --bank user/repo`: a command-line bank may be a Hub repo id too
-    from hsteer.ui.server import HsteerUI
-
-    ui = HsteerUI(server["pipe"], banks=["user/ui-banks"])
-    sess = ui.new_session()
-    assert list(ui.cli_banks) == ["user/ui-banks"] and sess.bank_label == "user/ui-banks"
-    assert sess.snapshot().names == ["hub_a", "hub_b"]
-    sess.close()
-
-
-def test_allowed_dirs_unit(tmp_path):
-    from hsteer.ui.paths import AllowedDirs, PathRefused
-
-    (tmp_path / "ok").mkdir()
-    (tmp_path / "ok" / "a.txt").write_text("a")
-    (tmp_path / "no").mkdir()
-    (tmp_path / "no" / "b.txt").write_text("b")
-    (tmp_path / "ok" / "link").symlink_to(tmp_path / "no" / "b.txt")
-    allowed = AllowedDirs([tmp_path / "ok"])
-    assert allowed.resolve("a.txt") == (tmp_path / "ok" / "a.txt").resolve()
-    assert allowed.resolve(str(tmp_path / "ok"), kind="dir") == (tmp_path / "ok").resolve()
-    for bad in ("link", "../no/b.txt", str(tmp_path / "no" / "b.txt"), "", "a\x00b"):
-        with pytest.raises(PathRefused):
-            allowed.resolve(bad)
-    with pytest.raises(PathRefused, match="allows no folders"):
-        AllowedDirs([]).resolve("a.txt")
 
 
 def test_evaluate_world_for_the_session_bank(server, tmp_path):
