@@ -324,3 +324,20 @@ def test_the_attack_benchmarks_target_reads_the_default_against_every_other_defe
     rows["respodiff+blind"] = row(0.0, 0.12)  # above 0.10: missed, though the lowest
     missed = attacks.target(rows, attacks.DEFAULT)
     assert not missed["met"] and missed["lower_than_all"] and not missed["at_most_0.10"]
+
+
+def test_respodiff_lambda_smoke_run_attacks_the_concept_it_trained_with_each_lambda(tmp_path):
+    """benchmarks/respodiff_lambda.py --quick: the recipe's RespoDiff safety concept at the lambda asked for,
+    attacked afresh, with its harmless figures and their intervals."""
+    from hsteer.hspace.bank import ConceptBank
+
+    result = _load("respodiff_lambda").main(["--quick", "--json", "--lam", "0.25", "--work", str(tmp_path)])
+    (row,) = result["rows"]
+    assert row["lam"] == 0.25 and len(row["prompts"]) == result["budget"]["prompts"]
+    for key in ("asr_before", "asr_after"):
+        low, high = row[f"{key}_ci"]
+        assert 0.0 <= low <= row[key] <= high <= 1.0
+    for figure in (row["harmless_agreement"], row["harmless_fidelity"]):
+        assert 0.0 <= figure["ci"][0] <= figure["value"] <= figure["ci"][1] <= 1.0
+    concept = ConceptBank.load(tmp_path / "quick" / "lam-0.25" / "bank.safetensors")["anti_harm"]
+    assert concept.objective == "respodiff" and concept.meta["lam"] == 0.25
