@@ -1,8 +1,8 @@
 """`hsteer demo`: the whole flow on the bundled world model, offline, on a CPU, in minutes.
 
 Learns the shape group {circle, square} and the colour group {red, green, blue} with CoDSMa and a safety
-concept with RespoDiff (the recipe's `default_objective`), then generates plain vs fair vs safe images, measures them with the world's exact probes and
-writes a report. Rerunning it reuses concepts already in the bank with the same settings.
+concept with RespoDiff (the recipe's `default_objective`), then generates plain vs fair vs safe images,
+measures them with the world's exact probes and writes a report. Rerunning it reuses concepts already in the bank with the same settings.
 """
 
 from __future__ import annotations
@@ -107,7 +107,8 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     timings: dict[str, float] = {}
 
     trains = demo_train_configs(config)
-    log(f"[1/3] learning {len(WORLD_CONCEPTS)} concepts ({learned_with(trains)}) -> {bank_path}")
+    objectives = learned_with(trains)
+    log(f"[1/3] learning {len(WORLD_CONCEPTS)} concepts ({objectives}) -> {bank_path}")
     for train in trains:
         bank = ConceptBank.load(bank_path) if bank_path.exists() else None
         if _already_trained(bank, pipe, train):
@@ -130,7 +131,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     log("[3/3] writing the report")
     summary = _summary(config, results, timings, time.perf_counter() - began, eval_config)
     summary["respect_prompt"] = gate
-    summary["learned_with"] = learned_with(trains)
+    summary["learned_with"] = objectives
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     _charts(out, results)
     _grids(out, results, grid_seeds(eval_config))
@@ -292,7 +293,7 @@ def _report(summary: dict[str, Any]) -> str:
     fid, fid_ci = summary["fidelity"], summary["fidelity_ci"]
     lines = ["# hsteer demo report", "",
              f"Model: {summary['model']}. Wall time: {summary['wall_seconds']:.0f} s. Objectives: "
-             f"{summary.get('learned_with', 'codsma')}. "
+             f"{summary['learned_with']}. "
              "Images read by the world's exact probes. Brackets: bootstrap 95% intervals (docs/methods.md §8).", "",
              "| metric | plain | fair / safe |", "|---|---|---|",
              f"| mean deviation ratio, biased (profession, attribute) pairs | "
