@@ -42,10 +42,13 @@ def generate(model, device, dtype, prompts, num_images, seed, out_dir, bank_path
     policy = build_policy(fair, safe, concepts, scales, ratios)
     if strength is not None and init_image is None:
         raise HsteerError("--strength needs --init-image")
+    # checked before loading with the model folder's defaults; the run itself resolves the ones not given
+    # from the loaded pipeline (hsteer.model.card.sampling_for) and its manifest says where each came from
     defaults = sampling_defaults(model)
-    steps = steps if steps is not None else int(defaults["steps"])
-    guidance = guidance if guidance is not None else float(defaults["guidance"])
-    check_generate_settings(prompts, num_images, seed, steps, guidance, batch_size, height, width, cli=True)
+    check_steps = steps if steps is not None else int(defaults["steps"])
+    check_guidance = guidance if guidance is not None else float(defaults["guidance"])
+    check_generate_settings(prompts, num_images, seed, check_steps, check_guidance, batch_size, height, width,
+                            cli=True)
     steer_window = parse_window(window)
     bank = ConceptBank.load(bank_path) if bank_path else None
     if site is not None and (bank is None or bank.site_spec != site.strip()):
@@ -56,7 +59,7 @@ def generate(model, device, dtype, prompts, num_images, seed, out_dir, bank_path
         require_bank(bank, policy)
         from hsteer.hspace.bankcheck import check_bank_windows  # windows (--window or stored) that steer no step
 
-        check_bank_windows(bank, policy.drawable(bank), steps, steer_window,  # unknown names fail here too
+        check_bank_windows(bank, policy.drawable(bank), check_steps, steer_window,  # unknown names fail here too
                            (0.8 if strength is None else strength) if init_image is not None else None)
     if not (overwrite or resume):
         OutputFolder(out_dir)  # refuse a folder in use before loading the model

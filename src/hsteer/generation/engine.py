@@ -26,6 +26,7 @@ from hsteer.generation.records import GenerationOutput, ImageJob, ImageRecord
 from hsteer.hspace.attach import Layer, only_layer, steering_of
 from hsteer.hspace.bank import ConceptBank
 from hsteer.hspace.hook import check_window
+from hsteer.model.card import sampling_for
 from hsteer.model.sites import MID_BLOCK, SteeringSite
 from hsteer.model.denoisers import call_defaults, site_shape
 from hsteer.model.geometry import resolve_resolution
@@ -79,8 +80,8 @@ def _accepts(pipe, name: str) -> bool:
 
 
 def generate(pipe, prompts: str | Sequence[str], *, num_images_per_prompt: int = 1, seed: int = 0,
-             bank: ConceptBank | None = None, policy: Policy | None = None, steps: int = 50,
-             guidance: float = 7.5, height: int | None = None, width: int | None = None, batch_size: int = 8,
+             bank: ConceptBank | None = None, policy: Policy | None = None, steps: int | None = None,
+             guidance: float | None = None, height: int | None = None, width: int | None = None, batch_size: int = 8,
              steer_unconditional: bool = False, allow_other_model: bool = False, out_dir: str | Path | None = None,
              progress: bool = True, negative_prompt: str | None = None, overwrite: bool = False,
              resume: bool = False, keep_images: bool = True, window: tuple[float, float] | None = None,
@@ -93,6 +94,9 @@ def generate(pipe, prompts: str | Sequence[str], *, num_images_per_prompt: int =
     line appended as its image is written. A folder that already holds files is refused unless
     `overwrite` or `resume` (which makes only the missing images, with the same settings); see
     `hsteer.outputs`. `keep_images=False` returns no images (for runs too large to hold in memory).
+    `steps` and `guidance` not given are the model's (`hsteer.model.card.sampling_for`: its card's, e.g. 20
+    and 4.0 on the bundled model, else the pipeline's or SD's 50 and 7.5); each row's `defaults` says where
+    each value came from.
     `window=(start, end)` steers only those fractions of the denoising steps (`SteeringConfig`).
     `image`, `strength` and `mask_image` go to img2img / inpaint pipelines (one image for every prompt,
     or a list with one per prompt); `pipe_kwargs` to the pipeline call as they are.
@@ -101,6 +105,7 @@ def generate(pipe, prompts: str | Sequence[str], *, num_images_per_prompt: int =
     carries harm; the manifest says why (`gate`). `respect_prompt=False`: the papers' blind steering.
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    steps, guidance, sampled_from = sampling_for(pipe, steps, guidance)
     policy = check_policy_object(policy or PlainPolicy())
     window = check_steering_args(pipe, bank, window=window, steer_unconditional=steer_unconditional,
                                  allow_other_model=allow_other_model)
@@ -121,7 +126,7 @@ def generate(pipe, prompts: str | Sequence[str], *, num_images_per_prompt: int =
             inputs["mask_image"] = masks[prompt]
         concepts, notes = draw_for(policy, bank, prompt_reader, prompt, image_seed)
         return ImageJob(prompt, index, image_seed, concepts, f"{n:05d}.png" if folder else None,
-                        extra={"gate": notes} if notes else {}, inputs=inputs)
+                        extra={**({"gate": notes} if notes else {}), "defaults": sampled_from}, inputs=inputs)
 
     work: Iterable[ImageJob] = (job(n, *spec) for n, spec in enumerate(image_jobs(prompts, num_images_per_prompt,
                                                                                     seed)))
