@@ -40,3 +40,41 @@ def test_an_object_without_a_folder_or_that_takes_no_attributes_gets_no_card(tmp
     assert model_card(frozen) == {"steps": 7} and model_card(frozen) == {"steps": 7}
     assert model_card(SimpleNamespace(name_or_path="")) == {}
     assert model_card(object()) == {}
+
+
+def test_sampling_defaults_come_from_the_argument_the_card_or_the_library(tmp_path):
+    from hsteer.model.card import sampling_for
+
+    (tmp_path / "hsteer.json").write_text(json.dumps({"steps": 20}), encoding="utf-8")
+    pipe = SimpleNamespace(name_or_path=str(tmp_path))
+    assert sampling_for(pipe) == (20, 7.5, {"steps": "model card", "guidance": "library default"})
+    assert sampling_for(pipe, 3, 2.0) == (3, 2.0, {"steps": "argument", "guidance": "argument"})
+    assert sampling_for(SimpleNamespace()) == (50, 7.5, {"steps": "library default", "guidance": "library default"})
+
+
+def test_generate_attach_and_the_command_line_sample_with_the_bundled_models_card(tmp_path):
+    import torch
+    from click.testing import CliRunner
+
+    import hsteer
+    from hsteer.cli import main
+    from hsteer.policies import PlainPolicy
+
+    pipe = hsteer.load_pipeline()
+    row = hsteer.generate(pipe, "a photo of a doctor", steps=2, progress=False).records[0].to_dict()
+    assert (row["steps"], row["guidance"]) == (2, 4.0)
+    assert row["defaults"] == {"steps": "argument", "guidance": "model card"}
+    seen = []
+    set_timesteps = pipe.scheduler.set_timesteps
+    pipe.scheduler.set_timesteps = lambda n, *a, **k: (seen.append(n), set_timesteps(n, *a, **k))[1]
+    hsteer.attach(pipe, None, PlainPolicy())
+    pipe("a photo of a doctor", generator=torch.Generator().manual_seed(0), output_type="np")
+    pipe("a photo of a doctor", num_inference_steps=2, output_type="np")
+    hsteer.detach(pipe)
+    assert seen == [20, 2]
+    result = CliRunner().invoke(main, ["generate", "--prompt", "a photo of a doctor", "--guidance", "3",
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    row = json.loads((tmp_path / "out" / "manifest.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    assert (row["steps"], row["guidance"]) == (20, 3.0)
+    assert row["defaults"] == {"steps": "model card", "guidance": "argument"}

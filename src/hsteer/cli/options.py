@@ -38,8 +38,12 @@ POLICY_OPTIONS = (
 )
 
 SAMPLING_OPTIONS = (
-    click.option("--steps", default=None, type=int, help="Denoising steps (default 50; bundled model: 20)."),
-    click.option("--guidance", default=None, type=float, help="CFG scale (default 7.5; bundled model: its card's)."),
+    click.option("--steps", default=None, type=int,
+                 help="Denoising steps (default: the model card's, 20 on the bundled model; else the pipeline's, "
+                      "50 on SD)."),
+    click.option("--guidance", default=None, type=float,
+                 help="CFG scale (default: the model card's, 4.0 on the bundled model; else the pipeline's, 7.5 "
+                      "on SD)."),
     click.option("--batch-size", default=8, show_default=True, type=int, help="Images per denoiser batch."),
     click.option("--height", default=None, type=int, help="Image height (default: the model's)."),
     click.option("--width", default=None, type=int, help="Image width (default: the model's)."),

@@ -13,6 +13,7 @@ from hsteer.generation.deltas import window_deltas
 from hsteer.generation.draws import draw_for, prompt_gate
 from hsteer.hspace.attach import Layer, PipelineSteering, add_layer, remove_layer, steering_of
 from hsteer.hspace.bank import ConceptBank
+from hsteer.model.card import FROM_ARGUMENT, FROM_CARD, sampling_for
 from hsteer.model.denoisers import site_shape
 from hsteer.model.sites import site_for
 from hsteer.policies import Policy, check_policy_object, require_bank
@@ -24,7 +25,8 @@ ATTACHED = "attached"
 def attach(pipe, bank: ConceptBank | None, policy: Policy, *, scale: float = 1.0,
            window: tuple[float, float] | None = None, steer_unconditional: bool = False,
            allow_other_model: bool = False, respect_prompt: bool = True,
-           gate: str | GateConfig | None = None) -> PipelineSteering:
+           gate: str | GateConfig | None = None, steps: int | None = None,
+           guidance: float | None = None) -> PipelineSteering:
     """Steer every later plain `pipe(...)` call with `policy`'s concepts from `bank`, until `detach(pipe)`.
 
     Each image's concepts are drawn from its seed, as `generate` does: with `generator=[g_0, ..., g_{B-1}]`
@@ -42,6 +44,10 @@ def attach(pipe, bank: ConceptBank | None, policy: Policy, *, scale: float = 1.0
     every call (img2img: at the init image's size). `respect_prompt` (the default) gates each image's
     concepts by its prompt as `generate` does (`hsteer.gate`); calls with `prompt_embeds` instead of text
     cannot be read and are steered blind.
+
+    Calls that pass no `num_inference_steps` / `guidance_scale` sample with `steps` / `guidance`, or where
+    those are not given with the model card's (`hsteer.model.card.sampling_for`: 20 and 4.0 on the bundled
+    model), as `generate` and the command line do; without either, diffusers' own defaults apply.
     """
     window = check_steering_args(pipe, bank, scale=scale, window=window, steer_unconditional=steer_unconditional,
                                  allow_other_model=allow_other_model, label="attach: ")
@@ -54,14 +60,18 @@ def attach(pipe, bank: ConceptBank | None, policy: Policy, *, scale: float = 1.0
         policy.drawable(bank)  # unknown concepts, groups or ratios fail now, not in the middle of a call
     shape = tuple(bank.hspace_shape) if bank is not None and bank.hspace_shape else None
     reader = prompt_gate(pipe, bank, policy, respect_prompt, gate)
+    steps, guidance, sources = sampling_for(pipe, steps, guidance)
+    call_defaults = {name: value for name, value, source in (("num_inference_steps", steps, sources["steps"]),
+                                                              ("guidance_scale", guidance, sources["guidance"]))
+                     if source in (FROM_ARGUMENT, FROM_CARD)}
 
     def provide(seeds: list[int], prompts: list[str | None]):
         draws = [draw_for(policy, bank, reader, p, s)[0] for s, p in zip(seeds, prompts)]
         info = [[{"name": n, "scale": c} for n, c in draw] for draw in draws]
         return window_deltas(bank, draws, shape, window), info
 
-    return add_layer(pipe, ATTACHED, Layer(provide, float(scale), steer_unconditional, label=policy.describe()),
-                     site)
+    return add_layer(pipe, ATTACHED, Layer(provide, float(scale), steer_unconditional, label=policy.describe(),
+                                           call_defaults=call_defaults), site)
 
 
 def _attach_shape(pipe, bank: ConceptBank, site) -> tuple[int, ...]:

@@ -57,6 +57,9 @@ class Layer:
     steer_unconditional: bool = False
     guided: bool | None = None  # None: from the call (guidance_scale > 1 on a model without guidance input)
     label: str = "attached"
+    # pipeline-call arguments this layer fills in where a call does not give them (attach: the model card's
+    # num_inference_steps and guidance_scale, so a plain `pipe(prompt)` samples as `generate` does)
+    call_defaults: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -105,6 +108,7 @@ class PipelineSteering:
         return out
 
     def call(self, pipe, original, args: tuple, kwargs: dict):
+        kwargs = _with_call_defaults(self.layers.values(), original, pipe, args, kwargs)
         arguments = _call_arguments(original, pipe, args, kwargs)
         per_prompt = int(arguments.get("num_images_per_prompt") or 1)
         n_images = _prompt_count(arguments) * per_prompt
@@ -129,6 +133,20 @@ class PipelineSteering:
             return original(pipe, *args, **kwargs)
         finally:
             hook.disarm()
+
+
+def _with_call_defaults(layers, original, pipe, args: tuple, kwargs: dict) -> dict:
+    """`kwargs` with each layer's `call_defaults` that the call itself does not give (by name or position)."""
+    defaults = {key: value for layer in layers for key, value in layer.call_defaults.items()}
+    if not defaults:
+        return kwargs
+    signature = inspect.signature(original)
+    try:
+        given = signature.bind_partial(pipe, *args, **kwargs).arguments
+    except TypeError:  # reported with the pipeline's name by _call_arguments
+        return kwargs
+    missing = {k: v for k, v in defaults.items() if k not in given and k in signature.parameters}
+    return {**kwargs, **missing} if missing else kwargs
 
 
 def _with_step_callback(kwargs: dict, hook) -> dict:
