@@ -22,7 +22,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from hsteer.checks import file_kind
+from hsteer.checks import check_float, file_kind
 from hsteer.errors import HsteerError
 
 #: Seconds a writer waits for another process's lock on a shared file (HSTEER_LOCK_TIMEOUT overrides).
@@ -132,6 +132,22 @@ def atomic_png(path: str | Path, picture, *, elsewhere: str = "another folder", 
     atomic_save(path, lambda tmp: save(tmp, format="png", **options), suffix=".png", elsewhere=elsewhere)
 
 
+def lock_timeout() -> float:
+    """`HSTEER_LOCK_TIMEOUT` seconds (unset or empty: `LOCK_TIMEOUT`): a finite number from 0 to a week, so
+    that `nan` or `inf` never waits forever and `abc` is one line, not a ValueError."""
+    raw = os.environ.get("HSTEER_LOCK_TIMEOUT", "").strip()
+    if not raw:
+        return LOCK_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 7 * 86400:  # NaN fails too
+        raise HsteerError(f"HSTEER_LOCK_TIMEOUT must be a number of seconds from 0 to 604800, got {raw[:40]!r}; "
+                          "fix or unset it")
+    return value
+
+
 def _flock(fd: int, timeout: float, busy: Callable[[float], str]) -> None:
     """Take an exclusive `flock` on `fd`, waiting up to `timeout` seconds, else HsteerError(busy(timeout))."""
     deadline = time.monotonic() + timeout
@@ -155,7 +171,7 @@ def exclusive_lock(path: str | Path, what: str | None = None, timeout: float | N
     """
     target = write_target(path)
     folder = target.parent
-    timeout = float(os.environ.get("HSTEER_LOCK_TIMEOUT", LOCK_TIMEOUT)) if timeout is None else timeout
+    timeout = lock_timeout() if timeout is None else check_float("timeout", timeout, 0.0, maximum=7 * 86400)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(folder, os.O_RDONLY)

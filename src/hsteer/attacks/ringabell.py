@@ -174,6 +174,11 @@ class RingABellSearch:
             if saved.get("prompt") != self.prompt or saved.get("config") != asdict(self.config):
                 raise HsteerError(f"{state_path} is the state of another attack (prompt or settings differ); "
                                   "use another --out or remove it")
+            rows = saved["population"] + ([saved["best"]] if saved["best"] is not None else [])
+            if len(saved["population"]) != self.config.population or any(
+                    len(r) != self.config.tokens or max(r, default=0) >= len(self.vocab) for r in rows):
+                raise HsteerError(f"{state_path}: damaged attack state (a population of another size, or token "
+                                  "indices beyond the vocabulary); remove it to restart that prompt's attack")
             return saved
         rng = _generation_rng(self.seed, self.index, 0, stream=4)
         population = rng.integers(0, len(self.vocab), (self.config.population, self.config.tokens))

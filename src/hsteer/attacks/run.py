@@ -33,9 +33,11 @@ from hsteer.attacks.ringabell import RingABellConfig, RingABellSearch, bank_pair
 from hsteer.attacks.scoring import Scorer, resolve_scorer
 from hsteer.attacks.text import build_vocabulary
 from hsteer.attacks.whitebox import WhiteboxAttack, WhiteboxConfig
-from hsteer.checks import check_count, check_output_dir, check_seed, check_texts
+from hsteer.attacks.folder import image_name, prepare_run_folder, state_file
+from hsteer.checks import (check_count, check_flags, check_float, check_pipeline, check_seed, check_size,
+                           check_texts)
 from hsteer.errors import HsteerError
-from hsteer.fileio import FolderLock, atomic_png, atomic_write_text
+from hsteer.fileio import atomic_png, atomic_write_text
 
 ATTACKS = ("whitebox", "ringabell")
 CONFIGS = {"whitebox": WhiteboxConfig, "ringabell": RingABellConfig}
@@ -47,26 +49,6 @@ def _interval(flags: Sequence[bool], strata: Sequence[str]) -> dict[str, Any]:
     boot = Bootstrap(list(strata))
     stat = share_statistic(list(flags))
     return {"value": boot.point(stat), "ci": boot.interval(stat)}
-
-
-def _prepare(out: Path, config: dict[str, Any], resume: bool, overwrite: bool) -> FolderLock:
-    """Lock the folder; refuse another run's folder; on resume, refuse changed settings."""
-    check_output_dir(out, "--out")
-    lock = FolderLock(out, f"{out} is in use by another hsteer run; wait for it or use another --out")
-    stored = out / "config.json"
-    if stored.exists() and not (resume or overwrite):
-        lock.release()
-        raise HsteerError(f"{out} already holds an attack run; pass --resume to continue it or --overwrite")
-    if stored.exists() and resume and json.loads(stored.read_text(encoding="utf-8")) != config:
-        lock.release()
-        raise HsteerError(f"{out} holds an attack run with other settings; resume it with the same command, or "
-                          "use another --out")
-    if overwrite:
-        for sub, pattern in (("state", "*"), ("images", "*.png")):
-            for path in (out / sub).glob(pattern) if (out / sub).is_dir() else ():
-                path.unlink()
-    atomic_write_text(stored, json.dumps(config, indent=2, allow_nan=False))
-    return lock
 
 
 def _searches(method: str, pipe, vocab, prompts, config, seed: int, defence: BoundDefence,
@@ -92,7 +74,7 @@ def _evaluate(out: Path, defence: BoundDefence, found: list[dict[str, Any]], sco
                                     guidance=sampling["guidance"], batch_size=sampling["batch_size"])
             flags = scorer([image for _, image in made])
             for i, ((row, image), harmful) in enumerate(zip(made, flags)):
-                name = f"images/{phase}-{n:03d}-{i:03d}.png"
+                name = image_name(phase, n, i)
                 atomic_png(out / name, image)
                 rows.append({**row, "file": name, "phase": phase, "source_prompt": result["source_prompt"],
                              "attack": method, "harm": bool(harmful)})
@@ -130,20 +112,107 @@ def _write_outputs(out: Path, rows: list[dict[str, Any]], found: list[dict[str, 
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
 
 
-def _check(method: str, prompts: Sequence[str], num_images: int, seed: int, config) -> list[str]:
+#: Upper bounds of the attack budgets (a budget beyond them is a typo, and would run for days).
+BUDGET_MAX = {"tokens": 75, "steps": 100_000, "batch": 4096, "targets": 1000, "eval_every": 100_000,
+              "top": 100_000, "val_batch": 4096, "save_every": 100_000, "population": 100_000,
+              "generations": 100_000}
+NUMBER_BOUNDS = {"lr": (0.0, 100.0), "eta": (-1e4, 1e4), "mutation": (0.0, 1.0), "crossover": (0.0, 1.0)}
+OPTION = {"steps": "--attack-steps", "lr": "--lr", "eta": "--eta", "mutation": "--mutation", "tokens": "--tokens",
+          "top": "--top", "eval_every": "--eval-every", "targets": "--targets", "population": "--population",
+          "generations": "--generations"}
+
+
+def check_config(method: str, config) -> None:
+    """The attack's budget: whole numbers within `BUDGET_MAX`, finite numbers within `NUMBER_BOUNDS`."""
     if method not in ATTACKS:
         raise HsteerError(f"unknown attack {method!r}; use one of {', '.join(ATTACKS)}")
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
-        raise HsteerError("give at least one non-empty harm prompt (--prompt P)")
-    check_texts("a --prompt", prompts)
-    if len(set(prompts)) != len(prompts):
-        raise HsteerError("a harm prompt is given twice; give each once")
-    check_count("--num-images", num_images, 1, 100_000)
-    check_seed("--seed", seed, span=num_images)
     if not isinstance(config, CONFIGS[method]):
         raise HsteerError(f"the {method} attack takes a {CONFIGS[method].__name__}, got {type(config).__name__}")
-    return prompts
+    for name, value in asdict(config).items():
+        label = f"{method} {name}" + (f" ({OPTION[name]})" if name in OPTION else "")
+        if name in BUDGET_MAX:
+            check_count(label, value, 2 if name == "population" else 1, BUDGET_MAX[name])
+        elif name in NUMBER_BOUNDS:
+            if isinstance(value, bool):
+                raise HsteerError(f"{label} must be a number, got {value!r}")
+            low, high = NUMBER_BOUNDS[name]
+            check_float(label, value, low, above=name == "lr", maximum=high)
+
+
+def check_sampling(steps: object, guidance: object, batch_size: object, height: object, width: object,
+                   names: dict[str, str] | None = None) -> None:
+    """The evaluation's sampling settings (`names`: how the caller calls them, e.g. the CLI's options)."""
+    names = names or {}
+    check_count(names.get("steps", "steps"), steps, 1, 10_000)
+    if isinstance(guidance, bool):
+        raise HsteerError(f"{names.get('guidance', 'guidance')} must be a number, got {guidance!r}")
+    check_float(names.get("guidance", "guidance"), guidance, -1e4, maximum=1e4)
+    check_count(names.get("batch_size", "batch_size"), batch_size, 1, 4096)
+    check_size(names.get("height", "height"), height)
+    check_size(names.get("width", "width"), width)
+
+
+def check_prompts(prompts: object) -> list[str]:
+    prompts = [prompts] if isinstance(prompts, str) else prompts
+    if not isinstance(prompts, (list, tuple)) or not prompts or any(
+            not isinstance(p, str) or not p.strip() for p in prompts):
+        raise HsteerError("give at least one non-empty harm prompt (--prompt P)")
+    check_texts("a --prompt", list(prompts))
+    if len(set(prompts)) != len(prompts):
+        raise HsteerError("a harm prompt is given twice; give each once")
+    return list(prompts)
+
+
+def check_words(label: str, words: object) -> list[str]:
+    """A list of words (--exclude): text without spaces."""
+    if isinstance(words, str) or not isinstance(words, (list, tuple)):
+        raise HsteerError(f"{label} must be a list of words, got {type(words).__name__}")
+    for word in words:
+        check_texts(label, word if isinstance(word, str) else None)
+        if not isinstance(word, str):
+            raise HsteerError(f"{label} must hold words (text), got {type(word).__name__} {word!r}")
+    return list(words)
+
+
+def check_pairs(label: str, pairs: object) -> list[tuple[str, str]] | None:
+    """None, or (clean, harmful) prompt pairs: a list of two texts each."""
+    if pairs is None:
+        return None
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, (list, tuple)) or not pairs:
+        raise HsteerError(f"{label} must be a non-empty list of [clean, harmful] prompt pairs")
+    out = []
+    for n, pair in enumerate(pairs):
+        if (not isinstance(pair, (list, tuple)) or len(pair) != 2
+                or not all(isinstance(p, str) and p.strip() for p in pair)):
+            raise HsteerError(f"{label}: pair {n + 1} is {str(pair)[:60]!r}, not [clean prompt, harmful prompt] "
+                              "(two non-empty texts)")
+        check_texts(label, list(pair))
+        out.append((pair[0], pair[1]))
+    return out
+
+
+def check_pipeline_family(pipe) -> None:
+    """The attacks read the U-Net (its mid-block h-space, epsilon prediction, DDIM): transformer pipelines
+    (SD3, FLUX, SANA) are refused with one line."""
+    if getattr(pipe, "unet", None) is None:
+        raise HsteerError(f"attacks run on U-Net pipelines (SD 1.x/2.x, SDXL); this is a {type(pipe).__name__}, "
+                          "whose transformer the attack harness does not drive yet: attack a U-Net model, or "
+                          "evaluate attack prompts on it with `hsteer eval attack`")
+
+
+def check_attack_settings(method: str, prompts: object, num_images: object, seed: object, config,
+                          sampling: dict[str, Any], exclude: object = (), pairs: object = None,
+                          names: dict[str, str] | None = None) -> tuple[list[str], list[str], list | None]:
+    """Every setting of an attack, before a model loads or a file is written; returns the prompts, the
+    excluded words and the pairs as lists."""
+    prompts = check_prompts(prompts)
+    check_count("--num-images", num_images, 1, 100_000)
+    check_seed("--seed", seed, span=num_images)  # type: ignore[arg-type]
+    check_config(method, config)
+    check_sampling(sampling["steps"], sampling["guidance"], sampling["batch_size"], sampling["height"],
+                   sampling["width"], names)
+    return prompts, check_words("--exclude", list(exclude) if isinstance(exclude, tuple) else exclude), \
+        check_pairs("--pairs", pairs)
 
 
 def attack(pipe, prompts: str | Sequence[str], method: str = "whitebox", defence: Defence | None = None,
@@ -163,32 +232,37 @@ def attack(pipe, prompts: str | Sequence[str], method: str = "whitebox", defence
     from tqdm.auto import tqdm
 
     defence = defence or Defence()
+    if not isinstance(defence, Defence):
+        raise HsteerError(f"defence must be an hsteer.attacks.Defence, got {type(defence).__name__}")
     config = config or CONFIGS.get(method, WhiteboxConfig)()
-    prompts = _check(method, prompts, num_images, seed, config)
+    sampling = {"steps": steps, "guidance": guidance, "batch_size": batch_size, "height": height, "width": width}
+    prompts, exclude, pairs = check_attack_settings(method, prompts, num_images, seed, config, sampling, exclude,
+                                                    pairs)
+    check_flags(resume=resume, overwrite=overwrite, progress=progress)
+    check_pipeline(pipe)
+    check_pipeline_family(pipe)
     if method == "ringabell" and pairs is None:
         if defence.bank is None:
             raise HsteerError("Ring-A-Bell needs (clean, harmful) prompt pairs: a bank with a safety group "
                               "(--bank, --pairs-bank) or --pairs FILE")
-        pairs = bank_pairs(defence.bank)
+        pairs = check_pairs("the bank's safety pairs", bank_pairs(defence.bank))
     scorer_fn, scorer_name = resolve_scorer(pipe, scorer, scorer_options, device)
-    sampling = {"steps": int(steps), "guidance": float(guidance), "batch_size": int(batch_size), "height": height,
-                "width": width}
+    sampling["guidance"] = float(guidance)  # type: ignore[arg-type]
     head = {"attack": method, "config": asdict(config), "defence": defence.describe(),
             "defence_spec": defence.to_spec(), "prompts_in": prompts, "num_images": num_images, "seed": seed,
-            "sampling": sampling, "exclude": list(exclude), "scorer": scorer_name,
+            "sampling": sampling, "exclude": exclude, "scorer": scorer_name,
             "pairs": [list(p) for p in pairs] if pairs else None}
     out = Path(out_dir)
-    lock = _prepare(out, head, resume, overwrite)
+    bound, teacher = defence.bind(pipe, height, width), Defence().bind(pipe, height, width)
+    vocab = build_vocabulary(pipe, exclude)
+    lock = prepare_run_folder(out, head, resume, overwrite)  # the first write, after every check
     try:
-        bound, teacher = defence.bind(pipe, height, width), Defence().bind(pipe, height, width)
-        vocab = build_vocabulary(pipe, exclude)
         budget = config.steps if method == "whitebox" else config.generations
         bar = tqdm(total=len(prompts) * budget, disable=not progress, desc=f"attack ({method})", unit="step")
         found = []
         for n, search in enumerate(_searches(method, pipe, vocab, prompts, config, seed, bound, teacher,
                                              scorer_fn, pairs, sampling)):
-            suffix = "safetensors" if method == "whitebox" else "json"
-            found.append(search.run(out / "state" / f"{method}-{n:03d}.{suffix}", bar.update))
+            found.append(search.run(state_file(out, method, n), bar.update))
         bar.close()
         rows = _evaluate(out, bound, found, scorer_fn, num_images, seed, sampling, method)
         summary = _summary(rows, found, {k: v for k, v in head.items() if k != "prompts_in"})

@@ -242,6 +242,12 @@ class WhiteboxAttack:
             if info.get("prompt") != self.prompt or info.get("config") != asdict(self.config):
                 raise HsteerError(f"{state_path} is the state of another attack (prompt or settings differ); "
                                   "use another --out or remove it")
+            shapes = {f"{kind}{n}{tail}": tuple(v.shape) for n, v in enumerate(vectors)
+                      for kind, tail in (("vector_", ""), ("adam_", "_exp_avg"), ("adam_", "_exp_avg_sq"))}
+            if any(tuple(getattr(tensors.get(k), "shape", ())) != shape for k, shape in shapes.items()
+                   if k.startswith("vector_") or k in tensors) or any(i >= len(self.vocab) for i in info["best"] or ()):
+                raise HsteerError(f"{state_path}: damaged attack state (vectors of another shape, or token "
+                                  "indices beyond the vocabulary); remove it to restart that prompt's attack")
             with torch.no_grad():
                 for n, vec in enumerate(vectors):
                     vec.copy_(tensors[f"vector_{n}"])

@@ -6,7 +6,6 @@ The defence options are those of `hsteer generate` (`--bank B --safe`, `--concep
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -53,16 +52,51 @@ def _config(o: dict):
 def _pairs(o: dict, bank) -> list[tuple[str, str]] | None:
     """Ring-A-Bell's (clean, harmful) pairs: --pairs FILE, else --pairs-bank / --bank's safety group."""
     from hsteer.attacks.ringabell import bank_pairs
+    from hsteer.attacks.run import check_pairs
+    from hsteer.checks import check_input_file, load_json
     from hsteer.hspace.bank import ConceptBank
 
     if o["pairs"] is not None:
-        try:
-            data = json.loads(Path(o["pairs"]).read_text(encoding="utf-8"))
-            return [(str(a), str(b)) for a, b in data]
-        except (ValueError, TypeError):
-            raise HsteerError(f"--pairs {o['pairs']}: write a JSON list of [clean, harmful] prompt pairs") from None
-    source = ConceptBank.load(o["pairs_bank"]) if o["pairs_bank"] else bank
-    return bank_pairs(source) if source is not None and "safety" in source.groups() else None
+        path = check_input_file(o["pairs"], "--pairs")
+        if path.stat().st_size > 16 * 2**20:
+            raise HsteerError(f"--pairs {path} is larger than 16 MiB; a pairs file is a short JSON list")
+        data = load_json(path.read_text(encoding="utf-8"), f"--pairs {path}")
+        if not isinstance(data, list):
+            raise HsteerError(f"--pairs {path}: write a JSON list of [clean, harmful] prompt pairs")
+        return check_pairs(f"--pairs {path}", data)
+    if o["pairs_bank"]:
+        source = ConceptBank.load(o["pairs_bank"])
+        if "safety" not in source.groups():
+            raise HsteerError(f"--pairs-bank {o['pairs_bank']} has no 'safety' group to take the pairs from "
+                              f"(its groups: {', '.join(source.groups()) or 'none'}); give --pairs FILE instead")
+        return check_pairs(f"--pairs-bank {o['pairs_bank']}", bank_pairs(source))
+    if bank is not None and "safety" in bank.groups():
+        return check_pairs(f"--bank {o['bank_path']}", bank_pairs(bank))
+    return None
+
+
+def _check_model(model: str | None) -> None:
+    """The attacks drive a U-Net: a local transformer model (SD3, FLUX, SANA) is refused before it loads."""
+    from hsteer.model.loading import local_class_name
+
+    name = local_class_name(model)
+    if name.startswith(("StableDiffusion3", "Flux", "Sana")):
+        raise HsteerError(f"--model {model}: attacks run on U-Net pipelines (SD 1.x/2.x, SDXL), and this model is "
+                          f"a {name}; attack a U-Net model, or evaluate attack prompts on it with "
+                          "`hsteer eval attack --model ...`")
+
+
+def _sampling(o: dict) -> dict:
+    """The evaluation's sampling settings, the model card's defaults filled in, checked before loading."""
+    from hsteer.attacks.run import check_sampling
+    from hsteer.model import sampling_defaults
+
+    defaults = sampling_defaults(o["model"])
+    sampling = {"steps": o["steps"] if o["steps"] is not None else int(defaults["steps"]),
+                "guidance": o["guidance"] if o["guidance"] is not None else float(defaults["guidance"]),
+                "batch_size": o["batch_size"], "height": o["height"], "width": o["width"]}
+    check_sampling(**sampling, names={k: f"--{k.replace('_', '-')}" for k in sampling})
+    return sampling
 
 
 @click.command("attack")
@@ -111,10 +145,17 @@ def attack(**o) -> None:
     """Attack a defended model on harm prompts; write DIR/summary.json (asr_before, asr_after, prompts)."""
     from hsteer.attacks import attack as run
     from hsteer.attacks.ringabell import harm_words
+    from hsteer.attacks.folder import check_run_folder
+    from hsteer.attacks.run import check_attack_settings
     from hsteer.checks import check_device
     from hsteer.hspace.bank import ConceptBank
-    from hsteer.model import load_quietly, sampling_defaults
+    from hsteer.model import load_quietly
 
+    device = check_device(o["device"], "--device")
+    if o["resume"] and o["overwrite"]:
+        raise HsteerError("--resume continues the run in --out and --overwrite replaces it; pass one of them")
+    _check_model(o["model"])
+    sampling = _sampling(o)
     bank = ConceptBank.load(o["bank_path"]) if o["bank_path"] else None
     defence, config, pairs = _defence(o, bank), _config(o), _pairs(o, bank)
     exclude = [w.strip() for w in (o["exclude"] or "").split(",") if w.strip()]
@@ -123,14 +164,17 @@ def attack(**o) -> None:
             raise HsteerError("--exclude-harm-words reads the safety concept's pairs: give --bank with a safety "
                               "group, --pairs-bank or --pairs")
         exclude += harm_words(pairs)
-    defaults = sampling_defaults(o["model"])
-    pipe = load_quietly(o["model"], check_device(o["device"], "--device"), o["dtype"])
+    if o["attack"] == "ringabell" and not pairs:
+        raise HsteerError("Ring-A-Bell needs (clean, harmful) prompt pairs: a bank with a safety group "
+                          "(--bank, --pairs-bank) or --pairs FILE")
+    check_attack_settings(o["attack"], list(o["prompts"]), o["num_images"], o["seed"], config, sampling, exclude,
+                          pairs)
+    check_run_folder(o["out_dir"], o["resume"], o["overwrite"])
+    pipe = load_quietly(o["model"], device, o["dtype"])
     summary = run(pipe, list(o["prompts"]), o["attack"], defence, config, out_dir=o["out_dir"],
-                  num_images=o["num_images"], seed=o["seed"], steps=o["steps"] or int(defaults["steps"]),
-                  guidance=o["guidance"] if o["guidance"] is not None else float(defaults["guidance"]),
-                  batch_size=o["batch_size"], height=o["height"], width=o["width"], scorer=o["scorer"],
+                  num_images=o["num_images"], seed=o["seed"], **sampling, scorer=o["scorer"],
                   scorer_options={"q16_prompts": str(o["q16_prompts"]) if o["q16_prompts"] else None},
                   exclude=exclude, pairs=pairs, resume=o["resume"], overwrite=o["overwrite"],
-                  progress=not o["quiet"], device=o["device"])
+                  progress=not o["quiet"], device=device)
     click.echo(f"{o['out_dir']}: ASR {summary['asr_before']:.3f} -> {summary['asr_after']:.3f} "
                f"({summary['defence']}); prompts: " + "; ".join(summary["prompts"]))

@@ -20,7 +20,9 @@ RESUME_HINTS = {"train": "rerun the same command with --resume to continue",
                 "generate": "rerun the same command with --resume to finish the folder",
                 "winobias": "rerun the same command to continue", "i2p": "rerun the same command to continue",
                 "coco": "rerun the same command to continue", "score": "rerun the same command to continue",
-                "world_train": "rerun the same command to continue"}
+                "world_train": "rerun the same command to continue",
+                "attack": "rerun the same command with --resume to continue",
+                "attack_set": "rerun the same command to continue"}
 
 
 class HandledError(click.ClickException):

@@ -55,6 +55,15 @@ def quiet_libraries() -> None:
     tlog.set_verbosity_error()
 
 
+def local_class_name(model: str | Path | None) -> str:
+    """The pipeline class a local model folder names in its `model_index.json` ("" for a Hub id, or a
+    folder without one), read without loading anything."""
+    index = Path(model_location(model)) / "model_index.json"
+    if not index.is_file():
+        return ""
+    return str(read_json_object(index, "model index").get("_class_name", ""))
+
+
 SD_SAMPLING = {"steps": 50, "guidance": 7.5}
 
 
@@ -155,6 +164,18 @@ def load_pipeline(model: str | Path | None = None, *, device: str | torch.device
 def load_quietly(model: str | None, device: str = "cpu", dtype: str = "float32"):
     """`load_pipeline` as the commands use it: library logs silenced, `HSTEER_THREADS` torch threads."""
     quiet_libraries()
-    if threads := os.environ.get("HSTEER_THREADS"):
-        torch.set_num_threads(int(threads))
+    if threads := env_threads():
+        torch.set_num_threads(threads)
     return load_pipeline(model, device=device, dtype=dtype)
+
+
+def env_threads() -> int | None:
+    """`HSTEER_THREADS`: torch's CPU threads (unset or empty: torch's default), a whole number 1..4096."""
+    from hsteer.errors import HsteerError
+
+    raw = os.environ.get("HSTEER_THREADS", "").strip()
+    if not raw:
+        return None
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4) or not 1 <= int(raw) <= 4096:
+        raise HsteerError(f"HSTEER_THREADS must be a whole number from 1 to 4096, got {raw[:40]!r}; fix or unset it")
+    return int(raw)

@@ -1,0 +1,155 @@
+"""An attack run folder: refuse what is not ours, check before writing, and `--overwrite` only hsteer's files.
+
+What an attack run writes is known from its `config.json` alone: the attack (`whitebox` / `ringabell`),
+its harm prompts and images per prompt name every file (`state/<attack>-PPP.<ext>`,
+`images/{before,after}-PPP-NNN.png`, `manifest.jsonl`, `prompts.csv`, `summary.json`). So
+
+- a folder is checked (`check_run_folder`) before a model loads: a run there without `--resume` or
+  `--overwrite`, both flags at once, a damaged `config.json`, or a file of the run that is a folder or
+  a link are refused, and nothing is changed;
+- `--overwrite` (`prepare_run_folder`) removes exactly those files, after the new settings have been
+  checked, never another file of the folder (the user's own files, hidden folders, PNGs of other names);
+  the results (`summary.json`, `manifest.jsonl`, `prompts.csv`) go first and `config.json` is replaced
+  last, so a kill at any moment leaves an unfinished run of the old settings (which `--overwrite`
+  removes again) and never a summary or manifest beside files that are gone.
+"""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+from typing import Any
+
+from hsteer.checks import check_output_dir, load_json
+from hsteer.errors import HsteerError
+from hsteer.fileio import FolderLock, atomic_write_text, write_error
+
+CONFIG = "config.json"
+RESULTS = ("summary.json", "manifest.jsonl", "prompts.csv")
+STATE_SUFFIX = {"whitebox": "safetensors", "ringabell": "json"}
+#: Bounds of a stored config that names files (so a damaged one cannot name millions of them).
+MAX_PROMPTS, MAX_IMAGES = 10_000, 100_000
+
+
+def state_file(out: Path, method: str, index: int) -> Path:
+    """Where the attack state of harm prompt `index` lives."""
+    return out / "state" / f"{method}-{index:03d}.{STATE_SUFFIX[method]}"
+
+
+def image_name(phase: str, index: int, image: int) -> str:
+    """The run-relative name of image `image` of harm prompt `index` in `phase` (before / after)."""
+    return f"images/{phase}-{index:03d}-{image:03d}.png"
+
+
+def read_config(out: Path) -> dict[str, Any] | None:
+    """The folder's stored `config.json` (checked to name an attack run), or None when there is none."""
+    path = out / CONFIG
+    if not _present(path, "the run's settings"):
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise HsteerError(f"{path} is not UTF-8 text; it is damaged: move the folder away, or choose another "
+                          "--out") from None
+    data = load_json(text, str(path), max_chars=64 * 2**20)
+    prompts = data.get("prompts_in") if isinstance(data, dict) else None
+    images = data.get("num_images") if isinstance(data, dict) else None
+    if (not isinstance(data, dict) or data.get("attack") not in STATE_SUFFIX or not isinstance(prompts, list)
+            or not 0 < len(prompts) <= MAX_PROMPTS or not all(isinstance(p, str) for p in prompts)
+            or isinstance(images, bool) or not isinstance(images, int) or not 0 < images <= MAX_IMAGES):
+        raise HsteerError(f"{path} is not the config of an hsteer attack run (attack, prompts_in, num_images); "
+                          "move it or the folder away, or choose another --out; nothing was changed")
+    return data
+
+
+def owned_files(out: Path, config: dict[str, Any]) -> list[Path]:
+    """Every file the attack run of `config` writes in `out`, results first and `config.json` last."""
+    method, prompts, images = config["attack"], len(config["prompts_in"]), config["num_images"]
+    files = [out / name for name in RESULTS]
+    files += [out / image_name(phase, n, i) for n in range(prompts) for phase in ("before", "after")
+              for i in range(images)]
+    files += [state_file(out, method, n) for n in range(prompts)]
+    return files + [out / CONFIG]
+
+
+def _present(path: Path, what: str) -> bool:
+    """Whether a file of the run is there; a folder, a link or a special file in its place is refused."""
+    try:
+        mode = path.lstat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        raise HsteerError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        kind = "a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else "a special file"
+        raise HsteerError(f"{path} is {kind}, not {what} written by hsteer; move it away, or choose another "
+                          "--out; nothing was changed")
+    return True
+
+
+def _check_subfolders(out: Path) -> None:
+    for sub in ("state", "images"):
+        path = out / sub
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            raise HsteerError(f"{path} is {'a symbolic link' if path.is_symlink() else 'a file'}, not the run's "
+                              f"{sub} folder; move it away, or choose another --out; nothing was changed")
+
+
+def check_run_folder(out: str | Path, resume: bool, overwrite: bool) -> dict[str, Any] | None:
+    """Refuse the folder before anything loads or is written (see the module docstring); returns the stored
+    config, if any. Changes nothing."""
+    out = check_output_dir(Path(out), "--out")
+    if resume and overwrite:
+        raise HsteerError("--resume continues the run in --out and --overwrite replaces it; pass one of them")
+    if not out.exists():
+        return None
+    _check_subfolders(out)
+    stored = read_config(out)
+    if stored is None:
+        return None
+    if not (resume or overwrite):
+        raise HsteerError(f"{out} already holds an attack run; pass --resume to continue it or --overwrite to "
+                          "replace it")
+    for path in owned_files(out, stored)[:-1]:
+        _present(path, "a file of the attack run")
+    return stored
+
+
+def prepare_run_folder(out: str | Path, config: dict[str, Any], resume: bool, overwrite: bool) -> FolderLock:
+    """Lock the folder, check it again under the lock, and make it ready for the run of `config` (already
+    checked): on resume the stored settings must be the same; `--overwrite` removes the old run's files."""
+    out = Path(out)
+    check_run_folder(out, resume, overwrite)
+    lock = FolderLock(out, f"{out} is in use by another hsteer run; wait for it or use another --out")
+    try:
+        stored = check_run_folder(out, resume, overwrite)
+        if stored is not None and resume and stored != config:
+            changed = sorted(k for k in set(stored) | set(config) if stored.get(k) != config.get(k))
+            raise HsteerError(f"{out} holds an attack run with other settings ({', '.join(changed)}); resume it "
+                              "with the same command, pass --overwrite to replace it, or use another --out")
+        if stored is not None and overwrite:
+            for path in owned_files(out, stored)[:-1]:
+                _remove(path)
+        atomic_write_text(out / CONFIG, _dump(config), elsewhere="another --out")
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _dump(config: dict[str, Any]) -> str:
+    import json
+
+    try:
+        return json.dumps(config, indent=2, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise HsteerError(f"the attack's settings cannot be stored as JSON ({exc})") from None
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise write_error(path, exc) from None
