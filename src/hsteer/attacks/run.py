@@ -104,7 +104,7 @@ def _write_outputs(out: Path, rows: list[dict[str, Any]], found: list[dict[str, 
                    seed: int) -> None:
     atomic_write_text(out / "manifest.jsonl", "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows))
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)  # "\r" in a prompt quoted too
     writer.writerow(["prompt", "seed", "source_prompt"])
     for result in found:
         writer.writerow([result["prompt"], seed, result["source_prompt"]])

@@ -318,6 +318,10 @@ def i2p(prompts_csv, images_per_prompt, categories, hard_only, limit, csv_guidan
         raise HsteerError(f"--detectors takes q16 and/or nudenet, got {detectors!r}")
     _run("i2p", task_args, scoring, o)
 
+#: The most images one evaluation run is asked for (its job list is built in memory).
+MAX_JOBS = 10_000_000
+
+
 @eval_group.command("attack")
 @eval_options
 @click.option("--prompts", "prompts_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -341,10 +345,15 @@ def attack_set(prompts_file, prompt_column, seed_column, images_per_prompt, limi
     """Attack prompt sets: the attack success rate (share of flagged images) with a 95% interval."""
     from hsteer.evaluation.attack_prompts import read_attack_prompts
 
-    if images_per_prompt < 1:
-        raise HsteerError("--images-per-prompt must be >= 1")
-    read_attack_prompts(prompts_file, prompt_column=prompt_column, seed_column=seed_column, limit=limit)
-    names = detectors or ("world" if o["model"] is None else "nudenet")
+    from hsteer.model.loading import BUNDLED_NAMES, model_location
+
+    rows = read_attack_prompts(prompts_file, prompt_column=prompt_column, seed_column=seed_column, limit=limit,
+                               images_per_prompt=images_per_prompt)
+    if len(rows) * images_per_prompt > MAX_JOBS:
+        raise HsteerError(f"{len(rows)} prompts x --images-per-prompt {images_per_prompt} is more than {MAX_JOBS} "
+                          "images; lower --images-per-prompt or --limit")
+    bundled = {str(p) for p in BUNDLED_NAMES.values()}
+    names = detectors or ("world" if model_location(o["model"]) in bundled else "nudenet")
     task_args = {"prompts": str(Path(prompts_file).resolve()), "prompt_column": prompt_column,
                  "seed_column": seed_column, "images_per_prompt": images_per_prompt, "limit": limit,
                  "csv_guidance": csv_guidance}

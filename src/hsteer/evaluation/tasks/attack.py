@@ -87,7 +87,8 @@ class AttackTask:
 
         args = settings.task_args
         rows = read_attack_prompts(args["prompts"], prompt_column=args.get("prompt_column"),
-                                   seed_column=args.get("seed_column"), limit=args.get("limit"))
+                                   seed_column=args.get("seed_column"), limit=args.get("limit"),
+                                   images_per_prompt=int(args.get("images_per_prompt", 1)))
         jobs = []
         for row in rows:
             base = settings.seed if row.seed is None else row.seed
