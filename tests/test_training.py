@@ -117,7 +117,7 @@ def test_nan_loss_is_a_clear_error(sd_pipe, monkeypatch, mode):
     (dict(target=""), "target prompt is empty"),
     (dict(target=None), "give a target prompt"),
     (dict(objective="esd"), "unknown objective"),
-    (dict(iterations=0), r"iterations \(--iterations\) must be between 1 and"),
+    (dict(iterations=0), r"iterations \(--iterations\) must be at least 1, got 0"),
 ])
 def test_bad_settings(kw, message):
     with pytest.raises(HsteerError, match=message):

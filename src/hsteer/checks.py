@@ -61,9 +61,10 @@ def check_count(label: str, value: object, minimum: int = 1, maximum: int | None
     """An integer in [minimum, maximum]."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise HsteerError(f"{label} must be a whole number, got {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-        raise HsteerError(f"{label} must be {bound}, got {value}")
+    if value < minimum:
+        raise HsteerError(f"{label} must be at least {minimum:,}, got {value}")
+    if maximum is not None and value > maximum:
+        raise HsteerError(f"{label} must be at most {maximum:,}, got {value}")
     return value
 
 
@@ -101,9 +102,9 @@ def check_float(label: str, value: object, minimum: float | None = None, *, abov
     if not math.isfinite(number):
         raise HsteerError(f"{label} must be a finite number, got {value}")
     if minimum is not None and (number <= minimum if above else number < minimum):
-        raise HsteerError(f"{label} must be {'>' if above else '>='} {minimum}, got {value}")
+        raise HsteerError(f"{label} must be {'greater than' if above else 'at least'} {minimum:g}, got {value}")
     if maximum is not None and number > maximum:
-        raise HsteerError(f"{label} must be <= {maximum}, got {value}")
+        raise HsteerError(f"{label} must be at most {maximum:g}, got {value}")
     return number
 
 
