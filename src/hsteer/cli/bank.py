@@ -61,12 +61,20 @@ def bank_merge(banks, out, replace) -> None:
 def _summary(path: Path | None):
     if path is None:
         return None
+    from hsteer.checks import check_input_file, load_json
     from hsteer.errors import HsteerError
 
+    path = check_input_file(path, "--eval-summary")
+    if path.stat().st_size > 16 * 2**20:
+        raise HsteerError(f"--eval-summary {path} is larger than 16 MiB; give a run's summary.json")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise HsteerError(f"--eval-summary {path}: not a readable JSON file ({exc})") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise HsteerError(f"--eval-summary {path} is not UTF-8 text") from None
+    data = load_json(text, f"--eval-summary {path}")
+    if not isinstance(data, dict):
+        raise HsteerError(f"--eval-summary {path} is a JSON {type(data).__name__}, not a summary (an object)")
+    return data
 
 
 _summary_option = click.option("--eval-summary", type=click.Path(exists=True, dir_okay=False, path_type=Path),

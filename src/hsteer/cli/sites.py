@@ -37,9 +37,11 @@ def sites(model, device, dtype, neutral, target, keep, sites, windows, list_only
           height, width, seed, json_path, set_default) -> None:
     """Train a short concept at each site and window of a model; report effect, leakage and cost per site."""
     from hsteer.apps.site_scan import ScanSettings, choose_site, format_table, scan_sites, to_json
-    from hsteer.checks import check_device
+    from hsteer.checks import check_device, check_output_file
+    from hsteer.errors import HsteerError
     from hsteer.fileio import atomic_write_text
     from hsteer.model import load_quietly
+    from hsteer.model.loading import check_card_folder
     from hsteer.model.denoisers import site_shape
     from hsteer.model.sites import site_for, site_specs
     from hsteer.policies import parse_window
@@ -48,7 +50,13 @@ def sites(model, device, dtype, neutral, target, keep, sites, windows, list_only
                             width=width, seed=seed)
     settings.validate()
     scan_windows = [parse_window(w) for w in windows] or [(0.0, 1.0)]
-    pipe = load_quietly(model, check_device(device, "--device"), dtype)
+    device = check_device(device, "--device")
+    if json_path is not None:
+        check_output_file(json_path, "--json")
+    card_folder = check_card_folder(model) if set_default and not list_only else None
+    if set_default and list_only:
+        raise HsteerError("--set-default writes the pick of a scan; --list runs none")
+    pipe = load_quietly(model, device, dtype)
     if list_only:
         for spec in sites or site_specs(pipe):
             click.echo(f"{spec}: {site_shape(pipe, site_for(pipe, spec), height, width)}")
@@ -60,9 +68,8 @@ def sites(model, device, dtype, neutral, target, keep, sites, windows, list_only
     pick = choose_site(results)
     click.echo(f"pick: {pick.site} (window {pick.window[0]:g}-{pick.window[1]:g}): effect {pick.effect:.3f}, "
                f"leakage {pick.leakage if pick.leakage is None else round(pick.leakage, 3)}")
-    if set_default:
+    if card_folder is not None:
         from hsteer.model.card import write_default_site
-        from hsteer.model.loading import model_location
 
-        card = write_default_site(model_location(model), pick.site)
+        card = write_default_site(card_folder, pick.site)
         click.echo(f"default site {pick.site} written to {card}")

@@ -33,7 +33,8 @@ from hsteer.checks import JSON_MAX_DEPTH, check_input_file, check_name, check_ou
 from hsteer.errors import BankError, HsteerError, ModelMismatchError, ShapeMismatchError, UnknownConceptError
 from hsteer.fileio import atomic_save
 import hsteer.hspace.hub as hub
-from hsteer.hspace.bankcheck import check_concept_meta, check_finite_concepts, check_header, parse_header
+from hsteer.hspace.bankcheck import (check_concept_meta, check_finite_concepts, check_header, check_shape,
+                                     parse_header)
 from hsteer.hspace.hub import DEFAULT_WEIGHT_NAME
 from hsteer.model.geometry import hspace_shape, unet_fingerprint
 from hsteer.model.sites import FAMILY_NAMES, SteeringSite, denoiser_of, family_of, site_for
@@ -71,6 +72,7 @@ class Concept:
         shapes = {tuple(t.shape) for t in self.tensors.values()}
         if len(shapes) != 1:
             raise ShapeMismatchError(f"concept {self.name!r} mixes tensor shapes {sorted(shapes)}")
+        check_shape(next(iter(shapes)), f"concept {self.name!r}")  # what a bank file can hold and load
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -97,8 +99,8 @@ class Concept:
         return total
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "group": self.group, "objective": self.objective,
-                "tensors": {k: list(v.shape) for k, v in self.tensors.items()}, **self.meta}
+        return {**self.meta, "name": self.name, "group": self.group, "objective": self.objective,
+                "tensors": {k: list(v.shape) for k, v in self.tensors.items()}}  # what it holds, not what meta says
 
 
 class ConceptBank:
@@ -110,7 +112,7 @@ class ConceptBank:
 
     def __init__(self, hspace_shape: Iterable[int] | None = None, unet_fingerprint: str | None = None,
                  concepts: Iterable[Concept] = (), site: str | None = None, family: str | None = None) -> None:
-        self.hspace_shape = tuple(hspace_shape) if hspace_shape is not None else None
+        self.hspace_shape = check_shape(hspace_shape, "hspace_shape") if hspace_shape is not None else None
         self.unet_fingerprint = unet_fingerprint
         self.site, self.family = site, family
         self._concepts: dict[str, Concept] = {}
@@ -195,6 +197,9 @@ class ConceptBank:
 
     def merge(self, other: ConceptBank, replace: bool = False) -> ConceptBank:
         """A new bank with the concepts of both; on a name clash `other` wins only if `replace`."""
+        if not isinstance(other, ConceptBank):
+            raise BankError(f"merge takes a ConceptBank, got {type(other).__name__}; load it first: "
+                            "ConceptBank.load(...)")
         merged = ConceptBank(self.hspace_shape, self.unet_fingerprint, self, self.site, self.family)
         if other.unet_fingerprint and merged.unet_fingerprint and other.unet_fingerprint != merged.unet_fingerprint:
             raise ModelMismatchError(f"cannot merge banks of different U-Nets ({merged.unet_fingerprint} vs "

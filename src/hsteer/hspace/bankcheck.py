@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from hsteer.checks import check_name, check_window_covers_steps, check_window_value, load_json
-from hsteer.errors import BankError, HsteerError
+from hsteer.errors import BankError, HsteerError, ShapeMismatchError
 
 #: The largest 'hsteer' metadata read from a bank, in characters (thousands of concepts fit).
 HEADER_MAX_CHARS = 32 * 2**20
@@ -54,6 +54,27 @@ def check_concept_meta(meta: Any, where: str) -> None:
     fingerprint = meta.get("unet_fingerprint")
     if fingerprint is not None and not isinstance(fingerprint, str):
         raise BankError(f"{where}: its stored unet_fingerprint is not a string")
+    for key in ("neutral", "target", "negative", "site"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise BankError(f"{where}: its stored {key} is a {type(meta[key]).__name__}, not text")
+    pairs = meta.get("pairs")
+    if pairs is not None and (not isinstance(pairs, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in pairs)):
+        raise BankError(f"{where}: its stored pairs are not a list of [text, text] prompt pairs; the concept is "
+                        "damaged: retrain it, or remove its stored pairs")
+
+
+def check_shape(shape: Any, where: str) -> tuple[int, ...]:
+    """A concept's (or a bank's h-space) shape: two or three positive whole numbers ([tokens, width] at a
+    transformer or text site, [C, h, w] at a U-Net's mid-block), what a bank file can hold."""
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        dims = None
+    if dims is None or len(dims) not in (2, 3) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 2**31 for n in dims):
+        raise ShapeMismatchError(f"{where}: the shape {str(shape)[:60]} is not two or three positive whole numbers")
+    return dims
 
 
 def _check_name_in(path: Path, kind: str, name: object, concept: object = None) -> None:
@@ -146,6 +167,7 @@ def flag_nonfinite(bank) -> dict[str, Any]:
     """`bank.describe()` with `nonfinite: [tensor, ...]` on each concept that holds NaN or infinite values."""
     info = bank.describe()
     for entry, concept in zip(info["concepts"], bank):
+        entry.pop("nonfinite", None)  # a claim of the concept's meta; only the tensors say
         bad = nonfinite_tensors(concept)
         if bad:
             entry["nonfinite"] = bad

@@ -27,6 +27,8 @@ from hsteer.errors import BankError
 #: The file name of a bank in a Hub repository or a `save_pretrained` folder.
 DEFAULT_WEIGHT_NAME = "hsteer_bank.safetensors"
 
+#: How a model card written by hsteer begins (its YAML front matter).
+CARD_HEAD = b"---\nlibrary_name: hsteer\n"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -194,12 +196,30 @@ def model_card(bank, repo_id: str | None = None, eval_summary: dict[str, Any] | 
 def save_pretrained(bank, directory: str | Path, eval_summary: dict[str, Any] | None = None,
                     repo_id: str | None = None, weight_name: str = DEFAULT_WEIGHT_NAME,
                     license: str = "other") -> Path:
-    """Write `weight_name` and README.md (the model card) into `directory`: what `push_to_hub` uploads."""
-    directory = Path(directory)
+    """Write `weight_name` and README.md (the model card) into `directory`: what `push_to_hub` uploads.
+
+    Both targets are checked before either is written: each must be new or a regular file, and a README.md
+    already there must be a card hsteer wrote (its front matter says `library_name: hsteer`), so a project's
+    own README is never replaced. Both are written atomically."""
+    from hsteer.checks import check_output_dir, check_output_file
+    from hsteer.fileio import atomic_write_text
+
+    directory = check_output_dir(Path(directory), "--save-dir")
+    if not isinstance(weight_name, str) or not weight_name.endswith(".safetensors") or "/" in weight_name \
+            or weight_name.startswith("."):
+        raise BankError(f"weight_name {weight_name!r} must be a file name ending in .safetensors")
+    readme = check_output_file(directory / "README.md", "--save-dir")
+    check_output_file(directory / weight_name, "--save-dir")
+    if readme.exists():
+        with readme.open("rb") as handle:
+            head = handle.read(64)
+        if not head.startswith(CARD_HEAD):
+            raise BankError(f"{readme} exists and is not a model card written by hsteer; move it away, or choose "
+                            "another --save-dir (nothing was written)")
+    card = model_card(bank, repo_id, eval_summary, license=license, weight_name=weight_name)
     directory.mkdir(parents=True, exist_ok=True)
     bank.save(directory / weight_name)
-    card = model_card(bank, repo_id, eval_summary, license=license, weight_name=weight_name)
-    (directory / "README.md").write_text(card, encoding="utf-8")
+    atomic_write_text(readme, card, elsewhere="another --save-dir")
     return directory
 
 

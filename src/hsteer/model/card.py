@@ -68,12 +68,11 @@ def max_sequence_length(pipe) -> dict[str, int]:
 def write_default_site(folder: str | Path, spec: str) -> Path:
     """Record `spec` as the model's default steering site in `folder/hsteer.json` (kept keys preserved),
     atomically: what `hsteer sites --set-default` does with the scan's pick."""
-    from hsteer.errors import HsteerError
     from hsteer.fileio import atomic_write_text
 
-    card = Path(folder) / "hsteer.json"
-    if not (Path(folder) / "model_index.json").is_file():
-        raise HsteerError(f"{folder} is not a local model folder; --set-default writes the folder's hsteer.json")
+    from hsteer.model.loading import check_card_folder
+
+    card = check_card_folder(folder) / "hsteer.json"  # a local transformer folder, never the installed package
     data = read_json_object(card, "model card") if card.is_file() else {}
     atomic_write_text(card, json.dumps({**data, "site": spec}) + "\n")
     return card

@@ -64,6 +64,36 @@ def local_class_name(model: str | Path | None) -> str:
     return str(read_json_object(index, "model index").get("_class_name", ""))
 
 
+#: The installed package: nothing under it is ever written (its model cards are every user's defaults).
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def check_card_folder(model: str | Path | None) -> Path:
+    """The folder whose `hsteer.json` `hsteer sites --set-default` may rewrite: a local transformer model
+    folder (a U-Net is always steered at its mid-block) outside the installed package, writable; checked
+    before anything loads."""
+    from hsteer.errors import HsteerError
+
+    where = model_location(model)
+    folder = Path(where)
+    if not (folder / "model_index.json").is_file():
+        raise HsteerError(f"--set-default writes the model folder's hsteer.json, and {where} is not a local model "
+                          "folder; save the pipeline (pipe.save_pretrained(DIR)) and pass --model DIR")
+    name = local_class_name(folder)
+    if not name.startswith(("StableDiffusion3", "Flux", "Sana")):
+        raise HsteerError(f"--set-default: {where} is a U-Net model ({name or 'unknown pipeline'}), which is always "
+                          "steered at its mid-block unless --site is given; there is no default site to write")
+    resolved = folder.resolve()
+    if resolved == PACKAGE_ROOT or PACKAGE_ROOT in resolved.parents:
+        raise HsteerError(f"--set-default would rewrite the model card of the model installed with hsteer "
+                          f"({resolved}), changing every later run's default; copy the folder first (cp -r "
+                          f"{resolved} my-model) and pass --model my-model")
+    card = folder / "hsteer.json"
+    if not os.access(folder, os.W_OK) or (card.exists() and not os.access(card, os.W_OK)):
+        raise HsteerError(f"--set-default: {folder} is not writable; copy the model folder somewhere writable")
+    return folder
+
+
 SD_SAMPLING = {"steps": 50, "guidance": 7.5}
 
 
