@@ -225,3 +225,46 @@ class FolderLock:
     def release(self) -> None:
         """Drop the lock (closing the descriptor); calling it again does nothing."""
         self._release()
+
+
+#: The most pixels an image read from a file may have (8192 x 8192, the largest side hsteer makes): a
+#: PNG that claims more is a decompression bomb, refused before its pixels are decoded.
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+def read_image(path: str | Path, what: str = "image", *, no_links: bool = False):
+    """An RGB PIL image from `path`, or one HsteerError line naming the file: not a regular file (a FIFO
+    would block, a folder fails), a symbolic link where `no_links` (a run folder's images are hsteer's own,
+    never links out of it), more than MAX_IMAGE_PIXELS pixels, truncated or not an image."""
+    import warnings
+
+    from PIL import Image
+
+    path = Path(path)
+    try:
+        info = path.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            if no_links:
+                raise HsteerError(f"{what} {path} is a symbolic link, not an image hsteer wrote; replace it by "
+                                  "the image (or regenerate it); nothing was read through it")
+            info = path.stat()
+    except OSError as exc:
+        raise HsteerError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise HsteerError(f"{what} {path} is {file_kind(info.st_mode)}, not an image file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise HsteerError(f"{what} {path} is {width} x {height} pixels, more than {MAX_IMAGE_PIXELS} "
+                                      "(a decompression bomb?); give a smaller image")
+                return img.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise HsteerError(f"{what} {path} claims too many pixels (a decompression bomb?); refused") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        raise HsteerError(f"{what} {path} cannot be read as an image ({reason}); it is damaged: regenerate or "
+                          "replace it") from None
+

@@ -63,15 +63,15 @@ def generate(model, device, dtype, prompts, num_images, seed, out_dir, bank_path
                            (0.8 if strength is None else strength) if init_image is not None else None)
     if not (overwrite or resume):
         OutputFolder(out_dir)  # refuse a folder in use before loading the model
+    from hsteer.fileio import read_image
+
+    image = read_image(init_image, "--init-image") if init_image is not None else None  # a FIFO, a bomb: refused
     pipe = load_quietly(model, check_device(device, "--device"), dtype)
-    image = None
     if init_image is not None:
         from diffusers import AutoPipelineForImage2Image
-        from PIL import Image
 
         pipe = AutoPipelineForImage2Image.from_pipe(pipe)
         pipe.set_progress_bar_config(disable=True)
-        image = Image.open(init_image).convert("RGB")
         strength = 0.8 if strength is None else strength
     out = run(pipe, list(prompts), num_images_per_prompt=num_images, seed=seed, bank=bank, policy=policy,
               steps=steps, guidance=guidance, height=height, width=width, batch_size=batch_size,

@@ -97,14 +97,12 @@ def save_run_grid(run_dir: Path, files: Sequence[str], out: Path, columns: int =
     """A labelled grid of a run folder's images `files` (resized to `tile` px) saved to `out`; nothing for
     no files. Each row is named by its images' policy and each image carries its seed, read from the run's
     manifest, so the grid says which policy and seeds made it."""
-    from PIL import Image
 
     from hsteer.evaluation.runs import IMAGES, load_records
 
-    images = []
-    for f in files:
-        with Image.open(run_dir / IMAGES / f) as img:
-            images.append(img.convert("RGB"))
+    from hsteer.fileio import read_image
+
+    images = [read_image(run_dir / IMAGES / f, "run image", no_links=True) for f in files]
     if not images:
         return
     records = load_records(run_dir)

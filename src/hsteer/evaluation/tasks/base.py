@@ -37,13 +37,11 @@ class ScoringRun:
             self.advance(len(chunk))
 
     def open(self, rows: Sequence[dict]) -> list:
-        from PIL import Image
+        """The rows' images; a link (out of the run folder or not), a special file, a bomb or a damaged image
+        is one error naming the file (`fileio.read_image`)."""
+        from hsteer.fileio import read_image
 
-        out = []
-        for row in rows:
-            with Image.open(self.image_path(row)) as img:
-                out.append(img.convert("RGB"))
-        return out
+        return [read_image(self.image_path(row), "run image", no_links=True) for row in rows]
 
 
 class EvalTask(Protocol):
