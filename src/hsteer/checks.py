@@ -244,6 +244,19 @@ def check_text(label: str, value: object) -> str:
     return value
 
 
+def prompt_list(label: str, prompts: object) -> list[str]:
+    """One prompt (a str) or a list or tuple of them, as a list; anything else (None, a number, a dict, a
+    generator of non-texts) is one error rather than a TypeError inside."""
+    if isinstance(prompts, str):
+        return [prompts]
+    if not isinstance(prompts, (list, tuple)):
+        raise HsteerError(f"{label} must be a text or a list of texts, got {type(prompts).__name__} {_shown(prompts)}")
+    for prompt in prompts:
+        if not isinstance(prompt, str):
+            raise HsteerError(f"{label} must hold texts, got {type(prompt).__name__} {_shown(prompt)}")
+    return list(prompts)
+
+
 def check_texts(label: str, values: object) -> None:
     """Every str in `values` (nested lists, tuples and mappings, keys too) passes `check_text`."""
     if isinstance(values, str):

@@ -168,6 +168,8 @@ class FairPolicy:
     ratios: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if isinstance(self.groups, str):  # FairPolicy("shape"): one group, not the letters of its name
+            object.__setattr__(self, "groups", (self.groups,))
         if not self.groups:
             raise HsteerError("fair generation needs at least one group, e.g. --fair gender")
         check_policy(self.groups, self.scales, ratios=self.ratios)

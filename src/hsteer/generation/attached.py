@@ -7,7 +7,7 @@ its own learned step window (or all in the explicit `window`).
 
 from __future__ import annotations
 
-from hsteer.checks import check_flags, check_steering_args
+from hsteer.checks import check_flags, check_pipeline, check_steering_args
 from hsteer.gate import GateConfig
 from hsteer.generation.deltas import window_deltas
 from hsteer.generation.draws import draw_for, prompt_gate
@@ -86,6 +86,7 @@ def _attach_shape(pipe, bank: ConceptBank, site) -> tuple[int, ...]:
 
 def detach(pipe) -> None:
     """Stop steering `pipe`'s calls; its images are bit-identical to the unattached pipeline's again."""
+    check_pipeline(pipe, "detach: pipe")
     remove_layer(pipe, ATTACHED)
 
 

@@ -31,7 +31,7 @@ from hsteer.model.sites import MID_BLOCK, SteeringSite
 from hsteer.model.denoisers import call_defaults, site_shape
 from hsteer.model.geometry import resolve_resolution
 from hsteer.model.sites import denoiser_of
-from hsteer.checks import check_flags, check_pipeline, check_steering_args, check_strength
+from hsteer.checks import check_flags, check_pipeline, check_steering_args, check_strength, prompt_list
 from hsteer.hspace.bankcheck import check_bank_windows
 from hsteer.outputs import OutputFolder, check_generate_settings, check_images_finite
 from hsteer.policies import Policy, PlainPolicy, check_policy_object, require_bank
@@ -104,7 +104,7 @@ def generate(pipe, prompts: str | Sequence[str], *, num_images_per_prompt: int =
     by `gate`): a fair group the prompt names is not redrawn, the safety concept acts as far as the prompt
     carries harm; the manifest says why (`gate`). `respect_prompt=False`: the papers' blind steering.
     """
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    prompts = prompt_list("prompts", prompts)
     steps, guidance, sampled_from = sampling_for(pipe, steps, guidance)
     policy = check_policy_object(policy or PlainPolicy())
     window = check_steering_args(pipe, bank, window=window, steer_unconditional=steer_unconditional,

@@ -135,7 +135,7 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
         return dtype
     try:
         return DTYPES[dtype]
-    except KeyError:
+    except (KeyError, TypeError):
         raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {sorted(set(DTYPES))}") from None
 
 
@@ -148,8 +148,12 @@ def load_pipeline(model: str | Path | None = None, *, device: str | torch.device
     """
     from diffusers import DiffusionPipeline
 
+    from hsteer.checks import check_device
     from hsteer.model.sites import FAMILIES
 
+    if model is not None and not isinstance(model, (str, Path)):
+        raise ModelLoadError(f"model must be a Hub id or a folder (str or Path), got {type(model).__name__}")
+    device = check_device(str(device) if isinstance(device, torch.device) else device, "device")
     model = model_location(model)
     torch_dtype = resolve_dtype(dtype)
     local = Path(model)
