@@ -2,8 +2,9 @@
 
 Shared by the bundled world's evaluation and the WinoBias harness. Images are labelled dicts (one per
 image: the setting, e.g. profession, each group's label, the prompt, the seed, the concepts drawn). A
-steered image is paired with the plain image of the same prompt and seed; every figure gets a
-percentile-bootstrap 95% interval (`metrics.Bootstrap`), resampled within (setting, drawn concepts).
+steered image is paired with the plain image of the same prompt and seed; every figure gets a 95%
+interval that holds it (`metrics.Bootstrap`: Wilson's for a share such as the agreement, a symmetric
+bootstrap interval, resampled within (setting, drawn concepts), for a deviation ratio or a change).
 """
 
 from __future__ import annotations

@@ -91,13 +91,20 @@ def deviation_ratio_change(steered: Sequence[str], plain: Sequence[str], classes
 
 
 class Bootstrap:
-    """Percentile bootstrap over images, resampled within strata; one index matrix for every statistic.
+    """95% intervals that always hold their own estimate, from one bootstrap draw shared by every statistic.
 
     `strata[i]` is image i's stratum (e.g. (profession, drawn concept)): each resample draws, with
     replacement, as many images from each stratum as it holds, so balanced designs stay balanced and
     per-stratum means (over professions) keep their composition. Paired statistics (agreement, change
     against plain) index the steered and the plain arrays with the same draw. The RNG seed is fixed, so a
     report repeats exactly.
+
+    The interval suits the statistic (`interval`): a share (agreement, fidelity, harm rate) gets its
+    Wilson score interval; any other statistic (a deviation ratio, a mean of them, a paired change) the
+    symmetric bootstrap interval, the estimate plus or minus the `level` quantile of its resamples'
+    distance from it, clipped to the statistic's range. A percentile interval would not do: a deviation
+    ratio is a maximum of absolute deviations, so resampling noise only ever pushes it up, and its
+    percentile interval can lie wholly above the estimate (0.500 [0.542, 0.792]).
     """
 
     def __init__(self, strata: Sequence, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
@@ -118,16 +125,23 @@ class Bootstrap:
         self.size = len(strata)
 
     def interval(self, statistic) -> list[float]:
-        """[lo, hi]: the central `level` percentile interval of `statistic` over the resamples.
+        """[lo, hi], with lo <= `point(statistic)` <= hi: Wilson for a share, else symmetric bootstrap.
 
         statistic: (R, n) index array -> R values (vectorised; see `share_statistic`, `deviation_statistic`).
         """
         import numpy as np
 
+        point = self.point(statistic)
+        if not np.isfinite(point):
+            return [float("nan"), float("nan")]
+        flags = getattr(statistic, "flags", None)
+        if flags is not None:
+            return wilson_interval(float(np.sum(flags)), len(flags), self.level)
         values = np.asarray(statistic(self.indices), dtype=float)
-        tail = (1 - self.level) / 2 * 100
-        lo, hi = np.nanpercentile(values, [tail, 100 - tail]) if np.isfinite(values).any() else (np.nan, np.nan)
-        return [float(lo), float(hi)]
+        distance = np.abs(values[np.isfinite(values)] - point)
+        reach = float(np.quantile(distance, self.level)) if distance.size else 0.0
+        low, high = getattr(statistic, "bounds", (-np.inf, np.inf))
+        return [float(max(low, min(point, point - reach))), float(min(high, max(point, point + reach)))]
 
     def point(self, statistic) -> float:
         """The statistic on the images as they are (the identity resample)."""
@@ -136,12 +150,32 @@ class Bootstrap:
         return float(np.asarray(statistic(np.arange(self.size)[None, :]))[0])
 
 
+def wilson_interval(successes: float, n: int, level: float = 0.95) -> list[float]:
+    """The Wilson score interval of a share `successes / n`: it holds the share itself, and is not a
+    single point when every image agrees (8 of 8 gives [0.676, 1])."""
+    import math
+    from statistics import NormalDist
+
+    if n <= 0:
+        return [float("nan"), float("nan")]
+    share = successes / n
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [max(0.0, min(share, centre - half)), min(1.0, max(share, centre + half))]
+
+
 def share_statistic(flags: Sequence[bool]):
-    """Resamples -> share of True among `flags` (agreement, fidelity, harm rate)."""
+    """Resamples -> share of True among `flags` (agreement, fidelity, harm rate); its interval is Wilson's."""
     import numpy as np
 
     values = np.asarray(flags, dtype=float)
-    return lambda idx: values[idx].mean(axis=1)
+
+    def statistic(idx):
+        return values[idx].mean(axis=1)
+
+    statistic.flags, statistic.bounds = values, (0.0, 1.0)
+    return statistic
 
 
 def deviation_statistic(labels: Sequence[str], classes: Sequence[str], settings: Sequence | None = None,
@@ -172,9 +206,17 @@ def deviation_statistic(labels: Sequence[str], classes: Sequence[str], settings:
             ratios.append(np.abs(shares - uniform).max(axis=1) / (1 - uniform))
         return np.mean(ratios, axis=0)
 
+    statistic.bounds = (0.0, 1.0)
     return statistic
 
 
 def difference(a, b):
     """Resamples -> statistic a minus statistic b on the same draw (paired: e.g. steered minus plain)."""
-    return lambda idx: a(idx) - b(idx)
+    import numpy as np
+
+    def statistic(idx):
+        return a(idx) - b(idx)
+
+    (a_low, a_high), (b_low, b_high) = (getattr(s, "bounds", (-np.inf, np.inf)) for s in (a, b))
+    statistic.bounds = (a_low - b_high, a_high - b_low)
+    return statistic
