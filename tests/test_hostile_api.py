@@ -104,3 +104,19 @@ def test_commands_answer_a_bad_environment_in_one_line(tmp_path, monkeypatch, va
         if result.exit_code == 0:  # merge takes no lock: nothing waited; the variable is read by writers only
             return
     assert_handled(result, var)
+
+
+def test_a_model_whose_weights_are_pickles_is_refused_before_loading(sd_dir, tmp_path):
+    import shutil
+
+    from hsteer.errors import ModelLoadError
+    from hsteer.model import load_pipeline
+
+    folder = tmp_path / "model"
+    shutil.copytree(sd_dir, folder)
+    for weights in (folder / "text_encoder").glob("*.safetensors"):
+        weights.rename(weights.with_name("pytorch_model.bin"))  # what a pickled checkpoint is named
+    with pytest.raises(ModelLoadError, match="pickles.*pytorch_model.bin"):
+        load_pipeline(folder)
+    assert_handled(cli("generate", "--model", folder, "--device", "cpu", "--prompt", "a", "--out", tmp_path / "o"),
+                   "safetensors only")

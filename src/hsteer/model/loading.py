@@ -130,6 +130,18 @@ def transformer_sampling(class_name: str) -> dict[str, float]:
     return {"steps": int(params["num_inference_steps"].default), "guidance": float(params["guidance_scale"].default)}
 
 
+def check_no_pickles(folder: Path) -> None:
+    """Refuse a model folder whose component holds its weights only as pickles (`*.bin`, `*.pt`, `*.ckpt`):
+    loading them would unpickle, and hsteer loads safetensors only."""
+    for component in sorted(p for p in folder.iterdir() if p.is_dir()):
+        names = [p.name for p in component.iterdir() if p.is_file()]
+        pickled = [n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+        if pickled and not any(n.endswith(".safetensors") for n in names):
+            raise ModelLoadError(f"{component} holds its weights only as pickles ({', '.join(sorted(pickled)[:3])}); "
+                                 "hsteer loads safetensors only, never a pickle: convert them (e.g. load once with "
+                                 "diffusers/transformers and save_pretrained(..., safe_serialization=True))")
+
+
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -166,6 +178,8 @@ def load_pipeline(model: str | Path | None = None, *, device: str | torch.device
     if local.exists():
         index = read_json_object(local / "model_index.json", "model index")
         class_name = str(index.get("_class_name", ""))
+        check_no_pickles(local)
+    kwargs.setdefault("use_safetensors", True)  # diffusers and transformers then never unpickle a .bin
     extra: dict[str, Any] = {}
     if "XL" not in class_name and not class_name.startswith(("StableDiffusion3", "Flux", "Sana")):
         extra = {"safety_checker": None, "requires_safety_checker": False}
