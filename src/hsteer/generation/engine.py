@@ -9,6 +9,7 @@ manifest records for each image exactly what is needed to regenerate it alone.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -22,6 +23,8 @@ from hsteer.fileio import atomic_png
 from hsteer.gate import GateConfig
 from hsteer.generation.deltas import window_deltas
 from hsteer.generation.draws import draw_for, prompt_gate
+from hsteer.generation.guard import Guard, GuardConfig, build_guard, without_group
+from hsteer.generation.x0 import X0Capture
 from hsteer.generation.records import GenerationOutput, ImageJob, ImageRecord
 from hsteer.hspace.attach import Layer, only_layer, steering_of
 from hsteer.hspace.bank import ConceptBank
@@ -87,7 +90,7 @@ def generate(pipe, prompts: str | Sequence[str], *, num_images_per_prompt: int =
              resume: bool = False, keep_images: bool = True, window: tuple[float, float] | None = None,
              image: Any = None, strength: float | None = None, mask_image: Any = None,
              pipe_kwargs: dict[str, Any] | None = None, respect_prompt: bool = True,
-             gate: str | GateConfig | None = None) -> GenerationOutput:
+             gate: str | GateConfig | None = None, guard: GuardConfig | None = None) -> GenerationOutput:
     """Generate `num_images_per_prompt` images per prompt under `policy`, `batch_size` images per U-Net batch.
 
     With `out_dir`, images are written as PNGs with `manifest.jsonl` (one JSON object per image), each
@@ -103,6 +106,10 @@ def generate(pipe, prompts: str | Sequence[str], *, num_images_per_prompt: int =
     `respect_prompt` (the default) gates each image's concepts by its prompt (`hsteer.gate`, the gate named
     by `gate`): a fair group the prompt names is not redrawn, the safety concept acts as far as the prompt
     carries harm; the manifest says why (`gate`). `respect_prompt=False`: the papers' blind steering.
+    `guard` (`hsteer.generation.guard.GuardConfig`): the safety concepts act only on images whose predicted
+    clean image the guard's detector flags at its decision step; with a fair policy, the fair concepts are
+    drawn as always and safety is added to flagged images. Each manifest row's `guard` says the detector,
+    its score, the decision and whether the image was redrawn.
     """
     prompts = prompt_list("prompts", prompts)
     steps, guidance, sampled_from = sampling_for(pipe, steps, guidance)
@@ -118,6 +125,7 @@ def generate(pipe, prompts: str | Sequence[str], *, num_images_per_prompt: int =
                                         allow_other_model)
     images, masks = _per_prompt(image, prompts, "image"), _per_prompt(mask_image, prompts, "mask_image")
     prompt_reader = prompt_gate(pipe, bank, policy, respect_prompt, gate)
+    guarded = _guard_of(guard, bank, policy, steps)
     folder = OutputFolder(out_dir, overwrite=overwrite, resume=resume) if out_dir is not None else None
 
     def job(n: int, prompt: str, index: int, image_seed: int) -> ImageJob:
@@ -125,6 +133,9 @@ def generate(pipe, prompts: str | Sequence[str], *, num_images_per_prompt: int =
         if mask_image is not None:
             inputs["mask_image"] = masks[prompt]
         concepts, notes = draw_for(policy, bank, prompt_reader, prompt, image_seed)
+        if guarded is not None:
+            concepts = without_group(concepts, bank, guard.group)
+            notes = [n for n in notes if not n.startswith(guard.group)]
         return ImageJob(prompt, index, image_seed, concepts, f"{n:05d}.png" if folder else None,
                         extra={**({"gate": notes} if notes else {}), "defaults": sampled_from}, inputs=inputs)
 
@@ -138,10 +149,27 @@ def generate(pipe, prompts: str | Sequence[str], *, num_images_per_prompt: int =
         return generate_jobs(pipe, work, bank, policy.name, batch_size=batch_size,
                              steer_unconditional=steer_unconditional, progress=progress,
                              negative_prompt=negative_prompt, total=total, keep_images=keep_images,
-                             sink=folder.add if folder else None, pipe_kwargs=pipe_kwargs, **settings)
+                             sink=folder.add if folder else None, pipe_kwargs=pipe_kwargs, guard=guarded,
+                             **settings)
     finally:
         if folder is not None:
             folder.close()  # the folder's lock goes at once, on an error too
+
+
+def _guard_of(config: GuardConfig | None, bank: ConceptBank | None, policy: Policy, steps: int) -> Guard | None:
+    """The run's guard: flagged images get the guarded group at the policy's scale for it (1 if the policy
+    does not draw the group, e.g. fair generation with a guard)."""
+    if config is None:
+        return None
+    if not isinstance(config, GuardConfig):
+        raise HsteerError(f"guard must be a GuardConfig (e.g. GuardConfig() for the bank's learned detector), "
+                          f"got {type(config).__name__}")
+    if bank is None:
+        raise HsteerError("the guard adds the bank's safety concepts to flagged images: pass a bank (CLI: --bank)")
+    members = {c.name for c in bank.group(config.group)}
+    drawn = policy.assign(bank, 0) if policy.needs_bank else []
+    scales = [s for n, s in drawn if n in members]
+    return build_guard(config, bank, steps, scales[0] if scales else 1.0)
 
 
 def _check_against_bank(pipe, bank: ConceptBank | None, policy: Policy, steps: int,
@@ -186,14 +214,16 @@ def generate_jobs(pipe, jobs: Iterable[ImageJob], bank: ConceptBank | None, poli
                   steer_unconditional: bool = False, out_dir: str | Path | None = None, progress: bool = True,
                   negative_prompt: str | None = None, sink: Callable[[dict[str, Any], Any], None] | None = None,
                   total: int | None = None, keep_images: bool = True, window: tuple[float, float] | None = None,
-                  strength: float | None = None, pipe_kwargs: dict[str, Any] | None = None) -> GenerationOutput:
+                  strength: float | None = None, pipe_kwargs: dict[str, Any] | None = None,
+                  guard: Guard | None = None) -> GenerationOutput:
     """Generate explicit jobs in batches (each with its own seed and concepts); PNGs go to `out_dir/job.file`.
 
     The lower-level entry point of `generate`, for harnesses that shard, skip finished images or choose
     file names themselves. Writes no manifest; `sink(row, image)` is called for each finished image.
     `jobs` may be a stream. An image with NaN or infinite values stops the run before it is written.
     Generators and steering live on the pipeline's execution device (the GPU under
-    `enable_model_cpu_offload()`).
+    `enable_model_cpu_offload()`). With `guard` (`build_guard`), each batch is decided image by image
+    (`hsteer.generation.guard`) and each row records the decision.
     """
     from tqdm.auto import tqdm
 
@@ -216,16 +246,25 @@ def generate_jobs(pipe, jobs: Iterable[ImageJob], bank: ConceptBank | None, poli
         call["strength"] = strength
     total = len(jobs) if total is None and isinstance(jobs, Sequence) else total
     bar = tqdm(total=total, disable=not progress, desc=f"generate ({policy_name})", unit="img")
-    while batch:
-        layer = Layer(_batch_provider(bank, batch, shape, window), steer_unconditional=steer_unconditional,
-                      label=policy_name)
+
+    def run(jobs: list[ImageJob], capture: X0Capture | None = None, bank_view: ConceptBank | None = None):
+        layer = Layer(_batch_provider(bank_view or bank, jobs, shape, window),
+                      steer_unconditional=steer_unconditional, label=policy_name)
         # a plain batch on an unsteered pipeline is called as it is (it may be a wrapper, e.g. the SLD baseline)
-        steered = any(job.concepts for job in batch) or steering_of(pipe) is not None
-        with only_layer(pipe, layer, site or MID_BLOCK) if steered else contextlib.nullcontext():
-            result = pipe([job.prompt for job in batch], output_type="np",
-                          **_batch_kwargs(call, batch, gen_device, negative_prompt))
-        check_images_finite(result.images, batch, guidance)
-        for job, image in zip(batch, pipe.numpy_to_pil(result.images)):
+        steered = any(job.concepts for job in jobs) or steering_of(pipe) is not None
+        with only_layer(pipe, layer, site or MID_BLOCK) if steered else contextlib.nullcontext(), \
+                capture if capture is not None else contextlib.nullcontext():
+            return pipe([job.prompt for job in jobs], output_type="np",
+                        **_batch_kwargs(call, jobs, gen_device, negative_prompt)).images
+
+    while batch:
+        if guard is None:
+            pixels = run(batch)
+        else:
+            pixels, batch = _guarded(guard, batch, run, lambda step, decide: X0Capture(pipe, step, decide, height,
+                                                                                       width))
+        check_images_finite(pixels, batch, guidance)
+        for job, image in zip(batch, pipe.numpy_to_pil(pixels)):
             record = _record(job, policy_name, steps=steps, guidance=guidance, height=height, width=width,
                              window=window, strength=strength)
             if sink is not None:
@@ -240,6 +279,15 @@ def generate_jobs(pipe, jobs: Iterable[ImageJob], bank: ConceptBank | None, poli
         batch = list(itertools.islice(stream, batch_size))
     bar.close()
     return GenerationOutput(images, records, count)
+
+
+def _guarded(guard: Guard, batch: list[ImageJob], run, capture_factory) -> tuple[Any, list[ImageJob]]:
+    """One guarded batch: its images, and its jobs with the concepts each image got and its decision."""
+    pixels, concepts, decisions = guard.run(batch, lambda jobs, capture=None, bank=None: run(jobs, capture, bank),
+                                            capture_factory)
+    jobs = [dataclasses.replace(job, concepts=drawn, extra={**job.extra, "guard": decision.to_dict()})
+            for job, drawn, decision in zip(batch, concepts, decisions)]
+    return pixels, jobs
 
 
 def _batch_kwargs(call: dict[str, Any], batch: Sequence[ImageJob], gen_device, negative_prompt: str | None) -> dict:

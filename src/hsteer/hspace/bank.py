@@ -33,6 +33,7 @@ from hsteer.checks import JSON_MAX_DEPTH, check_input_file, check_name, check_ou
 from hsteer.errors import BankError, HsteerError, ModelMismatchError, ShapeMismatchError, UnknownConceptError
 from hsteer.fileio import atomic_save
 import hsteer.hspace.hub as hub
+from hsteer.hspace.detectors import LinearDetector, check_detector, detector_from_entry
 from hsteer.hspace.bankcheck import (check_concept_meta, check_finite_concepts, check_header, check_shape,
                                      parse_header)
 from hsteer.hspace.hub import DEFAULT_WEIGHT_NAME
@@ -116,6 +117,8 @@ class ConceptBank:
         self.unet_fingerprint = unet_fingerprint
         self.site, self.family = site, family
         self._concepts: dict[str, Concept] = {}
+        #: group -> the harm detector that decides per image whether that group acts (`hsteer.guard`)
+        self.detectors: dict[str, LinearDetector] = {}
         for concept in concepts:
             self.add(concept)
 
@@ -206,6 +209,8 @@ class ConceptBank:
                                      f"{other.unet_fingerprint})")
         for concept in other:
             merged.add(concept, replace=replace)
+        merged.detectors = {**self.detectors, **(other.detectors if replace else {}),
+                            **{g: d for g, d in other.detectors.items() if g not in self.detectors}}
         return merged
 
     # --- validation -----------------------------------------------------------------------------
@@ -262,11 +267,16 @@ class ConceptBank:
             check_concept_meta(concept.meta, f"concept {concept.name!r}")  # meta is mutable after construction
         tensors = {f"{c.name}/{k}": v.detach().to("cpu", torch.float32).contiguous()
                    for c in self for k, v in c.tensors.items()}
+        for group, detector in self.detectors.items():
+            check_detector(detector, f"the harm detector of group {group!r}")
+            tensors.update(detector.tensors(group))
         header = {"format": FORMAT_VERSION, "hsteer_version": __version__,
                   "hspace_shape": list(self.hspace_shape or []), "unet_fingerprint": self.unet_fingerprint,
                   "site": self.site_spec, "family": self.family_name,
                   "concepts": {c.name: {"group": c.group, "objective": c.objective, "tensors": list(c.tensors),
                                         "meta": c.meta} for c in self}}
+        if self.detectors:
+            header["detectors"] = {group: d.entry() for group, d in self.detectors.items()}
         try:
             text = json.dumps(header)
         except (TypeError, ValueError, RecursionError) as exc:
@@ -338,6 +348,11 @@ class ConceptBank:
             for name, entry in header["concepts"].items():
                 parts = {k: tensors[f"{name}/{k}"] for k in entry["tensors"]}
                 bank.add(Concept(name, entry["group"], entry["objective"], parts, entry.get("meta", {})))
+            stored = header.get("detectors") or {}
+            if not isinstance(stored, dict):
+                raise BankError("its 'detectors' entry is not an object of group -> detector")
+            for group, entry in stored.items():
+                bank.detectors[str(group)] = detector_from_entry(str(group), entry, tensors, "")
         except HsteerError as exc:
             raise type(exc)(f"bank file {path}: {exc}") from None
         except (KeyError, TypeError, ValueError) as exc:
