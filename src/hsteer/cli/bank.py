@@ -29,7 +29,8 @@ def bank_show(bank_path, as_json) -> None:
     from hsteer.hspace.bank import ConceptBank
     from hsteer.hspace.bankcheck import flag_nonfinite
 
-    info = flag_nonfinite(ConceptBank.load(bank_path))
+    loaded = ConceptBank.load(bank_path)
+    info = flag_nonfinite(loaded)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -38,11 +39,31 @@ def bank_show(bank_path, as_json) -> None:
     else:
         click.echo(f"{bank_path}: site {info['site']} {tuple(info['hspace_shape'])} of a {info['family']} model "
                    f"{info['unet_fingerprint']}")
-    for c in info["concepts"]:
+    for concept, c in zip(loaded, info["concepts"]):
         tensors = ", ".join(f"{k}{tuple(v)}" for k, v in c["tensors"].items())
         prompts = " ".join(f"{k}={c[k]!r}" for k in ("neutral", "target", "negative") if c.get(k))
         flag = f" NON-FINITE VALUES in {', '.join(c['nonfinite'])}" if c.get("nonfinite") else ""
         click.echo(f"  {c['group']}/{c['name']}: {c['objective']} [{tensors}] {prompts}{flag}")
+        for line in concept_details(concept.window, c):
+            click.echo(f"    {line}")
+
+
+#: The training settings `bank show` lists, in this order, where a concept has them.
+SHOWN_SETTINGS = ("iterations", "lr", "batch_size", "steps", "target_guidance", "seed", "mode", "stored_scale",
+                  "lr_sam", "lam", "sdisc_images", "sdisc_epochs")
+
+
+def concept_details(window, c: dict) -> list[str]:
+    """A concept's prompt pairs, step window, site and training settings, one line each."""
+    pairs = c.get("pairs") or []
+    lines = [f"pairs: {'; '.join(f'{n} => {t}' for n, t in pairs)}"] if pairs else []
+    span = f"steps {window[0]:.0%}-{window[1]:.0%}" if window and tuple(window) != (0.0, 1.0) else "every step"
+    lines.append(f"window: {span}; site: {c.get('site') or 'mid_block'}")
+    settings = [f"{k}={c[k]:g}" if isinstance(c[k], float) else f"{k}={c[k]}" for k in SHOWN_SETTINGS
+                if c.get(k) is not None]
+    if settings:
+        lines.append(f"settings: {' '.join(settings)}")
+    return lines
 
 
 @bank.command("merge")

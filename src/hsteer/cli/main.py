@@ -15,6 +15,7 @@ from hsteer.cli.bank import bank
 from hsteer.cli.common import EXIT_ERROR
 from hsteer.cli.eval import eval_group, q16_group, score
 from hsteer.cli.generate import generate
+from hsteer.cli.guard import guard
 from hsteer.cli.sites import sites
 from hsteer.cli.train import train
 from hsteer.cli.ui import ui
@@ -88,8 +89,26 @@ def main() -> None:
     """
 
 
-for command in (train, generate, bank, demo, compare, world, eval_group, score, q16_group, ui, attack, sites):
+def summary(help_text: str | None) -> str:
+    """A command's one-line summary for its group's list: the first sentence of its help, whole (click
+    would cut it at about 45 characters with '...')."""
+    paragraph = " ".join((help_text or "").strip().split("\n\n")[0].replace("\b", " ").split())
+    end = paragraph.find(". ")
+    return paragraph if end < 0 else paragraph[:end + 1]
+
+
+def full_summaries(group: click.Group) -> None:
+    """Give every command under `group` (sub-groups too) its whole first sentence as its short help."""
+    for command in group.commands.values():
+        if not command.short_help:
+            command.short_help = summary(command.help)
+        if isinstance(command, click.Group):
+            full_summaries(command)
+
+
+for command in (train, generate, guard, bank, demo, compare, world, eval_group, score, q16_group, ui, attack, sites):
     main.add_command(command)
+full_summaries(main)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from hsteer.cli.common import model_options, one_line_errors
 @click.option("--site", "sites", multiple=True, help="A site to scan (repeatable; default: every site).")
 @click.option("--window", "windows", multiple=True, metavar="START,END",
               help="A step window to scan (repeatable; default 0,1).")
-@click.option("--list", "list_only", is_flag=True, help="Only list the model's sites and their shapes.")
+@click.option("--list", "list_only", is_flag=True,
+              help="Only list the model's sites and their shapes; the default site is marked.")
 @click.option("--iterations", default=20, show_default=True, type=int, help="Training iterations per site.")
 @click.option("--batch-size", default=4, show_default=True, type=int)
 @click.option("--steps", default=10, show_default=True, type=int, help="Denoising steps of the schedule.")
@@ -43,7 +44,7 @@ def sites(model, device, dtype, neutral, target, keep, sites, windows, list_only
     from hsteer.model import load_quietly
     from hsteer.model.loading import check_card_folder
     from hsteer.model.denoisers import site_shape
-    from hsteer.model.sites import site_for, site_specs
+    from hsteer.model.sites import default_site_spec, site_for, site_specs
     from hsteer.policies import parse_window
 
     settings = ScanSettings(neutral, target, tuple(keep), iterations, batch_size, steps, lr, height=height,
@@ -58,8 +59,10 @@ def sites(model, device, dtype, neutral, target, keep, sites, windows, list_only
         raise HsteerError("--set-default writes the pick of a scan; --list runs none")
     pipe = load_quietly(model, device, dtype)
     if list_only:
+        default = default_site_spec(pipe)
         for spec in sites or site_specs(pipe):
-            click.echo(f"{spec}: {site_shape(pipe, site_for(pipe, spec), height, width)}")
+            mark = "  (default)" if spec == default else ""
+            click.echo(f"{spec}: {site_shape(pipe, site_for(pipe, spec), height, width)}{mark}")
         return
     results = scan_sites(pipe, settings, list(sites) or None, scan_windows)
     click.echo(format_table(results))
