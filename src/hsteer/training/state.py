@@ -111,19 +111,12 @@ class Checkpoint:
         """Restore into `params` and `optimizers`; returns the iteration to continue from."""
         try:
             with safe_open(str(self.path), framework="pt") as handle:
-                meta = json.loads(handle.metadata()["hsteer_checkpoint"])
+                text = (handle.metadata() or {})["hsteer_checkpoint"]
                 tensors = {k: handle.get_tensor(k) for k in handle.keys()}
         except Exception as exc:  # noqa: BLE001 - any failure here means an unusable file
-            raise BankError(f"checkpoint {self.path} is corrupt ({exc}); delete it to start over") from None
-        broken = sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
-        if broken:
-            raise BankError(f"checkpoint {self.path} holds NaN or infinite values ({', '.join(broken)}); it is "
-                            "damaged: delete it and drop --resume to start over")
-        wanted = json.loads(json.dumps(config.resume_key()))
-        changed = sorted(k for k, v in wanted.items() if meta["config"].get(k) != v)
-        if changed:
-            raise HsteerError(f"checkpoint {self.path} was made with other settings ({', '.join(changed)}); "
-                              "use the same settings to resume, or drop --resume to start over")
+            raise BankError(f"checkpoint {self.path} is corrupt ({type(exc).__name__}); delete it to start "
+                            "over") from None
+        meta = _checked_meta(self.path, text, config, params, optimizers, tensors)
         with torch.no_grad():
             for k, p in params.items():
                 p.copy_(tensors[f"param/{k}"].to(p.device, p.dtype))
@@ -134,6 +127,48 @@ class Checkpoint:
         return int(meta["iteration"])
 
 
+def _checked_meta(path: Path, text: Any, config: TrainConfig, params: dict[str, torch.Tensor],
+                  optimizers: dict[str, torch.optim.Optimizer], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """A checkpoint's progress, checked before anything is restored: an iteration in [0, iterations], the
+    settings of this run, a finite Adam step per optimiser whose moments it holds, tensors of the right
+    shapes; any damage is one line naming the file."""
+    from hsteer.checks import load_json
+
+    def damaged(why: str) -> BankError:
+        return BankError(f"checkpoint {path} is damaged ({why}); delete it and drop --resume to start over")
+
+    meta = load_json(text if isinstance(text, str) else "", f"checkpoint {path}", error=BankError)
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict) \
+            or not isinstance(meta.get("adam_steps"), dict):
+        raise damaged("its metadata is not an object with config and adam_steps")
+    iteration = meta.get("iteration")
+    if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
+        raise damaged(f"iteration {str(iteration)[:30]} is not a whole number >= 0")
+    if iteration > config.iterations:
+        raise HsteerError(f"checkpoint {path} is at iteration {iteration}, beyond --iterations {config.iterations}; "
+                          f"resume with --iterations {iteration} or more, or drop --resume to start over")
+    wanted = json.loads(json.dumps(config.resume_key()))
+    changed = sorted(k for k, v in wanted.items() if meta["config"].get(k) != v)
+    if changed:
+        raise HsteerError(f"checkpoint {path} was made with other settings ({', '.join(changed)}); "
+                          "use the same settings to resume, or drop --resume to start over")
+    for k, p in params.items():
+        if tuple(getattr(tensors.get(f"param/{k}"), "shape", ())) != tuple(p.shape):
+            raise damaged(f"its tensor param/{k} is missing or of another shape")
+    for name, step in meta["adam_steps"].items():
+        moments = [tensors.get(f"adam/{name}/{key}") for key in ("exp_avg", "exp_avg_sq")]
+        if name not in optimizers or isinstance(step, bool) or not isinstance(step, (int, float)) \
+                or not 0 <= step < 2**53 or any(m is None or tuple(m.shape) != tuple(params[name].shape)
+                                                for m in moments):
+            raise damaged(f"its Adam state {name!r} is incomplete or does not match")
+    broken = sorted(k for k, v in tensors.items() if (v.is_floating_point() and not bool(torch.isfinite(v).all()))
+                    or (k.startswith(("param/", "adam/")) and not v.is_floating_point()))
+    if broken:
+        raise BankError(f"checkpoint {path} holds NaN or infinite values, or tensors that are not floats "
+                        f"({', '.join(broken[:5])}); it is damaged: delete it and drop --resume to start over")
+    return meta
+
+
 class LossLog:
     """losses.jsonl (and losses.png), rewritten atomically at each checkpoint and at the end."""
 
@@ -142,9 +177,31 @@ class LossLog:
         self.rows: list[dict[str, float]] = list(rows or [])
 
     def restore(self, up_to: int) -> None:
-        if self.path.is_file():
-            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-            self.rows = [r for r in rows if r["iteration"] < up_to]
+        """The rows before iteration `up_to`; a log that is not strict JSON lines of objects with a whole
+        `iteration` is one line (a torn last line, a kill's mark, is dropped)."""
+        from hsteer.checks import check_input_file, load_json
+
+        if not self.path.exists():
+            return
+        check_input_file(self.path, "loss log")
+        try:
+            lines = [line for line in self.path.read_text(encoding="utf-8").split("\n") if line.strip()]
+        except UnicodeDecodeError:
+            raise HsteerError(f"loss log {self.path} is not UTF-8 text; it is damaged: delete it") from None
+        rows = []
+        for n, line in enumerate(lines):
+            try:
+                row = load_json(line, f"loss log {self.path} line {n + 1}")
+            except HsteerError:
+                if n == len(lines) - 1:
+                    break  # torn by a kill while written
+                raise
+            if not isinstance(row, dict) or isinstance(row.get("iteration"), bool) \
+                    or not isinstance(row.get("iteration"), int):
+                raise HsteerError(f"loss log {self.path} line {n + 1} is not a row with a whole iteration; it is "
+                                  "damaged: delete it")
+            rows.append(row)
+        self.rows = [r for r in rows if r["iteration"] < up_to]
 
     def flush(self) -> None:
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
