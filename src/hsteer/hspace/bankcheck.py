@@ -58,8 +58,8 @@ def check_concept_meta(meta: Any, where: str) -> None:
         if meta.get(key) is not None and not isinstance(meta[key], str):
             raise BankError(f"{where}: its stored {key} is a {type(meta[key]).__name__}, not text")
     pairs = meta.get("pairs")
-    if pairs is not None and (not isinstance(pairs, list) or not all(
-            isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in pairs)):
+    if pairs is not None and (not isinstance(pairs, (list, tuple)) or not all(  # tuples: a config's, in memory
+            isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in pairs)):
         raise BankError(f"{where}: its stored pairs are not a list of [text, text] prompt pairs; the concept is "
                         "damaged: retrain it, or remove its stored pairs")
 
