@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from hsteer.cli.common import model_options, one_line_errors
-from hsteer.cli.options import build_policy, policy_options, sampling_options
+from hsteer.cli.options import build_guard_config, build_policy, guard_options, policy_options, sampling_options
 
 
 @click.command()
@@ -16,6 +16,7 @@ from hsteer.cli.options import build_policy, policy_options, sampling_options
 @click.option("--num-images", default=1, show_default=True, type=int, help="Images per prompt.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @policy_options
+@guard_options
 @sampling_options
 @click.option("--init-image", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="img2img: start from this image (the model's img2img pipeline).")
@@ -28,7 +29,8 @@ from hsteer.cli.options import build_policy, policy_options, sampling_options
 @one_line_errors
 def generate(model, device, dtype, prompts, num_images, seed, out_dir, bank_path, fair, safe, concepts, scales,
              steps, guidance, batch_size, height, width, steer_unconditional, allow_other_model, ratios, window,
-             respect_prompt, gate, init_image, strength, site, overwrite, resume) -> None:
+             respect_prompt, gate, init_image, strength, site, overwrite, resume, guard, guard_step, guard_threshold,
+             guard_design, guard_q16_prompts) -> None:
     """Generate images (plain, fair, safe or with explicit concepts) and write manifest.jsonl."""
     from hsteer.checks import check_device
     from hsteer.errors import HsteerError
@@ -61,6 +63,12 @@ def generate(model, device, dtype, prompts, num_images, seed, out_dir, bank_path
 
         check_bank_windows(bank, policy.drawable(bank), check_steps, steer_window,  # unknown names fail here too
                            (0.8 if strength is None else strength) if init_image is not None else None)
+    if guard != "none" and bank is None:
+        raise HsteerError("--guard adds the bank's safety group to flagged images: give --bank (with --safe or --fair)")
+    if guard == "learned" and "safety" not in bank.detectors:
+        raise HsteerError("the bank has no harm detector for its safety group; fit one with "
+                          f"`hsteer guard fit --bank {bank_path}`, or choose --guard nudenet")
+    guard_config = build_guard_config(guard, guard_step, guard_threshold, guard_design, guard_q16_prompts)
     if not (overwrite or resume):
         OutputFolder(out_dir)  # refuse a folder in use before loading the model
     from hsteer.fileio import read_image
@@ -77,5 +85,5 @@ def generate(model, device, dtype, prompts, num_images, seed, out_dir, bank_path
               steps=steps, guidance=guidance, height=height, width=width, batch_size=batch_size,
               steer_unconditional=steer_unconditional, allow_other_model=allow_other_model, out_dir=out_dir,
               overwrite=overwrite, resume=resume, keep_images=False, window=steer_window, image=image,
-              strength=strength, respect_prompt=respect_prompt, gate=gate)
+              strength=strength, respect_prompt=respect_prompt, gate=gate, guard=guard_config)
     click.echo(f"wrote {len(out)} images and manifest.jsonl to {out_dir}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 
 import click
 
@@ -49,6 +50,59 @@ SAMPLING_OPTIONS = (
     click.option("--width", default=None, type=int, help="Image width (default: the model's)."),
     click.option("--seed", default=0, show_default=True, type=int, help="Image i of each prompt gets seed SEED + i."),
 )
+
+
+GUARD_OPTIONS = (
+    click.option("--guard", "guard", default="none", show_default=True,
+                 type=click.Choice(["none", "learned", "nudenet", "q16"]),
+                 help="Decide per image from the model's predicted clean image whether the safety group acts: "
+                      "learned (the bank's detector, `hsteer guard fit`), nudenet or q16 (real models); none: "
+                      "every image as the policy says."),
+    click.option("--guard-step", default=None, type=int,
+                 help="The guard's decision step, 0-based (default: the detector's; nudenet/q16: a quarter in)."),
+    click.option("--guard-threshold", default=None, type=float,
+                 help="Flag images whose detector score exceeds this (default: the detector's)."),
+    click.option("--guard-design", default="redraw", show_default=True, type=click.Choice(["redraw", "switch", "soft"]),
+                 help="redraw: flagged images are made again from step 0 with safety (exactly the --safe image); "
+                      "switch: safety from the step after the decision; soft: strength grows with the score."),
+    click.option("--q16-prompts", "guard_q16_prompts", default=None, type=click.Path(dir_okay=False, path_type=Path),
+                 help="With --guard q16: Q16's prompt embeddings (see `hsteer q16 convert`)."),
+)
+
+
+def guard_options(fn: Callable) -> Callable:
+    """--guard, --guard-step, --guard-threshold, --guard-design, --q16-prompts."""
+    return _apply(GUARD_OPTIONS, fn)
+
+
+def build_guard_config(guard: str, step: int | None, threshold: float | None, design: str,
+                       q16_prompts: Path | None = None, device: str = "cpu"):
+    """The GuardConfig of the command line (None for --guard none), checked before any model loads; the
+    NudeNet and Q16 detectors are built here (they load their own small models)."""
+    from hsteer.generation.guard import GuardConfig
+
+    if guard == "none":
+        if step is not None or threshold is not None or design != "redraw":
+            raise HsteerError("--guard-step, --guard-threshold and --guard-design need --guard learned|nudenet|q16")
+        return None
+    try:
+        GuardConfig(step=step, threshold=threshold, design=design)
+    except HsteerError as exc:
+        raise HsteerError(str(exc).replace("the guard's decision step", "--guard-step").replace(
+            "the guard's threshold", "--guard-threshold")) from None
+    detector: object = "learned"
+    if guard == "nudenet":
+        from hsteer.evaluation.guard_detectors import nudenet_guard
+
+        detector = nudenet_guard(step=step)
+    elif guard == "q16":
+        from hsteer.evaluation.clip import Q16_CLIP
+        from hsteer.evaluation.guard_detectors import q16_guard
+
+        if q16_prompts is None:
+            raise HsteerError("--guard q16 needs --q16-prompts FILE (Q16's prompt embeddings; hsteer q16 convert)")
+        detector = q16_guard(Q16_CLIP, q16_prompts, step=step, device=device)
+    return GuardConfig(detector=detector, step=step, threshold=threshold, design=design)
 
 
 def _apply(options: tuple, fn: Callable) -> Callable:
