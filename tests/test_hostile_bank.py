@@ -139,3 +139,10 @@ def test_the_installed_cards_are_never_written():
     with pytest.raises(HsteerError, match="installed with hsteer"):
         write_default_site(BUNDLED_DIT_MODEL, "transformer_blocks.0")
     assert (BUNDLED_DIT_MODEL / "hsteer.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("extra, fragment", [(["--height", "33"], "multiple of 8"), (["--width", "0"], "--width"),
+                                             (["--lr", "inf"], "--lr"), (["--lr", "nan"], "--lr"),
+                                             (["--seed", "-1"], "--seed"), (["--iterations", "0"], "--iterations")])
+def test_site_scan_numbers_refused_before_loading(extra, fragment):
+    assert_handled(cli("sites", "--device", "cpu", *extra), fragment)

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from hsteer import objectives
-from hsteer.checks import check_count, check_float, check_text
+from hsteer.checks import check_count, check_float, check_seed, check_size, check_text
 from hsteer.errors import HsteerError
 from hsteer.model.denoisers import Denoiser
 from hsteer.model.diffusion import encode_text, encode_unconditional, reverse_to_steps
@@ -61,7 +61,15 @@ class ScanSettings:
             check_text("a prompt to keep (--keep)", prompt)
         for name in ("iterations", "batch_size", "steps", "eval_samples"):
             check_count(f"--{name.replace('_', '-')}", getattr(self, name), 1, 10_000)
-        check_float("--lr", self.lr, 0.0, above=True)
+        for name in ("lr", "target_guidance", "sampling_guidance"):
+            if isinstance(getattr(self, name), bool):
+                raise HsteerError(f"--{name.replace('_', '-')} must be a number, got {getattr(self, name)!r}")
+        check_float("--lr", self.lr, 0.0, above=True, maximum=100.0)
+        check_float("target_guidance", self.target_guidance, -1e4, maximum=1e4)
+        check_float("sampling_guidance", self.sampling_guidance, -1e4, maximum=1e4)
+        check_size("--height", self.height)
+        check_size("--width", self.width)
+        check_seed("--seed", self.seed, span=2)
 
 
 @dataclass
