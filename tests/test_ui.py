@@ -133,24 +133,27 @@ def test_default_policy_suits_the_bank(server):
 
 
 def test_handled_errors_are_kept_for_the_status_line():
-    """`guard` shows a handled error's own text and keeps it for the tab's status (the `.failure` handler)."""
+    """`guard` keeps a handled error's own text for its tab's status line (the `.failure` handler), which
+    shows it once, as plain text; no pop-up is asked for."""
     import gradio as gr
 
     from hsteer import HsteerError
     from hsteer.ui.session import Session
-    from hsteer.ui.wiring import failure_text, guard
+    from hsteer.ui.wiring import UNSEEN_FAILURE, failure_text, guard
 
     @guard
     def handler(sess):
-        raise HsteerError("the fair policy needs concepts")
+        raise HsteerError("use ASCII letters, digits, '_', '-' and '.'")
 
     sess = Session()
     try:
         with pytest.raises(gr.Error) as raised:
             handler(sess)
-        assert raised.value.message == "the fair policy needs concepts"
-        assert failure_text(sess) == "**Error:** the fair policy needs concepts"
-        assert failure_text(None).startswith("**Error:** ")
+        assert raised.value.message == "use ASCII letters, digits, '_', '-' and '.'" and not raised.value.visible
+        assert failure_text(sess, "handler") == r"**Error:** use ASCII letters, digits, '\_', '-' and '.'"
+        # shown once: a later failure that no handler saw (Gradio refused an input) never repeats it
+        assert failure_text(sess, "handler") == f"**Error:** {UNSEEN_FAILURE}"
+        assert failure_text(None, "handler").startswith("**Error:** ")
     finally:
         sess.close()
 
@@ -160,7 +163,7 @@ def test_forms_use_the_library_checks():
     from hsteer.ui.forms import LEARN_FIELDS, train_config, whole
 
     assert whole(2.0, "steps", 1, 4) == 2
-    for bad, message in ((2.5, "whole number"), (None, "must be a number"), (9, "between 1 and 4"),
+    for bad, message in ((2.5, "whole number"), (None, "must be a number"), (9, "at most 4"), (0, "at least 1"),
                          (float("nan"), "finite")):
         with pytest.raises(HsteerError, match=message):
             whole(bad, "steps", 1, 4)
@@ -248,6 +251,7 @@ def test_step_windows_and_prompt_pairs_in_learn_and_generate(server, tmp_path):
     c = client(server, tmp_path)
     pairs = "a photo of a red figure => a photo of a red square figure\n\na photo of a blue figure => a photo of a blue square figure"
     out = learn(c, "late", "timing", "", pairs=pairs, window="0.5,1.0", iterations=1, lr=1.0)
+    assert out[0].startswith("Learned **timing/late (codsma)**"), out[0]
     row = dict(zip(out[3]["headers"], out[3]["data"][-1]))
     assert row["concept"] == "late" and row["step window"] == "50%–100%"
     assert row["prompt pairs"] == ("a photo of a red figure => a photo of a red square figure; "
@@ -357,3 +361,19 @@ def test_library_does_not_import_the_ui():
 
 def test_nothing_reached_the_network():
     assert OUTSIDE_ATTEMPTS == []
+
+
+def test_hsteer_ui_without_gradio_is_a_handled_error(monkeypatch):
+    """`hsteer ui` where the ui extra is missing: one line, exit status 2; its help shows its real defaults."""
+    import sys
+
+    from click.testing import CliRunner
+
+    from hsteer.cli.main import main
+
+    monkeypatch.setitem(sys.modules, "hsteer.ui.app", None)  # `from hsteer.ui.app import launch` fails
+    result = CliRunner().invoke(main, ["ui", "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert "Error: the web page needs the ui extra: pip install 'hsteer[ui]'" in result.output
+    help_text = " ".join(CliRunner().invoke(main, ["ui", "--help"]).output.split())
+    assert "[default: auto]" in help_text and "[default: cpu]" not in help_text

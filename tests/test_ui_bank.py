@@ -29,7 +29,8 @@ def test_bad_bank_uploads_give_messages_not_crashes(server, tmp_path):
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"this is not a safetensors file at all")
     out = c.predict(bank_file=handle_file(str(junk)), api_name="/upload_bank")
-    assert out[0].startswith("**Error:**") and "corrupt or not a safetensors file" in out[0]
+    assert out[0].startswith("**Error:** bank file junk.safetensors is corrupt or not a safetensors file"), out[0]
+    assert "/" not in out[0] and out[-1] is None  # the user's file by name; the refused upload leaves the box
     from safetensors.torch import save_file
 
     plain = tmp_path / "plain.safetensors"

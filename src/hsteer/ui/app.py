@@ -90,7 +90,8 @@ def launch(model: Any = None, bank: str | os.PathLike | Sequence[str | os.PathLi
            quiet: bool = False, max_file_size: str = "256mb", hub: bool = True) -> gr.Blocks:
     """Build the page and serve it (on 127.0.0.1, without a share link, unless told otherwise).
 
-    With `prevent_thread_lock`, returns at once with the server running (`app.close()` stops it).
+    Unless `quiet`, prints one line with the page's address. With `prevent_thread_lock`, returns at
+    once with the server running (`app.close()` stops it); otherwise serves until Ctrl-C.
     """
     if threads:
         import torch
@@ -99,7 +100,13 @@ def launch(model: Any = None, bank: str | os.PathLike | Sequence[str | os.PathLi
     banks = [bank] if isinstance(bank, (str, os.PathLike)) else list(bank or ())
     app = build_app(model, banks=banks, allowed_dirs=allowed_dirs, device=device, dtype=dtype,
                     concurrency=concurrency, hub=hub)
-    app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=prevent_thread_lock,
-               quiet=quiet, show_error=False, max_file_size=max_file_size, theme=_theme(), css=CSS,
+    # Gradio's own start-up lines are not printed: they advise a public share link
+    app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True, quiet=True,
+               show_error=False, max_file_size=max_file_size, theme=_theme(), css=CSS,
                footer_links=["gradio", "settings"], inbrowser=False)
+    if not quiet:
+        public = f"; public link: {app.share_url}" if app.share_url else ""
+        print(f"hsteer ui: {app.local_url}{public} (Ctrl-C stops it)", flush=True)
+    if not prevent_thread_lock:
+        app.block_thread()
     return app

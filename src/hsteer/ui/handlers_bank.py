@@ -17,7 +17,7 @@ import gradio as gr
 import hsteer.ui._lib as _lib
 from hsteer.ui._lib import ConceptBank
 from hsteer.ui.forms import MAX_SLIDERS, SAFETY_GROUP, UserError, text
-from hsteer.ui.render import BANK_HEADERS, bank_label, bank_rows, slug
+from hsteer.ui.render import BANK_HEADERS, bank_label, bank_rows, plain, slug
 from hsteer.ui.server import HsteerUI
 from hsteer.ui.session import Session, copy_bank
 
@@ -31,11 +31,11 @@ def bank_views(sess: Session, views: dict[str, Any]) -> dict[Any, Any]:
     if len(bank):
         path = sess.dir / f"{slug(Path(sess.bank_label).stem or 'bank')}.safetensors"
         bank.save(path)
-        summary = (f"**{sess.bank_label}**: {len(bank)} concept(s), groups "
-                   + ", ".join(f"`{g}` ({', '.join(bank.groups()[g])})" for g in groups)
+        summary = (f"**{plain(sess.bank_label)}**: {len(bank)} concept(s), groups "
+                   + ", ".join(f"`{g}` ({plain(', '.join(bank.groups()[g]))})" for g in groups)
                    + f"; h-space {tuple(bank.hspace_shape or ())}, U-Net `{bank.unet_fingerprint}`")
     else:
-        summary = f"**{sess.bank_label}**: no concepts yet. Learn one in the *Learn* tab, or load a bank above."
+        summary = f"**{plain(sess.bank_label)}**: no concepts yet. Learn one in the *Learn* tab, or load a bank above."
     out: dict[Any, Any] = {
         views["bank_summary"]: summary,
         views["bank_table"]: {"headers": BANK_HEADERS, "data": bank_rows(bank) or [[""] * len(BANK_HEADERS)]},
@@ -90,10 +90,18 @@ def load_bank_hub(ui: HsteerUI, sess: Session, repo_id: Any) -> str:
 
 
 def upload_bank(ui: HsteerUI, sess: Session, bank_file: str | os.PathLike | None) -> str:
-    """A bank file uploaded from the browser."""
+    """A bank file uploaded from the browser. Its messages name the file the user chose, never the
+    server's copy of it."""
     if not bank_file:
         return "No file."
-    return ui.load_bank_file(sess, bank_file, Path(str(bank_file)).name)
+    copy = Path(str(bank_file))
+    try:
+        return ui.load_bank_file(sess, copy, copy.name)
+    except _lib.HsteerError as exc:
+        message = str(exc)
+        for where in dict.fromkeys((str(copy.resolve()), str(copy), str(copy.parent.resolve()), str(copy.parent))):
+            message = message.replace(where, copy.name if where.endswith(copy.name) else "the upload")
+        raise UserError(message) from None
 
 
 def choose_bank(ui: HsteerUI, sess: Session, bank: Any) -> str:
@@ -101,7 +109,7 @@ def choose_bank(ui: HsteerUI, sess: Session, bank: Any) -> str:
     if bank not in ui.cli_banks:
         raise UserError("choose one of the banks given on the command line")
     sess.set_bank(copy_bank(ui.cli_banks[bank]), bank_label(bank))
-    return f"Loaded **{bank_label(bank)}** from the command line's banks."
+    return f"Loaded **{plain(bank_label(bank))}** from the command line's banks."
 
 
 def load_bank_path(ui: HsteerUI, sess: Session, path: Any) -> str:
@@ -117,7 +125,7 @@ def remove_concept(ui: HsteerUI, sess: Session, concept: Any) -> str:
     bank = sess.snapshot()
     bank.remove(concept)
     sess.set_bank(bank, sess.bank_label)
-    return f"Removed `{concept}`."
+    return f"Removed {plain(concept)}."
 
 
 def new_bank(ui: HsteerUI, sess: Session) -> str:

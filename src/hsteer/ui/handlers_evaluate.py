@@ -18,10 +18,13 @@ from typing import Any
 import hsteer.ui._lib as _lib
 from hsteer.ui._lib import ConceptBank, HsteerError
 from hsteer.ui.forms import MAX_EVAL_IMAGES, MAX_STEPS, SAFETY_GROUP, UserError, names, text, whole
+from hsteer.ui.render import plain as plain_text
 from hsteer.ui.server import HsteerUI
 from hsteer.ui.session import Session
 
 MAX_REPORT_BYTES = 2_000_000
+#: The per-profession table's columns before an evaluation has run (one DR pair per group after).
+EVAL_HEADERS = ["profession", "DR plain", "DR fair", "fidelity plain", "fidelity fair"]
 UNTARGETED_HEADERS = ["attribute not steered", "same-seed agreement", "plain", "fair", "change (fair - plain)"]
 
 
@@ -109,7 +112,7 @@ def _fmt(x: Any) -> str:
 def eval_summary(results: dict[str, dict], seconds: float, safety: bool, fair_groups: Sequence[str]) -> str:
     """The headline table: bias, fidelity and harm marks, plain vs fair, with bootstrap intervals."""
     plain, fair = results["plain"], results["fair"]
-    lines = [f"Plain vs fair over **{', '.join(fair_groups)}**: {plain['images'] + fair['images']} images in "
+    lines = [f"Plain vs fair over **{plain_text(', '.join(fair_groups))}**: {plain['images'] + fair['images']} images in "
              f"{seconds:.0f} s, read by the world's exact probes. Deviation ratio: 0 is a uniform distribution, 1 a "
              "single class. Brackets: bootstrap 95% intervals.", "",
              "| metric | plain | fair |", "|---|---|---|",

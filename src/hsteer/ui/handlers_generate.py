@@ -17,7 +17,7 @@ from typing import Any
 import hsteer.ui._lib as _lib
 from hsteer.ui._lib import ConceptBank, Policy
 from hsteer.ui.forms import MAX_SLIDERS, SAFETY_GROUP, GenerateForm, UserError, number
-from hsteer.ui.render import concepts_caption, learned_windows, slug, span, view_copy, zip_folder
+from hsteer.ui.render import concepts_caption, learned_windows, plain, slug, span, view_copy, zip_folder
 from hsteer.ui.server import HsteerUI
 from hsteer.ui.session import Session
 
@@ -130,15 +130,15 @@ def _draw_column(ui: HsteerUI, form: GenerateForm, folder: Path, column: str, po
 
 def _status(form: GenerateForm, policy: Policy, bank: ConceptBank, used: Sequence[str], seconds: float) -> str:
     """The line above the galleries: what was drawn, under which policy (its own description) and steps."""
-    what = policy.describe()
+    what = plain(policy.describe())
     if not policy.needs_bank:
         what += " only"
     elif form.window is None:
-        learned = learned_windows(used, bank)
+        learned = plain(learned_windows(used, bank))
         what += f" in each concept's learned step window ({learned})" if learned else " in every step"
     else:
         what += f" in steps {span(form.window)}"
-    return (f"{form.num_images} image(s) per column of *{form.prompt}*, seeds {form.seed}–"
+    return (f"{form.num_images} image(s) per column of *{plain(form.prompt)}*, seeds {form.seed}–"
             f"{form.seed + form.num_images - 1}, {what}; {form.steps} steps, guidance {form.guidance:g}; "
             f"{seconds:.1f} s.")
 
@@ -148,4 +148,4 @@ def _gate_line(notes: Sequence[str], form: GenerateForm) -> str:
     if not form.respect_prompt:
         return " Steering ignores the prompt (respect the prompt is off)."
     counts = {note: notes.count(note) for note in dict.fromkeys(notes)}
-    return "".join(f" Gate: {note} ({n} of {form.num_images} images)." for note, n in counts.items())
+    return "".join(f" Gate: {plain(note)} ({n} of {form.num_images} images)." for note, n in counts.items())

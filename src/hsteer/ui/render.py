@@ -21,6 +21,21 @@ BANK_HEADERS = ["concept", "group", "objective", "tensors", "neutral", "target /
                 "step window", "iterations", "lr", "batch", "steps", "mode", "seed"]
 
 
+#: The characters Markdown would read as markup in a message (CommonMark escapes any ASCII punctuation).
+_MARKUP = re.compile(r"([\\`*_\[\]<>|~#$])")
+
+
+def plain(text: object) -> str:
+    """`text` as it reads, inside a Markdown component: names like `only_a` and rules like "'_', '-'" keep
+    their underscores and brackets; line breaks stay line breaks."""
+    return _MARKUP.sub(r"\\\1", str(text)).replace("\n", "  \n")
+
+
+def error_line(message: object) -> str:
+    """Every error as the page's status lines write it: one label, the message as plain text."""
+    return f"**Error:** {plain(message)}"
+
+
 def slug(value: str) -> str:
     """A file-name-safe piece of `value` (for archive and bank names)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", value).strip("-")[:60] or "x"

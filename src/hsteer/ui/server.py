@@ -14,7 +14,7 @@ from typing import Any
 import hsteer.ui._lib as _lib
 from hsteer.ui._lib import ConceptBank
 from hsteer.ui.paths import AllowedDirs
-from hsteer.ui.render import bank_label
+from hsteer.ui.render import bank_label, plain
 from hsteer.ui.session import PipelinePool, Session
 
 
@@ -85,7 +85,7 @@ class HsteerUI:
         bank = _lib.ConceptBank.load(path)
         self.check_bank(bank)
         sess.set_bank(bank, label)
-        return f"Loaded **{label}**: {len(bank)} concept(s)."
+        return f"Loaded **{plain(label)}**: {len(bank)} concept(s)."
 
     def report_folders(self) -> list[str]:
         """Run folders with a report.md under the allowed folders."""

@@ -87,8 +87,8 @@ class Session:
         self.cancel = threading.Event()
         self.training = False
         self.runs = 0
-        #: the message of this session's last failed event, for the tab's status line (`wiring.guard`)
-        self.last_error: str | None = None
+        #: each event's failure message, kept until its tab's status line shows it (`wiring.guard`)
+        self.errors: dict[str, str] = {}
         self.lock = threading.Lock()
 
     def __deepcopy__(self, memo):  # gr.State copies its initial value per session; a Session is never shared

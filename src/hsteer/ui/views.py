@@ -16,7 +16,6 @@ import hsteer.ui._lib as _lib
 from hsteer.ui.forms import (
     MAX_EVAL_IMAGES,
     MAX_IMAGES,
-    MAX_ITERATIONS,
     MAX_SLIDERS,
     MAX_STEPS,
     WINDOW_MODES,
@@ -24,11 +23,16 @@ from hsteer.ui.forms import (
     window_text,
 )
 from hsteer.ui.handlers_bank import hub_note
-from hsteer.ui.handlers_evaluate import UNTARGETED_HEADERS
+from hsteer.ui.handlers_evaluate import EVAL_HEADERS, UNTARGETED_HEADERS
 from hsteer.ui.handlers_generate import POLICY_CHOICES, default_policy
 from hsteer.ui.handlers_learn import PRESET_ITERATIONS, WORLD_PRESETS
 from hsteer.ui.render import BANK_HEADERS
 from hsteer.ui.server import HsteerUI
+
+#: What "Respect the prompt" does under the page's gate (`hsteer.gate`'s default, "embedding").
+RESPECT_INFO = ("on: a fair group whose member the prompt names (e.g. 'a circle nurse' for shape) is kept as "
+                "the prompt has it, not redrawn; the safety concept still acts on every image at full strength, and "
+                "the concept sliders act as set. off: every image is steered as drawn")
 
 
 def generate_tab(ui: HsteerUI) -> SimpleNamespace:
@@ -38,7 +42,7 @@ def generate_tab(ui: HsteerUI) -> SimpleNamespace:
             with gr.Column(scale=1, min_width=260):
                 prompt = gr.Textbox("a photo of a doctor", label="Prompt", max_lines=2, elem_id="prompt")
                 with gr.Row():
-                    seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+                    seed = gr.Number(0, label="Seed", precision=0, elem_id="seed")
                     num_images = gr.Slider(1, MAX_IMAGES, 6, step=1, label="Images", elem_id="num-images")
                 with gr.Row():
                     guidance = gr.Slider(0, 20, float(ui.defaults["guidance"]), step=0.5, label="Guidance")
@@ -52,8 +56,7 @@ def generate_tab(ui: HsteerUI) -> SimpleNamespace:
                                           label="Fair over groups", elem_id="fair-groups")
                 strength = gr.Slider(0, 2, 1.0, step=0.05, label="Strength (fair / safe scale)")
                 respect_prompt = gr.Checkbox(True, label="Respect the prompt", elem_id="respect-prompt",
-                                             info="a fair group the prompt names is kept as named; the safety "
-                                                  "concept acts only as far as the prompt carries harm")
+                                             info=RESPECT_INFO)
                 with gr.Accordion("Step window", open=False):
                     window_mode = gr.Radio(list(WINDOW_MODES), value="as learned", label="Steer in",
                                            info="as learned: each concept in the denoising steps it was learned "
@@ -114,7 +117,7 @@ def learn_tab(ui: HsteerUI) -> SimpleNamespace:
                 with gr.Row():
                     c_objective = gr.Radio(list(_lib.OBJECTIVES), value="codsma", label="Objective")
                     c_iterations = gr.Number(PRESET_ITERATIONS if start else 100, label="Iterations", precision=0,
-                                             minimum=1, maximum=MAX_ITERATIONS, elem_id="c-iterations",
+                                             elem_id="c-iterations",
                                              info="SDisc: epochs and images in the settings below")
                 settings = _training_settings(ui, start)
                 with gr.Row():
@@ -138,18 +141,18 @@ def _training_settings(ui: HsteerUI, start: Any = None) -> SimpleNamespace:
     with gr.Accordion("Training settings", open=False):
         with gr.Row():
             c_lr = gr.Number(0.05, label="Learning rate")
-            c_batch = gr.Number(start.batch_size if start else 8, label="Batch size", precision=0, minimum=1,
+            c_batch = gr.Number(start.batch_size if start else 8, label="Batch size", precision=0,
                                 elem_id="c-batch")
-            c_steps = gr.Number(int(ui.defaults["steps"]), label="DDIM steps", precision=0, minimum=1,
+            c_steps = gr.Number(int(ui.defaults["steps"]), label="DDIM steps", precision=0,
                                 elem_id="c-steps")
         with gr.Row():
             c_tg = gr.Number(4.0, label="Target guidance")
-            c_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+            c_seed = gr.Number(0, label="Seed", precision=0)
             c_stored = gr.Number(start.stored_scale if start else 1.0, elem_id="c-stored-scale",
                                  label="Stored length (fraction of the trained concept the bank keeps)")
         with gr.Row():
-            c_sd_images = gr.Number(64, label="SDisc images", precision=0, minimum=1)
-            c_sd_epochs = gr.Number(20, label="SDisc epochs", precision=0, minimum=1)
+            c_sd_images = gr.Number(64, label="SDisc images", precision=0)
+            c_sd_epochs = gr.Number(20, label="SDisc epochs", precision=0)
             c_lr_sam = gr.Number(_lib.RespoDiffConfig.lr_sam, label="RespoDiff: SAM learning rate",
                                  elem_id="c-lr-sam")
             c_lam = gr.Number(_lib.RespoDiffConfig.lam, label="RespoDiff: lambda (SAM's loss weight)",
@@ -163,7 +166,8 @@ def bank_tab(ui: HsteerUI) -> SimpleNamespace:
     """The Bank tab: where a session's bank comes from; its concepts and everything stored with them."""
     with gr.Tab("Bank", id="bank"):
         with gr.Row():
-            upload = gr.File(label="Upload a bank (.safetensors)", file_types=[".safetensors"], type="filepath")
+            upload = gr.File(label="Upload a bank (.safetensors)", file_types=[".safetensors"], type="filepath",
+                             elem_id="bank-upload")
             with gr.Column():
                 cli_choice = gr.Dropdown(list(ui.cli_banks), value=None, label="Banks given on the command line",
                                          visible=bool(ui.cli_banks))
@@ -234,7 +238,8 @@ def _world_evaluation(ui: HsteerUI) -> SimpleNamespace:
         eval_safety = gr.Checkbox(True, label="Also measure the safety group on harm prompts (if any)")
     eval_btn = gr.Button("Evaluate", variant="primary")
     eval_summary_md = gr.Markdown("")
-    eval_df = gr.Dataframe(interactive=False, label="Deviation ratio per profession (0 = fair)")
+    eval_df = gr.Dataframe(headers=EVAL_HEADERS, interactive=False, elem_id="eval-table",
+                           label="Deviation ratio per profession (0 = fair)")
     eval_leak = gr.Dataframe(headers=UNTARGETED_HEADERS, interactive=False, elem_id="eval-untargeted",
                              label="Attributes the policy does not steer: kept image by image? (95% intervals)")
     eval_plot = gr.Plot(label="Attribute distributions")

@@ -2,9 +2,11 @@
 
 Gradio passes an event's input values by position; `endpoint` is the one place they are matched to
 their names (the page's API parameter names, `forms.GENERATE_FIELDS` and the like), so handlers read
-their form by name. `guard` turns every error into a message: a handled one (`HsteerError`) shows its
-own text, in a toast and, through each event's `.failure` handler, in the tab's status line, where it
-stays; the outputs are cleared rather than left showing a bare "Error".
+their form by name. Every action first replaces its tab's status line (`action`: an old message never
+outlives the next click), then runs. `guard` turns every error into a message: a handled one
+(`HsteerError`) reads as its own text, which API clients get as the error and the page shows, as plain
+text, in the tab's status line (`on_failure`), with no pop-up; only the status line and the outputs that
+failure resets show progress, so a failed event never leaves an error badge on another control.
 """
 
 from __future__ import annotations
@@ -24,31 +26,37 @@ import hsteer.ui.handlers_generate as generate_handlers
 import hsteer.ui.handlers_learn as learn_handlers
 from hsteer.ui._lib import HsteerError
 from hsteer.ui.forms import GENERATE_FIELDS, LEARN_FIELDS, GenerateForm
+from hsteer.ui.render import error_line
 from hsteer.ui.server import HsteerUI
 from hsteer.ui.session import Session
 
 log = logging.getLogger("hsteer.ui")
 
+#: The status line after a failure that no handler saw (Gradio refused an input before the handler ran).
+UNSEEN_FAILURE = "the page could not read one of the values; check the form and try again"
+
 
 def page_error(exc: BaseException, where: str) -> gr.Error:
-    """The message the page shows for `exc`: its own text when it is a handled error, else its type and
-    text, with the traceback in the server log."""
+    """The error `exc` becomes: its own text when it is a handled error, else its type and text, with the
+    traceback in the server log. Not shown as a pop-up: the tab's status line shows it."""
     if isinstance(exc, gr.Error):
-        return exc
-    if isinstance(exc, HsteerError):
-        return gr.Error(str(exc))
-    log.exception("unexpected error in %s", where)
-    return gr.Error(f"unexpected error ({type(exc).__name__}: {exc}); the server log has the details")
+        message = exc.message
+    elif isinstance(exc, HsteerError):
+        message = str(exc)
+    else:
+        log.exception("unexpected error in %s", where)
+        message = f"unexpected error ({type(exc).__name__}: {exc}); the server log has the details"
+    return gr.Error(message, visible=False, print_exception=False)
 
 
 def guard(fn: Callable) -> Callable:
-    """Every handler: errors become a message in the page (kept on the session for the tab's status line,
-    see `failure_text`); nothing kills the server."""
+    """Every handler: errors become a message (kept on the session, under the handler's name, for the
+    tab's status line: `failure_text`); nothing kills the server."""
 
     def fail(args: Sequence[Any], exc: Exception) -> gr.Error:
         error = page_error(exc, fn.__name__)
         if args and isinstance(args[0], Session):
-            args[0].last_error = str(error.message)
+            args[0].errors[fn.__name__] = str(error.message)
         return error
 
     if inspect.isgeneratorfunction(fn):
@@ -71,11 +79,11 @@ def guard(fn: Callable) -> Callable:
     return call
 
 
-def failure_text(sess: Any) -> str:
-    """The status line after a failed event: the session's last error, which `guard` kept."""
-    message = sess.last_error if isinstance(sess, Session) and sess.last_error else (
-        "that did not work; the message is at the top right, the details in the server log")
-    return f"**Error:** {message}"
+def failure_text(sess: Any, where: str) -> str:
+    """The status line after the event `where` failed: its message, which `guard` kept (and which is then
+    forgotten, so that a later failure never shows it again), as plain text."""
+    message = sess.errors.pop(where, None) if isinstance(sess, Session) else None
+    return error_line(message or UNSEEN_FAILURE)
 
 
 def endpoint(run: Callable[[Any, dict[str, Any], Any], Any], names: Sequence[str],
@@ -109,13 +117,22 @@ def endpoint(run: Callable[[Any, dict[str, Any], Any], Any], names: Sequence[str
     return guard(event)
 
 
-def on_failure(event: Any, state: gr.State, cleared: Mapping[Any, Any], status: Any) -> None:
-    """After `event` fails: its error in `status` (where it stays), and `cleared` outputs reset."""
+def on_failure(event: Any, state: gr.State, cleared: Mapping[Any, Any], status: Any, where: str) -> None:
+    """After `event` (handler `where`) fails: its error in `status`, and `cleared` outputs reset. Writing
+    them also clears the error badge Gradio puts on an event's progress components."""
 
     def show(sess):
-        return {status: failure_text(sess), **cleared}
+        return {status: failure_text(sess, where), **cleared}
 
     event.failure(show, inputs=state, outputs=[status, *cleared], api_name=False, queue=False)
+
+
+def action(trigger: Callable, status: Any, begin: str, fn: Callable, inputs: list[Any], outputs: list[Any],
+           progress_on: Sequence[Any] = (), **kwargs: Any) -> Any:
+    """`trigger` (e.g. a button's `.click`): at once `begin` in the tab's status line (whatever it said
+    before is gone), then `fn`. Progress shows on the status line and `progress_on` only."""
+    first = trigger(lambda: begin, outputs=status, queue=False, show_progress="hidden", api_name=False)
+    return first.then(fn, inputs=inputs, outputs=outputs, show_progress_on=[status, *progress_on], **kwargs)
 
 
 def wire_load(app: gr.Blocks, ui: HsteerUI, state: gr.State, policy: gr.Radio, views: dict[str, Any],
@@ -153,9 +170,10 @@ def wire_generate(ui: HsteerUI, state: gr.State, gen: SimpleNamespace, concurren
     outputs = [state, gen.plain_gallery, gen.steered_gallery, gen.gen_file, gen.gen_status]
     cleared = {gen.plain_gallery: [], gen.steered_gallery: [], gen.gen_file: None}
     for trigger, api_name in ((gen.generate_btn.click, "generate"), (gen.prompt.submit, False)):
-        event = trigger(on_generate, inputs=inputs, outputs=outputs, api_name=api_name, concurrency_id="generate",
-                        concurrency_limit=concurrency)
-        on_failure(event, state, cleared, gen.gen_status)
+        event = action(trigger, gen.gen_status, "Generating…", on_generate, inputs, outputs,
+                       progress_on=[gen.plain_gallery, gen.steered_gallery], api_name=api_name,
+                       concurrency_id="generate", concurrency_limit=concurrency)
+        on_failure(event, state, cleared, gen.gen_status, "generate")
 
 
 def learn_inputs(learn: SimpleNamespace) -> dict[str, Any]:
@@ -185,15 +203,16 @@ def wire_learn(ui: HsteerUI, state: gr.State, learn: SimpleNamespace, views: dic
     out = {"state": state, "status": learn.learn_status, "plot": learn.loss_plot}
 
     def learn_concept(sess, values, progress):
-        yield from learn_handlers.learn(ui, ui.session(sess), values, progress, out, views)
+        yield from learn_handlers.learn(ui, ui.session(sess), values, out, views)
 
-    event = learn.learn_btn.click(endpoint(learn_concept, LEARN_FIELDS, progress=True),
-                                  inputs=[state, *fields.values()],
-                                  outputs=[state, learn.learn_status, learn.loss_plot, *bank_outputs],
-                                  api_name="learn", concurrency_id="learn", concurrency_limit=max(1, concurrency // 2))
-    on_failure(event, state, {}, learn.learn_status)
+    # the status line counts iterations and seconds itself: no progress overlay, the loss curve stays in view
+    event = action(learn.learn_btn.click, learn.learn_status, "Starting…", endpoint(learn_concept, LEARN_FIELDS),
+                   [state, *fields.values()], [state, learn.learn_status, learn.loss_plot, *bank_outputs],
+                   show_progress="hidden", api_name="learn", concurrency_id="learn",
+                   concurrency_limit=max(1, concurrency // 2))
+    on_failure(event, state, {}, learn.learn_status, "learn_concept")
     learn.cancel_btn.click(guard(learn_handlers.cancel), inputs=state, outputs=learn.learn_status, api_name="cancel",
-                           concurrency_limit=None, concurrency_id="cancel")
+                           concurrency_limit=None, concurrency_id="cancel", show_progress="hidden")
 
 
 def wire_bank(ui: HsteerUI, state: gr.State, bank: SimpleNamespace, views: dict[str, Any],
@@ -204,21 +223,24 @@ def wire_bank(ui: HsteerUI, state: gr.State, bank: SimpleNamespace, views: dict[
                "choose_bank": (bank.cli_load.click, [bank.cli_choice]),
                "load_bank_path": (bank.path_load.click, [bank.path_box]),
                "remove_concept": (bank.remove_btn.click, [bank.remove_choice]), "new_bank": (bank.new_btn.click, [])}
-    for api_name, (action, names) in bank_handlers.BANK_ACTIONS.items():
+    for api_name, (act, names) in bank_handlers.BANK_ACTIONS.items():
         trigger, inputs = sources[api_name]
+        box = bank.upload if api_name == "upload_bank" else None
 
-        def run(sess, values, progress, action=action):
+        def run(sess, values, progress, act=act, box=box):
             sess = ui.session(sess)
             try:
-                status = action(ui, sess, **values)
+                status = act(ui, sess, **values)
             except HsteerError as exc:  # the bank stays as it was; the reason is shown in the page
-                gr.Warning(str(exc))
-                return {state: sess, bank.bank_status: f"**Error:** {exc}"}
+                refused = {state: sess, bank.bank_status: error_line(str(exc))}
+                return {**refused, box: None} if box is not None else refused  # a refused upload leaves the box
             return {state: sess, bank.bank_status: status, **bank_handlers.bank_views(sess, views)}
 
         run.__name__ = api_name
-        trigger(endpoint(run, names), inputs=[state, *inputs], outputs=[state, bank.bank_status, *bank_outputs],
-                api_name=api_name)
+        outputs = [state, bank.bank_status, *bank_outputs, *([box] if box is not None else [])]
+        event = action(trigger, bank.bank_status, "Working…", endpoint(run, names), [state, *inputs], outputs,
+                       api_name=api_name)
+        on_failure(event, state, {}, bank.bank_status, api_name)
 
 
 def wire_evaluate(ui: HsteerUI, state: gr.State, ev: SimpleNamespace, concurrency: int) -> None:
@@ -234,12 +256,11 @@ def wire_evaluate(ui: HsteerUI, state: gr.State, ev: SimpleNamespace, concurrenc
                     evaluate_handlers.eval_table(results, attrs), evaluate_handlers.eval_untargeted(results),
                     evaluate_handlers.eval_figure(results))
 
-        event = ev.eval_btn.click(on_evaluate, inputs=[state, ev.eval_groups, ev.eval_professions, ev.eval_images,
-                                                       ev.eval_steps, ev.eval_safety],
-                                  outputs=[state, ev.eval_summary_md, ev.eval_df, ev.eval_leak, ev.eval_plot],
-                                  api_name="evaluate", concurrency_id="evaluate",
-                                  concurrency_limit=max(1, concurrency // 2))
-        on_failure(event, state, {}, ev.eval_summary_md)
+        event = action(ev.eval_btn.click, ev.eval_summary_md, "Evaluating…", on_evaluate,
+                       [state, ev.eval_groups, ev.eval_professions, ev.eval_images, ev.eval_steps, ev.eval_safety],
+                       [state, ev.eval_summary_md, ev.eval_df, ev.eval_leak, ev.eval_plot], api_name="evaluate",
+                       concurrency_id="evaluate", concurrency_limit=max(1, concurrency // 2))
+        on_failure(event, state, {}, ev.eval_summary_md, "on_evaluate")
 
     @guard
     def on_open_report(sess, found_folder, run_folder):
@@ -247,8 +268,9 @@ def wire_evaluate(ui: HsteerUI, state: gr.State, ev: SimpleNamespace, concurrenc
         body, images = evaluate_handlers.open_report(ui, sess, (run_folder or "").strip() or found_folder or "")
         return sess, body, images
 
-    event = ev.report_open.click(on_open_report, inputs=[state, ev.report_choice, ev.report_path],
-                                 outputs=[state, ev.report_md, ev.report_gallery], api_name="open_report")
-    on_failure(event, state, {ev.report_gallery: []}, ev.report_md)
+    event = action(ev.report_open.click, ev.report_md, "Opening…", on_open_report,
+                   [state, ev.report_choice, ev.report_path], [state, ev.report_md, ev.report_gallery],
+                   progress_on=[ev.report_gallery], api_name="open_report")
+    on_failure(event, state, {ev.report_gallery: []}, ev.report_md, "on_open_report")
     ev.report_refresh.click(lambda: gr.update(choices=ui.report_folders()), outputs=ev.report_choice,
                             api_name=False)
