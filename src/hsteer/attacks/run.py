@@ -137,6 +137,12 @@ def check_config(method: str, config) -> None:
                 raise HsteerError(f"{label} must be a number, got {value!r}")
             low, high = NUMBER_BOUNDS[name]
             check_float(label, value, low, above=name == "lr", maximum=high)
+        elif isinstance(value, bool) or value is None or isinstance(value, str):
+            continue  # switches and choices: each config checks its own
+        elif isinstance(value, int):  # a budget without its own bound (a new attack's): still bounded
+            check_count(label, value, 0, 10**6)
+        elif isinstance(value, float):
+            check_float(label, value, -1e6, maximum=1e6)
 
 
 def check_sampling(steps: object, guidance: object, batch_size: object, height: object, width: object,
