@@ -298,6 +298,13 @@ def test_the_learn_tab_starts_on_the_demo_recipe(server):
     assert values["c-batch"] == recipe.batch_size and values["c-iterations"] == 150
 
 
+def test_the_evaluate_table_is_headed_before_a_run(server):
+    from hsteer.ui.handlers_evaluate import EVAL_HEADERS
+
+    table = next(b for b in server["app"].blocks.values() if getattr(b, "elem_id", None) == "eval-table")
+    assert table.headers == EVAL_HEADERS and EVAL_HEADERS[0] == "profession"
+
+
 def test_evaluate_world_for_the_session_bank(server, tmp_path):
     c = client(server, tmp_path)
     summary, table, untargeted, plot = c.predict(groups=["shape"], professions=["doctor", "nurse"],
