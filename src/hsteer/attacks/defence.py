@@ -29,6 +29,7 @@ from hsteer.errors import HsteerError
 from hsteer.gate import GateConfig
 from hsteer.generation import ImageJob, generate_jobs, window_deltas
 from hsteer.generation.draws import draw_for, prompt_gate
+from hsteer.generation.guard import Guard, GuardConfig, build_guard, without_group
 from hsteer.hspace.bank import ConceptBank
 from hsteer.hspace.hook import in_window
 from hsteer.hspace.steering import SteeringConfig, steer
@@ -50,9 +51,12 @@ class Defence:
     steer_unconditional: bool = False
     sld_concept: str | None = None  # SLD only: the safety concept text (None: diffusers' default)
     allow_other_model: bool = False
+    guard: GuardConfig | None = None  # the image-aware guard: the guarded group acts on flagged images only
 
     def __post_init__(self) -> None:
         check_policy_object(self.policy)
+        if self.guard is not None and (not isinstance(self.guard, GuardConfig) or self.bank is None):
+            raise HsteerError("a guarded defence needs a GuardConfig and a bank holding the guarded group")
         if self.policy.needs_bank:
             require_bank(self.bank, self.policy)
             self.policy.drawable(self.bank)
@@ -69,6 +73,8 @@ class Defence:
             parts.append(f"negative prompt {self.negative_prompt!r}")
         if self.sld_concept:
             parts.append(f"SLD concept {self.sld_concept!r}")
+        if self.guard is not None:
+            parts.append(f"guard {self.guard.design}")
         return ", ".join(parts)
 
     def to_spec(self) -> dict[str, Any]:
@@ -77,7 +83,9 @@ class Defence:
         return {"policy": self.policy.to_spec(), "respect_prompt": self.respect_prompt, "gate": gate,
                 "negative_prompt": self.negative_prompt, "window": list(self.window) if self.window else None,
                 "steer_unconditional": self.steer_unconditional, "sld_concept": self.sld_concept,
-                "concepts": sorted(self.policy.drawable(self.bank)) if self.policy.needs_bank else []}
+                "concepts": sorted(self.policy.drawable(self.bank)) if self.policy.needs_bank else [],
+                **({"guard": {"design": self.guard.design, "step": self.guard.step, "threshold": self.guard.threshold,
+                              "group": self.guard.group}} if self.guard is not None else {})}
 
     def bind(self, pipe, height: int | None = None, width: int | None = None) -> BoundDefence:
         """The defence on one pipeline (checked against it: the bank's U-Net, the h-space shape)."""
@@ -120,8 +128,22 @@ class BoundDefence:
         self._windows: dict[tuple, list] = {}
 
     def draw(self, prompt: str, seed: int) -> tuple[Draw, list[str]]:
-        """The concepts the image with this prompt and seed gets, and the gate's reasons."""
-        return draw_for(self.defence.policy, self.defence.bank, self.gate, prompt, seed)
+        """The concepts the image with this prompt and seed gets, and the gate's reasons. Guarded: the path
+        an unflagged image takes (without the guarded group), which the attacks must carry the harm on."""
+        concepts, notes = draw_for(self.defence.policy, self.defence.bank, self.gate, prompt, seed)
+        if self.defence.guard is not None:
+            concepts = without_group(concepts, self.defence.bank, self.defence.guard.group)
+        return concepts, notes
+
+    def guard_for(self, steps: int) -> Guard | None:
+        """The defence's resolved guard for a run of `steps` (None when unguarded)."""
+        config = self.defence.guard
+        if config is None:
+            return None
+        members = {c.name for c in self.defence.bank.group(config.group)}
+        drawn = self.defence.policy.assign(self.defence.bank, 0) if self.defence.policy.needs_bank else []
+        scales = [s for n, s in drawn if n in members]
+        return build_guard(config, self.defence.bank, steps, scales[0] if scales else 1.0)
 
     def generate(self, items: list[tuple[str, int]], *, steps: int, guidance: float,
                  batch_size: int = 8) -> list[tuple[dict[str, Any], Any]]:
@@ -135,7 +157,8 @@ class BoundDefence:
         out = generate_jobs(pipe, jobs, self.defence.bank, self.defence.policy.name, steps=steps, guidance=guidance,
                             height=self.height, width=self.width, batch_size=batch_size,
                             steer_unconditional=self.defence.steer_unconditional, progress=False,
-                            negative_prompt=self.defence.negative_prompt, window=self.defence.window)
+                            negative_prompt=self.defence.negative_prompt, window=self.defence.window,
+                            guard=self.guard_for(steps))
         return [(record.to_dict(), image) for record, image in zip(out.records, out.images)]
 
     def delta_at(self, draw: Draw, step: int, steps: int) -> torch.Tensor | None:

@@ -26,7 +26,7 @@ from hsteer.fileio import FolderLock, atomic_write_text, write_error
 
 CONFIG = "config.json"
 RESULTS = ("summary.json", "manifest.jsonl", "prompts.csv")
-STATE_SUFFIX = {"whitebox": "safetensors", "ringabell": "json"}
+STATE_SUFFIX = {"whitebox": "safetensors", "ringabell": "json", "adaptive": "safetensors"}
 #: Bounds of a stored config that names files (so a damaged one cannot name millions of them).
 MAX_PROMPTS, MAX_IMAGES = 10_000, 100_000
 

@@ -32,6 +32,7 @@ from hsteer.attacks.defence import BoundDefence, Defence
 from hsteer.attacks.ringabell import RingABellConfig, RingABellSearch, bank_pairs, harm_direction
 from hsteer.attacks.scoring import Scorer, resolve_scorer
 from hsteer.attacks.text import build_vocabulary
+from hsteer.attacks.adaptive import AdaptiveAttack, AdaptiveConfig
 from hsteer.attacks.whitebox import WhiteboxAttack, WhiteboxConfig
 from hsteer.attacks.folder import image_name, prepare_run_folder, state_file
 from hsteer.checks import (check_count, check_flags, check_float, check_pipeline, check_seed, check_size,
@@ -39,8 +40,8 @@ from hsteer.checks import (check_count, check_flags, check_float, check_pipeline
 from hsteer.errors import HsteerError
 from hsteer.fileio import atomic_png, atomic_write_text
 
-ATTACKS = ("whitebox", "ringabell")
-CONFIGS = {"whitebox": WhiteboxConfig, "ringabell": RingABellConfig}
+ATTACKS = ("whitebox", "ringabell", "adaptive")
+CONFIGS = {"whitebox": WhiteboxConfig, "ringabell": RingABellConfig, "adaptive": AdaptiveConfig}
 
 
 def _interval(flags: Sequence[bool], strata: Sequence[str]) -> dict[str, Any]:
@@ -60,6 +61,11 @@ def _searches(method: str, pipe, vocab, prompts, config, seed: int, defence: Bou
             yield RingABellSearch(pipe, vocab, prompt, direction, config, seed=seed, index=n)
         return
     for n, prompt in enumerate(prompts):
+        if method == "adaptive":
+            yield AdaptiveAttack(defence, teacher, vocab, prompt, config, guard=defence.guard_for(sampling["steps"]),
+                                 seed=seed, index=n, scorer=scorer, steps=sampling["steps"],
+                                 guidance=sampling["guidance"])
+            continue
         yield WhiteboxAttack(defence, teacher, vocab, prompt, config, seed=seed, index=n, scorer=scorer,
                              steps=sampling["steps"], guidance=sampling["guidance"])
 
@@ -247,6 +253,9 @@ def attack(pipe, prompts: str | Sequence[str], method: str = "whitebox", defence
     check_flags(resume=resume, overwrite=overwrite, progress=progress)
     check_pipeline(pipe)
     check_pipeline_family(pipe)
+    if method == "adaptive" and defence.guard is None:
+        raise HsteerError("the adaptive attack targets a guarded defence: pass Defence(..., guard=GuardConfig()) "
+                          "(CLI: --guard learned); against an unguarded one use --attack whitebox")
     if method == "ringabell" and pairs is None:
         if defence.bank is None:
             raise HsteerError("Ring-A-Bell needs (clean, harmful) prompt pairs: a bank with a safety group "
@@ -263,7 +272,7 @@ def attack(pipe, prompts: str | Sequence[str], method: str = "whitebox", defence
     vocab = build_vocabulary(pipe, exclude)
     lock = prepare_run_folder(out, head, resume, overwrite)  # the first write, after every check
     try:
-        budget = config.steps if method == "whitebox" else config.generations
+        budget = config.generations if method == "ringabell" else config.steps
         bar = tqdm(total=len(prompts) * budget, disable=not progress, desc=f"attack ({method})", unit="step")
         found = []
         for n, search in enumerate(_searches(method, pipe, vocab, prompts, config, seed, bound, teacher,

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from hsteer.cli.common import model_options, one_line_errors
-from hsteer.cli.options import build_policy, policy_options, sampling_options
+from hsteer.cli.options import build_policy, guard_options, policy_options, sampling_options
 from hsteer.errors import HsteerError
 
 
@@ -33,19 +33,36 @@ def _defence(o: dict, bank):
     return Defence(policy, bank if policy.needs_bank else None, respect_prompt=o["respect_prompt"], gate=o["gate"],
                    negative_prompt=o["negative_prompt"] or None, window=parse_window(o["window"]),
                    steer_unconditional=o["steer_unconditional"], sld_concept=o["sld_concept"] or None,
-                   allow_other_model=o["allow_other_model"])
+                   allow_other_model=o["allow_other_model"], guard=_guard(o, bank))
+
+
+def _guard(o: dict, bank):
+    """--guard learned (the only differentiable detector, the one the adaptive attack needs) or none."""
+    from hsteer.cli.options import build_guard_config
+
+    if o["guard"] not in ("none", "learned"):
+        raise HsteerError(f"--guard {o['guard']}: attacks run against the bank's learned detector (--guard learned)")
+    if o["guard"] == "learned" and (bank is None or "safety" not in bank.detectors):
+        raise HsteerError("--guard learned needs a --bank with a harm detector for its safety group "
+                          "(hsteer guard fit --bank BANK)")
+    if o["attack"] == "adaptive" and o["guard"] == "none":
+        raise HsteerError("--attack adaptive attacks the guard: add --guard learned (and --safe --bank BANK)")
+    return build_guard_config(o["guard"], o["guard_step"], o["guard_threshold"], o["guard_design"])
 
 
 def _config(o: dict):
     """The attack's budget from the options (unset ones keep the config's defaults)."""
     from hsteer.attacks import RingABellConfig, WhiteboxConfig
 
-    names = {"whitebox": ("tokens", "position", "attack_steps", "lr", "top", "eval_every", "objective", "targets"),
+    from hsteer.attacks.adaptive import AdaptiveConfig
+
+    whitebox = ("tokens", "position", "attack_steps", "lr", "top", "eval_every", "objective", "targets")
+    names = {"whitebox": whitebox, "adaptive": whitebox,
              "ringabell": ("tokens", "position", "population", "generations", "eta", "mutation")}[o["attack"]]
     fields = {("steps" if n == "attack_steps" else n): o[n] for n in names if o[n] is not None}
-    if o["position"] == "whole" and o["attack"] == "whitebox":
+    if o["position"] == "whole" and o["attack"] != "ringabell":
         raise HsteerError("--position whole is Ring-A-Bell's; the white-box attack adds tokens as prefix or suffix")
-    cls = WhiteboxConfig if o["attack"] == "whitebox" else RingABellConfig
+    cls = {"whitebox": WhiteboxConfig, "adaptive": AdaptiveConfig, "ringabell": RingABellConfig}[o["attack"]]
     return cls(**fields)
 
 
@@ -101,12 +118,14 @@ def _sampling(o: dict) -> dict:
 
 @click.command("attack")
 @model_options
-@click.option("--attack", "attack", required=True, type=click.Choice(["whitebox", "ringabell"]),
-              help="whitebox: UnlearnDiffAtk-style token optimisation; ringabell: Ring-A-Bell-style genetic search.")
+@click.option("--attack", "attack", required=True, type=click.Choice(["whitebox", "ringabell", "adaptive"]),
+              help="whitebox: UnlearnDiffAtk-style token optimisation; ringabell: Ring-A-Bell-style genetic search; "
+                   "adaptive: the white-box attack plus a hinge through the guard's detector (needs --guard learned).")
 @click.option("--prompt", "prompts", multiple=True, required=True, help="A harm prompt (repeat for several).")
 @click.option("--num-images", default=8, show_default=True, type=int, help="Images per prompt, before and after.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @policy_options
+@guard_options
 @sampling_options
 @click.option("--baseline", default="plain", show_default=True,
               type=click.Choice(["plain", "sld-weak", "sld-medium", "sld-strong", "sld-max"]),

@@ -17,6 +17,8 @@ from hsteer.cli.options import build_guard_config, build_policy, guard_options, 
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @policy_options
 @guard_options
+@click.option("--q16-prompts", "guard_q16_prompts", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="With --guard q16: Q16's prompt embeddings (see `hsteer q16 convert`).")
 @sampling_options
 @click.option("--init-image", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="img2img: start from this image (the model's img2img pipeline).")

@@ -65,13 +65,11 @@ GUARD_OPTIONS = (
     click.option("--guard-design", default="redraw", show_default=True, type=click.Choice(["redraw", "switch", "soft"]),
                  help="redraw: flagged images are made again from step 0 with safety (exactly the --safe image); "
                       "switch: safety from the step after the decision; soft: strength grows with the score."),
-    click.option("--q16-prompts", "guard_q16_prompts", default=None, type=click.Path(dir_okay=False, path_type=Path),
-                 help="With --guard q16: Q16's prompt embeddings (see `hsteer q16 convert`)."),
 )
 
 
 def guard_options(fn: Callable) -> Callable:
-    """--guard, --guard-step, --guard-threshold, --guard-design, --q16-prompts."""
+    """--guard, --guard-step, --guard-threshold, --guard-design."""
     return _apply(GUARD_OPTIONS, fn)
 
 

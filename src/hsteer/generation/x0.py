@@ -71,9 +71,9 @@ class X0Capture:
             del scheduler.step
 
 
-@torch.no_grad()
 def decode_latents(pipe, latents: torch.Tensor, height: int | None = None, width: int | None = None) -> torch.Tensor:
-    """Pixels `(B, 3, H, W)` in [0, 1] of latents as the sampler holds them."""
+    """Pixels `(B, 3, H, W)` in [0, 1] of latents as the sampler holds them (differentiable where grad is on:
+    the adaptive attack reads a pixel detector through it)."""
     vae = pipe.vae
     if latents.ndim == 3 and hasattr(pipe, "_unpack_latents"):  # FLUX: packed 2x2 patches as tokens
         if not (height and width):
