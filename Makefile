@@ -41,7 +41,7 @@ browser:
 
 # The documentation site (mkdocs.yml, docs/) into site/; --strict: a broken link or reference fails.
 docs: install
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 bench: install
 	$(BIN)/python benchmarks/run.py --json --threads $(THREADS)
