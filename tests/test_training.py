@@ -112,6 +112,29 @@ def test_nan_loss_is_a_clear_error(sd_pipe, monkeypatch, mode):
         train_concept(sd_pipe, _config(iterations=2, mode=mode), progress=False)
 
 
+@pytest.mark.parametrize("objective, mode", [("codsma", "fast"), ("respodiff", "reference"), ("sdisc", "fast")])
+def test_a_run_registers_the_hook_once_and_reads_its_losses_once_per_iteration(sd_pipe, monkeypatch, objective,
+                                                                               mode):
+    """The steering hook is registered once for the whole run (each prediction arms it with a dict entry),
+    no delta is checked on the host, and each iteration's losses come back in one transfer."""
+    from diffusers.hooks import HookRegistry
+
+    from hsteer.hspace import steering
+    from hsteer.hspace.hook import has_hook
+
+    registered, transfers = [], []
+    register = HookRegistry.register_hook
+    monkeypatch.setattr(HookRegistry, "register_hook", lambda self, *a, **k: (registered.append(1),
+                                                                               register(self, *a, **k))[1])
+    monkeypatch.setattr(steering.SteeringConfig, "__post_init__", lambda self: pytest.fail("a per-call steer"))
+    tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: (transfers.append(1), tolist(self))[1])
+    extra = dict(sdisc_images=2, sdisc_epochs=2) if objective == "sdisc" else {}
+    result = train_concept(sd_pipe, _config(objective=objective, mode=mode, **extra), progress=False)
+    assert len(registered) == 1 and len(transfers) == len(result.losses) > 0
+    assert not has_hook(sd_pipe.unet)  # released at the end
+
+
 @pytest.mark.parametrize("kw, message", [
     (dict(neutral="  "), "neutral prompt is empty"),
     (dict(target=""), "target prompt is empty"),

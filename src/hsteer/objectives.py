@@ -8,26 +8,85 @@ flow models (SD3, FLUX, SANA) it is the velocity they predict (`schedule.predict
 
 The losses take predictions, not models: both training modes (fast and reference) compute the
 predictions their own way (`eps`, `frozen_eps`) and then call exactly these functions.
+
+A training run holds the steering hook for its whole length (`HeldHook`): each steered prediction then
+arms it with one dictionary entry, where a scoped `steer` would register and remove a diffusers hook (and
+check the delta's values on the host) for every prediction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from hsteer.model.sites import MID_BLOCK
+from hsteer.hspace.hook import DirectDelta, SteeringHook, release_hook, steering_hook
 from hsteer.hspace.steering import SteeringConfig, steer
 from hsteer.model.diffusion import DDIMSchedule, TextCondition, guidance_combination, unet_output
+from hsteer.model.sites import MID_BLOCK, SteeringSite
+
+
+def _module_site(unet) -> tuple[torch.nn.Module, SteeringSite]:
+    """The denoiser module and its steering site: a `Denoiser` carries both, a bare U-Net is steered at its
+    mid-block."""
+    return getattr(unet, "module", unet), getattr(unet, "site", MID_BLOCK)
+
+
+class HeldHook:
+    """The steering hook at a training run's site, registered once for the run (`with HeldHook(denoiser)`)
+    and released on leaving; `adding` arms it for one prediction with a dictionary entry.
+
+    The run counts as one of the hook's users, so a scoped `steer` ending inside the run does not remove
+    the hook the run still arms."""
+
+    def __init__(self, unet) -> None:
+        self.module, self.site = _module_site(unet)
+        self.hook: SteeringHook | None = None
+
+    def __enter__(self) -> HeldHook:
+        self.hook = steering_hook(self.module, self.site)
+        self.hook.users += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.hook.users = max(0, self.hook.users - 1)
+        self.hook = None
+        release_hook(self.module, self.site)
+
+    @contextlib.contextmanager
+    def adding(self, delta: torch.Tensor, name: str, guided: bool = False) -> Iterator[None]:
+        """`delta` added at the site while inside (laid out for guidance batches when `guided`)."""
+        self.hook.direct[name] = DirectDelta(delta, guided)
+        try:
+            yield
+        finally:
+            self.hook.direct.pop(name, None)
+
+
+@contextlib.contextmanager
+def steering(unet, delta: torch.Tensor | None, *, held: HeldHook | None = None, name: str = "hsteer-train",
+             guided: bool = False) -> Iterator[None]:
+    """`delta` added at the denoiser's site while inside (None: nothing): through the run's held hook, or,
+    for a caller outside a run, a scoped `steer`."""
+    if delta is None:
+        yield
+    elif held is not None:
+        with held.adding(delta, name, guided):
+            yield
+    else:
+        module, site = _module_site(unet)
+        with steer(module, SteeringConfig(delta, guided=guided), name=name, site=site):
+            yield
 
 
 def eps(unet, schedule: DDIMSchedule, z_t: torch.Tensor, t: torch.Tensor, y: TextCondition,
-        c: torch.Tensor | None = None) -> torch.Tensor:
+        c: torch.Tensor | None = None, held: HeldHook | None = None) -> torch.Tensor:
     """eps(z_t; h + c, y, t); `c=None` is the frozen, unmodified model. With a trainable c the gradient
-    reaches c through the up blocks only: the U-Net is frozen and nothing before h + c needs a gradient."""
-    module, site = getattr(unet, "module", unet), getattr(unet, "site", MID_BLOCK)  # a Denoiser, or a bare U-Net
-    with steer(module, SteeringConfig(c, guided=False) if c is not None else None, name="hsteer-train", site=site):
+    reaches c through the up blocks only: the U-Net is frozen and nothing before h + c needs a gradient.
+    `held`: the training run's hold on the hook (`HeldHook`), if it has one."""
+    with steering(unet, c, held=held):
         return schedule.prediction(unet_output(unet, z_t, t, y), z_t, t)
 
 

@@ -34,11 +34,11 @@ from hsteer import objectives
 from hsteer.errors import BankError, HsteerError
 from hsteer.fileio import atomic_save
 from hsteer.hspace.bank import Concept
-from hsteer.hspace.steering import SteeringConfig, active_hooks, steer
+from hsteer.hspace.steering import active_hooks
 from hsteer.model.diffusion import DDIMSchedule, TextCondition, guidance_combination, guided_epsilon
 from hsteer.seeding import iteration_generator, pool_seed
 from hsteer.training.config import TrainConfig
-from hsteer.training.state import (TrainResult, adam_tensors, check_finite, concept_meta, restore_adam,
+from hsteer.training.state import (IterationLosses, TrainResult, adam_tensors, concept_meta, restore_adam,
                                    stored_tensors)
 from hsteer.training.steered import StepContext, step_context
 
@@ -114,6 +114,7 @@ class GroupRun:
         self.positive = cat([c.conds.positive for c in self.ctxs])
         self.base = None if lead.conds.base_is_empty else cat([c.conds.base for c in self.ctxs])
         self.iteration, self.seconds, self.rows = 0, 0.0, []
+        self.held: objectives.HeldHook | None = None  # the hook, held while `run` runs
         self.x = self.k = self.spare = self.spare_used = None  # the pool: made by `_start_pool`
 
     # --- the pool ---------------------------------------------------------------------------------------
@@ -141,8 +142,8 @@ class GroupRun:
             if not len(active):
                 continue
             xa, t = x[active], self.schedule.timesteps[here[active]]
-            config = SteeringConfig(delta[active], guided=guidance != 1.0) if delta is not None else None
-            with steer(self.unet, config, name="hsteer-sample"):
+            with objectives.steering(self.unet, delta[active] if delta is not None else None, held=self.held,
+                                     name="hsteer-sample", guided=guidance != 1.0):
                 eps = guided_epsilon(self.model, self.schedule, xa, t, cond.select(active), uncond.select(active),
                                      guidance)
             a_t = self.schedule.alpha(t).to(x.dtype)
@@ -200,15 +201,14 @@ class GroupRun:
         eps_uncond, eps_pos = frozen[0], frozen[1]
         eps_base = eps_uncond if self.base is None else frozen[2]
         delta = torch.cat([c.params["c"].unsqueeze(0).expand(B, *self.shape) for c in self.ctxs])
-        eps_c = objectives.eps(self.model, self.schedule, self.x, t, self.neutral, delta)
-        row: dict[str, float] = {"iteration": it}
+        eps_c = objectives.eps(self.model, self.schedule, self.x, t, self.neutral, delta, held=self.held)
+        losses = IterationLosses(it)
         total = 0.0
         for j, config in enumerate(self.configs):
             rows = slice(j * B, (j + 1) * B)
             target = objectives.guided_target(eps_pos[rows], eps_base[rows], config.target_guidance)
             loss = objectives.codsma_loss(eps_c[rows], target)
-            check_finite(loss, f"{config.concept}'s loss", it, config.lr)
-            row[f"loss/{config.concept}"] = loss.item()
+            losses.add(f"loss/{config.concept}", loss, f"{config.concept}'s loss", config.lr)
             total = total + loss
         for ctx, config in zip(self.ctxs, self.configs):
             optimizer = ctx.optimizers["c"]
@@ -218,7 +218,9 @@ class GroupRun:
         total.backward()  # each concept's gradient is its own loss's: the concepts are disjoint parameters
         for ctx in self.ctxs:
             ctx.optimizers["c"].step()
-        row["loss"] = float(total.item()) / n
+        losses.add("loss", total)
+        row = losses.row()  # the one host transfer of the iteration; raises on a non-finite loss
+        row["loss"] = row["loss"] / n
         eps = guidance_combination(eps_uncond, eps_c.detach(), self.configs[0].sampling_guidance)
         self.x = self.schedule.step(eps, self.x, k)
         self.k = self.k + 1
@@ -230,12 +232,14 @@ class GroupRun:
     def run(self, iterations: int, callback=None) -> None:
         """Train every concept up to `iterations` in all (continuing); adds the time to `seconds`."""
         began = time.perf_counter()
-        if self.x is None:
-            self._start_pool()
-        for it in range(self.iteration, iterations):
-            self.rows.append(self._iteration(it))
-            if callback is not None:
-                callback(it, self.rows[-1])
+        with objectives.HeldHook(self.unet) as self.held:
+            if self.x is None:
+                self._start_pool()
+            for it in range(self.iteration, iterations):
+                self.rows.append(self._iteration(it))
+                if callback is not None:
+                    callback(it, self.rows[-1])
+        self.held = None
         self.iteration = max(self.iteration, iterations)
         self.seconds += time.perf_counter() - began
 

@@ -24,9 +24,9 @@ from hsteer.model.geometry import pipeline_hspace_shape, resolve_resolution
 from hsteer.seeding import sdisc_image_seed, sdisc_order_seed
 from hsteer.training.config import SdiscConfig
 from hsteer.training.state import (
+    IterationLosses,
     LossLog,
     TrainResult,
-    check_finite,
     concept_meta,
     init_params,
     make_optimizers,
@@ -82,18 +82,20 @@ def train_sdisc(pipe, config: SdiscConfig, *, run_dir: str | Path | None = None,
     num_train = pipe.scheduler.config.num_train_timesteps
     rows = []
     g = torch.Generator("cpu").manual_seed(sdisc_order_seed(config.seed))
-    for _ in tqdm(range(config.sdisc_epochs), disable=not progress, desc=f"train {config.concept} (sdisc)"):
-        order = torch.randperm(len(x0_all), generator=g)
-        for start in range(0, len(order), config.batch_size):
-            idx = order[start:start + config.batch_size]
-            x0 = x0_all[idx.to(x0_all.device)]
-            noise = torch.randn(x0.shape, generator=g).to(x0)
-            t = torch.randint(0, num_train, (len(idx),), generator=g).to(unet.device)
-            x_t = objectives.sdisc_noised(schedule, x0, noise, t)
-            loss = objectives.sdisc_loss(objectives.eps(unet, schedule, x_t, t, y_neu.expand(len(idx)), c), noise)
-            check_finite(loss, "loss", len(rows), config.lr)
-            optimise(optimizer, loss)
-            rows.append({"iteration": len(rows), "loss": loss.item()})
+    with objectives.HeldHook(unet) as held:
+        for _ in tqdm(range(config.sdisc_epochs), disable=not progress, desc=f"train {config.concept} (sdisc)"):
+            order = torch.randperm(len(x0_all), generator=g)
+            for start in range(0, len(order), config.batch_size):
+                idx = order[start:start + config.batch_size]
+                x0 = x0_all[idx.to(x0_all.device)]
+                noise = torch.randn(x0.shape, generator=g).to(x0)
+                t = torch.randint(0, num_train, (len(idx),), generator=g).to(unet.device)
+                x_t = objectives.sdisc_noised(schedule, x0, noise, t)
+                eps_c = objectives.eps(unet, schedule, x_t, t, y_neu.expand(len(idx)), c, held=held)
+                loss, losses = objectives.sdisc_loss(eps_c, noise), IterationLosses(len(rows))
+                losses.add("loss", loss, "loss", config.lr)
+                optimise(optimizer, loss)
+                rows.append(losses.row())
     seconds = time.perf_counter() - began  # training time: the loss plot below is reporting, not training
     concept = Concept(config.concept, config.group, "sdisc", stored_tensors(config, {"c": c}),
                       meta=concept_meta(pipe, config, shape))

@@ -56,10 +56,31 @@ def make_optimizers(config: TrainConfig, params: dict[str, torch.nn.Parameter]) 
             for name, p in params.items()}
 
 
-def check_finite(loss: torch.Tensor, name: str, iteration: int, lr: float) -> None:
-    if not torch.isfinite(loss):
-        raise TrainingDivergedError(f"{name} became {loss.item()} at iteration {iteration}; lower the learning "
-                                    f"rate (--lr, now {lr}) or the guidance scales, or check the prompts")
+class IterationLosses:
+    """One iteration's losses, kept on the device as the steps make them and read back in one transfer when
+    the iteration ends (`row`), so a GPU is not stalled by a host sync after every prediction.
+
+    A loss added with a `name` is checked there: the first non-finite one raises TrainingDivergedError,
+    naming it, its value, the iteration and its learning rate. The optimiser steps of that iteration have
+    already been taken then, but the run stops before anything (checkpoint, bank) keeps their result."""
+
+    def __init__(self, iteration: int) -> None:
+        self.iteration = iteration
+        self._entries: list[tuple[str, torch.Tensor, str | None, float | None]] = []
+
+    def add(self, key: str, loss: torch.Tensor, name: str | None = None, lr: float | None = None) -> None:
+        """Keep `loss` under `key` in the row; checked for finiteness when `name` (its name in the error)."""
+        self._entries.append((key, loss.detach().float(), name, lr))
+
+    def row(self) -> dict[str, float]:
+        """{"iteration": i, key: value, ...} in the order added, after the finiteness check."""
+        values = torch.stack([loss for _, loss, _, _ in self._entries]).tolist() if self._entries else []
+        for (_, _, name, lr), value in zip(self._entries, values):
+            if name is not None and not math.isfinite(value):
+                raise TrainingDivergedError(f"{name} became {value} at iteration {self.iteration}; lower the "
+                                            f"learning rate (--lr, now {lr}) or the guidance scales, or check the "
+                                            "prompts")
+        return {"iteration": self.iteration, **{key: value for (key, *_), value in zip(self._entries, values)}}
 
 
 def optimise(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:

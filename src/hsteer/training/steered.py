@@ -27,7 +27,7 @@ from hsteer import objectives
 from hsteer.errors import HsteerError
 from hsteer.fileio import atomic_write_text
 from hsteer.hspace.bank import Concept
-from hsteer.hspace.steering import SteeringConfig, active_hooks, steer
+from hsteer.hspace.steering import active_hooks
 from hsteer.model.denoisers import Denoiser, check_trainable, site_shape
 from hsteer.model.diffusion import (
     TextCondition,
@@ -41,9 +41,9 @@ from hsteer.model.sites import site_for
 from hsteer.training.config import TrainConfig
 from hsteer.training.state import (
     Checkpoint,
+    IterationLosses,
     LossLog,
     TrainResult,
-    check_finite,
     concept_meta,
     init_params,
     make_optimizers,
@@ -85,8 +85,9 @@ class Conditions:
 @dataclass
 class StepContext:
     """What every iteration uses: the frozen denoiser, its schedule (DDIM or flow), the run's settings and
-    state. `unet` is the bare denoiser module (U-Net or transformer) as before; `denoiser` the same model
-    as training calls it (`hsteer.model.denoisers.Denoiser`: its prediction, site and latents)."""
+    state. `unet` is the bare denoiser module (U-Net or transformer), where the steering hook lives;
+    `denoiser` the same model as training calls it (`hsteer.model.denoisers.Denoiser`: its prediction,
+    site and latents); `held` the run's hold on the steering hook (`objectives.HeldHook`) while it runs."""
 
     unet: torch.nn.Module
     schedule: object
@@ -97,6 +98,7 @@ class StepContext:
     #: Rows of this iteration inside the step window (None: no window, every row).
     inside: torch.Tensor | None = None
     denoiser: Denoiser | None = None
+    held: objectives.HeldHook | None = None
 
     def __post_init__(self) -> None:
         if self.denoiser is None:
@@ -110,7 +112,7 @@ class StepContext:
         """eps(z_t; h + c, y_neu, t), with c only on the rows inside the window."""
         if c is not None and self.inside is not None:
             c = c.unsqueeze(0) * self.inside.view(-1, *(1,) * c.dim()).to(c.dtype)
-        return objectives.eps(self.denoiser, self.schedule, z_t, t, self.conds.neutral, c)
+        return objectives.eps(self.denoiser, self.schedule, z_t, t, self.conds.neutral, c, held=self.held)
 
     def rows(self, tensor: torch.Tensor) -> torch.Tensor:
         """The rows a loss is taken over: those inside the window."""
@@ -140,8 +142,8 @@ class StepContext:
         for a, b, steered in phases:
             if a >= b:
                 continue
-            config = SteeringConfig(self.current(), guided=cfg != 1.0) if steered else None
-            with steer(self.unet, config, name="hsteer-sample", site=self.denoiser.site):
+            with objectives.steering(self.denoiser, self.current() if steered else None, held=self.held,
+                                     name="hsteer-sample", guided=cfg != 1.0):
                 x = reverse_to_steps(self.denoiser, self.schedule, x, k.clamp(min=a, max=b), self.conds.neutral,
                                      self.conds.empty, cfg, start=a)
         return x
@@ -150,34 +152,34 @@ class StepContext:
 # --- the objectives' optimiser steps -------------------------------------------------------------------
 
 
-def codsma_step(ctx: StepContext, z_t, t, eps_target, it: int) -> tuple[dict[str, float], torch.Tensor]:
-    """One step of c on L = || eps(z_t; h + c, y) - eps_target ||^2; returns the row and eps(z_t; h + c, y)."""
+def codsma_step(ctx: StepContext, z_t, t, eps_target, losses: IterationLosses) -> torch.Tensor:
+    """One step of c on L = || eps(z_t; h + c, y) - eps_target ||^2; returns eps(z_t; h + c, y)."""
     eps_c = ctx.eps(z_t, t, ctx.params["c"])
     loss = objectives.codsma_loss(ctx.rows(eps_c), ctx.rows(eps_target))
-    check_finite(loss, "loss", it, ctx.config.lr)
+    losses.add("loss", loss, "loss", ctx.config.lr)
     optimise(ctx.optimizers["c"], loss)
-    return {"iteration": it, "loss": loss.item()}, eps_c.detach()
+    return eps_c.detach()
 
 
-def respodiff_step(ctx: StepContext, z_t, t, eps_target, it: int) -> tuple[dict[str, float], None]:
+def respodiff_step(ctx: StepContext, z_t, t, eps_target, losses: IterationLosses) -> None:
     """Step RAM on L_resp, then recompute and step SAM on L_sem (RAM held fixed)."""
     ram, sam = ctx.params["ram"], ctx.params["sam"]
     loss_resp = objectives.respodiff_resp_loss(ctx.rows(ctx.eps(z_t, t, ram)), ctx.rows(eps_target))
-    check_finite(loss_resp, "L_resp", it, ctx.config.lr)
+    losses.add("loss", loss_resp, "L_resp", ctx.config.lr)
     optimise(ctx.optimizers["ram"], loss_resp)
     with torch.no_grad():
         eps_frozen = ctx.eps(z_t, t)
     loss_sem = objectives.respodiff_sem_loss(ctx.rows(ctx.eps(z_t, t, ram.detach() + sam)), ctx.rows(eps_frozen),
                                              ctx.config.lam)
-    check_finite(loss_sem, "L_sem", it, ctx.config.lr_sam)
+    losses.add("loss_sem", loss_sem, "L_sem", ctx.config.lr_sam)
     optimise(ctx.optimizers["sam"], loss_sem)
-    return {"iteration": it, "loss": loss_resp.item(), "loss_sem": loss_sem.item()}, None
+    return None
 
 
-#: An optimiser step at (z_t, t, eps_target, iteration): its loss row, and the steered neutral prediction
-#: made before the step, when the step made one (the fast mode's sampling reuses it).
-ObjectiveStep = Callable[[StepContext, torch.Tensor, torch.Tensor, torch.Tensor, int],
-                         tuple[dict[str, float], torch.Tensor | None]]
+#: An optimiser step at (z_t, t, eps_target), adding its losses to the iteration's: returns the steered
+#: neutral prediction made before the step, when the step made one (the fast mode's sampling reuses it).
+ObjectiveStep = Callable[[StepContext, torch.Tensor, torch.Tensor, torch.Tensor, IterationLosses],
+                         torch.Tensor | None]
 
 #: objective -> its optimiser step.
 OBJECTIVE_STEPS: dict[str, ObjectiveStep] = {"codsma": codsma_step, "respodiff": respodiff_step}
@@ -197,8 +199,9 @@ def reference_iteration(ctx: StepContext, g: torch.Generator, latent_shape, it: 
     t = schedule.timesteps[k]
     eps_base, eps_pos = objectives.frozen_eps(unet, schedule, z_t, t, [conds.base, conds.positive])
     eps_target = objectives.guided_target(eps_pos, eps_base, config.target_guidance)
-    row, _ = OBJECTIVE_STEPS[config.objective](ctx, z_t, t, eps_target, it)
-    return row
+    losses = IterationLosses(it)
+    OBJECTIVE_STEPS[config.objective](ctx, z_t, t, eps_target, losses)
+    return losses.row()
 
 
 def fast_iteration(ctx: StepContext, pool: TrajectoryPool, g: torch.Generator, it: int,
@@ -219,15 +222,17 @@ def fast_iteration(ctx: StepContext, pool: TrajectoryPool, g: torch.Generator, i
     eps_uncond, eps_pos = frozen[0], frozen[1]
     eps_base = eps_uncond if conds.base_is_empty else frozen[2]
     eps_target = objectives.guided_target(eps_pos, eps_base, config.target_guidance)
+    losses = IterationLosses(it)
     if ctx.inside is not None and not ctx.inside.any():  # no trajectory in the window: only advance them
-        row, eps_cond = {"iteration": it, "loss": float("nan")}, None
+        losses.add("loss", torch.tensor(float("nan")))
+        eps_cond = None
     else:
-        row, eps_cond = (objective_step or OBJECTIVE_STEPS[config.objective])(ctx, z_t, t, eps_target, it)
+        eps_cond = (objective_step or OBJECTIVE_STEPS[config.objective])(ctx, z_t, t, eps_target, losses)
     if eps_cond is None:  # the step changed the concept before making a steered prediction: make it now
         with torch.no_grad():
             eps_cond = ctx.eps(z_t, t, ctx.current())
     pool.advance(guidance_combination(eps_uncond, eps_cond, ctx.sampling_cfg), g)
-    return row
+    return losses.row()
 
 
 class TrajectoryPool:
@@ -288,13 +293,15 @@ def train_steered(pipe, config: TrainConfig, *, run_dir: str | Path | None = Non
     rows = log.rows if log is not None else []
     began = time.perf_counter()
     pool = None
-    if config.mode == "fast":
-        pool = TrajectoryPool(ctx.schedule, config.batch_size, latent_shape, unet.device, unet.dtype)
-        if start and ckpt is not None:
-            pool.load(ckpt.extra)
-        else:
-            pool.start(ctx)
-    _loop(ctx, pool, latent_shape, start, rows, ckpt, log, checkpoint_every, progress, callback)
+    with objectives.HeldHook(unet) as ctx.held:
+        if config.mode == "fast":
+            pool = TrajectoryPool(ctx.schedule, config.batch_size, latent_shape, unet.device, unet.dtype)
+            if start and ckpt is not None:
+                pool.load(ckpt.extra)
+            else:
+                pool.start(ctx)
+        _loop(ctx, pool, latent_shape, start, rows, ckpt, log, checkpoint_every, progress, callback)
+    ctx.held = None
     seconds = time.perf_counter() - began  # training time: the loss plot below is reporting, not training
     if log is not None:
         log.flush()
