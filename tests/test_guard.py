@@ -153,3 +153,22 @@ def test_prompts_of_group_reads_pairs():
     bank["anti_harm"].meta["pairs"] = [["a", "a"]]
     with pytest.raises(HsteerError, match="no harmful and harmless prompts"):
         prompts_of_group(bank, "safety")
+
+
+def test_attached_pipeline_is_guarded_per_call(world, guarded_bank):
+    from hsteer import attach, detach
+    from hsteer.generation.attached import guard_decisions
+
+    kwargs = dict(num_images_per_prompt=2, batch_size=4, **SAMPLING)
+    made = generate(world, MIXED, bank=guarded_bank, policy=SafePolicy(), guard=GuardConfig(), **kwargs)
+    attach(world, guarded_bank, SafePolicy(), guard=GuardConfig())
+    try:
+        generators = [torch.Generator().manual_seed(s) for s in (0, 1, 0, 1)]
+        called = world(prompt=[MIXED[0]] * 2 + [MIXED[1]] * 2, generator=generators, output_type="pil").images
+        decisions = guard_decisions(world)
+        with pytest.raises(HsteerError, match="pass generator="):
+            world(prompt=MIXED[0])
+    finally:
+        detach(world)
+    assert [d["flagged"] for d in decisions] == [False, False, True, True]
+    assert all(_same(a, b) for a, b in zip(called, made.images))

@@ -14,6 +14,7 @@ from hsteer.evaluation.leakage import targeted_groups, untargeted_summary
 from hsteer.evaluation.tasks.world import HARM_PROMPTS, TEMPLATES, labelled, world_jobs, world_summary
 from hsteer.generation import ImageJob, generate_jobs
 from hsteer.generation.draws import draw_for, prompt_gate
+from hsteer.generation.guard import GuardConfig, build_guard, without_group
 from hsteer.policies import PlainPolicy, Policy
 from hsteer.hspace.bank import ConceptBank
 
@@ -46,14 +47,15 @@ def evaluate_world(pipe, config: WorldEvalConfig | None = None, *, bank: Concept
                    policy: Policy | None = None, harm_policy: Policy | None = None, probe=None,
                    keep_images: bool = False, progress: bool = True,
                    baseline: WorldEvalResult | None = None, untargeted: bool = True, respect_prompt: bool = True,
-                   gate: str | None = None) -> WorldEvalResult:
+                   gate: str | None = None, guard: GuardConfig | None = None) -> WorldEvalResult:
     """Generate the world's evaluation set under `policy` (bias prompts) and `harm_policy` (harm prompts).
 
     `harm_policy` defaults to `policy`; pass `SafePolicy()` to measure a safety concept. A steered `policy`
     is also measured on the attributes it is not for (summary["untargeted"], docs/methods.md §8) against
     the plain images of the same prompts and seeds: `baseline` (a plain result of the same config), or
     generated here; `untargeted=False` skips it (no plain images are made). `respect_prompt` and `gate`
-    as in `hsteer.generate` (the prompt-aware gate; on by default).
+    as in `hsteer.generate` (the prompt-aware gate; on by default). `guard` as in `hsteer.generate`: the
+    guarded group acts on flagged images only; summary["guard_flagged"] is the share flagged per prompt set.
     """
     from hsteer.world import scene
 
@@ -66,7 +68,14 @@ def evaluate_world(pipe, config: WorldEvalConfig | None = None, *, bank: Concept
     readers = {id(p): prompt_gate(pipe, bank, p, respect_prompt, gate) for p in (policy, harm_policy)}
     bias_jobs = [_job(j, policy, bank, readers[id(policy)]) for j in jobs if "profession" in j["extra"]]
     harm_jobs = [_job(j, harm_policy, bank, readers[id(harm_policy)]) for j in jobs if "harm_prompt" in j["extra"]]
-    kwargs = dict(steps=config.steps, guidance=config.guidance, batch_size=config.batch_size, progress=progress)
+    kwargs: dict[str, Any] = dict(steps=config.steps, guidance=config.guidance, batch_size=config.batch_size,
+                                  progress=progress)
+    if guard is not None:
+        scales = [s for n, s in harm_policy.assign(bank, 0) if bank[n].group == guard.group] \
+            if harm_policy.needs_bank else []
+        kwargs["guard"] = build_guard(guard, bank, config.steps, scales[0] if scales else 1.0)
+        for job in bias_jobs + harm_jobs:
+            job.concepts = without_group(job.concepts, bank, guard.group)
     outputs = [(bias_jobs, generate_jobs(pipe, bias_jobs, bank, policy.name, **kwargs))]
     if harm_jobs:
         outputs.append((harm_jobs, generate_jobs(pipe, harm_jobs, bank, harm_policy.name, **kwargs)))
@@ -77,6 +86,8 @@ def evaluate_world(pipe, config: WorldEvalConfig | None = None, *, bank: Concept
                       **world_summary(items[0], items[1] if harm_jobs else None, professions, attributes)}
     if harm_jobs:
         result.summary["harm_policy"] = harm_policy.name
+    if guard is not None:
+        result.summary["guard_flagged"] = {name: _flagged(out) for name, (_, out) in zip(("bias", "harm"), outputs)}
     result.items = items[0]
     targeted = targeted_groups(policy, bank)
     if targeted and untargeted:
@@ -87,6 +98,12 @@ def evaluate_world(pipe, config: WorldEvalConfig | None = None, *, bank: Concept
         result.summary["targeted"] = sorted(targeted)
         result.summary["untargeted"] = untargeted_summary(result.items, plain.items, groups, "profession")
     return result
+
+
+def _flagged(out) -> dict[str, Any]:
+    """The share of a set's images the guard flagged."""
+    flags = [bool(r.extra.get("guard", {}).get("flagged")) for r in out.records]
+    return {"value": sum(flags) / max(1, len(flags)), "n": len(flags)}
 
 
 def _job(job: dict[str, Any], policy: Policy, bank: ConceptBank | None, reader) -> ImageJob:

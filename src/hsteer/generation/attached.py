@@ -10,7 +10,9 @@ from __future__ import annotations
 from hsteer.checks import check_flags, check_pipeline, check_steering_args
 from hsteer.gate import GateConfig
 from hsteer.generation.deltas import window_deltas
+from hsteer.errors import HsteerError
 from hsteer.generation.draws import draw_for, prompt_gate
+from hsteer.generation.guard import GuardConfig, GuardedCall, build_guard
 from hsteer.hspace.attach import Layer, PipelineSteering, add_layer, remove_layer, steering_of
 from hsteer.hspace.bank import ConceptBank
 from hsteer.model.card import FROM_ARGUMENT, FROM_CARD, sampling_for
@@ -26,7 +28,7 @@ def attach(pipe, bank: ConceptBank | None, policy: Policy, *, scale: float = 1.0
            window: tuple[float, float] | None = None, steer_unconditional: bool = False,
            allow_other_model: bool = False, respect_prompt: bool = True,
            gate: str | GateConfig | None = None, steps: int | None = None,
-           guidance: float | None = None) -> PipelineSteering:
+           guidance: float | None = None, guard: GuardConfig | None = None) -> PipelineSteering:
     """Steer every later plain `pipe(...)` call with `policy`'s concepts from `bank`, until `detach(pipe)`.
 
     Each image's concepts are drawn from its seed, as `generate` does: with `generator=[g_0, ..., g_{B-1}]`
@@ -48,6 +50,11 @@ def attach(pipe, bank: ConceptBank | None, policy: Policy, *, scale: float = 1.0
     Calls that pass no `num_inference_steps` / `guidance_scale` sample with `steps` / `guidance`, or where
     those are not given with the model card's (`hsteer.model.card.sampling_for`: 20 and 4.0 on the bundled
     model), as `generate` and the command line do; without either, diffusers' own defaults apply.
+
+    `guard` (`GuardConfig`): the image-aware guard on every call, as in `generate`: each call runs once
+    without the guarded group while the detector reads x0-hat at its decision step; if any image is
+    flagged, the call is made again with the same generators (pass `generator=`), flagged images getting
+    the group. `guard_decisions(pipe)` gives the last call's decisions.
     """
     window = check_steering_args(pipe, bank, scale=scale, window=window, steer_unconditional=steer_unconditional,
                                  allow_other_model=allow_other_model, label="attach: ")
@@ -65,13 +72,35 @@ def attach(pipe, bank: ConceptBank | None, policy: Policy, *, scale: float = 1.0
                                                               ("guidance_scale", guidance, sources["guidance"]))
                      if source in (FROM_ARGUMENT, FROM_CARD)}
 
+    guarded = _attached_guard(guard, bank, policy, steps)
+
     def provide(seeds: list[int], prompts: list[str | None]):
         draws = [draw_for(policy, bank, reader, p, s)[0] for s, p in zip(seeds, prompts)]
+        if guarded is not None:
+            draws = guarded.draws(draws)
         info = [[{"name": n, "scale": c} for n, c in draw] for draw in draws]
-        return window_deltas(bank, draws, shape, window), info
+        return window_deltas(guarded.bank() if guarded else bank, draws, shape, window), info
 
     return add_layer(pipe, ATTACHED, Layer(provide, float(scale), steer_unconditional, label=policy.describe(),
-                                           call_defaults=call_defaults), site)
+                                           call_defaults=call_defaults, around=guarded), site)
+
+
+def _attached_guard(config: GuardConfig | None, bank: ConceptBank | None, policy: Policy,
+                    steps: int) -> GuardedCall | None:
+    if config is None:
+        return None
+    if not isinstance(config, GuardConfig) or bank is None:
+        raise HsteerError("attach: guard must be a GuardConfig, with a bank holding the guarded group")
+    members = {c.name for c in bank.group(config.group)}
+    scales = [c for n, c in (policy.assign(bank, 0) if policy.needs_bank else []) if n in members]
+    return GuardedCall(build_guard(config, bank, steps, scales[0] if scales else 1.0))
+
+
+def guard_decisions(pipe) -> list[dict]:
+    """The guard's decision for each image of the attached pipeline's last call (empty when unguarded)."""
+    steering = attachment_of(pipe)
+    around = steering.layers[ATTACHED].around if steering is not None else None
+    return list(around.last) if isinstance(around, GuardedCall) else []
 
 
 def _attach_shape(pipe, bank: ConceptBank, site) -> tuple[int, ...]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -165,7 +165,7 @@ class Guard:
     bank: ConceptBank
     steps: int
     soft_width: float = 0.2
-    decisions: list[Decision] = field(default_factory=list)
+    group: str = "safety"
 
     @property
     def name(self) -> str:
@@ -238,9 +238,70 @@ def build_guard(config: GuardConfig, bank: ConceptBank | None, steps: int, scale
                           f"{steps - 1}); pass an earlier step")
     threshold = float(config.threshold if config.threshold is not None else detector.threshold)
     return Guard(detector, int(step), threshold, config.design, [(c.name, float(scale)) for c in members], bank,
-                 steps, config.soft_width)
+                 steps, config.soft_width, config.group)
 
 
 def without_group(draw: Sequence[tuple[str, float]], bank: ConceptBank, group: str) -> list[tuple[str, float]]:
     """A draw less the guarded group's concepts: those come only with a flagged decision."""
     return [(n, s) for n, s in draw if bank[n].group != group]
+
+
+class GuardedCall:
+    """The guard on an attached pipeline's calls (`Layer.around`): a first pass without the guarded group
+    while the detector reads x0-hat, then, if any image is flagged, the same call again (its generators
+    re-seeded) with the group added to the flagged images. The provider asks `draws` and `bank`."""
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
+        self.flagged: list[bool] | None = None
+        self.strengths: list[float] = []
+        self.last: list[dict[str, Any]] = []
+
+    def draws(self, draws: list[list[tuple[str, float]]]) -> list[list[tuple[str, float]]]:
+        plain = [without_group(d, self.guard.bank, self.guard.group) for d in draws]
+        if self.flagged is None:
+            return plain
+        if len(self.flagged) != len(plain):
+            raise HsteerError("the guard's second pass made another number of images than its first")
+        return [d + [(n, c * w) for n, c in self.guard.concepts] if f else d
+                for d, f, w in zip(plain, self.flagged, self.strengths)]
+
+    def bank(self) -> ConceptBank:
+        return self.guard._bank() if self.flagged is not None else self.guard.bank
+
+    def __call__(self, run: Callable[[], Any], pipe, kwargs: dict) -> Any:
+        from hsteer.generation.x0 import X0Capture
+        from hsteer.model.geometry import resolve_resolution
+
+        generators = kwargs.get("generator")
+        if generators is None:
+            raise HsteerError("a guarded pipeline redraws flagged images from their own seeds: pass generator= "
+                              "(one torch.Generator per image, or one)")
+        generators = list(generators) if isinstance(generators, (list, tuple)) else [generators]
+        seeds = [int(g.initial_seed()) for g in generators]
+        scores: dict[str, torch.Tensor] = {}
+
+        def decide(x0: torch.Tensor, decode: Callable[[], torch.Tensor]) -> bool:
+            scores["s"] = self.guard.detector.score(x0, decode, self.guard.step).reshape(-1).float().cpu()
+            return False
+
+        height, width = resolve_resolution(pipe, kwargs.get("height"), kwargs.get("width"))
+        self.flagged = None
+        with X0Capture(pipe, self.guard.step, decide, height, width):
+            first = run()
+        if "s" not in scores:
+            raise HsteerError(f"the guard's decision step {self.guard.step} was never reached; pass "
+                              "num_inference_steps above it, or attach with an earlier guard step")
+        flags = (scores["s"] > self.guard.threshold).tolist()
+        strengths = [self.guard._strength(float(s)) if f else 0.0 for s, f in zip(scores["s"], flags)]
+        self.last = [Decision(self.guard.name, self.guard.step, float(s), self.guard.threshold, bool(f), bool(f),
+                              self.guard.design, w).to_dict() for s, f, w in zip(scores["s"], flags, strengths)]
+        if not any(flags):
+            return first
+        for generator, seed in zip(generators, seeds):
+            generator.manual_seed(seed)
+        self.flagged, self.strengths = flags, strengths
+        try:
+            return run()
+        finally:
+            self.flagged = None

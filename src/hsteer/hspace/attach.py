@@ -60,6 +60,9 @@ class Layer:
     # pipeline-call arguments this layer fills in where a call does not give them (attach: the model card's
     # num_inference_steps and guidance_scale, so a plain `pipe(prompt)` samples as `generate` does)
     call_defaults: dict[str, Any] = field(default_factory=dict)
+    # around(run, pipe, kwargs) -> output: runs the steered call (run() makes it once, and may be called again,
+    # e.g. by the image-aware guard, which decides per image after a first pass and redraws)
+    around: Callable[[Callable[[], Any], Any, dict], Any] | None = None
 
 
 @dataclass
@@ -109,6 +112,12 @@ class PipelineSteering:
 
     def call(self, pipe, original, args: tuple, kwargs: dict):
         kwargs = _with_call_defaults(self.layers.values(), original, pipe, args, kwargs)
+        around = next((layer.around for layer in self.layers.values() if layer.around is not None), None)
+        if around is not None:
+            return around(lambda: self._call(pipe, original, args, kwargs), pipe, kwargs)
+        return self._call(pipe, original, args, kwargs)
+
+    def _call(self, pipe, original, args: tuple, kwargs: dict):
         arguments = _call_arguments(original, pipe, args, kwargs)
         per_prompt = int(arguments.get("num_images_per_prompt") or 1)
         n_images = _prompt_count(arguments) * per_prompt
