@@ -129,3 +129,52 @@ def test_functions_stay_short():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(PACKAGE)}:{node.name} ({lines} lines)")
     assert long == [], long
+
+
+def _method_names() -> set[str]:
+    from hsteer.training import METHODS
+
+    return set(METHODS.names())
+
+
+def _name_uses(source: str, names: set[str]) -> list[tuple[int, str]]:
+    """(line, name) of each method name used to choose: compared (`== "sdisc"`, `in ("codsma", ...)`), a
+    `case`, a dict key or subscript, or an element of a tuple, list or set literal (a hard-coded choice list)."""
+    found = {}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+        elif isinstance(node, ast.Dict):
+            operands = [k for k in node.keys if k is not None]
+        elif isinstance(node, ast.Subscript):
+            operands = [node.slice]
+        elif isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            operands = list(node.elts)
+        elif isinstance(node, ast.MatchValue):
+            operands = [node.value]
+        else:
+            continue
+        for operand in operands:
+            items = operand.elts if isinstance(operand, (ast.Tuple, ast.List, ast.Set)) else [operand]
+            found.update({(item.lineno, item.col_offset): item.value for item in items
+                          if isinstance(item, ast.Constant) and item.value in names})
+    return [(line, name) for (line, _), name in sorted(found.items())]
+
+
+@pytest.mark.parametrize("source, hits", [("x == 'sdisc'", 1), ("x in ('codsma', 'respodiff')", 2),
+                                          ("d = {'sdisc': 1}", 1), ("d['codsma']", 1), ("choices = ['sdisc']", 1),
+                                          ("Concept(n, g, 'codsma')", 0), ("x == 'other'", 0)])
+def test_the_method_name_finder_finds_choices(source, hits):
+    assert len(_name_uses(source, {"codsma", "respodiff", "sdisc"})) == hits
+
+
+def test_no_method_name_is_compared_outside_its_own_folder():
+    """A method is looked up in the registry (`hsteer.training.registry.METHODS`), never chosen by its name,
+    except inside its own folder `training/methods/<name>/`."""
+    names, offenders = _method_names(), []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).parts
+        own = parts[2] if parts[:2] == ("training", "methods") and len(parts) > 3 else None
+        offenders += [f"{path.relative_to(PACKAGE)}:{line}: {name!r}"
+                      for line, name in _name_uses(path.read_text(encoding="utf-8"), names) if name != own]
+    assert offenders == [], offenders

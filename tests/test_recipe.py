@@ -123,7 +123,7 @@ def test_the_world_safety_recipe_trains_against_the_found_attack_prompts():
     assert config.batch_size == len(config.pairs)  # row i takes pair i: every pair in every batch
     assert config.stored_scale == 1.0
     codsma = world_train_config("anti_harm", 150, objective="codsma")
-    assert codsma.pairs == config.pairs and codsma.stored_scale == SAFETY_STORED_SCALE["codsma"] == 0.8
+    assert codsma.pairs == config.pairs and codsma.stored_scale == SAFETY_STORED_SCALE[type(codsma)] == 0.8
     assert world_train_config("anti_harm", 150, lam=0.25).lam == 0.25  # an explicit setting wins
     for other in (world_train_config("anti_harm", 150, objective="sdisc"), world_train_config("circle", 150)):
         assert other.stored_scale == 1.0 and not set(other.pairs or ()) & set(config.pairs)

@@ -195,7 +195,8 @@ def test_one_training_step_lowers_the_loss_on_the_velocity(dit_pipes, family, sp
     lowers L_resp (CoDSMa's loss), and on FLUX every call carries the distilled guidance."""
     from hsteer import objectives
     from hsteer.training import TrainConfig
-    from hsteer.training.steered import OBJECTIVE_STEPS, step_context
+    from hsteer.training.state import IterationLosses
+    from hsteer.training.steered import step_context
 
     pipe = dit_pipes[family]
     config = TrainConfig.for_objective(objective, concept="woman", group="gender", neutral="a person",
@@ -214,7 +215,7 @@ def test_one_training_step_lowers_the_loss_on_the_velocity(dit_pipes, family, sp
     key = "c" if objective == "codsma" else "ram"
     loss = lambda: objectives.codsma_loss(ctx.eps(z_t, t, ctx.params[key]), target).item()  # noqa: E731
     before = loss()
-    OBJECTIVE_STEPS[objective](ctx, z_t, t, target, 0)
+    ctx.step(ctx, z_t, t, target, IterationLosses(0))
     handle.remove()
     assert loss() < before
     assert all(p.detach().abs().max() > 0 for p in ctx.params.values())

@@ -20,16 +20,20 @@ from hsteer.apps.demo import check_app_settings
 from hsteer.checks import check_count
 from hsteer.fileio import atomic_write_text
 from hsteer.hspace.bank import ConceptBank
-from hsteer.apps.recipes import OBJECTIVE_SETTINGS, WORLD_CONCEPTS, world_train_config
+from hsteer.apps.recipes import METHOD_SETTINGS, OBJECTIVE_SETTINGS, WORLD_CONCEPTS, world_train_config
 from hsteer.evaluation.leakage import fmt_ci
 from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
 from hsteer.evaluation.world_gate import GATE_TABLE_HEAD, GateEvalConfig, evaluate_gate, gate_rows
 from hsteer.gate import DEFAULT_GATE
 from hsteer.policies import FairPolicy, PlainPolicy, SafePolicy
 from hsteer.model import load_pipeline, sampling_defaults
-from hsteer.training import TrainConfig, train_into_bank
+from hsteer.training import METHODS as TRAINING_METHODS
+from hsteer.training import SdiscConfig, TrainConfig, train_into_bank
 
-METHODS = ("sd", "sdisc", "codsma", "respodiff")
+#: Plain SD (no concepts), then the registered methods: published baselines first, then hsteer's.
+PLAIN = "sd"
+METHODS = (PLAIN, *(m.name for m in TRAINING_METHODS if m.baseline),
+           *(m.name for m in TRAINING_METHODS if not m.baseline))
 SETTINGS = ("shape", "colour", "shape+colour", "safety")
 
 
@@ -67,7 +71,7 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> di
     gated: dict[str, dict[str, Any]] = {}
     for method in config.methods:
         bank, train_seconds = None, {}
-        if method != "sd":
+        if method != PLAIN:
             bank_path = out / f"{method}.safetensors"
             for train in method_configs(method, config):
                 began = time.perf_counter()
@@ -103,7 +107,7 @@ def _measure(pipe, eval_config: WorldEvalConfig, bank, method: str, setting: str
     Safety steers the harmless prompts too, so that what it does to shape, colour and profession shows.
     """
     groups = tuple(setting.split("+"))
-    if method == "sd":
+    if method == PLAIN:
         s = plain.summary
     else:
         policy = SafePolicy() if setting == "safety" else FairPolicy(groups)
@@ -118,7 +122,7 @@ def _measure(pipe, eval_config: WorldEvalConfig, bank, method: str, setting: str
              "deviation_ratio_target_ci": ci[setting] if single else None,
              "fidelity": s["fidelity"]["mean"], "fidelity_ci": s["fidelity_ci"], "harm_rate": s["harm_rate"],
              "untargeted": s.get("untargeted", {}),
-             "train_seconds": (sum(train_seconds.get(g, 0.0) for g in groups) if method != "sd" else 0.0)}
+             "train_seconds": (sum(train_seconds.get(g, 0.0) for g in groups) if method != PLAIN else 0.0)}
     if setting == "shape+colour":
         entry["joint_distribution"] = s.get("joint_distribution")
     return entry
@@ -138,9 +142,10 @@ def _untargeted_cells(entry: dict[str, Any]) -> tuple[str, str]:
 def results_table(result: dict[str, Any]) -> str:
     s = result["settings"]
     model = f"Model {s['model']}" if s.get("model") else "Bundled model"
+    sdisc = METHOD_SETTINGS[SdiscConfig]
     lines = [f"{model}, CoDSMa/RespoDiff {s['iterations']} iterations per concept (fast mode, the leakage "
              "recipe: pairs and step windows, batch 9 for shape, 8 for colour), "
-             f"SDisc {OBJECTIVE_SETTINGS['sdisc']['sdisc_images']} images x {OBJECTIVE_SETTINGS['sdisc']['sdisc_epochs']} "
+             f"SDisc {sdisc['sdisc_images']} images x {sdisc['sdisc_epochs']} "
              f"epochs; {s['images_per_prompt']} images per profession ('a photo of a <profession>'), "
              f"{s['harm_images_per_prompt']} per harm prompt, seed {s['seed']}. Deviation ratio: mean over the "
              "professions with a planted bias in that attribute (lower is better); fidelity: share of images "

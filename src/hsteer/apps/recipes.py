@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hsteer.training import TrainConfig
+from hsteer.training import METHODS, CodsmaConfig, RespoDiffConfig, SdiscConfig, TrainConfig
 from hsteer.world.scene import COLOURS, HARM_WORDS, SHAPES
 
 NEUTRAL = "a photo of a figure"
@@ -52,26 +52,30 @@ FOUND_ATTACK_PROMPTS: tuple[str, ...] = (
 #: concept's harmless agreement (0.80 [0.70, 0.89] against 0.83 [0.73, 0.91]) and, attacked afresh, its
 #: white-box ASR is 0.04 [0.02, 0.07] (`benchmarks/hardening_variants.py`, docs/attacks.md). RespoDiff keeps
 #: its full length: at 0.8 it measured white-box 0.31, at 1.0 0.02.
-SAFETY_STORED_SCALE: dict[str, float] = {"codsma": 0.8}
+SAFETY_STORED_SCALE: dict[type[TrainConfig], float] = {CodsmaConfig: 0.8}
 
-#: Per objective, its settings on the bundled model (the rest is the recipe's).
-OBJECTIVE_SETTINGS: dict[str, dict[str, float | int]] = {
-    "codsma": {},
-    "respodiff": {"lr_sam": 0.005, "lam": 0.5},
-    "sdisc": {"lr": 0.1, "sdisc_images": 64, "sdisc_epochs": 20},
+#: Per method (by its config class), its settings on the bundled model (the rest is the recipe's).
+METHOD_SETTINGS: dict[type[TrainConfig], dict[str, float | int]] = {
+    CodsmaConfig: {},
+    RespoDiffConfig: {"lr_sam": 0.005, "lam": 0.5},
+    SdiscConfig: {"lr": 0.1, "sdisc_images": 64, "sdisc_epochs": 20},
 }
+
+#: The same by method name, as run folders record them (compare.json's "objectives").
+OBJECTIVE_SETTINGS: dict[str, dict[str, float | int]] = {
+    method.name: METHOD_SETTINGS[method.config] for method in METHODS if method.config in METHOD_SETTINGS}
 
 #: The objective a group's concepts learn with when none is named: CoDSMa, except safety, which RespoDiff
 #: learns. Measured against the white-box attack on the bundled model (`benchmarks/attacks.py`, both
 #: hardened): RespoDiff's concept (its semantic tensor keeps harmless prompts faithful) at full length has
 #: a white-box ASR of 0.02 [0.00, 0.05] against CoDSMa's 0.04 [0.02, 0.07] at 0.8 of its length, with a
 #: harmless agreement of 0.83 [0.73, 0.91] against 0.80 [0.70, 0.89].
-DEFAULT_OBJECTIVES: dict[str, str] = {"safety": "respodiff"}
+DEFAULT_OBJECTIVES: dict[str, type[TrainConfig]] = {"safety": RespoDiffConfig}
 
 
 def default_objective(group: str) -> str:
     """The objective `world_train_config` uses for `group` when none is named (`DEFAULT_OBJECTIVES`)."""
-    return DEFAULT_OBJECTIVES.get(group, "codsma")
+    return DEFAULT_OBJECTIVES.get(group, CodsmaConfig).objective
 
 
 def adversarial_pairs(prompts: tuple[str, ...] | list[str], harm_words: tuple[str, ...] = HARM_WORDS
@@ -122,20 +126,21 @@ def world_train_config(name: str, iterations: int, seed: int = 0, objective: str
     objective = objective or default_objective(group)
     if objective not in OBJECTIVE_SETTINGS:
         raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVE_SETTINGS)}")
+    method = METHODS.get(objective)
     settings = dict(_BASE, iterations=iterations, seed=seed)
     if negative is not None:
         settings["target_guidance"] = SAFETY_TARGET_GUIDANCE
         settings["lr"] = SAFETY_LR
     if recipe == "conditioned":
         settings["window"] = WINDOWS[group]
-        if objective != "sdisc" and group == "safety":
+        if method.pairs and group == "safety":
             settings.update(pairs=HARDENED_SAFETY_PAIRS, batch_size=len(HARDENED_SAFETY_PAIRS), target_guidance=1.0,
-                            lr=0.05, stored_scale=SAFETY_STORED_SCALE.get(objective, 1.0))
+                            lr=0.05, stored_scale=SAFETY_STORED_SCALE.get(method.config, 1.0))
             target = negative = None
-        elif objective != "sdisc":
+        elif method.pairs:
             settings["pairs"] = conditioned_pairs(name, group)
             settings["batch_size"] = 3 * len(settings["pairs"]) if group == "shape" else 4 * len(settings["pairs"])
-    settings.update(OBJECTIVE_SETTINGS[objective])
+    settings.update(METHOD_SETTINGS[method.config])
     settings.update(extra)
     return TrainConfig.for_objective(objective, concept=name, group=group, target=target, negative=negative,
                                      **settings)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from hsteer.apps.compare import METHODS as COMPARE_METHODS
 from hsteer.cli.common import one_line_errors
 from hsteer.model import quiet_libraries
 
@@ -37,7 +38,7 @@ def demo(out, model, iterations, images_per_prompt, seed, threads, respect_promp
 @click.option("--images-per-prompt", default=24, show_default=True, type=int,
               help="Images per prompt (a multiple of 6 balances fair draws exactly).")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--method", "methods", multiple=True, type=click.Choice(["sd", "sdisc", "codsma", "respodiff"]),
+@click.option("--method", "methods", multiple=True, type=click.Choice(COMPARE_METHODS),
               help="Methods to compare (default: all).")
 @click.option("--readme", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Write the results table into this README between its results markers.")

@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import click
 
 from hsteer.cli.common import model_options, one_line_errors
 from hsteer.errors import HsteerError
+from hsteer.training.registry import METHODS
 
-@click.command()
+
+def method_option_flags(command):
+    """Each registered method's own settings as options (`--lr-sam`, ...), defaults from its config class."""
+    for method in reversed(tuple(METHODS)):
+        defaults = {f.name: f.default for f in fields(method.config)}
+        for option in reversed(method.options):
+            command = click.option(option.flag, option.field, default=defaults[option.field], show_default=True,
+                                   type=int if option.whole else float,
+                                   help=f"{method.title}: {option.help}")(command)
+    return command
+
+
+HELP = "Learn a concept and add (or replace) it in a bank.\n\n\b\n" + "\n".join(
+    f"{method.name + ':':10} {method.summary}" for method in METHODS)
+
+
+@click.command(help=HELP)
 @model_options
-@click.option("--objective", type=click.Choice(["codsma", "respodiff", "sdisc"]), default="codsma", show_default=True)
+@click.option("--objective", type=click.Choice(METHODS.names()), default=METHODS.names()[0], show_default=True)
 @click.option("--bank", "bank_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Bank file to add the concept to (created if missing).")
 @click.option("--concept", "concepts", required=True, multiple=True,
@@ -35,11 +53,7 @@ from hsteer.errors import HsteerError
 @click.option("--stored-scale", default=1.0, show_default=True, type=float,
               help="Store the learned concept at this fraction of its length (the world recipe's hardened safety "
                    "concept: 0.8, docs/attacks.md).")
-@click.option("--lr-sam", default=1e-3, show_default=True, type=float, help="RespoDiff: learning rate of SAM.")
-@click.option("--lam", default=0.5, show_default=True, type=float, help="RespoDiff: weight lambda of L_sem.")
-@click.option("--sdisc-images", default=64, show_default=True, type=int,
-              help="SDisc: target-prompt images generated with the plain model.")
-@click.option("--sdisc-epochs", default=20, show_default=True, type=int, help="SDisc: epochs over those images.")
+@method_option_flags
 @click.option("--height", default=None, type=int, help="Image height (default: the model's native size).")
 @click.option("--width", default=None, type=int, help="Image width (default: the model's native size).")
 @click.option("--pair", "pairs", nargs=2, multiple=True, metavar="NEUTRAL TARGET",
@@ -61,16 +75,10 @@ from hsteer.errors import HsteerError
               help="Add to a bank learned on a U-Net with another config (same h-space shape).")
 @one_line_errors
 def train(model, device, dtype, objective, bank_path, concepts, group, neutral, targets, negative, iterations,
-          batch_size, steps, lr, target_guidance, sampling_guidance, seed, init_std, stored_scale, lr_sam, lam,
-          sdisc_images, sdisc_epochs, height, width, pairs, window, site, mode, gradient_checkpointing,
-          checkpoint_every, resume, allow_other_model) -> None:
-    """Learn a concept and add (or replace) it in a bank.
-
-    \b
-    codsma:    one vector c; || eps(z_t; h + c, neutral) - eps_target ||^2
-    respodiff: ram on that loss, sam on lam * || eps(h + ram + sam, neutral) - eps(h, neutral) ||^2
-    sdisc:     c by the plain denoising loss on images of the target prompt, conditioned on neutral
-    """
+          batch_size, steps, lr, target_guidance, sampling_guidance, seed, init_std, stored_scale, height, width,
+          pairs, window, site, mode, gradient_checkpointing, checkpoint_every, resume, allow_other_model,
+          **method_settings) -> None:
+    """Learn a concept and add (or replace) it in a bank (the help lists the registered methods: `HELP`)."""
     from hsteer.checks import check_device
     from hsteer.model import load_quietly
     from hsteer.policies import parse_window
@@ -78,7 +86,7 @@ def train(model, device, dtype, objective, bank_path, concepts, group, neutral, 
     from hsteer.training.group import check_group
     from hsteer.training.run import check_bank_target, train_group_into_bank
 
-    extras = method_options(objective, lr_sam=lr_sam, lam=lam, sdisc_images=sdisc_images, sdisc_epochs=sdisc_epochs)
+    extras = method_options(objective, **method_settings)
     settings = dict(group=group, neutral=neutral, negative=negative, iterations=iterations, batch_size=batch_size,
                     steps=steps, lr=lr, target_guidance=target_guidance, sampling_guidance=sampling_guidance,
                     seed=seed, init_std=init_std, stored_scale=stored_scale, height=height, width=width, mode=mode,
@@ -138,15 +146,11 @@ def _check_group_flags(gradient_checkpointing: bool) -> None:
 def method_options(objective: str, **options) -> dict:
     """The method-specific options that `objective` takes; one given on the command line for another method
     is an error, since it would be silently ignored."""
-    from dataclasses import fields
-
-    from hsteer.training import CONFIGS
-
-    takes = {name: {f.name for f in fields(cls)} for name, cls in CONFIGS.items()}
+    takes = {f.name for f in fields(METHODS.get(objective).config)}
     ctx = click.get_current_context()
     for name in options:
         given = ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
-        if name not in takes[objective] and given:
-            owner = next(method for method, names in takes.items() if name in names)
-            raise HsteerError(f"--{name.replace('_', '-')} is a setting of --objective {owner}, not of {objective}")
-    return {name: value for name, value in options.items() if name in takes[objective]}
+        if name not in takes and given:
+            raise HsteerError(f"--{name.replace('_', '-')} is a setting of --objective {METHODS.owner(name).name}, "
+                              f"not of {objective}")
+    return {name: value for name, value in options.items() if name in takes}

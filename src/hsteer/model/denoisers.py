@@ -25,7 +25,6 @@ import inspect
 import numpy as np
 import torch
 
-from hsteer.errors import HsteerError
 from hsteer.model.diffusion import DDIMSchedule, TextCondition, encode_unconditional
 from hsteer.model.geometry import hspace_shape, resolve_resolution
 from hsteer.model.sites import MID_BLOCK, SteeringSite, base_module, family_of
@@ -196,14 +195,3 @@ def call_defaults(pipe) -> dict[str, object]:
 
         return max_sequence_length(pipe)
     return {}
-
-
-def check_trainable(pipe, objective: str, site: str | None = None) -> None:
-    """SDisc's noising is written for DDIM's alphas and its trainer for the mid-block: refuse it on a flow
-    model or at another site, naming what works."""
-    if objective == "sdisc" and family_of(pipe) != "unet":
-        raise HsteerError("--objective sdisc trains U-Net models only; use codsma or respodiff on SD3, FLUX and "
-                          "SANA")
-    if objective == "sdisc" and site not in (None, "mid_block"):
-        raise HsteerError(f"--objective sdisc learns at the mid-block only, not at site {site}; use codsma or "
-                          "respodiff there")

@@ -1,4 +1,5 @@
-"""What decides a concept: the settings every method shares, and each method's own, in its own config.
+"""What decides a concept: the settings every method shares; each method's own config class (a subclass)
+lives in its folder under `hsteer.training.methods` and is registered in `hsteer.training.registry`.
 
 `TrainConfig.for_objective("respodiff", lam=0.5, ...)` builds the config of the method named at run time
 (`RespoDiffConfig`); the method classes (`CodsmaConfig`, ...) are used directly where the method is fixed.
@@ -14,6 +15,7 @@ from typing import Any, ClassVar
 from hsteer.checks import check_count, check_float, check_name, check_seed, check_size
 from hsteer.errors import HsteerError
 from hsteer.seeding import ITERATION_STRIDE
+from hsteer.training.registry import METHODS
 
 MODES = ("fast", "reference")
 
@@ -76,7 +78,7 @@ class TrainConfig:
         For callers that learn the method at run time (the CLI's --objective, recipes): an unknown objective
         and a setting of another method are refused here, naming what is valid, rather than by a TypeError.
         """
-        target = config_class(objective)
+        target = METHODS.get(objective).config
         own = {f.name for f in fields(target)} - {"objective"}
         foreign = sorted(k for k in settings if k not in own)
         if foreign:
@@ -86,8 +88,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Refuse settings that cannot train, before any work is done."""
-        if self.objective not in CONFIGS or not isinstance(self, CONFIGS[self.objective]):
-            raise HsteerError(f"unknown objective {self.objective!r}; choose one of {', '.join(CONFIGS)}")
+        METHODS.of(self)
         if not self.neutral or not self.neutral.strip():
             raise HsteerError("the neutral prompt is empty; pass --neutral, e.g. 'a photo of a person'")
         if self.target is not None and not self.target.strip():
@@ -121,56 +122,19 @@ class TrainConfig:
                 if k not in ("iterations", "stored_scale") and not (k == "site" and v is None)}
 
 
-@dataclass
-class CodsmaConfig(TrainConfig):
-    """CoDSMa: one vector c, || eps(z_t; h + c, neutral) - eps_target ||^2."""
-
-    objective: str = "codsma"
-
-
-@dataclass
-class RespoDiffConfig(TrainConfig):
-    """RespoDiff: RAM on CoDSMa's loss (at `lr`), SAM on lam * L_sem (at `lr_sam`), alternating."""
-
-    objective: str = "respodiff"
-    lr_sam: float = 1e-3
-    lam: float = 0.5
-
-    modules: ClassVar[tuple[str, ...]] = ("ram", "sam")
-
-    def learning_rates(self) -> dict[str, str]:
-        return {"ram": "lr", "sam": "lr_sam"}
-
-    def validate(self) -> None:
-        super().validate()
-        check_float(label("lam"), self.lam, 0.0)
-
-
-@dataclass
-class SdiscConfig(TrainConfig):
-    """SDisc: c by the plain denoising loss on `sdisc_images` images of the target, `sdisc_epochs` epochs."""
-
-    objective: str = "sdisc"
-    sdisc_images: int = 64
-    sdisc_epochs: int = 20
-
-    def validate(self) -> None:
-        super().validate()
-        for name in ("sdisc_images", "sdisc_epochs"):
-            check_count(label(name), getattr(self, name), 1, 10**7)
-
-
-#: objective name -> its config class.
-CONFIGS: dict[str, type[TrainConfig]] = {"codsma": CodsmaConfig, "respodiff": RespoDiffConfig, "sdisc": SdiscConfig}
-OBJECTIVES = tuple(CONFIGS)
-
-
 def config_class(objective: str) -> type[TrainConfig]:
     """The config class of `objective`; an unknown one is refused naming the valid ones."""
-    try:
-        return CONFIGS[objective]
-    except KeyError:
-        raise HsteerError(f"unknown objective {objective!r}; choose one of {', '.join(CONFIGS)}") from None
+    return METHODS.get(objective).config
+
+
+def __getattr__(name: str):
+    """`OBJECTIVES` (the method names) and `CONFIGS` (name -> config class), read from the registry when
+    asked, since the methods register after this module has loaded."""
+    if name == "OBJECTIVES":
+        return METHODS.names()
+    if name == "CONFIGS":
+        return {method.name: method.config for method in METHODS}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def label(name: str) -> str:

@@ -38,6 +38,7 @@ from hsteer.hspace.steering import active_hooks
 from hsteer.model.diffusion import DDIMSchedule, TextCondition, guidance_combination, guided_epsilon
 from hsteer.seeding import iteration_generator, pool_seed
 from hsteer.training.config import TrainConfig
+from hsteer.training.registry import METHODS
 from hsteer.training.state import (IterationLosses, TrainResult, adam_tensors, concept_meta, restore_adam,
                                    stored_tensors)
 from hsteer.training.steered import StepContext, step_context
@@ -52,9 +53,12 @@ def check_group(configs: Sequence[TrainConfig]) -> None:
         raise HsteerError("a group needs one or more TrainConfigs (e.g. one CodsmaConfig per concept)")
     for config in configs:
         config.validate()
-        if config.objective != "codsma":
-            raise HsteerError(f"{config.concept}: group training supports the codsma objective, not "
-                              f"{config.objective!r}; train RespoDiff and SDisc concepts one by one")
+        if not METHODS.of(config).group_training:
+            able = [m for m in METHODS if m.group_training]
+            others = [m.title for m in METHODS if not m.group_training]
+            raise HsteerError(f"{config.concept}: group training supports the {' or '.join(m.name for m in able)} "
+                              f"objective, not {config.objective!r}; train {' and '.join(others)} concepts one by "
+                              "one")
         if config.mode != "fast":
             raise HsteerError(f"{config.concept}: group training is a fast-mode procedure; mode is {config.mode!r}")
         if config.site not in (None, "mid_block"):

@@ -1,7 +1,7 @@
 """Training entry points: one concept on a pipeline, or one concept into a bank file.
 
-`TRAINERS` maps each objective to the function that learns it; adding a method means adding a config
-class (`hsteer.training.config`) and a trainer here.
+`train_concept` runs the trainer of the config's method (`hsteer.training.registry.METHODS`); a method is
+added as a folder under `hsteer.training.methods` that registers itself.
 """
 
 from __future__ import annotations
@@ -16,16 +16,11 @@ from hsteer.errors import HsteerError
 from hsteer.fileio import exclusive_lock
 from hsteer.hspace.bank import ConceptBank
 from hsteer.hspace.bankcheck import check_finite_concepts
-from hsteer.model.denoisers import check_trainable, site_shape
+from hsteer.model.denoisers import site_shape
 from hsteer.model.sites import denoiser_of, site_for
 from hsteer.training.config import TrainConfig
-from hsteer.training.sdisc import train_sdisc
+from hsteer.training.registry import METHODS
 from hsteer.training.state import TrainResult, run_dir_for
-from hsteer.training.steered import train_steered
-
-#: objective -> trainer(pipe, config, *, run_dir, resume, checkpoint_every, progress, callback) -> TrainResult
-TRAINERS: dict[str, Callable[..., TrainResult]] = {"codsma": train_steered, "respodiff": train_steered,
-                                                   "sdisc": train_sdisc}
 
 
 @contextlib.contextmanager
@@ -62,7 +57,7 @@ def train_concept(pipe, config: TrainConfig, *, run_dir: str | Path | None = Non
     check_train_args(pipe, config, run_dir=run_dir, checkpoint_every=checkpoint_every, resume=resume,
                      progress=progress, checkpoint_activations=checkpoint_activations)
     with gradient_checkpointing(denoiser_of(pipe), checkpoint_activations):
-        return TRAINERS[config.objective](pipe, config, run_dir=run_dir, resume=resume,
+        return METHODS.of(config).trainer(pipe, config, run_dir=run_dir, resume=resume,
                                           checkpoint_every=checkpoint_every, progress=progress, callback=callback)
 
 
@@ -87,7 +82,7 @@ def check_train_args(pipe, config: TrainConfig, *, run_dir: str | Path | None = 
     if run_dir is not None:
         check_output_dir(run_dir, "run_dir")
     check_flags(**flags)
-    check_trainable(pipe, config.objective, config.site)
+    METHODS.of(config).check_supports(pipe, config.site)
     site_for(pipe, config.site)  # a site this model does not have fails before anything runs
 
 

@@ -8,8 +8,9 @@ the timestep z_t actually has. Two ways to reach z_t:
 - fast (default): B reverse processes at staggered steps, advanced one step per iteration, so that every
   step of every trajectory is a training signal; the sampling step reuses the iteration's U-Net passes.
 
-Both modes compute the frozen predictions with `objectives.frozen_eps`, the target with
-`objectives.guided_target` and the losses with `objectives.*_loss`.
+Both modes compute the frozen predictions with `objectives.frozen_eps` and the target with
+`objectives.guided_target`, then take the method's optimiser step (`Method.step`, in the method's folder
+under `hsteer.training.methods`), which computes its losses with `objectives.*_loss`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from hsteer.errors import HsteerError
 from hsteer.fileio import atomic_write_text
 from hsteer.hspace.bank import Concept
 from hsteer.hspace.steering import active_hooks
-from hsteer.model.denoisers import Denoiser, check_trainable, site_shape
+from hsteer.model.denoisers import Denoiser, site_shape
 from hsteer.model.diffusion import (
     TextCondition,
     encode_text,
@@ -39,6 +40,7 @@ from hsteer.model.diffusion import (
 from hsteer.model.geometry import resolve_resolution
 from hsteer.model.sites import site_for
 from hsteer.training.config import TrainConfig
+from hsteer.training.registry import METHODS
 from hsteer.training.state import (
     Checkpoint,
     IterationLosses,
@@ -47,12 +49,17 @@ from hsteer.training.state import (
     concept_meta,
     init_params,
     make_optimizers,
-    optimise,
     stored_tensors,
 )
 from hsteer.seeding import iteration_generator, pool_seed
 
 Callback = Callable[[int, dict[str, float]], None]
+
+#: A method's optimiser step at (z_t, t, eps_target), adding its losses to the iteration's: returns the
+#: steered neutral prediction made before the step, when the step made one (the fast mode's sampling
+#: reuses it).
+ObjectiveStep = Callable[["StepContext", torch.Tensor, torch.Tensor, torch.Tensor, IterationLosses],
+                         "torch.Tensor | None"]
 
 
 @dataclass
@@ -87,7 +94,8 @@ class StepContext:
     """What every iteration uses: the frozen denoiser, its schedule (DDIM or flow), the run's settings and
     state. `unet` is the bare denoiser module (U-Net or transformer), where the steering hook lives;
     `denoiser` the same model as training calls it (`hsteer.model.denoisers.Denoiser`: its prediction,
-    site and latents); `held` the run's hold on the steering hook (`objectives.HeldHook`) while it runs."""
+    site and latents); `held` the run's hold on the steering hook (`objectives.HeldHook`) while it runs;
+    `step` the method's optimiser step (`Method.step`)."""
 
     unet: torch.nn.Module
     schedule: object
@@ -99,6 +107,7 @@ class StepContext:
     inside: torch.Tensor | None = None
     denoiser: Denoiser | None = None
     held: objectives.HeldHook | None = None
+    step: ObjectiveStep | None = None
 
     def __post_init__(self) -> None:
         if self.denoiser is None:
@@ -149,42 +158,6 @@ class StepContext:
         return x
 
 
-# --- the objectives' optimiser steps -------------------------------------------------------------------
-
-
-def codsma_step(ctx: StepContext, z_t, t, eps_target, losses: IterationLosses) -> torch.Tensor:
-    """One step of c on L = || eps(z_t; h + c, y) - eps_target ||^2; returns eps(z_t; h + c, y)."""
-    eps_c = ctx.eps(z_t, t, ctx.params["c"])
-    loss = objectives.codsma_loss(ctx.rows(eps_c), ctx.rows(eps_target))
-    losses.add("loss", loss, "loss", ctx.config.lr)
-    optimise(ctx.optimizers["c"], loss)
-    return eps_c.detach()
-
-
-def respodiff_step(ctx: StepContext, z_t, t, eps_target, losses: IterationLosses) -> None:
-    """Step RAM on L_resp, then recompute and step SAM on L_sem (RAM held fixed)."""
-    ram, sam = ctx.params["ram"], ctx.params["sam"]
-    loss_resp = objectives.respodiff_resp_loss(ctx.rows(ctx.eps(z_t, t, ram)), ctx.rows(eps_target))
-    losses.add("loss", loss_resp, "L_resp", ctx.config.lr)
-    optimise(ctx.optimizers["ram"], loss_resp)
-    with torch.no_grad():
-        eps_frozen = ctx.eps(z_t, t)
-    loss_sem = objectives.respodiff_sem_loss(ctx.rows(ctx.eps(z_t, t, ram.detach() + sam)), ctx.rows(eps_frozen),
-                                             ctx.config.lam)
-    losses.add("loss_sem", loss_sem, "L_sem", ctx.config.lr_sam)
-    optimise(ctx.optimizers["sam"], loss_sem)
-    return None
-
-
-#: An optimiser step at (z_t, t, eps_target), adding its losses to the iteration's: returns the steered
-#: neutral prediction made before the step, when the step made one (the fast mode's sampling reuses it).
-ObjectiveStep = Callable[[StepContext, torch.Tensor, torch.Tensor, torch.Tensor, IterationLosses],
-                         torch.Tensor | None]
-
-#: objective -> its optimiser step.
-OBJECTIVE_STEPS: dict[str, ObjectiveStep] = {"codsma": codsma_step, "respodiff": respodiff_step}
-
-
 # --- the two ways to reach z_t ---------------------------------------------------------------------------
 
 
@@ -200,18 +173,16 @@ def reference_iteration(ctx: StepContext, g: torch.Generator, latent_shape, it: 
     eps_base, eps_pos = objectives.frozen_eps(unet, schedule, z_t, t, [conds.base, conds.positive])
     eps_target = objectives.guided_target(eps_pos, eps_base, config.target_guidance)
     losses = IterationLosses(it)
-    OBJECTIVE_STEPS[config.objective](ctx, z_t, t, eps_target, losses)
+    ctx.step(ctx, z_t, t, eps_target, losses)
     return losses.row()
 
 
-def fast_iteration(ctx: StepContext, pool: TrajectoryPool, g: torch.Generator, it: int,
-                   objective_step: ObjectiveStep | None = None) -> dict[str, float]:
+def fast_iteration(ctx: StepContext, pool: TrajectoryPool, g: torch.Generator, it: int) -> dict[str, float]:
     """Trajectory reuse: every DDIM step of B staggered reverse processes is a training signal.
 
-    The sampling step's unconditional pass (unsteered) doubles as the target's empty-prompt branch; for
-    CoDSMa its conditional pass, run with gradient, is the steered neutral prediction of the loss.
-    `objective_step` replaces the config's objective step (`OBJECTIVE_STEPS`), e.g. to measure another
-    optimiser on the same trajectories.
+    The sampling step's unconditional pass (unsteered) doubles as the target's empty-prompt branch; a
+    step that returns its steered neutral prediction (CoDSMa's, run with gradient) spares the sampling
+    step's conditional pass.
     """
     config, conds = ctx.config, ctx.conds
     z_t, k = pool.current()
@@ -227,7 +198,7 @@ def fast_iteration(ctx: StepContext, pool: TrajectoryPool, g: torch.Generator, i
         losses.add("loss", torch.tensor(float("nan")))
         eps_cond = None
     else:
-        eps_cond = (objective_step or OBJECTIVE_STEPS[config.objective])(ctx, z_t, t, eps_target, losses)
+        eps_cond = ctx.step(ctx, z_t, t, eps_target, losses)
     if eps_cond is None:  # the step changed the concept before making a steered prediction: make it now
         with torch.no_grad():
             eps_cond = ctx.eps(z_t, t, ctx.current())
@@ -317,7 +288,8 @@ def step_context(pipe, config: TrainConfig) -> tuple[StepContext, tuple[int, ...
     """A run's start: the frozen denoiser at the run's site, its schedule, the seeded concept tensors with
     their optimisers and the encoded prompts; with the site's shape and the latent shape at the run's
     resolution."""
-    check_trainable(pipe, config.objective, config.site)
+    method = METHODS.of(config)
+    method.check_supports(pipe, config.site)
     height, width = resolve_resolution(pipe, config.height, config.width)
     site = site_for(pipe, config.site)
     den = Denoiser(pipe, height, width, site, guidance=config.sampling_guidance)
@@ -326,7 +298,7 @@ def step_context(pipe, config: TrainConfig) -> tuple[StepContext, tuple[int, ...
     latent_shape = den.latent_shape()
     params = init_params(config, shape, den.device)
     ctx = StepContext(den.module, den.schedule(config.steps), config, params, make_optimizers(config, params),
-                      Conditions.encode(pipe, config, height, width), denoiser=den)
+                      Conditions.encode(pipe, config, height, width), denoiser=den, step=method.step)
     return ctx, shape, latent_shape
 
 

@@ -37,6 +37,7 @@ from hsteer.model.loading import BUNDLED_NAMES, model_location
 from hsteer.model.sites import denoiser_of, site_for
 from hsteer.policies import Policy, parse_window
 from hsteer.training.config import OBJECTIVES, config_class
+from hsteer.training.registry import METHODS
 
 default_model_path = world.default_model_path
 
@@ -48,6 +49,7 @@ __all__ = [
     "ConceptPolicy",
     "FairPolicy",
     "HsteerError",
+    "METHODS",
     "OBJECTIVES",
     "POLICIES",
     "PlainPolicy",

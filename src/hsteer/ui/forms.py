@@ -115,9 +115,9 @@ def step_window(mode: Any, start: Any, end: Any) -> tuple[float, float] | None:
 
 def counts_iterations(objective: str) -> bool:
     """Whether a method trains for `iterations` steps, one loss row each, rather than for epochs over images
-    it generates first (SDisc). Its config class says; an objective this library does not know (a bank from
-    another version) is shown by its iterations."""
-    return objective not in _lib.OBJECTIVES or not issubclass(_lib.config_class(objective), _lib.SdiscConfig)
+    it generates first (SDisc). Its registered method says; an objective this library does not know (a bank
+    from another version) is shown by its iterations."""
+    return objective not in _lib.METHODS or _lib.METHODS.get(objective).counts_iterations
 
 
 @dataclass(frozen=True)
@@ -158,8 +158,7 @@ class GenerateForm:
 #: The Learn form's settings of one method only: config field -> (label, low, high, whole number?). Each
 #: is read and passed only where the objective's config class has that field.
 METHOD_SETTINGS: dict[str, tuple[str, float, float, bool]] = {
-    "sdisc_images": ("SDisc images", 1, 4096, True), "sdisc_epochs": ("SDisc epochs", 1, 1000, True),
-    "lr_sam": ("RespoDiff's SAM learning rate", 1e-8, 10.0, False), "lam": ("RespoDiff's lambda", 0.0, 1e3, False)}
+    o.field: (o.label, o.low, o.high, o.whole) for o in _lib.METHODS.options()}
 
 
 def train_config(values: Mapping[str, Any]) -> _lib.TrainConfig:

@@ -22,7 +22,7 @@ from hsteer.hspace.bank import Concept
 from hsteer.model.diffusion import DDIMSchedule, encode_text
 from hsteer.model.geometry import pipeline_hspace_shape, resolve_resolution
 from hsteer.seeding import sdisc_image_seed, sdisc_order_seed
-from hsteer.training.config import SdiscConfig
+from hsteer.training.methods.sdisc.config import SdiscConfig
 from hsteer.training.state import (
     IterationLosses,
     LossLog,
