@@ -92,7 +92,7 @@ def training_curve(pipe, probe: QualityProbe, mode: str, milestones: list[int], 
     the concepts at each; once a milestone meets the quality, the kept concepts between the last milestone
     that did not and this one are evaluated by bisection (the quality is taken as monotone there). So the
     time to the quality is resolved to `step` iterations for the cost of a few evaluations. `mode` "group":
-    both concepts trained together (`hsteer.training.group`; `extra` may hold its `lr_warmup` and `jumps`).
+    both concepts trained together (`hsteer.training.group`).
     `budget`: stop, unmet, once training has taken longer (a sweep's arm slower than its best so far).
     `extra`: settings over the recipe's. Returns the evaluated points in order of iterations.
     """
@@ -143,13 +143,13 @@ def _concept_trainer(pipe, mode: str, seed: int, workdir: Path, step: int, **ext
     return advance
 
 
-def _group_trainer(pipe, seed: int, iterations: int, lr_warmup: int = 0, jumps: int = 0, **extra):
+def _group_trainer(pipe, seed: int, iterations: int, **extra):
     """advance(n) -> (training seconds so far, [circle, square] at n): one in-memory group run, continued."""
     from hsteer.apps.recipes import world_train_config
     from hsteer.training.group import GroupRun
 
     configs = [world_train_config(name, iterations, seed, mode="fast", **extra) for name in ("circle", "square")]
-    run = GroupRun(pipe, configs, lr_warmup=lr_warmup, jumps=jumps)
+    run = GroupRun(pipe, configs)
 
     def advance(target: int):
         run.run(target)

@@ -1,19 +1,27 @@
-"""Smoke test of the benchmark script (its figures are quoted in BENCHMARKS.md, not asserted as timings)."""
+"""Smoke tests of the benchmark scripts (benchmarks/) and of the one-off studies (studies/); their figures are
+quoted in BENCHMARKS.md and studies/README.md, not asserted as timings."""
 
 import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS, STUDIES = ROOT / "benchmarks", ROOT / "studies"
 
 
 def _load(name: str):
-    """The script `benchmarks/<name>.py` as a module, with its folder on sys.path as `python <script>` puts
-    it there (the scripts import their siblings: `from common import setup_threads`)."""
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    path = BENCHMARKS / f"{name}.py"
+    """The script `benchmarks/<name>.py` or `studies/<name>.py` as a module, with both folders on sys.path as
+    `python <script>` puts its own there (the scripts import their siblings: `from common import
+    setup_threads`; a study puts benchmarks/ there itself, `study_paths`)."""
+    for folder in (STUDIES, BENCHMARKS):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+    path = STUDIES / f"{name}.py"
+    if not path.is_file():
+        path = BENCHMARKS / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"hsteer_bench_{name}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
@@ -327,7 +335,7 @@ def test_the_attack_benchmarks_target_reads_the_default_against_every_other_defe
 
 
 def test_respodiff_lambda_smoke_run_attacks_the_concept_it_trained_with_each_lambda(tmp_path):
-    """benchmarks/respodiff_lambda.py --quick: the recipe's RespoDiff safety concept at the lambda asked for,
+    """studies/respodiff_lambda.py --quick: the recipe's RespoDiff safety concept at the lambda asked for,
     attacked afresh, with its harmless figures and their intervals."""
     from hsteer.hspace.bank import ConceptBank
 
@@ -341,3 +349,29 @@ def test_respodiff_lambda_smoke_run_attacks_the_concept_it_trained_with_each_lam
         assert 0.0 <= figure["ci"][0] <= figure["value"] <= figure["ci"][1] <= 1.0
     concept = ConceptBank.load(tmp_path / "quick" / "lam-0.25" / "bank.safetensors")["anti_harm"]
     assert concept.objective == "respodiff" and concept.meta["lam"] == 0.25
+
+
+def test_the_group_knobs_study_warms_up_and_jumps_only_the_unsteered_start(sd_pipe):
+    """studies/group_knobs.py: a warm-up over 4 iterations takes Adam's first step at a quarter of the rate;
+    jumps change the pool's start, not its steps; with neither it is the library's GroupRun exactly."""
+    import torch
+
+    from hsteer.training import CodsmaConfig
+    from hsteer.training.group import GroupRun
+
+    knobs = _load("group_knobs")
+    config = CodsmaConfig(concept="man", group="gender", neutral="a person", pairs=(("a person", "a man"),
+                          ("a doctor", "a man doctor")), iterations=1, batch_size=4, steps=6, lr=0.1, seed=0,
+                          window=(0.34, 1.0))
+    runs = {name: cls(sd_pipe, [config], **kw) for name, cls, kw in (
+        ("plain", GroupRun, {}), ("same", knobs.KnobbedGroupRun, {}),
+        ("warm", knobs.KnobbedGroupRun, {"lr_warmup": 4}))}
+    for run in runs.values():
+        run.run(1)
+    plain, same, warm = (runs[n].concepts()[0].tensors["c"] for n in ("plain", "same", "warm"))
+    assert torch.equal(plain, same) and plain.abs().max() == pytest.approx(0.1, rel=1e-2)
+    assert torch.allclose(warm, plain / 4, atol=1e-6)
+    jumped, exact = knobs.KnobbedGroupRun(sd_pipe, [config], jumps=1), GroupRun(sd_pipe, [config])
+    jumped._start_pool()
+    exact._start_pool()
+    assert torch.equal(jumped.k, exact.k) and not torch.allclose(jumped.x, exact.x)

@@ -10,9 +10,7 @@ U-Net batches. Here they share them:
   every batch is a training signal (the per-concept fast mode advances its rows over the whole schedule
   and trains only on those inside the window);
 - the part of a trajectory before the window is unsteered, so it does not depend on the concepts: it is
-  made once per slot for the whole group (`_prefix`), in batches, and optionally with a few large DDIM
-  jumps instead of every step (`jumps`: the latents entering the window are then approximate);
-- an optional linear learning-rate warm-up (`lr_warmup` iterations).
+  made once per slot for the whole group (`_prefix`), in batches.
 
 Each concept keeps its own Adam, learning rate and target guidance, and its loss is its own rows' CoDSMa
 loss, so its gradient is that of a separate run on the same latents. Training is in memory: `GroupRun.run`
@@ -42,6 +40,11 @@ from hsteer.training.registry import METHODS
 from hsteer.training.state import (IterationLosses, TrainResult, adam_tensors, concept_meta, restore_adam,
                                    stored_tensors)
 from hsteer.training.steered import StepContext, step_context
+
+#: What group checkpoints record of two settings the group trainer does not have (a learning-rate warm-up
+#: and DDIM jumps before the window, measured in studies/train_ideas.py): always off, so that a checkpoint
+#: made with either on is refused and every other one resumes.
+RETIRED_SETTINGS = {"lr_warmup": 0, "jumps": 0}
 
 #: Settings every concept of a group must share, because the group shares its trajectories.
 SHARED = ("mode", "steps", "batch_size", "sampling_guidance", "seed", "window", "height", "width", "neutral")
@@ -91,14 +94,12 @@ def _neutrals(config: TrainConfig) -> list[str]:
 class GroupRun:
     """A group's concepts trained together (module docstring); `run(n)` trains up to iteration n."""
 
-    def __init__(self, pipe, configs: Sequence[TrainConfig], *, lr_warmup: int = 0, jumps: int = 0) -> None:
+    def __init__(self, pipe, configs: Sequence[TrainConfig]) -> None:
         check_group(configs)
         if active_hooks(pipe.unet):
             raise HsteerError(f"the pipeline is being steered ({', '.join(active_hooks(pipe.unet))}); remove "
                               "its hooks before training")
-        if lr_warmup < 0 or jumps < 0:
-            raise HsteerError(f"lr_warmup and jumps must be >= 0, got {lr_warmup} and {jumps}")
-        self.pipe, self.configs, self.lr_warmup, self.jumps = pipe, list(configs), lr_warmup, jumps
+        self.pipe, self.configs = pipe, list(configs)
         built = [step_context(pipe, config) for config in configs]
         self.ctxs: list[StepContext] = [b[0] for b in built]
         self.shape, self.latent_shape = built[0][1], built[0][2]
@@ -128,18 +129,17 @@ class GroupRun:
         return x.to(self.unet.device, self.unet.dtype)
 
     @torch.no_grad()
-    def _walk(self, x: torch.Tensor, k_from: torch.Tensor, k_to: torch.Tensor, jumps: int,
+    def _walk(self, x: torch.Tensor, k_from: torch.Tensor, k_to: torch.Tensor,
               delta: torch.Tensor | None = None) -> torch.Tensor:
-        """DDIM from step k_from[i] to k_to[i] per row (`x` holds B slots, or n x B rows with `delta`, one
-        concept per row): every step, or with `jumps` > 0 that many DDIM jumps over the timesteps."""
+        """DDIM from step k_from[i] to k_to[i] per row, every step (`x` holds B slots, or n x B rows with
+        `delta`, one concept per row)."""
         n = x.shape[0] // self.B
         cond, uncond = self.ctxs[0].conds.neutral, self.ctxs[0].conds.empty
         if n > 1:
             cond, uncond = self.neutral, self.empty
         k_from, k_to = k_from.repeat(n), k_to.repeat(n)
         span = k_to - k_from
-        ladder = ([k_from + span * m // jumps for m in range(jumps + 1)] if jumps
-                  else [torch.minimum(k_from + m, k_to) for m in range(int(span.max().item()) + 1)])
+        ladder = [torch.minimum(k_from + m, k_to) for m in range(int(span.max().item()) + 1)]
         guidance, x = self.configs[0].sampling_guidance, x.clone()
         for here, there in zip(ladder, ladder[1:]):
             active = (there > here).nonzero(as_tuple=True)[0]
@@ -159,7 +159,7 @@ class GroupRun:
     def _prefix(self, g: torch.Generator) -> torch.Tensor:
         """One latent per slot at the window's first step: unsteered, so shared by every concept."""
         zero = torch.zeros(self.B, dtype=torch.long, device=self.unet.device)
-        return self._walk(self._noise(g), zero, zero + self.first, self.jumps)
+        return self._walk(self._noise(g), zero, zero + self.first)
 
     def _deltas(self) -> torch.Tensor:
         """Each row's current concept: concept j on rows j*B .. (j+1)*B - 1, detached."""
@@ -167,7 +167,7 @@ class GroupRun:
 
     def _start_pool(self) -> None:
         """Slots staggered over the window's steps; the in-window part is steered unless every concept is
-        still zero (then it is shared too, and may take the jumps)."""
+        still zero (then it is shared too)."""
         g = torch.Generator("cpu").manual_seed(pool_seed(self.configs[0].seed))
         width = self.end - self.first
         self.k = (self.first + torch.arange(self.B) * width // self.B).to(self.unet.device)
@@ -176,9 +176,9 @@ class GroupRun:
         self.spare, self.spare_used = x, torch.zeros(self.B, dtype=torch.bool)
         n = len(self.ctxs)
         if all(not c.current().any() for c in self.ctxs):
-            self.x = self._walk(x, start, self.k, self.jumps).repeat(n, 1, 1, 1)
+            self.x = self._walk(x, start, self.k).repeat(n, 1, 1, 1)
         else:
-            self.x = self._walk(x.repeat(n, 1, 1, 1), start, self.k, 0, self._deltas())
+            self.x = self._walk(x.repeat(n, 1, 1, 1), start, self.k, self._deltas())
 
     def _restart(self, done: torch.Tensor, g: torch.Generator) -> None:
         """Slots whose trajectories left the window re-enter it: each first from its own entry latent of
@@ -214,11 +214,8 @@ class GroupRun:
             loss = objectives.codsma_loss(eps_c[rows], target)
             losses.add(f"loss/{config.concept}", loss, f"{config.concept}'s loss", config.lr)
             total = total + loss
-        for ctx, config in zip(self.ctxs, self.configs):
-            optimizer = ctx.optimizers["c"]
-            optimizer.zero_grad(set_to_none=True)
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * (min(1.0, (it + 1) / self.lr_warmup) if self.lr_warmup else 1.0)
+        for ctx in self.ctxs:
+            ctx.optimizers["c"].zero_grad(set_to_none=True)
         total.backward()  # each concept's gradient is its own loss's: the concepts are disjoint parameters
         for ctx in self.ctxs:
             ctx.optimizers["c"].step()
@@ -264,7 +261,7 @@ class GroupRun:
                             "pool/spare": self.spare.detach().cpu().contiguous(),
                             "pool/spare_used": self.spare_used.to(torch.uint8).contiguous()})
         meta = {"iteration": self.iteration, "seconds": self.seconds, "rows": self.rows, "adam_steps": steps,
-                "configs": [c.resume_key() for c in self.configs], "lr_warmup": self.lr_warmup, "jumps": self.jumps}
+                "configs": [c.resume_key() for c in self.configs], **RETIRED_SETTINGS}
         atomic_save(path, lambda tmp: save_file(tensors, tmp, metadata={"hsteer_group": json.dumps(meta)}))
 
     def load(self, path: Path) -> None:
@@ -276,7 +273,7 @@ class GroupRun:
         except Exception as exc:  # noqa: BLE001 - any failure here means an unusable file
             raise BankError(f"group checkpoint {path} is unreadable ({exc}); delete it to start over") from None
         wanted = json.loads(json.dumps([c.resume_key() for c in self.configs]))
-        if meta.get("configs") != wanted or (meta.get("lr_warmup"), meta.get("jumps")) != (self.lr_warmup, self.jumps):
+        if meta.get("configs") != wanted or any(meta.get(k) != v for k, v in RETIRED_SETTINGS.items()):
             raise HsteerError(f"group checkpoint {path} was made with other concepts or settings; use the same "
                               "ones to resume, or drop --resume to start over")
         device, dtype = self.unet.device, self.unet.dtype
@@ -300,8 +297,8 @@ class GroupRun:
                 for ctx, config in zip(self.ctxs, self.configs)]
 
 
-def train_group(pipe, configs: Sequence[TrainConfig], *, lr_warmup: int = 0, jumps: int = 0,
-                callback=None, run_dir: str | Path | None = None, resume: bool = False,
+def train_group(pipe, configs: Sequence[TrainConfig], *, callback=None, run_dir: str | Path | None = None,
+                resume: bool = False,
                 checkpoint_every: int = 100) -> list[TrainResult]:
     """Train a group's concepts together for `configs[0].iterations` iterations (all configs must agree);
     one TrainResult per concept, each carrying the group's training seconds (they were spent together).
@@ -310,7 +307,7 @@ def train_group(pipe, configs: Sequence[TrainConfig], *, lr_warmup: int = 0, jum
     and `resume=True` continues from that checkpoint exactly."""
     if len({c.iterations for c in configs}) > 1:
         raise HsteerError("a group's concepts train for the same number of iterations; give them all one count")
-    run = GroupRun(pipe, configs, lr_warmup=lr_warmup, jumps=jumps)
+    run = GroupRun(pipe, configs)
     total, resumed = configs[0].iterations, 0
     checkpoint = Path(run_dir) / "group_checkpoint.safetensors" if run_dir is not None else None
     if checkpoint is not None:

@@ -1,6 +1,6 @@
 """Can the hardened safety concept keep the harmless-prompt agreement? Retain sets and scales, measured.
 
-    python benchmarks/hardening_variants.py [--quick] [--json] [--work /tmp/hsteer-hardening] [--threads 2]
+    python studies/hardening_variants.py [--quick] [--json] [--work /tmp/hsteer-hardening] [--threads 2]
 
 `benchmarks/attacks.py` hardens the CoDSMa safety concept on the prompts the white-box attack found
 (AdvUnlearn's idea) and gets the ASR down, at the cost of the harmless same-seed agreement. AdvUnlearn
@@ -33,6 +33,7 @@ import json
 import sys
 from pathlib import Path
 
+import study_paths  # noqa: F401  (benchmarks/ on sys.path)
 from common import setup_threads
 from harm_readout import RINGABELL_NO_HARM_WORDS, WHITEBOX
 

@@ -1,7 +1,7 @@
-"""Idea measured for issue 15: a Gauss-Newton step for CoDSMa's c in place of Adam, on the fast mode's pool.
+"""A Gauss-Newton step for CoDSMa's c in place of Adam on the fast mode's pool: a step without a learning rate.
 
-    python benchmarks/gauss_newton.py [--seeds 0,1,2] [--iterations 3,5,8,12] [--cg 2] [--damping 0]
-                                      [--images 48] [--json] [--quick]
+    python studies/gauss_newton.py [--seeds 0,1,2] [--iterations 3,5,8,12] [--cg 2] [--damping 0]
+                                   [--images 48] [--json] [--quick]
 
 CoDSMa's loss at one batch, L(c) = mean || f(c) - eps_target ||^2 with f(c) = eps(z_t; h + c, y), is close
 to quadratic in c near its optimum. A Gauss-Newton step solves the linearised least squares,
@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import study_paths  # noqa: F401  (benchmarks/ on sys.path)
 from common import setup_threads
 from trainbench import ARMS, QualityProbe, seconds_to_reach
 
@@ -71,10 +72,11 @@ def gauss_newton_delta(f, c, eps_target, cg_iterations: int, damping: float):
 
 
 def gauss_newton_step(cg_iterations: int, damping: float):
-    """An objective step for `fast_iteration`: c += the Gauss-Newton delta on CoDSMa's loss at this batch."""
+    """A method step for `fast_iteration` (`StepContext.step`): c += the Gauss-Newton delta on CoDSMa's loss
+    at this batch."""
     import torch
 
-    def step(ctx, z_t, t, eps_target, it):
+    def step(ctx, z_t, t, eps_target, losses):
         def f(c):  # the steered neutral prediction on the rows inside the window
             return ctx.rows(ctx.eps(z_t, t, c))
 
@@ -82,7 +84,7 @@ def gauss_newton_step(cg_iterations: int, damping: float):
         delta = gauss_newton_delta(f, c, ctx.rows(eps_target), cg_iterations, damping)
         with torch.no_grad():
             c += delta
-        return {"iteration": it, "loss": float("nan")}, None  # the sampling step needs the updated concept
+        return None  # the sampling step needs the updated concept
 
     return step
 
@@ -98,12 +100,12 @@ def train_gauss_newton(pipe, name: str, iterations: int, seed: int, cg_iteration
 
     config = world_train_config(name, iterations, seed, **ARMS["fast"].settings)
     ctx, shape, latent_shape = step_context(pipe, config)
-    step = gauss_newton_step(cg_iterations, damping)
+    ctx.step = gauss_newton_step(cg_iterations, damping)  # in place of CoDSMa's Adam step
     began = time.perf_counter()
     pool = TrajectoryPool(ctx.schedule, config.batch_size, latent_shape, pipe.unet.device, pipe.unet.dtype)
     pool.start(ctx)
     for it in range(iterations):
-        fast_iteration(ctx, pool, iteration_generator(config.seed, it), it, step)
+        fast_iteration(ctx, pool, iteration_generator(config.seed, it), it)
     seconds = time.perf_counter() - began
     return Concept(config.concept, config.group, "codsma", {"c": ctx.params["c"].detach().cpu().float().clone()},
                    meta=concept_meta(pipe, config, shape)), seconds

@@ -1,6 +1,6 @@
 """Can a gate read the harm from the model instead of the prompt's words? A linear readout, measured.
 
-    python benchmarks/harm_readout.py [--json] [--threads 2] [--noises 8]
+    python studies/harm_readout.py [--json] [--threads 2] [--noises 8]
 
 The prompt-aware gate keys safety on the prompt's tokens, and the attack harness found its blind spot:
 prompts without a harm word that the plain model still draws harm for (docs/attacks.md). Two readouts that
@@ -26,6 +26,7 @@ import argparse
 import json
 import sys
 
+import study_paths  # noqa: F401  (benchmarks/ on sys.path)
 from common import setup_threads
 
 from hsteer.apps.recipes import FOUND_ATTACK_PROMPTS

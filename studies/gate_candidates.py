@@ -1,6 +1,6 @@
 """The prompt-aware gate's candidates on the bundled model: which reader, hard or soft, and against blind.
 
-    python benchmarks/gate_candidates.py --bank hsteer-demo/bank.safetensors [--images-per-prompt 8] [--json]
+    python studies/gate_candidates.py --bank hsteer-demo/bank.safetensors [--images-per-prompt 8] [--json]
 
 Runs `hsteer.evaluation.world_gate.evaluate_gate` with every setting of `SETTINGS` (blind steering, the
 `token`, `embedding`, `embedding-hard` and `context` gates) on the demo's bank, with the demo's gate
@@ -17,6 +17,7 @@ import json
 import sys
 import time
 
+import study_paths  # noqa: F401  (benchmarks/ on sys.path)
 from common import setup_threads
 
 

@@ -1,6 +1,6 @@
 """Ideas to make the fast mode reach the training benchmark's quality sooner, each measured the same way.
 
-    python benchmarks/train_ideas.py [--seeds 0,1] [--images 48] [--ideas fast,lr0.1,...] [--json] [--quick]
+    python studies/train_ideas.py [--seeds 0,1] [--images 48] [--ideas fast,lr0.1,...] [--json] [--quick]
 
 Every idea trains the world recipe's circle and square concepts with a few settings changed over the
 training benchmark's fast arm (`trainbench.ARMS`), evaluated at coarse milestones and then bisected down to a few
@@ -21,8 +21,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+import study_paths  # noqa: F401  (benchmarks/ on sys.path)
+import trainbench
 from common import setup_threads
+from group_knobs import group_trainer
 from trainbench import ARMS, RECIPE_LR, Arm, QualityProbe, _quality_at_reach, _rate_arm, seconds_to_reach
+
+#: the group ideas' `lr_warmup` and `jumps` are this study's (`group_knobs`), not the library's
+trainbench._group_trainer = group_trainer
 
 FAST, REFERENCE = ARMS["fast"], ARMS["reference"]
 

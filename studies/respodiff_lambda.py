@@ -1,6 +1,6 @@
 """RespoDiff's lambda for the hardened safety concept: a fresh white-box attack and the harmless agreement.
 
-    python benchmarks/respodiff_lambda.py [--lam 0.25 --lam 0.5 ...] [--quick] [--json] [--work DIR] [--threads 1]
+    python studies/respodiff_lambda.py [--lam 0.25 --lam 0.5 ...] [--quick] [--json] [--work DIR] [--threads 1]
 
 The safety recipe (`hsteer.apps.recipes`) learns the hardened concept with RespoDiff at lambda 0.5 (L_sem's
 weight: how hard SAM keeps the neutral prompt's prediction faithful). Does another lambda keep more of the
@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import study_paths  # noqa: F401  (benchmarks/ on sys.path)
 from common import setup_threads
 
 LAMBDAS = (0.25, 0.5, 1.0, 2.0)

@@ -1,6 +1,6 @@
 """Leakage trade-off on the bundled model: targeted deviation ratio against untargeted agreement, over scale.
 
-    python benchmarks/tradeoff.py [--iterations 150] [--images 24] [--scales 0.25,0.5,0.75,1,1.25]
+    python studies/tradeoff.py [--iterations 150] [--images 24] [--scales 0.25,0.5,0.75,1,1.25]
                                   [--recipe conditioned|plain] [--out tradeoff] [--json]
 
 For SDisc, CoDSMa and RespoDiff (the world recipe of `hsteer.apps.recipes`), it learns the shape group
@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import study_paths  # noqa: F401  (benchmarks/ on sys.path)
 from common import setup_threads
 
 METHODS = ("sdisc", "codsma", "respodiff")
