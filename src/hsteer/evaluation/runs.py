@@ -111,9 +111,6 @@ class RunSettings:
         return cls(GenerationSettings.from_dict(data["generation"]), data.get("scoring", {}))
 
 
-RunSpec = RunSettings  # the earlier name
-
-
 def read_config(run_dir: str | Path) -> RunSettings:
     path = Path(run_dir) / CONFIG
     if not path.is_file():

@@ -1,11 +1,11 @@
 """What a denoiser predicts and how it is called, per family: the one place training asks.
 
-Training (`hsteer.training`) and the objectives call a `Denoiser` exactly as they called the U-Net: with
+Training (`hsteer.training`) and the objectives call a `Denoiser` the same way for every family: with
 latents, per-sample timesteps and a `TextCondition`, getting the model's own prediction back, and they
 step latents with the `schedule(steps)` it gives. What differs by family lives here:
 
 - U-Net (SD 1.x/2.x, SDXL): epsilon or v prediction on a DDIM schedule; training compares epsilon
-  (`DDIMSchedule.prediction` converts v to epsilon), as before.
+  (`DDIMSchedule.prediction` converts v to epsilon), so SD 1.x and 2.x concepts learn the same objective.
 - SD3, FLUX, SANA: rectified flow. The model predicts the velocity `v = noise - x0` of
   `x_t = (1 - sigma) x0 + sigma noise`; training compares velocities (`FlowSchedule.prediction` is the
   identity) and steps latents by Euler, `x <- x + (sigma_next - sigma) v`, on the sigmas the pipeline's

@@ -259,7 +259,8 @@ def concept_meta(pipe, config: TrainConfig, shape: tuple[int, ...], site: str = 
     """What the bank stores about how a concept was made: its method's settings, the model's identity, and
     the site and shape it acts at (`site`: the site's spec)."""
     meta = {k: v for k, v in asdict(config).items() if k not in ("concept", "group", "objective")}
-    for optional in ("pairs", "window"):  # recorded only where used, so banks without them read as before
+    # recorded only where used: a concept without them has the same meta keys whichever version wrote it
+    for optional in ("pairs", "window"):
         if meta.get(optional) is None:
             meta.pop(optional, None)
     if meta.get("stored_scale") == 1.0:

@@ -1,5 +1,5 @@
-"""Hostile input, round two (issue 25): the Python API as guarded as the CLI, bank metadata validated on
-load, every argument checked before the model loads, windows that steer no step, SIGTERM and full disks.
+"""Hostile input to the checks shared by the Python API and the CLI: arguments checked before the model
+loads, bank metadata validated on load, windows that steer no step, special files, SIGTERM and full disks.
 
 The checks are one layer (`hsteer.checks`, `hsteer.hspace.bankcheck`) that the CLI and the API both go
 through; these cases call them directly and through the commands. Output folders and resumes are in
