@@ -132,7 +132,7 @@ def test_sites_json_under_a_file_is_refused_before_loading(tmp_path):
 
 
 def test_the_installed_cards_are_never_written():
-    from hsteer.model.card import write_default_site
+    from hsteer.model.loading import write_default_site
     from hsteer.model.loading import BUNDLED_DIT_MODEL
 
     before = (BUNDLED_DIT_MODEL / "hsteer.json").read_bytes()

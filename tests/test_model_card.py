@@ -43,7 +43,7 @@ def test_an_object_without_a_folder_or_that_takes_no_attributes_gets_no_card(tmp
 
 
 def test_sampling_defaults_come_from_the_argument_the_card_or_the_library(tmp_path):
-    from hsteer.model.card import sampling_for
+    from hsteer.model.loading import sampling_for
 
     (tmp_path / "hsteer.json").write_text(json.dumps({"steps": 20}), encoding="utf-8")
     pipe = SimpleNamespace(name_or_path=str(tmp_path))

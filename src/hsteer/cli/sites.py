@@ -72,7 +72,7 @@ def sites(model, device, dtype, neutral, target, keep, sites, windows, list_only
     click.echo(f"pick: {pick.site} (window {pick.window[0]:g}-{pick.window[1]:g}): effect {pick.effect:.3f}, "
                f"leakage {pick.leakage if pick.leakage is None else round(pick.leakage, 3)}")
     if card_folder is not None:
-        from hsteer.model.card import write_default_site
+        from hsteer.model.loading import write_default_site
 
         card = write_default_site(card_folder, pick.site)
         click.echo(f"default site {pick.site} written to {card}")

@@ -29,7 +29,7 @@ from hsteer.generation.records import GenerationOutput, ImageJob, ImageRecord
 from hsteer.hspace.attach import Layer, only_layer, steering_of
 from hsteer.hspace.bank import ConceptBank
 from hsteer.hspace.hook import check_window
-from hsteer.model.card import sampling_for
+from hsteer.model.loading import sampling_for
 from hsteer.model.sites import MID_BLOCK, SteeringSite
 from hsteer.model.denoisers import call_defaults, site_shape
 from hsteer.model.geometry import resolve_resolution

@@ -8,6 +8,7 @@ site (shape, dtype, device) is read from the loaded denoiser (`hsteer.model.geom
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 
 from hsteer.errors import ModelLoadError
-from hsteer.model.card import read_json_object
+from hsteer.model.card import model_card, read_json_object
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
           "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -227,3 +228,46 @@ def env_threads() -> int | None:
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 4) or not 1 <= int(raw) <= 4096:
         raise HsteerError(f"HSTEER_THREADS must be a whole number from 1 to 4096, got {raw[:40]!r}; fix or unset it")
     return int(raw)
+
+
+def write_default_site(folder: str | Path, spec: str) -> Path:
+    """Record `spec` as the model's default steering site in `folder/hsteer.json` (kept keys preserved),
+    atomically: what `hsteer sites --set-default` does with the scan's pick."""
+    from hsteer.fileio import atomic_write_text
+
+    card = check_card_folder(folder) / "hsteer.json"  # a local transformer folder, never the installed package
+    data = read_json_object(card, "model card") if card.is_file() else {}
+    atomic_write_text(card, json.dumps({**data, "site": spec}) + "\n")
+    return card
+
+
+#: Where a run's steps or guidance came from, as the manifest records it (`defaults`).
+FROM_ARGUMENT, FROM_CARD, FROM_PIPELINE, FROM_LIBRARY = "argument", "model card", "pipeline", "library default"
+
+
+def sampling_for(pipe, steps: int | None = None,
+                 guidance: float | None = None) -> tuple[int, float, dict[str, str]]:
+    """The steps and CFG scale of a run on `pipe`, and where each came from: a value given is kept
+    ("argument"); else the model card's (`hsteer.json` beside the loaded model: "model card"); else an SD3 /
+    FLUX / SANA pipeline's own default ("pipeline"); else SD's 50 steps and guidance 7.5 ("library default").
+
+    One set of defaults per model: `generate`, `attach` and the command line all resolve them here, so the
+    bundled model samples with its card's 20 steps and guidance 4.0 wherever none are given."""
+    card = model_card(pipe)
+    name = type(pipe).__name__
+    pipeline = transformer_sampling(name) if name.startswith(("StableDiffusion3", "Flux", "Sana")) else {}
+    values: dict[str, float] = {}
+    sources: dict[str, str] = {}
+    for key, given in (("steps", steps), ("guidance", guidance)):
+        stored = card.get(key)
+        if given is not None:
+            values[key], sources[key] = given, FROM_ARGUMENT
+        elif isinstance(stored, (int, float)) and not isinstance(stored, bool):
+            values[key], sources[key] = stored, FROM_CARD
+        elif key in pipeline:
+            values[key], sources[key] = pipeline[key], FROM_PIPELINE
+        else:
+            values[key], sources[key] = SD_SAMPLING[key], FROM_LIBRARY
+    steps_out = values["steps"] if steps is not None else int(values["steps"])
+    guidance_out = values["guidance"] if guidance is not None else float(values["guidance"])
+    return steps_out, guidance_out, sources
