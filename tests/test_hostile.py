@@ -71,7 +71,7 @@ TRAIN_CASES = [
     ({"--checkpoint-every": "0"}, ["--checkpoint-every", "got 0"]),
     ({"--lr": "nan"}, ["--lr", "finite"]),
     ({"--lr": "inf"}, ["--lr", "finite"]),
-    ({"--lr": "-1"}, ["--lr", "> 0"]),
+    ({"--lr": "-1"}, ["--lr", "greater than 0"]),
     ({"--target-guidance": "nan"}, ["--target-guidance", "finite"]),
     ({"--sampling-guidance": "-inf"}, ["--sampling-guidance"]),
     ({"--init-std": "-1"}, ["--init-std"]),
