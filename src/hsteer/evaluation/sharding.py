@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hsteer.evaluation.baselines import policy_from_spec, sld_pipeline
+from hsteer.evaluation.baselines import policy_from_spec
 from hsteer.evaluation.manifests import merge_manifests
 from hsteer.checks import check_text
 from hsteer.evaluation.runs import (IMAGES, LOG, SHARDS, GenerationSettings, append_log, check_run_layout, image_ok,
@@ -28,7 +28,7 @@ from hsteer.outputs import check_own_file
 from hsteer.evaluation.tasks import task_jobs
 from hsteer.generation import ImageJob, ImageRecord, generate_jobs
 from hsteer.generation.draws import draw_for, prompt_gate
-from hsteer.policies import SldPolicy, require_bank
+from hsteer.policies import require_bank
 
 
 #: A killed writer's temporary file of image NNNNNN.png (`fileio.atomic_path`): .NNNNNN.png.RANDOM.png
@@ -139,6 +139,8 @@ class Shard:
 def record_matches(record: dict, job: ImageJob) -> bool:
     """Whether a manifest record describes its job's image: same prompt, index, seed and concepts."""
     concepts = [{"name": n, "scale": s} for n, s in job.concepts]
+    if (record.get("guard") or {}).get("flagged") and isinstance(record.get("concepts"), list):
+        record = {**record, "concepts": record["concepts"][:len(concepts)]}  # the guard appended the safety group
     return (record.get("prompt") == job.prompt and record.get("index") == job.index
             and record.get("seed") == job.seed and record.get("concepts", concepts) == concepts)
 
@@ -177,6 +179,9 @@ def _open_shard(run_dir: Path, gen: GenerationSettings, rank: int, world: int, a
         if "guidance" in raw:
             extra["guidance"] = raw["guidance"]
         concepts, notes = draw_for(policy, bank, reader, raw["prompt"], raw["seed"])
+        if gen.guard is not None:  # the guarded group comes only with a flagged decision
+            concepts = without_group(concepts, bank, GUARDED_GROUP)
+            notes = [note for note in notes if not note.startswith(GUARDED_GROUP)]
         if notes:
             extra["gate"] = notes
         jobs.append(ImageJob(raw["prompt"], raw["index"], raw["seed"], concepts, raw["file"], extra))
@@ -233,15 +238,12 @@ def run_generation(run_dir: str | Path, *, device: str = "cpu", batch_size: int 
 
 
 def _pipeline_for_run(gen: GenerationSettings, pipe, device: str):
-    """The given pipeline or the run's model, wrapped as SLD when that is the run's baseline."""
+    """The given pipeline or the run's model, as the run's policy prepares it (SLD: diffusers' safe pipeline)."""
     if pipe is None:
         from hsteer.model import load_quietly
 
         pipe = load_quietly(gen.model, device, gen.dtype)
-    policy = policy_from_spec(gen.policy)
-    if isinstance(policy, SldPolicy):
-        pipe = sld_pipeline(pipe, policy.preset)
-    return pipe
+    return policy_from_spec(gen.policy).prepare(pipe)
 
 
 def _generate(shard: Shard, gen: GenerationSettings, pipe, policy, label: str, bank, batch_size: int,
@@ -250,7 +252,7 @@ def _generate(shard: Shard, gen: GenerationSettings, pipe, policy, label: str, b
     from tqdm.auto import tqdm
 
     from hsteer.model import resolve_resolution
-    from hsteer.model.denoisers import site_shape
+    from hsteer.hspace.siteshape import site_shape
 
     height, width = resolve_resolution(pipe, gen.height, gen.width)
     if bank is not None and policy.needs_bank:
@@ -261,11 +263,12 @@ def _generate(shard: Shard, gen: GenerationSettings, pipe, policy, label: str, b
     where = f" [{shard.rank + 1}/{shard.world}]" if shard.world > 1 else ""
     bar = tqdm(total=len(shard.todo), disable=not progress, desc=f"generate {gen.task} ({label}){where}", unit="img")
     generated = 0
+    guard = guard_for_run(guard_from_spec(gen.guard), bank, policy, int(gen.steps)) if gen.guard else None
     for guidance, chunk in _batches(shard.todo, gen.guidance, batch_size):
         out = generate_jobs(pipe, chunk, bank, label, steps=int(gen.steps), guidance=guidance, height=height,
                             width=width, batch_size=batch_size, steer_unconditional=bool(gen.steer_unconditional),
                             out_dir=shard.run_dir / IMAGES, progress=False,
-                            window=tuple(gen.window) if gen.window else None)
+                            window=tuple(gen.window) if gen.window else None, guard=guard)
         shard.log([rec.file for rec in out.records], "generated")
         shard.done.update({rec.file: json.loads(rec.to_json()) for rec in out.records})
         shard.flush()

@@ -16,7 +16,7 @@ from hsteer.generation.guard import GuardConfig, GuardedCall, build_guard
 from hsteer.hspace.attach import Layer, PipelineSteering, add_layer, remove_layer, steering_of
 from hsteer.hspace.bank import ConceptBank
 from hsteer.model.loading import FROM_ARGUMENT, FROM_CARD, sampling_for
-from hsteer.model.denoisers import site_shape
+from hsteer.hspace.siteshape import site_shape
 from hsteer.model.sites import site_for
 from hsteer.policies import Policy, check_policy_object, require_bank
 

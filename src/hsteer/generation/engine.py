@@ -31,7 +31,8 @@ from hsteer.hspace.bank import ConceptBank
 from hsteer.hspace.hook import check_window
 from hsteer.model.loading import sampling_for
 from hsteer.model.sites import MID_BLOCK, SteeringSite
-from hsteer.model.denoisers import call_defaults, site_shape
+from hsteer.hspace.siteshape import site_shape
+from hsteer.model.denoisers import call_defaults
 from hsteer.model.geometry import resolve_resolution
 from hsteer.model.sites import denoiser_of
 from hsteer.checks import check_flags, check_pipeline, check_steering_args, check_strength, prompt_list
@@ -125,7 +126,7 @@ def generate(pipe, prompts: str | Sequence[str], *, num_images_per_prompt: int =
                                         allow_other_model)
     images, masks = _per_prompt(image, prompts, "image"), _per_prompt(mask_image, prompts, "mask_image")
     prompt_reader = prompt_gate(pipe, bank, policy, respect_prompt, gate)
-    guarded = _guard_of(guard, bank, policy, steps)
+    guarded = guard_for_run(guard, bank, policy, steps)
     folder = OutputFolder(out_dir, overwrite=overwrite, resume=resume) if out_dir is not None else None
 
     def job(n: int, prompt: str, index: int, image_seed: int) -> ImageJob:
@@ -156,7 +157,7 @@ def generate(pipe, prompts: str | Sequence[str], *, num_images_per_prompt: int =
             folder.close()  # the folder's lock goes at once, on an error too
 
 
-def _guard_of(config: GuardConfig | None, bank: ConceptBank | None, policy: Policy, steps: int) -> Guard | None:
+def guard_for_run(config: GuardConfig | None, bank: ConceptBank | None, policy: Policy, steps: int) -> Guard | None:
     """The run's guard: flagged images get the guarded group at the policy's scale for it (1 if the policy
     does not draw the group, e.g. fair generation with a guard)."""
     if config is None:

@@ -28,7 +28,7 @@ import torch
 from hsteer.checks import check_window_covers_steps
 from hsteer.errors import HsteerError
 from hsteer.hspace.hook import WindowRows, release_hook, steering_hook
-from hsteer.model.sites import MID_BLOCK, SteeringSite, base_module
+from hsteer.model.sites import MID_BLOCK, SiteSet, SteeringSite, base_module
 from hsteer.model.sites import batches_guidance
 
 _STATE_ATTR = "_hsteer_steering"
@@ -69,7 +69,7 @@ class Layer:
 class PipelineSteering:
     """A pipeline's steering layers, and what its last call drew."""
 
-    site: SteeringSite = MID_BLOCK
+    site: SteeringSite | SiteSet = MID_BLOCK
     layers: dict[str, Layer] = field(default_factory=dict)
     next_seed: int = 0  # numbering of images of calls without generators
     last_seeds: list[int] = field(default_factory=list)
@@ -229,7 +229,7 @@ def steering_of(pipe) -> PipelineSteering | None:
     return pipe.__dict__.get(_STATE_ATTR)
 
 
-def add_layer(pipe, name: str, layer: Layer, site: SteeringSite = MID_BLOCK) -> PipelineSteering:
+def add_layer(pipe, name: str, layer: Layer, site: SteeringSite | SiteSet = MID_BLOCK) -> PipelineSteering:
     """Steer every later `pipe(...)` call with `layer` (replacing a layer of the same name)."""
     if not site.is_pipeline(pipe):
         raise HsteerError(f"{type(pipe).__name__} is not a diffusers pipeline with `{site.denoiser_attr}`; "
@@ -270,7 +270,7 @@ def remove_layer(pipe, name: str | None = None) -> None:
 
 
 @contextlib.contextmanager
-def only_layer(pipe, layer: Layer, site: SteeringSite = MID_BLOCK) -> Iterator[PipelineSteering]:
+def only_layer(pipe, layer: Layer, site: SteeringSite | SiteSet = MID_BLOCK) -> Iterator[PipelineSteering]:
     """Calls inside the block are steered by `layer` alone: the pipeline's own layers (an attachment, a
     `steer` block) and their last draws are set aside and restored on exit. `hsteer.generate` uses it."""
     saved = pipe.__dict__.pop(_STATE_ATTR, None)

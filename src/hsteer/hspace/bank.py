@@ -13,12 +13,19 @@ site's spec (`mid_block`, `transformer_blocks.N`, `single_transformer_blocks.N`,
 elsewhere); each concept's meta records its own site and shape too. Banks written before sites existed
 have neither key and read as the U-Net mid-block.
 
+A concept at a **set of sites** (`site` `"transformer_blocks.0,text"`) holds one tensor per site, stored
+as `"<concept>/<tensor>@<site>"`, each of its site's shape; its meta and the header add `site_shapes`
+(`{"<site>": [...], ...}`, in the order of `site`), and `hspace_shape` is `[size]`: in memory its tensors
+are the sites' tensors flattened and concatenated (`hsteer.model.sites.SiteSet`), and
+`Concept.site_deltas()` gives them per site. A single-site concept is stored exactly as before.
+
 No pickles anywhere: loading a bank can never run code.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,12 +40,13 @@ from hsteer.checks import JSON_MAX_DEPTH, check_input_file, check_name, check_ou
 from hsteer.errors import BankError, HsteerError, ModelMismatchError, ShapeMismatchError, UnknownConceptError
 from hsteer.fileio import atomic_save
 import hsteer.hspace.hub as hub
-from hsteer.hspace.detectors import LinearDetector, check_detector, detector_from_entry
+from hsteer.hspace.detectors import (LinearDetector, check_detector, check_detector_groups, detectors_from_header,
+                                     merge_detectors)
 from hsteer.hspace.bankcheck import (check_concept_meta, check_finite_concepts, check_header, check_shape,
-                                     parse_header)
+                                     check_site_shapes, parse_header)
 from hsteer.hspace.hub import DEFAULT_WEIGHT_NAME
 from hsteer.model.geometry import hspace_shape, unet_fingerprint
-from hsteer.model.sites import FAMILY_NAMES, SteeringSite, denoiser_of, family_of, site_for
+from hsteer.model.sites import FAMILY_NAMES, SiteSet, SteeringSite, denoiser_of, family_of, site_for
 
 FORMAT_VERSION = 1
 
@@ -73,7 +81,11 @@ class Concept:
         shapes = {tuple(t.shape) for t in self.tensors.values()}
         if len(shapes) != 1:
             raise ShapeMismatchError(f"concept {self.name!r} mixes tensor shapes {sorted(shapes)}")
-        check_shape(next(iter(shapes)), f"concept {self.name!r}")  # what a bank file can hold and load
+        if "site_shapes" in self.meta:  # a set of sites: flat tensors, as long as its sites' together
+            check_site_shapes(self.meta["site_shapes"], self.meta.get("site"), next(iter(shapes)),
+                              f"concept {self.name!r}")
+        else:
+            check_shape(next(iter(shapes)), f"concept {self.name!r}")  # what a bank file can hold and load
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -84,6 +96,28 @@ class Concept:
         """The spec of the site the concept was learned at (None: made before sites were recorded)."""
         site = self.meta.get("site")
         return str(site) if site is not None else None
+
+    @property
+    def site_shapes(self) -> dict[str, tuple[int, ...]] | None:
+        """A concept at a set of sites: each site's shape, in order (None: one site)."""
+        shapes = self.meta.get("site_shapes")
+        return {str(k): tuple(int(n) for n in v) for k, v in shapes.items()} if shapes else None
+
+    def split(self, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A flat tensor of this concept as one tensor per site (a single-site concept: `{site: tensor}`)."""
+        shapes = self.site_shapes
+        if shapes is None:
+            return {self.site or "mid_block": tensor}
+        out, offset = {}, 0
+        for spec, shape in shapes.items():
+            n = math.prod(shape)
+            out[spec] = tensor[offset:offset + n].reshape(shape)
+            offset += n
+        return out
+
+    def site_deltas(self) -> dict[str, torch.Tensor]:
+        """What the concept adds at each of its sites (one entry for a single-site concept)."""
+        return self.split(self.delta())
 
     @property
     def window(self) -> tuple[float, float] | None:
@@ -113,7 +147,7 @@ class ConceptBank:
 
     def __init__(self, hspace_shape: Iterable[int] | None = None, unet_fingerprint: str | None = None,
                  concepts: Iterable[Concept] = (), site: str | None = None, family: str | None = None) -> None:
-        self.hspace_shape = check_shape(hspace_shape, "hspace_shape") if hspace_shape is not None else None
+        self.hspace_shape = check_shape(hspace_shape, "hspace_shape", flat=True) if hspace_shape is not None else None
         self.unet_fingerprint = unet_fingerprint
         self.site, self.family = site, family
         self._concepts: dict[str, Concept] = {}
@@ -165,11 +199,20 @@ class ConceptBank:
     def family_name(self) -> str:
         return self.family or "unet"
 
+    @property
+    def site_shapes(self) -> dict[str, tuple[int, ...]] | None:
+        """A bank at a set of sites: each site's shape (its concepts'), in order; None at one site."""
+        first = next(iter(self._concepts.values()), None)
+        return first.site_shapes if first is not None else None
+
     def _adopt_site(self, concept: Concept) -> None:
         """The bank's site and family are its concepts': a concept of another site or family is refused."""
         site, family = concept.meta.get("site"), concept.meta.get("family")
         if not self._concepts:
             self.site, self.family = self.site or site, self.family or family
+        if self._concepts and concept.site_shapes != self.site_shapes:
+            raise ShapeMismatchError(f"concept {concept.name!r} has the site shapes {concept.site_shapes}, this "
+                                     f"bank's concepts {self.site_shapes}; keep each size's concepts in their own bank")
         if (site or "mid_block") != self.site_spec or (family or "unet") != self.family_name:
             raise ModelMismatchError(f"concept {concept.name!r} lives at site {site or 'mid_block'} of a "
                                      f"{FAMILY_NAMES.get(family or 'unet', family)} model, this bank at "
@@ -195,8 +238,10 @@ class ConceptBank:
         self._concepts[concept.name] = concept
 
     def remove(self, name: str) -> None:
-        self[name]  # raises a clear error if unknown
+        group = self[name].group  # raises a clear error if unknown
         del self._concepts[name]
+        if group not in self.groups():
+            self.detectors.pop(group, None)  # it decided for the group's concepts, and none is left
 
     def merge(self, other: ConceptBank, replace: bool = False) -> ConceptBank:
         """A new bank with the concepts of both; on a name clash `other` wins only if `replace`."""
@@ -209,8 +254,7 @@ class ConceptBank:
                                      f"{other.unet_fingerprint})")
         for concept in other:
             merged.add(concept, replace=replace)
-        merged.detectors = {**self.detectors, **(other.detectors if replace else {}),
-                            **{g: d for g, d in other.detectors.items() if g not in self.detectors}}
+        merged.detectors = merge_detectors(self.detectors, other.detectors, replace)
         return merged
 
     # --- validation -----------------------------------------------------------------------------
@@ -242,17 +286,25 @@ class ConceptBank:
                                      f"{FAMILY_NAMES.get(self.family_name, self.family_name)} model; this model is "
                                      f"{FAMILY_NAMES[family]}: train a bank for it (hsteer train --model ...)")
 
-    def site_of(self, pipe_or_denoiser) -> SteeringSite:
-        """The bank's site on this model (refused on a model of another family, or without that site)."""
+    def site_of(self, pipe_or_denoiser) -> SteeringSite | SiteSet:
+        """The bank's site on this model (refused on a model of another family, or without that site); a
+        set of sites bound to its concepts' shapes."""
         self.check_family(pipe_or_denoiser)
-        return site_for(pipe_or_denoiser, self.site_spec)
+        site = site_for(pipe_or_denoiser, self.site_spec)
+        shapes = self.site_shapes
+        if isinstance(site, SiteSet) and shapes is not None:
+            site = site.with_shapes(shapes[part.spec] for part in site.sites)
+        return site
 
     # --- files ----------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         concepts = [{**c.describe(), "site": c.site or self.site_spec} for c in self]
-        return {"format": FORMAT_VERSION, "hspace_shape": list(self.hspace_shape or []),
+        info = {"format": FORMAT_VERSION, "hspace_shape": list(self.hspace_shape or []),
                 "unet_fingerprint": self.unet_fingerprint, "site": self.site_spec, "family": self.family_name,
                 "groups": self.groups(), "concepts": concepts}
+        if self.site_shapes:
+            info["site_shapes"] = {spec: list(shape) for spec, shape in self.site_shapes.items()}
+        return info
 
     def save(self, path: str | Path) -> Path:
         """Write atomically: a failed save leaves any earlier file at `path` intact.
@@ -265,8 +317,8 @@ class ConceptBank:
         check_finite_concepts(self)
         for concept in self:
             check_concept_meta(concept.meta, f"concept {concept.name!r}")  # meta is mutable after construction
-        tensors = {f"{c.name}/{k}": v.detach().to("cpu", torch.float32).contiguous()
-                   for c in self for k, v in c.tensors.items()}
+        tensors = {key: v.to("cpu", torch.float32).contiguous() for c in self for key, v in _stored(c).items()}
+        check_detector_groups(self.detectors, self.groups())  # a detector is saved only beside its group
         for group, detector in self.detectors.items():
             check_detector(detector, f"the harm detector of group {group!r}")
             tensors.update(detector.tensors(group))
@@ -275,6 +327,8 @@ class ConceptBank:
                   "site": self.site_spec, "family": self.family_name,
                   "concepts": {c.name: {"group": c.group, "objective": c.objective, "tensors": list(c.tensors),
                                         "meta": c.meta} for c in self}}
+        if self.site_shapes:
+            header["site_shapes"] = {spec: list(shape) for spec, shape in self.site_shapes.items()}
         if self.detectors:
             header["detectors"] = {group: d.entry() for group, d in self.detectors.items()}
         try:
@@ -346,15 +400,21 @@ class ConceptBank:
             bank = cls(header["hspace_shape"] or None, header.get("unet_fingerprint"), site=header.get("site"),
                        family=header.get("family"))
             for name, entry in header["concepts"].items():
-                parts = {k: tensors[f"{name}/{k}"] for k in entry["tensors"]}
+                sites = (entry.get("meta") or {}).get("site_shapes") if len(header["hspace_shape"]) == 1 else None
+                parts = {k: torch.cat([tensors[f"{name}/{k}@{spec}"].flatten() for spec in sites]) if sites
+                         else tensors[f"{name}/{k}"] for k in entry["tensors"]}
                 bank.add(Concept(name, entry["group"], entry["objective"], parts, entry.get("meta", {})))
-            stored = header.get("detectors") or {}
-            if not isinstance(stored, dict):
-                raise BankError("its 'detectors' entry is not an object of group -> detector")
-            for group, entry in stored.items():
-                bank.detectors[str(group)] = detector_from_entry(str(group), entry, tensors, "")
+            bank.detectors = detectors_from_header(header.get("detectors"), tensors, bank.groups())
         except HsteerError as exc:
             raise type(exc)(f"bank file {path}: {exc}") from None
         except (KeyError, TypeError, ValueError) as exc:
             raise BankError(f"bank file {path} has inconsistent metadata ({exc!r}); it is corrupt") from None
         return bank
+
+
+def _stored(concept: Concept) -> dict[str, torch.Tensor]:
+    """The file's tensors of a concept: `name/tensor`, or at a set of sites `name/tensor@site`, one per site."""
+    if concept.site_shapes is None:
+        return {f"{concept.name}/{k}": v.detach() for k, v in concept.tensors.items()}
+    return {f"{concept.name}/{k}@{spec}": part for k, v in concept.tensors.items()
+            for spec, part in concept.split(v.detach()).items()}

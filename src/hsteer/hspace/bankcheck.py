@@ -12,6 +12,7 @@ nor used for steering (`nonfinite_tensors` in generation).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -64,17 +65,33 @@ def check_concept_meta(meta: Any, where: str) -> None:
                         "damaged: retrain it, or remove its stored pairs")
 
 
-def check_shape(shape: Any, where: str) -> tuple[int, ...]:
+def check_shape(shape: Any, where: str, flat: bool = False) -> tuple[int, ...]:
     """A concept's (or a bank's h-space) shape: two or three positive whole numbers ([tokens, width] at a
-    transformer or text site, [C, h, w] at a U-Net's mid-block), what a bank file can hold."""
+    transformer or text site, [C, h, w] at a U-Net's mid-block), what a bank file can hold; with `flat`,
+    also one number (a set of sites: their tensors flattened and concatenated)."""
     try:
         dims = tuple(shape)
     except TypeError:
         dims = None
-    if dims is None or len(dims) not in (2, 3) or not all(
+    if dims is None or len(dims) not in ((1, 2, 3) if flat else (2, 3)) or not all(
             isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 2**31 for n in dims):
         raise ShapeMismatchError(f"{where}: the shape {str(shape)[:60]} is not two or three positive whole numbers")
     return dims
+
+
+def check_site_shapes(site_shapes: Any, site: Any, shape: tuple[int, ...], where: str) -> dict[str, tuple[int, ...]]:
+    """A concept at a set of sites: its `site_shapes` meta is an object of two or more sites -> shape, in
+    the order of its `site` spec, and its flat tensors hold exactly their values."""
+    if not isinstance(site_shapes, dict) or len(site_shapes) < 2:
+        raise ShapeMismatchError(f"{where}: its site_shapes is not an object of two or more sites -> shape")
+    shapes = {str(spec): check_shape(dims, f"{where}: site {spec}") for spec, dims in site_shapes.items()}
+    if site != ",".join(shapes):
+        raise ShapeMismatchError(f"{where}: its site {str(site)[:80]!r} is not the sites of its site_shapes "
+                                 f"({','.join(shapes)[:80]})")
+    size = sum(math.prod(dims) for dims in shapes.values())
+    if tuple(shape) != (size,):
+        raise ShapeMismatchError(f"{where}: its tensors have shape {tuple(shape)}, its sites hold {size} values")
+    return shapes
 
 
 def _check_name_in(path: Path, kind: str, name: object, concept: object = None) -> None:
@@ -90,9 +107,12 @@ def check_header(path: Path, header: Any, tensors: dict[str, torch.Tensor]) -> N
     if not isinstance(header, dict):
         raise _corrupt(path, f"its 'hsteer' header is a {type(header).__name__}, not an object")
     shape = header.get("hspace_shape")
+    lengths = (0, 1) if isinstance(header.get("site_shapes"), dict) else (0, 2, 3)  # a set of sites: flat
     if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
-                                              for n in shape) or len(shape) not in (0, 2, 3):
-        raise _corrupt(path, "'hspace_shape' is not a list of two or three positive integers")
+                                              for n in shape) or len(shape) not in lengths:
+        raise _corrupt(path, "'hspace_shape' is not a list of " + ("one positive integer (a set of sites)"
+                                                                    if lengths[-1] == 1 else
+                                                                    "two or three positive integers"))
     for key in ("site", "family"):
         if header.get(key) is not None and not isinstance(header[key], str):
             raise _corrupt(path, f"'{key}' is not a string")
@@ -122,15 +142,29 @@ def _check_entry(path: Path, name: str, entry: Any, shape: list[int], tensors: d
         raise _corrupt(path, f"concept {name!r} lists no tensors")
     if len(set(parts)) != len(parts):
         raise _corrupt(path, f"concept {name!r} lists a tensor twice ({', '.join(parts)})")
-    check_concept_meta(entry.get("meta", {}), f"bank file {path}: concept {name!r}")
-    for part in parts:
+    meta = entry.get("meta", {})
+    check_concept_meta(meta, f"bank file {path}: concept {name!r}")
+    if len(shape) == 1:  # a set of sites: one tensor per site, `<tensor>@<site>`
+        try:
+            shapes = check_site_shapes(meta.get("site_shapes"), meta.get("site"), tuple(shape), f"concept {name!r}")
+        except HsteerError as exc:
+            raise _corrupt(path, str(exc)) from None
+        _check_tensors(path, name, [(f"{p}@{spec}", list(dims)) for p in parts for spec, dims in shapes.items()],
+                       tensors)
+        return
+    _check_tensors(path, name, [(part, shape) for part in parts], tensors)
+
+
+def _check_tensors(path: Path, name: str, parts: list[tuple[str, list[int]]], tensors: dict[str, torch.Tensor]) -> None:
+    """Each `name/part` is present, float32 and of its shape."""
+    for part, shape in parts:
         key = f"{name}/{part}"
         if key not in tensors:
             raise _corrupt(path, f"tensor {key!r} is missing")
         if tensors[key].dtype != torch.float32:
             raise _corrupt(path, f"tensor {key!r} is {str(tensors[key].dtype).removeprefix('torch.')}, "
                                  "banks hold float32 tensors")
-        if list(tensors[key].shape) != shape:
+        if list(tensors[key].shape) != list(shape):
             raise _corrupt(path, f"tensor {key!r} has shape {tuple(tensors[key].shape)}, the bank's h-space "
                                  f"is {tuple(shape)}")
 

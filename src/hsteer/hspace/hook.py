@@ -24,14 +24,14 @@ with (added before its forward). One hook class serves every site; only the data
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, MutableMapping, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
 from hsteer.errors import HsteerError, ShapeMismatchError
-from hsteer.model.sites import MID_BLOCK, SteeringSite, base_module
+from hsteer.model.sites import MID_BLOCK, SiteSet, SteeringSite, base_module
 
 #: The name hsteer's hook is registered under in a module's `HookRegistry`.
 HOOK_NAME = "hsteer"
@@ -206,16 +206,83 @@ class SteeringHook(ModelHook):
         return bool(self.direct or self.buffers)
 
 
-def is_compiled(denoiser, site: SteeringSite = MID_BLOCK) -> bool:
+class _SplitDirect(MutableMapping):
+    """The direct deltas of a set's hooks as one mapping: a flat delta set under a name is split, each
+    hook holding its site's slice under that name."""
+
+    def __init__(self, site: SiteSet, hooks: list[SteeringHook]) -> None:
+        self.site, self.hooks = site, hooks
+
+    def __getitem__(self, name: str) -> DirectDelta:
+        return self.hooks[0].direct[name]
+
+    def __setitem__(self, name: str, entry: DirectDelta) -> None:
+        for hook, (_, part) in zip(self.hooks, self.site.split(entry.delta)):
+            hook.direct[name] = replace(entry, delta=part)
+
+    def __delitem__(self, name: str) -> None:
+        for hook in self.hooks:
+            del hook.direct[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self.hooks[0].direct))
+
+    def __len__(self) -> int:
+        return len(self.hooks[0].direct)
+
+
+class HookSet:
+    """The hooks of a set of sites, one per site module, used as one hook: armed with flat per-image rows
+    (each hook gets its site's slice), stepped, disarmed and counted together."""
+
+    def __init__(self, site: SiteSet, hooks: list[SteeringHook]) -> None:
+        self.site, self.hooks = site, hooks
+        self.direct = _SplitDirect(site, hooks)
+
+    @property
+    def users(self) -> int:
+        return max(hook.users for hook in self.hooks)
+
+    @users.setter
+    def users(self, value: int) -> None:
+        for hook in self.hooks:
+            hook.users = value
+
+    def arm(self, windows: Sequence[WindowRows]) -> None:
+        split = [self.site.split(w.rows) for w in windows]
+        for n, hook in enumerate(self.hooks):
+            hook.arm([WindowRows(w.start, w.end, parts[n][1]) for w, parts in zip(windows, split)])
+
+    def set_step(self, step: int, total: int) -> None:
+        for hook in self.hooks:
+            hook.set_step(step, total)
+
+    def disarm(self) -> None:
+        for hook in self.hooks:
+            hook.disarm()
+
+    @property
+    def armed(self) -> bool:
+        return any(hook.armed for hook in self.hooks)
+
+
+def is_compiled(denoiser, site: SteeringSite | SiteSet = MID_BLOCK) -> bool:
     """Whether the denoiser (or the site's own module) is `torch.compile`d."""
+    if isinstance(site, SiteSet):
+        return any(is_compiled(denoiser, part) for part in site.sites)
     base = base_module(denoiser)
     module = site.module(base, missing_ok=True)
     return (base is not denoiser or getattr(base, "_compiled_call_impl", None) is not None
             or getattr(module, "_compiled_call_impl", None) is not None)
 
 
-def steering_hook(denoiser, site: SteeringSite = MID_BLOCK, create: bool = True) -> SteeringHook | None:
-    """The site's hook, registered on first use; refused on a denoiser compiled without it."""
+def steering_hook(denoiser, site: SteeringSite | SiteSet = MID_BLOCK,
+                  create: bool = True) -> SteeringHook | HookSet | None:
+    """The site's hook, registered on first use; refused on a denoiser compiled without it. A set of
+    sites: a `HookSet` of one hook per site (None when not `create` and any is missing)."""
+    if isinstance(site, SiteSet):
+        hooks = [steering_hook(denoiser, part, create) for part in site.sites]
+        return HookSet(site, hooks) if all(hook is not None for hook in hooks) else None
     module = site.module(denoiser)
     registry = getattr(module, "_diffusers_hook", None)
     hook = registry.get_hook(HOOK_NAME) if registry is not None else None
@@ -232,15 +299,20 @@ def steering_hook(denoiser, site: SteeringSite = MID_BLOCK, create: bool = True)
     return hook
 
 
-def release_hook(denoiser, site: SteeringSite = MID_BLOCK) -> None:
+def release_hook(denoiser, site: SteeringSite | SiteSet = MID_BLOCK) -> None:
     """Remove the site's hook once nothing uses it: no attached pipeline, nothing armed. On a compiled
-    denoiser it stays registered (disarmed): compiled code would not notice its removal."""
+    denoiser it stays registered (disarmed): compiled code would not notice its removal. A set of sites:
+    each site's hook."""
+    if isinstance(site, SiteSet):
+        for part in site.sites:
+            release_hook(denoiser, part)
+        return
     hook = steering_hook(denoiser, site, create=False)
     if hook is None or hook.users or hook.armed or is_compiled(denoiser, site):
         return
     site.module(denoiser)._diffusers_hook.remove_hook(HOOK_NAME, recurse=False)
 
 
-def has_hook(denoiser, site: SteeringSite = MID_BLOCK) -> bool:
-    """Whether hsteer's hook is registered at the site (tests and detach use it)."""
-    return steering_hook(denoiser, site, create=False) is not None
+def has_hook(denoiser, site: SteeringSite | SiteSet = MID_BLOCK) -> bool:
+    """Whether hsteer's hook is registered at the site (a set: at any of its sites; tests and detach use it)."""
+    return any(steering_hook(denoiser, part, create=False) is not None for part in site.parts)

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from hsteer.hspace.bank import Concept, ConceptBank
-from hsteer.model.denoisers import site_shape
+from hsteer.hspace.siteshape import bind_site, site_meta, site_shape
 from hsteer.model.geometry import unet_fingerprint
 from hsteer.model.sites import denoiser_of, family_of, site_for
 
@@ -27,11 +27,11 @@ def random_bank(pipe, names_by_group: Mapping[str, Sequence[str]], *, scale: flo
     `names_by_group`: group -> concept names, in order. Each `c` is `scale` x standard normal noise, drawn
     in that order from one CPU generator seeded with `seed`: the same call gives the same bank.
     """
-    where = site_for(pipe, site)
+    where = bind_site(pipe, site_for(pipe, site), height, width)
     shape = site_shape(pipe, where, height, width)
     g = torch.Generator().manual_seed(seed)
     meta = {"unet_fingerprint": unet_fingerprint(denoiser_of(pipe))}
     if site is not None or family_of(pipe) != "unet":  # U-Net mid-block banks stay as they always were
-        meta.update(site=where.spec, family=family_of(pipe))
+        meta.update(site_meta(where), family=family_of(pipe))
     return ConceptBank(concepts=[Concept(n, grp, "codsma", {"c": scale * torch.randn(shape, generator=g)}, dict(meta))
                                  for grp, names in names_by_group.items() for n in names])

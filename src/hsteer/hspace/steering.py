@@ -22,7 +22,7 @@ import torch
 from hsteer.errors import HsteerError, ShapeMismatchError
 from hsteer.hspace.attach import Layer, WindowDeltas, add_layer, remove_layer, steering_of
 from hsteer.hspace.hook import DirectDelta, check_window, in_window, is_compiled, release_hook, steering_hook
-from hsteer.model.sites import MID_BLOCK, SteeringSite
+from hsteer.model.sites import MID_BLOCK, SiteSet, SteeringSite
 
 __all__ = ["SteeringConfig", "SteeringHandle", "active_hooks", "apply_steering", "check_window", "in_window",
            "remove_steering", "steer"]
@@ -33,7 +33,8 @@ class SteeringConfig:
     """What to add at the steering site.
 
     delta: one image's shape at the site, added to every image (`(C, h, w)` at the U-Net mid-block,
-        `(N, D)` image tokens at a transformer block, `(L, D)` at the text site), or one more leading
+        `(N, D)` image tokens at a transformer block, `(L, D)` at the text site, `(size,)` at a set of
+        sites: the sites' tensors flattened and concatenated, `Concept.delta()`), or one more leading
         dimension: one row per image of the batch (in the order diffusers lays out
         `prompt x num_images_per_prompt`).
     scale: multiplies delta.
@@ -55,10 +56,11 @@ class SteeringConfig:
     end: float = 1.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.delta, torch.Tensor) or self.delta.dim() not in (2, 3, 4):
+        if not isinstance(self.delta, torch.Tensor) or self.delta.dim() not in (1, 2, 3, 4):
             shape = tuple(self.delta.shape) if isinstance(self.delta, torch.Tensor) else type(self.delta).__name__
             raise ShapeMismatchError(f"steering delta must be a (C, h, w) or (B, C, h, w) tensor (at a token site "
-                                     f"(N, D) or (B, N, D)), got {shape}")
+                                     f"(N, D) or (B, N, D); at a set of sites one flat vector, or one per image), "
+                                     f"got {shape}")
         if not torch.isfinite(self.delta).all():
             raise HsteerError("steering delta holds NaN or infinite values; retrain or reload the concept")
         if not torch.isfinite(torch.tensor(float(self.scale))):
@@ -69,7 +71,7 @@ class SteeringConfig:
     def windowed(self) -> bool:
         return (self.start, self.end) != (0.0, 1.0)
 
-    def check_site(self, site: SteeringSite) -> None:
+    def check_site(self, site: SteeringSite | SiteSet) -> None:
         """The delta has the site's dimensions (one image's), or one more (one row per image)."""
         if self.delta.dim() not in (site.ndim, site.ndim + 1):
             raise ShapeMismatchError(f"steering delta of shape {tuple(self.delta.shape)} does not fit the site "
@@ -92,7 +94,7 @@ class SteeringConfig:
 class SteeringHandle:
     """A named steering added by `apply_steering`; `remove()` takes it off again."""
 
-    def __init__(self, target, name: str, site: SteeringSite, config: SteeringConfig) -> None:
+    def __init__(self, target, name: str, site: SteeringSite | SiteSet, config: SteeringConfig) -> None:
         self.target, self.name, self.site, self.config = target, name, site, config
 
     def remove(self) -> None:
@@ -105,7 +107,7 @@ class SteeringHandle:
 
 
 def apply_steering(pipe_or_unet, config: SteeringConfig, name: str = "hsteer",
-                   site: SteeringSite = MID_BLOCK) -> SteeringHandle:
+                   site: SteeringSite | SiteSet = MID_BLOCK) -> SteeringHandle:
     """Add `config` at the site of a pipeline (or a bare U-Net) under `name`, replacing one of that name.
 
     On a pipeline, guidance is read from each call so that only the conditional half is steered; on a
@@ -127,14 +129,14 @@ def apply_steering(pipe_or_unet, config: SteeringConfig, name: str = "hsteer",
     return SteeringHandle(pipe_or_unet, name, site, config)
 
 
-def remove_steering(pipe_or_unet, name: str | None = None, site: SteeringSite = MID_BLOCK) -> None:
+def remove_steering(pipe_or_unet, name: str | None = None, site: SteeringSite | SiteSet = MID_BLOCK) -> None:
     """Remove the steering called `name`, or all of it when `name` is None."""
     for key, handle in active_hooks(pipe_or_unet, site).items():
         if name is None or key == name:
             handle.remove()
 
 
-def active_hooks(pipe_or_unet, site: SteeringSite = MID_BLOCK) -> dict[str, SteeringHandle]:
+def active_hooks(pipe_or_unet, site: SteeringSite | SiteSet = MID_BLOCK) -> dict[str, SteeringHandle]:
     """What steers this pipeline (its layers, `attach` included as "attached") or bare U-Net, by name."""
     if site.is_pipeline(pipe_or_unet):
         steering = steering_of(pipe_or_unet)
@@ -146,7 +148,7 @@ def active_hooks(pipe_or_unet, site: SteeringSite = MID_BLOCK) -> dict[str, Stee
 
 @contextlib.contextmanager
 def steer(pipe_or_unet, config: SteeringConfig | None, name: str = "hsteer",
-          site: SteeringSite = MID_BLOCK) -> Iterator[SteeringHandle | None]:
+          site: SteeringSite | SiteSet = MID_BLOCK) -> Iterator[SteeringHandle | None]:
     """Steer inside a `with` block; the steering is removed on exit, even on error. `None` steers nothing."""
     if config is None:
         yield None

@@ -8,7 +8,10 @@ A site is named by a short spec, stored with every concept of a bank:
 - `single_transformer_blocks.N` (FLUX): a single-stream block, whose stream holds text and image tokens;
   only the image tokens are steered;
 - `text`: the text representation, an offset added to the prompt embeddings the denoiser consumes
-  (`encoder_hidden_states`; RespoDiff's route on FLUX), for every family.
+  (`encoder_hidden_states`; RespoDiff's route on FLUX), for every family;
+- a **set of sites**, their specs joined by commas (`transformer_blocks.0,text`): a concept that carries one
+  tensor per site, added at all of them together (`SiteSet`; FluxSpace, SHIFT and SafeDIG steer several
+  blocks of a DiT, as no single block is its bottleneck).
 
 The family decides the layout of classifier-free guidance too: SD, SDXL, SD3 and SANA batch
 `[uncond, cond]`; FLUX has no such batch (its guidance is distilled into an input, or true CFG runs two
@@ -20,12 +23,14 @@ output holds), and the hook, the bank and training all read it.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from hsteer.errors import HsteerError
+from hsteer.errors import HsteerError, ShapeMismatchError
 
 #: denoiser class name -> family. The family of a bank must be the family of the model it steers.
 FAMILIES = {"UNet2DConditionModel": "unet", "SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux",
@@ -119,6 +124,110 @@ class SteeringSite:
     def is_pipeline(self, pipe_or_model) -> bool:
         return getattr(pipe_or_model, self.denoiser_attr, None) is not None
 
+    @property
+    def parts(self) -> tuple[SteeringSite, ...]:
+        """The single sites this site is made of: itself (a `SiteSet`: its members)."""
+        return (self,)
+
+    def split(self, delta: torch.Tensor) -> list[tuple[SteeringSite, torch.Tensor]]:
+        """The delta of each part (a single site: the delta itself)."""
+        return [(self, delta)]
+
+
+@dataclass(frozen=True)
+class SiteSet:
+    """Several sites of one denoiser that a concept acts at together, one tensor per site.
+
+    What flows through policies, generation and training is one flat vector per image, the sites' tensors
+    flattened and concatenated in `sites` order (so that drawing, summing and scaling concepts, per-image
+    rows and optimiser states stay one tensor each); the hook of each site module takes its own slice,
+    reshaped to the site's shape (`split`). `shapes`: one shape per site at the size steered (None: not
+    yet bound to a size; `hsteer.hspace.siteshape.bind_site` binds it). Banks store one tensor per site.
+    """
+
+    sites: tuple[SteeringSite, ...]
+    shapes: tuple[tuple[int, ...], ...] | None = None
+    kind: ClassVar[str] = "set"
+    output_index: ClassVar[None] = None
+
+    def __post_init__(self) -> None:
+        if len(self.sites) < 2 or len({s.spec for s in self.sites}) != len(self.sites):
+            raise HsteerError("a set of sites needs two or more different sites")
+        if len({s.denoiser_attr for s in self.sites}) != 1:
+            raise HsteerError("a set of sites must lie in one denoiser")
+        if self.shapes is not None and len(self.shapes) != len(self.sites):
+            raise HsteerError(f"a set of {len(self.sites)} sites needs one shape per site, got {len(self.shapes)}")
+
+    @property
+    def spec(self) -> str:
+        return ",".join(s.spec for s in self.sites)
+
+    @property
+    def label(self) -> str:
+        return "+".join(s.label for s in self.sites)
+
+    @property
+    def denoiser_attr(self) -> str:
+        return self.sites[0].denoiser_attr
+
+    @property
+    def path(self) -> str:
+        return self.sites[0].path
+
+    @property
+    def ndim(self) -> int:
+        """One image's delta is one flat vector (the sites' tensors concatenated)."""
+        return 1
+
+    @property
+    def parts(self) -> tuple[SteeringSite, ...]:
+        return self.sites
+
+    @property
+    def size(self) -> int:
+        """The length of one image's flat delta (the sum of the sites' sizes)."""
+        return sum(math.prod(shape) for shape in self.bound_shapes())
+
+    def bound_shapes(self) -> tuple[tuple[int, ...], ...]:
+        if self.shapes is None:
+            raise HsteerError(f"the set of sites {self.spec} is not bound to an image size; bind it "
+                              "(hsteer.hspace.siteshape.bind_site) or take it from its bank (bank.site_of(pipe))")
+        return self.shapes
+
+    def with_shapes(self, shapes) -> SiteSet:
+        return SiteSet(self.sites, tuple(tuple(int(n) for n in shape) for shape in shapes))
+
+    def split(self, delta: torch.Tensor) -> list[tuple[SteeringSite, torch.Tensor]]:
+        """Each site's slice of a flat delta `(..., size)`, shaped `(..., *site shape)` (views: a gradient
+        reaches the flat tensor)."""
+        shapes = self.bound_shapes()
+        if delta.shape[-1] != self.size:
+            raise ShapeMismatchError(f"a delta of length {delta.shape[-1]} does not fit the sites {self.spec}, "
+                                     f"whose tensors hold {self.size} values")
+        out, offset = [], 0
+        for site, shape in zip(self.sites, shapes):
+            n = math.prod(shape)
+            out.append((site, delta.narrow(-1, offset, n).reshape(*delta.shape[:-1], *shape)))
+            offset += n
+        return out
+
+    def join(self, tensors) -> torch.Tensor:
+        """One flat delta from one tensor per site (in `sites` order): the inverse of `split`."""
+        return torch.cat([t.reshape(*t.shape[:t.dim() - len(shape)], -1)
+                          for t, shape in zip(tensors, self.bound_shapes())], dim=-1)
+
+    def denoiser(self, pipe_or_model):
+        for site in self.sites[1:]:
+            site.denoiser(pipe_or_model)  # every part exists
+        return self.sites[0].denoiser(pipe_or_model)
+
+    def module(self, denoiser, missing_ok: bool = False) -> torch.nn.Module | None:
+        """The first site's module (each site has its own hook; `hsteer.hspace.hook` arms them together)."""
+        return self.sites[0].module(denoiser, missing_ok)
+
+    def is_pipeline(self, pipe_or_model) -> bool:
+        return self.sites[0].is_pipeline(pipe_or_model)
+
 
 def _child(module, part: str):
     if part.isdigit() and isinstance(module, (torch.nn.ModuleList, torch.nn.Sequential)):
@@ -162,11 +271,23 @@ def site_specs(pipe_or_model) -> list[str]:
     return [*specs, "text"]
 
 
-def site_for(pipe_or_model, spec: str | None = None) -> SteeringSite:
-    """The site named `spec` on this model (None: its default), or an error listing what the model has."""
+def site_for(pipe_or_model, spec: str | None = None) -> SteeringSite | SiteSet:
+    """The site named `spec` on this model (None: its default), or an error listing what the model has.
+    Specs joined by commas name a set of sites (`SiteSet`, unbound), in the order `site_specs` lists them."""
+    spec = default_site_spec(pipe_or_model) if spec is None else str(spec).strip()
+    names = [part.strip() for part in spec.split(",") if part.strip()]
+    if len(names) > 1:
+        if len(set(names)) != len(names):
+            raise HsteerError(f"site {spec!r} names a site twice; name each site of a set once")
+        order = {name: n for n, name in enumerate(site_specs(pipe_or_model))}
+        parts = [_single_site(pipe_or_model, name) for name in names]
+        return SiteSet(tuple(sorted(parts, key=lambda s: order.get(s.spec, len(order)))))
+    return _single_site(pipe_or_model, names[0] if names else spec)
+
+
+def _single_site(pipe_or_model, spec: str) -> SteeringSite:
     family = family_of(pipe_or_model)
     attr = "unet" if family == "unet" else "transformer"
-    spec = default_site_spec(pipe_or_model) if spec is None else str(spec).strip()
     if spec == "text":
         return SteeringSite("", attr, "text")
     if family == "unet":

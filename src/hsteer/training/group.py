@@ -96,9 +96,6 @@ class GroupRun:
 
     def __init__(self, pipe, configs: Sequence[TrainConfig]) -> None:
         check_group(configs)
-        if active_hooks(pipe.unet):
-            raise HsteerError(f"the pipeline is being steered ({', '.join(active_hooks(pipe.unet))}); remove "
-                              "its hooks before training")
         self.pipe, self.configs = pipe, list(configs)
         built = [step_context(pipe, config) for config in configs]
         self.ctxs: list[StepContext] = [b[0] for b in built]
@@ -108,6 +105,9 @@ class GroupRun:
         if not isinstance(self.schedule, DDIMSchedule):
             raise HsteerError(f"group training runs on DDIM-scheduled U-Nets (SD 1.x/2.x, SDXL); this model's "
                               f"schedule is {type(self.schedule).__name__}: train its concepts one by one")
+        if active_hooks(pipe.unet):  # after the schedule's check: a transformer has no `unet`
+            raise HsteerError(f"the pipeline is being steered ({', '.join(active_hooks(pipe.unet))}); remove "
+                              "its hooks before training")
         #: how the objectives call the model: the run's Denoiser where the trainer has one, else the U-Net
         self.model = getattr(lead, "denoiser", None) or lead.unet
         self.first, self.end = lead.window_steps()

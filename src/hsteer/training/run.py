@@ -16,7 +16,7 @@ from hsteer.errors import HsteerError
 from hsteer.fileio import exclusive_lock
 from hsteer.hspace.bank import ConceptBank
 from hsteer.hspace.bankcheck import check_finite_concepts
-from hsteer.model.denoisers import site_shape
+from hsteer.hspace.siteshape import site_shape
 from hsteer.model.sites import denoiser_of, site_for
 from hsteer.training.config import TrainConfig
 from hsteer.training.registry import METHODS

@@ -29,7 +29,8 @@ from hsteer.errors import HsteerError
 from hsteer.fileio import atomic_write_text
 from hsteer.hspace.bank import Concept
 from hsteer.hspace.steering import active_hooks
-from hsteer.model.denoisers import Denoiser, site_shape
+from hsteer.hspace.siteshape import bind_site, site_meta, site_shape
+from hsteer.model.denoisers import Denoiser
 from hsteer.model.diffusion import (
     TextCondition,
     encode_text,
@@ -279,7 +280,7 @@ def train_steered(pipe, config: TrainConfig, *, run_dir: str | Path | None = Non
         log.plot()
     concept = Concept(config.concept, config.group, config.objective,
                       stored_tensors(config, params),
-                      meta=concept_meta(pipe, config, shape, site.spec))
+                      meta={**concept_meta(pipe, config, shape), **site_meta(ctx.denoiser.site)})
     return TrainResult(concept, rows, seconds, start,
                        Path(run_dir) if run_dir is not None else None)
 
@@ -291,7 +292,7 @@ def step_context(pipe, config: TrainConfig) -> tuple[StepContext, tuple[int, ...
     method = METHODS.of(config)
     method.check_supports(pipe, config.site)
     height, width = resolve_resolution(pipe, config.height, config.width)
-    site = site_for(pipe, config.site)
+    site = bind_site(pipe, site_for(pipe, config.site), height, width)  # a set of sites: bound to its shapes
     den = Denoiser(pipe, height, width, site, guidance=config.sampling_guidance)
     den.module.requires_grad_(False)
     shape = site_shape(pipe, site, height, width)
