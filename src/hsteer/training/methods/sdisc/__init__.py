@@ -7,7 +7,7 @@ from hsteer.training.registry import METHODS, Method, MethodOption
 METHOD = METHODS.register(Method(
     name="sdisc", title="SDisc", config=SdiscConfig, trainer=train_sdisc,
     summary="c by the plain denoising loss on images of the target prompt, conditioned on neutral",
-    families=("unet",), sites=("mid_block",), counts_iterations=False, pairs=False, baseline=True,
+    counts_iterations=False, pairs=False, baseline=True,
     options=(MethodOption("sdisc_images", "target-prompt images generated with the plain model.", "SDisc images",
                           1, 4096, whole=True),
              MethodOption("sdisc_epochs", "epochs over those images.", "SDisc epochs", 1, 1000, whole=True))))
