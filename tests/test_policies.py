@@ -68,3 +68,27 @@ def test_ratios_are_finite_bounded_weights(text):
     with pytest.raises(HsteerError, match="bad ratio"):
         parse_ratios([text])
     assert parse_ratios(["woman=0.3, man=0.7"]) == {"woman": 0.3, "man": 0.7}
+
+
+def test_generate_applies_sld_through_prepare_as_the_evaluation_harness_does(sd_dir):
+    """`generate(..., policy=SldPolicy(...))` makes SLD images: not the plain model's, and pixel for pixel
+    those of the safe pipeline the harness generates with (`generate_jobs` on `sld_pipeline`)."""
+    import numpy as np
+
+    from hsteer import generate
+    from hsteer.generation import ImageJob, generate_jobs
+    from hsteer.model import load_pipeline
+    from hsteer.model.sld import sld_pipeline
+
+    pipe = load_pipeline(sd_dir)
+    settings = dict(num_images_per_prompt=2, seed=5, steps=3, guidance=7.5, progress=False)
+    plain = generate(pipe, "a doctor", **settings).images
+    sld = generate(pipe, "a doctor", policy=SldPolicy("max"), **settings).images
+    jobs = [ImageJob("a doctor", i, 5 + i, []) for i in range(2)]
+    harness = generate_jobs(sld_pipeline(pipe, "max"), jobs, None, "sld-max", steps=3, guidance=7.5,
+                            progress=False).images
+    pixels = [[np.asarray(image, dtype=np.int16) for image in images] for images in (plain, sld, harness)]
+    assert all(np.abs(a - b).max() > 2 for a, b in zip(pixels[0], pixels[1]))
+    assert all(np.array_equal(a, b) for a, b in zip(pixels[1], pixels[2]))
+    for policy in (PlainPolicy(), FairPolicy(("gender",)), SafePolicy(), ConceptPolicy((("woman", 1.0),))):
+        assert policy.prepare(pipe) is pipe

@@ -12,8 +12,10 @@ CLI, the evaluation harness, the web page) asks only these:
   the reasons for the manifest ("shape kept: the prompt names circle").
 
 `needs_bank` says whether it draws from a bank; `targeted_groups(bank)` the attribute groups it steers
-(the leakage tables' "targeted" columns). `SldPolicy` draws nothing: it names a baseline that changes
-the pipeline (diffusers' safe pipeline), so run specs can name it like any policy.
+(the leakage tables' "targeted" columns); `prepare(pipe)` the pipeline its images are made with (the
+pipeline itself, except SLD's). `SldPolicy` draws nothing: it changes the pipeline (diffusers' safe
+pipeline with a preset), so `generate`, the evaluation harness and the attacks all get SLD from
+`prepare`, and run specs name it like any policy.
 """
 
 from __future__ import annotations
@@ -31,13 +33,15 @@ from hsteer.errors import HsteerError
 from hsteer.gate import PromptGate
 from hsteer.hspace.bank import ConceptBank
 from hsteer.hspace.hook import check_window
+from hsteer.model.sld import SLD_PRESETS, sld_pipeline, sld_preset
 from hsteer.outputs import check_policy
 
 #: The largest block of images a ratio policy may need to balance exactly.
 MAX_BLOCK = 100_000
 #: The largest ratio weight (weights are relative; this keeps their sum finite).
 MAX_RATIO = 1e6
-SLD_PRESETS = ("weak", "medium", "strong", "max")
+#: The baselines that need no bank: the plain model and SLD with each preset (`baseline_policy`).
+BASELINES = ("plain", *(f"sld-{preset}" for preset in SLD_PRESETS))
 
 Draw = list[tuple[str, float]]
 
@@ -70,6 +74,16 @@ class Policy(Protocol):
     def respect(self, bank: ConceptBank | None, draw: Draw, prompt: str, gate: PromptGate) -> tuple[Draw, list[str]]:
         ...
 
+    def prepare(self, pipe: Any) -> Any: ...
+
+
+class _KeepsPipeline:
+    """`prepare` of every policy that steers through the hook or not at all: the pipeline as it is."""
+
+    def prepare(self, pipe: Any) -> Any:
+        """The pipeline this policy's images are made with."""
+        return pipe
+
 
 def require_bank(bank: ConceptBank | None, policy: Policy | str) -> ConceptBank:
     """The bank a steering policy draws from; the one check that it was given."""
@@ -79,7 +93,7 @@ def require_bank(bank: ConceptBank | None, policy: Policy | str) -> ConceptBank:
     return bank
 
 
-class _DrawsNothing:
+class _DrawsNothing(_KeepsPipeline):
     """What the policies without concepts share (plain, SLD): nothing to draw, target or gate."""
 
     needs_bank: ClassVar[bool] = False
@@ -142,9 +156,24 @@ class SldPolicy(_DrawsNothing):
     def describe(self) -> str:
         return f"sld-{self.preset}"
 
+    def settings(self) -> dict[str, float]:
+        """The preset's SLD settings (diffusers' `SafetyConfig`: guidance scale, warm-up, threshold, ...)."""
+        return sld_preset(self.preset)
+
+    def prepare(self, pipe: Any) -> Any:
+        """diffusers' safe pipeline built from the loaded SD pipeline's own parts, called with the preset."""
+        return sld_pipeline(pipe, self.preset)
+
+
+def baseline_policy(name: str) -> Policy | None:
+    """The policy of a bank-free baseline named as in `BASELINES`: None for the plain model, else SLD."""
+    if name not in BASELINES:
+        raise HsteerError(f"unknown baseline {name!r}; use one of {', '.join(BASELINES)}")
+    return SldPolicy(preset=name.removeprefix("sld-")) if name.startswith("sld-") else None
+
 
 @dataclass(frozen=True)
-class FairPolicy:
+class FairPolicy(_KeepsPipeline):
     """One concept per group for each image, drawn from the image's seed, summed with per-group scales.
 
     The draw is stratified: the combinations of the groups' concepts fill a block of K slots (each
@@ -267,7 +296,7 @@ def _group_weights(group: str, names: list[str], ratios: dict[str, float]) -> di
 
 
 @dataclass(frozen=True)
-class SafePolicy:
+class SafePolicy(_KeepsPipeline):
     """The sum of every concept of the safety group."""
 
     kind: ClassVar[str] = "safe"
@@ -318,7 +347,7 @@ class SafePolicy:
 
 
 @dataclass(frozen=True)
-class ConceptPolicy:
+class ConceptPolicy(_KeepsPipeline):
     """Named concepts with scales for every image (e.g. {"woman": 0.5, "man": 0.5} interpolates)."""
 
     kind: ClassVar[str] = "concepts"

@@ -92,14 +92,13 @@ class Defence:
         return BoundDefence(self, pipe, height, width)
 
 
-def _sld_generation_pipe(pipe, policy: SldPolicy, concept: str | None):
-    """diffusers' safe pipeline with the preset; its safety concept replaced where one is given."""
-    from hsteer.evaluation.baselines import sld_pipeline
-
-    wrapper = sld_pipeline(pipe, policy.preset)
+def _generation_pipe(pipe, policy: Policy, concept: str | None):
+    """The pipeline the defence's images are made with: the policy's (`prepare`; SLD: diffusers' safe
+    pipeline with the preset), its SLD safety concept replaced where one is given."""
+    prepared = policy.prepare(pipe)
     if concept:
-        wrapper._pipe.safety_concept = concept  # the wrapper only adds call arguments; the concept lives inside
-    return wrapper
+        prepared._pipe.safety_concept = concept  # the SLD wrapper only adds call arguments; the concept lives inside
+    return prepared
 
 
 class BoundDefence:
@@ -120,10 +119,8 @@ class BoundDefence:
         self.base = unconditional(pipe, defence.negative_prompt, self.height, self.width)
         self.safety = None
         if self.sld is not None:
-            from hsteer.evaluation.baselines import sld_preset
-
-            self.sld_settings = sld_preset(self.sld)
-            concept = defence.sld_concept or _sld_generation_pipe(pipe, policy, None).safety_concept
+            self.sld_settings = policy.settings()
+            concept = defence.sld_concept or _generation_pipe(pipe, policy, None).safety_concept
             self.safety = unconditional(pipe, concept, self.height, self.width)
         self._windows: dict[tuple, list] = {}
 
@@ -152,8 +149,7 @@ class BoundDefence:
         for n, (prompt, seed) in enumerate(items):
             concepts, notes = self.draw(prompt, seed)
             jobs.append(ImageJob(prompt, n, seed, concepts, extra={"gate": notes} if notes else {}))
-        pipe = self.pipe if self.sld is None else _sld_generation_pipe(self.pipe, self.defence.policy,
-                                                                      self.defence.sld_concept)
+        pipe = _generation_pipe(self.pipe, self.defence.policy, self.defence.sld_concept)
         out = generate_jobs(pipe, jobs, self.defence.bank, self.defence.policy.name, steps=steps, guidance=guidance,
                             height=self.height, width=self.width, batch_size=batch_size,
                             steer_unconditional=self.defence.steer_unconditional, progress=False,

@@ -13,19 +13,21 @@ import click
 from hsteer.cli.common import model_options, one_line_errors
 from hsteer.cli.options import build_policy, guard_options, policy_options, sampling_options
 from hsteer.errors import HsteerError
+from hsteer.policies import BASELINES
 
 
 def _defence(o: dict, bank):
     """The Defence of the command line's options (checked before the model loads)."""
     from hsteer.attacks.defence import Defence
-    from hsteer.policies import SldPolicy, parse_window, require_bank
+    from hsteer.policies import baseline_policy, parse_window, require_bank
 
     policy = build_policy(o["fair"], o["safe"], o["concepts"], o["scales"], o["ratios"])
-    if o["baseline"] != "plain":
+    baseline = baseline_policy(o["baseline"])
+    if baseline is not None:
         if policy.needs_bank:
             raise HsteerError(f"--baseline {o['baseline']} is its own method; do not combine it with "
                               "--fair/--safe/--concept")
-        policy = SldPolicy(preset=o["baseline"].removeprefix("sld-"))
+        policy = baseline
     elif o["sld_concept"]:
         raise HsteerError("--sld-concept needs --baseline sld-*")
     if policy.needs_bank:
@@ -128,7 +130,7 @@ def _sampling(o: dict) -> dict:
 @guard_options
 @sampling_options
 @click.option("--baseline", default="plain", show_default=True,
-              type=click.Choice(["plain", "sld-weak", "sld-medium", "sld-strong", "sld-max"]),
+              type=click.Choice(BASELINES),
               help="Without a bank: the plain model or SLD (diffusers' safe pipeline) with a preset.")
 @click.option("--sld-concept", default=None, help="SLD's safety concept text (default: diffusers').")
 @click.option("--negative-prompt", default=None, help="A negative prompt as the defence (or on top of one).")

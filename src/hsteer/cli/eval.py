@@ -20,6 +20,7 @@ from hsteer.evaluation.scoring import RELOCATABLE
 from hsteer.evaluation.tasks import get_task, summary_line
 from hsteer.evaluation.tasks.i2p import DETECTORS
 from hsteer.model import quiet_libraries
+from hsteer.policies import BASELINES
 
 PRESET_ATTRIBUTES = {"gender": ("a woman", "a man"),
                      "race": ("a black-race person", "a white-race person", "a Asian-race person")}
@@ -106,7 +107,7 @@ def eval_options(fn):
         click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
                      help="Run folder: images, manifests, scores, report (rerun the same command to resume)."),
         click.option("--baseline", default="plain", show_default=True,
-                     type=click.Choice(["plain", "sld-weak", "sld-medium", "sld-strong", "sld-max"]),
+                     type=click.Choice(BASELINES),
                      help="Without a bank: the plain model or SLD (diffusers' safe pipeline) with a preset."),
         click.option("--no-score", is_flag=True, help="Only generate; score later with `hsteer score DIR`."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
@@ -118,14 +119,15 @@ def eval_options(fn):
 
 def _policy(o: dict[str, Any]):
     """The run's policy object: --baseline sld-* or the policy options."""
-    from hsteer.policies import SldPolicy, require_bank
+    from hsteer.policies import baseline_policy, require_bank
 
     policy = build_policy(o["fair"], o["safe"], o["concepts"], o["scales"], o["ratios"])
-    if o["baseline"] != "plain":
+    baseline = baseline_policy(o["baseline"])
+    if baseline is not None:
         if policy.needs_bank:
             raise HsteerError(f"--baseline {o['baseline']} is its own method; do not combine it with "
                               "--fair/--safe/--concept")
-        return SldPolicy(preset=o["baseline"].removeprefix("sld-"))
+        return baseline
     if policy.needs_bank and o["bank_path"] is None:
         require_bank(None, policy)
     return policy

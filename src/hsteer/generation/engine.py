@@ -127,6 +127,7 @@ def generate(pipe, prompts: str | Sequence[str], *, num_images_per_prompt: int =
     images, masks = _per_prompt(image, prompts, "image"), _per_prompt(mask_image, prompts, "mask_image")
     prompt_reader = prompt_gate(pipe, bank, policy, respect_prompt, gate)
     guarded = guard_for_run(guard, bank, policy, steps)
+    prepared = policy.prepare(pipe)  # the pipeline the policy's images are made with (SLD: its safe pipeline)
     folder = OutputFolder(out_dir, overwrite=overwrite, resume=resume) if out_dir is not None else None
 
     def job(n: int, prompt: str, index: int, image_seed: int) -> ImageJob:
@@ -147,7 +148,7 @@ def generate(pipe, prompts: str | Sequence[str], *, num_images_per_prompt: int =
         work = folder.pending(work, lambda job: _record(job, policy.name, **settings).to_dict())
     total = len(prompts) * num_images_per_prompt - (len(folder.done) if folder else 0)
     try:
-        return generate_jobs(pipe, work, bank, policy.name, batch_size=batch_size,
+        return generate_jobs(prepared, work, bank, policy.name, batch_size=batch_size,
                              steer_unconditional=steer_unconditional, progress=progress,
                              negative_prompt=negative_prompt, total=total, keep_images=keep_images,
                              sink=folder.add if folder else None, pipe_kwargs=pipe_kwargs, guard=guarded,
