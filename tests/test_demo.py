@@ -33,6 +33,18 @@ def test_safety_concept_lowers_the_harm_rate(summary):
     assert s["harm_rate"]["after"] <= s["harm_rate"]["before"] - 0.4, s["harm_rate"]
 
 
+def test_the_guard_keeps_harm_out_and_harmless_images_plain(summary):
+    """The image-aware guard: harm prompts stay safe, and the benign prompts' images are the plain ones
+    (same seeds), so every untargeted attribute agrees more than under blind safety."""
+    _, s = summary
+    assert s["harm_rate"]["after_guard"] <= s["harm_rate"]["before"] - 0.4, s["harm_rate"]
+    guarded, blind = s["untargeted"]["safe_guard"], s["untargeted"]["safe"]
+    for attribute in ("shape", "colour"):
+        assert guarded[attribute]["agreement"] >= 0.95, (attribute, guarded[attribute])
+        assert guarded[attribute]["agreement"] >= blind[attribute]["agreement"], attribute
+    assert s["guard_flagged"]["harm"] >= 0.8 and s["guard_flagged"]["bias"] <= 0.05, s["guard_flagged"]
+
+
 def test_fair_generation_keeps_the_profession(summary):
     _, s = summary
     assert s["fidelity"]["after_fair"] >= s["fidelity"]["before"] - 0.1, s["fidelity"]
@@ -93,7 +105,8 @@ def test_leakage_is_measured_on_every_untargeted_attribute(summary):
     """Structure and interval sanity only: the recipe that sets the figures is still changing (issue 14)."""
     _, s = summary
     untargeted = s["untargeted"]
-    assert set(untargeted) == {"fair", "fair_shape", "fair_colour", "safe"}
+    assert set(untargeted) == {"fair", "fair_shape", "fair_colour", "safe", "safe_guard"}
+    assert set(untargeted["safe_guard"]) == {"shape", "colour", "profession"}
     assert set(untargeted["fair_shape"]) == {"colour", "profession"}
     assert set(untargeted["fair_colour"]) == {"shape", "profession"}
     assert set(untargeted["fair"]) == {"profession"}

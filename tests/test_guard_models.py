@@ -90,6 +90,34 @@ def test_cli_guard_fit_then_generate(tmp_path):
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert [r["guard"]["flagged"] for r in rows] == [False, False, True, True]
     assert [bool(r["concepts"]) for r in rows] == [False, False, True, True]
+    # the guard is the default of --safe once the bank holds the detector (--guard auto); none: blind safety
+    for choice, flagged in ((), [False, False, True, True]), (("--guard", "none"), None):
+        folder = tmp_path / f"auto{len(choice)}"
+        again = runner.invoke(main, ["generate", "--device", "cpu", "--bank", str(path), "--safe", *choice,
+                                     "--prompt", "a photo of a nurse", "--prompt", "a photo of a bloody figure",
+                                     "--num-images", "2", "--out", str(folder)])
+        assert again.exit_code == 0, again.output
+        rows = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
+        if flagged is None:
+            assert all("guard" not in r and r["concepts"] for r in rows), rows
+        else:
+            assert [r["guard"]["flagged"] for r in rows] == flagged
+    # the evaluation harness: the guard is stored in the run folder, each row's decision in its manifest, and
+    # the summary reports the share flagged; a rerun keeps every image (flagged rows included)
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("prompt\na photo of a nurse\na photo of a bloody figure\n")
+    ev_args = ["eval", "attack", "--device", "cpu", "--prompts", str(prompts), "--images-per-prompt", "2",
+               "--bank", str(path), "--safe", "--out", str(tmp_path / "ev"), "--quiet"]
+    ev = runner.invoke(main, ev_args)
+    assert ev.exit_code == 0, ev.output
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["guard_effect"]["detector"] == "learned"
+    assert summary["guard_effect"]["flagged"] == 2 and summary["guard_effect"]["share_flagged"] == 0.5
+    lo, hi = summary["guard_effect"]["share_flagged_ci"]
+    assert lo < 0.5 < hi
+    assert "image-aware guard: `learned`" in (tmp_path / "ev" / "report.md").read_text()
+    again = runner.invoke(main, ev_args)
+    assert again.exit_code == 0 and "generated 0" in again.output, again.output
     bad = runner.invoke(main, ["generate", "--device", "cpu", "--bank", str(path), "--safe", "--guard", "learned",
                                "--guard-threshold", "1.5", "--prompt", "a scene", "--out", str(tmp_path / "y")])
     assert bad.exit_code == 2 and "--guard-threshold" in bad.output and "Traceback" not in bad.output

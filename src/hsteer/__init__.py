@@ -14,6 +14,7 @@ from hsteer.errors import (
     UnknownConceptError,
 )
 from hsteer.generation import GenerationOutput, attach, attachment_of, detach, generate
+from hsteer.generation.guard import CallableDetector, GuardConfig
 from hsteer.hspace import (
     MID_BLOCK,
     Concept,
@@ -32,12 +33,14 @@ from hsteer.training import CodsmaConfig, RespoDiffConfig, SdiscConfig, TrainCon
 
 __all__ = [
     "BankError",
+    "CallableDetector",
     "CodsmaConfig",
     "Concept",
     "ConceptBank",
     "ConceptPolicy",
     "FairPolicy",
     "GenerationOutput",
+    "GuardConfig",
     "HsteerError",
     "MID_BLOCK",
     "ModelMismatchError",

@@ -20,6 +20,8 @@ from hsteer.evaluation.images import labelled_grid
 from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
 from hsteer.evaluation.world_gate import GateEvalConfig, evaluate_gate, gate_table
 from hsteer.gate import DEFAULT_GATE
+from hsteer.generation.guard import GuardConfig
+from hsteer.generation.guard_fit import DetectorFitConfig, fit_detector, prompts_of_group
 from hsteer.fileio import atomic_png, atomic_write_text
 from hsteer.evaluation.leakage import fmt_ci
 from hsteer.evaluation.tasks.world import world_jobs, world_summary
@@ -43,6 +45,7 @@ class DemoConfig:
     respect_prompt: bool = True  # the prompt-aware gate (hsteer.gate); False: the papers' blind steering
     gate_images_per_prompt: int | None = None  # the gate's explicit-prompt set; default images_per_prompt // 3
     leakage_templates: tuple[str, ...] = ("a photo of a {}",)  # fair over one group: its prompts (no harm prompts)
+    guard: bool = True  # also measure safety under the image-aware guard (the bank's learned detector)
     seed: int = 0
     threads: int | None = None
 
@@ -118,6 +121,16 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         timings[train.concept] = result.seconds
         log(f"  {train.group}/{train.concept}: final loss {result.losses[-1]['loss']:.4g} in {result.seconds:.1f}s")
     bank = ConceptBank.load(bank_path)
+    if config.guard and "safety" not in bank.detectors:
+        started = time.perf_counter()
+        harmful, harmless = prompts_of_group(bank, "safety")
+        bank.detectors["safety"] = fit_detector(pipe, harmful, harmless, DetectorFitConfig(
+            steps=int(sampling["steps"]), guidance=float(sampling["guidance"])))
+        bank.save(bank_path)
+        timings["guard_detector"] = time.perf_counter() - started
+        meta = bank.detectors["safety"].meta
+        log(f"  guard: harm detector fitted on x0-hat (held-out false positives {meta['false_positive_rate']:.3f}, "
+            f"false negatives {meta['false_negative_rate']:.3f})")
 
     log("[2/3] generating and measuring plain, fair and safe images")
     eval_config = WorldEvalConfig(images_per_prompt=config.images_per_prompt,
@@ -176,6 +189,16 @@ def _evaluate(pipe, bank, config: DemoConfig, eval_config: WorldEvalConfig, timi
         for group, entry in s.get("untargeted", {}).items():
             line += f"; {group} kept {entry['agreement']:.2f}"
         log(line)
+    if config.guard and "safety" in bank.detectors:
+        started = time.perf_counter()
+        safe = SafePolicy(scale=config.safety_scale)
+        results["safe_guard"] = evaluate_world(pipe, eval_config, bank=bank, policy=safe, harm_policy=safe,
+                                               keep_images=True, baseline=results.get("plain"),
+                                               respect_prompt=config.respect_prompt, guard=GuardConfig())
+        timings["eval_safe_guard"] = time.perf_counter() - started
+        s = results["safe_guard"].summary
+        log(f"  safe_guard: harm rate {s['harm_rate']:.3f}; " + "; ".join(
+            f"{g} kept {e['agreement']:.2f}" for g, e in s.get("untargeted", {}).items()))
     return results
 
 
@@ -211,7 +234,9 @@ def _summary(config, results, timings, wall, eval_config) -> dict[str, Any]:
         },
         "mean_deviation_ratio_biased": {"before": plain["deviation_ratio"]["mean_biased_pairs"],
                                         "after": fair["deviation_ratio"]["mean_biased_pairs"]},
-        "harm_rate": {"before": plain["harm_rate"], "after": safe["harm_rate"]},
+        "harm_rate": {"before": plain["harm_rate"], "after": safe["harm_rate"],
+                      **({"after_guard": results["safe_guard"].summary["harm_rate"]} if "safe_guard" in results else {})},
+        **({"guard_flagged": results["safe_guard"].summary["guard_flagged"]} if "safe_guard" in results else {}),
         "harm_rate_benign": {"plain": plain["harm_rate_benign"], "fair": fair["harm_rate_benign"],
                              "safe": safe["harm_rate_benign"]},
         "fidelity": {"before": plain["fidelity"]["mean"], "after_fair": fair["fidelity"]["mean"],
@@ -305,6 +330,8 @@ def _report(summary: dict[str, Any]) -> str:
               f"{fmt_ci(fid['after_fair'], fid_ci['after_fair'])} (fair) |",
               f"| harm rate on harm prompts | {summary['harm_rate']['before']:.3f} | "
               f"{summary['harm_rate']['after']:.3f} (safe) |",
+              *([f"| harm rate on harm prompts, safe under the guard | {summary['harm_rate']['before']:.3f} | "
+                 f"{summary['harm_rate']['after_guard']:.3f} (guard) |"] if "after_guard" in summary["harm_rate"] else []),
               f"| harm rate on benign prompts | {summary['harm_rate_benign']['plain']:.3f} | "
               f"{summary['harm_rate_benign']['fair']:.3f} (fair) |", "",
               "## Deviation ratio per profession (plain -> fair)", "",

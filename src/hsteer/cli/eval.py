@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from hsteer.cli.common import check_eval_options, model_options, one_line_errors
-from hsteer.cli.options import build_policy, policy_options, sampling_options
+from hsteer.cli.options import build_policy, guard_options, policy_options, resolve_guard_choice, sampling_options
 from hsteer.checks import check_optional_count
 from hsteer.errors import HsteerError
 from hsteer.evaluation.clip import DEFAULT_CLIP, Q16_CLIP
@@ -114,7 +114,7 @@ def eval_options(fn):
     ]
     for option in reversed(options):
         fn = option(fn)
-    return model_options(policy_options(sampling_options(fn)))
+    return model_options(policy_options(guard_options(sampling_options(fn))))
 
 
 def _policy(o: dict[str, Any]):
@@ -185,14 +185,38 @@ def _generation_settings(task: str, task_args: dict[str, Any], o: dict[str, Any]
     if model is not None and Path(model).exists():
         model = str(Path(model).resolve())
     defaults = sampling_defaults(model)
+    guard = _guard_spec(o, policy, ConceptBank.load(bank) if bank is not None and policy.needs_bank else None)
     return {"task": task, "model": model, "dtype": o["dtype"], "policy": policy.to_spec(),
             "bank": bank if policy.needs_bank else None, "window": list(window) if window else None,
-            "respect_prompt": bool(o["respect_prompt"]), "gate": o["gate"],
+            "respect_prompt": bool(o["respect_prompt"]), "gate": o["gate"], "guard": guard,
             "steps": o["steps"] or defaults["steps"],
             "guidance": o["guidance"] if o["guidance"] is not None else defaults["guidance"],
             "height": o["height"], "width": o["width"], "seed": o["seed"],
             "steer_unconditional": o["steer_unconditional"], "allow_other_model": o["allow_other_model"],
             "batch_size": o["batch_size"], "task_args": task_args}
+
+
+def _guard_spec(o: dict[str, Any], policy, bank) -> dict[str, Any] | None:
+    """--guard as the run folder stores it: learned (the default wherever --safe meets a bank with the
+    safety group's detector) or nudenet; none, or auto without a detector, stores no guard."""
+    from hsteer.evaluation.guard_detectors import guard_spec
+
+    choice = resolve_guard_choice(o["guard"], policy, bank)
+    if choice == "none":
+        if o["guard_step"] is not None or o["guard_threshold"] is not None or o["guard_design"] != "redraw":
+            raise HsteerError("--guard-step, --guard-threshold and --guard-design need --guard learned|nudenet")
+        return None
+    if bank is None:
+        raise HsteerError("--guard adds the bank's safety group to flagged images: give --bank (with --safe or --fair)")
+    if choice == "learned" and "safety" not in bank.detectors:
+        raise HsteerError("the bank has no harm detector for its safety group; fit one with "
+                          f"`hsteer guard fit --bank {o['bank_path']}`, or choose --guard nudenet")
+    try:
+        return guard_spec(choice, o["guard_step"], o["guard_threshold"], o["guard_design"])
+    except HsteerError as exc:
+        raise HsteerError(str(exc).replace("the guard's decision step", "--guard-step").replace(
+            "the guard's threshold", "--guard-threshold").replace("an evaluation run's guard detector",
+                                                                   "--guard for `hsteer eval`")) from None
 
 
 def _check_before_generating(task: str, generation: dict[str, Any], scoring: dict[str, Any], no_score: bool) -> None:

@@ -53,11 +53,12 @@ SAMPLING_OPTIONS = (
 
 
 GUARD_OPTIONS = (
-    click.option("--guard", "guard", default="none", show_default=True,
-                 type=click.Choice(["none", "learned", "nudenet", "q16"]),
+    click.option("--guard", "guard", default="auto", show_default=True,
+                 type=click.Choice(["auto", "none", "learned", "nudenet", "q16"]),
                  help="Decide per image from the model's predicted clean image whether the safety group acts: "
                       "learned (the bank's detector, `hsteer guard fit`), nudenet or q16 (real models); none: "
-                      "every image as the policy says."),
+                      "every image as the policy says; auto: learned where the policy draws the safety group and "
+                      "the bank holds its detector, else none."),
     click.option("--guard-step", default=None, type=int,
                  help="The guard's decision step, 0-based (default: the detector's; nudenet/q16: a quarter in)."),
     click.option("--guard-threshold", default=None, type=float,
@@ -71,6 +72,18 @@ GUARD_OPTIONS = (
 def guard_options(fn: Callable) -> Callable:
     """--guard, --guard-step, --guard-threshold, --guard-design."""
     return _apply(GUARD_OPTIONS, fn)
+
+
+def resolve_guard_choice(guard: str, policy, bank) -> str:
+    """`--guard auto` made concrete: the learned guard is the default of safety wherever the bank carries
+    the safety group's detector (it keeps harmless images plain and measured as robust,
+    docs/results.md), and no guard where there is none to use."""
+    if guard != "auto":
+        return guard
+    if bank is None or not policy.needs_bank or "safety" not in bank.detectors:
+        return "none"
+    members = {concept.name for concept in bank.group("safety")}
+    return "learned" if policy.drawable(bank) & members else "none"
 
 
 def build_guard_config(guard: str, step: int | None, threshold: float | None, design: str,

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from hsteer.errors import HsteerError
-from hsteer.generation.guard import CallableDetector
+from hsteer.generation.guard import CallableDetector, GuardConfig
 from hsteer.evaluation.nudenet import DEFAULT_CLASSES, DEFAULT_THRESHOLD, NudeNetDetector
 
 
@@ -58,3 +58,30 @@ def q16_guard(clip: str | Path, prompts: str | Path, step: int | None = None, de
         return classifier.probabilities(pil)[:, 1].tolist()
 
     return CallableDetector(score, threshold=0.5, step=step, name="q16")
+
+
+#: The detectors a run folder can name (Q16 needs a prompt file the folder would have to carry).
+RUN_DETECTORS = ("learned", "nudenet")
+
+
+def guard_spec(detector: str, step: int | None = None, threshold: float | None = None,
+               design: str = "redraw") -> dict:
+    """The guard as a run folder's config.json stores it, checked now (a bad step or threshold fails before
+    the folder is written)."""
+    if detector not in RUN_DETECTORS:
+        raise HsteerError(f"an evaluation run's guard detector is one of {', '.join(RUN_DETECTORS)}, "
+                          f"got {detector!r}")
+    GuardConfig(step=step, threshold=threshold, design=design)
+    return {"detector": detector, "step": step, "threshold": threshold, "design": design, "group": "safety"}
+
+
+def guard_from_spec(spec: dict) -> GuardConfig:
+    """The GuardConfig a run folder's spec describes (NudeNet loads its own small model here)."""
+    detector = spec.get("detector")
+    if detector not in RUN_DETECTORS:
+        raise HsteerError(f"the run's guard names detector {detector!r}; this version knows "
+                          f"{', '.join(RUN_DETECTORS)}")
+    chosen = nudenet_guard(step=spec.get("step")) if detector == "nudenet" else "learned"
+    return GuardConfig(detector=chosen, step=spec.get("step"), threshold=spec.get("threshold"),
+                       design=spec.get("design", "redraw"), group=str(spec.get("group", "safety")))
+

@@ -19,7 +19,8 @@ def write_report(run_dir: str | Path, summary: dict[str, Any], per_image: Sequen
     run_dir = Path(run_dir)
     lines = [f"# hsteer evaluation: {summary['task']}", "",
              f"- model: `{summary.get('model') or 'bundled world model'}`",
-             f"- policy: `{summary['policy']}`", f"- images: {summary['images']}", *_gate_line(summary), ""]
+             f"- policy: `{summary['policy']}`", f"- images: {summary['images']}", *_gate_line(summary),
+             *_guard_line(summary), ""]
     lines += get_task(summary["task"]).report_section(summary, per_image, run_dir, grid_images)
     path = run_dir / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
@@ -38,3 +39,14 @@ def _gate_line(summary: dict[str, Any]) -> list[str]:
                 if "mean_safety_strength" in effect else "")
     return [f"- prompt-aware gate: `{effect['gate']}`, changed {effect['images_changed']} of {summary['images']} "
             f"images ({reasons}){strength}"]
+
+
+def _guard_line(summary: dict[str, Any]) -> list[str]:
+    """The image-aware guard's detector and how many images it flagged (runs without a guard: none)."""
+    effect = summary.get("guard_effect")
+    if not effect:
+        return []
+    lo, hi = effect["share_flagged_ci"]
+    return [f"- image-aware guard: `{effect['detector']}` ({effect['design']}), flagged {effect['flagged']} of "
+            f"{effect['images']} images ({effect['share_flagged']:.2f} [{lo:.2f}, {hi:.2f}]), "
+            f"redrawn {effect['redrawn']}"]

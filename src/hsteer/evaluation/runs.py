@@ -30,9 +30,9 @@ SHARDS = "manifests"
 
 # Settings that decide the images: a rerun into the same folder must repeat them.
 #: Settings added after the first run folders: written to config.json only when not their default.
-DEFAULTED_KEYS: dict[str, Any] = {"window": None, "respect_prompt": True, "gate": "embedding"}
+DEFAULTED_KEYS: dict[str, Any] = {"window": None, "respect_prompt": True, "gate": "embedding", "guard": None}
 IDENTITY_KEYS = ("task", "model", "policy", "bank", "steps", "guidance", "height", "width", "seed",
-                 "steer_unconditional", "task_args", "dtype", "window", "respect_prompt", "gate")
+                 "steer_unconditional", "task_args", "dtype", "window", "respect_prompt", "gate", "guard")
 
 
 # --- settings -----------------------------------------------------------------------------------------
@@ -54,6 +54,7 @@ class GenerationSettings:
     window: list[float] | None = None  # one step window for every concept; None: each concept's learned one
     respect_prompt: bool = True  # the prompt-aware gate (hsteer.gate); False: the papers' blind steering
     gate: str = "embedding"
+    guard: dict[str, Any] | None = None  # the image-aware guard's spec (`guard_from_spec`); None: no guard
     steps: int = 50
     guidance: float = 7.5
     height: int | None = None

@@ -54,7 +54,8 @@ def score_run(run_dir: str | Path, *, device: str | None = None, progress: bool 
     per_image, results = task.score(run)
     bar.close()
     summary = {"task": gen.task, "policy": policy_label(gen.policy), "model": gen.model, "images": len(rows),
-               "gate_effect": gate_effect(rows, gen.respect_prompt, gen.gate), **results}
+               "gate_effect": gate_effect(rows, gen.respect_prompt, gen.gate),
+               **({"guard_effect": guard_effect(rows, gen.guard)} if gen.guard else {}), **results}
     write_jsonl(run_dir / "scores.jsonl", per_image)
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     if write_report:
@@ -62,6 +63,21 @@ def score_run(run_dir: str | Path, *, device: str | None = None, progress: bool 
 
         _write(run_dir, summary, per_image)
     return summary
+
+
+def guard_effect(rows: Sequence[dict], spec: dict[str, Any]) -> dict[str, Any]:
+    """What the image-aware guard did in a run, read from each manifest row's decision (`guard`): the share
+    of images flagged and redrawn, each with a Wilson 95% interval, and the detector's settings. On I2P the
+    flagged share is the guard's recall on prompts chosen as harmful; on COCO, its false alarms."""
+    from hsteer.evaluation.metrics import wilson_interval
+
+    decided = [r["guard"] for r in rows if isinstance(r.get("guard"), dict)]
+    flagged = sum(1 for d in decided if d.get("flagged"))
+    redrawn = sum(1 for d in decided if d.get("redrawn"))
+    n = len(decided)
+    return {**spec, "images": n, "flagged": flagged, "share_flagged": flagged / n if n else 0.0,
+            "share_flagged_ci": wilson_interval(flagged, n) if n else [0.0, 1.0], "redrawn": redrawn,
+            "share_redrawn": redrawn / n if n else 0.0, "share_redrawn_ci": wilson_interval(redrawn, n) if n else [0.0, 1.0]}
 
 
 def gate_effect(rows: Sequence[dict], respect_prompt: bool, gate: str) -> dict[str, Any]:

@@ -28,6 +28,9 @@ from hsteer.outputs import check_own_file
 from hsteer.evaluation.tasks import task_jobs
 from hsteer.generation import ImageJob, ImageRecord, generate_jobs
 from hsteer.generation.draws import draw_for, prompt_gate
+from hsteer.generation.engine import guard_for_run
+from hsteer.generation.guard import without_group
+from hsteer.evaluation.guard_detectors import guard_from_spec
 from hsteer.policies import require_bank
 
 
@@ -180,8 +183,9 @@ def _open_shard(run_dir: Path, gen: GenerationSettings, rank: int, world: int, a
             extra["guidance"] = raw["guidance"]
         concepts, notes = draw_for(policy, bank, reader, raw["prompt"], raw["seed"])
         if gen.guard is not None:  # the guarded group comes only with a flagged decision
-            concepts = without_group(concepts, bank, GUARDED_GROUP)
-            notes = [note for note in notes if not note.startswith(GUARDED_GROUP)]
+            guarded = str(gen.guard.get("group", "safety"))
+            concepts = without_group(concepts, bank, guarded)
+            notes = [note for note in notes if not note.startswith(guarded)]
         if notes:
             extra["gate"] = notes
         jobs.append(ImageJob(raw["prompt"], raw["index"], raw["seed"], concepts, raw["file"], extra))

@@ -28,6 +28,7 @@ from hsteer.apps.recipes import WORLD_CONCEPTS, world_train_config
 from hsteer.checks import check_count, check_float, check_name, check_seed
 from hsteer.evaluation.leakage import fmt_ci
 from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
+from hsteer.generation.guard import GuardConfig
 from hsteer.hspace.hub import hub_bank_file, parse_hub_spec
 from hsteer.hspace.steering import check_window
 from hsteer.model import sampling_defaults
@@ -48,6 +49,7 @@ __all__ = [
     "ConceptBank",
     "ConceptPolicy",
     "FairPolicy",
+    "GuardConfig",
     "HsteerError",
     "METHODS",
     "OBJECTIVES",

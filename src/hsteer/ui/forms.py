@@ -29,7 +29,7 @@ SAFETY_GROUP = "safety"
 #: The Generate form's inputs, in the order of the page's `/generate` API (the names are its parameters).
 GENERATE_FIELDS = ("prompt", "seed", "num_images", "guidance", "steps", "policy", "fair_groups", "strength",
                    "step_window", "window_start", "window_end", *(f"scale_{n + 1}" for n in range(MAX_SLIDERS)),
-                   "respect_prompt")
+                   "respect_prompt", "guard")
 #: The Learn form's inputs, in the order of the page's `/learn` API.
 LEARN_FIELDS = ("name", "group", "neutral", "target", "negative", "objective", "iterations", "lr", "batch_size",
                 "denoising_steps", "target_guidance", "training_seed", "sdisc_images", "sdisc_epochs", "pairs",
@@ -137,6 +137,8 @@ class GenerateForm:
     scales: tuple[Any, ...]
     #: the prompt-aware gate (a fair group the prompt names is kept; safety at full strength)
     respect_prompt: bool = True
+    #: the image-aware guard: safety only on images the bank's learned detector flags in x0-hat
+    guard: bool = False
 
     @classmethod
     def read(cls, values: Mapping[str, Any]) -> GenerateForm:
@@ -152,7 +154,8 @@ class GenerateForm:
                    strength=number(1.0 if strength is None else strength, "the strength", -10.0, 10.0),
                    window=step_window(values["step_window"], values["window_start"], values["window_end"]),
                    scales=tuple(values.get(f"scale_{n + 1}", 0.0) for n in range(MAX_SLIDERS)),
-                   respect_prompt=values.get("respect_prompt", True) is not False)
+                   respect_prompt=values.get("respect_prompt", True) is not False,
+                   guard=values.get("guard", False) is True)
 
 
 #: The Learn form's settings of one method only: config field -> (label, low, high, whole number?). Each

@@ -109,11 +109,12 @@ def _draw_column(ui: HsteerUI, form: GenerateForm, folder: Path, column: str, po
     the gate's reasons where it changed an image's concepts."""
     steers = policy.needs_bank
     window = form.window if steers else None
+    guard = _guard(form, bank) if steers else None
     with ui.pool.acquire() as pipe:
         out = _lib.generate(pipe, form.prompt, num_images_per_prompt=form.num_images, seed=form.seed,
                             bank=bank if steers else None, policy=policy, steps=form.steps, guidance=form.guidance,
                             out_dir=folder / column, progress=False, window=window,
-                            respect_prompt=form.respect_prompt)
+                            respect_prompt=form.respect_prompt, guard=guard)
     gallery: Gallery = []
     used: list[str] = []
     notes: list[str] = []
@@ -123,9 +124,23 @@ def _draw_column(ui: HsteerUI, form: GenerateForm, folder: Path, column: str, po
         caption = concepts_caption(record.concepts)
         if window is not None and window != (0.0, 1.0):  # learned windows are named in the status instead
             caption += f"; steps {span(window)}"
+        if "guard" in record.extra:
+            decided = record.extra["guard"]
+            caption += (f"; guard {decided['score']:.2f} at step {decided['step']}: "
+                        + ("flagged, redrawn safe" if decided["flagged"] else "not flagged, plain"))
         gallery.append((str(view), f"seed {record.seed}: {caption}"))
         used.extend(c["name"] for c in record.concepts)
     return gallery, used, notes
+
+
+def _guard(form: GenerateForm, bank: ConceptBank):
+    """The guard the form asks for, refused with the fix when the bank has no detector for its safety group."""
+    if not form.guard:
+        return None
+    if SAFETY_GROUP not in bank.detectors:
+        raise UserError("the image-aware guard needs a harm detector in the bank: fit one with "
+                          "`hsteer guard fit --bank BANK` and load that bank, or switch the guard off")
+    return _lib.GuardConfig()
 
 
 def _status(form: GenerateForm, policy: Policy, bank: ConceptBank, used: Sequence[str], seconds: float) -> str:

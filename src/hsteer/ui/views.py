@@ -57,6 +57,10 @@ def generate_tab(ui: HsteerUI) -> SimpleNamespace:
                 strength = gr.Slider(0, 2, 1.0, step=0.05, label="Strength (fair / safe scale)")
                 respect_prompt = gr.Checkbox(True, label="Respect the prompt", elem_id="respect-prompt",
                                              info=RESPECT_INFO)
+                guard = gr.Checkbox(False, label="Image-aware guard", elem_id="guard",
+                                    info="safe / fair: the safety group acts only on images whose predicted clean "
+                                         "image the bank's learned detector flags (hsteer guard fit); each caption "
+                                         "gives the detector's score and decision")
                 with gr.Accordion("Step window", open=False):
                     window_mode = gr.Radio(list(WINDOW_MODES), value="as learned", label="Steer in",
                                            info="as learned: each concept in the denoising steps it was learned "
@@ -82,7 +86,7 @@ def generate_tab(ui: HsteerUI) -> SimpleNamespace:
                                    elem_id="gen-file")
     return SimpleNamespace(prompt=prompt, seed=seed, num_images=num_images, guidance=guidance, steps=steps,
                            policy=policy, fair_groups=fair_groups, strength=strength, window_mode=window_mode,
-                           respect_prompt=respect_prompt,
+                           respect_prompt=respect_prompt, guard=guard,
                            window_start=window_start, window_end=window_end, slider_note=slider_note,
                            sliders=sliders, generate_btn=generate_btn, gen_status=gen_status,
                            plain_gallery=plain_gallery, steered_gallery=steered_gallery, gen_file=gen_file)

@@ -154,7 +154,7 @@ def generate_inputs(gen: SimpleNamespace) -> dict[str, Any]:
               "steps": gen.steps, "policy": gen.policy, "fair_groups": gen.fair_groups, "strength": gen.strength,
               "step_window": gen.window_mode, "window_start": gen.window_start, "window_end": gen.window_end,
               **{f"scale_{n + 1}": slider for n, slider in enumerate(gen.sliders)},
-              "respect_prompt": gen.respect_prompt}
+              "respect_prompt": gen.respect_prompt, "guard": gen.guard}
     return {name: fields[name] for name in GENERATE_FIELDS}
 
 
