@@ -34,7 +34,7 @@ def bank_show(bank_path, as_json) -> None:
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    if info["site"] == "mid_block" and info["family"] == "unet":
+    if info["site"] == "mid_block":  # the U-Net's h-space (no other family has a mid-block site)
         click.echo(f"{bank_path}: h-space {tuple(info['hspace_shape'])}, U-Net {info['unet_fingerprint']}")
     else:
         click.echo(f"{bank_path}: site {info['site']} {tuple(info['hspace_shape'])} of a {info['family']} model "
