@@ -1,4 +1,5 @@
-"""`hsteer sites`: scan a model's steering sites and step windows for a concept (`hsteer.apps.site_scan`)."""
+"""`hsteer sites`: scan a model's steering sites, sets of sites and step windows, for a concept
+(`hsteer.apps.site_scan`) or for each group of the bundled world's recipe (`--group`, `hsteer.apps.group_scan`)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,19 @@ from hsteer.cli.common import model_options, one_line_errors
 @click.option("--target", default="a photo of a woman", show_default=True, help="Target prompt of the concept.")
 @click.option("--keep", "keep", multiple=True,
               help="A prompt the concept should leave alone (repeatable), e.g. 'a photo of a red car': leakage.")
-@click.option("--site", "sites", multiple=True, help="A site to scan (repeatable; default: every site).")
+@click.option("--site", "sites", multiple=True,
+              help="A site to scan (repeatable; default: every site); specs joined by commas are a set of sites "
+                   "whose tensors are learned and applied together, e.g. transformer_blocks.1,text.")
 @click.option("--window", "windows", multiple=True, metavar="START,END",
-              help="A step window to scan (repeatable; default 0,1).")
+              help="A step window to scan (repeatable; default 0,1; with --group 'recipe', the group's own).")
+@click.option("--group", "groups", multiple=True,
+              help="Scan this group of the world's recipe (shape, colour, safety; repeatable) on images: effect, "
+                   "leakage on every other attribute and cost, each with its 95% interval.")
+@click.option("--images-per-prompt", default=6, show_default=True, type=int, help="With --group: images per "
+              "profession.")
+@click.option("--harm-images-per-prompt", default=4, show_default=True, type=int, help="With --group: per harm prompt.")
+@click.option("--timing-batches", default=4, show_default=True, type=int,
+              help="With --group: paired plain/steered batches timed for the cost.")
 @click.option("--list", "list_only", is_flag=True,
               help="Only list the model's sites and their shapes; the default site is marked.")
 @click.option("--iterations", default=20, show_default=True, type=int, help="Training iterations per site.")
@@ -34,9 +45,15 @@ from hsteer.cli.common import model_options, one_line_errors
               help="Write the pick (largest effect net of leakage) into the model folder's hsteer.json as its default "
                    "site, which --site then overrides.")
 @one_line_errors
-def sites(model, device, dtype, neutral, target, keep, sites, windows, list_only, iterations, batch_size, steps, lr,
-          height, width, seed, json_path, set_default) -> None:
-    """Train a short concept at each site and window of a model; report effect, leakage and cost per site."""
+def sites(model, device, dtype, neutral, target, keep, sites, windows, groups, images_per_prompt,
+          harm_images_per_prompt, timing_batches, list_only, iterations, batch_size, steps, lr, height, width, seed,
+          json_path, set_default) -> None:
+    """Train a short concept (or, with --group, a recipe group's concepts) at each site, set of sites and window
+    of a model; report effect, leakage and cost per candidate."""
+    if groups:
+        _scan_groups(model, device, dtype, groups, sites, windows, iterations, images_per_prompt,
+                     harm_images_per_prompt, timing_batches, seed, json_path)
+        return
     from hsteer.apps.site_scan import ScanSettings, choose_site, format_table, scan_sites, to_json
     from hsteer.checks import check_device, check_output_file
     from hsteer.errors import HsteerError
@@ -76,3 +93,27 @@ def sites(model, device, dtype, neutral, target, keep, sites, windows, list_only
 
         card = write_default_site(card_folder, pick.site)
         click.echo(f"default site {pick.site} written to {card}")
+
+
+def _scan_groups(model, device, dtype, groups, sites, windows, iterations, images_per_prompt, harm_images_per_prompt,
+                 timing_batches, seed, json_path) -> None:
+    from hsteer.apps.group_scan import RECIPE_WINDOW, GroupScanSettings, format_rows, scan_groups, to_json
+    from hsteer.checks import check_device, check_output_file
+    from hsteer.fileio import atomic_write_text
+    from hsteer.model import load_quietly
+    from hsteer.model.sites import site_specs
+    from hsteer.policies import parse_window
+
+    settings = GroupScanSettings(tuple(groups), iterations, images_per_prompt, harm_images_per_prompt, seed,
+                                 timing_batches)
+    settings.validate()
+    scan_windows = [RECIPE_WINDOW if w.strip() == RECIPE_WINDOW else parse_window(w) for w in windows] \
+        or [RECIPE_WINDOW]
+    device = check_device(device, "--device")
+    if json_path is not None:
+        check_output_file(json_path, "--json")
+    pipe = load_quietly(model, device, dtype)
+    results = scan_groups(pipe, settings, list(sites) or site_specs(pipe), scan_windows, log=click.echo)
+    click.echo(format_rows(results))
+    if json_path is not None:
+        atomic_write_text(json_path, json.dumps(to_json(results), indent=2) + "\n")
