@@ -90,6 +90,11 @@ def _pairs(o: dict, bank) -> list[tuple[str, str]] | None:
                               f"(its groups: {', '.join(source.groups()) or 'none'}); give --pairs FILE instead")
         return check_pairs(f"--pairs-bank {o['pairs_bank']}", bank_pairs(source))
     if bank is not None and "safety" in bank.groups():
+        from hsteer.gate import training_pairs
+
+        needed = o["attack"] == "ringabell" or o["exclude_harm_words"]
+        if not needed and not any(training_pairs(c) for c in bank.group("safety")):
+            return None  # the white-box attacks read no pairs: a safety group trained without them is fine
         return check_pairs(f"--bank {o['bank_path']}", bank_pairs(bank))
     return None
 
@@ -179,6 +184,10 @@ def attack(**o) -> None:
     sampling = _sampling(o)
     bank = ConceptBank.load(o["bank_path"]) if o["bank_path"] else None
     defence, config, pairs = _defence(o, bank), _config(o), _pairs(o, bank)
+    if defence.guard is not None:
+        from hsteer.generation.guard import build_guard
+
+        build_guard(defence.guard, defence.bank, sampling["steps"])  # group, detector, decision step: before loading
     exclude = [w.strip() for w in (o["exclude"] or "").split(",") if w.strip()]
     if o["exclude_harm_words"]:
         if not pairs:

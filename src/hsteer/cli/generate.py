@@ -53,6 +53,9 @@ def generate(model, device, dtype, prompts, num_images, seed, out_dir, bank_path
     check_guidance = guidance if guidance is not None else float(defaults["guidance"])
     check_generate_settings(prompts, num_images, seed, check_steps, check_guidance, batch_size, height, width,
                             cli=True)
+    from hsteer.model.geometry import check_model_folder_size
+
+    check_model_folder_size(model, height, width)  # a size the model's denoiser cannot make: before it loads
     steer_window = parse_window(window)
     bank = ConceptBank.load(bank_path) if bank_path else None
     if site is not None and (bank is None or bank.site_spec != site.strip()):
@@ -70,7 +73,14 @@ def generate(model, device, dtype, prompts, num_images, seed, out_dir, bank_path
     if guard == "learned" and "safety" not in bank.detectors:
         raise HsteerError("the bank has no harm detector for its safety group; fit one with "
                           f"`hsteer guard fit --bank {bank_path}`, or choose --guard nudenet")
+    if guard_q16_prompts is not None and guard != "q16":
+        raise HsteerError("--q16-prompts is read only by --guard q16 (Q16's prompt embeddings); drop it, or pass "
+                          "--guard q16")
     guard_config = build_guard_config(guard, guard_step, guard_threshold, guard_design, guard_q16_prompts)
+    if guard_config is not None:
+        from hsteer.generation.guard import build_guard
+
+        build_guard(guard_config, bank, check_steps)  # its group, detector and decision step: before loading
     if not (overwrite or resume):
         OutputFolder(out_dir)  # refuse a folder in use before loading the model
     from hsteer.fileio import read_image

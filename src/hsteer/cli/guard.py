@@ -36,7 +36,7 @@ def fit(model, device, dtype, bank_path, group, harmful, harmless, step, feature
         seed, steps, guidance) -> None:
     """Learn a harm detector from the group's own training prompts and store it in the bank."""
     from hsteer.checks import check_device, check_seed
-    from hsteer.generation.guard_fit import DetectorFitConfig, fit_detector, prompts_of_group
+    from hsteer.generation.guard_fit import DetectorFitConfig, check_fit_prompts, fit_detector, prompts_of_group
     from hsteer.hspace.bank import ConceptBank
     from hsteer.model import load_quietly, sampling_defaults
 
@@ -49,7 +49,7 @@ def fit(model, device, dtype, bank_path, group, harmful, harmless, step, feature
     bank = ConceptBank.load(bank_path)
     bank.group(group)  # an unknown group fails before the model loads
     pairs_harmful, pairs_harmless = prompts_of_group(bank, group) if not (harmful and harmless) else ([], [])
-    harmful, harmless = list(harmful) or pairs_harmful, list(harmless) or pairs_harmless
+    harmful, harmless = check_fit_prompts(list(harmful) or pairs_harmful, list(harmless) or pairs_harmless)
     pipe = load_quietly(model, check_device(device, "--device"), dtype)
     bank.check_family(pipe)
     detector = fit_detector(pipe, harmful, harmless, config)

@@ -87,6 +87,7 @@ def train(model, device, dtype, objective, bank_path, concepts, group, neutral, 
     from hsteer.training.run import check_bank_target, train_group_into_bank
 
     extras = method_options(objective, **method_settings)
+    _check_no_placeholder(neutral, negative, pairs)
     settings = dict(group=group, neutral=neutral, negative=negative, iterations=iterations, batch_size=batch_size,
                     steps=steps, lr=lr, target_guidance=target_guidance, sampling_guidance=sampling_guidance,
                     seed=seed, init_std=init_std, stored_scale=stored_scale, height=height, width=width, mode=mode,
@@ -94,8 +95,11 @@ def train(model, device, dtype, objective, bank_path, concepts, group, neutral, 
     configs = [TrainConfig.for_objective(objective, concept=name, target=target,
                                          pairs=_pairs_for(pairs, name, len(concepts)), **settings)
                for name, target in zip(concepts, _targets_for(targets, concepts))]
+    from hsteer.model.geometry import check_model_folder_size
+
     for config in configs:
         config.validate()
+        check_model_folder_size(model, config.height, config.width)
         check_bank_target(bank_path, config.concept, checkpoint_every)
     if len(configs) > 1:
         _check_group_flags(gradient_checkpointing)
@@ -116,9 +120,10 @@ def train(model, device, dtype, objective, bank_path, concepts, group, neutral, 
 
 
 def _targets_for(targets: tuple[str, ...], concepts: tuple[str, ...]) -> list[str | None]:
-    """One target per concept: as given, one each; or one holding {concept}; none (safety) for a lone concept."""
+    """One target per concept: as given, one each (a {concept} in it filled with its concept's name); or one
+    holding {concept}; none (safety) for a lone concept."""
     if len(targets) == len(concepts):
-        return list(targets)
+        return [target.replace("{concept}", name) for target, name in zip(targets, concepts)]
     if len(targets) == 1 and "{concept}" in targets[0]:
         return [targets[0].replace("{concept}", name) for name in concepts]
     if not targets and len(concepts) == 1:
@@ -135,6 +140,15 @@ def _pairs_for(pairs: tuple[tuple[str, str], ...], concept: str, count: int) -> 
         raise HsteerError("with several --concept, each --pair's target must hold {concept}, e.g. --pair "
                           "'a photo of a red figure' 'a photo of a red {concept} figure'")
     return tuple((neutral, target.replace("{concept}", concept)) for neutral, target in pairs)
+
+
+def _check_no_placeholder(neutral: str, negative: str | None, pairs: tuple[tuple[str, str], ...]) -> None:
+    """{concept} is filled in targets only: in a prompt every concept shares it would be learned literally."""
+    for label, text in (("--neutral", neutral), ("--negative", negative), *(("--pair's neutral side", n)
+                                                                              for n, _ in pairs)):
+        if text is not None and "{concept}" in text:
+            raise HsteerError(f"{label} {text!r} holds {{concept}}, which is filled only in targets (--target and "
+                              "--pair's second prompt); the neutral prompt is the same for every concept")
 
 
 def _check_group_flags(gradient_checkpointing: bool) -> None:

@@ -109,6 +109,9 @@ class GuardConfig:
                     or not low < value < high:
                 raise HsteerError(f"the guard's {name} must be a number strictly between {low:g} and {high:g}, "
                                   f"got {value!r}")
+        from hsteer.checks import check_name
+
+        check_name("group", self.group, "the guard's group")
         if isinstance(self.detector, str) and self.detector != LEARNED:
             raise HsteerError(f"unknown guard detector {self.detector!r}: give 'learned' (the bank's), a detector "
                               "object or a function of the decoded images (CLI: --guard learned|nudenet|q16|none)")
@@ -236,6 +239,9 @@ def build_guard(config: GuardConfig, bank: ConceptBank | None, steps: int, scale
     if not 0 <= step < steps:
         raise HsteerError(f"the guard's decision step {step} is not one of the run's {steps} steps (0 to "
                           f"{steps - 1}); pass an earlier step")
+    if config.design == "switch" and step >= steps - 1:
+        raise HsteerError(f"the 'switch' design starts the safety concept after the decision step {step}, and the "
+                          f"run has {steps} steps (0 to {steps - 1}): choose a decision step before {steps - 1}")
     threshold = float(config.threshold if config.threshold is not None else detector.threshold)
     return Guard(detector, int(step), threshold, config.design, [(c.name, float(scale)) for c in members], bank,
                  steps, config.soft_width, config.group)

@@ -50,8 +50,15 @@ class DetectorFitConfig:
                 raise HsteerError(f"{name} must be an integer from {low} to {high}, got {value!r}")
         if isinstance(self.step, bool) or not isinstance(self.step, int) or not 0 <= self.step < self.steps:
             raise HsteerError(f"the decision step must be an integer from 0 to {self.steps - 1}, got {self.step!r}")
-        if not 0 < self.holdout < 1 or not 0 < self.threshold < 1 or not self.l2 >= 0:
-            raise HsteerError("holdout and threshold must lie strictly between 0 and 1, l2 must be >= 0")
+        from hsteer.checks import check_float, check_seed
+
+        for name in ("holdout", "threshold"):
+            value = check_float(name, getattr(self, name), 0.0, above=True, maximum=1.0)
+            if value >= 1:
+                raise HsteerError(f"{name} must lie strictly between 0 and 1, got {value!r}")
+        check_float("guidance (--guidance)", self.guidance, -1e4, maximum=1e4)
+        check_float("l2", self.l2, 0.0, maximum=1e6)
+        check_seed("seed (--seed)", self.seed, self.images_per_prompt)
 
 
 def prompts_of_group(bank: ConceptBank, group: str) -> tuple[list[str], list[str]]:
@@ -139,14 +146,35 @@ def _rates(scores: torch.Tensor, labels: torch.Tensor, threshold: float) -> dict
             "held_out_images": int(labels.numel())}
 
 
+def check_fit_prompts(harmful: Sequence[str], harmless: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Two non-empty lists of distinct, non-empty texts, no prompt on both sides (it would teach the detector
+    that one image is both harmful and harmless)."""
+    from hsteer.checks import check_text
+
+    lists = []
+    for label, prompts in (("harmful", harmful), ("harmless", harmless)):
+        if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
+            raise HsteerError(f"the {label} prompts must be a list of texts, got {type(prompts).__name__}")
+        for prompt in prompts:
+            check_text(f"a {label} prompt (--{label})", prompt)
+            if not prompt.strip():
+                raise HsteerError(f"a {label} prompt (--{label}) is empty")
+        lists.append(list(dict.fromkeys(prompts)))
+    if not lists[0] or not lists[1]:
+        raise HsteerError("fitting a harm detector needs at least one harmful and one harmless prompt")
+    both = [p for p in lists[0] if p in set(lists[1])]
+    if both:
+        raise HsteerError(f"the prompt {both[0][:80]!r} is given as harmful and as harmless; give each prompt one "
+                          "label")
+    return lists[0], lists[1]
+
+
 def fit_detector(pipe, harmful: Sequence[str], harmless: Sequence[str], config: DetectorFitConfig | None = None,
                  negative_prompt: str | None = None) -> LinearDetector:
     """A `LinearDetector` learned on x0-hat of the model's own plain images of `harmful` (1) and `harmless`
     (0) prompts; its meta holds the prompts and the held-out error rates."""
     config = config or DetectorFitConfig()
-    harmful, harmless = list(dict.fromkeys(harmful)), list(dict.fromkeys(harmless))
-    if not harmful or not harmless:
-        raise HsteerError("fitting a harm detector needs at least one harmful and one harmless prompt")
+    harmful, harmless = check_fit_prompts(harmful, harmless)
     features = x0_features(pipe, harmful + harmless, config, negative_prompt)
     per = config.images_per_prompt
     labels = torch.tensor([1.0] * (len(harmful) * per) + [0.0] * (len(harmless) * per))

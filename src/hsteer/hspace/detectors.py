@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
-from hsteer.errors import BankError
+from hsteer.errors import BankError, HsteerError
 
 #: What a learned detector reads: the flattened x0-hat latents, or the decoded image's pixels in [0, 1].
 FEATURES = ("latent", "pixels")
@@ -47,7 +48,7 @@ class LinearDetector:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_detector(self, "detector")
+        check_detector(self, "the harm detector")
 
     @property
     def name(self) -> str:
@@ -85,12 +86,17 @@ class LinearDetector:
 
 
 def check_detector(detector: LinearDetector, where: str) -> None:
-    """Every part present, finite and of matching size; step, threshold and features valid."""
+    """Every part a float tensor, present, finite and of matching size; step, threshold and features valid."""
+    if not isinstance(detector.weight, torch.Tensor) or detector.weight.ndim != 1 or not detector.weight.numel():
+        raise BankError(f"{where}: its weight must be a 1-d tensor of one value per feature, got "
+                        f"{_described(detector.weight)}")
     size = detector.weight.numel()
     for part, expected in (("weight", size), ("bias", 1), ("mean", size), ("std", size)):
         tensor = getattr(detector, part)
-        if not isinstance(tensor, torch.Tensor) or tensor.numel() != expected:
-            raise BankError(f"{where}: its {part} must be a tensor of {expected} values")
+        if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != (expected,) \
+                or not tensor.is_floating_point():
+            raise BankError(f"{where}: its {part} must be a 1-d float tensor of {expected} values, got "
+                            f"{_described(tensor)}")
         if not torch.isfinite(tensor).all():
             raise BankError(f"{where}: its {part} holds NaN or infinite values; refit it (hsteer guard fit)")
     if (detector.std <= 0).any():
@@ -113,17 +119,27 @@ def check_detector(detector: LinearDetector, where: str) -> None:
         raise BankError(f"{where}: its meta must be an object")
 
 
+def _described(tensor: Any) -> str:
+    if not isinstance(tensor, torch.Tensor):
+        return type(tensor).__name__
+    return f"shape {tuple(tensor.shape)} of {str(tensor.dtype).removeprefix('torch.')}"
+
+
 def detector_from_entry(group: str, entry: Any, tensors: dict[str, torch.Tensor], where: str) -> LinearDetector:
-    """A stored detector, checked: every field typed, every tensor present, float32 and finite."""
+    """A stored detector, checked: every field typed, the header's tensor list the four parts, every tensor
+    present, float32, of its stored shape and finite."""
     label = f"{where}: the harm detector of group {group!r}" if where else f"the harm detector of group {group!r}"
     if not isinstance(entry, dict):
         raise BankError(f"{label} is not an object")
+    if entry.get("tensors", list(DETECTOR_PARTS)) != list(DETECTOR_PARTS):
+        raise BankError(f"{label}: its header lists the tensors {str(entry.get('tensors'))[:80]}, not "
+                        f"{list(DETECTOR_PARTS)}; the file is damaged")
     parts = {}
     for part in DETECTOR_PARTS:
         tensor = tensors.get(f"{PREFIX}{group}/{part}")
         if tensor is None or tensor.dtype != torch.float32:
             raise BankError(f"{label}: tensor {part!r} is missing or not float32; the file is damaged")
-        parts[part] = tensor.reshape(-1)
+        parts[part] = tensor
     shape = entry.get("feature_shape", [])
     if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
                                               for n in shape):
@@ -134,4 +150,54 @@ def detector_from_entry(group: str, entry: Any, tensors: dict[str, torch.Tensor]
                               features=entry.get("features"), feature_shape=tuple(shape),
                               meta=entry.get("meta", {}))
     except BankError as exc:
-        raise BankError(f"{label}: {exc}") from None
+        raise BankError(str(exc).replace("the harm detector", label, 1)) from None
+
+
+def detectors_from_header(stored: Any, tensors: dict[str, torch.Tensor], groups: Iterable[str]
+                          ) -> dict[str, LinearDetector]:
+    """The detectors of a bank file's header entry `detectors` (absent in banks without any), each checked
+    (`detector_from_entry`), each for a valid group name the bank holds concepts of, and no `detector:`
+    tensor that no listed detector owns."""
+    if stored is None:
+        stored = {}
+    if not isinstance(stored, dict):
+        raise BankError("its 'detectors' entry is not an object of group -> detector")
+    detectors = {group: detector_from_entry(group, entry, tensors, "") for group, entry in stored.items()}
+    check_detector_groups(detectors, groups)
+    owned = {f"{PREFIX}{group}/{part}" for group in detectors for part in DETECTOR_PARTS}
+    stray = sorted(k for k in tensors if k.startswith(PREFIX) and k not in owned)
+    if stray:
+        raise BankError(f"tensor {stray[0][:120]!r} belongs to no harm detector its header lists; the file is "
+                        "damaged")
+    return detectors
+
+
+def check_detector_groups(detectors: dict[str, Any], groups: Iterable[str]) -> None:
+    """Each detector decides for a group of the bank (a valid group name), and is a LinearDetector: what a
+    bank stores and what `load` accepts are the same."""
+    from hsteer.checks import check_name
+
+    held = set(groups)
+    for group, detector in detectors.items():
+        try:
+            check_name("group", group, "of a harm detector")
+        except HsteerError as exc:
+            raise BankError(str(exc)) from None
+        if not isinstance(detector, LinearDetector):
+            raise BankError(f"the harm detector of group {group!r} must be a LinearDetector, got "
+                            f"{type(detector).__name__}")
+        if group not in held:
+            raise BankError(f"there is a harm detector for group {group!r}, but no concept of that group "
+                            f"(groups: {', '.join(sorted(held)) or 'none'}); the detector decides when that "
+                            "group's concepts act, so remove it or add the group's concepts")
+
+
+def merge_detectors(first: dict[str, LinearDetector], second: dict[str, LinearDetector], replace: bool
+                    ) -> dict[str, LinearDetector]:
+    """The detectors of two merged banks: a group both hold a detector for is a clash (as a concept name is),
+    resolved for the second bank's only with `replace`."""
+    clash = sorted(first.keys() & second.keys())
+    if clash and not replace:
+        raise BankError(f"both banks hold a harm detector for group {clash[0]!r}; keep the second bank's with "
+                        "replace=True (CLI: hsteer bank merge --replace), or remove one first")
+    return {**first, **second} if replace else {**second, **first}

@@ -6,6 +6,7 @@ pool in one safetensors file: no pickles, and a resumed run ends exactly where a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -36,10 +37,25 @@ class TrainResult:
     run_dir: Path | None = None
 
 
+#: The longest run folder name, in bytes: below the 255 of common file systems, with room to spare.
+RUN_NAME_MAX = 200
+
+
 def run_dir_for(bank_path: str | Path, concept: str) -> Path:
-    """Where checkpoints and loss logs of `concept` live: beside the bank."""
+    """Where checkpoints and loss logs of `concept` (a group's run: its names joined by `+`) live: beside the
+    bank, in `<bank stem>.runs/`. A name longer than `RUN_NAME_MAX` bytes is cut and ends in a digest of the
+    whole name, so a group of long names still has one folder of its own; a bank stem too long to carry
+    `.runs` is refused here, before anything is written."""
     bank_path = Path(bank_path)
-    return bank_path.parent / f"{bank_path.stem}.runs" / concept
+    runs = f"{bank_path.stem}.runs"
+    if len(runs.encode("utf-8", "surrogateescape")) > 255:
+        raise HsteerError(f"bank file {bank_path}: its run folder name {runs[:40]}....runs would be longer than 255 "
+                          "bytes, which file systems refuse; choose a shorter bank file name")
+    name = concept
+    if len(name.encode("utf-8", "surrogateescape")) > RUN_NAME_MAX:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+        name = f"{name[:RUN_NAME_MAX - 17]}-{digest}"
+    return bank_path.parent / runs / name
 
 
 def init_params(config: TrainConfig, shape: tuple[int, ...], device) -> dict[str, torch.nn.Parameter]:
