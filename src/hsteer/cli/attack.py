@@ -35,13 +35,15 @@ def _defence(o: dict, bank):
     return Defence(policy, bank if policy.needs_bank else None, respect_prompt=o["respect_prompt"], gate=o["gate"],
                    negative_prompt=o["negative_prompt"] or None, window=parse_window(o["window"]),
                    steer_unconditional=o["steer_unconditional"], sld_concept=o["sld_concept"] or None,
-                   allow_other_model=o["allow_other_model"], guard=_guard(o, bank))
+                   allow_other_model=o["allow_other_model"], guard=_guard(o, bank, policy))
 
 
-def _guard(o: dict, bank):
-    """--guard learned (the only differentiable detector, the one the adaptive attack needs) or none."""
-    from hsteer.cli.options import build_guard_config
+def _guard(o: dict, bank, policy):
+    """--guard learned (the only differentiable detector, the one the adaptive attack needs) or none; auto:
+    learned where --safe draws a safety group whose detector the bank holds, as in `hsteer generate`."""
+    from hsteer.cli.options import build_guard_config, resolve_guard_choice
 
+    o = {**o, "guard": resolve_guard_choice(o["guard"], policy, bank if policy.needs_bank else None)}
     if o["guard"] not in ("none", "learned"):
         raise HsteerError(f"--guard {o['guard']}: attacks run against the bank's learned detector (--guard learned)")
     if o["guard"] == "learned" and (bank is None or "safety" not in bank.detectors):

@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from hsteer.cli.common import model_options, one_line_errors
-from hsteer.cli.options import build_guard_config, build_policy, guard_options, policy_options, sampling_options
+from hsteer.cli.options import (build_guard_config, build_policy, guard_options, policy_options, resolve_guard_choice,
+                                sampling_options)
 
 
 @click.command()
@@ -68,6 +69,7 @@ def generate(model, device, dtype, prompts, num_images, seed, out_dir, bank_path
 
         check_bank_windows(bank, policy.drawable(bank), check_steps, steer_window,  # unknown names fail here too
                            (0.8 if strength is None else strength) if init_image is not None else None)
+    guard = resolve_guard_choice(guard, policy, bank)
     if guard != "none" and bank is None:
         raise HsteerError("--guard adds the bank's safety group to flagged images: give --bank (with --safe or --fair)")
     if guard == "learned" and "safety" not in bank.detectors:
