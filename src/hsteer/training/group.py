@@ -20,6 +20,7 @@ continues exactly where the last call stopped (the benchmarks time it that way).
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -265,17 +266,25 @@ class GroupRun:
         atomic_save(path, lambda tmp: save_file(tensors, tmp, metadata={"hsteer_group": json.dumps(meta)}))
 
     def load(self, path: Path) -> None:
-        """Continue from what `save` wrote; refused, naming the settings, if they differ from this run's."""
+        """Continue from what `save` wrote; refused, naming the settings, if they differ from this run's, and
+        in one line naming the file if any part of it is damaged (nothing is restored then)."""
+        from hsteer.checks import check_input_file, load_json
+
+        check_input_file(path, "group checkpoint")
         try:
             with safe_open(str(path), framework="pt") as handle:
-                meta = json.loads(handle.metadata()["hsteer_group"])
+                text = (handle.metadata() or {})["hsteer_group"]
                 tensors = {k: handle.get_tensor(k) for k in handle.keys()}
         except Exception as exc:  # noqa: BLE001 - any failure here means an unusable file
-            raise BankError(f"group checkpoint {path} is unreadable ({exc}); delete it to start over") from None
+            raise BankError(f"group checkpoint {path} is unreadable ({type(exc).__name__}); delete it and drop "
+                            "--resume to start over") from None
+        meta = load_json(text if isinstance(text, str) else "", f"group checkpoint {path}", error=BankError)
         wanted = json.loads(json.dumps([c.resume_key() for c in self.configs]))
-        if meta.get("configs") != wanted or any(meta.get(k) != v for k, v in RETIRED_SETTINGS.items()):
+        if not isinstance(meta, dict) or meta.get("configs") != wanted \
+                or any(meta.get(k) != v for k, v in RETIRED_SETTINGS.items()):
             raise HsteerError(f"group checkpoint {path} was made with other concepts or settings; use the same "
                               "ones to resume, or drop --resume to start over")
+        self._check_checkpoint(path, meta, tensors)
         device, dtype = self.unet.device, self.unet.dtype
         with torch.no_grad():
             for j, ctx in enumerate(self.ctxs):
@@ -289,12 +298,63 @@ class GroupRun:
             self.spare_used = tensors["pool/spare_used"].bool()
         self.iteration, self.seconds, self.rows = int(meta["iteration"]), float(meta["seconds"]), list(meta["rows"])
 
+    def _check_checkpoint(self, path: Path, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+        """Progress, loss rows, Adam states, concepts and pool of a group checkpoint, checked against this run
+        before anything is restored."""
+        def damaged(why: str) -> BankError:
+            return BankError(f"group checkpoint {path} is damaged ({why}); delete it and drop --resume to start over")
+
+        n, total = len(self.configs), self.configs[0].iterations
+        iteration, seconds, rows, steps = (meta.get(k) for k in ("iteration", "seconds", "rows", "adam_steps"))
+        if isinstance(iteration, bool) or not isinstance(iteration, int) or not 0 <= iteration <= total:
+            if isinstance(iteration, int) and not isinstance(iteration, bool) and iteration > total:
+                raise HsteerError(f"group checkpoint {path} is at iteration {iteration}, beyond --iterations {total}; "
+                                  f"resume with --iterations {iteration} or more, or drop --resume to start over")
+            raise damaged(f"iteration {str(iteration)[:30]} is not a whole number >= 0")
+        if not _number(seconds) or seconds < 0:
+            raise damaged("its training time is not a finite number >= 0")
+        keys = [f"loss/{c.concept}" for c in self.configs]
+        if not isinstance(rows, list) or len(rows) != iteration or not all(
+                isinstance(r, dict) and r.get("iteration") == i and all(_number(r.get(k)) for k in keys)
+                for i, r in enumerate(rows)):
+            raise damaged(f"its loss rows are not one row per iteration 0 to {iteration - 1} with each concept's loss")
+        if not isinstance(steps, list) or len(steps) != n or not all(
+                s is None or (_number(s) and 0 <= s < 2**53) for s in steps):
+            raise damaged(f"its Adam steps are not {n} counts")
+        shape = tuple(self.ctxs[0].params["c"].shape)
+        wanted = {f"param/{j}": shape for j in range(n)}
+        wanted.update({f"adam/{j}/{m}": shape for j in range(n) if steps[j] is not None
+                       for m in ("exp_avg", "exp_avg_sq")})
+        if any(k.startswith("pool/") for k in tensors):
+            latent = tuple(self.latent_shape)
+            wanted.update({"pool/x": (n * self.B, *latent), "pool/spare": (self.B, *latent), "pool/k": (self.B,),
+                           "pool/spare_used": (self.B,)})
+        for key, size in wanted.items():
+            tensor = tensors.get(key)
+            if tensor is None or tuple(tensor.shape) != size:
+                raise damaged(f"its tensor {key} is missing or not of shape {size}")
+            if key in ("pool/k", "pool/spare_used") and tensor.is_floating_point():
+                raise damaged(f"its tensor {key} holds floats, not whole numbers")
+            if key not in ("pool/k", "pool/spare_used") and (not tensor.is_floating_point()
+                                                             or not bool(torch.isfinite(tensor).all())):
+                raise damaged(f"its tensor {key} is not float, or holds NaN or infinite values")
+        extra = sorted(set(tensors) - set(wanted))
+        if extra:
+            raise damaged(f"it holds the unknown tensor {extra[0][:60]}")
+        if "pool/k" in tensors and not bool(((tensors["pool/k"] >= self.first) & (tensors["pool/k"] < self.end)).all()):
+            raise damaged(f"its pool's steps are not inside the window's steps {self.first} to {self.end - 1}")
+
     def concepts(self) -> list[Concept]:
         """The concepts as they are now, ready for a bank."""
         return [Concept(config.concept, config.group, config.objective,
                         stored_tensors(config, ctx.params),
                         meta={**concept_meta(self.pipe, config, self.shape), "trained_with": "group"})
                 for ctx, config in zip(self.ctxs, self.configs)]
+
+
+def _number(value: object) -> bool:
+    """A finite int or float (not a bool): what a loss, a time or a step count read from a file must be."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def train_group(pipe, configs: Sequence[TrainConfig], *, callback=None, run_dir: str | Path | None = None,
@@ -312,7 +372,7 @@ def train_group(pipe, configs: Sequence[TrainConfig], *, callback=None, run_dir:
     checkpoint = Path(run_dir) / "group_checkpoint.safetensors" if run_dir is not None else None
     if checkpoint is not None:
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        if resume and checkpoint.is_file():
+        if resume and (checkpoint.exists() or checkpoint.is_symlink()):
             run.load(checkpoint)
             resumed = run.iteration
     while run.iteration < total:
