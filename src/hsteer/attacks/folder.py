@@ -1,6 +1,6 @@
 """An attack run folder: refuse what is not ours, check before writing, and `--overwrite` only hsteer's files.
 
-What an attack run writes is known from its `config.json` alone: the attack (`whitebox` / `ringabell`),
+What an attack run writes is known from its `config.json` alone: the attack (`attacks.registry.ATTACKS`),
 its harm prompts and images per prompt name every file (`state/<attack>-PPP.<ext>`,
 `images/{before,after}-PPP-NNN.png`, `manifest.jsonl`, `prompts.csv`, `summary.json`). So
 
@@ -20,20 +20,20 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from hsteer.attacks.registry import ATTACKS
 from hsteer.checks import check_output_dir, load_json
 from hsteer.errors import HsteerError
 from hsteer.fileio import FolderLock, atomic_write_text, write_error
 
 CONFIG = "config.json"
 RESULTS = ("summary.json", "manifest.jsonl", "prompts.csv")
-STATE_SUFFIX = {"whitebox": "safetensors", "ringabell": "json", "adaptive": "safetensors"}
 #: Bounds of a stored config that names files (so a damaged one cannot name millions of them).
 MAX_PROMPTS, MAX_IMAGES = 10_000, 100_000
 
 
 def state_file(out: Path, method: str, index: int) -> Path:
     """Where the attack state of harm prompt `index` lives."""
-    return out / "state" / f"{method}-{index:03d}.{STATE_SUFFIX[method]}"
+    return out / "state" / f"{method}-{index:03d}.{ATTACKS[method].state_suffix}"
 
 
 def image_name(phase: str, index: int, image: int) -> str:
@@ -54,7 +54,7 @@ def read_config(out: Path) -> dict[str, Any] | None:
     data = load_json(text, str(path), max_chars=64 * 2**20)
     prompts = data.get("prompts_in") if isinstance(data, dict) else None
     images = data.get("num_images") if isinstance(data, dict) else None
-    if (not isinstance(data, dict) or data.get("attack") not in STATE_SUFFIX or not isinstance(prompts, list)
+    if (not isinstance(data, dict) or data.get("attack") not in ATTACKS or not isinstance(prompts, list)
             or not 0 < len(prompts) <= MAX_PROMPTS or not all(isinstance(p, str) for p in prompts)
             or isinstance(images, bool) or not isinstance(images, int) or not 0 < images <= MAX_IMAGES):
         raise HsteerError(f"{path} is not the config of an hsteer attack run (attack, prompts_in, num_images); "

@@ -29,46 +29,17 @@ from pathlib import Path
 from typing import Any
 
 from hsteer.attacks.defence import BoundDefence, Defence
-from hsteer.attacks.ringabell import RingABellConfig, RingABellSearch, bank_pairs, harm_direction
+from hsteer.attacks.folder import image_name, prepare_run_folder, state_file
+from hsteer.attacks.registry import ATTACKS, AttackContext
+from hsteer.attacks.ringabell import RingABellConfig, bank_pairs
 from hsteer.attacks.scoring import Scorer, resolve_scorer
 from hsteer.attacks.text import build_vocabulary
-from hsteer.attacks.adaptive import AdaptiveAttack, AdaptiveConfig
-from hsteer.attacks.whitebox import WhiteboxAttack, WhiteboxConfig
-from hsteer.attacks.folder import image_name, prepare_run_folder, state_file
+from hsteer.attacks.whitebox import WhiteboxConfig
 from hsteer.checks import (check_count, check_flags, check_float, check_pipeline, check_seed, check_size,
                            check_texts)
 from hsteer.errors import HsteerError
+from hsteer.evaluation.harm import asr_interval
 from hsteer.fileio import atomic_png, atomic_write_text
-
-ATTACKS = ("whitebox", "ringabell", "adaptive")
-CONFIGS = {"whitebox": WhiteboxConfig, "ringabell": RingABellConfig, "adaptive": AdaptiveConfig}
-
-
-def _interval(flags: Sequence[bool], strata: Sequence[str]) -> dict[str, Any]:
-    from hsteer.evaluation.metrics import Bootstrap, share_statistic
-
-    boot = Bootstrap(list(strata))
-    stat = share_statistic(list(flags))
-    return {"value": boot.point(stat), "ci": boot.interval(stat)}
-
-
-def _searches(method: str, pipe, vocab, prompts, config, seed: int, defence: BoundDefence,
-              teacher: BoundDefence, scorer, pairs, sampling: dict[str, Any]):
-    """One search object per prompt, made as each is reached (the white-box one makes its targets)."""
-    if method == "ringabell":
-        direction = harm_direction(pipe, pairs)
-        for n, prompt in enumerate(prompts):
-            yield RingABellSearch(pipe, vocab, prompt, direction, config, seed=seed, index=n)
-        return
-    for n, prompt in enumerate(prompts):
-        if method == "adaptive":
-            yield AdaptiveAttack(defence, teacher, vocab, prompt, config, guard=defence.guard_for(sampling["steps"]),
-                                 seed=seed, index=n, scorer=scorer, steps=sampling["steps"],
-                                 guidance=sampling["guidance"])
-            continue
-        yield WhiteboxAttack(defence, teacher, vocab, prompt, config, seed=seed, index=n, scorer=scorer,
-                             steps=sampling["steps"], guidance=sampling["guidance"])
-
 
 def _evaluate(out: Path, defence: BoundDefence, found: list[dict[str, Any]], scorer: Scorer, num_images: int,
               seed: int, sampling: dict[str, Any], method: str) -> list[dict[str, Any]]:
@@ -99,10 +70,10 @@ def _summary(rows: list[dict[str, Any]], found: list[dict[str, Any]], head: dict
                            "asr_after": sum(a) / len(a),
                            **{k: v for k, v in result.items() if k not in ("prompt", "source_prompt", "losses",
                                                                            "history")}})
-    b_ci = _interval([r["harm"] for r in before], [r["source_prompt"] for r in before])
-    a_ci = _interval([r["harm"] for r in after], [r["source_prompt"] for r in after])
-    return {**head, "asr_before": b_ci["value"], "asr_before_ci": b_ci["ci"], "asr_after": a_ci["value"],
-            "asr_after_ci": a_ci["ci"], "images": len(rows), "prompts": [r["prompt"] for r in found],
+    asr_before, before_ci = asr_interval([r["harm"] for r in before], [r["source_prompt"] for r in before])
+    asr_after, after_ci = asr_interval([r["harm"] for r in after], [r["source_prompt"] for r in after])
+    return {**head, "asr_before": asr_before, "asr_before_ci": before_ci, "asr_after": asr_after,
+            "asr_after_ci": after_ci, "images": len(rows), "prompts": [r["prompt"] for r in found],
             "per_prompt": per_prompt}
 
 
@@ -132,8 +103,9 @@ def check_config(method: str, config) -> None:
     """The attack's budget: whole numbers within `BUDGET_MAX`, finite numbers within `NUMBER_BOUNDS`."""
     if method not in ATTACKS:
         raise HsteerError(f"unknown attack {method!r}; use one of {', '.join(ATTACKS)}")
-    if not isinstance(config, CONFIGS[method]):
-        raise HsteerError(f"the {method} attack takes a {CONFIGS[method].__name__}, got {type(config).__name__}")
+    if not isinstance(config, ATTACKS[method].config):
+        raise HsteerError(f"the {method} attack takes a {ATTACKS[method].config.__name__}, got "
+                          f"{type(config).__name__}")
     for name, value in asdict(config).items():
         label = f"{method} {name}" + (f" ({OPTION[name]})" if name in OPTION else "")
         if name in BUDGET_MAX:
@@ -246,17 +218,18 @@ def attack(pipe, prompts: str | Sequence[str], method: str = "whitebox", defence
     defence = defence or Defence()
     if not isinstance(defence, Defence):
         raise HsteerError(f"defence must be an hsteer.attacks.Defence, got {type(defence).__name__}")
-    config = config or CONFIGS.get(method, WhiteboxConfig)()
+    config = config or (ATTACKS[method].config if method in ATTACKS else WhiteboxConfig)()
     sampling = {"steps": steps, "guidance": guidance, "batch_size": batch_size, "height": height, "width": width}
     prompts, exclude, pairs = check_attack_settings(method, prompts, num_images, seed, config, sampling, exclude,
                                                     pairs)
     check_flags(resume=resume, overwrite=overwrite, progress=progress)
     check_pipeline(pipe)
     check_pipeline_family(pipe)
-    if method == "adaptive" and defence.guard is None:
+    kind = ATTACKS[method]
+    if kind.guarded and defence.guard is None:
         raise HsteerError("the adaptive attack targets a guarded defence: pass Defence(..., guard=GuardConfig()) "
                           "(CLI: --guard learned); against an unguarded one use --attack whitebox")
-    if method == "ringabell" and pairs is None:
+    if kind.pairs and pairs is None:
         if defence.bank is None:
             raise HsteerError("Ring-A-Bell needs (clean, harmful) prompt pairs: a bank with a safety group "
                               "(--bank, --pairs-bank) or --pairs FILE")
@@ -272,12 +245,12 @@ def attack(pipe, prompts: str | Sequence[str], method: str = "whitebox", defence
     vocab = build_vocabulary(pipe, exclude)
     lock = prepare_run_folder(out, head, resume, overwrite)  # the first write, after every check
     try:
-        budget = config.generations if method == "ringabell" else config.steps
-        bar = tqdm(total=len(prompts) * budget, disable=not progress, desc=f"attack ({method})", unit="step")
+        bar = tqdm(total=len(prompts) * getattr(config, kind.budget), disable=not progress, desc=f"attack ({method})",
+                   unit="step")
+        context = AttackContext(pipe, bound, teacher, vocab, config, seed, scorer_fn, sampling, pairs)
         found = []
-        for n, search in enumerate(_searches(method, pipe, vocab, prompts, config, seed, bound, teacher,
-                                             scorer_fn, pairs, sampling)):
-            found.append(search.run(state_file(out, method, n), bar.update))
+        for n, prompt in enumerate(prompts):  # each search is made as it is reached (white-box: its targets)
+            found.append(kind.build(context, prompt, n).run(state_file(out, method, n), bar.update))
         bar.close()
         rows = _evaluate(out, bound, found, scorer_fn, num_images, seed, sampling, method)
         summary = _summary(rows, found, {k: v for k, v in head.items() if k != "prompts_in"})

@@ -18,7 +18,7 @@ from hsteer.errors import HsteerError
 from hsteer.evaluation.clip import DEFAULT_CLIP, Q16_CLIP
 from hsteer.evaluation.scoring import RELOCATABLE
 from hsteer.evaluation.tasks import get_task, summary_line
-from hsteer.evaluation.tasks.i2p import DETECTORS
+from hsteer.evaluation.harm import IMAGE_DETECTORS
 from hsteer.model import quiet_libraries
 from hsteer.policies import BASELINES
 
@@ -339,7 +339,7 @@ def i2p(prompts_csv, images_per_prompt, categories, hard_only, limit, csv_guidan
                "q16_prompts": str(Path(q16_prompts).resolve()) if q16_prompts else None, "q16_clip": q16_clip,
                "nudenet_classes": [c.strip() for c in nudenet_classes.split(",")] if nudenet_classes else None,
                "nudenet_threshold": nudenet_threshold}
-    bad = set(scoring["detectors"]) - set(DETECTORS)
+    bad = set(scoring["detectors"]) - set(IMAGE_DETECTORS)
     if bad or not scoring["detectors"]:
         raise HsteerError(f"--detectors takes q16 and/or nudenet, got {detectors!r}")
     _run("i2p", task_args, scoring, o)

@@ -1,48 +1,20 @@
 """I2P as an evaluation task: each prompt's images flagged by Q16 and/or NudeNet, rates per category.
 
-`check_detectors` is the one check of the detectors' settings and availability: the CLI calls it (through
-`check_scoring`) before generating, and scoring calls it before loading anything.
+The detectors are built and checked in `hsteer.evaluation.harm` (`check_detectors` is the one check of
+their settings and availability: the CLI calls it, through `check_scoring`, before generating, and
+scoring calls it before loading anything).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hsteer.errors import HsteerError
-from hsteer.evaluation.clip import Q16_CLIP
+from hsteer.evaluation.harm import build_detectors, check_detectors
 from hsteer.evaluation.published import fmt, published_section
 from hsteer.evaluation.runs import GenerationSettings
 from hsteer.evaluation.tasks.base import ScoringRun, grids_by
-
-DETECTORS = ("q16", "nudenet")
-
-
-def check_detectors(scoring: dict[str, Any], *, before_generation: bool = False) -> list[str]:
-    """The detectors to run, checked: known names, Q16's prompt file readable, NudeNet installed."""
-    detectors = list(scoring.get("detectors") or DETECTORS)
-    unknown = set(detectors) - set(DETECTORS)
-    if unknown:
-        raise HsteerError(f"unknown detector(s) {sorted(unknown)}; use q16 and/or nudenet")
-    # Before generating, the fix is an option of `hsteer eval i2p`; when scoring a finished run, of `hsteer score`.
-    later = ", or --no-score" if before_generation else ""
-    other = "use --detectors {}" if before_generation else "rerun `hsteer eval i2p` with --detectors {}"
-    if "q16" in detectors:
-        if not scoring.get("q16_prompts"):
-            where = "--q16-prompts FILE" if before_generation else "`hsteer score --location q16_prompts=FILE`"
-            raise HsteerError(f"Q16 needs {where} (.safetensors/.npy; convert the original pickle with "
-                              f"`hsteer q16 convert`), or {other.format('nudenet')}{later}")
-        from hsteer.evaluation.q16 import load_prompts
-
-        load_prompts(scoring["q16_prompts"])
-    if "nudenet" in detectors:
-        from hsteer.evaluation.nudenet import INSTALL_HINT, nudenet_available
-
-        if not nudenet_available():
-            raise HsteerError(f"NudeNet is not installed; {INSTALL_HINT}, or {other.format('q16')}{later}")
-    return detectors
-
 
 class I2PTask:
     name = "i2p"
@@ -99,23 +71,6 @@ class I2PTask:
             lines.append(f"| {cat} | {fmt(entry['rate'])} | {entry['n']} |")
         lines += [f"| **all** | {fmt(rates['overall'])} | {rates['n']} |", "", "## Images", ""]
         return lines + grids_by(run_dir, per_image, lambda i: i["categories"] or ["(none)"], grid_images)
-
-
-def build_detectors(detectors: Sequence[str], scoring: dict[str, Any], clip: Callable[[str], Any]):
-    """(Q16 classifier or None, NudeNet detector or None) as the scoring settings ask; `clip(name)` gives
-    the CLIP of the Q16 prompts (the run's shared scorers, or a new one). I2P, attack prompt sets and
-    `hsteer attack` all build their detectors here."""
-    q16 = nude = None
-    if "q16" in detectors:
-        from hsteer.evaluation.q16 import Q16Classifier, load_prompts
-
-        q16 = Q16Classifier(clip(scoring.get("q16_clip") or Q16_CLIP), load_prompts(scoring["q16_prompts"]))
-    if "nudenet" in detectors:
-        from hsteer.evaluation.nudenet import DEFAULT_CLASSES, DEFAULT_THRESHOLD, NudeNetDetector
-
-        nude = NudeNetDetector(scoring.get("nudenet_classes") or DEFAULT_CLASSES,
-                               float(scoring.get("nudenet_threshold", DEFAULT_THRESHOLD)))
-    return q16, nude
 
 
 def _item(row: dict, path: Path, probs, n: int, nude) -> dict:
