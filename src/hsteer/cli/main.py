@@ -16,6 +16,7 @@ from hsteer.cli.common import EXIT_ERROR
 from hsteer.cli.eval import eval_group, q16_group, score
 from hsteer.cli.generate import generate
 from hsteer.cli.guard import guard
+from hsteer.cli.settle import settle
 from hsteer.cli.sites import sites
 from hsteer.cli.train import train
 from hsteer.cli.ui import ui
@@ -106,7 +107,8 @@ def full_summaries(group: click.Group) -> None:
             full_summaries(command)
 
 
-for command in (train, generate, guard, bank, demo, compare, world, eval_group, score, q16_group, ui, attack, sites):
+for command in (train, generate, guard, bank, demo, compare, world, eval_group, score, q16_group, ui, attack, sites,
+                settle):
     main.add_command(command)
 full_summaries(main)
 

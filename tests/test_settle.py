@@ -1,0 +1,98 @@
+"""The prompt-switch measurement (`hsteer settle`): on the bundled model, read by its probes, and on the tiny
+random-weight SD 1.x, SD3 and FLUX pipelines, where the switch must reach every text input of the denoiser."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from hsteer import generate
+from hsteer.errors import HsteerError
+from hsteer.evaluation.settle import settle, settle_table, switched_images, world_prompts, world_settle
+from hsteer.model import load_pipeline
+from tiny_transformers import SIZE, build_flux, build_sd3
+
+
+@pytest.fixture(scope="module")
+def world():
+    torch.set_num_threads(1)
+    return load_pipeline(None)
+
+
+@pytest.fixture(scope="module")
+def tiny(sd_dir, tmp_path_factory):
+    torch.set_num_threads(1)
+    return {"sd": load_pipeline(sd_dir), "sd3": load_pipeline(build_sd3(tmp_path_factory.mktemp("s-sd3"))),
+            "flux": load_pipeline(build_flux(tmp_path_factory.mktemp("s-flux")))}
+
+
+def _same(a, b) -> bool:
+    return len(a) == len(b) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
+
+
+def test_world_shape_settles_between_the_ends_and_the_ends_are_the_plain_prompts(world):
+    steps = 10
+    result = world_settle(world, "shape", "circle", "square", steps=steps, images=6, switch_steps=[0, 2, 8, steps])
+    share = {r["switch_step"]: r["share_b"] for r in result.rows}
+    # switching at 0 is the square prompt throughout, at the last step the circle prompt throughout
+    assert share[0] == 1.0 and share[steps] == 0.0
+    # shape is decided in the middle of the schedule: a switch at step 2 still draws squares, at 8 circles
+    assert share[2] >= 0.8 and share[8] <= 0.2
+    assert result.settle_step == 8
+    for row in result.rows:  # Wilson intervals hold the share and are not a point at 0 or 1
+        assert row["ci"][0] <= row["share_b"] <= row["ci"][1] and row["ci"][1] - row["ci"][0] > 0.2
+    assert "| **settle step** | 8 |" in settle_table([("shape", result)])
+    assert result.to_dict()["settle_step"] == 8
+
+
+@pytest.mark.parametrize("name", ["sd", "sd3", "flux"])
+def test_the_switch_reaches_every_text_input_of_the_denoiser(tiny, name):
+    pipe, steps = tiny[name], 4
+    sampling = dict(num_images_per_prompt=2, seed=3, steps=steps, guidance=3.0, height=SIZE, width=SIZE,
+                    progress=False)
+    a, b = (generate(pipe, [p], **sampling).images for p in ("a cat", "a dog"))
+    assert not _same(a, b)
+    made = switched_images(pipe, "a cat", "a dog", [0, 1, steps], steps=steps, images=2, seed=3, guidance=3.0,
+                           height=SIZE, width=SIZE)
+    assert _same(made[0], b) and _same(made[steps], a)  # the ends are the plain prompts, bit for bit
+    assert not _same(made[1], a) and not _same(made[1], b)  # B from step 1 on: neither prompt's image
+    # any classifier reads the images (here: is it one of the plain B images?)
+    result = settle(pipe, "a cat", "a dog", lambda ims: ["B" if any(_same([i], [x]) for x in b) else "A" for i in ims],
+                    "B", steps=steps, images=2, seed=3, guidance=3.0, switch_steps=[0, steps], height=SIZE,
+                    width=SIZE)
+    assert [r["share_b"] for r in result.rows] == [1.0, 0.0] and result.settle_step == steps
+
+
+def test_settle_refuses_what_it_cannot_measure(world):
+    with pytest.raises(HsteerError, match="not a value of shape"):
+        world_prompts("shape", "circle", "triangle")
+    with pytest.raises(HsteerError, match="two different values"):
+        world_prompts("colour", "red", "red")
+    with pytest.raises(HsteerError, match="exactly one"):
+        world_prompts("shape", "circle", "square", "a photo")
+    assert world_prompts("harm", "no", "yes") == ("a photo of a figure", "a photo of a violent figure")
+    with pytest.raises(HsteerError, match="switch steps must lie in 0..4"):
+        settle(world, "a", "b", lambda ims: ["x"] * len(ims), "x", steps=4, images=1, switch_steps=[5])
+    with pytest.raises(HsteerError, match="returned 1 labels for 2 images"):
+        settle(world, "a", "b", lambda ims: ["x"], "x", steps=2, images=2, switch_steps=[0])
+
+
+def test_cli_settle_on_the_bundled_model_and_refusal_elsewhere(tmp_path, sd_dir):
+    from hsteer.cli.main import main
+
+    out = tmp_path / "settle.json"
+    result = CliRunner().invoke(main, ["settle", "--group", "colour", "--from", "red", "--to", "blue", "--steps",
+                                       "6", "--images", "3", "--switch-step", "0", "--switch-step", "6",
+                                       "--json", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "'a photo of a red figure' -> 'a photo of a blue figure'" in result.output
+    data = json.loads(out.read_text())
+    assert [r["share_b"] for r in data["rows"]] == [1.0, 0.0] and data["settle_step"] == 6
+    refused = CliRunner().invoke(main, ["settle", "--model", str(sd_dir), "--group", "shape", "--from", "circle",
+                                        "--to", "square", "--device", "cpu"])
+    assert refused.exit_code == 2 and "read=<your classifier>" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1
