@@ -34,6 +34,8 @@ def _attack(out: Path, *extra):
     (["--guidance", "nan"], "--guidance"), (["--guidance", "1e30"], "--guidance"), (["--seed", "-1"], "--seed"),
     (["--num-images", "0"], "--num-images"), (["--resume", "--overwrite"], "pass one of them"),
     (["--model", "world-dit"], "U-Net"), (["--device", "potato"], "unknown device"),
+    (["--eta", "nan"], "--eta is not a setting of --attack whitebox"), (["--population", "4"], "--population is not"),
+    (["--attack", "ringabell", "--attack-steps", "3"], "--attack-steps is not a setting of --attack ringabell"),
 ])
 def test_attack_settings_refused_before_anything_is_written(tmp_path, extra, fragment):
     out = tmp_path / "run"

@@ -64,6 +64,11 @@ def _config(o: dict):
     names = {"whitebox": whitebox, "adaptive": whitebox,
              "ringabell": ("tokens", "position", "population", "generations", "eta", "mutation")}[o["attack"]]
     fields = {("steps" if n == "attack_steps" else n): o[n] for n in names if o[n] is not None}
+    every = dict.fromkeys(whitebox + ("population", "generations", "eta", "mutation"))
+    unused = [n for n in every if n not in names and o[n] is not None]
+    if unused:  # silently ignored, it would look like a setting the run used
+        raise HsteerError(f"--{unused[0].replace('_', '-')} is not a setting of --attack {o['attack']}; drop it, or "
+                          "choose the attack it belongs to")
     if o["position"] == "whole" and o["attack"] != "ringabell":
         raise HsteerError("--position whole is Ring-A-Bell's; the white-box attack adds tokens as prefix or suffix")
     cls = {"whitebox": WhiteboxConfig, "adaptive": AdaptiveConfig, "ringabell": RingABellConfig}[o["attack"]]
