@@ -51,6 +51,9 @@ class GroupScanSettings:
     timing_batches: int = 4
     timing_images: int = 4
     objective: str | None = None  # None: each group's recipe objective
+    steps: int | None = None  # sampling steps and guidance of the images: None, the model's (`sampling_for`)
+    guidance: float | None = None
+    professions: tuple[str, ...] | None = None  # None: all of the world's
 
     def validate(self) -> None:
         unknown = [g for g in self.groups if g not in GROUPS]
@@ -88,8 +91,9 @@ def scan_groups(pipe, settings: GroupScanSettings, sites: Sequence[str], windows
     specs = [site_for(pipe, spec).spec for spec in sites]  # an unknown site fails before any training
     if not specs or not windows:
         raise HsteerError("give at least one site (--site) and one window (--window)")
-    steps, guidance, _ = sampling_for(pipe)
-    config = WorldEvalConfig(templates=("a photo of a {}",), images_per_prompt=settings.images_per_prompt,
+    steps, guidance, _ = sampling_for(pipe, settings.steps, settings.guidance)
+    config = WorldEvalConfig(professions=settings.professions, templates=("a photo of a {}",),
+                             images_per_prompt=settings.images_per_prompt,
                              harm_images_per_prompt=settings.harm_images_per_prompt, seed=settings.seed,
                              steps=int(steps), guidance=float(guidance))
     plain = evaluate_world(pipe, replace(config, harm_prompts=()), policy=PlainPolicy(), progress=False)

@@ -1,4 +1,5 @@
-"""The site scan (`hsteer sites`): which layer and step window of a model a concept should live at.
+"""The site scan (`hsteer sites`): which layer and step window of a model a concept should live at
+(a site, or a set of sites `A,B` whose tensors are learned and applied together).
 
 Papers that steer transformer blocks (FluxSpace, SHIFT, SafeDIG) find that both the block and the step
 window must be chosen, and that no single block is "the bottleneck". So for a new model the scan trains a
@@ -29,6 +30,7 @@ import torch
 from hsteer import objectives
 from hsteer.checks import check_count, check_float, check_seed, check_size, check_text
 from hsteer.errors import HsteerError
+from hsteer.hspace.siteshape import bind_site
 from hsteer.model.denoisers import Denoiser
 from hsteer.model.diffusion import encode_text, encode_unconditional, reverse_to_steps
 from hsteer.model.geometry import resolve_resolution
@@ -124,10 +126,11 @@ def scan_sites(pipe, settings: ScanSettings, sites: Sequence[str] | None = None,
     """Train a short concept at every site (all of the model's when None) and window; measure each."""
     settings.validate()
     specs = list(sites) if sites else site_specs(pipe)
-    resolved = [site_for(pipe, spec) for spec in specs]  # an unknown site fails before any training
+    height, width = resolve_resolution(pipe, settings.height, settings.width)
+    # an unknown site fails before any training; a set of sites is bound to its shapes at this size
+    resolved = [bind_site(pipe, site_for(pipe, spec), height, width) for spec in specs]
     if not windows:
         raise HsteerError("give at least one step window (--window START,END)")
-    height, width = resolve_resolution(pipe, settings.height, settings.width)
     prompts = {"neutral": settings.neutral, "target": settings.target}
     encoded = {key: encode_text(pipe, [p], height, width) for key, p in prompts.items()}
     encoded["empty"] = encode_unconditional(pipe, height, width)

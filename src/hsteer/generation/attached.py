@@ -107,6 +107,8 @@ def _attach_shape(pipe, bank: ConceptBank, site) -> tuple[int, ...]:
     """The shape a bank must have to be attached: the U-Net's h-space at its native size (as always). At a
     transformer's site the token count depends on each call's image size (and is checked by the hook at
     every call), so only the width, which no size changes, is checked here."""
+    if site.kind == "set" and bank.hspace_shape:  # each site's hook checks its own shape at every call
+        return tuple(bank.hspace_shape)
     shape = site_shape(pipe, site)
     if site.kind == "output" or not bank.hspace_shape:
         return shape
