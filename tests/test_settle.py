@@ -96,3 +96,45 @@ def test_cli_settle_on_the_bundled_model_and_refusal_elsewhere(tmp_path, sd_dir)
                                         "--to", "square", "--device", "cpu"])
     assert refused.exit_code == 2 and "read=<your classifier>" in refused.output
     assert len(refused.output.strip().splitlines()) == 1
+
+
+def test_held_out_templates_are_phrased_unlike_the_demos_and_selectable():
+    from hsteer.apps.demo import DemoConfig
+    from hsteer.evaluation.tasks.world import HELD_OUT_TEMPLATES, TEMPLATES, world_jobs
+    from hsteer.evaluation.world import WorldEvalConfig
+    from hsteer.evaluation.world_held_out import HeldOutConfig
+
+    assert not set(HELD_OUT_TEMPLATES) & (set(TEMPLATES) | set(DemoConfig().leakage_templates))
+    jobs = world_jobs({"templates": "held-out", "professions": ["nurse"], "images_per_prompt": 1,
+                       "harm_prompts": []}, 0)
+    assert [j["prompt"] for j in jobs] == [t.format("nurse") for t in HELD_OUT_TEMPLATES]
+    assert WorldEvalConfig(templates="held-out").templates == "held-out"
+    with pytest.raises(ValueError, match="unknown template set"):
+        world_jobs({"templates": "unseen"}, 0)
+    with pytest.raises(ValueError, match="multiples of 6"):
+        HeldOutConfig(seed=1000)
+
+
+def test_evaluate_held_out_reports_every_figure_with_an_interval(world):
+    from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
+    from hsteer.evaluation.world_held_out import HeldOutConfig, evaluate_held_out, held_out_section
+    from hsteer.hspace.randombank import random_bank
+
+    bank = random_bank(world, {"shape": ["circle", "square"], "colour": ["red", "green", "blue"]}, scale=2.0)
+    config = HeldOutConfig(templates=("{} portrait photo",), images_per_prompt=6, explicit_professions=("nurse",),
+                           explicit_images_per_prompt=1)
+    eval_config = WorldEvalConfig(steps=6, guidance=4.0)
+    report = evaluate_held_out(world, bank, eval_config, config, respect_prompt=False, runs=(("shape",),))
+    plain = evaluate_world(world, WorldEvalConfig(templates=("{} portrait photo",), images_per_prompt=6,
+                                                  harm_prompts=(), seed=1200, steps=6, guidance=4.0), progress=False)
+    assert report["plain"]["deviation_ratio"]["shape"]["value"] == plain.summary["deviation_ratio"]["mean_biased"]["shape"]
+    run = report["runs"]["fair_shape"]
+    assert set(run["untargeted"]) == {"colour", "profession"} and set(run["deviation_ratio"]) == {"shape"}
+    figures = [run["fidelity"], *run["untargeted"].values(), *run["deviation_ratio"].values(),
+               *(e[k] for e in run["explicit_kept"].values() for k in ("plain", "steered"))]
+    for entry in figures:
+        assert entry["ci"][0] <= entry["value"] <= entry["ci"][1]
+    # explicit prompts: 1 template x 1 profession x 2 shapes (or 3 colours) x 1 image, plain and steered
+    assert run["explicit_kept"]["shape"]["steered"]["n"] == 2 and run["explicit_kept"]["colour"]["plain"]["n"] == 3
+    section = "\n".join(held_out_section(report))
+    assert "## On held-out templates" in section and "| fair shape | shape " in section

@@ -18,12 +18,14 @@ from typing import Any, Callable
 
 from hsteer.apps.demo import check_app_settings
 from hsteer.checks import check_count
+from hsteer.errors import HsteerError
 from hsteer.fileio import atomic_write_text
 from hsteer.hspace.bank import ConceptBank
-from hsteer.apps.recipes import METHOD_SETTINGS, OBJECTIVE_SETTINGS, WORLD_CONCEPTS, world_train_config
+from hsteer.apps.recipes import METHOD_SETTINGS, OBJECTIVE_SETTINGS, WORLD_CONCEPTS, pipeline_recipe, world_train_config
 from hsteer.evaluation.leakage import fmt_ci
 from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
 from hsteer.evaluation.world_gate import GATE_TABLE_HEAD, GateEvalConfig, evaluate_gate, gate_rows
+from hsteer.evaluation.world_held_out import HELD_OUT_HEAD, HeldOutConfig, evaluate_held_out, held_out_rows
 from hsteer.gate import DEFAULT_GATE
 from hsteer.policies import FairPolicy, PlainPolicy, SafePolicy
 from hsteer.model import load_pipeline, sampling_defaults
@@ -48,10 +50,12 @@ class CompareConfig:
     methods: tuple[str, ...] = METHODS
     respect_prompt: bool = True  # the main table under the prompt-aware gate (False: the papers' blind steering)
     gate_images_per_prompt: int = 8  # the explicit-prompt table, blind against the gate; 0 skips it
+    held_out_images_per_prompt: int = 6  # fair steering on the held-out templates (a multiple of 6); 0 skips it
 
 
-def method_configs(method: str, config: CompareConfig) -> list[TrainConfig]:
-    return [world_train_config(name, config.iterations, config.seed, objective=method)
+def method_configs(method: str, config: CompareConfig, family: str = "unet") -> list[TrainConfig]:
+    """The world's concepts learned with `method`, with the recipe of the model's `family`."""
+    return [world_train_config(name, config.iterations, config.seed, objective=method, family=family)
             for name, *_ in WORLD_CONCEPTS]
 
 
@@ -59,6 +63,9 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> di
     check_app_settings(config.out, config.iterations, config.images_per_prompt, config.seed)
     check_count("--harm-images-per-prompt", config.harm_images_per_prompt, 1, 10**6)
     check_count("--gate-images-per-prompt", config.gate_images_per_prompt, 0, 10**6)
+    check_count("held_out_images_per_prompt", config.held_out_images_per_prompt, 0, 10**6)
+    if config.held_out_images_per_prompt % 6:
+        raise HsteerError("held_out_images_per_prompt must be a multiple of 6 (whole blocks of fair draws)")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(config.model)
@@ -69,11 +76,12 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> di
     plain = evaluate_world(pipe, eval_config, policy=PlainPolicy(), progress=False)
     rows: dict[str, dict[str, Any]] = {}
     gated: dict[str, dict[str, Any]] = {}
+    held_out: dict[str, dict[str, Any]] = {}
     for method in config.methods:
         bank, train_seconds = None, {}
         if method != PLAIN:
             bank_path = out / f"{method}.safetensors"
-            for train in method_configs(method, config):
+            for train in method_configs(method, config, pipeline_recipe(pipe)[0]):
                 began = time.perf_counter()
                 train_into_bank(pipe, train, bank_path, resume=True, checkpoint_every=50, progress=False)
                 train_seconds[train.group] = train_seconds.get(train.group, 0.0) + time.perf_counter() - began
@@ -91,9 +99,13 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> di
             gated[method] = evaluate_gate(pipe, bank, gate_config, settings={
                 "blind": (False, None), DEFAULT_GATE: (True, DEFAULT_GATE)})
             log(f"  {method}: measured on prompts that name an attribute")
+        if bank is not None and config.held_out_images_per_prompt:
+            held_out[method] = evaluate_held_out(pipe, bank, eval_config, HeldOutConfig(
+                images_per_prompt=config.held_out_images_per_prompt), respect_prompt=config.respect_prompt)
+            log(f"  {method}: measured on the held-out templates")
     result = {"settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
                            "eval": asdict(eval_config), "objectives": OBJECTIVE_SETTINGS},
-              "results": rows, "respect_prompt": gated}
+              "results": rows, "respect_prompt": gated, "held_out": held_out}
     atomic_write_text(out / "compare.json", json.dumps(result, indent=2))
     table = results_table(result)
     atomic_write_text(out / "results.md", table)
@@ -170,7 +182,7 @@ def results_table(result: dict[str, Any]) -> str:
             agree, change = _untargeted_cells(e)
             lines.append(f"| {method} | {setting} | {dr} | {fmt_ci(e['fidelity'], e.get('fidelity_ci'))} | {agree} | "
                          f"{change} | {e['harm_rate']:.3f} | {e['train_seconds']:.0f} |")
-    return "\n".join(lines) + "\n" + _gate_section(result)
+    return "\n".join(lines) + "\n" + _gate_section(result) + _held_out_section(result)
 
 
 def _gate_section(result: dict[str, Any]) -> str:
@@ -187,6 +199,22 @@ def _gate_section(result: dict[str, Any]) -> str:
              "plain, on shape and colour. Brackets: bootstrap 95% intervals.", "", GATE_TABLE_HEAD]
     for method, report in gated.items():
         lines += gate_rows(report, method)
+    return "\n".join(lines) + "\n"
+
+
+def _held_out_section(result: dict[str, Any]) -> str:
+    """Each method's bank, fair over each group and both, on the held-out templates (if measured)."""
+    held = result.get("held_out")
+    if not held:
+        return ""
+    first = next(iter(held.values()))
+    lines = ["", f"On held-out templates ({', '.join(repr(t) for t in first['templates'])}, every profession, "
+             f"{first['images_per_prompt']} images each, seeds from {first['seed']}; phrased unlike the table's "
+             "template, no recipe or test was tuned on them), under the same gate setting as the main table. "
+             "Untargeted: same-seed agreement with plain; explicit prompts: the same templates naming a shape or "
+             "colour. Brackets: 95% intervals (bootstrap for DevRat, Wilson for shares).", "", HELD_OUT_HEAD]
+    for method, report in held.items():
+        lines += held_out_rows(report, method)
     return "\n".join(lines) + "\n"
 
 

@@ -19,6 +19,7 @@ from hsteer.hspace.bank import ConceptBank
 from hsteer.evaluation.images import labelled_grid
 from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
 from hsteer.evaluation.world_gate import GateEvalConfig, evaluate_gate, gate_table
+from hsteer.evaluation.world_held_out import HeldOutConfig, evaluate_held_out, held_out_section
 from hsteer.gate import DEFAULT_GATE
 from hsteer.generation.guard import GuardConfig
 from hsteer.generation.guard_fit import DetectorFitConfig, fit_detector, prompts_of_group
@@ -28,7 +29,7 @@ from hsteer.evaluation.tasks.world import world_jobs, world_summary
 from hsteer.policies import FairPolicy, PlainPolicy, Policy, SafePolicy
 from hsteer.model import load_pipeline, sampling_defaults
 from hsteer.seeding import ITERATION_STRIDE
-from hsteer.apps.recipes import WORLD_CONCEPTS, world_train_config
+from hsteer.apps.recipes import WORLD_CONCEPTS, pipeline_recipe, world_train_config
 from hsteer.training import TrainConfig, concept_meta, train_into_bank
 from hsteer.world.scene import WorldProbe
 
@@ -46,6 +47,7 @@ class DemoConfig:
     gate_images_per_prompt: int | None = None  # the gate's explicit-prompt set; default images_per_prompt // 3
     leakage_templates: tuple[str, ...] = ("a photo of a {}",)  # fair over one group: its prompts (no harm prompts)
     guard: bool = True  # also measure safety under the image-aware guard (the bank's learned detector)
+    held_out: bool = True  # also measure fair steering on the held-out templates (`evaluation.world_held_out`)
     seed: int = 0
     threads: int | None = None
 
@@ -69,9 +71,10 @@ def check_app_settings(out, iterations: int, images_per_prompt: int, seed: int) 
     check_seed("--seed", seed, span=10**7, scale=ITERATION_STRIDE)  # training's iteration seeds stay in range
 
 
-def demo_train_configs(config: DemoConfig) -> list[TrainConfig]:
+def demo_train_configs(config: DemoConfig, family: str = "unet") -> list[TrainConfig]:
+    """The world's concepts with the recipe of the model's `family` (`apps.recipes.family_recipe`)."""
     safety = config.safety_iterations or config.iterations
-    return [world_train_config(name, safety if group == "safety" else config.iterations, config.seed)
+    return [world_train_config(name, safety if group == "safety" else config.iterations, config.seed, family=family)
             for name, group, *_ in WORLD_CONCEPTS]
 
 
@@ -109,7 +112,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     bank_path = out / "bank.safetensors"
     timings: dict[str, float] = {}
 
-    trains = demo_train_configs(config)
+    trains = demo_train_configs(config, pipeline_recipe(pipe)[0])
     objectives = learned_with(trains)
     log(f"[1/3] learning {len(WORLD_CONCEPTS)} concepts ({objectives}) -> {bank_path}")
     for train in trains:
@@ -140,11 +143,13 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     started = time.perf_counter()
     gate = evaluate_gate(pipe, bank, _gate_config(config, sampling), settings=_gate_settings(config), log=log)
     timings["eval_gate"] = time.perf_counter() - started
+    held_out = _held_out(pipe, bank, config, eval_config, timings, log) if config.held_out else None
 
     log("[3/3] writing the report")
     summary = _summary(config, results, timings, time.perf_counter() - began, eval_config)
     summary["respect_prompt"] = gate
     summary["learned_with"] = objectives
+    summary["held_out"] = held_out
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     _charts(out, results)
     _grids(out, results, grid_seeds(eval_config))
@@ -341,6 +346,7 @@ def _report(summary: dict[str, Any]) -> str:
         cells = [f"{v:.2f} -> {dr['after']['per_profession'][profession][g]:.2f}" for g, v in groups.items()]
         lines.append(f"| {profession} | " + " | ".join(cells) + " |")
     lines += ["", *_leakage_report(summary), *_gate_report(summary),
+              *(held_out_section(summary["held_out"]) if summary.get("held_out") else []),
               "Charts: `charts/*_distribution.png`. Grids (rows: plain, fair, safe): `grids/*.png`.", ""]
     return "\n".join(lines)
 
@@ -369,9 +375,23 @@ def _leakage_report(summary: dict[str, Any]) -> list[str]:
 
 
 def quick_config(out: Path, model: str | None = None) -> DemoConfig:
-    """The reduced demo of the CI test: fewer iterations and images, same recipe and seeds."""
+    """The reduced demo of the CI test: fewer iterations and images, same recipe and seeds (the held-out
+    templates' evaluation has its own test, tests/test_settle.py)."""
     return replace(DemoConfig(out=out, model=model), iterations=60, safety_iterations=150, images_per_prompt=6,
-                   harm_images_per_prompt=4, gate_images_per_prompt=2)
+                   harm_images_per_prompt=4, gate_images_per_prompt=2, held_out=False)
+
+
+def _held_out(pipe, bank, config: DemoConfig, eval_config: WorldEvalConfig, timings: dict[str, float],
+              log: Callable[[str], None]) -> dict[str, Any]:
+    """Fair over each group and both on the held-out templates: as many images per profession as the demo's
+    own template (in whole blocks of 6 seeds), explicit prompts as many as the gate's."""
+    started = time.perf_counter()
+    held = HeldOutConfig(images_per_prompt=max(6, config.images_per_prompt // 18 * 6),
+                         explicit_images_per_prompt=config.gate_images_per_prompt or max(4, config.images_per_prompt // 3))
+    report = evaluate_held_out(pipe, bank, eval_config, held, respect_prompt=config.respect_prompt,
+                               scales=dict(config.fair_scales), log=log)
+    timings["eval_held_out"] = time.perf_counter() - started
+    return report
 
 
 def _gate_config(config: DemoConfig, sampling: dict[str, Any]) -> GateEvalConfig:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from hsteer.training import METHODS, CodsmaConfig, RespoDiffConfig, SdiscConfig, TrainConfig
 from hsteer.world.scene import COLOURS, HARM_WORDS, SHAPES
 
@@ -21,9 +23,39 @@ WORLD_CONCEPTS: tuple[tuple[str, str, str | None, str | None], ...] = (
 )
 
 
-#: Where each group's attribute settles in the bundled model's 20 steps (measured by switching the prompt
-#: part-way, docs/methods.md §8): colour in steps 0-8, shape in steps 8-12; the harm mark with colour.
-WINDOWS: dict[str, tuple[float, float] | None] = {"shape": (0.4, 1.0), "colour": (0.0, 0.45), "safety": None}
+@dataclass(frozen=True)
+class FamilyRecipe:
+    """Where each group's concepts act (a step window, None: every step) for one model family, chosen from
+    the prompt-switch and held-out measurements (docs/results.md). Scale 1.5 instead of 1 was measured and
+    helped neither family (studies/family_recipes.py), so the fair policy's scale stays 1."""
+
+    windows: dict[str, tuple[float, float] | None]
+
+
+#: Per model family (`hsteer.model.sites.family_of`): the recipe measured on that family's bundled model.
+#: The windows follow where each attribute settles (`hsteer settle`, docs/results.md "When each attribute
+#: settles"); scales and windows were picked on the held-out templates (studies/family_recipes.py).
+FAMILY_RECIPES: dict[str, FamilyRecipe] = {
+    "unet": FamilyRecipe({"shape": (0.4, 1.0), "colour": (0.0, 0.45), "safety": None}),
+    "sd3": FamilyRecipe({"shape": (0.4, 1.0), "colour": (0.0, 0.45), "safety": None}),
+}
+#: The U-Net's windows (the recipe of the bundled U-Net model).
+WINDOWS: dict[str, tuple[float, float] | None] = FAMILY_RECIPES["unet"].windows
+
+
+def family_recipe(family: str | None = "unet") -> FamilyRecipe:
+    """The recipe of a model family: the U-Net's for `unet` (and None), the measured transformer's (SD3) for
+    every transformer family (FLUX and SANA have no bundled world model to measure theirs on)."""
+    return FAMILY_RECIPES["unet" if family in (None, "unet") else family if family in FAMILY_RECIPES else "sd3"]
+
+
+def pipeline_recipe(pipe) -> tuple[str, FamilyRecipe]:
+    """(family, its recipe) of a loaded pipeline."""
+    from hsteer.model.sites import family_of
+
+    family = family_of(pipe)
+    return family, family_recipe(family)
+
 
 #: Safety pairs: harmful prompts mapped to their clean form, interleaved with harmless prompts mapped to
 #: themselves, which keeps what the safety concept must not change.
@@ -103,7 +135,7 @@ def conditioned_pairs(name: str, group: str) -> tuple[tuple[str, str], ...]:
 
 
 def world_train_config(name: str, iterations: int, seed: int = 0, objective: str | None = None,
-                       recipe: str = "conditioned", **extra: object) -> TrainConfig:
+                       recipe: str = "conditioned", family: str | None = "unet", **extra: object) -> TrainConfig:
     """The recipe for one of the world's concepts, learned with `objective` (None: its group's
     `default_objective`) and that objective's `OBJECTIVE_SETTINGS`; `extra` overrides any setting.
 
@@ -113,7 +145,8 @@ def world_train_config(name: str, iterations: int, seed: int = 0, objective: str
     prompts (`HARDENED_SAFETY_PAIRS`, one batch of all of them) and stored at its objective's
     `SAFETY_STORED_SCALE` of its length. `plain`: one neutral -> target pair, every step (the papers'
     recipe; it redraws the other attributes). SDisc learns from images, so it takes the
-    plain prompts and the conditioned recipe's window.
+    plain prompts and the conditioned recipe's window. `family`: the model family whose windows
+    (`family_recipe`) the conditioned recipe uses.
     """
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
@@ -130,7 +163,7 @@ def world_train_config(name: str, iterations: int, seed: int = 0, objective: str
         settings["target_guidance"] = SAFETY_TARGET_GUIDANCE
         settings["lr"] = SAFETY_LR
     if recipe == "conditioned":
-        settings["window"] = WINDOWS[group]
+        settings["window"] = family_recipe(family).windows[group]
         if method.pairs and group == "safety":
             settings.update(pairs=HARDENED_SAFETY_PAIRS, batch_size=len(HARDENED_SAFETY_PAIRS), target_guidance=1.0,
                             lr=0.05, stored_scale=SAFETY_STORED_SCALE.get(method.config, 1.0))

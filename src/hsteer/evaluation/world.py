@@ -11,20 +11,21 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from hsteer.evaluation.leakage import targeted_groups, untargeted_summary
-from hsteer.evaluation.tasks.world import HARM_PROMPTS, TEMPLATES, labelled, world_jobs, world_summary
+from hsteer.evaluation.tasks.world import (HARM_PROMPTS, HELD_OUT_TEMPLATES, TEMPLATES, labelled, world_jobs,
+                                           world_summary)
 from hsteer.generation import ImageJob, generate_jobs
 from hsteer.generation.draws import draw_for, prompt_gate
 from hsteer.generation.guard import GuardConfig, build_guard, without_group
 from hsteer.policies import PlainPolicy, Policy
 from hsteer.hspace.bank import ConceptBank
 
-__all__ = ["HARM_PROMPTS", "TEMPLATES", "WorldEvalConfig", "WorldEvalResult", "evaluate_world"]
+__all__ = ["HARM_PROMPTS", "HELD_OUT_TEMPLATES", "TEMPLATES", "WorldEvalConfig", "WorldEvalResult", "evaluate_world"]
 
 
 @dataclass
 class WorldEvalConfig:
     professions: tuple[str, ...] | None = None  # None: all of the world's professions
-    templates: tuple[str, ...] = TEMPLATES
+    templates: tuple[str, ...] | str = TEMPLATES  # or a set's name: "demo" (TEMPLATES), "held-out" (HELD_OUT_TEMPLATES)
     images_per_prompt: int = 24
     harm_prompts: tuple[str, ...] = HARM_PROMPTS
     harm_images_per_prompt: int = 10
