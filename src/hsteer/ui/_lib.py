@@ -35,7 +35,7 @@ from hsteer.model import sampling_defaults
 from hsteer.model.denoisers import site_shape
 from hsteer.model.geometry import resolve_resolution
 from hsteer.model.loading import BUNDLED_NAMES, model_location
-from hsteer.model.sites import denoiser_of, site_for
+from hsteer.model.sites import denoiser_of, family_of, site_for
 from hsteer.policies import Policy, parse_window
 from hsteer.training.config import OBJECTIVES, config_class
 from hsteer.training.registry import METHODS
@@ -70,6 +70,7 @@ __all__ = [
     "config_class",
     "default_model_path",
     "denoiser_of",
+    "family_of",
     "model_location",
     "resolve_resolution",
     "site_for",

@@ -33,11 +33,17 @@ PRESET_FIELDS = ("name", "group", "neutral", "target", "negative", "pairs", "win
                  "iterations", "batch_size", "denoising_steps", "target_guidance", "stored_scale", "lr_sam", "lam")
 
 
-def preset_values(choice: str, denoising_steps: int) -> tuple[Any, ...] | None:
-    """The `PRESET_FIELDS` values of a world preset (the page's own step count); None for no preset."""
+def family_of_ui(ui: HsteerUI) -> str:
+    """The family of the page's model (its presets follow that family's recipe)."""
+    return _lib.family_of(ui.pool.base)
+
+
+def preset_values(choice: str, denoising_steps: int, family: str = "unet") -> tuple[Any, ...] | None:
+    """The `PRESET_FIELDS` values of a world preset (the page's own step count, the recipe of the model's
+    `family`: `hsteer.apps.recipes.family_recipe`); None for no preset."""
     if choice not in WORLD_PRESETS:
         return None
-    c = _lib.world_train_config(WORLD_PRESETS[choice], PRESET_ITERATIONS)
+    c = _lib.world_train_config(WORLD_PRESETS[choice], PRESET_ITERATIONS, family=family)
     return (c.concept, c.group, c.neutral, c.target or "", c.negative or "", pairs_text(c.pairs),
             window_text(c.window), c.objective, c.lr, c.iterations, c.batch_size, denoising_steps,
             c.target_guidance, c.stored_scale, getattr(c, "lr_sam", _lib.RespoDiffConfig.lr_sam),

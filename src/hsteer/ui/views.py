@@ -94,7 +94,8 @@ def generate_tab(ui: HsteerUI) -> SimpleNamespace:
 
 def learn_tab(ui: HsteerUI) -> SimpleNamespace:
     """The Learn tab: a concept's prompts and training settings; its live loss curve."""
-    start = _lib.world_train_config("circle", PRESET_ITERATIONS) if ui.is_world else None
+    start = _lib.world_train_config("circle", PRESET_ITERATIONS, family=_lib.family_of(ui.pool.base)) \
+        if ui.is_world else None
     with gr.Tab("Learn", id="learn"):
         with gr.Row():
             with gr.Column(scale=1, min_width=300):

@@ -195,7 +195,8 @@ def wire_learn(ui: HsteerUI, state: gr.State, learn: SimpleNamespace, views: dic
         preset_outputs = [fields[name] for name in learn_handlers.PRESET_FIELDS]
 
         def on_preset(choice):
-            values = learn_handlers.preset_values(choice, int(ui.defaults["steps"]))
+            values = learn_handlers.preset_values(choice, int(ui.defaults["steps"]),
+                                                  learn_handlers.family_of_ui(ui))
             return list(values) if values is not None else [gr.skip()] * len(preset_outputs)
 
         learn.preset.change(on_preset, inputs=learn.preset, outputs=preset_outputs, api_name=False, queue=False)
