@@ -76,7 +76,7 @@ def test_train_show_generate(sd_dir, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["generate", "--prompt", "x", "--out", "{tmp}/o", "--bank", "{tmp}/missing.safetensors", "--fair", "gender"],
      "does not exist"),
-    (["generate", "--prompt", "x", "--out", "{tmp}/o", "--fair", "gender"], "needs a bank of concepts (CLI: --bank"),
+    (["generate", "--prompt", "x", "--out", "{tmp}/o", "--fair", "gender"], "--bank: the fair: gender policy needs a bank of concepts"),
     (["generate", "--prompt", "", "--out", "{tmp}/o"], "empty prompt"),
     (["train", "--bank", "{tmp}/b.safetensors", "--concept", "w", "--group", "g", "--neutral", "a person"],
      "give a target prompt"),

@@ -57,7 +57,7 @@ def test_a_folder_has_one_writer(tmp_path):
     first = OutputFolder(out, resume=True)
     with pytest.raises(HsteerError, match="being written by another hsteer run") as info:
         OutputFolder(out, resume=True)
-    assert "--resume" in str(info.value) and "\n" not in str(info.value)
+    assert "resume=True" in str(info.value) and "\n" not in str(info.value)
     first.close()
     OutputFolder(out, resume=True).close()  # free once the first run ends
 
@@ -192,7 +192,7 @@ def test_full_disk_names_the_folder_and_another_out(tmp_path):
 
     out = tmp_path / "out"
     folder = OutputFolder(out)
-    with pytest.raises(HsteerError, match=f"free space on the disk that holds {out}, or write to another --out"):
+    with pytest.raises(HsteerError, match=f"free space on the disk that holds {out}, or write to another out_dir"):
         folder.add(row(0), FullDisk())
     assert listing(out) == []  # no image, no line, no temporary file
     OutputFolder(out).close()  # the failed run let go of the folder

@@ -2,7 +2,16 @@
 
 
 class HsteerError(Exception):
-    """Base class: a problem with the user's input, files or settings, stated with its fix."""
+    """Base class: a problem with the user's input, files or settings, stated with its fix.
+
+    `field`: the setting at fault (or several), by the name the message gives it: the Python keyword or
+    config field (`ratios`, `num_images_per_prompt`). The library never names a command-line option; the
+    command line shows each field as its option (`hsteer.cli.common.cli_message`).
+    """
+
+    def __init__(self, *args: object, field: str | tuple[str, ...] | None = None) -> None:
+        super().__init__(*args)
+        self.fields: tuple[str, ...] = (field,) if isinstance(field, str) else tuple(field or ())
 
 
 class BankError(HsteerError):

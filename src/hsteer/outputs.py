@@ -24,6 +24,7 @@ images and manifest are replaced; other files are left alone) or `resume`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -46,7 +47,7 @@ TEMP_NAME = re.compile(r"\.(?:\d{5,}\.png|manifest\.jsonl)\.[^/]+\.(?:png|tmp)")
 SAME_KEYS = ("prompt", "seed", "concepts", "policy", "steps", "guidance", "height", "width", "index")
 #: The largest number of images one call may ask for (jobs are streamed, never listed).
 MAX_IMAGES = 10**12
-ELSEWHERE = "another --out"
+ELSEWHERE = "another out_dir"
 
 
 def manifest_line(row: dict[str, Any]) -> str:
@@ -59,26 +60,43 @@ def manifest_line(row: dict[str, Any]) -> str:
                           ) from None
 
 
+@contextlib.contextmanager
+def field_errors(name: str | tuple[str, ...]) -> Iterator[None]:
+    """Errors inside carry `name` as their field (the message names it so; the CLI shows it as its option)."""
+    try:
+        yield
+    except HsteerError as exc:
+        if exc.fields:
+            raise
+        raise type(exc)(str(exc), field=name) from None
+
+
+def as_field(name: str, check: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`check(name, ...)` (a check labelled by the field it checks), its error carrying `name` as its field."""
+    with field_errors(name):
+        return check(name, *args, **kwargs)
+
+
 def check_generate_settings(prompts: Sequence[str], num_images: int, seed: int, steps: int, guidance: float,
-                            batch_size: int, height: int | None, width: int | None, cli: bool = False,
+                            batch_size: int, height: int | None, width: int | None,
                             negative_prompt: str | None = None) -> None:
-    """Every number and text of a generation, checked before any model work (labels: CLI options or keywords)."""
-    name = (lambda opt, kw: opt) if cli else (lambda opt, kw: kw)
+    """Every number and text of a generation, checked before any model work; errors name the keyword at
+    fault as their field."""
     if not prompts:
-        raise HsteerError(f"no prompt given; pass at least one {name('--prompt', 'prompt')}")
+        raise HsteerError("prompts is empty: give at least one prompt", field="prompts")
     for p in prompts:
         if not isinstance(p, str) or not p.strip():
-            raise HsteerError(f"empty prompt; pass a non-empty {name('--prompt', 'prompt')}")
-        check_text(f"a {name('--prompt', 'prompt')}", p)
+            raise HsteerError("prompts holds an empty prompt; give every prompt some text", field="prompts")
+        as_field("prompts", check_text, p)
     if negative_prompt is not None:
         check_text("negative_prompt", negative_prompt)
-    check_count(name("--num-images", "num_images_per_prompt"), num_images, 1, MAX_IMAGES // len(prompts))
-    check_seed(name("--seed", "seed"), seed, span=num_images)
-    check_count(name("--steps", "steps"), steps, 1, 10_000)
-    check_float(name("--guidance", "guidance"), guidance, -1e4, maximum=1e4)
-    check_count(name("--batch-size", "batch_size"), batch_size, 1, 4096)
-    check_size(name("--height", "height"), height)
-    check_size(name("--width", "width"), width)
+    as_field("num_images_per_prompt", check_count, num_images, 1, MAX_IMAGES // len(prompts))
+    as_field("seed", check_seed, seed, span=num_images)
+    as_field("steps", check_count, steps, 1, 10_000)
+    as_field("guidance", check_float, guidance, -1e4, maximum=1e4)
+    as_field("batch_size", check_count, batch_size, 1, 4096)
+    as_field("height", check_size, height)
+    as_field("width", check_size, width)
 
 
 def image_ok(path: Path) -> bool:
@@ -129,11 +147,9 @@ class OutputFolder:
     process's end.
     """
 
-    def __init__(self, path: str | Path, *, overwrite: bool = False, resume: bool = False,
-                 options: tuple[str, str] = ("--overwrite", "--resume")) -> None:
+    def __init__(self, path: str | Path, *, overwrite: bool = False, resume: bool = False) -> None:
         if overwrite and resume:
-            raise HsteerError(f"choose {options[0]} or {options[1]}, not both")
-        self.options = options
+            raise HsteerError("choose overwrite=True or resume=True, not both", field=("overwrite", "resume"))
         self.path = check_output_dir(path, "output folder")
         self.manifest = self.path / MANIFEST
         self.done: dict[str, dict[str, Any]] = {}
@@ -147,8 +163,9 @@ class OutputFolder:
         try:
             entries = self._entries()
             if entries and not (overwrite or resume):
-                raise HsteerError(f"output folder {self.path} is not empty; pass {options[0]} to replace its "
-                                  f"images, {options[1]} to finish an interrupted run, or choose a new folder")
+                raise HsteerError(f"output folder {self.path} is not empty; pass overwrite=True to replace its "
+                                  "images, resume=True to finish an interrupted run, or choose a new folder",
+                                  field=("overwrite", "resume"))
             if overwrite:
                 self._clear(entries)
             elif resume:
@@ -165,13 +182,14 @@ class OutputFolder:
             if not self._lock.held:
                 raise HsteerError(f"output folder {self.path} was closed; open it again to add images")
             return
-        self._lock = FolderLock(self.path, f"output folder {self.path} is being written by another hsteer run; "
-                                           "wait until it has finished (then pass --resume if it stopped early), "
-                                           "or choose another --out")
+        with field_errors(("resume", "out_dir")):
+            self._lock = FolderLock(self.path, f"output folder {self.path} is being written by another hsteer "
+                                               "run; wait until it has finished (then pass resume=True if it "
+                                               "stopped early), or choose another out_dir")
         if self._fresh and self._entries():
             self.close()
             raise HsteerError(f"output folder {self.path} was filled by another run meanwhile; pass "
-                              f"{self.options[1]} to finish it, or choose a new folder")
+                              "resume=True to finish it, or choose a new folder", field="resume")
 
     def close(self) -> None:
         """Release the folder's lock (the process's end does too)."""
@@ -213,7 +231,8 @@ class OutputFolder:
         """`resume`: validate the manifest and decode every listed image, then (only then) drop hsteer's
         temporary files and rewrite the manifest with the rows whose image is good."""
         self._check_entries(entries)
-        rows, text = self._read_manifest()
+        with field_errors("overwrite"):  # a damaged manifest's fix: start over
+            rows, text = self._read_manifest()
         kept = []
         for row in rows:
             if image_ok(self.path / row["file"]):
@@ -226,11 +245,12 @@ class OutputFolder:
                 _remove(self.path / entry)
         new_text = "".join(manifest_line(row) + "\n" for row in kept)
         if text is not None and new_text != text:
-            atomic_write_text(self.manifest, new_text, elsewhere=ELSEWHERE)
+            with field_errors("out_dir"):
+                atomic_write_text(self.manifest, new_text, elsewhere=ELSEWHERE)
 
     def _read_manifest(self) -> tuple[list[dict[str, Any]], str | None]:
         """The manifest's rows, validated (`check_manifest_rows`), and its text (None: no manifest)."""
-        fix = f"pass {self.options[0]} to start over, or choose a new folder"
+        fix = "pass overwrite=True to start over, or choose a new folder"
         if not check_own_file(self.manifest, "hsteer's manifest", fix):
             return [], None
         try:
@@ -240,7 +260,7 @@ class OutputFolder:
                               f"{fix}") from None
         except OSError as exc:
             raise HsteerError(f"cannot read {self.manifest}: {exc.strerror or exc}") from None
-        return check_manifest_rows(self.manifest, text, self.options[0]), text
+        return check_manifest_rows(self.manifest, text), text
 
     # --- the run ------------------------------------------------------------------------------------
     def pending(self, jobs: Iterable[Any], record_of: Callable[[Any], dict[str, Any]]) -> Iterator[Any]:
@@ -255,7 +275,8 @@ class OutputFolder:
             if changed:
                 self.close()  # the run ends here: free the folder at once, not when this object is collected
                 raise HsteerError(f"{self.path / job.file} was made with other settings ({', '.join(changed)}); "
-                                  f"resume with the same settings, or pass {self.options[0]} to start over")
+                                  "resume with the same settings, or pass overwrite=True to start over",
+                                  field="overwrite")
 
     def add(self, row: dict[str, Any], image) -> None:
         """Write one finished image, then its manifest line (flushed to disk)."""
@@ -267,30 +288,31 @@ class OutputFolder:
             raise HsteerError(f"{self.path / file} was already written by this run; each image is made once")
         self._hold()
         try:
-            atomic_png(self.path / file, image, elsewhere=ELSEWHERE)
-            try:
-                with open(self.manifest, "a", encoding="utf-8") as handle:
-                    handle.write(line + "\n")
-                    handle.flush()
-                    os.fsync(handle.fileno())
-            except OSError as exc:
-                _remove(self.path / file)
-                raise write_error(self.manifest, exc, ELSEWHERE) from None
+            with field_errors("out_dir"):
+                atomic_png(self.path / file, image, elsewhere=ELSEWHERE)
+                try:
+                    with open(self.manifest, "a", encoding="utf-8") as handle:
+                        handle.write(line + "\n")
+                        handle.flush()
+                        os.fsync(handle.fileno())
+                except OSError as exc:
+                    _remove(self.path / file)
+                    raise write_error(self.manifest, exc, ELSEWHERE) from None
         except BaseException:
             self.close()  # a failed write ends the run
             raise
         self._written.add(file)
 
 
-def check_manifest_rows(manifest: Path, text: str, restart: str = "--overwrite") -> list[dict[str, Any]]:
+def check_manifest_rows(manifest: Path, text: str) -> list[dict[str, Any]]:
     """The rows of a manifest's `text`: a torn last line (a kill's mark) is dropped; any other damage is
     one error naming the line (a line that is not a JSON object, a file that is not an image name of
     the folder, a file listed twice, a seed inconsistent with the index: image i of every prompt has
     seed base + i)."""
     lines = text.split("\n")
     last = lines.pop()  # after the last newline: "" unless a kill tore the last line
-    fix = (f"the manifest is damaged: correct or delete that line (its image is then made again), or pass "
-           f"{restart} to start over")
+    fix = ("the manifest is damaged: correct or delete that line (its image is then made again), or pass "
+           "overwrite=True to start over")
     rows: list[tuple[int, dict[str, Any]]] = []
     for number, line in enumerate([*lines, last], 1):
         if not line.strip():
@@ -341,20 +363,23 @@ def check_policy(groups: Sequence[str], scales: dict[str, float],
     from hsteer.checks import check_name, check_ratios, check_unique
 
     if ratios:
-        check_ratios("--ratio", ratios)
-
-    for group in groups:
-        check_name("group", group, "--fair")
-    check_unique("--fair", groups)
+        as_field("ratios", check_ratios, ratios)
+    with field_errors("groups"):
+        for group in groups:
+            check_name("group", group, "groups")
+        check_unique("groups", groups)
     for group, scale in dict(scales).items():
-        check_float(f"the scale of group {group!r} (--group-scale)", scale, -SCALE_MAX, maximum=SCALE_MAX)
+        with field_errors("scales"):
+            check_float(f"the scale of group {group!r} (scales)", scale, -SCALE_MAX, maximum=SCALE_MAX)
         if group not in groups:
             steered = ", ".join(groups) or "none"
-            raise HsteerError(f"--group-scale {group}=...: group {group!r} is not steered (steered: {steered})")
-    for name, scale in concepts:
-        check_name("concept", name, "--concept")
-        check_float(f"the scale of concept {name!r} (--concept NAME=SCALE)", scale, -SCALE_MAX, maximum=SCALE_MAX)
-    check_unique("--concept", [name for name, _ in concepts])
+            raise HsteerError(f"scales names group {group!r}, which is not steered (steered: {steered})",
+                              field="scales")
+    with field_errors("concepts"):
+        for name, scale in concepts:
+            check_name("concept", name, "concepts")
+            check_float(f"the scale of concept {name!r} (concepts)", scale, -SCALE_MAX, maximum=SCALE_MAX)
+        check_unique("concepts", [name for name, _ in concepts])
 
 
 def check_images_finite(images, jobs: Sequence[Any], guidance: float) -> None:
@@ -366,6 +391,6 @@ def check_images_finite(images, jobs: Sequence[Any], guidance: float) -> None:
         if ok:
             continue
         scales = ", ".join(f"{n}={s:g}" for n, s in job.concepts)
-        cause = f"the concept scales ({scales}) or --guidance {guidance:g}" if scales else f"--guidance {guidance:g}"
+        cause = f"the concept scales ({scales}) or guidance {guidance:g}" if scales else f"guidance {guidance:g}"
         raise HsteerError(f"image {job.index} of {job.prompt!r} (seed {job.seed}) came out NaN or infinite; lower "
-                          f"{cause}. Nothing was written for it")
+                          f"{cause}. Nothing was written for it", field="guidance")

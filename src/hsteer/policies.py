@@ -89,7 +89,7 @@ def require_bank(bank: ConceptBank | None, policy: Policy | str) -> ConceptBank:
     """The bank a steering policy draws from; the one check that it was given."""
     name = policy if isinstance(policy, str) else policy.describe()
     if bank is None:
-        raise HsteerError(f"the {name} policy needs a bank of concepts (CLI: --bank FILE; Python: bank=...)")
+        raise HsteerError(f"bank: the {name} policy needs a bank of concepts", field="bank")
     return bank
 
 
@@ -200,7 +200,8 @@ class FairPolicy(_KeepsPipeline):
         if isinstance(self.groups, str):  # FairPolicy("shape"): one group, not the letters of its name
             object.__setattr__(self, "groups", (self.groups,))
         if not self.groups:
-            raise HsteerError("fair generation needs at least one group, e.g. --fair gender")
+            raise HsteerError("groups is empty: fair generation needs at least one group, e.g. gender",
+                              field="groups")
         check_policy(self.groups, self.scales, ratios=self.ratios)
 
     def _members(self, bank: ConceptBank) -> list[list[str]]:
@@ -208,8 +209,9 @@ class FairPolicy(_KeepsPipeline):
         known = {name for names in members for name in names}
         unknown = sorted(set(self.ratios) - known)
         if unknown:
-            raise HsteerError(f"--ratio names {', '.join(unknown)}, not a concept of the groups "
-                              f"{', '.join(self.groups)} (their concepts: {', '.join(sorted(known))})")
+            raise HsteerError(f"ratios names {', '.join(unknown)}, not a concept of the groups "
+                              f"{', '.join(self.groups)} (their concepts: {', '.join(sorted(known))})",
+                              field="ratios")
         return members
 
     def _slots(self, bank: ConceptBank) -> list[tuple[str, ...]]:
@@ -282,16 +284,17 @@ def _group_weights(group: str, names: list[str], ratios: dict[str, float]) -> di
         return {n: Fraction(1, len(names)) for n in names}
     missing = [n for n in names if n not in given]
     if missing:
-        raise HsteerError(f"--ratio gives some concepts of group {group!r} but not {', '.join(missing)}; "
-                          "give every member (0 to never draw one)")
+        raise HsteerError(f"ratios gives some concepts of group {group!r} but not {', '.join(missing)}; "
+                          "give every member (0 to never draw one)", field="ratios")
     total = math.fsum(given.values())
     if any(not math.isfinite(v) or v < 0 for v in given.values()) or not 0 < total < math.inf:
         raise HsteerError(f"ratios of group {group!r} must be finite, >= 0 and with a positive finite sum, "
-                          f"got {given}; e.g. --ratio woman=0.3,man=0.7")
+                          f"got {given}", field="ratios")
     rounded = {n: Fraction(v / total).limit_denominator(100) for n, v in given.items()}
     norm = sum(rounded.values())
     if norm == 0:
-        raise HsteerError(f"ratios of group {group!r} round to 0 for every member ({given}); use larger weights")
+        raise HsteerError(f"ratios of group {group!r} round to 0 for every member ({given}); use larger weights",
+                          field="ratios")
     return {n: r / norm for n, r in rounded.items()}
 
 

@@ -12,8 +12,14 @@ import click
 
 from hsteer.cli.common import model_options, one_line_errors
 from hsteer.cli.options import build_policy, guard_options, policy_options, sampling_options
+from hsteer.attacks.registry import ATTACKS
 from hsteer.errors import HsteerError
 from hsteer.policies import BASELINES
+
+#: The options that set an attack's budget -> the config field each sets (an attack takes those its config has).
+CONFIG_OPTIONS = {"tokens": "tokens", "position": "position", "attack_steps": "steps", "lr": "lr", "top": "top",
+                  "eval_every": "eval_every", "objective": "objective", "targets": "targets",
+                  "population": "population", "generations": "generations", "eta": "eta", "mutation": "mutation"}
 
 
 def _defence(o: dict, bank):
@@ -49,29 +55,26 @@ def _guard(o: dict, bank, policy):
     if o["guard"] == "learned" and (bank is None or "safety" not in bank.detectors):
         raise HsteerError("--guard learned needs a --bank with a harm detector for its safety group "
                           "(hsteer guard fit --bank BANK)")
-    if o["attack"] == "adaptive" and o["guard"] == "none":
+    if ATTACKS[o["attack"]].guarded and o["guard"] == "none":
         raise HsteerError("--attack adaptive attacks the guard: add --guard learned (and --safe --bank BANK)")
     return build_guard_config(o["guard"], o["guard_step"], o["guard_threshold"], o["guard_design"])
 
 
 def _config(o: dict):
     """The attack's budget from the options (unset ones keep the config's defaults)."""
-    from hsteer.attacks import RingABellConfig, WhiteboxConfig
+    from dataclasses import fields as config_fields
 
-    from hsteer.attacks.adaptive import AdaptiveConfig
+    from hsteer.attacks import RingABellConfig
 
-    whitebox = ("tokens", "position", "attack_steps", "lr", "top", "eval_every", "objective", "targets")
-    names = {"whitebox": whitebox, "adaptive": whitebox,
-             "ringabell": ("tokens", "position", "population", "generations", "eta", "mutation")}[o["attack"]]
-    fields = {("steps" if n == "attack_steps" else n): o[n] for n in names if o[n] is not None}
-    every = dict.fromkeys(whitebox + ("population", "generations", "eta", "mutation"))
-    unused = [n for n in every if n not in names and o[n] is not None]
+    cls = ATTACKS[o["attack"]].config
+    known = {f.name for f in config_fields(cls)}
+    fields = {field: o[option] for option, field in CONFIG_OPTIONS.items() if field in known and o[option] is not None}
+    unused = [option for option, field in CONFIG_OPTIONS.items() if field not in known and o[option] is not None]
     if unused:  # silently ignored, it would look like a setting the run used
         raise HsteerError(f"--{unused[0].replace('_', '-')} is not a setting of --attack {o['attack']}; drop it, or "
                           "choose the attack it belongs to")
-    if o["position"] == "whole" and o["attack"] != "ringabell":
+    if o["position"] == "whole" and not issubclass(cls, RingABellConfig):
         raise HsteerError("--position whole is Ring-A-Bell's; the white-box attack adds tokens as prefix or suffix")
-    cls = {"whitebox": WhiteboxConfig, "adaptive": AdaptiveConfig, "ringabell": RingABellConfig}[o["attack"]]
     return cls(**fields)
 
 
@@ -99,7 +102,7 @@ def _pairs(o: dict, bank) -> list[tuple[str, str]] | None:
     if bank is not None and "safety" in bank.groups():
         from hsteer.gate import training_pairs
 
-        needed = o["attack"] == "ringabell" or o["exclude_harm_words"]
+        needed = ATTACKS[o["attack"]].pairs or o["exclude_harm_words"]
         if not needed and not any(training_pairs(c) for c in bank.group("safety")):
             return None  # the white-box attacks read no pairs: a safety group trained without them is fine
         return check_pairs(f"--bank {o['bank_path']}", bank_pairs(bank))
@@ -132,7 +135,7 @@ def _sampling(o: dict) -> dict:
 
 @click.command("attack")
 @model_options
-@click.option("--attack", "attack", required=True, type=click.Choice(["whitebox", "ringabell", "adaptive"]),
+@click.option("--attack", "attack", required=True, type=click.Choice(list(ATTACKS)),
               help="whitebox: UnlearnDiffAtk-style token optimisation; ringabell: Ring-A-Bell-style genetic search; "
                    "adaptive: the white-box attack plus a hinge through the guard's detector (needs --guard learned).")
 @click.option("--prompt", "prompts", multiple=True, required=True, help="A harm prompt (repeat for several).")
@@ -201,7 +204,7 @@ def attack(**o) -> None:
             raise HsteerError("--exclude-harm-words reads the safety concept's pairs: give --bank with a safety "
                               "group, --pairs-bank or --pairs")
         exclude += harm_words(pairs)
-    if o["attack"] == "ringabell" and not pairs:
+    if ATTACKS[o["attack"]].pairs and not pairs:
         raise HsteerError("Ring-A-Bell needs (clean, harmful) prompt pairs: a bank with a safety group "
                           "(--bank, --pairs-bank) or --pairs FILE")
     check_attack_settings(o["attack"], list(o["prompts"]), o["num_images"], o["seed"], config, sampling, exclude,

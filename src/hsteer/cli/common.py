@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import sys
 
 import click
@@ -23,6 +24,26 @@ RESUME_HINTS = {"train": "rerun the same command with --resume to continue",
                 "world_train": "rerun the same command to continue",
                 "attack": "rerun the same command with --resume to continue",
                 "attack_set": "rerun the same command to continue"}
+
+
+#: The settings the library's errors name (`HsteerError.fields`, Python keywords and config fields) -> the
+#: options that set them: the library never names an option; the command line shows its own.
+FIELD_OPTIONS = {"groups": "--fair", "scales": "--group-scale", "ratios": "--ratio", "concepts": "--concept",
+                 "bank": "--bank", "prompts": "--prompt", "num_images_per_prompt": "--num-images", "seed": "--seed",
+                 "steps": "--steps", "guidance": "--guidance", "batch_size": "--batch-size", "height": "--height",
+                 "width": "--width", "overwrite": "--overwrite", "resume": "--resume", "out_dir": "--out"}
+
+
+def cli_message(exc: HsteerError) -> str:
+    """The error as the command line shows it: each field it names written as its option (a message names
+    a field first where it means the setting, e.g. `ratios names ...`, `the scale of group 'x' (scales)`)."""
+    text = str(exc)
+    for name in getattr(exc, "fields", ()):
+        if name in FIELD_OPTIONS:  # a switch is named as it is set in Python, `resume=True`
+            switch = re.escape(f"{name}=True")
+            pattern = switch if re.search(switch, text) else rf"(?<![\w-]){re.escape(name)}(?![\w-])"
+            text = re.sub(pattern, FIELD_OPTIONS[name], text, count=1)
+    return text
 
 
 class HandledError(click.ClickException):
@@ -59,7 +80,7 @@ def one_line_errors(fn):
         try:
             return fn(*args, **kwargs)
         except HsteerError as exc:
-            raise HandledError(str(exc)) from None
+            raise HandledError(cli_message(exc)) from None
         except OSError as exc:
             raise HandledError(_os_error_line(exc)) from None
         except UnicodeDecodeError as exc:

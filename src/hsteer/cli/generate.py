@@ -52,8 +52,7 @@ def generate(model, device, dtype, prompts, num_images, seed, out_dir, bank_path
     defaults = sampling_defaults(model)
     check_steps = steps if steps is not None else int(defaults["steps"])
     check_guidance = guidance if guidance is not None else float(defaults["guidance"])
-    check_generate_settings(prompts, num_images, seed, check_steps, check_guidance, batch_size, height, width,
-                            cli=True)
+    check_generate_settings(prompts, num_images, seed, check_steps, check_guidance, batch_size, height, width)
     from hsteer.model.geometry import check_model_folder_size
 
     check_model_folder_size(model, height, width)  # a size the model's denoiser cannot make: before it loads
