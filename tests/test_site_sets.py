@@ -156,9 +156,10 @@ def test_cli_trains_a_set_generates_and_evaluates_it(dirs, tmp_path):
         return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
     common = ["--model", dirs["sd3"], "--bank", bank, "--group", "shape", "--neutral", "a figure", "--iterations", 2,
-              "--batch-size", 2, "--steps", 3, "--site", SET, *size]
-    for name in ("circle", "square"):
-        out = run("train", *common, "--concept", name, "--target", f"a {name} figure")
+              "--batch-size", 2, "--steps", 3, *size]
+    # the same set, joined by a comma or repeated in another order
+    for name, sites in (("circle", ["--site", SET]), ("square", ["--site", "text", "--site", "transformer_blocks.0"])):
+        out = run("train", *common, *sites, "--concept", name, "--target", f"a {name} figure")
         assert out.exit_code == 0, out.output
     info = json.loads(run("bank", "show", bank, "--json").output)
     assert info["site"] == SET and info["site_shapes"]["transformer_blocks.0"] == [64, 32]
@@ -206,3 +207,18 @@ def test_the_group_scan_reports_effect_leakage_and_cost_with_intervals(pipes):
     assert row.cost > 0 and "| shape | transformer_blocks.0,text | all | DevRat" in format_rows(results)
     with pytest.raises(HsteerError, match="the recipe's groups are"):
         GroupScanSettings(groups=("gender",)).validate()
+
+
+def test_every_method_trains_a_transformer_and_the_concept_scan_takes_a_set(pipes):
+    from hsteer.apps.compare import METHODS as COMPARED
+    from hsteer.apps.site_scan import ScanSettings, scan_sites
+    from hsteer.training import METHODS
+
+    pipe = pipes["sd3"]
+    for method in METHODS:  # none refuses a transformer site: every method is in the DiT compare table
+        method.check_supports(pipe, SET)
+    assert {m.name for m in METHODS} <= set(COMPARED)
+    settings = ScanSettings("a person", "a woman", keep=("a red square",), iterations=1, batch_size=1, steps=2,
+                            height=SIZE, width=SIZE, eval_samples=1)
+    (row,) = scan_sites(pipe, settings, [SET])
+    assert row.site == SET and row.shape == (_bank(pipe).site_of(pipe).size,) and row.leakage >= 0

@@ -61,9 +61,10 @@ HELP = "Learn a concept and add (or replace) it in a bank.\n\n\b\n" + "\n".join(
                    "batch cycle through them), e.g. --pair 'a photo of a Black person' 'a photo of a Black woman'.")
 @click.option("--window", default=None, metavar="START,END",
               help="Learn and apply the concept only in these fractions of the denoising steps, e.g. 0.4,1.0.")
-@click.option("--site", default=None, metavar="SITE",
+@click.option("--site", "site", multiple=True, metavar="SITE",
               help="Steering site: mid_block (U-Net), transformer_blocks.N, single_transformer_blocks.N (FLUX) or text "
-                   "(an offset on the prompt embeddings). Default: the model's default site.")
+                   "(an offset on the prompt embeddings). Default: the model's default site. Repeated, or joined by "
+                   "commas (A,B): a set of sites, one tensor per site learned jointly and applied together.")
 @click.option("--mode", type=click.Choice(["fast", "reference"]), default="fast", show_default=True,
               help="fast: reuse staggered reverse trajectories for every training signal; reference: the papers' "
                    "fresh reverse process per sample (slow; for comparison).")
@@ -91,7 +92,7 @@ def train(model, device, dtype, objective, bank_path, concepts, group, neutral, 
     settings = dict(group=group, neutral=neutral, negative=negative, iterations=iterations, batch_size=batch_size,
                     steps=steps, lr=lr, target_guidance=target_guidance, sampling_guidance=sampling_guidance,
                     seed=seed, init_std=init_std, stored_scale=stored_scale, height=height, width=width, mode=mode,
-                    window=parse_window(window), site=site, **extras)
+                    window=parse_window(window), site=",".join(site) if site else None, **extras)
     configs = [TrainConfig.for_objective(objective, concept=name, target=target,
                                          pairs=_pairs_for(pairs, name, len(concepts)), **settings)
                for name, target in zip(concepts, _targets_for(targets, concepts))]

@@ -147,7 +147,9 @@ class ConceptBank:
 
     def __init__(self, hspace_shape: Iterable[int] | None = None, unet_fingerprint: str | None = None,
                  concepts: Iterable[Concept] = (), site: str | None = None, family: str | None = None) -> None:
-        self.hspace_shape = check_shape(hspace_shape, "hspace_shape", flat=True) if hspace_shape is not None else None
+        concepts = list(concepts)
+        flat = any(c.site_shapes is not None for c in concepts if isinstance(c, Concept))  # a set's flat length
+        self.hspace_shape = check_shape(hspace_shape, "hspace_shape", flat) if hspace_shape is not None else None
         self.unet_fingerprint = unet_fingerprint
         self.site, self.family = site, family
         self._concepts: dict[str, Concept] = {}
@@ -397,7 +399,8 @@ class ConceptBank:
     def _from_header(cls, path: Path, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> ConceptBank:
         """The bank of a checked header; any remaining inconsistency names the bank file."""
         try:
-            bank = cls(header["hspace_shape"] or None, header.get("unet_fingerprint"), site=header.get("site"),
+            shape = header["hspace_shape"] if len(header["hspace_shape"]) != 1 else None  # a set's: its concepts'
+            bank = cls(shape or None, header.get("unet_fingerprint"), site=header.get("site"),
                        family=header.get("family"))
             for name, entry in header["concepts"].items():
                 sites = (entry.get("meta") or {}).get("site_shapes") if len(header["hspace_shape"]) == 1 else None
