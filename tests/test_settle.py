@@ -138,3 +138,17 @@ def test_evaluate_held_out_reports_every_figure_with_an_interval(world):
     assert run["explicit_kept"]["shape"]["steered"]["n"] == 2 and run["explicit_kept"]["colour"]["plain"]["n"] == 3
     section = "\n".join(held_out_section(report))
     assert "## On held-out templates" in section and "| fair shape | shape " in section
+
+
+def test_each_family_learns_with_its_own_recipe(world):
+    from hsteer.apps.compare import CompareConfig, method_configs
+    from hsteer.apps.demo import DemoConfig, demo_train_configs
+    from hsteer.apps.recipes import FAMILY_RECIPES, WINDOWS, family_recipe, pipeline_recipe, world_train_config
+
+    assert pipeline_recipe(world) == ("unet", FAMILY_RECIPES["unet"]) and WINDOWS is FAMILY_RECIPES["unet"].windows
+    assert family_recipe("flux") is family_recipe("sana") is FAMILY_RECIPES["sd3"]  # the measured transformer's
+    assert family_recipe(None) is FAMILY_RECIPES["unet"]
+    for family, recipe in FAMILY_RECIPES.items():
+        trains = demo_train_configs(DemoConfig(iterations=5), family) + method_configs("codsma", CompareConfig(), family)
+        assert {t.concept: t.window for t in trains} == {t.concept: recipe.windows[t.group] for t in trains}
+        assert world_train_config("circle", 5, family=family, recipe="plain").window is None
