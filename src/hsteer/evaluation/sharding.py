@@ -170,7 +170,7 @@ def check_run_settings(generation: dict) -> None:
     check_run_plan(gen, task_jobs(gen), policy, bank)
 
 
-def _open_shard(run_dir: Path, gen: GenerationSettings, rank: int, world: int, all_jobs: list[dict], policy,
+def _open_shard(run_dir: Path, guard: dict | None, rank: int, world: int, all_jobs: list[dict], policy,
                 bank, reader=None) -> Shard:
     (run_dir / IMAGES).mkdir(parents=True, exist_ok=True)
     (run_dir / SHARDS).mkdir(parents=True, exist_ok=True)
@@ -182,8 +182,8 @@ def _open_shard(run_dir: Path, gen: GenerationSettings, rank: int, world: int, a
         if "guidance" in raw:
             extra["guidance"] = raw["guidance"]
         concepts, notes = draw_for(policy, bank, reader, raw["prompt"], raw["seed"])
-        if gen.guard is not None:  # the guarded group comes only with a flagged decision
-            guarded = str(gen.guard.get("group", "safety"))
+        if guard is not None:  # the guarded group comes only with a flagged decision
+            guarded = str(guard.get("group", "safety"))
             concepts = without_group(concepts, bank, guarded)
             notes = [note for note in notes if not note.startswith(guarded)]
         if notes:
@@ -224,7 +224,7 @@ def run_generation(run_dir: str | Path, *, device: str = "cpu", batch_size: int 
     if policy.needs_bank and gen.respect_prompt:  # the gate reads prompts with the model's text encoder
         pipe = _pipeline_for_run(gen, pipe, device)
         reader = prompt_gate(pipe, bank, policy, True, gen.gate)
-    shard = _open_shard(run_dir, gen, state.process_index, state.num_processes, all_jobs, policy, bank, reader)
+    shard = _open_shard(run_dir, gen.guard, state.process_index, state.num_processes, all_jobs, policy, bank, reader)
     try:
         generated = 0
         if shard.todo:

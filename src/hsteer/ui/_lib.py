@@ -32,7 +32,7 @@ from hsteer.generation.guard import GuardConfig
 from hsteer.hspace.hub import hub_bank_file, parse_hub_spec
 from hsteer.hspace.steering import check_window
 from hsteer.model import sampling_defaults
-from hsteer.model.denoisers import site_shape
+from hsteer.hspace.siteshape import site_shape
 from hsteer.model.geometry import resolve_resolution
 from hsteer.model.loading import BUNDLED_NAMES, model_location
 from hsteer.model.sites import denoiser_of, family_of, site_for
