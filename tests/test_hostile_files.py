@@ -170,17 +170,22 @@ def test_save_writes_through_a_symlink(tmp_path):
     assert link.is_symlink() and len(ConceptBank.load(target)) == 3
 
 
-def test_read_only_folder_is_one_line_and_keeps_the_bank(tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root ignores permissions")
+def test_read_only_folder_is_one_line_and_keeps_the_bank(tmp_path, monkeypatch):
     bank = make_bank(tmp_path / "b.safetensors")
     before = bank.read_bytes()
+    if os.geteuid() == 0:  # root writes into a read-only folder: the OS's refusal is what the save meets
+
+        def refused(*args, **kwargs):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(tmp_path))
+
+        monkeypatch.setattr("hsteer.fileio.tempfile.mkstemp", refused)
     os.chmod(tmp_path, 0o555)
     try:
         with pytest.raises(HsteerError, match="cannot write"):
             make_bank(bank, names=("x", "y", "z"))
     finally:
         os.chmod(tmp_path, 0o755)
+        monkeypatch.undo()
     assert bank.read_bytes() == before and listing(tmp_path) == ["b.safetensors"]
 
 

@@ -24,9 +24,14 @@ def world():
 
 
 @pytest.fixture(scope="module")
-def tiny(sd_dir, tmp_path_factory):
+def sd3_dir(tmp_path_factory):
+    return build_sd3(tmp_path_factory.mktemp("s-sd3"))
+
+
+@pytest.fixture(scope="module")
+def tiny(sd_dir, sd3_dir, tmp_path_factory):
     torch.set_num_threads(1)
-    return {"sd": load_pipeline(sd_dir), "sd3": load_pipeline(build_sd3(tmp_path_factory.mktemp("s-sd3"))),
+    return {"sd": load_pipeline(sd_dir), "sd3": load_pipeline(sd3_dir),
             "flux": load_pipeline(build_flux(tmp_path_factory.mktemp("s-flux")))}
 
 
@@ -152,3 +157,33 @@ def test_each_family_learns_with_its_own_recipe(world):
         trains = demo_train_configs(DemoConfig(iterations=5), family) + method_configs("codsma", CompareConfig(), family)
         assert {t.concept: t.window for t in trains} == {t.concept: recipe.windows[t.group] for t in trains}
         assert world_train_config("circle", 5, family=family, recipe="plain").window is None
+
+
+def test_cli_settle_on_any_model_reads_each_image_with_clip(tmp_path, sd3_dir, tiny):
+    """--classifier: CLIP reads each image as the prompt it is closer to, so the switch runs on any model
+    from the command line; its ends are CLIP's reading of the two plain prompts' images."""
+    from hsteer.cli.main import main
+    from hsteer.evaluation.clip import ClipScorer, ClipZeroShot
+    from test_eval_scoring import build_clip
+
+    clip, out = build_clip(tmp_path / "clip"), tmp_path / "settle.json"
+    common = ["settle", "--model", str(sd3_dir), "--from", "woman", "--to", "man", "--steps", "4", "--images", "3",
+              "--device", "cpu"]
+    result = CliRunner().invoke(main, [*common, "--classifier", str(clip), "--template", "a photo of a {}",
+                                       "--switch-step", "0", "--switch-step", "2", "--switch-step", "4",
+                                       "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = {r["switch_step"]: r for r in json.loads(out.read_text())["rows"]}
+    assert sorted(rows) == [0, 2, 4]
+    reader = ClipZeroShot(ClipScorer(clip), {"switch": ("a photo of a woman", "a photo of a man")})
+    for step, prompt in ((0, "a photo of a man"), (4, "a photo of a woman")):
+        images = generate(tiny["sd3"], prompt, num_images_per_prompt=3, seed=0, steps=4, batch_size=3,
+                          progress=False).images
+        labels = reader.classify(images)["switch"]
+        assert rows[step]["share_b"] == sum(label == "a photo of a man" for label in labels) / 3, step
+    assert all(r["ci"][0] <= r["share_b"] <= r["ci"][1] for r in rows.values())
+    for extra, needle in (([], "give --group"), (["--classifier", str(clip)], "--classifier needs --template"),
+                          (["--classifier", str(clip), "--group", "shape"], "not both"),
+                          (["--classifier", str(clip), "--template", "a photo"], "exactly one '{}'")):
+        refused = CliRunner().invoke(main, [*common, *extra])
+        assert refused.exit_code == 2 and needle in refused.output, (extra, refused.output)

@@ -37,9 +37,8 @@ class FamilyRecipe:
 #: settles"); scales and windows were picked on the held-out templates (studies/family_recipes.py).
 FAMILY_RECIPES: dict[str, FamilyRecipe] = {
     "unet": FamilyRecipe({"shape": (0.4, 1.0), "colour": (0.0, 0.45), "safety": None}),
-    # the DiT's shape settles later (step 12 of 20 against the U-Net's 11): from half-way it removes more shape
-    # bias on the held-out templates (0.167 against 0.194) and keeps more colour (0.993 against 0.969); its
-    # colour settles by step 3, so the first quarter does (DevRat 0) and redraws less shape (kept 0.795 / 0.760)
+    # the DiT settles shape later than the U-Net and colour earlier (`hsteer settle`); the windows were picked
+    # on held-out templates by studies/family_recipes.py (figures: docs/results.md, "Recipes per family")
     "sd3": FamilyRecipe({"shape": (0.5, 1.0), "colour": (0.0, 0.25), "safety": None}),
 }
 #: The U-Net's windows (the recipe of the bundled U-Net model).

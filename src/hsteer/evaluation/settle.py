@@ -174,6 +174,34 @@ def world_settle(pipe, group: str, value_a: str, value_b: str, *, template: str 
     return settle(pipe, prompt_a, prompt_b, lambda images: probe.classify(images)[group], value_b, **kwargs)
 
 
+def free_prompts(value_a: str, value_b: str, template: str) -> tuple[str, str]:
+    """The two prompts of a switch on any model: `template` with its one '{}' filled by each value."""
+    for name, value in (("the first value", value_a), ("the second value", value_b)):
+        if not value.strip():
+            raise HsteerError(f"{name} is empty; give the word the prompt switches, e.g. woman")
+    if value_a.strip() == value_b.strip():
+        raise HsteerError("the switch needs two different values")
+    if template.count("{}") != 1:
+        raise HsteerError(f"the template needs exactly one '{{}}' where the value goes, got {template!r}")
+    return tuple(" ".join(template.format(v.strip()).split()) for v in (value_a, value_b))
+
+
+def clip_settle(pipe, scorer, value_a: str, value_b: str, template: str, **kwargs: Any) -> SettleResult:
+    """`settle` on any model, each image read by CLIP zero-shot between the two prompts themselves (the
+    prompt it is closer to names its value), e.g. 'a photo of a woman doctor' against '... man doctor'.
+    `scorer` is a `hsteer.evaluation.clip.ClipScorer`."""
+    from hsteer.evaluation.clip import ClipZeroShot
+
+    prompt_a, prompt_b = free_prompts(value_a, value_b, template)
+    classifier = ClipZeroShot(scorer, {"switch": (prompt_a, prompt_b)})
+    names = {prompt_a: value_a, prompt_b: value_b}
+
+    def read(images: list[Any]) -> list[str]:
+        return [names[label] for label in classifier.classify(images)["switch"]]
+
+    return settle(pipe, prompt_a, prompt_b, read, value_b, **kwargs)
+
+
 def settle_table(results: Sequence[tuple[str, SettleResult]]) -> str:
     """A markdown table: one column per labelled result, one row per switch step (share of B [95% interval])."""
     steps = sorted({r["switch_step"] for _, res in results for r in res.rows})
