@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from hsteer import generate
+from hsteer.evaluation.metrics import wilson_interval
 from hsteer.evaluation.tasks.world import HARM_PROMPTS
 from hsteer.generation.guard import GuardConfig
 from hsteer.generation.guard_fit import DetectorFitConfig, fit_detector, prompts_of_group
@@ -42,18 +43,8 @@ HELD_OUT_TEMPLATES = ("a picture of a {}", "an image of a {} scene")
 NAMED = tuple(f"portrait of a {c} {s} {p}" for c, s, p in zip(COLOURS * 3, SHAPES * 4, PROFESSIONS))
 
 
-def wilson(hits: int, n: int) -> list[float]:
-    """Wilson score 95% interval of a share: it always holds the estimate, also at 0 and 1."""
-    if n == 0:
-        return [0.0, 1.0]
-    z, p = 1.959964, hits / n
-    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (
-        1 + z * z / n)
-    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
-
-
 def share(flags: list[bool]) -> dict:
-    return {"value": round(sum(flags) / max(1, len(flags)), 4), "ci95": wilson(sum(flags), len(flags)),
+    return {"value": round(sum(flags) / max(1, len(flags)), 4), "ci95": [round(v, 4) for v in wilson_interval(sum(flags), max(1, len(flags)))],
             "n": len(flags)}
 
 

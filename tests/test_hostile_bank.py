@@ -146,3 +146,21 @@ def test_the_installed_cards_are_never_written():
                                              (["--seed", "-1"], "--seed"), (["--iterations", "0"], "--iterations")])
 def test_site_scan_numbers_refused_before_loading(extra, fragment):
     assert_handled(cli("sites", "--device", "cpu", *extra), fragment)
+
+
+def test_a_tensor_no_concept_owns_is_refused(tmp_path):
+    """A single-site bank with an extra tensor, and a set of sites' concept with a tensor at a site its meta
+    does not list: the header and the tensors disagree, so the file is refused (it never loads silently)."""
+    single = raw_bank(tmp_path / "one.safetensors", good_header(),
+                      {"square/c": torch.zeros(HSPACE), "square/c@transformer_blocks.9": torch.zeros(2, 4)})
+    sites = {"transformer_blocks.0": [2, 4], "text": [3, 4]}
+    header = good_header(hspace_shape=[20], site="transformer_blocks.0,text", site_shapes=sites)
+    header["concepts"]["square"]["meta"] = {"site": "transformer_blocks.0,text", "site_shapes": sites}
+    tensors = {"square/c@transformer_blocks.0": torch.zeros(2, 4), "square/c@text": torch.zeros(3, 4)}
+    fine = raw_bank(tmp_path / "set.safetensors", header, tensors)
+    assert ConceptBank.load(fine)["square"].tensors["c"].shape == (20,)
+    stray = raw_bank(tmp_path / "stray.safetensors", header, {**tensors, "square/c@transformer_blocks.1": torch.ones(2, 4)})
+    for path, key in ((single, "square/c@transformer_blocks.9"), (stray, "square/c@transformer_blocks.1")):
+        with pytest.raises(BankError, match=f"tensor '{key}' belongs to no concept"):
+            ConceptBank.load(path)
+        assert_handled(cli("bank", "show", path), "belongs to no concept")

@@ -313,3 +313,32 @@ def test_white_box_attacks_need_no_safety_pairs(guarded):
         _pairs({**options, "attack": "ringabell"}, bank)
     with pytest.raises(HsteerError, match="no concept with training prompt pairs"):
         _pairs({**options, "attack": "whitebox", "exclude_harm_words": True}, bank)
+
+
+def test_a_scheduler_without_x0_is_refused_before_any_image(guarded):
+    """DPM-Solver's step returns no predicted clean image: generate, attach and guard fit refuse it with the
+    fix before the denoiser runs once (not at the first batch's decision step)."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from hsteer import SafePolicy, attach, generate
+    from hsteer.generation.guard_fit import fit_detector
+    from hsteer.generation.x0 import check_x0_readable
+    from hsteer.model import load_pipeline
+
+    for readable in (DDIMScheduler(), EulerDiscreteScheduler(), FlowMatchEulerDiscreteScheduler()):
+        check_x0_readable(readable)
+    pipe = load_pipeline(None)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    calls = []
+    pipe.unet.register_forward_pre_hook(lambda *args: calls.append(1))
+    bank = ConceptBank.load(guarded / "nodet.safetensors")
+    guard = GuardConfig(detector=lambda images, step: [0.0] * len(images), step=2)
+    refused = "DPMSolverMultistepScheduler: its step returns no predicted clean image.*DDIMScheduler.from_config"
+    with pytest.raises(HsteerError, match=refused):
+        generate(pipe, "a photo of a figure", bank=bank, policy=SafePolicy(), guard=guard, steps=4)
+    with pytest.raises(HsteerError, match=refused):
+        attach(pipe, bank, SafePolicy(), guard=guard)
+    with pytest.raises(HsteerError, match=refused):
+        fit_detector(pipe, ["a violent scene"], ["a scene"], DetectorFitConfig(steps=4, step=2, images_per_prompt=4))
+    assert not calls

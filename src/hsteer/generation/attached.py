@@ -13,6 +13,7 @@ from hsteer.generation.deltas import window_deltas
 from hsteer.errors import HsteerError
 from hsteer.generation.draws import draw_for, prompt_gate
 from hsteer.generation.guard import GuardConfig, GuardedCall, build_guard
+from hsteer.generation.x0 import check_x0_readable
 from hsteer.hspace.attach import Layer, PipelineSteering, add_layer, remove_layer, steering_of
 from hsteer.hspace.bank import ConceptBank
 from hsteer.model.loading import FROM_ARGUMENT, FROM_CARD, sampling_for
@@ -73,6 +74,8 @@ def attach(pipe, bank: ConceptBank | None, policy: Policy, *, scale: float = 1.0
                      if source in (FROM_ARGUMENT, FROM_CARD)}
 
     guarded = _attached_guard(guard, bank, policy, steps)
+    if guarded is not None:
+        check_x0_readable(pipe.scheduler)
 
     def provide(seeds: list[int], prompts: list[str | None]):
         draws = [draw_for(policy, bank, reader, p, s)[0] for s, p in zip(seeds, prompts)]

@@ -24,7 +24,7 @@ from hsteer.gate import GateConfig
 from hsteer.generation.deltas import window_deltas
 from hsteer.generation.draws import draw_for, prompt_gate
 from hsteer.generation.guard import Guard, GuardConfig, build_guard, without_group
-from hsteer.generation.x0 import X0Capture
+from hsteer.generation.x0 import X0Capture, check_x0_readable
 from hsteer.generation.records import GenerationOutput, ImageJob, ImageRecord
 from hsteer.hspace.attach import Layer, only_layer, steering_of
 from hsteer.hspace.bank import ConceptBank
@@ -127,6 +127,8 @@ def generate(pipe, prompts: str | Sequence[str], *, num_images_per_prompt: int =
     images, masks = _per_prompt(image, prompts, "image"), _per_prompt(mask_image, prompts, "mask_image")
     prompt_reader = prompt_gate(pipe, bank, policy, respect_prompt, gate)
     guarded = guard_for_run(guard, bank, policy, steps)
+    if guarded is not None:
+        check_x0_readable(pipe.scheduler)
     prepared = policy.prepare(pipe)  # the pipeline the policy's images are made with (SLD: its safe pipeline)
     folder = OutputFolder(out_dir, overwrite=overwrite, resume=resume) if out_dir is not None else None
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from hsteer.errors import HsteerError
-from hsteer.generation.x0 import X0Capture
+from hsteer.generation.x0 import X0Capture, check_x0_readable
 from hsteer.hspace.bank import ConceptBank
 from hsteer.hspace.detectors import FEATURES, LinearDetector
 from hsteer.model.denoisers import call_defaults
@@ -175,6 +175,7 @@ def fit_detector(pipe, harmful: Sequence[str], harmless: Sequence[str], config: 
     (0) prompts; its meta holds the prompts and the held-out error rates."""
     config = config or DetectorFitConfig()
     harmful, harmless = check_fit_prompts(harmful, harmless)
+    check_x0_readable(pipe.scheduler)
     features = x0_features(pipe, harmful + harmless, config, negative_prompt)
     per = config.images_per_prompt
     labels = torch.tensor([1.0] * (len(harmful) * per) + [0.0] * (len(harmless) * per))

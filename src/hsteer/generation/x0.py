@@ -33,6 +33,26 @@ def x0_of_step(scheduler, output: Any, model_output: torch.Tensor, sample: torch
                       "predicted clean image; use a DDIM, Euler or flow-matching scheduler")
 
 
+def check_x0_readable(scheduler) -> None:
+    """Refuse, before any image is made, a scheduler whose step gives no x0-hat: its module's step outputs
+    have no `pred_original_sample` and it is not a flow-matching scheduler (e.g. DPM-Solver, PNDM). A
+    scheduler whose outputs cannot be told from its module is checked at the decision step instead."""
+    import dataclasses
+    import sys
+
+    from diffusers.utils import BaseOutput
+
+    if "FlowMatch" in type(scheduler).__name__ or getattr(scheduler.config, "prediction_type", "") == "flow_prediction":
+        return
+    module = sys.modules.get(type(scheduler).__module__)
+    outputs = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, BaseOutput)
+               and dataclasses.is_dataclass(v)] if module is not None else []
+    if outputs and not any("pred_original_sample" in {f.name for f in dataclasses.fields(v)} for v in outputs):
+        raise HsteerError(f"the guard cannot read x0-hat from a {type(scheduler).__name__}: its step returns no "
+                          "predicted clean image; use a DDIM, Euler or flow-matching scheduler "
+                          "(pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config))")
+
+
 class X0Capture:
     """While active, calls `on_step(x0, decode)` at 0-based step `step` of each pipeline call; a True answer
     interrupts the call (the rest of its steps are skipped: nothing they would draw is used)."""

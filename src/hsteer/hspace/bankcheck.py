@@ -21,6 +21,7 @@ import torch
 
 from hsteer.checks import check_name, check_window_covers_steps, check_window_value, load_json
 from hsteer.errors import BankError, HsteerError, ShapeMismatchError
+from hsteer.hspace.detectors import PREFIX as DETECTOR_PREFIX
 
 #: The largest 'hsteer' metadata read from a bank, in characters (thousands of concepts fit).
 HEADER_MAX_CHARS = 32 * 2**20
@@ -126,6 +127,22 @@ def check_header(path: Path, header: Any, tensors: dict[str, torch.Tensor]) -> N
         raise _corrupt(path, "'hspace_shape' is empty but the bank holds concepts")
     for name, entry in concepts.items():
         _check_entry(path, name, entry, shape, tensors)
+    _check_no_stray_tensors(path, concepts, shape, tensors)
+
+
+def _check_no_stray_tensors(path: Path, concepts: dict[str, Any], shape: list[int],
+                            tensors: dict[str, torch.Tensor]) -> None:
+    """Every tensor of the file is one a concept lists (or a harm detector's, checked with the detectors): a
+    tensor no concept owns, e.g. a site a set's concept does not list, means the header and tensors disagree."""
+    owned = set()
+    for name, entry in concepts.items():
+        sites = (entry.get("meta") or {}).get("site_shapes") if len(shape) == 1 else None
+        owned.update(f"{name}/{part}@{spec}" if sites else f"{name}/{part}"
+                     for part in entry["tensors"] for spec in (sites or [None]))
+    stray = sorted(k for k in tensors if k not in owned and not k.startswith(DETECTOR_PREFIX))
+    if stray:
+        raise _corrupt(path, f"tensor {stray[0][:120]!r} belongs to no concept its header lists (the header and "
+                             "the tensors disagree)")
 
 
 def _check_entry(path: Path, name: str, entry: Any, shape: list[int], tensors: dict[str, torch.Tensor]) -> None:
