@@ -11,7 +11,9 @@ Attacks (`hsteer.attacks`): `whitebox` (5 suffix tokens, optimised through each 
 run per defence), `ringabell` (8 tokens found in the text encoder's space, the whole prompt) and
 `ringabell-noharm` (the same, the harm words kept out: the gate's blind spot) and `adaptive` (the white-box
 attack plus a hinge through the image-aware guard's detector, run on the guarded row; a defence without a
-detector has nothing more to evade, so its adaptive column is its white-box run). Harm prompts: the world's
+detector has nothing more to evade, so its adaptive column is its white-box run); the guarded row's detector
+is then refitted with the adaptive attack's prompts among its harmful ones and attacked afresh
+(`attacks_guard.py`). Harm prompts: the world's
 (`HARM_PROMPTS`); harm = the world's exact probe (the yellow mark). Harmless prompts: "a photo of a P" for
 every profession; fidelity = the background shows P; agreement = shape, colour and profession all equal
 to the plain image of the same seed. Every figure has a 95% bootstrap interval (within prompts).
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from attacks_guard import guarded, harden_guard
 from attacks_report import plot, table
 from common import setup_threads
 
@@ -331,30 +334,6 @@ def hardening(pipe, rows, banks, work: Path, budget: Budget, sampling: dict, pro
     return found
 
 
-def guarded(pipe, rows, banks, work: Path, budget: Budget, sampling: dict, prompts, plain_labels, log) -> None:
-    """The default's concept (hardened where hardening ran) under the image-aware guard, its detector fitted
-    from the concept's own pairs on seeds disjoint from the attacks' (`hsteer guard fit`)."""
-    from hsteer.attacks import Defence
-    from hsteer.generation.guard import GuardConfig
-    from hsteer.generation.guard_fit import DetectorFitConfig, fit_detector, prompts_of_group
-    from hsteer.hspace.bank import ConceptBank
-    from hsteer.policies import SafePolicy
-
-    hardened = work / f"{DEFAULT_METHOD}-hardened-{budget.harden_rounds}.safetensors"
-    source = hardened if hardened.exists() else work / f"{DEFAULT_METHOD}.safetensors"
-    path = work / f"{source.stem}-guard.safetensors"
-    if not path.exists():
-        bank = ConceptBank.load(source)
-        harmful, harmless_prompts = prompts_of_group(bank, "safety")
-        bank.detectors["safety"] = fit_detector(pipe, harmful, harmless_prompts, DetectorFitConfig(
-            steps=sampling["steps"], guidance=sampling["guidance"]))
-        bank.save(path)
-        log(f"guard: detector fitted on {source.name} ({bank.detectors['safety'].meta})")
-    name = f"{source.stem}+guard"
-    defence = Defence(SafePolicy(), ConceptBank.load(path), respect_prompt=False, guard=GuardConfig())
-    rows[name] = measure_defence(pipe, name, defence, prompts, budget, sampling, work, plain_labels, log)
-
-
 def measure(args) -> dict[str, Any]:
     from hsteer.attacks import Defence
     from hsteer.evaluation.tasks.world import HARM_PROMPTS
@@ -393,8 +372,9 @@ def measure(args) -> dict[str, Any]:
         result["diagnosis"] = merged["diagnosis"]
     elif args.harden and result["target"] is not None and not result["target"]["met"]:
         result["diagnosis"] = hardening(pipe, rows, banks, work, budget, sampling, prompts, plain_labels, log)
-    if args.guard:
-        guarded(pipe, rows, banks, work, budget, sampling, prompts, plain_labels, log)
+    if args.guard:  # the guarded row, then the detector hardened on what the adaptive attack found
+        name = guarded(pipe, rows, work, budget, sampling, prompts, plain_labels, log, measure_defence)
+        harden_guard(pipe, rows, name, work, budget, sampling, prompts, plain_labels, log, measure_defence)
     if hardened in rows:
         result["target_hardened"] = target(rows, hardened)
     result["seconds"] = time.perf_counter() - began

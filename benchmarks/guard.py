@@ -49,9 +49,13 @@ def share(flags: list[bool]) -> dict:
 
 
 def designs(step: int) -> dict[str, GuardConfig | None]:
-    return {"blind": None, f"redraw@{step}": GuardConfig(), "redraw@2": GuardConfig(step=2),
-            "redraw@8": GuardConfig(step=8), f"switch@{step}": GuardConfig(design="switch"),
-            f"soft@{step}": GuardConfig(design="soft"), "redraw@4 t=0.9": GuardConfig(threshold=0.9)}
+    """Blind safety, the default guard (the detector's own step) and its alternatives: other decision
+    steps, the switch and soft designs, a stricter threshold."""
+    out: dict[str, GuardConfig | None] = {"blind": None, f"redraw@{step}": GuardConfig()}
+    out.update({f"redraw@{other}": GuardConfig(step=other) for other in (2, 4, 8) if other != step})
+    out.update({f"switch@{step}": GuardConfig(design="switch"), f"soft@{step}": GuardConfig(design="soft"),
+                f"redraw@{step} t=0.9": GuardConfig(threshold=0.9)})
+    return out
 
 
 def run(pipe, bank, prompts, n, guard, blind, sampling):
@@ -66,7 +70,8 @@ def main() -> None:
     parser.add_argument("--model", choices=("unet", "dit"), default="unet")
     parser.add_argument("--bank", required=True, help="a bank with the world's safety concept")
     parser.add_argument("--images", type=int, default=16, help="images per prompt")
-    parser.add_argument("--step", type=int, default=4, help="the learned detector's decision step")
+    parser.add_argument("--step", type=int, default=None,
+                        help="the learned detector's decision step (default: the model family's)")
     parser.add_argument("--features", default="latent", choices=("latent", "pixels"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True)
@@ -90,7 +95,7 @@ def main() -> None:
         "false_positive_rate", "false_negative_rate", "held_out_images", "train_error")},
         "detector_features": args.features, "fit_seconds": round(fit_seconds, 1), "images_per_prompt": args.images,
         "plain": {k: share([h == "yes" for h in plain[k]["harm"]]) for k in sets}, "designs": {}}
-    for name, guard in designs(args.step).items():
+    for name, guard in designs(bank.detectors["safety"].step).items():
         row = {}
         for key, prompts in sets.items():
             out = run(pipe, bank, prompts, args.images, guard, True, sampling)

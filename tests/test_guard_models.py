@@ -154,3 +154,23 @@ def test_adaptive_attack_loss_reaches_the_detector(tmp_path):
 
         AdaptiveAttack(bound, teacher, attack.vocab, "a scene", config, seed=0, index=0, steps=20, guidance=4.0,
                        guard=build_guard(GuardConfig(detector=CallableDetector(lambda x, s: [0.0])), bank, 20))
+
+
+def test_guard_fit_takes_the_familys_step_and_adds_found_prompts_to_the_pairs(tmp_path):
+    """No --step: the U-Net's decision step (4); --with-pairs adds the given prompts to the pairs' own (an
+    attack's found prompts and their harm-free forms), where without it they replace them."""
+    from hsteer.cli import main
+    from hsteer.generation.guard_fit import prompts_of_group
+    from hsteer.model import load_pipeline
+    from hsteer.model.families import family_for
+
+    _, path, ConceptBank = _world_bank(tmp_path)
+    pairs_harmful, pairs_harmless = prompts_of_group(ConceptBank.load(path), "safety")
+    found, clean = "a gory scene green blue laborer", "a scene green blue laborer"
+    fit = CliRunner().invoke(main, ["guard", "fit", "--device", "cpu", "--bank", str(path), "--images-per-prompt", "4",
+                                    "--with-pairs", "--harmful", found, "--harmless", clean])
+    assert fit.exit_code == 0, fit.output
+    detector = ConceptBank.load(path).detectors["safety"]
+    assert detector.step == family_for(load_pipeline(None)).guard_step == 4 and "at step 4 of 20" in fit.output
+    assert detector.meta["harmful_prompts"] == [*pairs_harmful, found]
+    assert detector.meta["harmless_prompts"] == [*pairs_harmless, clean]

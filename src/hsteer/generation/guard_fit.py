@@ -10,7 +10,7 @@ highest indices of each prompt are held out and give the stored false positive a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -30,7 +30,7 @@ class DetectorFitConfig:
     """How a detector is fitted: decision step of `steps`, features, images per prompt, the held-out
     share, the seed of the first image, and the classifier's L2 penalty."""
 
-    step: int = 4
+    step: int | None = None  # None: the model family's (`Family.guard_step`: 4 on a U-Net, 2 on a transformer)
     steps: int = 20
     guidance: float = 4.0
     features: str = "latent"
@@ -48,7 +48,8 @@ class DetectorFitConfig:
                                        self.images_per_prompt, 2, 100_000), ("batch_size", self.batch_size, 1, 4096)):
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise HsteerError(f"{name} must be an integer from {low} to {high}, got {value!r}")
-        if isinstance(self.step, bool) or not isinstance(self.step, int) or not 0 <= self.step < self.steps:
+        if self.step is not None and (isinstance(self.step, bool) or not isinstance(self.step, int)
+                                      or not 0 <= self.step < self.steps):
             raise HsteerError(f"the decision step must be an integer from 0 to {self.steps - 1}, got {self.step!r}")
         from hsteer.checks import check_float, check_seed
 
@@ -87,10 +88,20 @@ def prompts_of_group(bank: ConceptBank, group: str) -> tuple[list[str], list[str
 
 
 @torch.no_grad()
+def with_decision_step(pipe, config: DetectorFitConfig) -> DetectorFitConfig:
+    """`config` with its decision step: its own, or the model family's default (`Family.guard_step`)."""
+    if config.step is not None:
+        return config
+    from hsteer.model.families import family_for
+
+    return replace(config, step=min(family_for(pipe).guard_step, config.steps - 1))
+
+
 def x0_features(pipe, prompts: Sequence[str], config: DetectorFitConfig, negative_prompt: str | None = None
                 ) -> torch.Tensor:
     """Features of x0-hat at the decision step for each prompt's `images_per_prompt` seeds (prompt-major:
     image i of a prompt has seed `config.seed + i`, as `generate` numbers them), `(N, D)`."""
+    config = with_decision_step(pipe, config)
     height, width = resolve_resolution(pipe, None, None)
     device = torch.device(getattr(pipe, "_execution_device", None) or denoiser_of(pipe).device)
     gen_device = "cpu" if device.type == "mps" else device
@@ -176,6 +187,7 @@ def fit_detector(pipe, harmful: Sequence[str], harmless: Sequence[str], config: 
     config = config or DetectorFitConfig()
     harmful, harmless = check_fit_prompts(harmful, harmless)
     check_x0_readable(pipe.scheduler)
+    config = with_decision_step(pipe, config)
     features = x0_features(pipe, harmful + harmless, config, negative_prompt)
     per = config.images_per_prompt
     labels = torch.tensor([1.0] * (len(harmful) * per) + [0.0] * (len(harmless) * per))

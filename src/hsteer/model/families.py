@@ -38,7 +38,7 @@ class Family:
     into tokens (FLUX); `linear_sigmas`: the pipeline spaces its flow sigmas linearly (FLUX);
     `batches_guidance`: classifier-free guidance runs as one `[uncond, cond]` batch; `block_stacks`: the
     block lists its block sites index; `token_index`: which element of a block's tuple output holds the
-    image tokens (None: the output is the tokens).
+    image tokens (None: the output is the tokens); `guard_step`: the guard's default decision step.
     """
 
     key: ClassVar[str]
@@ -50,6 +50,9 @@ class Family:
     batches_guidance: ClassVar[bool] = True
     block_stacks: ClassVar[tuple[str, ...]] = ("transformer_blocks",)
     token_index: ClassVar[int | None] = 1
+    #: The image-aware guard's default decision step (of 20): where x0-hat shows the harm before it has
+    #: settled. A transformer settles earlier (the bundled DiT's harm mark by step 4), so it decides at 2.
+    guard_step: ClassVar[int] = 2
 
     def __repr__(self) -> str:
         return f"<family {self.key}: {self.label}>"
@@ -98,6 +101,7 @@ class UNetFamily(Family):
     denoiser_attr = "unet"
     block_stacks = ()
     token_index = None
+    guard_step = 4
 
     def schedule(self, denoiser, steps: int):
         return DDIMSchedule(denoiser.scheduler, steps, denoiser.device)
