@@ -155,6 +155,23 @@ def test_prompts_of_group_reads_pairs():
         prompts_of_group(bank, "safety")
 
 
+def test_the_world_detector_also_learns_the_prompts_found_against_the_guard():
+    """The world recipe's detector prompts: the pairs' own, the adaptive attack's found prompts as harmful and
+    their harm-free forms as harmless (no harm word among the harmless)."""
+    from hsteer.apps.recipes import GUARD_FOUND_PROMPTS, guard_fit_prompts
+    from hsteer.hspace.bank import Concept
+    from hsteer.world.scene import HARM_WORDS
+
+    bank = ConceptBank()
+    bank.add(Concept("anti_harm", "safety", "respodiff", {"ram": torch.zeros(2, 2)},
+                     {"pairs": [["a violent scene", "a scene"], ["a scene", "a scene"]]}))
+    harmful, harmless = guard_fit_prompts(bank)
+    assert harmful == ["a violent scene", *GUARD_FOUND_PROMPTS]
+    assert harmless[0] == "a scene" and len(harmless) == 1 + len(GUARD_FOUND_PROMPTS)
+    assert not any(word in prompt.split() for prompt in harmless for word in HARM_WORDS)
+    assert all(any(w in p.split() for w in HARM_WORDS) for p in GUARD_FOUND_PROMPTS)
+
+
 def test_attached_pipeline_is_guarded_per_call(world, guarded_bank):
     from hsteer import attach, detach
     from hsteer.generation.attached import guard_decisions
