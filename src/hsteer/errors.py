@@ -1,17 +1,42 @@
 """Errors hsteer raises on bad input. The CLI prints them as one line, without a traceback."""
 
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
 
 class HsteerError(Exception):
     """Base class: a problem with the user's input, files or settings, stated with its fix.
 
     `field`: the setting at fault (or several), by the name the message gives it: the Python keyword or
     config field (`ratios`, `num_images_per_prompt`). The library never names a command-line option; the
-    command line shows each field as its option (`hsteer.cli.common.cli_message`).
+    command line shows each field as its option (`hsteer.cli.common.cli_message`). A message names a field
+    where it means the setting: `name=VALUE` (`resume=True`, `iterations=9`), `(name)` after what it labels,
+    or else the first time the word stands alone.
     """
 
     def __init__(self, *args: object, field: str | tuple[str, ...] | None = None) -> None:
         super().__init__(*args)
         self.fields: tuple[str, ...] = (field,) if isinstance(field, str) else tuple(field or ())
+
+
+@contextlib.contextmanager
+def field_errors(name: str | tuple[str, ...]) -> Iterator[None]:
+    """Errors inside carry `name` as their field (the message names it so; the CLI shows it as its option)."""
+    try:
+        yield
+    except HsteerError as exc:
+        if exc.fields:
+            raise
+        raise type(exc)(str(exc), field=name) from None
+
+
+def as_field(name: str, check: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`check(name, ...)` (a check labelled by the field it checks), its error carrying `name` as its field."""
+    with field_errors(name):
+        return check(name, *args, **kwargs)
 
 
 class BankError(HsteerError):

@@ -24,7 +24,6 @@ images and manifest are replaced; other files are left alone) or `resume`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -36,7 +35,7 @@ from typing import Any
 
 from hsteer.checks import (SCALE_MAX, SEED_LIMIT, check_count, check_float, check_output_dir, check_seed, check_size,
                            check_text, load_json)
-from hsteer.errors import HsteerError
+from hsteer.errors import HsteerError, as_field, field_errors
 from hsteer.fileio import FolderLock, atomic_png, atomic_write_text, write_error
 
 MANIFEST = "manifest.jsonl"
@@ -58,23 +57,6 @@ def manifest_line(row: dict[str, Any]) -> str:
         bad = sorted(k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v))
         raise HsteerError(f"refusing to write a manifest line with non-finite values ({', '.join(bad) or 'nested'})"
                           ) from None
-
-
-@contextlib.contextmanager
-def field_errors(name: str | tuple[str, ...]) -> Iterator[None]:
-    """Errors inside carry `name` as their field (the message names it so; the CLI shows it as its option)."""
-    try:
-        yield
-    except HsteerError as exc:
-        if exc.fields:
-            raise
-        raise type(exc)(str(exc), field=name) from None
-
-
-def as_field(name: str, check: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """`check(name, ...)` (a check labelled by the field it checks), its error carrying `name` as its field."""
-    with field_errors(name):
-        return check(name, *args, **kwargs)
 
 
 def check_generate_settings(prompts: Sequence[str], num_images: int, seed: int, steps: int, guidance: float,

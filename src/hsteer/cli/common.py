@@ -27,22 +27,70 @@ RESUME_HINTS = {"train": "rerun the same command with --resume to continue",
 
 
 #: The settings the library's errors name (`HsteerError.fields`, Python keywords and config fields) -> the
-#: options that set them: the library never names an option; the command line shows its own.
-FIELD_OPTIONS = {"groups": "--fair", "scales": "--group-scale", "ratios": "--ratio", "concepts": "--concept",
-                 "bank": "--bank", "prompts": "--prompt", "num_images_per_prompt": "--num-images", "seed": "--seed",
-                 "steps": "--steps", "guidance": "--guidance", "batch_size": "--batch-size", "height": "--height",
-                 "width": "--width", "overwrite": "--overwrite", "resume": "--resume", "out_dir": "--out"}
+#: options that set them: the library never names an option; the command line shows its own. A training
+#: method's own settings (`lr_sam`) are its options in `hsteer train` (`method_flag`).
+FIELD_OPTIONS = {
+    # generation and policies
+    "groups": "--fair", "scales": "--group-scale", "ratios": "--ratio", "concepts": "--concept", "bank": "--bank",
+    "prompts": "--prompt", "num_images_per_prompt": "--num-images", "seed": "--seed", "steps": "--steps",
+    "guidance": "--guidance", "batch_size": "--batch-size", "height": "--height", "width": "--width",
+    "overwrite": "--overwrite", "resume": "--resume", "out_dir": "--out", "window": "--window", "site": "--site",
+    "model": "--model", "device": "--device", "allow_other_model": "--allow-other-model",
+    # training (TrainConfig's fields, train_into_bank's keywords)
+    "concept": "--concept", "group": "--group", "neutral": "--neutral", "target": "--target",
+    "negative": "--negative", "pairs": "--pair", "objective": "--objective", "iterations": "--iterations",
+    "lr": "--lr", "target_guidance": "--target-guidance", "sampling_guidance": "--sampling-guidance",
+    "init_std": "--init-std", "stored_scale": "--stored-scale", "mode": "--mode", "bank_path": "--bank",
+    "checkpoint_every": "--checkpoint-every",
+    # guard fit (DetectorFitConfig's fields, fit_detector's prompts)
+    "step": "--step", "features": "--features", "threshold": "--threshold", "images_per_prompt": "--images-per-prompt",
+    "harmful": "--harmful", "harmless": "--harmless",
+    # evaluation runs, their prompt files and scoring settings
+    "run_dir": "--out", "limit": "--limit", "prompt_column": "--prompt-column", "baseline_run": "--baseline-run",
+    "professions": "--professions", "templates": "--templates", "detectors": "--detectors",
+    "q16_prompts": "--q16-prompts", "attributes": "--attributes",
+    # banks
+    "out": "--out", "directory": "--save-dir",
+}
+
+
+def method_flag(name: str) -> str:
+    """The option of a training method's own setting (a field of its config class): `lr_sam` -> `--lr-sam`."""
+    return "--" + name.replace("_", "-")
+
+
+def field_option(name: str) -> str | None:
+    """The option that sets the library's field `name`; None where the command line has none."""
+    if name in FIELD_OPTIONS:
+        return FIELD_OPTIONS[name]
+    from hsteer.training.registry import METHODS
+
+    return method_flag(name) if any(o.field == name for m in METHODS for o in m.options) else None
+
+
+#: Where a field's name stands alone in a message: not inside a word, a path, a quoted value or an option.
+_ALONE = r"(?<![\w'\"./-]){}(?![\w'\"/-])"
 
 
 def cli_message(exc: HsteerError) -> str:
-    """The error as the command line shows it: each field it names written as its option (a message names
-    a field first where it means the setting, e.g. `ratios names ...`, `the scale of group 'x' (scales)`)."""
+    """The error as the command line shows it: each field it names written as its option. A message names
+    a field where it means the setting (`HsteerError`): every `name=True` becomes the switch (`--resume`),
+    every `name=VALUE` the option and its value (`iterations=9` -> `--iterations 9`, `site='text'` ->
+    `--site text`); failing those, the first `(name)` after what it labels, else the first `name` alone."""
     text = str(exc)
     for name in getattr(exc, "fields", ()):
-        if name in FIELD_OPTIONS:  # a switch is named as it is set in Python, `resume=True`
-            switch = re.escape(f"{name}=True")
-            pattern = switch if re.search(switch, text) else rf"(?<![\w-]){re.escape(name)}(?![\w-])"
-            text = re.sub(pattern, FIELD_OPTIONS[name], text, count=1)
+        option = field_option(name)
+        if option is None:
+            continue
+        key = _ALONE.format(re.escape(name))
+        switch, setting = rf"{key}=True\b", rf"{key}=(?:'([^'\s]+)'|(?=[^\s=]))"
+        if re.search(switch, text) or re.search(setting, text):
+            text = re.sub(switch, option, text)
+            text = re.sub(setting, lambda m, option=option: f"{option} {m.group(1) or ''}", text)
+        elif re.search(rf"\({re.escape(name)}\)", text):
+            text = re.sub(rf"\({re.escape(name)}\)", f"({option})", text, count=1)
+        else:
+            text = re.sub(key, option, text, count=1)
     return text
 
 
