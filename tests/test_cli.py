@@ -81,7 +81,7 @@ def test_train_show_generate(sd_dir, tmp_path):
     (["train", "--bank", "{tmp}/b.safetensors", "--concept", "w", "--group", "g", "--neutral", "a person"],
      "give a target prompt"),
     (["train", "--bank", "{tmp}/b.safetensors", "--concept", "w", "--group", "g", "--neutral", "a person",
-      "--target", "a woman", "--stored-scale", "0"], "stored_scale (--stored-scale) must be"),
+      "--target", "a woman", "--stored-scale", "0"], "--stored-scale must be greater than 0"),
     (["bank", "show", "{tmp}/missing.safetensors"], "does not exist"),
 ])
 def test_errors_are_one_line(sd_dir, tmp_path, args, message):

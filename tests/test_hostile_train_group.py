@@ -14,6 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from hostile_helpers import assert_handled, cli
+from hsteer.cli.common import cli_message
 from hsteer.errors import HsteerError
 from hsteer.training import CodsmaConfig
 from hsteer.training.group import train_group
@@ -54,7 +55,7 @@ def _tensor(key, value):
 DAMAGE = {
     "not JSON": {"text": "not json"}, "100,000 levels": {"text": "[" * 100_000}, "a list": {"text": "[]"},
     "iteration -1": _meta(iteration=-1), "iteration '1'": _meta(iteration="1"), "iteration true": _meta(iteration=True),
-    "iteration beyond --iterations": _meta(iteration=9), "seconds NaN": _meta(seconds=math.nan),
+    "iteration beyond iterations": _meta(iteration=9), "seconds NaN": _meta(seconds=math.nan),
     "seconds a string": _meta(seconds="x"), "rows not a list": _meta(rows={}), "one row missing": "drop row",
     "a row's loss a string": "string loss", "adam_steps of one": _meta(adam_steps=[1]),
     "adam_steps 'x'": _meta(adam_steps="x"), "adam step -1": _meta(adam_steps=[-1, 1]),
@@ -98,8 +99,9 @@ def test_a_damaged_group_checkpoint_is_one_line(pipe, checkpoint, tmp_path, case
         train_group(pipe, [_config("man", iterations=4), _config("woman", iterations=4)], run_dir=tmp_path,
                     resume=True, checkpoint_every=4)
     assert "\n" not in str(info.value) and "Traceback" not in str(info.value)
-    if case == "iteration beyond --iterations":
-        assert "--iterations 9 or more" in str(info.value)
+    if case == "iteration beyond iterations":
+        assert "resume with iterations=9 or more" in str(info.value)
+        assert "resume with --iterations 9 or more" in cli_message(info.value)
     assert (tmp_path / NAME).read_bytes() == before  # nothing restored, nothing written
 
 

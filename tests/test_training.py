@@ -140,7 +140,7 @@ def test_a_run_registers_the_hook_once_and_reads_its_losses_once_per_iteration(s
     (dict(target=""), "target prompt is empty"),
     (dict(target=None), "give a target prompt"),
     (dict(objective="esd"), "unknown objective"),
-    (dict(iterations=0), r"iterations \(--iterations\) must be at least 1, got 0"),
+    (dict(iterations=0), r"^iterations must be at least 1, got 0"),
 ])
 def test_bad_settings(kw, message):
     with pytest.raises(HsteerError, match=message):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from hsteer.cli.common import model_options, one_line_errors
+from hsteer.cli.common import method_flag, model_options, one_line_errors
 from hsteer.errors import HsteerError
 from hsteer.training.registry import METHODS
 
@@ -17,7 +17,7 @@ def method_option_flags(command):
     for method in reversed(tuple(METHODS)):
         defaults = {f.name: f.default for f in fields(method.config)}
         for option in reversed(method.options):
-            command = click.option(option.flag, option.field, default=defaults[option.field], show_default=True,
+            command = click.option(method_flag(option.field), option.field, default=defaults[option.field], show_default=True,
                                    type=int if option.whole else float,
                                    help=f"{method.title}: {option.help}")(command)
     return command

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
 from hsteer.checks import check_count, check_float, check_name, check_seed, check_size
-from hsteer.errors import HsteerError
+from hsteer.errors import HsteerError, as_field
 from hsteer.seeding import ITERATION_STRIDE
 from hsteer.training.registry import METHODS
 
@@ -75,7 +75,7 @@ class TrainConfig:
     def for_objective(cls, objective: str, **settings: Any) -> TrainConfig:
         """The config of the method named `objective` (`CodsmaConfig`, `RespoDiffConfig`, `SdiscConfig`).
 
-        For callers that learn the method at run time (the CLI's --objective, recipes): an unknown objective
+        For callers that learn the method at run time (the command line, recipes): an unknown objective
         and a setting of another method are refused here, naming what is valid, rather than by a TypeError.
         """
         target = METHODS.get(objective).config
@@ -90,22 +90,26 @@ class TrainConfig:
         """Refuse settings that cannot train, before any work is done."""
         METHODS.of(self)
         if not self.neutral or not self.neutral.strip():
-            raise HsteerError("the neutral prompt is empty; pass --neutral, e.g. 'a photo of a person'")
+            raise HsteerError("the neutral prompt is empty; give it text, e.g. neutral='a photo of a person'",
+                              field="neutral")
         if self.target is not None and not self.target.strip():
-            raise HsteerError("the target prompt is empty; pass a non-empty --target, e.g. 'a photo of a woman'")
+            raise HsteerError("the target prompt is empty; give it text, e.g. target='a photo of a woman'",
+                              field="target")
         if self.negative is not None and not self.negative.strip():
-            raise HsteerError("the negative prompt is empty; pass a non-empty --negative, e.g. 'violence'")
+            raise HsteerError("the negative prompt is empty; give it text, e.g. negative='violence'",
+                              field="negative")
         if self.mode not in MODES:
             raise HsteerError(f"unknown training mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.target is None and self.negative is None and not self.pairs:
-            raise HsteerError("give a target prompt (--target) or a negative prompt (--negative)")
+            raise HsteerError("give a target prompt (target), a negative prompt (negative) or prompt pairs (pairs)",
+                              field=("target", "negative", "pairs"))
         if self.pairs is not None:
             if not self.pairs or not all(len(pair) == 2 and all(isinstance(p, str) and p.strip() for p in pair)
                                          for pair in self.pairs):
-                raise HsteerError("pairs must be non-empty (neutral, target) prompt pairs")
+                raise HsteerError("pairs must be non-empty (neutral, target) prompt pairs", field="pairs")
         if self.site is not None and (not isinstance(self.site, str) or not self.site.strip()):
             raise HsteerError(f"site must be a site name such as mid_block, transformer_blocks.2 or text, got "
-                              f"{self.site!r}")
+                              f"{self.site!r}", field="site")
         if self.window is not None:
             from hsteer.hspace.steering import check_window
 
@@ -137,23 +141,19 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def label(name: str) -> str:
-    """How a setting is named in messages: its keyword and its `hsteer train` option."""
-    return f"{name} (--{name.replace('_', '-')})"
-
-
 def check_train_settings(config: TrainConfig) -> None:
-    """The checks every method shares: names, counts, seed, sizes and finite numbers."""
+    """The checks every method shares: names, counts, seed, sizes and finite numbers; each error carries the
+    setting at fault as its field."""
     check_name("concept", config.concept)
     check_name("group", config.group)
     for name in ("iterations", "batch_size", "steps"):
-        check_count(label(name), getattr(config, name), 1, 10**7 if name == "iterations" else 10_000)
-    check_seed(label("seed"), config.seed, span=config.iterations + 1, scale=ITERATION_STRIDE)
-    check_size(label("height"), config.height)
-    check_size(label("width"), config.width)
+        as_field(name, check_count, getattr(config, name), 1, 10**7 if name == "iterations" else 10_000)
+    as_field("seed", check_seed, config.seed, span=config.iterations + 1, scale=ITERATION_STRIDE)
+    as_field("height", check_size, config.height)
+    as_field("width", check_size, config.width)
     for name in config.learning_rates().values():
-        check_float(label(name), getattr(config, name), 0.0, above=True)
+        as_field(name, check_float, getattr(config, name), 0.0, above=True)
     for name in ("target_guidance", "sampling_guidance"):
-        check_float(label(name), getattr(config, name), maximum=1e4)
-    check_float(label("init_std"), config.init_std, 0.0, maximum=1e4)
-    check_float(label("stored_scale"), config.stored_scale, 0.0, maximum=1e3, above=True)
+        as_field(name, check_float, getattr(config, name), maximum=1e4)
+    as_field("init_std", check_float, config.init_std, 0.0, maximum=1e4)
+    as_field("stored_scale", check_float, config.stored_scale, 0.0, maximum=1e3, above=True)

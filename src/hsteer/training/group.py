@@ -276,14 +276,14 @@ class GroupRun:
                 text = (handle.metadata() or {})["hsteer_group"]
                 tensors = {k: handle.get_tensor(k) for k in handle.keys()}
         except Exception as exc:  # noqa: BLE001 - any failure here means an unusable file
-            raise BankError(f"group checkpoint {path} is unreadable ({type(exc).__name__}); delete it and drop "
-                            "--resume to start over") from None
+            raise BankError(f"group checkpoint {path} is unreadable ({type(exc).__name__}); delete it and "
+                            "start over without resume=True", field="resume") from None
         meta = load_json(text if isinstance(text, str) else "", f"group checkpoint {path}", error=BankError)
         wanted = json.loads(json.dumps([c.resume_key() for c in self.configs]))
         if not isinstance(meta, dict) or meta.get("configs") != wanted \
                 or any(meta.get(k) != v for k, v in RETIRED_SETTINGS.items()):
             raise HsteerError(f"group checkpoint {path} was made with other concepts or settings; use the same "
-                              "ones to resume, or drop --resume to start over")
+                              "ones to resume, or start over without resume=True", field="resume")
         self._check_checkpoint(path, meta, tensors)
         device, dtype = self.unet.device, self.unet.dtype
         with torch.no_grad():
@@ -302,14 +302,16 @@ class GroupRun:
         """Progress, loss rows, Adam states, concepts and pool of a group checkpoint, checked against this run
         before anything is restored."""
         def damaged(why: str) -> BankError:
-            return BankError(f"group checkpoint {path} is damaged ({why}); delete it and drop --resume to start over")
+            return BankError(f"group checkpoint {path} is damaged ({why}); delete it and start over without "
+                             "resume=True", field="resume")
 
         n, total = len(self.configs), self.configs[0].iterations
         iteration, seconds, rows, steps = (meta.get(k) for k in ("iteration", "seconds", "rows", "adam_steps"))
         if isinstance(iteration, bool) or not isinstance(iteration, int) or not 0 <= iteration <= total:
             if isinstance(iteration, int) and not isinstance(iteration, bool) and iteration > total:
-                raise HsteerError(f"group checkpoint {path} is at iteration {iteration}, beyond --iterations {total}; "
-                                  f"resume with --iterations {iteration} or more, or drop --resume to start over")
+                raise HsteerError(f"group checkpoint {path} is at iteration {iteration}, beyond iterations={total}; "
+                                  f"resume with iterations={iteration} or more, or start over without resume=True",
+                                  field=("iterations", "resume"))
             raise damaged(f"iteration {str(iteration)[:30]} is not a whole number >= 0")
         if not _number(seconds) or seconds < 0:
             raise damaged("its training time is not a finite number >= 0")

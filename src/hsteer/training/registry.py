@@ -24,8 +24,8 @@ SITE_LABELS = {"mid_block": "the mid-block"}
 
 @dataclass(frozen=True)
 class MethodOption:
-    """A setting only this method takes (a field of its config class), as `hsteer train` (`--lr-sam`) and
-    the web page (`label`, bounds `low` .. `high`, `whole`: a whole number) offer it."""
+    """A setting only this method takes (a field of its config class), as `hsteer train` (an option of the
+    field's name) and the web page (`label`, bounds `low` .. `high`, `whole`: a whole number) offer it."""
 
     field: str
     help: str
@@ -33,10 +33,6 @@ class MethodOption:
     low: float
     high: float
     whole: bool = False
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.field.replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -71,11 +67,13 @@ class Method:
         family = family_of(pipe)
         if self.families is not None and family not in self.families:
             others = [FAMILY_LABELS.get(f, f) for f in FAMILY_LABELS if f not in self.families]
-            raise HsteerError(f"--objective {self.name} trains {_either(FAMILY_LABELS.get(f, f) for f in self.families)} "
-                              f"models only; use {METHODS.able('families')} on {_all(others)}")
+            raise HsteerError(f"objective={self.name!r} trains "
+                              f"{_either(FAMILY_LABELS.get(f, f) for f in self.families)} models only; use "
+                              f"{METHODS.able('families')} on {_all(others)}", field="objective")
         if self.sites is not None and site is not None and site not in self.sites:
-            raise HsteerError(f"--objective {self.name} learns at {_either(SITE_LABELS.get(s, s) for s in self.sites)} "
-                              f"only, not at site {site}; use {METHODS.able('sites')} there")
+            raise HsteerError(f"objective={self.name!r} learns at "
+                              f"{_either(SITE_LABELS.get(s, s) for s in self.sites)} only, not at site {site}; use "
+                              f"{METHODS.able('sites')} there", field="objective")
 
 
 def _either(items) -> str:

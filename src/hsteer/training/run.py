@@ -12,7 +12,7 @@ from pathlib import Path
 
 from hsteer.checks import (check_count, check_flags, check_name, check_output_dir, check_output_file,
                            check_pipeline, check_text, check_texts, check_window_covers_steps)
-from hsteer.errors import HsteerError
+from hsteer.errors import HsteerError, as_field, field_errors
 from hsteer.fileio import exclusive_lock
 from hsteer.hspace.bank import ConceptBank
 from hsteer.hspace.bankcheck import check_finite_concepts
@@ -74,11 +74,14 @@ def check_train_args(pipe, config: TrainConfig, *, run_dir: str | Path | None = 
     config.validate()
     for key in ("neutral", "target", "negative"):
         if getattr(config, key) is not None:
-            check_text(f"the {key} prompt (--{key})", getattr(config, key))
-    check_texts("a prompt of pairs (--pair)", config.pairs or ())
+            with field_errors(key):
+                check_text(f"the {key} prompt ({key})", getattr(config, key))
+    with field_errors("pairs"):
+        check_texts("a prompt of pairs (pairs)", config.pairs or ())
     if config.window is not None:
-        check_window_covers_steps(*config.window, config.steps, "window (--window)")
-    check_count("checkpoint_every (--checkpoint-every)", checkpoint_every, 1)
+        with field_errors("window"):
+            check_window_covers_steps(*config.window, config.steps)
+    as_field("checkpoint_every", check_count, checkpoint_every, 1)
     if run_dir is not None:
         check_output_dir(run_dir, "run_dir")
     check_flags(**flags)
@@ -92,9 +95,11 @@ def check_bank_target(bank_path: str | Path, concept: str, checkpoint_every: int
     The concept's run folder `<bank>.runs/<concept>` must stay inside `<bank>.runs`, and must not be
     the bank itself (a bank named `X.runs`).
     """
-    bank_path = check_output_file(bank_path, "bank file (--bank)")
-    check_name("concept", concept, "--concept")
-    check_count("checkpoint_every (--checkpoint-every)", checkpoint_every, 1)
+    with field_errors("bank_path"):
+        bank_path = check_output_file(bank_path, "bank file (bank_path)")
+    with field_errors("concept"):
+        check_name("concept", concept, "concept")
+    as_field("checkpoint_every", check_count, checkpoint_every, 1)
     runs = run_dir_for(bank_path, concept).parent
     if bank_path.suffix == ".runs" or runs.resolve() == bank_path.resolve():
         raise HsteerError(f"bank file {bank_path}: a name ending in .runs would collide with the run folder "
@@ -108,8 +113,8 @@ def _check_bank_site(bank: ConceptBank, pipe, site: str) -> None:
     """A bank holds one site's concepts: training another site into it is refused before training."""
     bank.check_family(pipe)
     if len(bank) and bank.site_spec != site:
-        raise HsteerError(f"the bank's concepts live at site {bank.site_spec}, this run trains at {site}; pass "
-                          f"--site {bank.site_spec}, or train into another bank")
+        raise HsteerError(f"the bank's concepts live at site {bank.site_spec}, this run trains at {site}; train "
+                          f"with site={bank.site_spec!r}, or into another bank", field="site")
 
 
 def _checked_shape(pipe, config: TrainConfig, bank_path: Path, allow_other_model: bool) -> tuple[int, ...]:

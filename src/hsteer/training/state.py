@@ -77,25 +77,26 @@ class IterationLosses:
     the iteration ends (`row`), so a GPU is not stalled by a host sync after every prediction.
 
     A loss added with a `name` is checked there: the first non-finite one raises TrainingDivergedError,
-    naming it, its value, the iteration and its learning rate. The optimiser steps of that iteration have
+    naming it, its value, the iteration and its learning rate (the setting `lr_field`). The optimiser steps of that iteration have
     already been taken then, but the run stops before anything (checkpoint, bank) keeps their result."""
 
     def __init__(self, iteration: int) -> None:
         self.iteration = iteration
-        self._entries: list[tuple[str, torch.Tensor, str | None, float | None]] = []
+        self._entries: list[tuple[str, torch.Tensor, str | None, float | None, str]] = []
 
-    def add(self, key: str, loss: torch.Tensor, name: str | None = None, lr: float | None = None) -> None:
+    def add(self, key: str, loss: torch.Tensor, name: str | None = None, lr: float | None = None,
+            lr_field: str = "lr") -> None:
         """Keep `loss` under `key` in the row; checked for finiteness when `name` (its name in the error)."""
-        self._entries.append((key, loss.detach().float(), name, lr))
+        self._entries.append((key, loss.detach().float(), name, lr, lr_field))
 
     def row(self) -> dict[str, float]:
         """{"iteration": i, key: value, ...} in the order added, after the finiteness check."""
-        values = torch.stack([loss for _, loss, _, _ in self._entries]).tolist() if self._entries else []
-        for (_, _, name, lr), value in zip(self._entries, values):
+        values = torch.stack([loss for _, loss, *_ in self._entries]).tolist() if self._entries else []
+        for (_, _, name, lr, lr_field), value in zip(self._entries, values):
             if name is not None and not math.isfinite(value):
                 raise TrainingDivergedError(f"{name} became {value} at iteration {self.iteration}; lower the "
-                                            f"learning rate (--lr, now {lr}) or the guidance scales, or check the "
-                                            "prompts")
+                                            f"learning rate (now {lr_field}={lr}) or the guidance scales, or check "
+                                            "the prompts", field=lr_field)
         return {"iteration": self.iteration, **{key: value for (key, *_), value in zip(self._entries, values)}}
 
 
@@ -172,7 +173,8 @@ def _checked_meta(path: Path, text: Any, config: TrainConfig, params: dict[str, 
     from hsteer.checks import load_json
 
     def damaged(why: str) -> BankError:
-        return BankError(f"checkpoint {path} is damaged ({why}); delete it and drop --resume to start over")
+        return BankError(f"checkpoint {path} is damaged ({why}); delete it and start over without resume=True",
+                         field="resume")
 
     meta = load_json(text if isinstance(text, str) else "", f"checkpoint {path}", error=BankError)
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict) \
@@ -182,13 +184,14 @@ def _checked_meta(path: Path, text: Any, config: TrainConfig, params: dict[str, 
     if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
         raise damaged(f"iteration {str(iteration)[:30]} is not a whole number >= 0")
     if iteration > config.iterations:
-        raise HsteerError(f"checkpoint {path} is at iteration {iteration}, beyond --iterations {config.iterations}; "
-                          f"resume with --iterations {iteration} or more, or drop --resume to start over")
+        raise HsteerError(f"checkpoint {path} is at iteration {iteration}, beyond iterations={config.iterations}; "
+                          f"resume with iterations={iteration} or more, or start over without resume=True",
+                          field=("iterations", "resume"))
     wanted = json.loads(json.dumps(config.resume_key()))
     changed = sorted(k for k, v in wanted.items() if meta["config"].get(k) != v)
     if changed:
         raise HsteerError(f"checkpoint {path} was made with other settings ({', '.join(changed)}); "
-                          "use the same settings to resume, or drop --resume to start over")
+                          "use the same settings to resume, or start over without resume=True", field="resume")
     for k, p in params.items():
         if tuple(getattr(tensors.get(f"param/{k}"), "shape", ())) != tuple(p.shape):
             raise damaged(f"its tensor param/{k} is missing or of another shape")
@@ -202,7 +205,8 @@ def _checked_meta(path: Path, text: Any, config: TrainConfig, params: dict[str, 
                     or (k.startswith(("param/", "adam/")) and not v.is_floating_point()))
     if broken:
         raise BankError(f"checkpoint {path} holds NaN or infinite values, or tensors that are not floats "
-                        f"({', '.join(broken[:5])}); it is damaged: delete it and drop --resume to start over")
+                        f"({', '.join(broken[:5])}); it is damaged: delete it and start over without "
+                        "resume=True", field="resume")
     return meta
 
 

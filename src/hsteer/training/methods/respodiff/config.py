@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from hsteer.checks import check_float
-from hsteer.training.config import TrainConfig, label
+from hsteer.errors import as_field
+from hsteer.training.config import TrainConfig
 
 
 @dataclass
@@ -24,4 +25,4 @@ class RespoDiffConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        check_float(label("lam"), self.lam, 0.0)
+        as_field("lam", check_float, self.lam, 0.0)

@@ -24,6 +24,6 @@ def respodiff_step(ctx: StepContext, z_t, t, eps_target, losses: IterationLosses
         eps_frozen = ctx.eps(z_t, t)
     loss_sem = objectives.respodiff_sem_loss(ctx.rows(ctx.eps(z_t, t, ram.detach() + sam)), ctx.rows(eps_frozen),
                                              ctx.config.lam)
-    losses.add("loss_sem", loss_sem, "L_sem", ctx.config.lr_sam)
+    losses.add("loss_sem", loss_sem, "L_sem", ctx.config.lr_sam, "lr_sam")
     optimise(ctx.optimizers["sam"], loss_sem)
     return None

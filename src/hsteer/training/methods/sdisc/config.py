@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hsteer.checks import check_count
-from hsteer.training.config import TrainConfig, label
+from hsteer.errors import as_field
+from hsteer.training.config import TrainConfig
 
 
 @dataclass
@@ -19,4 +20,4 @@ class SdiscConfig(TrainConfig):
     def validate(self) -> None:
         super().validate()
         for name in ("sdisc_images", "sdisc_epochs"):
-            check_count(label(name), getattr(self, name), 1, 10**7)
+            as_field(name, check_count, getattr(self, name), 1, 10**7)
