@@ -1,8 +1,9 @@
 """Argument checks shared by the CLI and the Python API: one check per kind, one message per mistake.
 
-Every check raises `HsteerError` with one line that names the setting as the caller knows it: the CLI
-passes its option (`--batch-size`), the Python API its keyword (`batch_size`). Nothing is loaded,
-created or written before these checks pass.
+Every check raises `HsteerError` with one line that names the setting by the label its caller gives: the
+library gives the keyword (`batch_size`) and marks the error with that field (`hsteer.errors.as_field`), so
+the command line shows the option that sets it. Nothing is loaded, created or written before these checks
+pass.
 
 Names (concepts, groups) use the character set `NAME_CHARS`: ASCII letters, digits, `_`, `-` and `.`,
 starting with a letter, a digit or `_`, at most `NAME_MAX` characters; so a name is never a path
@@ -41,7 +42,7 @@ SIZE_MULTIPLE = 8
 SIZE_MAX = 8192
 #: The largest |scale| a concept or group may be applied with.
 SCALE_MAX = 1000.0
-#: The largest --ratio weight (weights are relative; the bound keeps their sum finite).
+#: The largest ratio weight (weights are relative; the bound keeps their sum finite).
 RATIO_MAX = 1e6
 #: The deepest nesting of arrays and objects accepted in JSON read from a file.
 JSON_MAX_DEPTH = 64
@@ -69,7 +70,7 @@ def check_count(label: str, value: object, minimum: int = 1, maximum: int | None
 
 
 def check_optional_count(label: str, value: object, minimum: int = 1) -> int | None:
-    """None (no limit) or a count >= minimum: `--limit 0` and `--limit -1` are refused alike."""
+    """None (no limit) or a count >= minimum: a limit of 0 and of -1 are refused alike."""
     return None if value is None else check_count(label, value, minimum)
 
 
@@ -116,7 +117,7 @@ def check_unique(label: str, values: Iterable[str]) -> None:
         seen.add(value)
 
 
-def check_device(device: object, label: str = "--device") -> str:
+def check_device(device: object, label: str = "device") -> str:
     """A torch device string that exists on this machine (cpu, cuda, cuda:N, mps)."""
     import torch
 
@@ -281,7 +282,7 @@ def check_scale(label: str, value: object) -> float:
 
 
 def check_ratios(label: str, ratios: Mapping[str, object]) -> dict[str, float]:
-    """--ratio weights: concept names, each weight finite in [0, RATIO_MAX], so any sum of them is finite.
+    """Ratio weights: concept names, each weight finite in [0, RATIO_MAX], so any sum of them is finite.
 
     (1e308 twice is finite alone but sums to infinity, and the shares then divide by zero.)
     """
@@ -324,7 +325,7 @@ def check_window_covers_steps(start: float, end: float, steps: int, label: str =
                               strength: float | None = None) -> int:
     """The number of steps a window steers (step i of the N steps run is steered when start <= i/N < end;
     N = `steps_run(steps, strength)`); none is an error, since the images would silently be the plain
-    model's while the manifest says the concept was applied."""
+    model's while the manifest says the concept was applied. `label` names the window in the message."""
     start, end = check_window_value((start, end), label)  # type: ignore[misc]
     check_count("steps", steps, 1)
     total, steps = steps, steps_run(steps, strength)
@@ -338,7 +339,7 @@ def check_window_covers_steps(start: float, end: float, steps: int, label: str =
     while last >= 0 and not last / steps < end:
         last -= 1  # the last step before `end`
     if first > last:
-        raise HsteerError(f"the step window {label} ({start:g}, {end:g}) covers none of the {steps} denoising "
+        raise HsteerError(f"{label} ({start:g}, {end:g}) covers none of the {steps} denoising "
                           f"steps (step i is steered when {start:g} <= i/{steps} < {end:g}), so nothing would be "
                           "steered; widen the window or run more steps")
     return last - first + 1

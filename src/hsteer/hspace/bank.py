@@ -276,7 +276,7 @@ class ConceptBank:
         if self.unet_fingerprint and fingerprint != self.unet_fingerprint and not allow_other_model:
             raise ModelMismatchError(f"this bank was learned on another U-Net (fingerprint {self.unet_fingerprint}, "
                                      f"this model: {fingerprint}); retrain it for this model, or pass "
-                                     "allow_other_model=True (CLI: --allow-other-model) if you know they match")
+                                     "allow_other_model=True if you know they match", field="allow_other_model")
 
     def check_family(self, pipe_or_denoiser) -> None:
         """Refuse a model of another family than the bank's (never overridable: the sites differ)."""
@@ -286,7 +286,8 @@ class ConceptBank:
         if family != self.family_name:
             raise ModelMismatchError(f"this bank's concepts were learned at site {self.site_spec} of a "
                                      f"{FAMILY_NAMES.get(self.family_name, self.family_name)} model; this model is "
-                                     f"{FAMILY_NAMES[family]}: train a bank for it (hsteer train --model ...)")
+                                     f"{FAMILY_NAMES[family]}: train a bank for it "
+                                     "(hsteer.training.train_into_bank; CLI: hsteer train --model ...)")
 
     def site_of(self, pipe_or_denoiser) -> SteeringSite | SiteSet:
         """The bank's site on this model (refused on a model of another family, or without that site); a
@@ -375,7 +376,8 @@ class ConceptBank:
         path = hub.resolve_bank_file(path_or_repo_id, weight_name, revision, subfolder, cache_dir,
                                      local_files_only, token)
         if not path.exists():
-            raise BankError(f"bank file {path} does not exist; create it with `hsteer train --bank {path} ...`")
+            raise BankError(f"bank file {path} does not exist; create it with hsteer.training.train_into_bank "
+                            f"(CLI: `hsteer train --bank {path} ...`)")
         check_input_file(path, "bank file")
         try:
             from safetensors import safe_open

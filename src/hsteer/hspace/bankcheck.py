@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from hsteer.checks import check_name, check_window_covers_steps, check_window_value, load_json
-from hsteer.errors import BankError, HsteerError, ShapeMismatchError
+from hsteer.errors import BankError, HsteerError, ShapeMismatchError, field_errors
 from hsteer.hspace.detectors import PREFIX as DETECTOR_PREFIX
 
 #: The largest 'hsteer' metadata read from a bank, in characters (thousands of concepts fit).
@@ -187,17 +187,19 @@ def _check_tensors(path: Path, name: str, parts: list[tuple[str, list[int]]], te
 
 
 def check_bank_windows(bank, names: Iterable[str], steps: int, window: tuple[float, float] | None = None,
-                       strength: float | None = None, label: str = "--window") -> None:
+                       strength: float | None = None, label: str = "window") -> None:
     """Every concept in `names` acts on at least one of the steps run: in `window` when one is given
-    for all, else in its stored window (the bank and the concept are named, not an option the user
-    did not pass). A window that steers no step would give the plain images, silently."""
+    for all (its error carries the field `window`), else in its stored window (the bank and the concept
+    are named, not a setting the user did not give). A window that steers no step would give the plain
+    images, silently."""
     if window is not None:
-        check_window_covers_steps(*window, steps, label, strength)
+        with field_errors("window"):
+            check_window_covers_steps(*window, steps, label, strength)
         return
     for name in sorted(names):
         stored = bank[name].window
         if stored is not None:
-            check_window_covers_steps(*stored, steps, f"stored with concept {name!r}", strength)
+            check_window_covers_steps(*stored, steps, f"the step window stored with concept {name!r}", strength)
 
 
 def nonfinite_tensors(concept) -> list[str]:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hsteer.checks import check_output_file
+from hsteer.errors import field_errors
 from hsteer.fileio import exclusive_lock
 from hsteer.hspace.bank import ConceptBank
 
@@ -16,7 +17,8 @@ def merge_bank_files(paths: Sequence[str | Path], out: str | Path, replace: bool
     The inputs are read and the output written while holding `out`'s lock, so a concurrent
     `hsteer train` into `out` (or into an input that is also the output) keeps its concept.
     """
-    out = check_output_file(out, "--out")
+    with field_errors("out"):
+        out = check_output_file(out, "out")
     for path in paths:
         ConceptBank.load(path)  # a bad input fails before the lock is taken
     with exclusive_lock(out, f"bank {out}"):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hsteer._version import __version__
-from hsteer.errors import BankError
+from hsteer.errors import BankError, field_errors
 
 #: The file name of a bank in a Hub repository or a `save_pretrained` folder.
 DEFAULT_WEIGHT_NAME = "hsteer_bank.safetensors"
@@ -204,22 +204,25 @@ def save_pretrained(bank, directory: str | Path, eval_summary: dict[str, Any] | 
     from hsteer.checks import check_output_dir, check_output_file
     from hsteer.fileio import atomic_write_text
 
-    directory = check_output_dir(Path(directory), "--save-dir")
+    with field_errors("directory"):
+        directory = check_output_dir(Path(directory), "directory")
     if not isinstance(weight_name, str) or not weight_name.endswith(".safetensors") or "/" in weight_name \
             or weight_name.startswith("."):
         raise BankError(f"weight_name {weight_name!r} must be a file name ending in .safetensors")
-    readme = check_output_file(directory / "README.md", "--save-dir")
-    check_output_file(directory / weight_name, "--save-dir")
+    with field_errors("directory"):
+        readme = check_output_file(directory / "README.md", "directory")
+        check_output_file(directory / weight_name, "directory")
     if readme.exists():
         with readme.open("rb") as handle:
             head = handle.read(64)
         if not head.startswith(CARD_HEAD):
             raise BankError(f"{readme} exists and is not a model card written by hsteer; move it away, or choose "
-                            "another --save-dir (nothing was written)")
+                            "another directory (nothing was written)", field="directory")
     card = model_card(bank, repo_id, eval_summary, license=license, weight_name=weight_name)
     directory.mkdir(parents=True, exist_ok=True)
     bank.save(directory / weight_name)
-    atomic_write_text(readme, card, elsewhere="another --save-dir")
+    with field_errors("directory"):
+        atomic_write_text(readme, card, elsewhere="another directory")
     return directory
 
 
