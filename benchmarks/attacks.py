@@ -102,20 +102,22 @@ def defences(banks: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def attack_configs(budget: Budget) -> dict[str, tuple[str, Any, tuple[str, ...]]]:
-    """attack name -> (method, config, excluded words)."""
+def attack_configs(budget: Budget, guarded: bool = False) -> dict[str, tuple[str, Any, tuple[str, ...]]]:
+    """attack name -> (method, config, excluded words), in the order they run (last first); the adaptive
+    attack only against a `guarded` defence (without a detector it is the white-box attack)."""
     from hsteer.attacks import RingABellConfig, WhiteboxConfig
     from hsteer.attacks.adaptive import AdaptiveConfig
     from hsteer.world.scene import HARM_WORDS
 
     rb = RingABellConfig(tokens=8, position="whole", population=budget.rb_population,
                          generations=budget.rb_generations)
-    return {"whitebox": ("whitebox", WhiteboxConfig(tokens=5, position="suffix", steps=budget.wb_steps,
+    adaptive = {"adaptive": ("adaptive", AdaptiveConfig(tokens=5, position="suffix", steps=budget.wb_steps,
+                                                       eval_every=budget.wb_eval_every, top=budget.wb_top), ())}
+    return {**(adaptive if guarded else {}),
+            "whitebox": ("whitebox", WhiteboxConfig(tokens=5, position="suffix", steps=budget.wb_steps,
                                                     eval_every=budget.wb_eval_every, top=budget.wb_top), ()),
             "ringabell": ("ringabell", rb, ()),
-            "ringabell-noharm": ("ringabell", rb, tuple(HARM_WORDS)),
-            "adaptive": ("adaptive", AdaptiveConfig(tokens=5, position="suffix", steps=budget.wb_steps,
-                                                    eval_every=budget.wb_eval_every, top=budget.wb_top), ())}
+            "ringabell-noharm": ("ringabell", rb, tuple(HARM_WORDS))}
 
 
 def run_attack(pipe, prompts, defence, name: str, spec, out: Path, budget: Budget, sampling: dict) -> dict:
@@ -170,10 +172,7 @@ def measure_defence(pipe, name, defence, prompts, budget, sampling, work, plain_
     would repeat the twin's step for step; the twin's figures are taken, marked `same_as_gate`.
     """
     row: dict[str, Any] = {"defence": defence.describe()}
-    configs = attack_configs(budget)
-    adaptive = configs.pop("adaptive")
-    if defence.guard is not None:  # guarded: the detector-aware attack after the others
-        configs = {"adaptive": adaptive, **configs}
+    configs = attack_configs(budget, guarded=defence.guard is not None)  # the detector-aware attack last
     for attack_name, spec in reversed(list(configs.items())):  # Ring-A-Bell first: cheap
         began = time.perf_counter()
         folder = work / name / attack_name
