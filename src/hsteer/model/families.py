@@ -38,7 +38,10 @@ class Family:
     into tokens (FLUX); `linear_sigmas`: the pipeline spaces its flow sigmas linearly (FLUX);
     `batches_guidance`: classifier-free guidance runs as one `[uncond, cond]` batch; `block_stacks`: the
     block lists its block sites index; `token_index`: which element of a block's tuple output holds the
-    image tokens (None: the output is the tokens); `guard_step`: the guard's default decision step.
+    image tokens (None: the output is the tokens); `guard_step`: the guard's default decision step;
+    `wraps_prompt`: the pipeline wraps each prompt in an instruction of its own before its text encoder
+    reads it (SANA's chat template, of which only the last tokens are kept), so a prompt's tokens do not sit
+    where the prompt's own tokenization puts them.
     """
 
     key: ClassVar[str]
@@ -53,6 +56,7 @@ class Family:
     #: The image-aware guard's default decision step (of 20): where x0-hat shows the harm before it has
     #: settled. A transformer settles earlier (the bundled DiT's harm mark by step 4), so it decides at 2.
     guard_step: ClassVar[int] = 2
+    wraps_prompt: ClassVar[bool] = False
 
     def __repr__(self) -> str:
         return f"<family {self.key}: {self.label}>"
@@ -193,6 +197,7 @@ class FluxFamily(Family):
 class SanaFamily(Family):
     key, label, denoiser_class = "sana", "SANA", "SanaTransformer2DModel"
     token_index = None
+    wraps_prompt = True
 
     def predict(self, denoiser, x, t, cond):
         added = cond.added or {}

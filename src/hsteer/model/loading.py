@@ -65,6 +65,21 @@ def local_class_name(model: str | Path | None) -> str:
     return str(read_json_object(index, "model index").get("_class_name", ""))
 
 
+def local_denoiser_class(model: str | Path | None) -> str:
+    """The denoiser class a local model folder names in its `model_index.json` (its `unet` or `transformer`
+    entry; "" for a Hub id, or a folder without one), read without loading anything: a command refuses a
+    model its task cannot drive before spending the load on it."""
+    index = Path(model_location(model)) / "model_index.json"
+    if not index.is_file():
+        return ""
+    data = read_json_object(index, "model index")
+    for attr in ("unet", "transformer"):
+        entry = data.get(attr)
+        if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str):
+            return entry[1]
+    return ""
+
+
 #: The installed package: nothing under it is ever written (its model cards are every user's defaults).
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,10 @@ rectified-flow model (SD3, FLUX, SANA).
 Both offer the same three things the objectives use: `timesteps[k]` (the model's timestep of the latent
 after k reverse steps from noise), `prediction(output, x, t)` (what the objectives compare: the noise on
 a U-Net, the velocity on a flow model) and `step(pred, x, k)` (one reverse step, per sample). Which one a
-model gets is its family's choice (`hsteer.model.families`).
+model gets is its family's choice (`hsteer.model.families`). The attacks, which start from clean target
+latents rather than from noise, also ask each for `noised(x0, noise, k)` (the latent at step index k),
+`target(x0, noise)` (what the model should predict there) and `x0_hat(pred, x, k)` (the clean latent a
+prediction implies), so that one attack serves both kinds of model.
 """
 
 from __future__ import annotations
@@ -67,6 +70,20 @@ class DDIMSchedule:
         x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
         return a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
 
+    def noised(self, x0: torch.Tensor, noise: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(a_t) x0 + sqrt(1 - a_t) noise at step index k (per sample)."""
+        a = self.alpha(self.timesteps[k]).to(noise.dtype)
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the model's prediction (as `prediction` gives it) should be at `noised(x0, noise, k)`: the noise."""
+        return noise
+
+    def x0_hat(self, eps: torch.Tensor, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """The clean latent the noise prediction `eps` at latents `x` of step index k implies."""
+        a = self.alpha(self.timesteps[k]).to(eps.dtype)
+        return (x - (1 - a).sqrt() * eps) / a.sqrt()
+
 
 class FlowSchedule:
     """The Euler schedule of a rectified-flow model over `steps` steps (the pipeline's own sigmas).
@@ -113,3 +130,19 @@ class FlowSchedule:
         shape = (-1,) + (1,) * (x.dim() - 1)
         dt = (self.sigmas[k + 1] - self.sigmas[k]).view(shape).to(x.dtype)
         return x + dt * v
+
+    def _sigma(self, k: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return self.sigmas[k].view((-1,) + (1,) * (like.dim() - 1)).to(like.dtype)
+
+    def noised(self, x0: torch.Tensor, noise: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """x_t = (1 - sigma) x0 + sigma noise at step index k (per sample): the straight path."""
+        sigma = self._sigma(k, noise)
+        return (1 - sigma) * x0 + sigma * noise
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the model should predict on the straight path from `x0` to `noise`: the velocity noise - x0."""
+        return noise - x0
+
+    def x0_hat(self, v: torch.Tensor, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """The clean latent the velocity `v` at latents `x` of step index k implies: x - sigma v."""
+        return x - self._sigma(k, v) * v

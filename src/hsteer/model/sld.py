@@ -47,6 +47,9 @@ def sld_pipeline(pipe: Any, preset: str) -> Any:
     `_pipe`)."""
     from diffusers import StableDiffusionPipelineSafe
 
+    if getattr(pipe, "unet", None) is None:
+        raise HsteerError(f"the SLD baseline exists for SD 1.x/2.x only (diffusers has no SLD pipeline for a "
+                          f"{type(pipe).__name__}); use a bank's safety concept or a negative prompt instead")
     if is_sdxl(pipe):
         raise HsteerError("the SLD baseline exists for SD 1.x/2.x only (diffusers has no SDXL SLD pipeline)")
     parts = pipe.components
