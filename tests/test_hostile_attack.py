@@ -1,5 +1,6 @@
 """Hostile input to `hsteer attack` and `attack()`: settings checked before anything is written or loaded,
-`--overwrite` that removes only the attack run's own files, damaged resume files, transformer models."""
+`--overwrite` that removes only the attack run's own files, damaged resume files, SANA models (the one family
+the attacks refuse)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def _attack(out: Path, *extra):
     (["--height", "100000"], "--height"), (["--width", "0"], "--width"), (["--steps", "0"], "--steps"),
     (["--guidance", "nan"], "--guidance"), (["--guidance", "1e30"], "--guidance"), (["--seed", "-1"], "--seed"),
     (["--num-images", "0"], "--num-images"), (["--resume", "--overwrite"], "pass one of them"),
-    (["--model", "world-dit"], "U-Net"), (["--device", "potato"], "unknown device"),
+    (["--device", "potato"], "unknown device"),
     (["--eta", "nan"], "--eta is not a setting of --attack whitebox"), (["--population", "4"], "--population is not"),
     (["--attack", "ringabell", "--attack-steps", "3"], "--attack-steps is not a setting of --attack ringabell"),
 ])
@@ -109,12 +110,28 @@ def test_api_sampling_out_of_bounds(changes):
         check_attack_settings("whitebox", [HARM], 1, 0, WhiteboxConfig(), {**SAMPLING, **changes})
 
 
-def test_transformer_pipelines_are_refused_in_one_line():
-    class StableDiffusion3Pipeline:
-        transformer = object()
+def test_sana_is_refused_in_one_line_and_other_families_pass(tmp_path):
+    """SANA wraps each prompt in its own chat instruction, so the adversarial tokens cannot be placed: refused
+    on a loaded pipeline, and by the command line before a local SANA model loads. The U-Net, SD3 and FLUX
+    denoisers pass the same check; a denoiser hsteer does not know is refused."""
+    import torch
 
-    with pytest.raises(HsteerError, match="U-Net pipelines.*StableDiffusion3Pipeline"):
-        check_pipeline_family(StableDiffusion3Pipeline())
+    def pipeline(name: str, denoiser: str):
+        return type(name, (), {"transformer": type(denoiser, (torch.nn.Module,), {})()})()
+
+    with pytest.raises(HsteerError, match="a SanaPipeline wraps each prompt.*hsteer eval attack"):
+        check_pipeline_family(pipeline("SanaPipeline", "SanaTransformer2DModel"))
+    for denoiser in ("UNet2DConditionModel", "SD3Transformer2DModel", "FluxTransformer2DModel"):
+        check_pipeline_family(pipeline("Pipeline", denoiser))
+    with pytest.raises(HsteerError, match="not a denoiser hsteer can steer"):
+        check_pipeline_family(pipeline("OtherPipeline", "OtherTransformer"))
+    folder = tmp_path / "sana"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "SanaPipeline",
+                                                         "transformer": ["diffusers", "SanaTransformer2DModel"]}))
+    out = tmp_path / "run"
+    assert_handled(_attack(out, "--model", folder), "a SanaPipeline wraps each prompt", "hsteer eval attack")
+    assert not out.exists()
 
 
 # --- the run folder ----------------------------------------------------------------------------------------

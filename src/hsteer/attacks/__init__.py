@@ -2,9 +2,11 @@
 
 `attack()` runs one attack on harm prompts against a `Defence` (plain, a concept policy with or without the
 prompt-aware gate, a negative prompt, SLD) and writes a run folder with the attack success rate (ASR)
-before and after. Two attacks: `whitebox` (UnlearnDiffAtk-style prompt optimisation through the defended
-denoiser, `attacks.whitebox`) and `ringabell` (Ring-A-Bell-style genetic search in the text encoder's
-space, `attacks.ringabell`).
+before and after. Three attacks: `whitebox` (UnlearnDiffAtk-style prompt optimisation through the defended
+denoiser, `attacks.whitebox`), `adaptive` (the white-box attack plus a hinge through the image-aware
+guard's detector, `attacks.adaptive`) and `ringabell` (Ring-A-Bell-style genetic search in the text
+encoder's space, `attacks.ringabell`). They run on SD 1.x/2.x, SDXL, SD3 and FLUX pipelines (each family's
+own prediction, schedule and text encoders); SANA, which wraps each prompt in its own instruction, is refused.
 """
 
 from hsteer.attacks.defence import BoundDefence, Defence

@@ -8,10 +8,12 @@ path without the guarded group) a hinge through the detector:
 
     L = L_whitebox + weight * mean(max(0, logit(x0_hat_k) - logit(threshold) + margin))
 
-where x0_hat_k = (x_k - sqrt(1 - a_k) * eps(x_k, k, adversarial prompt)) / sqrt(a_k) is the predicted clean
-image at the decision step k, from the target images noised to step k (the same fixed noise every step),
-and logit is the learned detector's (differentiable in x0-hat, so the gradient reaches the tokens). The
-discrete refinement scores candidates with the same loss. Same budget as the white-box attack.
+where x0_hat_k is the predicted clean image at the decision step k, from the target images noised to step
+k (the same fixed noise every step): on a U-Net (x_k - sqrt(1 - a_k) * eps(x_k, k, adversarial prompt)) /
+sqrt(a_k), on a flow model (SD3, FLUX) x_k - sigma_k * v(x_k, k, adversarial prompt), as the guard reads it
+from the sampler; logit is the learned detector's (differentiable in x0-hat, so the gradient reaches the
+tokens), on the latents as the sampler holds them (FLUX: packed) or on the decoded pixels. The discrete
+refinement scores candidates with the same loss. Same budget as the white-box attack.
 """
 
 from __future__ import annotations
@@ -58,18 +60,18 @@ class AdaptiveAttack(WhiteboxAttack):
         n = config.val_batch
         which = torch.randint(len(self.targets), (n,), generator=gen)
         noise = torch.randn((n, *self.targets.shape[1:]), generator=gen).to(self.targets.device)
-        self.t_k = self.schedule.timesteps[guard.step].reshape(1).repeat(n)
-        a = self.schedule.alpha(self.t_k).to(noise.dtype).reshape(-1, *[1] * (noise.ndim - 1))
-        self.x_k = a.sqrt() * self.targets[which.to(self.targets.device)] + (1 - a).sqrt() * noise
-        self.a_k = a
+        self.k = torch.full((n,), guard.step, dtype=torch.long, device=self.schedule.timesteps.device)
+        self.t_k = self.schedule.timesteps[self.k]
+        self.x_k = self.schedule.noised(self.targets[which.to(self.targets.device)], noise, self.k)
         self.cut = math.log(guard.threshold / (1 - guard.threshold))
 
     def detector_logits(self, cond, draw) -> torch.Tensor:
         """The detector's logits on x0-hat at the decision step for the prompt `cond` (differentiable)."""
         eps = self.defence.eps(self.schedule, self.x_k, self.t_k, self.guard.step, cond, self.guidance, draw)
-        x0 = (self.x_k - (1 - self.a_k).sqrt() * eps) / self.a_k.sqrt()
+        x0 = self.schedule.x0_hat(eps, self.x_k, self.k)
         detector = self.guard.detector.detector
-        features = x0 if detector.features == "latent" else _decode_with_grad(self.pipe, x0)
+        features = x0 if detector.features == "latent" else decode_latents(self.pipe, x0, self.defence.height,
+                                                                           self.defence.width)
         return detector.logit(features.reshape(features.shape[0], -1).float())
 
     def loss(self, choice: torch.Tensor, sample, vectors=None):
@@ -87,7 +89,3 @@ class AdaptiveAttack(WhiteboxAttack):
             harm = torch.mean((eps - sample.reference) ** 2)
             hinge = torch.relu(self.detector_logits(cond, draw) - self.cut + self.config.margin).mean()
             return harm + self.config.weight * hinge
-
-
-def _decode_with_grad(pipe, latents: torch.Tensor) -> torch.Tensor:
-    return decode_latents(pipe, latents)

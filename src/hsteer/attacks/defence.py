@@ -8,11 +8,16 @@ negative prompt; or SLD (diffusers' safe pipeline; `SldPolicy`). `Defence.bind(p
 - draws each image's concepts exactly as `generate` does (`generation.draw_for`: the policy's draw, then
   the gate reading that image's prompt), so the images an attack scores are those `hsteer generate` makes
   with the same options (tested);
-- computes the defended model's guided noise prediction with gradients, for the white-box attack: the
+- computes the defended model's guided prediction with gradients, for the white-box attack: the
   concepts' delta (scaled by the gate's strength for the *current* prompt, in each concept's step window)
-  added at the steering site through `hsteer.steer`, the negative prompt as the guidance base, and SLD's
-  safety guidance (its equations 3, 4 and 6; the momentum term, which needs the whole trajectory, is left
-  out at a single sampled step).
+  added at the bank's steering site through `hsteer.steer`, the negative prompt as the guidance base, and
+  SLD's safety guidance (its equations 3, 4 and 6; the momentum term, which needs the whole trajectory, is
+  left out at a single sampled step).
+
+What is predicted is the family's (`hsteer.model.denoisers.Denoiser`): the noise on a U-Net (SD 1.x/2.x
+and SDXL; v-prediction converted), the velocity on SD3 and FLUX (rectified flow). FLUX has no
+`[uncond, cond]` batch: its guidance is an input of the one conditional pass (the distilled guidance of
+FLUX-dev), so its prediction is that pass, as its pipeline samples.
 
 Why draws go through `draw` alone: a test can plant a weakness in a toy defence by overriding it, and the
 attack then sees the same defence the images are made with.
@@ -33,8 +38,11 @@ from hsteer.generation.guard import Guard, GuardConfig, build_guard, without_gro
 from hsteer.hspace.bank import ConceptBank
 from hsteer.hspace.hook import in_window
 from hsteer.hspace.steering import SteeringConfig, steer
-from hsteer.model.diffusion import DDIMSchedule, TextCondition, guidance_combination, unet_output
-from hsteer.model.geometry import pipeline_hspace_shape, resolve_resolution
+from hsteer.hspace.siteshape import site_shape
+from hsteer.model.denoisers import Denoiser
+from hsteer.model.diffusion import TextCondition, guidance_combination
+from hsteer.model.geometry import resolve_resolution
+from hsteer.model.sites import MID_BLOCK
 from hsteer.policies import Draw, PlainPolicy, Policy, SldPolicy, check_policy_object, require_bank
 
 
@@ -88,7 +96,8 @@ class Defence:
                               "group": self.guard.group}} if self.guard is not None else {})}
 
     def bind(self, pipe, height: int | None = None, width: int | None = None) -> BoundDefence:
-        """The defence on one pipeline (checked against it: the bank's U-Net, the h-space shape)."""
+        """The defence on one pipeline (checked against it: the bank's family and denoiser, the shape at its
+        site)."""
         return BoundDefence(self, pipe, height, width)
 
 
@@ -102,18 +111,20 @@ def _generation_pipe(pipe, policy: Policy, concept: str | None):
 
 
 class BoundDefence:
-    """A defence on one pipeline: draws, images and the differentiable guided noise prediction."""
+    """A defence on one pipeline: draws, images and the differentiable guided prediction."""
 
     def __init__(self, defence: Defence, pipe, height: int | None = None, width: int | None = None) -> None:
         from hsteer.attacks.text import unconditional
 
         self.defence, self.pipe = defence, pipe
         self.height, self.width = resolve_resolution(pipe, height, width)
-        self.shape = pipeline_hspace_shape(pipe, self.height, self.width)
         policy = defence.policy
+        # where the concepts act: the bank's site (a U-Net's mid-block; a transformer block, the text or a set)
+        self.site = defence.bank.site_of(pipe) if policy.needs_bank else MID_BLOCK
+        self.denoiser = Denoiser(pipe, self.height, self.width, self.site)
+        self.shape = site_shape(pipe, self.site, self.height, self.width) if policy.needs_bank else None
         if policy.needs_bank:
-            defence.bank.check_compatible(pipe.unet, self.shape,
-                                          allow_other_model=defence.allow_other_model)
+            defence.bank.check_compatible(pipe, self.shape, allow_other_model=defence.allow_other_model)
         self.gate = prompt_gate(pipe, defence.bank, policy, defence.respect_prompt, defence.gate)
         self.sld = policy.preset if isinstance(policy, SldPolicy) else None
         self.base = unconditional(pipe, defence.negative_prompt, self.height, self.width)
@@ -162,7 +173,7 @@ class BoundDefence:
         if not draw:
             return None
         active = [w.deltas[0] for w in self._window_rows(draw) if in_window(step, steps, w.start, w.end)]
-        return torch.stack(active).sum(0).to(self.pipe.unet.device) if active else None
+        return torch.stack(active).sum(0).to(self.denoiser.device) if active else None
 
     def _window_rows(self, draw: Draw) -> list:
         """The draw's concepts laid out per step window (cached: the attack asks at every step)."""
@@ -180,22 +191,30 @@ class BoundDefence:
         warm = self.sld is not None and step >= self.sld_settings["sld_warmup_steps"]
         return active, warm
 
-    def eps(self, schedule: DDIMSchedule, x: torch.Tensor, t: torch.Tensor, step: int, cond: TextCondition,
-            guidance: float, draw: Draw) -> torch.Tensor:
-        """The defended model's guided noise prediction for latents `x` at timestep `t` (step index `step`),
-        differentiable in `cond`; guidance 1 gives the conditional prediction alone."""
+    def schedule(self, steps: int):
+        """The reverse process of `steps` steps the attacks sample on: DDIM on a U-Net, the pipeline's own
+        flow sigmas on a transformer."""
+        return self.denoiser.schedule(steps)
+
+    def eps(self, schedule, x: torch.Tensor, t: torch.Tensor, step: int, cond: TextCondition, guidance: float,
+            draw: Draw, embedded: float | None = None) -> torch.Tensor:
+        """The defended model's guided prediction (noise on a U-Net, velocity on a flow model) for latents `x`
+        at timestep `t` (step index `step`), differentiable in `cond`; guidance 1 gives the conditional
+        prediction alone. `embedded`: the guidance input of a model that takes it (FLUX-dev's distilled
+        guidance; default `guidance`), which guides its one pass whatever `guidance` is."""
         n = x.shape[0]
         cond = cond.expand(n) if len(cond) == 1 and n > 1 else cond
         delta = self.delta_at(draw, step, schedule.steps)
-        guided = guidance != 1.0
+        guided = self.denoiser.sampling_cfg(guidance) != 1.0
         config = None if delta is None else SteeringConfig(delta, guided=guided,
                                                            steer_unconditional=self.defence.steer_unconditional)
         parts = [self.base.expand(n), cond] if guided else [cond]
         if self.sld is not None and guided:
             parts.append(self.safety.expand(n))
-        with steer(self.pipe.unet, config, name="hsteer-attack"):
+        self.denoiser.guidance = float(guidance if embedded is None else embedded)
+        with steer(self.denoiser.module, config, name="hsteer-attack", site=self.site):
             xs, ts = torch.cat([x] * len(parts)), torch.cat([t] * len(parts))
-            out = schedule.to_epsilon(unet_output(self.pipe.unet, xs, ts, TextCondition.cat(parts)), xs, ts)
+            out = schedule.prediction(self.denoiser.predict(xs, ts, TextCondition.cat(parts)), xs, ts)
         if not guided:
             return out
         eps = out.chunk(len(parts))

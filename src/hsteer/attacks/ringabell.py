@@ -3,7 +3,8 @@ genetic search for tokens whose encoding carries it.
 
 1. The direction: the mean, over (clean, harmful) prompt pairs, of E(harmful) - E(clean), where E is the
    pipeline's conditional text encoding (the sequence of hidden states the denoiser reads, flattened;
-   SDXL: both encoders' states, concatenated as the pipeline does). The pairs come from a safety
+   SDXL: both encoders' states, concatenated as the pipeline does; SD3: its CLIP and T5 states, joined as
+   its pipeline joins them; FLUX: T5's sequence, which is what its transformer reads token by token). The pairs come from a safety
    concept's training prompts in its bank (`hsteer.gate.training_pairs`), or are given.
 2. The target of harm prompt P: E(P) + eta * direction.
 3. A genetic search over k candidate words (`attacks.text`; `exclude` keeps words out, e.g. the harm
@@ -33,6 +34,7 @@ from hsteer.attacks.state import load_json_state, save_json_state
 from hsteer.attacks.text import Vocabulary, compose
 from hsteer.errors import HsteerError
 from hsteer.model.diffusion import encode_text
+from hsteer.model.sites import denoiser_of
 
 PLACEMENTS = ("whole", "prefix", "suffix")
 
@@ -112,7 +114,7 @@ class RingABellSearch:
                  *, seed: int, index: int) -> None:
         self.pipe, self.vocab, self.prompt, self.config = pipe, vocab, prompt, config
         self.seed, self.index = seed, index
-        self.target = F.normalize(embed(pipe, [prompt])[0] + config.eta * direction.to(pipe.unet.device), dim=0)
+        self.target = F.normalize(embed(pipe, [prompt])[0] + config.eta * direction.to(denoiser_of(pipe).device), dim=0)
         self.evaluations = 0
 
     def text(self, genes: Sequence[int]) -> str:

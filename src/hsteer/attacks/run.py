@@ -175,13 +175,21 @@ def check_pairs(label: str, pairs: object) -> list[tuple[str, str]] | None:
     return out
 
 
+def check_family(family, name: str) -> None:
+    """The attacks drive every family's denoiser (its own prediction and schedule, `hsteer.model.denoisers`),
+    but place their tokens where the prompt's own tokenization puts them: a family whose pipeline wraps each
+    prompt in an instruction of its own first (SANA) is refused with one line (`name`: the pipeline's)."""
+    if family.wraps_prompt:
+        raise HsteerError(f"attacks run on SD 1.x/2.x, SDXL, SD3 and FLUX pipelines; a {name} wraps each prompt "
+                          "in its own instruction, so the adversarial tokens cannot be placed: evaluate attack "
+                          "prompts on it with `hsteer eval attack`")
+
+
 def check_pipeline_family(pipe) -> None:
-    """The attacks read the U-Net (its mid-block h-space, epsilon prediction, DDIM): transformer pipelines
-    (SD3, FLUX, SANA) are refused with one line."""
-    if getattr(pipe, "unet", None) is None:
-        raise HsteerError(f"attacks run on U-Net pipelines (SD 1.x/2.x, SDXL); this is a {type(pipe).__name__}, "
-                          "whose transformer the attack harness does not drive yet: attack a U-Net model, or "
-                          "evaluate attack prompts on it with `hsteer eval attack`")
+    """`check_family` for a loaded pipeline (a denoiser hsteer does not know is refused by `family_for`)."""
+    from hsteer.model.families import family_for
+
+    check_family(family_for(pipe), type(pipe).__name__)
 
 
 def check_attack_settings(method: str, prompts: object, num_images: object, seed: object, config,

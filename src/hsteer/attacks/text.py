@@ -6,11 +6,13 @@ candidate is a token whose decoded word tokenizes to exactly that one token, in 
 pipeline. Tokens that only occur inside words (BPE pieces without the end-of-word mark) are left out:
 written as text they would merge with their neighbours into other tokens.
 
-SDXL has two tokenizers and two text encoders. Our choice: a candidate is a *word* both tokenizers read
-as one token (for SDXL's CLIP-L and OpenCLIP-G tokenizers, which share the vocabulary, that is every
-one-token word); each adversarial position holds one continuous vector per encoder, each in its own
-encoder's input embedding table, and the projection picks the one word whose embeddings are closest in
-both tables together (summed cosine similarity), so both encoders always read the same word.
+SDXL has two tokenizers and two text encoders, SD3 up to three (CLIP-L, CLIP-G, T5), FLUX two (CLIP for
+the pooled vector, T5 for the sequence). Our choice: a candidate is a *word* every tokenizer reads as one
+token (for SDXL's CLIP-L and OpenCLIP-G tokenizers, which share the vocabulary, that is every one-token
+word; T5's vocabulary narrows it); each adversarial position holds one continuous vector per encoder,
+each in its own encoder's input embedding table, and the projection picks the one word whose embeddings
+are closest in all tables together (summed cosine similarity), so every encoder always reads the same
+word. A slot the pipeline leaves empty (the bundled DiT has no T5) has no vector.
 
 Differentiable encoding: the pipeline's own `encode_prompt` runs on the projected text while a forward
 hook on each encoder's input embedding table replaces the adversarial positions' rows by
@@ -29,15 +31,17 @@ import torch.nn.functional as F
 
 from hsteer.errors import HsteerError
 from hsteer.model.diffusion import TextCondition, encode_unconditional
-from hsteer.model.geometry import is_sdxl
+from hsteer.model.families import family_for
+from hsteer.model.sites import denoiser_of
 
 POSITIONS = ("prefix", "suffix")
 
 
 def encoders(pipe) -> list[tuple[object, torch.nn.Module]]:
-    """The pipeline's (tokenizer, text encoder) pairs: one for SD 1.x/2.x, two for SDXL."""
+    """The pipeline's (tokenizer, text encoder) pairs, in its slots' order: one for SD 1.x/2.x, two for SDXL
+    and FLUX, up to three for SD3 (an empty slot is skipped)."""
     found = []
-    for suffix in ("", "_2"):
+    for suffix in ("", "_2", "_3"):
         tokenizer, encoder = getattr(pipe, f"tokenizer{suffix}", None), getattr(pipe, f"text_encoder{suffix}", None)
         if tokenizer is not None and encoder is not None:
             found.append((tokenizer, encoder))
@@ -112,17 +116,29 @@ def compose(prompt: str, words: Sequence[str], position: str) -> str:
     return f"{adv} {prompt}" if position == "prefix" else f"{prompt} {adv}"
 
 
+def _lead(tokenizer) -> tuple[int, int]:
+    """(tokens before a text's own, special tokens around it): CLIP (1, 2) with its start and end tokens,
+    T5 (0, 1) with its end token alone."""
+    ids = tokenizer("", truncation=False).input_ids
+    bos = tokenizer.bos_token_id
+    lead = 0
+    while bos is not None and lead < len(ids) and ids[lead] == bos:
+        lead += 1
+    return lead, len(ids)
+
+
 def adversarial_positions(pipe, prompt: str, k: int, position: str) -> list[list[int]]:
-    """Per encoder, the k sequence positions (after the start token) the adversarial words take; checked to
+    """Per encoder, the k sequence positions (after any start token) the adversarial words take; checked to
     fit in the encoder's context so that no word of the prompt is cut off."""
     out = []
     for tokenizer, _ in encoders(pipe):
         n = len(content_ids(tokenizer, prompt))
-        room = int(tokenizer.model_max_length) - 2
+        lead, special = _lead(tokenizer)
+        room = int(tokenizer.model_max_length) - special
         if n + k > room:
             raise HsteerError(f"the prompt {prompt!r} takes {n} tokens; with {k} adversarial tokens it exceeds the "
                               f"text encoder's {room}; use fewer --tokens or a shorter prompt")
-        start = 1 if position == "prefix" else 1 + n
+        start = lead if position == "prefix" else lead + n
         out.append(list(range(start, start + k)))
     return out
 
@@ -140,7 +156,6 @@ def straight_through(pipe, positions: list[list[int]], chosen_ids: list[torch.Te
     """While inside, each encoder's input embeddings at `positions` carry `vectors`' gradient (values unchanged)."""
     handles = []
     for n, (_, encoder) in enumerate(encoders(pipe)):
-        table = encoder.get_input_embeddings()
         pos, ids, vec = positions[n], chosen_ids[n], vectors[n]
 
         def hook(module, inputs, output, pos=pos, ids=ids, vec=vec):
@@ -155,7 +170,7 @@ def straight_through(pipe, positions: list[list[int]], chosen_ids: list[torch.Te
             out[:, pos] = out[:, pos] + delta.unsqueeze(0)
             return out
 
-        handles.append(table.register_forward_hook(hook))
+        handles += [table.register_forward_hook(hook) for table in _lookups(encoder)]
     try:
         yield
     finally:
@@ -163,16 +178,23 @@ def straight_through(pipe, positions: list[list[int]], chosen_ids: list[torch.Te
             handle.remove()
 
 
+def _lookups(encoder: torch.nn.Module) -> list[torch.nn.Module]:
+    """The embedding modules that look the encoder's tokens up in its input table. Usually the table itself;
+    T5's encoder looks up through its own `embed_tokens`, which shares the weight of the `shared` table the
+    encoder hands out, so every embedding module holding that weight is hooked (the one called fires)."""
+    table = encoder.get_input_embeddings()
+    found = [m for m in encoder.modules() if isinstance(m, torch.nn.Embedding) and m.weight is table.weight]
+    return found or [table]
+
+
 def encode_prompt_grad(pipe, text: str, template: TextCondition) -> TextCondition:
-    """One prompt encoded as the pipeline's conditional branch, with gradients (see `straight_through`);
-    SDXL's time ids are taken from `template` (the unconditional condition of the same size)."""
-    device = pipe.unet.device
-    if is_sdxl(pipe):
-        embeds, _, pooled, _ = pipe.encode_prompt(prompt=[text], device=device, num_images_per_prompt=1,
-                                                  do_classifier_free_guidance=False)
-        return TextCondition(embeds, {"text_embeds": pooled, "time_ids": template.added["time_ids"][:1]})
-    embeds, _ = pipe.encode_prompt([text], device, 1, False)
-    return TextCondition(embeds)
+    """One prompt encoded as the pipeline's conditional branch (its family's encoding), with gradients (see
+    `straight_through`); inputs that depend on the image size, not the text (SDXL's time ids), are taken
+    from `template` (the unconditional condition of the run's size)."""
+    cond = family_for(pipe).encode_text(pipe, [text], denoiser_of(pipe).device, None, None)
+    if template.added and cond.added and "time_ids" in template.added:
+        cond.added["time_ids"] = template.added["time_ids"][:1]
+    return cond
 
 
 def unconditional(pipe, negative_prompt: str | None, height: int, width: int) -> TextCondition:

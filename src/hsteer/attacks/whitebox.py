@@ -12,15 +12,22 @@ For one harm prompt P (kept whole, harm words included):
    prompt*; the defence draws its concepts for it (the prompt-aware gate reads that prompt, so the attack
    sees where the gate lets go); noise a target latent at a random step of the sampling schedule; and
    take an Adam step on the vectors against the loss, through the straight-through encoding:
-   - `teacher` (the default): MSE between the defended model's guided noise prediction for the
-     adversarial prompt and the undefended model's for P (the prediction that made the target);
-   - `noise`: UnlearnDiffAtk's own loss, the MSE between the defended conditional prediction and the
-     added noise (guidance plays no part, so a negative prompt or SLD is invisible to it).
+   - `teacher` (the default): MSE between the defended model's guided prediction for the adversarial
+     prompt and the undefended model's for P (the prediction that made the target);
+   - `noise`: UnlearnDiffAtk's own loss, the MSE between the defended conditional prediction and what
+     the model should predict for the noised target (guidance plays no part, so a negative prompt or
+     SLD is invisible to it).
 4. Every `eval_every` steps a discrete refinement scores the current prompt on a fixed validation set
    (the same targets, steps and noise for every candidate, so scores compare) and tries, position by
    position, the `top` words nearest to that position's vector, each with the defence (and its gate)
    applied to the candidate text; the best prompt so far is kept, and a position that improved moves
    its vector to the chosen word.
+
+The same loss on every family, on what its model predicts: on a U-Net the noise of
+`x_t = sqrt(a_t) x0 + sqrt(1 - a_t) noise` at a DDIM step; on SD3 and FLUX (rectified flow) the velocity at
+`x_t = (1 - sigma) x0 + sigma noise` at a step of the pipeline's own flow schedule (the `noise` objective's
+target is then the velocity `noise - x0`). Either way the defended model is asked to denoise the harmful
+target as the undefended model does. FLUX's targets are packed 2 x 2 into tokens, as its sampler holds them.
 
 The state (vectors, Adam moments, step, losses, best prompt) is saved every `save_every` steps; a resumed
 attack draws the same noise at each step (seeded by seed, prompt and step) and ends where an uninterrupted
@@ -42,7 +49,8 @@ from hsteer.attacks.state import load_tensor_state, save_tensor_state
 from hsteer.attacks.text import (POSITIONS, Vocabulary, adversarial_positions, compose, encode_prompt_grad,
                                  initial_vectors, straight_through)
 from hsteer.errors import HsteerError
-from hsteer.model.diffusion import DDIMSchedule
+from hsteer.model.families import family_for
+from hsteer.model.sites import denoiser_of
 
 OBJECTIVES = ("teacher", "noise")
 #: The target images of an attack seeded s come from seeds s + TARGET_SEED_OFFSET + i, away from the
@@ -87,14 +95,21 @@ def stream_generator(*key: int) -> torch.Generator:
 
 
 def encode_images(pipe, images: Sequence) -> torch.Tensor:
-    """PIL images -> the VAE's scaled latents (the latents the pipeline would have decoded them from)."""
+    """PIL images -> the VAE's scaled latents (the latents the pipeline would have decoded them from), packed
+    into tokens where the family's sampler holds them so (FLUX)."""
     vae = pipe.vae
     pixels = torch.stack([torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 127.5 - 1.0)
                           .permute(2, 0, 1) for img in images])
     with torch.no_grad():
-        latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mean
+        encoded = vae.encode(pixels.to(vae.device, vae.dtype))
+    dist = getattr(encoded, "latent_dist", None)
+    latents = dist.mean if dist is not None else encoded.latent  # a deterministic autoencoder has no distribution
     shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return ((latents - shift) * vae.config.scaling_factor).float().to(pipe.unet.device)
+    latents = ((latents - shift) * vae.config.scaling_factor).float().to(denoiser_of(pipe).device)
+    if family_for(pipe).packed_latents:
+        b, c, h, w = latents.shape
+        latents = pipe._pack_latents(latents, b, c, h, w)
+    return latents
 
 
 @dataclass
@@ -104,7 +119,7 @@ class _Sample:
     x: torch.Tensor
     t: torch.Tensor
     steps: list[int]
-    reference: torch.Tensor
+    reference: torch.Tensor  # the teacher's guided prediction, or (objective noise) the noising's target
 
 
 class WhiteboxAttack:
@@ -116,7 +131,7 @@ class WhiteboxAttack:
         self.defence, self.teacher, self.vocab, self.prompt = defence, teacher, vocab, prompt
         self.config, self.seed, self.index, self.guidance = config, seed, index, guidance
         self.pipe = defence.pipe
-        self.schedule = DDIMSchedule(self.pipe.scheduler, steps, self.pipe.unet.device)
+        self.schedule = defence.schedule(steps)
         self.positions = adversarial_positions(self.pipe, prompt, config.tokens, config.position)
         self.targets = self._targets(scorer)
         with torch.no_grad():
@@ -138,28 +153,31 @@ class WhiteboxAttack:
         which = torch.randint(len(self.targets), (n,), generator=gen)
         steps = torch.randint(self.schedule.steps, (n,), generator=gen)
         noise = torch.randn((n, *self.targets.shape[1:]), generator=gen).to(self.targets.device)
-        t = self.schedule.timesteps[steps.to(self.schedule.timesteps.device)]
-        a = self.schedule.alpha(t).to(noise.dtype)
-        x = a.sqrt() * self.targets[which.to(self.targets.device)] + (1 - a).sqrt() * noise
+        k = steps.to(self.schedule.timesteps.device)
+        t = self.schedule.timesteps[k]
+        x0 = self.targets[which.to(self.targets.device)]
+        x = self.schedule.noised(x0, noise, k)
         if self.config.objective == "noise":
-            return _Sample(x, t, steps.tolist(), noise)
+            return _Sample(x, t, steps.tolist(), self.schedule.target(x0, noise))
         with torch.no_grad():
             ref = self._eps(self.teacher, x, t, steps.tolist(), self.prompt_cond, [])
         return _Sample(x, t, steps.tolist(), ref)
 
     def _eps(self, defence: BoundDefence, x, t, steps: list[int], cond, draw) -> torch.Tensor:
         """Guided predictions, one denoiser call per group of steps that act alike (`BoundDefence.step_key`:
-        the same concept windows and SLD phase); each row keeps its own timestep."""
+        the same concept windows and SLD phase); each row keeps its own timestep. A model that takes its
+        guidance as an input (FLUX-dev) gets the sampling guidance in every objective: it is how it samples."""
         guidance = 1.0 if self.config.objective == "noise" else self.guidance
         groups: dict[tuple, list[int]] = {}
         for n, step in enumerate(steps):
             groups.setdefault(defence.step_key(draw, step, self.schedule.steps), []).append(n)
         if len(groups) == 1:
-            return defence.eps(self.schedule, x, t, steps[0], cond, guidance, draw)
+            return defence.eps(self.schedule, x, t, steps[0], cond, guidance, draw, embedded=self.guidance)
         out = torch.empty_like(x)
         for members in groups.values():
             rows = torch.tensor(members, device=x.device)
-            out[rows] = defence.eps(self.schedule, x[rows], t[rows], steps[members[0]], cond, guidance, draw)
+            out[rows] = defence.eps(self.schedule, x[rows], t[rows], steps[members[0]], cond, guidance, draw,
+                                    embedded=self.guidance)
         return out
 
     def text(self, choice: torch.Tensor) -> str:

@@ -1,4 +1,5 @@
-"""`hsteer attack`: an adversarial prompt attack on a defended model, with the ASR before and after.
+"""`hsteer attack`: an adversarial prompt attack on a defended model (SD 1.x/2.x, SDXL, SD3, FLUX; the bundled
+`world` and `world-dit`), with the ASR before and after.
 
 The defence options are those of `hsteer generate` (`--bank B --safe`, `--concept ...`, the gate), plus
 `--baseline sld-*` (SLD, as in `hsteer eval`) and `--negative-prompt`.
@@ -110,14 +111,18 @@ def _pairs(o: dict, bank) -> list[tuple[str, str]] | None:
 
 
 def _check_model(model: str | None) -> None:
-    """The attacks drive a U-Net: a local transformer model (SD3, FLUX, SANA) is refused before it loads."""
-    from hsteer.model.loading import local_class_name
+    """A local model whose family the attacks cannot drive (SANA, `attacks.run.check_family`) is refused
+    before it loads."""
+    from hsteer.attacks.run import check_family
+    from hsteer.model.families import FAMILY_OF_CLASS
+    from hsteer.model.loading import local_class_name, local_denoiser_class
 
-    name = local_class_name(model)
-    if name.startswith(("StableDiffusion3", "Flux", "Sana")):
-        raise HsteerError(f"--model {model}: attacks run on U-Net pipelines (SD 1.x/2.x, SDXL), and this model is "
-                          f"a {name}; attack a U-Net model, or evaluate attack prompts on it with "
-                          "`hsteer eval attack --model ...`")
+    family = FAMILY_OF_CLASS.get(local_denoiser_class(model))
+    if family is not None:
+        try:
+            check_family(family, local_class_name(model) or family.label)
+        except HsteerError as exc:
+            raise HsteerError(f"--model {model}: {exc}") from None
 
 
 def _sampling(o: dict) -> dict:
@@ -170,7 +175,7 @@ def _sampling(o: dict) -> dict:
 @click.option("--exclude-harm-words", is_flag=True,
               help="Also exclude the words the safety concept's training pairs add (what the gate keys on).")
 @click.option("--scorer", default=None, help="world, nudenet, q16 or q16,nudenet (default: world on the bundled "
-                                             "model, nudenet elsewhere).")
+                                             "models, nudenet elsewhere).")
 @click.option("--q16-prompts", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Q16 prompt embeddings for --scorer q16.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out (same settings).")
