@@ -113,11 +113,10 @@ def check_image_size(rule: tuple[int, int], height: object, width: object, nativ
         shown = ", ".join(map(str, sides)) if len(sides) <= 8 else f"{multiple}, {2 * multiple}, ... {largest}"
         default = f"; leave it out for the model's native {native} px" if native else ""
         raise HsteerError(f"{label} {value!r} does not fit this model, which makes image sides that are multiples "
-                          f"of {multiple} up to {largest} px ({shown}){default}")
+                          f"of {multiple} up to {largest} px ({shown}){default}", field=label)
 
 
-def check_model_folder_size(model, height: int | None, width: int | None,
-                            labels: tuple[str, str] = ("--height", "--width")) -> None:
+def check_model_folder_size(model, height: int | None, width: int | None) -> None:
     """`check_image_size` for a local model folder, read from its config files before the model loads (a Hub
     id, or a folder whose configs are missing, is checked once loaded, by `resolve_resolution`)."""
     if height is None and width is None:
@@ -139,4 +138,4 @@ def check_model_folder_size(model, height: int | None, width: int | None,
     if not isinstance(config, dict):
         return
     native = sample * factor if isinstance(sample, int) and not isinstance(sample, bool) else None
-    check_image_size(size_rule(config, factor, str(config.get("_class_name", ""))), height, width, native, labels)
+    check_image_size(size_rule(config, factor, str(config.get("_class_name", ""))), height, width, native)

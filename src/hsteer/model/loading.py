@@ -93,20 +93,21 @@ def check_card_folder(model: str | Path | None) -> Path:
     where = model_location(model)
     folder = Path(where)
     if not (folder / "model_index.json").is_file():
-        raise HsteerError(f"--set-default writes the model folder's hsteer.json, and {where} is not a local model "
-                          "folder; save the pipeline (pipe.save_pretrained(DIR)) and pass --model DIR")
+        raise HsteerError(f"{where} is not a local model folder, whose hsteer.json a default site is written to; "
+                          "save the pipeline (pipe.save_pretrained(DIR)) and give model=DIR", field="model")
     name = local_class_name(folder)
     if not name.startswith(("StableDiffusion3", "Flux", "Sana")):
-        raise HsteerError(f"--set-default: {where} is a U-Net model ({name or 'unknown pipeline'}), which is always "
-                          "steered at its mid-block unless --site is given; there is no default site to write")
+        raise HsteerError(f"{where} is a U-Net model ({name or 'unknown pipeline'}), steered at its mid-block "
+                          "unless site names another; it has no default site to write", field="site")
     resolved = folder.resolve()
     if resolved == PACKAGE_ROOT or PACKAGE_ROOT in resolved.parents:
-        raise HsteerError(f"--set-default would rewrite the model card of the model installed with hsteer "
+        raise HsteerError(f"writing a default site would rewrite the model card of the model installed with hsteer "
                           f"({resolved}), changing every later run's default; copy the folder first (cp -r "
-                          f"{resolved} my-model) and pass --model my-model")
+                          f"{resolved} my-model) and give model='my-model'", field="model")
     card = folder / "hsteer.json"
     if not os.access(folder, os.W_OK) or (card.exists() and not os.access(card, os.W_OK)):
-        raise HsteerError(f"--set-default: {folder} is not writable; copy the model folder somewhere writable")
+        raise HsteerError(f"cannot write a default site: {folder} is not writable; copy the model folder somewhere "
+                          "writable")
     return folder
 
 

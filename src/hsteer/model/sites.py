@@ -85,7 +85,7 @@ class SteeringSite:
 
     @property
     def spec(self) -> str:
-        """The short name stored in banks and taken by `--site`."""
+        """The short name stored in banks and taken as `site`."""
         return "text" if self.kind == "text" else self.path
 
     @property
@@ -251,7 +251,7 @@ def block_counts(pipe_or_model) -> dict[str, int]:
 
 
 def default_site_spec(pipe_or_model) -> str:
-    """The site a concept is learned at when `--site` is not given: the U-Net mid-block; on a
+    """The site a concept is learned at when no `site` is given: the U-Net mid-block; on a
     transformer the site its model card names (chosen by a site scan: `hsteer sites`), else the middle
     block of its (first) stack."""
     if family_of(pipe_or_model) == "unet":
