@@ -151,7 +151,7 @@ def test_prompts_of_group_reads_pairs():
                      {"pairs": [["a violent scene", "a scene"], ["a scene", "a scene"], ["a cat", "a cat"]]}))
     assert prompts_of_group(bank, "safety") == (["a violent scene"], ["a scene", "a cat"])
     bank["anti_harm"].meta["pairs"] = [["a", "a"]]
-    with pytest.raises(HsteerError, match="no harmful and harmless prompts"):
+    with pytest.raises(HsteerError, match="record no prompts to fit from"):
         prompts_of_group(bank, "safety")
 
 

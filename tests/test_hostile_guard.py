@@ -256,7 +256,7 @@ def test_generate_guard_learned_without_a_detector(guarded, tmp_path):
 @pytest.mark.parametrize("args, fragment", [
     (("--guidance", "nan"), "guidance"), (("--guidance", "inf"), "guidance"), (("--guidance", "1e30"), "guidance"),
     (("--threshold", "nan"), "threshold"), (("--step", "8"), "decision step"),
-    (("--images-per-prompt", "1"), "images_per_prompt"), (("--seed", "-1"), "--seed"),
+    (("--images-per-prompt", "1"), "--images-per-prompt must be"), (("--seed", "-1"), "--seed"),
     (("--harmful", "", "--harmless", "a scene"), "empty"),
     (("--harmful", "a\x00b", "--harmless", "a scene"), "NUL"),
     (("--harmful", "a scene", "--harmless", "a scene"), "as harmful and as harmless"),

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from hsteer.errors import HsteerError
+from hsteer.errors import HsteerError, as_field, field_errors
 from hsteer.generation.x0 import X0Capture, check_x0_readable
 from hsteer.hspace.bank import ConceptBank
 from hsteer.hspace.detectors import FEATURES, LinearDetector
@@ -43,23 +43,25 @@ class DetectorFitConfig:
 
     def __post_init__(self) -> None:
         if self.features not in FEATURES:
-            raise HsteerError(f"features must be one of {', '.join(FEATURES)}, got {self.features!r}")
+            raise HsteerError(f"features must be one of {', '.join(FEATURES)}, got {self.features!r}",
+                              field="features")
         for name, value, low, high in (("steps", self.steps, 1, 10_000), ("images_per_prompt",
                                        self.images_per_prompt, 2, 100_000), ("batch_size", self.batch_size, 1, 4096)):
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise HsteerError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+                raise HsteerError(f"{name} must be an integer from {low} to {high}, got {value!r}", field=name)
         if self.step is not None and (isinstance(self.step, bool) or not isinstance(self.step, int)
                                       or not 0 <= self.step < self.steps):
-            raise HsteerError(f"the decision step must be an integer from 0 to {self.steps - 1}, got {self.step!r}")
+            raise HsteerError(f"step (the decision step) must be an integer from 0 to {self.steps - 1}, got "
+                              f"{self.step!r}", field="step")
         from hsteer.checks import check_float, check_seed
 
         for name in ("holdout", "threshold"):
-            value = check_float(name, getattr(self, name), 0.0, above=True, maximum=1.0)
+            value = as_field(name, check_float, getattr(self, name), 0.0, above=True, maximum=1.0)
             if value >= 1:
-                raise HsteerError(f"{name} must lie strictly between 0 and 1, got {value!r}")
-        check_float("guidance (--guidance)", self.guidance, -1e4, maximum=1e4)
+                raise HsteerError(f"{name} must lie strictly between 0 and 1, got {value!r}", field=name)
+        as_field("guidance", check_float, self.guidance, -1e4, maximum=1e4)
         check_float("l2", self.l2, 0.0, maximum=1e6)
-        check_seed("seed (--seed)", self.seed, self.images_per_prompt)
+        as_field("seed", check_seed, self.seed, self.images_per_prompt)
 
 
 def prompts_of_group(bank: ConceptBank, group: str) -> tuple[list[str], list[str]]:
@@ -82,8 +84,8 @@ def prompts_of_group(bank: ConceptBank, group: str) -> tuple[list[str], list[str
     harmful, harmless = list(dict.fromkeys(harmful)), list(dict.fromkeys(harmless))
     harmless = [p for p in harmless if p not in set(harmful)]
     if not harmful or not harmless:
-        raise HsteerError(f"the concepts of group {group!r} record no harmful and harmless prompts (pairs, or "
-                          "neutral + negative); give them explicitly (hsteer guard fit --harmful/--harmless)")
+        raise HsteerError(f"the concepts of group {group!r} record no prompts to fit from (pairs, or neutral + "
+                          "negative); give harmful and harmless prompts explicitly", field=("harmful", "harmless"))
     return harmful, harmless
 
 
@@ -167,9 +169,10 @@ def check_fit_prompts(harmful: Sequence[str], harmless: Sequence[str]) -> tuple[
         if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
             raise HsteerError(f"the {label} prompts must be a list of texts, got {type(prompts).__name__}")
         for prompt in prompts:
-            check_text(f"a {label} prompt (--{label})", prompt)
+            with field_errors(label):
+                check_text(f"a {label} prompt ({label})", prompt)
             if not prompt.strip():
-                raise HsteerError(f"a {label} prompt (--{label}) is empty")
+                raise HsteerError(f"a {label} prompt ({label}) is empty", field=label)
         lists.append(list(dict.fromkeys(prompts)))
     if not lists[0] or not lists[1]:
         raise HsteerError("fitting a harm detector needs at least one harmful and one harmless prompt")
