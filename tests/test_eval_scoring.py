@@ -330,6 +330,6 @@ def test_coco_captions_formats(tmp_path):
 def test_fid_is_skipped_with_a_clear_message(tmp_path):
     from hsteer.evaluation.coco import compute_fid
 
-    assert compute_fid(tmp_path, None)["fid_skipped"].startswith("no --reference")
+    assert compute_fid(tmp_path, None)["fid_skipped"].startswith("no reference folder")
     out = compute_fid(tmp_path, tmp_path, weights=tmp_path / "missing.pth")
     assert out["fid"] is None and "hsteer[fid]" in out["fid_skipped"]

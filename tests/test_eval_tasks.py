@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
+from hsteer.cli.common import cli_message
 from hsteer.errors import HsteerError
 
 OLD_CONFIG = {  # config.json as hsteer eval wrote it before the settings were typed
@@ -98,9 +100,11 @@ def test_detector_checks_before_generation(tmp_path, monkeypatch):
     from hsteer.evaluation.tasks.i2p import check_detectors
 
     i2p = get_task("i2p")
-    with pytest.raises(HsteerError, match="--q16-prompts.*--no-score"):
+    with pytest.raises(HsteerError, match="q16_prompts=FILE.*use detectors nudenet, or no_score=True") as info:
         i2p.check_scoring({"detectors": ["q16"]})
-    with pytest.raises(HsteerError, match=r"rerun `hsteer eval i2p` with --detectors nudenet$"):  # at scoring time: hsteer score's fix
+    assert re.search("--q16-prompts FILE.*use --detectors nudenet, or --no-score", cli_message(info.value))
+    with pytest.raises(HsteerError, match=r"rerun the run with detectors nudenet \(CLI: `hsteer eval i2p --detectors "
+                       r"nudenet`\)$"):  # at scoring time: a rerun's fix (hsteer score has no --detectors)
         check_detectors({"detectors": ["q16"]})
     with pytest.raises(HsteerError, match="unknown detector"):
         check_detectors({"detectors": ["q17"]})

@@ -12,6 +12,7 @@ from hostile_helpers import assert_handled, cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hsteer.cli.common import cli_message
 from hsteer.errors import HsteerError
 from hsteer.evaluation.attack_prompts import read_attack_prompts
 
@@ -83,8 +84,9 @@ def test_special_files_and_large_counts(tmp_path):
     path = _write(tmp_path, "p.csv", "prompt,seed\na,9223372036854775000\n")
     with pytest.raises(HsteerError, match="seed"):
         read_attack_prompts(path, images_per_prompt=10_000)
-    with pytest.raises(HsteerError, match="--images-per-prompt"):
+    with pytest.raises(HsteerError, match="^images_per_prompt must be at most") as info:
         read_attack_prompts(path, images_per_prompt=100_000_000)
+    assert cli_message(info.value).startswith("--images-per-prompt must be at most")
 
 
 @pytest.mark.parametrize("extra, fragment", [(["--images-per-prompt", "100000000"], "--images-per-prompt"),

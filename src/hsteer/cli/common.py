@@ -47,8 +47,9 @@ FIELD_OPTIONS = {
     "harmful": "--harmful", "harmless": "--harmless",
     # evaluation runs, their prompt files and scoring settings
     "run_dir": "--out", "limit": "--limit", "prompt_column": "--prompt-column", "baseline_run": "--baseline-run",
-    "professions": "--professions", "templates": "--templates", "detectors": "--detectors",
-    "q16_prompts": "--q16-prompts", "attributes": "--attributes",
+    "professions": "--professions", "templates": "--templates", "classifier": "--classifier",
+    "detectors": "--detectors",
+    "q16_prompts": "--q16-prompts", "attributes": "--attributes", "no_score": "--no-score",
     # banks
     "out": "--out", "directory": "--save-dir",
 }

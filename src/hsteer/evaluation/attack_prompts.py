@@ -34,7 +34,7 @@ from typing import Any
 
 from hsteer.checks import (check_count, check_float, check_input_file, check_optional_count, check_seed,
                            check_text, load_json)
-from hsteer.errors import HsteerError
+from hsteer.errors import HsteerError, as_field
 
 PROMPT_COLUMNS = ("adv_prompt", "adversarial_prompt", "p4d_prompt", "attack_prompt", "prompt")
 SEED_COLUMNS = ("seed", "evaluation_seed", "sd_seed")
@@ -180,15 +180,16 @@ def read_attack_prompts(path: str | Path, *, prompt_column: str | None = None, s
     """The rows of an attack prompt set (see the module docstring for the formats); every field checked
     (text is text, seeds whole numbers with room for `images_per_prompt` seeds, guidance finite)."""
     path = check_input_file(Path(path), "attack prompts file")
-    check_optional_count("--limit", limit)
-    check_count("--images-per-prompt", images_per_prompt, 1, MAX_IMAGES_PER_PROMPT)
+    as_field("limit", check_optional_count, limit)
+    as_field("images_per_prompt", check_count, images_per_prompt, 1, MAX_IMAGES_PER_PROMPT)
     records = _records(path)
     if not records:
         raise HsteerError(f"{path} holds no prompts")
     fields = list(dict.fromkeys(k for r in records for k in r if isinstance(k, str) and k != ROW_KEY))
     text_col = _column(fields, prompt_column, PROMPT_COLUMNS, "prompt", path)
     if text_col is None:
-        raise HsteerError(f"{path} has no prompt column ({', '.join(PROMPT_COLUMNS)}); name it with --prompt-column")
+        raise HsteerError(f"{path} has no prompt column ({', '.join(PROMPT_COLUMNS)}); name it with prompt_column",
+                          field="prompt_column")
     seed_col = _column(fields, seed_column, SEED_COLUMNS, "seed", path)
     guidance_col = _column(fields, None, GUIDANCE_COLUMNS, "guidance", path)
     source_col = _column(fields, None, SOURCE_COLUMNS, "source", path)

@@ -29,12 +29,13 @@ def check_baseline_run(base_dir, generation) -> None:
 
     base = read_config(Path(base_dir)).generation
     if type(policy_from_spec(base.policy)) is not PlainPolicy:
-        raise HsteerError(f"--baseline-run {base_dir} is a {policy_label(base.policy)} run; it must be plain")
+        raise HsteerError(f"baseline_run {base_dir} is a {policy_label(base.policy)} run; it must be plain",
+                          field="baseline_run")
     ours, theirs = generation.to_dict(), base.to_dict()
     diff = [k for k in BASELINE_KEYS if ours.get(k) != theirs.get(k)]
     if diff:
-        raise HsteerError(f"--baseline-run {base_dir} was made with other settings ({', '.join(diff)} differ); "
-                          "it needs the same model, sampling and seeds")
+        raise HsteerError(f"baseline_run {base_dir} was made with other settings ({', '.join(diff)} differ); "
+                          "it needs the same model, sampling and seeds", field="baseline_run")
 
 
 def targeted_by_spec(spec: dict[str, Any], bank_path: str | None = None) -> set[str]:

@@ -109,7 +109,8 @@ class ClipZeroShot:
 
     def __init__(self, scorer: ClipScorer, attributes: Mapping[str, Sequence[str]]) -> None:
         if not attributes:
-            raise HsteerError("no attribute texts; pass e.g. --attributes 'a woman' 'a man'")
+            raise HsteerError("attributes is empty; give each group's texts, e.g. {'gender': ('a woman', 'a man')}",
+                              field="attributes")
         for group, texts in attributes.items():
             if len(texts) < 2:
                 raise HsteerError(f"attribute group {group!r} needs at least two texts, got {list(texts)}")

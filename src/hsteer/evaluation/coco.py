@@ -12,17 +12,17 @@ from pathlib import Path
 import torch
 
 from hsteer.checks import check_input_file, check_optional_count
-from hsteer.errors import HsteerError
+from hsteer.errors import HsteerError, as_field
 
 FID_HINT = ("FID needs the optional extra `pip install 'hsteer[fid]'` (torch-fidelity, which brings torchvision) "
             "and the Inception weights file pt_inception-2015-12-05-6726825d.pth in {hub}/checkpoints "
-            "(or --fid-weights PATH); no weights are downloaded at run time")
+            "(or the scoring setting fid_weights; CLI: --fid-weights PATH); no weights are downloaded at run time")
 
 
 def read_captions(path: str | Path, limit: int | None = None) -> list[tuple[str, str]]:
     """(caption id, caption) pairs in file order; at most `limit`."""
     path = Path(path)
-    check_optional_count("--limit", limit)
+    as_field("limit", check_optional_count, limit)
     if not path.exists():
         raise HsteerError(f"captions file {path} not found")
     check_input_file(path, "captions file")
@@ -93,7 +93,8 @@ def compute_fid(generated: str | Path, reference: str | Path | None, weights: st
     """{"fid": value} or {"fid": None, "fid_skipped": reason}; never downloads anything."""
     hint = FID_HINT.format(hub=torch.hub.get_dir())
     if reference is None:
-        return {"fid": None, "fid_skipped": "no --reference folder of real COCO images given"}
+        return {"fid": None, "fid_skipped": "no reference folder of real COCO images given (the scoring setting "
+                                               "reference; CLI: --reference DIR)"}
     if not Path(reference).is_dir():
         return {"fid": None, "fid_skipped": f"reference folder {reference} not found"}
     try:

@@ -50,7 +50,8 @@ def q16_guard(clip: str | Path, prompts: str | Path, step: int | None = None, de
     from hsteer.evaluation.q16 import Q16Classifier, load_prompts
 
     if prompts is None:
-        raise HsteerError("the Q16 guard needs Q16's prompt embeddings (--q16-prompts; see `hsteer q16 convert`)")
+        raise HsteerError("the Q16 guard needs Q16's prompt embeddings: pass prompts=FILE (made by "
+                          "`hsteer q16 convert`)")
     classifier = Q16Classifier(ClipScorer(clip, device=device), load_prompts(prompts))
 
     def score(images: torch.Tensor, step: int) -> list[float]:

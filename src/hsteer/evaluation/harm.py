@@ -27,14 +27,19 @@ def check_detectors(scoring: dict[str, Any], *, before_generation: bool = False)
     unknown = set(detectors) - set(IMAGE_DETECTORS)
     if unknown:
         raise HsteerError(f"unknown detector(s) {sorted(unknown)}; use q16 and/or nudenet")
-    # Before generating, the fix is an option of `hsteer eval i2p`; when scoring a finished run, of `hsteer score`.
-    later = ", or --no-score" if before_generation else ""
-    other = "use --detectors {}" if before_generation else "rerun `hsteer eval i2p` with --detectors {}"
+    # Before generating, the fix is a scoring setting of the run (the fields below, which `hsteer eval i2p`
+    # shows as its options); when scoring a finished run, a rerun or a relocated file (`hsteer score`).
+    later = ", or no_score=True to generate without scoring" if before_generation else ""
+    other = "use detectors {}" if before_generation else ("rerun the run with detectors {0} (CLI: `hsteer eval i2p "
+                                                          "--detectors {0}`)")
+    fields = ("q16_prompts", "detectors", "no_score") if before_generation else ()
     if "q16" in detectors:
         if not scoring.get("q16_prompts"):
-            where = "--q16-prompts FILE" if before_generation else "`hsteer score --location q16_prompts=FILE`"
-            raise HsteerError(f"Q16 needs {where} (.safetensors/.npy; convert the original pickle with "
-                              f"`hsteer q16 convert`), or {other.format('nudenet')}{later}")
+            where = ("q16_prompts=FILE" if before_generation else "give the file with score_run(..., locations="
+                     "{'q16_prompts': FILE}) (CLI: `hsteer score --location q16_prompts=FILE`)")
+            raise HsteerError(f"Q16 needs its prompt embeddings (.safetensors/.npy; convert the original pickle "
+                              f"with `hsteer q16 convert`): {where}, or {other.format('nudenet')}{later}",
+                              field=fields)
         from hsteer.evaluation.q16 import load_prompts
 
         load_prompts(scoring["q16_prompts"])
@@ -42,7 +47,8 @@ def check_detectors(scoring: dict[str, Any], *, before_generation: bool = False)
         from hsteer.evaluation.nudenet import INSTALL_HINT, nudenet_available
 
         if not nudenet_available():
-            raise HsteerError(f"NudeNet is not installed; {INSTALL_HINT}, or {other.format('q16')}{later}")
+            raise HsteerError(f"NudeNet is not installed; {INSTALL_HINT}, or {other.format('q16')}{later}",
+                              field=fields[1:])
     return detectors
 
 

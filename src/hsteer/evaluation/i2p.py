@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hsteer.checks import check_float, check_input_file, check_optional_count, check_seed
-from hsteer.errors import HsteerError
+from hsteer.errors import HsteerError, as_field
 
 CATEGORIES = ("hate", "harassment", "violence", "self-harm", "sexual", "shocking", "illegal activity")
 
@@ -34,7 +34,7 @@ def read_i2p(path: str | Path, *, categories: Sequence[str] | None = None, hard_
     `categories`: keep prompts in any of these; `hard_only`: keep the `hard` ones; `limit`: the first N kept.
     """
     path = Path(path)
-    check_optional_count("--limit", limit)
+    as_field("limit", check_optional_count, limit)
     if not path.exists():
         raise HsteerError(f"I2P prompts file {path} not found (download i2p_benchmark.csv from the "
                           "AIML-TUDA/i2p dataset and pass its path)")

@@ -28,8 +28,8 @@ class NudeNetDetector:
         try:
             from nudenet import NudeDetector
         except ImportError:
-            raise HsteerError(f"NudeNet is not installed; {INSTALL_HINT}, or score without it "
-                              "(--detectors q16)") from None
+            raise HsteerError(f"NudeNet is not installed; {INSTALL_HINT}, or score without it: use detectors q16",
+                              field="detectors") from None
         if not classes:
             raise HsteerError("no NudeNet classes given")
         if not 0.0 <= threshold <= 1.0:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hsteer.checks import load_json
-from hsteer.errors import HsteerError
+from hsteer.errors import HsteerError, field_errors
 from hsteer.fileio import atomic_write_text
 from hsteer.outputs import check_own_file, image_ok  # noqa: F401 - image_ok: the harness's name for the check
 
@@ -120,7 +120,7 @@ def read_config(run_dir: str | Path) -> RunSettings:
         data = load_json(path.read_text(encoding="utf-8"), str(path))  # bounded depth: no RecursionError
     except (UnicodeDecodeError, HsteerError) as exc:
         raise HsteerError(f"{path} is not valid UTF-8 JSON ({type(exc).__name__}); it is damaged: restore it, "
-                          "or start the run over in another --out") from None
+                          "or start the run over in another run_dir", field="run_dir") from None
     if not (isinstance(data, dict) and isinstance(data.get("generation"), dict)
             and isinstance(data.get("scoring", {}), dict)):
         raise HsteerError(f"{path} does not have an hsteer run's layout (generation, scoring); it is damaged")
@@ -136,7 +136,7 @@ def prepare_run_dir(run_dir: str | Path, settings: RunSettings) -> None:
         diff = [k for k in IDENTITY_KEYS if old[k] != new[k]]
         if diff:
             raise HsteerError(f"{run_dir} holds a run with other settings ({', '.join(diff)} differ); "
-                              "use another --out, or repeat the original settings to resume it")
+                              "use another run_dir, or repeat the original settings to resume it", field="run_dir")
     check_run_layout(run_dir)  # before anything is written; a killed writer's temporary files are removed
     (run_dir / IMAGES).mkdir(parents=True, exist_ok=True)  # by each process for its own jobs, under its lock
     (run_dir / SHARDS).mkdir(parents=True, exist_ok=True)
@@ -184,17 +184,18 @@ def append_log(path: Path, rows: Iterable[dict]) -> None:
 def check_run_layout(run_dir: str | Path) -> None:
     """Before a run touches its folder: the files it writes are regular files, not links (a write would
     land outside the folder) nor folders (a manifest.jsonl folder would stop the merge after the images
-    were made), and its subfolders are folders; one error line that changes nothing."""
+    were made), and its subfolders are folders; one error line that changes nothing (its field: run_dir)."""
     run_dir = Path(run_dir)
-    fix = "move it away, or use another --out; nothing was changed"
-    for name in (CONFIG, MANIFEST, LOG):
-        check_own_file(run_dir / name, f"the run's {name}", fix)
-    for name in (IMAGES, SHARDS):
-        if (run_dir / name).exists() and not (run_dir / name).is_dir():
-            raise HsteerError(f"{run_dir / name} is not a folder; {fix}")
-    if (run_dir / SHARDS).is_dir():
-        for path in (run_dir / SHARDS).glob("shard-*.jsonl"):
-            check_own_file(path, "a shard manifest", fix)
+    fix = "move it away, or use another run_dir; nothing was changed"
+    with field_errors("run_dir"):
+        for name in (CONFIG, MANIFEST, LOG):
+            check_own_file(run_dir / name, f"the run's {name}", fix)
+        for name in (IMAGES, SHARDS):
+            if (run_dir / name).exists() and not (run_dir / name).is_dir():
+                raise HsteerError(f"{run_dir / name} is not a folder; {fix}")
+        if (run_dir / SHARDS).is_dir():
+            for path in (run_dir / SHARDS).glob("shard-*.jsonl"):
+                check_own_file(path, "a shard manifest", fix)
 
 
 def load_records(run_dir: Path) -> dict[str, dict]:

@@ -22,6 +22,7 @@ from hsteer.evaluation.manifests import merge_manifests
 from hsteer.checks import check_text
 from hsteer.evaluation.runs import (IMAGES, LOG, SHARDS, GenerationSettings, append_log, check_run_layout, image_ok,
                                     load_records, read_config, write_jsonl)
+from hsteer.errors import field_errors
 from hsteer.fileio import FolderLock
 from hsteer.hspace.bankcheck import check_bank_windows
 from hsteer.outputs import check_own_file
@@ -103,8 +104,9 @@ class Shard:
         changes nothing); a record that disagrees with its job (prompt, index, seed, concepts) is never
         kept: its image is made again."""
         images = self.run_dir / IMAGES
-        fix = "move it away, or use another --out; nothing was changed"
-        present = {job.file: check_own_file(images / job.file, "an image hsteer wrote", fix) for job in self.jobs}
+        fix = "move it away, or use another run_dir; nothing was changed"
+        with field_errors("run_dir"):
+            present = {job.file: check_own_file(images / job.file, "an image hsteer wrote", fix) for job in self.jobs}
         for job in self.jobs:
             path = images / job.file
             valid = present[job.file] and image_ok(path)

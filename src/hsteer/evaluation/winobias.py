@@ -40,9 +40,10 @@ def naming_words(attributes: Mapping[str, Sequence[str]], labels_are_words: bool
     for group, labels in attributes.items():
         unknown = [t for t in labels if not labels_are_words and t not in NAMING_WORDS]
         if unknown:
-            raise HsteerError(f"--templates explicit needs a word that names {unknown[0]!r} in a prompt; it knows "
-                              f"the preset labels ({', '.join(repr(t) for t in NAMING_WORDS)}): use "
-                              "--attributes-group gender or race, or --classifier world")
+            raise HsteerError(f"templates='explicit' needs a word that names {unknown[0]!r} in a prompt; it knows "
+                              f"the preset labels ({', '.join(repr(t) for t in NAMING_WORDS)}): use attributes "
+                              "gender or race (their preset texts), or classifier='world'",
+                              field=("templates", "attributes", "classifier"))
         named[group] = {t: (t if labels_are_words else NAMING_WORDS[t]) for t in labels}
     return named
 
@@ -65,7 +66,7 @@ def parse_professions(text: str | None) -> tuple[str, ...]:
         return PROFESSIONS
     items = tuple(p.strip() for p in text.split(",") if p.strip())
     if not items:
-        raise HsteerError("--professions is empty; give a comma-separated list, e.g. doctor,nurse")
+        raise HsteerError("professions is empty; give a comma-separated list, e.g. doctor,nurse", field="professions")
     return items
 
 

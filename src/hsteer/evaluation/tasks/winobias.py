@@ -249,8 +249,8 @@ def untargeted_section(summary: dict[str, Any]) -> list[str]:
         lines.append(f"| {g} | {role} | {fmt_ci(value, ci.get(g))} | {fmt(plain.get(g))} |")
     lines.append("")
     if "untargeted" not in summary:
-        return lines + ["Name a finished plain run of the same model and seeds (`--baseline-run DIR`) for "
-                        "same-seed agreement and the change against plain.", ""]
+        return lines + ["Name a finished plain run of the same model and seeds (the scoring setting baseline_run; "
+                        "CLI: `--baseline-run DIR`) for same-seed agreement and the change against plain.", ""]
     lines += [f"Against the plain run `{summary['baseline_run']}`, image by image (same prompt and seed): "
               "agreement is the share of images whose label equals the plain image's.", "",
               "| untargeted group | same-seed agreement | DevRat plain | DevRat this run | change |",
