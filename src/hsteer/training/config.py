@@ -101,7 +101,7 @@ class TrainConfig:
         if self.mode not in MODES:
             raise HsteerError(f"unknown training mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.target is None and self.negative is None and not self.pairs:
-            raise HsteerError("give a target prompt (target), a negative prompt (negative) or prompt pairs (pairs)",
+            raise HsteerError("give a target prompt (target), prompt pairs (pairs) or a negative prompt (negative)",
                               field=("target", "negative", "pairs"))
         if self.pairs is not None:
             if not self.pairs or not all(len(pair) == 2 and all(isinstance(p, str) and p.strip() for p in pair)
