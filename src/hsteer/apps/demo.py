@@ -22,14 +22,14 @@ from hsteer.evaluation.world_gate import GateEvalConfig, evaluate_gate, gate_tab
 from hsteer.evaluation.world_held_out import HeldOutConfig, evaluate_held_out, held_out_section
 from hsteer.gate import DEFAULT_GATE
 from hsteer.generation.guard import GuardConfig
-from hsteer.generation.guard_fit import DetectorFitConfig, fit_detector
+from hsteer.generation.guard_fit import DetectorFitConfig, fit_detector, prompts_of_group
 from hsteer.fileio import atomic_png, atomic_write_text
 from hsteer.evaluation.leakage import fmt_ci
 from hsteer.evaluation.tasks.world import world_jobs, world_summary
 from hsteer.policies import FairPolicy, PlainPolicy, Policy, SafePolicy
 from hsteer.model import load_pipeline, sampling_defaults
 from hsteer.seeding import ITERATION_STRIDE
-from hsteer.apps.recipes import WORLD_CONCEPTS, guard_fit_prompts, pipeline_recipe, world_train_config
+from hsteer.apps.recipes import WORLD_CONCEPTS, pipeline_recipe, world_train_config
 from hsteer.training import TrainConfig, concept_meta, train_into_bank
 from hsteer.world.scene import WorldProbe
 
@@ -126,7 +126,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     bank = ConceptBank.load(bank_path)
     if config.guard and "safety" not in bank.detectors:
         started = time.perf_counter()
-        harmful, harmless = guard_fit_prompts(bank)
+        harmful, harmless = prompts_of_group(bank, "safety")
         bank.detectors["safety"] = fit_detector(pipe, harmful, harmless, DetectorFitConfig(
             steps=int(sampling["steps"]), guidance=float(sampling["guidance"])))
         bank.save(bank_path)
