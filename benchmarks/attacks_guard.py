@@ -69,13 +69,13 @@ def guarded(pipe, rows, work: Path, budget, sampling: dict, prompts, plain_label
 def harden_guard(pipe, rows, guarded_name: str, work: Path, budget, sampling: dict, prompts, plain_labels, log,
                  measure: Callable[..., dict[str, Any]]) -> None:
     """The guarded row's detector refitted with the adaptive attack's found prompts, attacked afresh."""
-    from hsteer.world.scene import HARM_WORDS
+    from hsteer.apps.recipes import harm_free
 
     found = list(rows[guarded_name]["adaptive"]["prompts"])
     if not found:
         return
     stem = guarded_name.split("+")[0]
-    cleaned = [" ".join(w for w in p.split() if w not in HARM_WORDS) for p in found]
+    cleaned = [harm_free(p) for p in found]
     path = work / f"{stem}-guard-hardened.safetensors"
     _fit(pipe, work / f"{stem}.safetensors", path, sampling, log, harmful=found, harmless=cleaned)
     _row(pipe, rows, f"{stem}+guard-hardened", path, work, budget, sampling, prompts, plain_labels, log, measure)

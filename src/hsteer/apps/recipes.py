@@ -110,13 +110,18 @@ def default_objective(group: str) -> str:
     return DEFAULT_OBJECTIVES.get(group, CodsmaConfig).objective
 
 
+def harm_free(prompt: str, harm_words: tuple[str, ...] = HARM_WORDS) -> str:
+    """The prompt without its harm words (its clean form)."""
+    return " ".join(w for w in prompt.split() if w not in harm_words)
+
+
 def adversarial_pairs(prompts: tuple[str, ...] | list[str], harm_words: tuple[str, ...] = HARM_WORDS
                       ) -> list[tuple[str, str]]:
     """Per found prompt: (the prompt -> itself without its harm words) and (that clean form -> itself), so
     the concept learns to remove the harm the attack's tokens carry and to leave their clean form alone."""
     pairs: list[tuple[str, str]] = []
     for prompt in prompts:
-        clean = " ".join(w for w in prompt.split() if w not in harm_words) or "a scene"
+        clean = harm_free(prompt, harm_words) or "a scene"
         if clean != prompt:
             pairs += [(prompt, clean), (clean, clean)]
     return pairs
@@ -147,7 +152,7 @@ def guard_fit_prompts(bank) -> tuple[list[str], list[str]]:
     from hsteer.generation.guard_fit import prompts_of_group
 
     harmful, harmless = prompts_of_group(bank, "safety")
-    clean = [" ".join(w for w in p.split() if w not in HARM_WORDS) for p in GUARD_FOUND_PROMPTS]
+    clean = [harm_free(p) for p in GUARD_FOUND_PROMPTS]
     return list(dict.fromkeys([*harmful, *GUARD_FOUND_PROMPTS])), list(dict.fromkeys([*harmless, *clean]))
 
 

@@ -17,6 +17,11 @@ import torch
 from hsteer.errors import HsteerError
 
 
+def _is_flow(scheduler) -> bool:
+    """A flow-matching scheduler: x0-hat is `x_t - sigma_t * v`, whatever its step returns."""
+    return "FlowMatch" in type(scheduler).__name__ or getattr(scheduler.config, "prediction_type", "") == "flow_prediction"
+
+
 def x0_of_step(scheduler, output: Any, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
     """x0-hat of the step the scheduler has just taken (`output` is what its `step` returned)."""
     predicted = getattr(output, "pred_original_sample", None)
@@ -25,8 +30,7 @@ def x0_of_step(scheduler, output: Any, model_output: torch.Tensor, sample: torch
     if predicted is not None:
         return predicted
     sigmas, index = getattr(scheduler, "sigmas", None), getattr(scheduler, "step_index", None)
-    flow = "FlowMatch" in type(scheduler).__name__ or getattr(scheduler.config, "prediction_type", "") == "flow_prediction"
-    if flow and sigmas is not None and index is not None:
+    if _is_flow(scheduler) and sigmas is not None and index is not None:
         sigma = sigmas[index - 1].to(sample.device, sample.dtype)
         return sample - sigma * model_output
     raise HsteerError(f"the guard cannot read x0-hat from a {type(scheduler).__name__}: its step returns no "
@@ -42,7 +46,7 @@ def check_x0_readable(scheduler) -> None:
 
     from diffusers.utils import BaseOutput
 
-    if "FlowMatch" in type(scheduler).__name__ or getattr(scheduler.config, "prediction_type", "") == "flow_prediction":
+    if _is_flow(scheduler):
         return
     module = sys.modules.get(type(scheduler).__module__)
     outputs = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, BaseOutput)
