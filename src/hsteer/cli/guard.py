@@ -39,8 +39,10 @@ def guard() -> None:
 def fit(model, device, dtype, bank_path, group, harmful, harmless, with_pairs, step, features, images_per_prompt, threshold,
         seed, steps, guidance) -> None:
     """Learn a harm detector from the group's own training prompts and store it in the bank."""
-    from hsteer.checks import check_device, check_seed
-    from hsteer.generation.guard_fit import DetectorFitConfig, check_fit_prompts, fit_detector, prompts_of_group
+    from hsteer.checks import check_device, check_output_file, check_seed
+    from hsteer.errors import HsteerError
+    from hsteer.fileio import exclusive_lock
+    from hsteer.generation.guard_fit import DetectorFitConfig, fit_detector
     from hsteer.hspace.bank import ConceptBank
     from hsteer.model import load_quietly, sampling_defaults
 
@@ -50,21 +52,51 @@ def fit(model, device, dtype, bank_path, group, harmful, harmless, with_pairs, s
                                guidance=guidance if guidance is not None else float(defaults["guidance"]),
                                features=features, images_per_prompt=images_per_prompt, seed=seed,
                                threshold=threshold)
+    check_output_file(bank_path, "--bank")  # written at the end: a FIFO or device is refused before fitting
     bank = ConceptBank.load(bank_path)
     bank.group(group)  # an unknown group fails before the model loads
-    pairs_harmful, pairs_harmless = (prompts_of_group(bank, group) if with_pairs or not (harmful and harmless)
-                                     else ([], []))
-    if with_pairs:
-        harmful = list(dict.fromkeys([*pairs_harmful, *harmful]))
-        harmless = list(dict.fromkeys([*pairs_harmless, *harmless]))
-    harmful, harmless = check_fit_prompts(list(harmful) or pairs_harmful, list(harmless) or pairs_harmless)
+    harmful, harmless = _fit_prompts(bank, group, list(harmful), list(harmless), with_pairs)
     pipe = load_quietly(model, check_device(device, "--device"), dtype)
     bank.check_family(pipe)
     detector = fit_detector(pipe, harmful, harmless, config)
-    bank.detectors[group] = detector
-    bank.save(bank_path)
+    # The fit takes minutes: the bank is read again under its lock and only the detector is added, so a concept
+    # another hsteer wrote meanwhile is kept (as train and bank merge do).
+    with exclusive_lock(bank_path, f"bank {bank_path}"):
+        current = ConceptBank.load(bank_path)
+        if group not in current.groups() or current.family_name != bank.family_name \
+                or current.unet_fingerprint != bank.unet_fingerprint:
+            raise HsteerError(f"bank {bank_path} was changed while the detector was fitted (its group {group!r} or "
+                              "its model is not what it was); nothing was stored: run hsteer guard fit again")
+        current.detectors[group] = detector
+        current.save(bank_path)
     meta = detector.meta
     click.echo(f"stored a {features} detector for group {group!r} at step {detector.step} of {config.steps} in {bank_path}: "
                f"held-out false positives {meta['false_positive_rate']:.3f}, false negatives "
                f"{meta['false_negative_rate']:.3f} ({meta['held_out_images']} images; {len(harmful)} harmful and "
                f"{len(harmless)} harmless prompts)")
+
+
+def _fit_prompts(bank, group: str, harmful: list[str], harmless: list[str], with_pairs: bool
+                 ) -> tuple[list[str], list[str]]:
+    """The (harmful, harmless) prompts of `guard fit`: the options', the group's pairs' where a side is not
+    given, or both with --with-pairs; a missing side names the option that gives it."""
+    from hsteer.errors import HsteerError
+    from hsteer.generation.guard_fit import check_fit_prompts, prompts_of_group
+
+    if harmful and harmless and not with_pairs:
+        return check_fit_prompts(harmful, harmless)
+    try:
+        pairs_harmful, pairs_harmless = prompts_of_group(bank, group)
+    except HsteerError:
+        if with_pairs:
+            raise HsteerError(f"--with-pairs adds the prompts of group {group!r}'s training pairs, and its concepts "
+                              "record none (pairs, or neutral + negative); drop --with-pairs and give --harmful and "
+                              "--harmless") from None
+        missing = " and ".join(f"--{side}" for side, given in (("harmful", harmful), ("harmless", harmless))
+                               if not given)
+        raise HsteerError(f"the concepts of group {group!r} record no prompts to fit from (pairs, or neutral + "
+                          f"negative), so {missing} must be given") from None
+    if with_pairs:
+        return check_fit_prompts(list(dict.fromkeys([*pairs_harmful, *harmful])),
+                                 list(dict.fromkeys([*pairs_harmless, *harmless])))
+    return check_fit_prompts(harmful or pairs_harmful, harmless or pairs_harmless)

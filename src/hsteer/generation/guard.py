@@ -46,13 +46,32 @@ class CallableDetector:
 
     def score(self, x0: torch.Tensor, decode: Callable[[], torch.Tensor], step: int) -> torch.Tensor:
         images = decode()
-        scores = torch.as_tensor(self.function(images, step), dtype=torch.float32).reshape(-1)
-        if scores.numel() != images.shape[0]:
-            raise HsteerError(f"the guard's detector {self.name!r} gave {scores.numel()} scores for "
-                              f"{images.shape[0]} images; return one number per image")
-        if not bool(torch.isfinite(scores).all()):
-            raise HsteerError(f"the guard's detector {self.name!r} gave a NaN or infinite score")
-        return scores
+        return checked_scores(self.name, self.function(images, step), images.shape[0])
+
+
+def detector_scores(name: str, returned: Any) -> torch.Tensor:
+    """What a detector function returned as a float tensor of scores, or one HsteerError naming the detector
+    (text, None, an object, a nested list: never a TypeError from inside torch)."""
+    if isinstance(returned, (str, bytes)) or returned is None:
+        raise HsteerError(f"the guard's detector {name!r} returned a {type(returned).__name__}; return one number "
+                          "per image (a list, an array or a tensor)")
+    try:
+        return torch.as_tensor(returned, dtype=torch.float32).detach().reshape(-1).cpu()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise HsteerError(f"the guard's detector {name!r} returned {type(returned).__name__}, not numbers "
+                          f"({str(exc)[:80]}); return one number per image") from None
+
+
+def checked_scores(name: str, returned: Any, images: int) -> torch.Tensor:
+    """A detector's scores for a batch of `images`: numbers (`detector_scores`), one per image, finite. Every
+    detector's scores pass here (the bank's, NudeNet, Q16, a function, any object with `score`)."""
+    scores = detector_scores(name, returned)
+    if scores.numel() != images:
+        raise HsteerError(f"the guard's detector {name!r} gave {scores.numel()} scores for {images} images; "
+                          "return one number per image")
+    if not bool(torch.isfinite(scores).all()):
+        raise HsteerError(f"the guard's detector {name!r} gave a NaN or infinite score")
+    return scores
 
 
 @dataclass
@@ -180,7 +199,7 @@ class Guard:
         scores: dict[str, torch.Tensor] = {}
 
         def decide(x0: torch.Tensor, decode: Callable[[], torch.Tensor]) -> bool:
-            scores["s"] = self.detector.score(x0, decode, self.step).reshape(-1).float().cpu()
+            scores["s"] = self.score(x0, decode)
             return self.design == "redraw" and bool((scores["s"] > self.threshold).all())  # all flagged: stop
 
         capture = capture_factory(self.step, decide)
@@ -201,6 +220,10 @@ class Guard:
         decisions = [Decision(self.name, self.step, float(s), self.threshold, bool(f), bool(f), self.design, w)
                      for s, f, w in zip(scores["s"], flagged, strengths)]
         return images, [list(r.concepts) for r in (redo if any(flagged) else batch)], decisions
+
+    def score(self, x0: torch.Tensor, decode: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The detector's score per image of x0-hat's batch, checked (`checked_scores`)."""
+        return checked_scores(self.name, self.detector.score(x0, decode, self.step), int(x0.shape[0]))
 
     def _strength(self, score: float) -> float:
         if self.design != "soft":
@@ -242,7 +265,11 @@ def build_guard(config: GuardConfig, bank: ConceptBank | None, steps: int, scale
     if config.design == "switch" and step >= steps - 1:
         raise HsteerError(f"the 'switch' design starts the safety concept after the decision step {step}, and the "
                           f"run has {steps} steps (0 to {steps - 1}): choose a decision step before {steps - 1}")
-    threshold = float(config.threshold if config.threshold is not None else detector.threshold)
+    threshold = config.threshold if config.threshold is not None else getattr(detector, "threshold", None)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise HsteerError(f"the guard's detector {getattr(detector, 'name', type(detector).__name__)!r} has the "
+                          f"threshold {threshold!r}, not a finite number; give GuardConfig(threshold=...)")
+    threshold = float(threshold)
     return Guard(detector, int(step), threshold, config.design, [(c.name, float(scale)) for c in members], bank,
                  steps, config.soft_width, config.group)
 
@@ -288,7 +315,7 @@ class GuardedCall:
         scores: dict[str, torch.Tensor] = {}
 
         def decide(x0: torch.Tensor, decode: Callable[[], torch.Tensor]) -> bool:
-            scores["s"] = self.guard.detector.score(x0, decode, self.guard.step).reshape(-1).float().cpu()
+            scores["s"] = self.guard.score(x0, decode)
             return False
 
         height, width = resolve_resolution(pipe, kwargs.get("height"), kwargs.get("width"))

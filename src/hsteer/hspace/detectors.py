@@ -25,6 +25,8 @@ from hsteer.errors import BankError, HsteerError
 #: What a learned detector reads: the flattened x0-hat latents, or the decoded image's pixels in [0, 1].
 FEATURES = ("latent", "pixels")
 DETECTOR_PARTS = ("weight", "bias", "mean", "std")
+#: The fields of a detector's header entry (`LinearDetector.entry`); any other names a kind this hsteer cannot read.
+ENTRY_FIELDS = ("step", "steps", "threshold", "features", "feature_shape", "tensors", "meta")
 PREFIX = "detector:"
 
 
@@ -131,6 +133,11 @@ def detector_from_entry(group: str, entry: Any, tensors: dict[str, torch.Tensor]
     label = f"{where}: the harm detector of group {group!r}" if where else f"the harm detector of group {group!r}"
     if not isinstance(entry, dict):
         raise BankError(f"{label} is not an object")
+    unknown = sorted(str(key) for key in entry if key not in ENTRY_FIELDS)
+    if unknown:  # e.g. a 'kind' of a detector this version does not have: never read it as a linear one
+        raise BankError(f"{label}: its header entry holds the field {unknown[0][:60]!r}, which this hsteer does not "
+                        f"know (it reads {', '.join(ENTRY_FIELDS)}); the file was written by another hsteer or is "
+                        "damaged: upgrade hsteer, or refit the detector (hsteer guard fit)")
     if entry.get("tensors", list(DETECTOR_PARTS)) != list(DETECTOR_PARTS):
         raise BankError(f"{label}: its header lists the tensors {str(entry.get('tensors'))[:80]}, not "
                         f"{list(DETECTOR_PARTS)}; the file is damaged")
