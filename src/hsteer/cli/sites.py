@@ -61,7 +61,8 @@ def sites(model, device, dtype, neutral, target, keep, sites, windows, groups, i
     from hsteer.model import load_quietly
     from hsteer.model.loading import check_card_folder
     from hsteer.model.denoisers import site_shape
-    from hsteer.model.sites import default_site_spec, site_for, site_specs
+    from hsteer.hspace.siteshape import bind_site
+    from hsteer.model.sites import SiteSet, default_site_spec, site_for, site_specs
     from hsteer.policies import parse_window
 
     settings = ScanSettings(neutral, target, tuple(keep), iterations, batch_size, steps, lr, height=height,
@@ -78,8 +79,13 @@ def sites(model, device, dtype, neutral, target, keep, sites, windows, groups, i
     if list_only:
         default = default_site_spec(pipe)
         for spec in sites or site_specs(pipe):
-            mark = "  (default)" if spec == default else ""
-            click.echo(f"{spec}: {site_shape(pipe, site_for(pipe, spec), height, width)}{mark}")
+            site = bind_site(pipe, site_for(pipe, spec), height, width)
+            mark = "  (default)" if site.spec == default else ""
+            if isinstance(site, SiteSet):  # one flat tensor in flight, one tensor per site in a bank
+                parts = " + ".join(f"{part.spec} {shape}" for part, shape in zip(site.sites, site.bound_shapes()))
+                click.echo(f"{site.spec}: ({site.size},) = {parts}{mark}")
+            else:
+                click.echo(f"{site.spec}: {site_shape(pipe, site, height, width)}{mark}")
         return
     results = scan_sites(pipe, settings, list(sites) or None, scan_windows)
     click.echo(format_table(results))

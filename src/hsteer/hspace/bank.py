@@ -83,7 +83,7 @@ class Concept:
             raise ShapeMismatchError(f"concept {self.name!r} mixes tensor shapes {sorted(shapes)}")
         if "site_shapes" in self.meta:  # a set of sites: flat tensors, as long as its sites' together
             check_site_shapes(self.meta["site_shapes"], self.meta.get("site"), next(iter(shapes)),
-                              f"concept {self.name!r}")
+                              f"concept {self.name!r}", self.meta.get("family"))
         else:
             check_shape(next(iter(shapes)), f"concept {self.name!r}")  # what a bank file can hold and load
 

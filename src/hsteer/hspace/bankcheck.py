@@ -80,15 +80,23 @@ def check_shape(shape: Any, where: str, flat: bool = False) -> tuple[int, ...]:
     return dims
 
 
-def check_site_shapes(site_shapes: Any, site: Any, shape: tuple[int, ...], where: str) -> dict[str, tuple[int, ...]]:
+def check_site_shapes(site_shapes: Any, site: Any, shape: tuple[int, ...], where: str,
+                      family: Any = None) -> dict[str, tuple[int, ...]]:
     """A concept at a set of sites: its `site_shapes` meta is an object of two or more sites -> shape, in
-    the order of its `site` spec, and its flat tensors hold exactly their values."""
+    the order of its `site` spec, each a site of its family (when recorded), none twice, in the order a set
+    keeps its sites (`model.sites.check_site_set`), and its flat tensors hold exactly their values."""
+    from hsteer.model.sites import check_site_set
+
     if not isinstance(site_shapes, dict) or len(site_shapes) < 2:
         raise ShapeMismatchError(f"{where}: its site_shapes is not an object of two or more sites -> shape")
     shapes = {str(spec): check_shape(dims, f"{where}: site {spec}") for spec, dims in site_shapes.items()}
     if site != ",".join(shapes):
         raise ShapeMismatchError(f"{where}: its site {str(site)[:80]!r} is not the sites of its site_shapes "
                                  f"({','.join(shapes)[:80]})")
+    try:
+        check_site_set(list(shapes), family if isinstance(family, str) else None)
+    except HsteerError as exc:
+        raise ShapeMismatchError(f"{where}: {exc}") from None
     size = sum(math.prod(dims) for dims in shapes.values())
     if tuple(shape) != (size,):
         raise ShapeMismatchError(f"{where}: its tensors have shape {tuple(shape)}, its sites hold {size} values")
@@ -163,7 +171,8 @@ def _check_entry(path: Path, name: str, entry: Any, shape: list[int], tensors: d
     check_concept_meta(meta, f"bank file {path}: concept {name!r}")
     if len(shape) == 1:  # a set of sites: one tensor per site, `<tensor>@<site>`
         try:
-            shapes = check_site_shapes(meta.get("site_shapes"), meta.get("site"), tuple(shape), f"concept {name!r}")
+            shapes = check_site_shapes(meta.get("site_shapes"), meta.get("site"), tuple(shape), f"concept {name!r}",
+                                       meta.get("family"))
         except HsteerError as exc:
             raise _corrupt(path, str(exc)) from None
         _check_tensors(path, name, [(f"{p}@{spec}", list(dims)) for p in parts for spec, dims in shapes.items()],

@@ -229,6 +229,43 @@ class SiteSet:
         return self.sites[0].is_pipeline(pipe_or_model)
 
 
+#: Which sites each family has, by the spec's kind (`mid_block`, a block stack, `text`).
+FAMILY_SITE_KINDS = {"unet": ("mid_block", "text"), "sd3": ("transformer_blocks", "text"),
+                     "sana": ("transformer_blocks", "text"),
+                     "flux": ("transformer_blocks", "single_transformer_blocks", "text")}
+_ORDER = {"mid_block": 0, "transformer_blocks": 1, "single_transformer_blocks": 2, "text": 3}
+
+
+def spec_order(spec: object, family: str | None = None) -> tuple[int, int]:
+    """The place of a single site spec among a model's sites (the order `site_specs` lists them and a set
+    keeps its sites in), refusing a spec that names no site of any family, or none of `family`'s. Read from
+    the spec alone, so a bank's stored sites are checked before any model loads."""
+    text = spec if isinstance(spec, str) else ""
+    match = _BLOCK.match(text)
+    kind = match.group(1) if match else text
+    if kind not in _ORDER or (match is None and kind not in ("mid_block", "text")) \
+            or (match is not None and len(match.group(2)) > 6):
+        raise HsteerError(f"{str(spec)[:80]!r} is not a steering site (mid_block, text, transformer_blocks.N or "
+                          "single_transformer_blocks.N)")
+    if family is not None and family in FAMILY_SITE_KINDS and kind not in FAMILY_SITE_KINDS[family]:
+        raise HsteerError(f"site {text!r} is not a site of a {FAMILY_NAMES[family]} model (its sites: "
+                          f"{', '.join(FAMILY_SITE_KINDS[family])})")
+    return _ORDER[kind], int(match.group(2)) if match else 0
+
+
+def check_site_set(specs: list[str], family: str | None = None) -> None:
+    """The sites of a set as a bank stores them: each a site of the family, none twice, in the order a set
+    keeps them (`site_for` sorts a set's sites so; a concept's flat tensor is its sites' in that order, so a
+    set stored in another order would give each site another site's values)."""
+    keys = [spec_order(spec, family) for spec in specs]
+    if len(set(keys)) != len(keys):
+        raise HsteerError(f"the set of sites {','.join(specs)[:80]!r} names a site twice")
+    if keys != sorted(keys):
+        ordered = ",".join(spec for _, spec in sorted(zip(keys, specs)))
+        raise HsteerError(f"the set of sites {','.join(specs)[:80]!r} is not in the order hsteer keeps a set's "
+                          f"sites ({ordered[:80]}), so its tensors would not line up with the sites")
+
+
 def _child(module, part: str):
     if part.isdigit() and isinstance(module, (torch.nn.ModuleList, torch.nn.Sequential)):
         return module[int(part)] if int(part) < len(module) else None
