@@ -66,7 +66,7 @@ def make(size: str = "sd15", device: str = "cpu", dtype: str = "float32", seed: 
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from hsteer.apps.world_model import build_tokenizer_files
+    from hsteer.world.build_unet import build_tokenizer_files
 
     spec = SIZES[size]
     torch.manual_seed(seed)

@@ -53,7 +53,7 @@ class QualityProbe:
     the plain images of the same seeds (made once); `meets` is the fixed quality both modes are timed to."""
 
     def __init__(self, pipe, images: int, threshold: float = 0.05, agreement_target: float | None = 0.90) -> None:
-        from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
+        from hsteer.world.evaluate import WorldEvalConfig, evaluate_world
         from hsteer.policies import PlainPolicy
         from hsteer.model import sampling_defaults
 
@@ -65,7 +65,7 @@ class QualityProbe:
         self.plain = evaluate_world(pipe, self.config, policy=PlainPolicy(), progress=False)
 
     def __call__(self, concepts) -> dict:
-        from hsteer.evaluation.world import evaluate_world
+        from hsteer.world.evaluate import evaluate_world
         from hsteer.policies import FairPolicy
         from hsteer.hspace.bank import ConceptBank
 

@@ -4,7 +4,7 @@
         [--window colour=0,0.25 ...] [--scale 1.0 --scale 1.5] [--iterations 150] [--images 8] [--json OUT]
 
 For each group and step window: the group's concepts learned with the recipe (`world_train_config`) in that
-window; for each scale, fair over that group alone on the held-out templates (`evaluation.world_held_out`:
+window; for each scale, fair over that group alone on the held-out templates (`world.held_out`:
 targeted DevRat, same-seed agreement on every untargeted attribute, explicit prompts' named value kept,
 fidelity, each with its 95% interval) and, for reference, on the demo's leakage template. The plain model's
 figures come from the same run (each report's `plain`). Banks are kept under `--work` and reused. Targets:
@@ -52,8 +52,8 @@ def train_bank(pipe, group: str, window: tuple[float, float], iterations: int, w
 
 def measure(pipe, bank, group: str, scale: float, images: int) -> dict:
     """Held-out and demo-template figures of fair over `group` at `scale`."""
-    from hsteer.evaluation.world import WorldEvalConfig
-    from hsteer.evaluation.world_held_out import HeldOutConfig, evaluate_held_out
+    from hsteer.world.evaluate import WorldEvalConfig
+    from hsteer.world.held_out import HeldOutConfig, evaluate_held_out
 
     eval_config = WorldEvalConfig(steps=20, guidance=4.0)
     runs, scales = ((group,),), {group: scale}
@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     setup_threads(args.threads)
-    from hsteer.evaluation.world_held_out import held_out_rows
+    from hsteer.world.held_out import held_out_rows
     from hsteer.hspace.bank import ConceptBank
     from hsteer.model import load_quietly
 

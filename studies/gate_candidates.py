@@ -2,7 +2,7 @@
 
     python studies/gate_candidates.py --bank hsteer-demo/bank.safetensors [--images-per-prompt 8] [--json]
 
-Runs `hsteer.evaluation.world_gate.evaluate_gate` with every setting of `SETTINGS` (blind steering, the
+Runs `hsteer.world.gate_eval.evaluate_gate` with every setting of `SETTINGS` (blind steering, the
 `token`, `embedding`, `embedding-hard` and `context` gates) on the demo's bank, with the demo's gate
 configuration (explicit prompts of every profession x every shape and colour, the open prompts, harm
 prompts phrased outside the training templates, seed 300), and prints the table the README quotes, each
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     setup_threads(args.threads)
     from hsteer import ConceptBank, load_pipeline
-    from hsteer.evaluation.world_gate import SETTINGS, GateEvalConfig, evaluate_gate, gate_table
+    from hsteer.world.gate_eval import SETTINGS, GateEvalConfig, evaluate_gate, gate_table
     from hsteer.model import sampling_defaults
 
     pipe = load_pipeline(None)

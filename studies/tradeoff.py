@@ -27,7 +27,7 @@ METHODS = ("sdisc", "codsma", "respodiff")
 
 def measure(args) -> dict:
     from hsteer.apps.recipes import world_train_config
-    from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
+    from hsteer.world.evaluate import WorldEvalConfig, evaluate_world
     from hsteer.policies import FairPolicy, PlainPolicy
     from hsteer.hspace.bank import ConceptBank
     from hsteer.model import load_quietly, sampling_defaults

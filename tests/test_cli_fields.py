@@ -32,7 +32,7 @@ def test_a_field_reads_as_python_in_the_library_and_as_its_option_on_the_command
 
 def test_library_calls_show_python_names_and_the_command_line_their_options(tmp_path):
     from hsteer.evaluation.runs import check_run_layout
-    from hsteer.evaluation.winobias import naming_words
+    from hsteer.evaluation.datasets.winobias import naming_words
     from hsteer.generation.guard_fit import check_fit_prompts
     from hsteer.training import RespoDiffConfig
 
@@ -61,10 +61,15 @@ def test_library_calls_show_python_names_and_the_command_line_their_options(tmp_
     assert cli_message(info.value).endswith("move it away, or use another --out; nothing was changed")
 
 
+#: The bundled world's models' build and quality bar (`hsteer world train | train-dit | quality`).
+WORLD_BUILD = {"world/data.py", "world/pipeline.py", "world/training_loop.py", "world/build_unet.py",
+               "world/build_dit.py", "world/quality.py"}
 #: The library below the command line: cli/ and ui/ are the command line and the web page; apps/ (the
-#: bundled apps) and attacks/ are not scanned here; evaluation/settle.py is converted on its own.
+#: bundled apps), the world's build (`WORLD_BUILD`) and attacks/ are not scanned here; evaluation/settle.py
+#: is converted on its own.
 LIBRARY = sorted(path for path in PACKAGE.rglob("*.py") if path.relative_to(PACKAGE).parts[0] not in (
-    "cli", "ui", "apps", "attacks") and path.relative_to(PACKAGE).as_posix() != "evaluation/settle.py")
+    "cli", "ui", "apps", "attacks") and path.relative_to(PACKAGE).as_posix() not in WORLD_BUILD | {
+    "evaluation/settle.py"})
 #: Advice for the command line beside the Python way: a `CLI: ...` note, or a whole `hsteer ...` command.
 CLI_ADVICE = re.compile(r"CLI: [^)]*|`hsteer [^`]*`")
 #: The model card shows the Python use and the command line's side by side (its ```bash block).
@@ -89,8 +94,9 @@ def _texts(tree: ast.AST):
 def test_the_scan_covers_the_library():
     names = {path.relative_to(PACKAGE).as_posix() for path in LIBRARY}
     assert {"outputs.py", "policies.py", "checks.py", "training/run.py", "training/methods/respodiff/config.py",
-            "evaluation/harm.py", "model/loading.py", "hspace/hub.py", "generation/guard_fit.py"} <= names
-    assert not names & {"evaluation/settle.py", "cli/common.py", "ui/app.py"}
+            "evaluation/harm.py", "model/loading.py", "hspace/hub.py", "generation/guard_fit.py",
+            "world/evaluate.py", "world/gate_eval.py", "world/held_out.py", "world/scene.py"} <= names
+    assert not names & {"evaluation/settle.py", "cli/common.py", "ui/app.py", *WORLD_BUILD}
     assert "--out" in "".join(_texts(ast.parse('x = f"use another --out {y}"')))  # f-strings are read
     assert list(_texts(ast.parse('"""--doc"""\ndef f():\n    """--doc"""'))) == []  # docstrings are not
 

@@ -79,7 +79,7 @@ def test_the_demo_grids_name_their_rows_and_seeds(tmp_path, monkeypatch):
     from PIL import Image
 
     from hsteer.apps import demo
-    from hsteer.evaluation.world import WorldEvalConfig, WorldEvalResult
+    from hsteer.world.evaluate import WorldEvalConfig, WorldEvalResult
 
     seeds = demo.grid_seeds(WorldEvalConfig(images_per_prompt=3, harm_images_per_prompt=2, seed=7))
     assert seeds["a photo of a doctor"] == [7, 8, 9] and seeds["a violent scene"] == [7, 8]

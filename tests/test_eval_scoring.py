@@ -103,7 +103,7 @@ def test_parse_attributes():
 
 
 def test_winobias_prompts():
-    from hsteer.evaluation.winobias import PROFESSIONS, winobias_prompts
+    from hsteer.evaluation.datasets.winobias import PROFESSIONS, winobias_prompts
 
     assert len(PROFESSIONS) == 36
     pairs = winobias_prompts()
@@ -118,7 +118,7 @@ def test_winobias_prompts():
 
 
 def test_i2p_csv_parser():
-    from hsteer.evaluation.i2p import read_i2p
+    from hsteer.evaluation.datasets.i2p import read_i2p
 
     rows = read_i2p(DATA / "i2p_sample.csv")
     assert len(rows) == 6  # the row with an empty prompt is dropped
@@ -134,7 +134,7 @@ def test_i2p_csv_parser():
 
 
 def test_i2p_csv_errors(tmp_path):
-    from hsteer.evaluation.i2p import read_i2p
+    from hsteer.evaluation.datasets.i2p import read_i2p
 
     bad = tmp_path / "bad.csv"
     bad.write_text("text,categories\nhello,violence\n")
@@ -147,7 +147,7 @@ def test_i2p_csv_errors(tmp_path):
 
 
 def test_inappropriate_rates():
-    from hsteer.evaluation.i2p import combine_flags, inappropriate_rates
+    from hsteer.evaluation.datasets.i2p import combine_flags, inappropriate_rates
 
     flags = combine_flags([True, False, False, False], [False, False, True, False])
     assert flags == [True, False, True, False]
@@ -312,7 +312,7 @@ def test_nudenet_real_detector_on_synthetic_images(tmp_path):
 
 
 def test_coco_captions_formats(tmp_path):
-    from hsteer.evaluation.coco import read_captions
+    from hsteer.evaluation.datasets.coco import read_captions
 
     coco = {"images": [], "annotations": [{"image_id": 9, "id": 1, "caption": " a red circle "},
                                           {"image_id": 9, "id": 2, "caption": "a blue square"}]}
@@ -328,7 +328,7 @@ def test_coco_captions_formats(tmp_path):
 
 
 def test_fid_is_skipped_with_a_clear_message(tmp_path):
-    from hsteer.evaluation.coco import compute_fid
+    from hsteer.evaluation.datasets.coco import compute_fid
 
     assert compute_fid(tmp_path, None)["fid_skipped"].startswith("no reference folder")
     out = compute_fid(tmp_path, tmp_path, weights=tmp_path / "missing.pth")

@@ -173,7 +173,7 @@ def test_world_task_in_a_run_folder_matches_evaluate_world(tmp_path):
     from hsteer.evaluation.runs import RunSettings, prepare_run_dir
     from hsteer.evaluation.scoring import score_run
     from hsteer.evaluation.sharding import run_generation
-    from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
+    from hsteer.world.evaluate import WorldEvalConfig, evaluate_world
     from hsteer.model import load_pipeline
 
     pipe = load_pipeline()

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
+from hsteer.world.evaluate import WorldEvalConfig, evaluate_world
 from hsteer.policies import ConceptPolicy, FairPolicy, PlainPolicy, SafePolicy
 
 

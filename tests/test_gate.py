@@ -122,7 +122,7 @@ def test_gate_evaluation_on_the_bundled_model_and_its_compare_table():
     recipe's training prompts): the gate keeps what explicit prompts name, image for image, and leaves
     harmless prompts alone under safety; blind steering does neither; every figure has its interval."""
     from hsteer.apps.compare import _gate_section
-    from hsteer.evaluation.world_gate import HARM_VARIANTS, GateEvalConfig, evaluate_gate
+    from hsteer.world.gate_eval import HARM_VARIANTS, GateEvalConfig, evaluate_gate
 
     pipe = load_pipeline(None)
     bank = _world_bank(pipe)
@@ -161,7 +161,7 @@ def test_the_gate_candidates_benchmark_runs_every_setting(tmp_path, capsys):
     """benchmarks/gate_candidates.py --quick: every candidate gate and blind steering, in one report."""
     from test_benchmarks import _load
 
-    from hsteer.evaluation.world_gate import SETTINGS
+    from hsteer.world.gate_eval import SETTINGS
 
     bank = _world_bank(load_pipeline(None)).save(tmp_path / "bank.safetensors")
     report = _load("gate_candidates").main(["--bank", str(bank), "--quick", "--threads", "1"])

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from hsteer.cli.common import cli_message
 from hsteer.errors import HsteerError
-from hsteer.evaluation.attack_prompts import read_attack_prompts
+from hsteer.evaluation.datasets.attack_prompts import read_attack_prompts
 
 
 def _write(tmp_path, name, content):

@@ -106,8 +106,8 @@ def test_cli_settle_on_the_bundled_model_and_refusal_elsewhere(tmp_path, sd_dir)
 def test_held_out_templates_are_phrased_unlike_the_demos_and_selectable():
     from hsteer.apps.demo import DemoConfig
     from hsteer.evaluation.tasks.world import HELD_OUT_TEMPLATES, TEMPLATES, world_jobs
-    from hsteer.evaluation.world import WorldEvalConfig
-    from hsteer.evaluation.world_held_out import HeldOutConfig
+    from hsteer.world.evaluate import WorldEvalConfig
+    from hsteer.world.held_out import HeldOutConfig
 
     assert not set(HELD_OUT_TEMPLATES) & (set(TEMPLATES) | set(DemoConfig().leakage_templates))
     jobs = world_jobs({"templates": "held-out", "professions": ["nurse"], "images_per_prompt": 1,
@@ -121,8 +121,8 @@ def test_held_out_templates_are_phrased_unlike_the_demos_and_selectable():
 
 
 def test_evaluate_held_out_reports_every_figure_with_an_interval(world):
-    from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
-    from hsteer.evaluation.world_held_out import HeldOutConfig, evaluate_held_out, held_out_section
+    from hsteer.world.evaluate import WorldEvalConfig, evaluate_world
+    from hsteer.world.held_out import HeldOutConfig, evaluate_held_out, held_out_section
     from hsteer.hspace.randombank import random_bank
 
     bank = random_bank(world, {"shape": ["circle", "square"], "colour": ["red", "green", "blue"]}, scale=2.0)

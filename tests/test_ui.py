@@ -318,7 +318,7 @@ def test_evaluate_world_for_the_session_bank(server, tmp_path):
     for row in rows.values():
         assert all(0.0 <= v <= 1.0 for v in row[1:])
     # the plain column is the library's world evaluation with the same settings
-    from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
+    from hsteer.world.evaluate import WorldEvalConfig, evaluate_world
 
     direct = evaluate_world(server["pipe"], WorldEvalConfig(professions=("doctor",), images_per_prompt=2,
                                                             harm_prompts=(), steps=STEPS, guidance=4.0), progress=False)

@@ -191,7 +191,7 @@ def test_planted_bias_frequencies():
 
 
 def test_tokenizer_word_level(tmp_path):
-    from hsteer.apps.world_model import MAX_LENGTH, build_tokenizer_files, load_tokenizer
+    from hsteer.world.build_unet import MAX_LENGTH, build_tokenizer_files, load_tokenizer
 
     build_tokenizer_files(tmp_path)
     tok = load_tokenizer(tmp_path)  # raises if a world word is split
@@ -205,7 +205,7 @@ def test_tokenizer_word_level(tmp_path):
 
 
 def test_quality_helpers():
-    from hsteer.apps.world_quality import planted_deviation, prompt_sets
+    from hsteer.world.quality import planted_deviation, prompt_sets
     from hsteer.evaluation.metrics import deviation_ratio
 
     assert deviation_ratio(["a", "b"] * 5, ("a", "b")) == pytest.approx(0.0)
@@ -268,7 +268,7 @@ def test_world_training_script_saves_a_loadable_pipeline(tmp_path):
 
     from hsteer.model import load_pipeline, sampling_defaults
     from hsteer.world import DEFAULT_GUIDANCE, DEFAULT_STEPS
-    from hsteer.apps.world_model import train_world_model
+    from hsteer.world.build_unet import train_world_model
 
     out = train_world_model(tmp_path / "model", vae_minutes=0.05, unet_minutes=0.1, threads=2, n_images=256,
                             batch_size=16, log=lambda s: None)

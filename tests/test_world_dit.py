@@ -1,4 +1,4 @@
-"""The DiT world model's trainer (hsteer.apps.world_dit): a short run from the bundled U-Net model's parts,
+"""The DiT world model's trainer (hsteer.world.build_dit): a short run from the bundled U-Net model's parts,
 saved, loaded back as a StableDiffusion3Pipeline, and driven by hsteer with its model card."""
 
 import json
@@ -9,7 +9,7 @@ import torch
 def test_a_short_dit_run_saves_a_loadable_sd3_pipeline_that_hsteer_reads(tmp_path):
     from diffusers import StableDiffusion3Pipeline
 
-    from hsteer.apps.world_dit import MAX_SEQUENCE_LENGTH, caption_features, train_world_dit
+    from hsteer.world.build_dit import MAX_SEQUENCE_LENGTH, caption_features, train_world_dit
     from hsteer.model import load_pipeline
     from hsteer.model.diffusion import encode_text
     from hsteer.model.sites import default_site_spec

@@ -3,7 +3,7 @@
 For each method: the shape group, the colour group, both composed (fair generation over two groups),
 and safety; reported as mean deviation ratio, profession fidelity, harm rate and training wall time.
 Then each method's bank on prompts that name an attribute, blind against the prompt-aware gate
-(`hsteer.evaluation.world_gate`): the same figures `hsteer demo` reports, so that methods compare there too.
+(`hsteer.world.gate_eval`): the same figures `hsteer demo` reports, so that methods compare there too.
 The table it writes is pasted into the README as is (`--readme README.md` does it).
 """
 
@@ -23,9 +23,9 @@ from hsteer.fileio import atomic_write_text
 from hsteer.hspace.bank import ConceptBank
 from hsteer.apps.recipes import METHOD_SETTINGS, OBJECTIVE_SETTINGS, WORLD_CONCEPTS, pipeline_recipe, world_train_config
 from hsteer.evaluation.leakage import fmt_ci
-from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
-from hsteer.evaluation.world_gate import GATE_TABLE_HEAD, GateEvalConfig, evaluate_gate, gate_rows
-from hsteer.evaluation.world_held_out import HELD_OUT_HEAD, HeldOutConfig, evaluate_held_out, held_out_rows
+from hsteer.world.evaluate import WorldEvalConfig, evaluate_world
+from hsteer.world.gate_eval import GATE_TABLE_HEAD, GateEvalConfig, evaluate_gate, gate_rows
+from hsteer.world.held_out import HELD_OUT_HEAD, HeldOutConfig, evaluate_held_out, held_out_rows
 from hsteer.gate import DEFAULT_GATE
 from hsteer.policies import FairPolicy, PlainPolicy, SafePolicy
 from hsteer.model import load_pipeline, sampling_defaults

@@ -17,9 +17,9 @@ from typing import Any
 from hsteer.checks import check_count, check_float, check_output_dir, check_seed, check_threads
 from hsteer.hspace.bank import ConceptBank
 from hsteer.evaluation.images import labelled_grid
-from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
-from hsteer.evaluation.world_gate import GateEvalConfig, evaluate_gate, gate_table
-from hsteer.evaluation.world_held_out import HeldOutConfig, evaluate_held_out, held_out_section
+from hsteer.world.evaluate import WorldEvalConfig, evaluate_world
+from hsteer.world.gate_eval import GateEvalConfig, evaluate_gate, gate_table
+from hsteer.world.held_out import HeldOutConfig, evaluate_held_out, held_out_section
 from hsteer.gate import DEFAULT_GATE
 from hsteer.generation.guard import GuardConfig
 from hsteer.generation.guard_fit import DetectorFitConfig, fit_detector, prompts_of_group
@@ -47,7 +47,7 @@ class DemoConfig:
     gate_images_per_prompt: int | None = None  # the gate's explicit-prompt set; default images_per_prompt // 3
     leakage_templates: tuple[str, ...] = ("a photo of a {}",)  # fair over one group: its prompts (no harm prompts)
     guard: bool = True  # also measure safety under the image-aware guard (the bank's learned detector)
-    held_out: bool = True  # also measure fair steering on the held-out templates (`evaluation.world_held_out`)
+    held_out: bool = True  # also measure fair steering on the held-out templates (`world.held_out`)
     seed: int = 0
     threads: int | None = None
 

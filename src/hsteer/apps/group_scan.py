@@ -28,7 +28,7 @@ from hsteer.checks import check_count, check_seed
 from hsteer.errors import HsteerError
 from hsteer.evaluation.leakage import fmt_ci
 from hsteer.evaluation.metrics import wilson_interval
-from hsteer.evaluation.world import HARM_PROMPTS, WorldEvalConfig, evaluate_world
+from hsteer.world.evaluate import HARM_PROMPTS, WorldEvalConfig, evaluate_world
 from hsteer.generation import generate
 from hsteer.hspace.bank import ConceptBank
 from hsteer.model.loading import sampling_for

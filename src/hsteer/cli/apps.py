@@ -85,7 +85,7 @@ def world() -> None:
 def world_train(out, seed, vae_minutes, unet_minutes, threads, snapshot_every_minutes, n_images, batch_size, lr,
                 no_resume) -> None:
     """Train the world's text-to-image model from scratch on a CPU (about an hour on 2 cores); resumable."""
-    from hsteer.apps.world_model import train_world_model
+    from hsteer.world.build_unet import train_world_model
 
     path = train_world_model(out, seed=seed, vae_minutes=vae_minutes, unet_minutes=unet_minutes, threads=threads,
                              snapshot_every_minutes=snapshot_every_minutes, log=click.echo, n_images=n_images,
@@ -107,7 +107,7 @@ def world_train(out, seed, vae_minutes, unet_minutes, threads, snapshot_every_mi
 @one_line_errors
 def world_train_dit(out, source, seed, minutes, threads, n_images, batch_size, lr, no_resume) -> None:
     """Train the world's second model, a tiny SD3 (MMDiT) transformer, on a CPU; resumable."""
-    from hsteer.apps.world_dit import train_world_dit
+    from hsteer.world.build_dit import train_world_dit
 
     path = train_world_dit(out, source, seed=seed, minutes=minutes, threads=threads, n_images=n_images,
                            batch_size=batch_size, lr=lr, resume=not no_resume, log=click.echo)
@@ -128,7 +128,7 @@ def world_train_dit(out, source, seed, minutes, threads, n_images, batch_size, l
 @one_line_errors
 def world_quality(model, images, seed, steps, guidance, batch_size, threads, out, grid) -> None:
     """Measure the model against the world's quality bar (prints JSON)."""
-    from hsteer.apps.world_quality import measure_world_model
+    from hsteer.world.quality import measure_world_model
     from hsteer.fileio import atomic_write_text
     from hsteer.model import default_model, sampling_defaults
 

@@ -267,7 +267,7 @@ def eval_group() -> None:
 def winobias(classifier, attributes, group_names, watch, baseline_run, align_model, templates, max_templates,
              images_per_prompt, professions, **o) -> None:
     """WinoBias professions x templates: deviation ratio per profession and mean, and WinoAlign."""
-    from hsteer.evaluation.winobias import parse_professions
+    from hsteer.evaluation.datasets.winobias import parse_professions
 
     if images_per_prompt < 1:
         raise HsteerError("--images-per-prompt must be >= 1")
@@ -294,7 +294,7 @@ def winobias(classifier, attributes, group_names, watch, baseline_run, align_mod
 
 def _named_words(scoring: dict[str, Any], world: bool) -> dict[str, dict[str, str]]:
     """The explicit templates' naming words for the scored groups (the world's labels are words already)."""
-    from hsteer.evaluation.winobias import naming_words
+    from hsteer.evaluation.datasets.winobias import naming_words
 
     if not world:
         return naming_words(scoring["attributes"])
@@ -327,7 +327,7 @@ def _named_words(scoring: dict[str, Any], world: bool) -> dict[str, dict[str, st
 def i2p(prompts_csv, images_per_prompt, categories, hard_only, limit, csv_guidance, detectors, q16_prompts,
         q16_clip, nudenet_classes, nudenet_threshold, **o) -> None:
     """I2P: share of images flagged inappropriate by Q16 or NudeNet, per category and overall."""
-    from hsteer.evaluation.i2p import read_i2p
+    from hsteer.evaluation.datasets.i2p import read_i2p
 
     if images_per_prompt < 1:
         raise HsteerError("--images-per-prompt must be >= 1")
@@ -352,7 +352,7 @@ MAX_JOBS = 10_000_000
 @eval_options
 @click.option("--prompts", "prompts_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="An attack prompt set: CSV/JSON/JSON lines of P4D, Ring-A-Bell, MMA-Diffusion, UnlearnDiffAtk, or "
-                   "`hsteer attack`'s prompts.csv / summary.json (docs: hsteer.evaluation.attack_prompts).")
+                   "`hsteer attack`'s prompts.csv / summary.json (docs: hsteer.evaluation.datasets.attack_prompts).")
 @click.option("--prompt-column", default=None, help="The column holding the prompts (default: found by name).")
 @click.option("--seed-column", default=None, help="The column holding the seeds (default: found by name).")
 @click.option("--images-per-prompt", default=1, show_default=True, type=int,
@@ -369,7 +369,7 @@ MAX_JOBS = 10_000_000
 def attack_set(prompts_file, prompt_column, seed_column, images_per_prompt, limit, csv_guidance, detectors,
                q16_prompts, q16_clip, nudenet_threshold, **o) -> None:
     """Attack prompt sets: the attack success rate (share of flagged images) with a 95% interval."""
-    from hsteer.evaluation.attack_prompts import read_attack_prompts
+    from hsteer.evaluation.datasets.attack_prompts import read_attack_prompts
 
     from hsteer.model.loading import BUNDLED_NAMES, model_location
 
@@ -401,7 +401,7 @@ def attack_set(prompts_file, prompt_column, seed_column, images_per_prompt, limi
 @one_line_errors
 def coco(captions, limit, clip_model, reference, fid_weights, **o) -> None:
     """COCO captions: CLIP score, and FID where its optional parts are installed."""
-    from hsteer.evaluation.coco import read_captions
+    from hsteer.evaluation.datasets.coco import read_captions
 
     read_captions(captions, limit)
     task_args = {"captions": str(Path(captions).resolve()), "limit": limit}

@@ -3,8 +3,8 @@
 The bundled world's exact probes and a CLIP zero-shot classifier are interchangeable
 `AttributeClassifier`s, so the world evaluation and the real-model WinoBias harness share the metrics.
 
-Tasks (WinoBias, I2P, COCO, the bundled world) implement one protocol, `tasks.EvalTask`, and are listed
-once in `tasks.TASKS`. A run folder: `runs` (layout, typed settings) -> `sharding` (generation) ->
+Tasks (WinoBias, I2P, COCO, the bundled world, attack prompt sets) implement one protocol, `tasks.EvalTask`,
+and are listed once in `tasks.TASKS`; the benchmarks' prompt sets they read are in `datasets`. A run folder: `runs` (layout, typed settings) -> `sharding` (generation) ->
 `scoring` -> `report`; import each piece from its own module.
 """
 

@@ -27,7 +27,7 @@ from hsteer import world
 from hsteer.apps.recipes import WORLD_CONCEPTS, world_train_config
 from hsteer.checks import check_count, check_float, check_name, check_seed
 from hsteer.evaluation.leakage import fmt_ci
-from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
+from hsteer.world.evaluate import WorldEvalConfig, evaluate_world
 from hsteer.generation.guard import GuardConfig
 from hsteer.hspace.hub import hub_bank_file, parse_hub_spec
 from hsteer.hspace.steering import check_window

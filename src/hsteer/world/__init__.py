@@ -1,15 +1,25 @@
-"""The bundled toy world (shapes x colours on profession patterns) and its tiny SD model.
+"""The bundled toy world: its scene, its two tiny models, their build, quality checks and evaluations.
 
-``scene`` holds the world (rendering, captions, planted biases, probes; numpy/PIL only) and
-``model/`` the packaged pipeline (:func:`default_model_path`). Training that pipeline and measuring
-its quality are applications of the library: ``hsteer.apps.world_model`` and ``hsteer.apps.world_quality``.
+Low layers (the library below the applications may import them):
+
+- ``scene``: the world itself (rendering, captions, planted biases, probes; numpy/PIL only);
+- ``defaults``: the bundled model's folder (:func:`default_model_path`) and default sampling settings.
+
+The rest builds on the library (evaluation, generation, training):
+
+- ``model/`` and ``model_dit/``: the packaged U-Net and DiT pipelines;
+- ``build_unet`` (``hsteer world train``) with ``data``, ``pipeline``, ``training_loop``, and ``build_dit``
+  (``hsteer world train-dit``): how those models are trained;
+- ``quality`` (``hsteer world quality``): the models' quality bar;
+- ``evaluate``, ``gate_eval``, ``held_out``: the world's own evaluations (bias and harm under a policy, the
+  gate on prompts that name an attribute, fair steering on held-out templates).
+
+This package's ``__init__`` imports only the low layers.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from hsteer.model.loading import BUNDLED_MODEL
+from hsteer.world.defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS, default_model_path
 from hsteer.world.scene import (
     BIASED_PAIRS,
     BIASED_PROFESSIONS,
@@ -34,25 +44,6 @@ from hsteer.world.scene import (
     sample_attributes,
     sample_example,
 )
-
-#: default sampling settings of the bundled model (measured with ``hsteer.apps.world_quality``)
-DEFAULT_STEPS = 20
-DEFAULT_GUIDANCE = 4.0
-
-
-
-def default_model_path() -> Path:
-    """Folder of the bundled toy-world ``StableDiffusionPipeline``.
-
-    Raises ``FileNotFoundError`` when the package was built without the model.
-    """
-    if not (BUNDLED_MODEL / "model_index.json").is_file():
-        raise FileNotFoundError(
-            f"the bundled toy-world model is missing ({BUNDLED_MODEL}/model_index.json); train one with "
-            f"`hsteer world train --out {BUNDLED_MODEL}`"
-        )
-    return BUNDLED_MODEL
-
 
 __all__ = [
     "BIASED_PAIRS",

@@ -1,6 +1,6 @@
 """Attack prompt sets as an evaluation task: each adversarial prompt's images, flagged by the run's scorer.
 
-The prompts come from a local file in one of the published formats (`evaluation.attack_prompts`: P4D,
+The prompts come from a local file in one of the published formats (`evaluation.datasets.attack_prompts`: P4D,
 Ring-A-Bell, MMA-Diffusion, UnlearnDiffAtk, or what `hsteer attack` found). The scorer is the world's harm
 probe (`detectors: ["world"]`, for the bundled model) or Q16 and/or NudeNet, OR-ed as in I2P; the attack
 success rate (ASR) is the share of flagged images, with its 95% interval, and per prompt
@@ -23,7 +23,7 @@ class AttackTask:
     name = "attack"
 
     def jobs(self, settings: GenerationSettings) -> list[dict[str, Any]]:
-        from hsteer.evaluation.attack_prompts import read_attack_prompts
+        from hsteer.evaluation.datasets.attack_prompts import read_attack_prompts
 
         args = settings.task_args
         rows = read_attack_prompts(args["prompts"], prompt_column=args.get("prompt_column"),

@@ -17,7 +17,7 @@ class CocoTask:
     name = "coco"
 
     def jobs(self, settings: GenerationSettings) -> list[dict[str, Any]]:
-        from hsteer.evaluation.coco import read_captions
+        from hsteer.evaluation.datasets.coco import read_captions
 
         args = settings.task_args
         return [{"prompt": caption, "index": 0, "seed": settings.seed + n, "extra": {"caption_id": caption_id}}
@@ -27,7 +27,7 @@ class CocoTask:
         """Nothing to check ahead: FID is optional and reports why it was skipped."""
 
     def score(self, run: ScoringRun) -> tuple[list[dict], dict[str, Any]]:
-        from hsteer.evaluation.coco import clip_scores, compute_fid
+        from hsteer.evaluation.datasets.coco import clip_scores, compute_fid
 
         name = run.scoring.get("clip") or DEFAULT_CLIP
         scorer = run.scorers.get(name)

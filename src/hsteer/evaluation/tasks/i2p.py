@@ -20,7 +20,7 @@ class I2PTask:
     name = "i2p"
 
     def jobs(self, settings: GenerationSettings) -> list[dict[str, Any]]:
-        from hsteer.evaluation.i2p import read_i2p
+        from hsteer.evaluation.datasets.i2p import read_i2p
 
         args = settings.task_args
         prompts = read_i2p(args["prompts"], categories=args.get("categories"), hard_only=args.get("hard_only", False),
@@ -39,7 +39,7 @@ class I2PTask:
         check_detectors(scoring, before_generation=True)
 
     def score(self, run: ScoringRun) -> tuple[list[dict], dict[str, Any]]:
-        from hsteer.evaluation.i2p import inappropriate_rates
+        from hsteer.evaluation.datasets.i2p import inappropriate_rates
 
         detectors = check_detectors(run.scoring)
         q16, nude = build_detectors(detectors, run.scoring, run.scorers.get)

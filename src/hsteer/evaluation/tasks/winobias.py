@@ -28,9 +28,9 @@ class WinoBiasTask:
     name = "winobias"
 
     def jobs(self, settings: GenerationSettings) -> list[dict[str, Any]]:
-        from hsteer.evaluation.winobias import winobias_prompts
+        from hsteer.evaluation.datasets.winobias import winobias_prompts
 
-        from hsteer.evaluation.winobias import explicit_prompts
+        from hsteer.evaluation.datasets.winobias import explicit_prompts
 
         args = settings.task_args
         if args["templates"] == "explicit":

@@ -40,7 +40,7 @@ def world_jobs(args: dict[str, Any], seed: int) -> list[dict[str, Any]]:
     args: professions (None: all), templates (or a `TEMPLATE_SETS` name), images_per_prompt, harm_prompts,
     harm_images_per_prompt.
     """
-    from hsteer.world import scene
+    import hsteer.world.scene as scene
 
     professions = tuple(args.get("professions") or scene.PROFESSIONS)
     templates, harm = template_set(args.get("templates")), args.get("harm_prompts")
@@ -75,7 +75,7 @@ def world_summary(bias_items: Sequence[dict], harm_items: Sequence[dict] | None,
 
     `attributes`: the groups to summarise and their labels (the probe's), e.g. {"shape": ("circle", "square")}.
     """
-    from hsteer.world import scene
+    import hsteer.world.scene as scene
 
     bias = bias_summary(bias_items, attributes, "profession", professions)
     per = bias["per_profession"]
@@ -113,7 +113,7 @@ def world_intervals(bias_items: Sequence[dict], professions: Sequence[str],
 
     Percentile bootstrap, 1000 resamples within (profession, drawn concepts), fixed seed (docs/methods.md §8).
     """
-    from hsteer.world import scene
+    import hsteer.world.scene as scene
 
     boot = Bootstrap(strata(bias_items, "profession"))
     biased = {g: [p for p in professions if p in scene.BIASED_PROFESSIONS and (p, g) in scene.BIASED_PAIRS]
@@ -148,7 +148,7 @@ class WorldTask:
         """Nothing to check ahead: the probes need no weights."""
 
     def score(self, run: ScoringRun) -> tuple[list[dict], dict[str, Any]]:
-        from hsteer.world import scene
+        import hsteer.world.scene as scene
 
         probe = scene.WorldProbe()
         per_image: list[dict] = []

@@ -12,9 +12,9 @@ import os
 import shutil
 from pathlib import Path
 
-from hsteer.apps.world_data import MAX_LENGTH
 from hsteer.fileio import atomic_save
-from hsteer.world import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from hsteer.world.data import MAX_LENGTH
+from hsteer.world.defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 VAE_CONFIG = {
     "in_channels": 3,

@@ -18,7 +18,7 @@ random weights. What it shares with the U-Net world model, and why:
 
 The text features of every distinct caption are computed once through the pipeline's own `encode_prompt`
 (the encoders are frozen), so training and generation condition on exactly the same tensors. Budgeted in
-minutes; snapshots and a resumable state as the U-Net world model has (`world_pipeline`).
+minutes; snapshots and a resumable state as the U-Net world model has (`hsteer.world.pipeline`).
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from hsteer.apps.world_data import MAX_LENGTH, render_dataset
-from hsteer.apps.world_pipeline import (TEXT_CONFIG, dir_size, load_training_state, publish_folder,
-                                       save_training_state)
-from hsteer.apps.world_training_loop import lr_factor, run_folders
 from hsteer.errors import TrainingDivergedError
-from hsteer.world import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from hsteer.world.data import MAX_LENGTH, render_dataset
+from hsteer.world.defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from hsteer.world.pipeline import (TEXT_CONFIG, dir_size, load_training_state, publish_folder,
+                                   save_training_state)
+from hsteer.world.training_loop import lr_factor, run_folders
 
 #: SD3's MMDiT at the world's size: 16 x 16 latents in 2 x 2 patches (64 image tokens), 4 joint blocks of
 #: width 128; the prompt side is the two CLIP encoders' features side by side (128 + 32).
@@ -116,7 +116,7 @@ def encode_latents(vae, images_u8: np.ndarray, batch: int = 512):
     """Each image's latent mean and std, scaled as the pipeline unscales them ((z - shift) x scaling)."""
     import torch
 
-    from hsteer.apps.world_data import to_tensor
+    from hsteer.world.data import to_tensor
 
     means, stds = [], []
     with torch.no_grad():
@@ -178,8 +178,8 @@ def train_world_dit(out_dir: Path, source: str | Path | None = None, *, log: Cal
     import torch
     from diffusers import SD3Transformer2DModel
 
-    from hsteer.apps.world_data import Captions
-    from hsteer.world import default_model_path
+    from hsteer.world.data import Captions
+    from hsteer.world.defaults import default_model_path
 
     cfg = DitTrainSettings(**settings)
     torch.set_num_threads(cfg.threads)

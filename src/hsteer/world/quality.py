@@ -28,7 +28,8 @@ from hsteer.evaluation.metrics import deviation_of_shares, deviation_ratio
 from hsteer.fileio import atomic_png
 from hsteer.generation import ImageJob, generate_jobs
 from hsteer.seeding import quality_seed
-from hsteer.world import DEFAULT_GUIDANCE, DEFAULT_STEPS, scene
+from hsteer.world import scene
+from hsteer.world.defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 QUALITY_BAR = {
     "shape_following": 0.90,
@@ -118,7 +119,7 @@ def measure_world_model(
 ) -> dict:
     """Generate the prompt sets with fixed seeds and measure them with the world probes."""
     if model_dir is None:
-        from hsteer.world import default_model_path
+        from hsteer.world.defaults import default_model_path
 
         model_dir = default_model_path()
     if pipe is None:

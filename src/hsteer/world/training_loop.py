@@ -16,8 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hsteer.apps.world_data import Captions, to_tensor
-from hsteer.apps.world_pipeline import (
+from hsteer.errors import TrainingDivergedError
+from hsteer.fileio import atomic_write_text
+from hsteer.world import scene
+from hsteer.world.data import Captions, to_tensor
+from hsteer.world.pipeline import (
     SCHEDULER_CONFIG,
     TEXT_CONFIG,
     UNET_CONFIG,
@@ -27,9 +30,6 @@ from hsteer.apps.world_pipeline import (
     save_pipeline,
     save_training_state,
 )
-from hsteer.errors import TrainingDivergedError
-from hsteer.fileio import atomic_write_text
-from hsteer.world import scene
 
 
 @dataclass

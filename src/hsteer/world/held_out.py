@@ -21,7 +21,7 @@ from typing import Any
 from hsteer.evaluation.leakage import fmt_ci
 from hsteer.evaluation.metrics import wilson_interval
 from hsteer.evaluation.tasks.world import HELD_OUT_TEMPLATES
-from hsteer.evaluation.world import WorldEvalConfig, evaluate_world
+from hsteer.world.evaluate import WorldEvalConfig, evaluate_world
 from hsteer.policies import FairPolicy, PlainPolicy
 
 #: The runs measured: fair over each group alone, then over both.

@@ -9,8 +9,8 @@ produces a standard diffusers ``StableDiffusionPipeline`` folder (tiny ``Autoenc
 minutes so the run fits a fixed CPU time slot; snapshots of the full pipeline are written
 atomically during U-Net training and the run can be resumed from its training state.
 
-The work is split by job: `world_data` (tokenizer, rendered pairs, captions), `world_pipeline` (the
-architecture's configs, the saved folder, the training state file), `world_training_loop` (the two stages).
+The work is split by job: `data` (tokenizer, rendered pairs, captions), `pipeline` (the
+architecture's configs, the saved folder, the training state file), `training_loop` (the two stages).
 This module is the entry point and keeps the names callers import from it.
 """
 
@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from hsteer.apps.world_data import (
+from hsteer.world.data import (
     MAX_LENGTH,
     SPECIAL_TOKENS,
     Captions,
@@ -28,8 +28,8 @@ from hsteer.apps.world_data import (
     load_tokenizer,
     render_dataset,
 )
-from hsteer.apps.world_pipeline import SCHEDULER_CONFIG, TEXT_CONFIG, UNET_CONFIG, VAE_CONFIG, save_pipeline
-from hsteer.apps.world_training_loop import UNetRun, WorldTrainSettings, run_folders, unet_stage, vae_stage
+from hsteer.world.pipeline import SCHEDULER_CONFIG, TEXT_CONFIG, UNET_CONFIG, VAE_CONFIG, save_pipeline
+from hsteer.world.training_loop import UNetRun, WorldTrainSettings, run_folders, unet_stage, vae_stage
 
 __all__ = ["MAX_LENGTH", "SCHEDULER_CONFIG", "SPECIAL_TOKENS", "TEXT_CONFIG", "UNET_CONFIG", "VAE_CONFIG",
            "WorldTrainSettings", "build_tokenizer_files", "load_tokenizer", "render_dataset", "save_pipeline",
