@@ -21,9 +21,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: install
 	$(BIN)/hsteer demo --out hsteer-demo --threads $(THREADS)
 
+# One pytest-xdist worker per thread, whole files per worker (a file's module fixtures, such as the demo's
+# run, are built once); tests/cpu.py gives each worker its share of the threads.
 test: install browser
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(THREADS) --dist loadfile
 
 # The browser tests (tests/test_ui_browser.py) drive Debian's chromium at HSTEER_CHROMIUM (default
 # /usr/bin/chromium). Installed with apt-get only where it is missing (as root, or through sudo); if that

@@ -8,13 +8,18 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from cpu import THREADS  # noqa: E402  (this worker's share of the cores: tests/cpu.py)
+
+# hsteer commands the tests start read these; a worker's share, so that workers never oversubscribe the cores
+os.environ["OMP_NUM_THREADS"] = os.environ["HSTEER_THREADS"] = str(THREADS)
+
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+torch.set_num_threads(THREADS)
 
 VOCAB_WORDS = ["a", "photo", "of", "person", "woman", "man", "scene", "violence", "doctor", "nurse", "square",
                "circle", "red", "blue", "the", "an", "picture"]

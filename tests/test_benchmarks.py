@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cpu import THREADS
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +31,7 @@ def _load(name: str):
 
 
 def test_quick_benchmark_reports_every_key():
-    results = _load("run").main(["--quick", "--json", "--threads", "2"])
+    results = _load("run").main(["--quick", "--json", "--threads", str(THREADS)])
     for key in ("steer_overhead", "fair_batch_ratio", "train_speedup", "train_quality", "train_memory"):
         assert key in results, key
     assert results["steer_overhead"] > 0 and results["fair_batch_ratio"] > 0
@@ -66,7 +67,7 @@ def test_random_sd_architecture_and_training_throughput(tmp_path):
     pipe = load_pipeline(folder)
     assert len(pipe.unet.down_blocks) == 4 and pipe.tokenizer.model_max_length == 77
     assert pipeline_hspace_shape(pipe) == (64, 2, 2)  # 128 px / 8 (VAE) / 8 (three U-Net downsamplings)
-    results = _load("run").main(["--quick", "--json", "--threads", "2", "--model", str(folder), "--skip-training",
+    results = _load("run").main(["--quick", "--json", "--threads", str(THREADS), "--model", str(folder), "--skip-training",
                                  "--train-throughput"])
     throughput = results["train_throughput"]
     assert throughput["fast"]["batch"] == 8 and throughput["reference"]["batch"] == 1
@@ -75,7 +76,7 @@ def test_random_sd_architecture_and_training_throughput(tmp_path):
 
 
 def test_quick_training_ideas_report_time_to_quality_and_ratio():
-    out = _load("train_ideas").main(["--quick", "--json", "--seeds", "0", "--ideas", "fast,lr0.2", "--threads", "2"])
+    out = _load("train_ideas").main(["--quick", "--json", "--seeds", "0", "--ideas", "fast,lr0.2", "--threads", str(THREADS)])
     assert set(out["ideas"]) == {"fast", "lr0.2"}
     for idea in out["ideas"].values():
         assert [r["seed"] for r in idea["runs"]] == [0]
@@ -163,7 +164,7 @@ def test_gauss_newton_step_solves_a_linear_least_squares_problem():
 
 
 def test_quick_gauss_newton_trains_and_scores_both_procedures():
-    out = _load("gauss_newton").main(["--quick", "--json", "--threads", "2"])
+    out = _load("gauss_newton").main(["--quick", "--json", "--threads", str(THREADS)])
     (run,) = out["runs"]
     point = run["gauss_newton_curve"][0]
     assert point["iterations"] == 1 and point["seconds"] > 0 and 0 <= point["deviation_ratio"] <= 1
@@ -172,7 +173,7 @@ def test_quick_gauss_newton_trains_and_scores_both_procedures():
 
 def test_quick_gpu_benchmark_covers_both_architectures_and_the_offload_paths():
     """benchmarks/gpu.py's CPU mode: toy-width SD 1.5 and SDXL layouts, every section, offload steering checked."""
-    out = _load("gpu").main(["--quick", "--device", "cpu", "--threads", "2", "--skip-compile"])
+    out = _load("gpu").main(["--quick", "--device", "cpu", "--threads", str(THREADS), "--skip-compile"])
     assert set(out["models"]) == {"sd15", "sdxl"} and out["machine"].endswith("cpu, float32")
     sd15, sdxl = out["models"]["sd15"], out["models"]["sdxl"]
     assert sd15["hspace_shape"] == [64, 2, 2] and sdxl["hspace_shape"] == [64, 4, 4]  # 3 vs 2 downsamplings

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from cpu import THREADS
+
 from hsteer.world import scene
 from hsteer.world.scene import (
     COLOURS,
@@ -270,7 +272,7 @@ def test_world_training_script_saves_a_loadable_pipeline(tmp_path):
     from hsteer.world import DEFAULT_GUIDANCE, DEFAULT_STEPS
     from hsteer.world.build_unet import train_world_model
 
-    out = train_world_model(tmp_path / "model", vae_minutes=0.05, unet_minutes=0.1, threads=2, n_images=256,
+    out = train_world_model(tmp_path / "model", vae_minutes=0.05, unet_minutes=0.1, threads=THREADS, n_images=256,
                             batch_size=16, log=lambda s: None)
     assert sampling_defaults(out) == {"steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE}
     assert (tmp_path / "model.train.log").is_file() and (out / "training_info.json").is_file()
@@ -282,7 +284,7 @@ def test_world_training_script_saves_a_loadable_pipeline(tmp_path):
     assert image.shape == (32, 32, 3) and np.isfinite(image).all()
 
     lines: list[str] = []  # the training state (safetensors, no pickles) resumes
-    train_world_model(tmp_path / "model", vae_minutes=0.05, unet_minutes=0.1, threads=2, n_images=256,
+    train_world_model(tmp_path / "model", vae_minutes=0.05, unet_minutes=0.1, threads=THREADS, n_images=256,
                       batch_size=16, log=lines.append)
     assert any("] resumed VAE" in line for line in lines), lines
     resumed = [re.search(r"\] resumed U-Net training at step (\d+)", line) for line in lines]

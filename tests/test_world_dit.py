@@ -4,6 +4,7 @@ saved, loaded back as a StableDiffusion3Pipeline, and driven by hsteer with its 
 import json
 
 import torch
+from cpu import THREADS
 
 
 def test_a_short_dit_run_saves_a_loadable_sd3_pipeline_that_hsteer_reads(tmp_path):
@@ -48,7 +49,7 @@ def test_the_bundled_dit_model_draws_what_it_is_asked_and_names_its_scanned_site
     from hsteer.model.sites import default_site_spec, family_of
     from hsteer.world import WorldProbe
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     pipe = load_pipeline("world-dit")
     assert family_of(pipe) == "sd3" and default_site_spec(pipe) == "text"
     sampling = sampling_defaults("world-dit")
