@@ -1,4 +1,5 @@
-"""hsteer: responsible text-to-image generation by steering the h-space of diffusers U-Nets.
+"""hsteer: responsible text-to-image generation by steering diffusers models:
+the U-Net's h-space, a transformer block or the text representation.
 
 The public API. The layers, bottom to top (docs/architecture.md): model -> hspace -> objectives ->
 training -> generation -> world -> evaluation -> apps -> cli; nothing imports a layer above it.

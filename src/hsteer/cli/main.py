@@ -81,7 +81,8 @@ class OneLineGroup(click.Group):
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="hsteer")
 def main() -> None:
-    """hsteer: fair and safe text-to-image generation by steering the h-space of diffusers U-Nets.
+    """hsteer: fair and safe text-to-image generation by steering diffusers models:
+    the U-Net's h-space, a transformer block or the text representation.
 
     \b
     Exit status: 0 on success; 2 on any handled error (bad input, a missing or broken file, a failed
