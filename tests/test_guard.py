@@ -52,6 +52,40 @@ def test_detector_learns_and_round_trips(guarded_bank):
     assert guarded_bank.describe()["concepts"]  # the concepts are untouched by the detector's tensors
 
 
+def test_bank_show_lists_the_detector_under_its_group(guarded_bank, tmp_path):
+    """`hsteer bank show` (and --json) lists the stored detector: kind, feature, step, threshold, error rates."""
+    import json
+
+    from click.testing import CliRunner
+
+    from hsteer.cli.main import main
+
+    path = tmp_path / "bank.safetensors"
+    guarded_bank.save(path)
+    detector = guarded_bank.detectors["safety"]
+    result = CliRunner().invoke(main, ["bank", "show", str(path)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    shown = [i for i, line in enumerate(lines) if "harm detector" in line]
+    assert len(shown) == 1, result.output
+    line = lines[shown[0]]
+    assert line.startswith("  safety harm detector: learned-latent reads x0-hat latent")
+    assert f"at step 4 of {detector.steps}" in line and "threshold 0.5" in line
+    assert f"false positives {detector.meta['false_positive_rate']:.3f}" in line
+    assert f"false negatives {detector.meta['false_negative_rate']:.3f}" in line
+    safety = [i for i, text in enumerate(lines) if text.startswith("  safety/")]
+    shape = [i for i, text in enumerate(lines) if text.startswith("  shape/")]
+    assert max(safety) < shown[0] and all(i < max(safety) or i > shown[0] for i in shape)  # under its group
+    result = CliRunner().invoke(main, ["bank", "show", "--json", str(path)])
+    assert result.exit_code == 0, result.output
+    stored = json.loads(result.output)["detectors"]
+    assert list(stored) == ["safety"]
+    assert stored["safety"] == {"kind": "learned-latent", "step": 4, "steps": detector.steps, "threshold": 0.5,
+                                "features": "latent", "feature_shape": list(detector.feature_shape),
+                                "false_positive_rate": detector.meta["false_positive_rate"],
+                                "false_negative_rate": detector.meta["false_negative_rate"]}
+
+
 def test_mixed_batch_decides_per_image(world, guarded_bank):
     kwargs = dict(num_images_per_prompt=4, batch_size=8, **SAMPLING)
     plain = generate(world, MIXED, **kwargs)

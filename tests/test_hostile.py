@@ -210,6 +210,8 @@ EVAL_CASES = [
     (["demo", "--iterations", "0"], ["--iterations"]),
     (["demo", "--out", "file.txt"], ["--out"]),
     (["compare", "--images-per-prompt", "0"], ["--images-per-prompt"]),
+    (["world", "quality", "--images", "0"], ["--images must be at least 1, got 0"]),
+    (["world", "quality", "--batch-size", "0"], ["--batch-size must be at least 1, got 0"]),
     (["bank", "show", "fifo"], ["not a regular file"]),
     (["bank", "show", "/dev/zero"], ["not a regular file"]),
     (["bank", "show", "random.bin"], ["corrupt"]),

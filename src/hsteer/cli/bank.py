@@ -25,7 +25,7 @@ def bank() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @one_line_errors
 def bank_show(bank_path, as_json) -> None:
-    """List a bank's concepts, groups, tensors and training settings."""
+    """List a bank's concepts, groups, tensors, training settings and harm detectors."""
     from hsteer.hspace.bank import ConceptBank
     from hsteer.hspace.bankcheck import flag_nonfinite
 
@@ -39,13 +39,32 @@ def bank_show(bank_path, as_json) -> None:
     else:
         click.echo(f"{bank_path}: site {info['site']} {tuple(info['hspace_shape'])} of a {info['family']} model "
                    f"{info['unet_fingerprint']}")
-    for concept, c in zip(loaded, info["concepts"]):
+    detectors = info.get("detectors", {})
+    last = {c["group"]: i for i, c in enumerate(info["concepts"])}  # a group's detector follows its last concept
+    for i, (concept, c) in enumerate(zip(loaded, info["concepts"])):
         tensors = ", ".join(f"{k}{tuple(v)}" for k, v in c["tensors"].items())
         prompts = " ".join(f"{k}={c[k]!r}" for k in ("neutral", "target", "negative") if c.get(k))
         flag = f" NON-FINITE VALUES in {', '.join(c['nonfinite'])}" if c.get("nonfinite") else ""
         click.echo(f"  {c['group']}/{c['name']}: {c['objective']} [{tensors}] {prompts}{flag}")
         for line in concept_details(concept.window, c):
             click.echo(f"    {line}")
+        if last[c["group"]] == i and c["group"] in detectors:
+            click.echo(f"  {c['group']} harm detector: {detector_line(detectors[c['group']])}")
+
+
+def detector_line(d: dict) -> str:
+    """A stored harm detector: its kind, the feature it reads, its decision step, threshold and held-out errors."""
+    shape = f" {tuple(d['feature_shape'])}" if d.get("feature_shape") else ""
+    line = (f"{d['kind']} reads x0-hat {d['features']}{shape} at step {d['step']} of {d['steps']}; "
+            f"threshold {d['threshold']:g}")
+    rates = [f"{label} {_rate(d[key])}" for key, label in (("false_positive_rate", "false positives"),
+                                                             ("false_negative_rate", "false negatives")) if key in d]
+    return line + (f"; held-out {', '.join(rates)}" if rates else "")
+
+
+def _rate(value) -> str:
+    """A stored error rate as written (a rate from the file's meta, which may hold anything)."""
+    return f"{value:.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else repr(value)
 
 
 #: The training settings `bank show` lists, in this order, where a concept has them.

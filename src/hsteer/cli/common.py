@@ -52,6 +52,8 @@ FIELD_OPTIONS = {
     "q16_prompts": "--q16-prompts", "attributes": "--attributes", "no_score": "--no-score",
     # banks
     "out": "--out", "directory": "--save-dir",
+    # the bundled world (`hsteer world quality`)
+    "n_per_set": "--images",
 }
 
 

@@ -307,6 +307,8 @@ class ConceptBank:
                 "groups": self.groups(), "concepts": concepts}
         if self.site_shapes:
             info["site_shapes"] = {spec: list(shape) for spec, shape in self.site_shapes.items()}
+        if self.detectors:  # group -> its harm detector's kind, feature, decision step, threshold, error rates
+            info["detectors"] = {group: {"kind": d.name, **d.describe()} for group, d in self.detectors.items()}
         return info
 
     def save(self, path: str | Path) -> Path:

@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from hsteer.checks import check_count
+from hsteer.errors import as_field
 from hsteer.evaluation.images import image_grid
 from hsteer.evaluation.metrics import deviation_of_shares, deviation_ratio
 from hsteer.fileio import atomic_png
@@ -118,6 +120,8 @@ def measure_world_model(
     grid_per_set: int = 12,
 ) -> dict:
     """Generate the prompt sets with fixed seeds and measure them with the world probes."""
+    as_field("n_per_set", check_count, n_per_set)  # before the model loads
+    as_field("batch_size", check_count, batch_size)
     if model_dir is None:
         from hsteer.world.defaults import default_model_path
 
