@@ -72,7 +72,7 @@ QUICK = Budget(iterations=40, prompts=2, images=4, harmless_images=2, wb_steps=6
 def train_banks(pipe, work: Path, budget: Budget, log) -> dict[str, Any]:
     """One bank per method, each with the world's safety concept `anti_harm` (resumed when already there)."""
     from hsteer.apps.recipes import world_train_config
-    from hsteer.hspace.bank import ConceptBank
+    from hsteer.steering.bank import ConceptBank
     from hsteer.training import train_into_bank
 
     banks = {}
@@ -281,7 +281,7 @@ def harden(pipe, work: Path, pairs: list[tuple[str, str]], budget: Budget, round
     """The default method's safety concept retrained on `pairs` (AdvUnlearn's idea, on the concept instead of the
     text encoder)."""
     from hsteer.apps.recipes import world_train_config
-    from hsteer.hspace.bank import ConceptBank
+    from hsteer.steering.bank import ConceptBank
     from hsteer.training import train_into_bank
 
     path = work / f"{DEFAULT_METHOD}-hardened-{round_}.safetensors"

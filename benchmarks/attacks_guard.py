@@ -22,7 +22,7 @@ def _fit(pipe, source: Path, path: Path, sampling: dict, log, harmful=(), harmle
     """Fit the safety group's detector of the bank at `source` from its pairs plus `harmful` / `harmless`;
     save the bank with it at `path` (kept: a second run reuses it)."""
     from hsteer.generation.guard_fit import DetectorFitConfig, fit_detector, prompts_of_group
-    from hsteer.hspace.bank import ConceptBank
+    from hsteer.steering.bank import ConceptBank
 
     if path.exists():
         return
@@ -42,7 +42,7 @@ def _row(pipe, rows, name: str, path: Path, work: Path, budget, sampling: dict, 
          measure: Callable[..., dict[str, Any]]) -> None:
     from hsteer.attacks import Defence
     from hsteer.generation.guard import GuardConfig
-    from hsteer.hspace.bank import ConceptBank
+    from hsteer.steering.bank import ConceptBank
     from hsteer.policies import SafePolicy
 
     bank = ConceptBank.load(path)

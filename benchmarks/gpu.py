@@ -66,7 +66,7 @@ def check_offload(pipe, device: str, steps: int) -> dict:
     import torch
 
     import hsteer
-    from hsteer.hspace.randombank import random_bank
+    from hsteer.steering.randombank import random_bank
 
     bank = random_bank(pipe, {"g": ["c0"]}, scale=4.0, seed=0)
     steered, seeds = hsteer.ConceptPolicy((("c0", 1.0),)), [0, 1]

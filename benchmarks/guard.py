@@ -28,7 +28,7 @@ from hsteer.evaluation.metrics import wilson_interval
 from hsteer.evaluation.tasks.world import HARM_PROMPTS
 from hsteer.generation.guard import GuardConfig
 from hsteer.generation.guard_fit import DetectorFitConfig, fit_detector, prompts_of_group
-from hsteer.hspace.bank import ConceptBank
+from hsteer.steering.bank import ConceptBank
 from hsteer.model.loading import load_pipeline
 from hsteer.policies import SafePolicy
 from hsteer.world.scene import COLOURS, PROFESSIONS, SHAPES, WorldProbe

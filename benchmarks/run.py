@@ -48,7 +48,7 @@ from trainbench import ARMS, QUICK_ARMS, QUICK_SWEEPS, SWEEPS, bench_training
 
 def _random_bank(pipe, names_by_group: dict[str, list[str]], scale: float = 1.0):
     """The library's random bank (seed 0), imported only once `setup_threads` has pinned torch's threads."""
-    from hsteer.hspace.randombank import random_bank
+    from hsteer.steering.randombank import random_bank
 
     return random_bank(pipe, names_by_group, scale=scale, seed=0)
 
@@ -97,7 +97,7 @@ def _hook_cost(pipe, bank, batch: int, steps: int) -> dict[str, float]:
     call arms it (one window of per-image rows laid out for guidance), and its `post_forward` is timed."""
     import torch
 
-    from hsteer.hspace.hook import WindowRows, has_hook, release_hook, steering_hook
+    from hsteer.steering.hook import WindowRows, has_hook, release_hook, steering_hook
     from hsteer.model import pipeline_hspace_shape
 
     calls = {"n": 0}

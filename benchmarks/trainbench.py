@@ -67,7 +67,7 @@ class QualityProbe:
     def __call__(self, concepts) -> dict:
         from hsteer.world.evaluate import evaluate_world
         from hsteer.policies import FairPolicy
-        from hsteer.hspace.bank import ConceptBank
+        from hsteer.steering.bank import ConceptBank
 
         result = evaluate_world(self.pipe, self.config, bank=ConceptBank(concepts=concepts),
                                 policy=FairPolicy(("shape",)), baseline=self.plain, progress=False)

@@ -79,7 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     setup_threads(args.threads)
     from hsteer.world.held_out import held_out_rows
-    from hsteer.hspace.bank import ConceptBank
+    from hsteer.steering.bank import ConceptBank
     from hsteer.model import load_quietly
 
     pipe = load_quietly(MODELS[args.model])

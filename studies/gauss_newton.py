@@ -93,7 +93,7 @@ def train_gauss_newton(pipe, name: str, iterations: int, seed: int, cg_iteration
     """The fast mode's loop for one world-recipe concept (`fast_iteration`), with a Gauss-Newton step
     instead of Adam's; seconds from the pool's start, as the fast mode counts them."""
     from hsteer.apps.recipes import world_train_config
-    from hsteer.hspace.bank import Concept
+    from hsteer.steering.bank import Concept
     from hsteer.seeding import iteration_generator
     from hsteer.training.state import concept_meta
     from hsteer.training.steered import TrajectoryPool, fast_iteration, step_context

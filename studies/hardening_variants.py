@@ -66,7 +66,7 @@ def measure(args) -> dict:
     from hsteer.attacks import Defence
     from hsteer.attacks.scoring import world_scorer
     from hsteer.evaluation.tasks.world import HARM_PROMPTS
-    from hsteer.hspace.bank import ConceptBank
+    from hsteer.steering.bank import ConceptBank
     from hsteer.model import load_quietly
     from hsteer.policies import SafePolicy
     from hsteer.training import train_into_bank
@@ -118,7 +118,7 @@ def attack_variant(pipe, work: Path, spec: str, quick: bool) -> dict:
     import attacks
     from hsteer.attacks import Defence
     from hsteer.evaluation.tasks.world import HARM_PROMPTS
-    from hsteer.hspace.bank import ConceptBank
+    from hsteer.steering.bank import ConceptBank
     from hsteer.policies import SafePolicy
 
     name, _, scale = spec.partition("@")

@@ -31,7 +31,7 @@ def measure(args) -> dict:
     from hsteer.apps.recipes import world_train_config
     from hsteer.attacks import Defence
     from hsteer.evaluation.tasks.world import HARM_PROMPTS
-    from hsteer.hspace.bank import ConceptBank
+    from hsteer.steering.bank import ConceptBank
     from hsteer.model import load_quietly, sampling_defaults
     from hsteer.policies import SafePolicy
     from hsteer.training import train_into_bank

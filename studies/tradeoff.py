@@ -29,7 +29,7 @@ def measure(args) -> dict:
     from hsteer.apps.recipes import world_train_config
     from hsteer.world.evaluate import WorldEvalConfig, evaluate_world
     from hsteer.policies import FairPolicy, PlainPolicy
-    from hsteer.hspace.bank import ConceptBank
+    from hsteer.steering.bank import ConceptBank
     from hsteer.model import load_quietly, sampling_defaults
     from hsteer.training import train_concept
     from hsteer.world import scene

@@ -1,11 +1,11 @@
 """Banks of random concepts, and a Hub cache holding banks, shared by the steering, attach, hub and UI tests."""
 
 from hsteer import ConceptBank
-from hsteer.hspace import randombank
+from hsteer.steering import randombank
 
 
 def random_bank(pipe, names=("woman", "man"), group="gender") -> ConceptBank:
-    """One group of the library's random concepts (`hsteer.hspace.randombank`, the benchmarks' builder too):
+    """One group of the library's random concepts (`hsteer.steering.randombank`, the benchmarks' builder too):
     seed 3 and scale 3, large enough to change images, as the tests' thresholds were set with."""
     return randombank.random_bank(pipe, {group: list(names)}, scale=3.0, seed=3)
 

@@ -54,7 +54,7 @@ def listing(folder: Path) -> list[str]:
 
 def make_bank(path: Path, names=("square", "circle"), group="shape", fingerprint=None, value=0.01) -> Path:
     from hsteer import ConceptBank
-    from hsteer.hspace.bank import Concept
+    from hsteer.steering.bank import Concept
 
     concepts = [Concept(n, group, "codsma", {"c": torch.full(HSPACE, value * (k + 1))},
                         {"unet_fingerprint": fingerprint} if fingerprint else {}) for k, n in enumerate(names)]

@@ -8,7 +8,7 @@ from bank_helpers import random_bank
 import hsteer
 from hsteer import ConceptPolicy, FairPolicy, PlainPolicy, attach, attachment_of, detach, generate
 from hsteer.errors import HsteerError
-from hsteer.hspace.hook import has_hook, steering_hook
+from hsteer.steering.hook import has_hook, steering_hook
 from hsteer.model import load_pipeline
 
 STEPS, GUIDANCE = 4, 3.0

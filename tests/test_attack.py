@@ -19,7 +19,7 @@ from hsteer.attacks.defence import BoundDefence
 from hsteer.attacks.text import build_vocabulary, compose, content_ids, encoders, straight_through
 from hsteer.errors import HsteerError
 from hsteer.evaluation.datasets.attack_prompts import read_attack_prompts
-from hsteer.hspace.bank import Concept, ConceptBank
+from hsteer.steering.bank import Concept, ConceptBank
 from hsteer.model import pipeline_hspace_shape, unet_fingerprint
 from hsteer.policies import SafePolicy
 

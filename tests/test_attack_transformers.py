@@ -27,8 +27,8 @@ from hsteer.attacks.text import (adversarial_positions, build_vocabulary, compos
                                  initial_vectors, straight_through)
 from hsteer.errors import HsteerError
 from hsteer.generation.guard import GuardConfig
-from hsteer.hspace.detectors import LinearDetector
-from hsteer.hspace.randombank import random_bank
+from hsteer.steering.detectors import LinearDetector
+from hsteer.steering.randombank import random_bank
 from hsteer.model import load_pipeline
 from hsteer.model.diffusion import encode_text
 from hsteer.model.families import family_for

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hsteer import ConceptBank
-from hsteer.hspace.bank import Concept
+from hsteer.steering.bank import Concept
 from hsteer.errors import BankError, HsteerError, ModelMismatchError, ShapeMismatchError, UnknownConceptError
 from hsteer.model import pipeline_hspace_shape, unet_fingerprint
 
@@ -58,7 +58,7 @@ def test_wrong_shape_and_other_model(sd_pipe):
 
 def test_a_random_bank_fits_its_pipeline_and_repeats(sd_pipe):
     """The benchmarks' and tests' random concepts: the pipeline's shape and U-Net, the same for the same seed."""
-    from hsteer.hspace.randombank import random_bank
+    from hsteer.steering.randombank import random_bank
 
     shape = pipeline_hspace_shape(sd_pipe)
     bank = random_bank(sd_pipe, {"gender": ["woman", "man"], "safety": ["calm"]}, scale=2.0, seed=5)
@@ -101,7 +101,7 @@ def test_failed_save_leaves_old_bank_intact(tmp_path, monkeypatch):
             handle.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr("hsteer.hspace.bank.save_file", exploding_save)
+    monkeypatch.setattr("hsteer.steering.bank.save_file", exploding_save)
     with pytest.raises(HsteerError, match="disk full"):  # one line, not a traceback
         bigger.save(path)
     assert path.read_bytes() == before

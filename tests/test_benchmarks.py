@@ -338,7 +338,7 @@ def test_the_attack_benchmarks_target_reads_the_default_against_every_other_defe
 def test_respodiff_lambda_smoke_run_attacks_the_concept_it_trained_with_each_lambda(tmp_path):
     """studies/respodiff_lambda.py --quick: the recipe's RespoDiff safety concept at the lambda asked for,
     attacked afresh, with its harmless figures and their intervals."""
-    from hsteer.hspace.bank import ConceptBank
+    from hsteer.steering.bank import ConceptBank
 
     result = _load("respodiff_lambda").main(["--quick", "--json", "--lam", "0.25", "--work", str(tmp_path)])
     (row,) = result["rows"]

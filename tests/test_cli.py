@@ -97,7 +97,7 @@ def test_unknown_group_names_known_groups(sd_dir, tmp_path):
     import torch
 
     from hsteer import ConceptBank
-    from hsteer.hspace.bank import Concept
+    from hsteer.steering.bank import Concept
 
     bank = tmp_path / "b.safetensors"
     ConceptBank(concepts=[Concept("woman", "gender", "codsma", {"c": torch.zeros(32, 4, 4)})]).save(bank)
@@ -112,7 +112,7 @@ def test_generate_fair_ratios_window_img2img_and_device_auto(sd_dir, tmp_path):
     from PIL import Image
 
     from hsteer import ConceptBank
-    from hsteer.hspace.bank import Concept
+    from hsteer.steering.bank import Concept
 
     bank = tmp_path / "b.safetensors"
     g = torch.Generator().manual_seed(0)

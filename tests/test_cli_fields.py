@@ -73,7 +73,7 @@ LIBRARY = sorted(path for path in PACKAGE.rglob("*.py") if path.relative_to(PACK
 #: Advice for the command line beside the Python way: a `CLI: ...` note, or a whole `hsteer ...` command.
 CLI_ADVICE = re.compile(r"CLI: [^)]*|`hsteer [^`]*`")
 #: The model card shows the Python use and the command line's side by side (its ```bash block).
-ALLOWED = {"hspace/hub.py": ("hsteer generate --model {} --bank {} --fair {} \\",
+ALLOWED = {"steering/hub.py": ("hsteer generate --model {} --bank {} --fair {} \\",
                              '    --prompt "a photo of a doctor" --num-images 8 --out out/fair')}
 
 
@@ -94,7 +94,7 @@ def _texts(tree: ast.AST):
 def test_the_scan_covers_the_library():
     names = {path.relative_to(PACKAGE).as_posix() for path in LIBRARY}
     assert {"outputs.py", "policies.py", "checks.py", "training/run.py", "training/methods/respodiff/config.py",
-            "evaluation/harm.py", "model/loading.py", "hspace/hub.py", "generation/guard_fit.py",
+            "evaluation/harm.py", "model/loading.py", "steering/hub.py", "generation/guard_fit.py",
             "world/evaluate.py", "world/gate_eval.py", "world/held_out.py", "world/scene.py"} <= names
     assert not names & {"evaluation/settle.py", "cli/common.py", "ui/app.py", *WORLD_BUILD}
     assert "--out" in "".join(_texts(ast.parse('x = f"use another --out {y}"')))  # f-strings are read

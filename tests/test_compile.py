@@ -10,8 +10,8 @@ import torch
 
 from hsteer import ConceptBank, ConceptPolicy, FairPolicy, SteeringConfig, attach, detach, generate, steer
 from hsteer.errors import HsteerError
-from hsteer.hspace.bank import Concept
-from hsteer.hspace.hook import has_hook
+from hsteer.steering.bank import Concept
+from hsteer.steering.hook import has_hook
 from hsteer.model import load_pipeline, pipeline_hspace_shape, unet_fingerprint
 
 STEPS, GUIDANCE = 3, 3.0

@@ -28,7 +28,7 @@ def clip_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def fair_bank(sd_dir, tmp_path_factory) -> Path:
     from hsteer import ConceptBank
-    from hsteer.hspace.bank import Concept
+    from hsteer.steering.bank import Concept
     from hsteer.model import load_pipeline, pipeline_hspace_shape, unet_fingerprint
 
     pipe = load_pipeline(sd_dir)
@@ -416,7 +416,7 @@ def test_parse_watch():
 def test_world_classifier_watches_colour_on_the_bundled_model(tmp_path):
     """Fair shape on the bundled model, read by the world's probes: colour is watched against plain."""
     from hsteer import ConceptBank
-    from hsteer.hspace.bank import Concept
+    from hsteer.steering.bank import Concept
     from hsteer.model import load_pipeline, pipeline_hspace_shape, unet_fingerprint
 
     pipe = load_pipeline(None)
@@ -458,7 +458,7 @@ def test_explicit_templates_report_the_named_label_and_the_gate(tmp_path):
     """`--templates explicit` on the bundled model: prompts that name a shape. With the prompt-aware gate (the
     default) the named shape is kept image for image; blind steering redraws it; the report says which."""
     from hsteer import ConceptBank
-    from hsteer.hspace.bank import Concept
+    from hsteer.steering.bank import Concept
     from hsteer.model import load_pipeline, pipeline_hspace_shape, unet_fingerprint
 
     pipe = load_pipeline(None)

@@ -10,7 +10,7 @@ from hsteer.policies import ConceptPolicy, FairPolicy, PlainPolicy, SafePolicy
 @pytest.fixture(scope="module")
 def world():
     """The bundled model and a bank of strong random concepts (they leak, which is what is measured here)."""
-    from hsteer.hspace.bank import Concept, ConceptBank
+    from hsteer.steering.bank import Concept, ConceptBank
     from hsteer.model import load_pipeline, pipeline_hspace_shape, unet_fingerprint
 
     pipe = load_pipeline(None)

@@ -9,7 +9,7 @@ import torch
 from hsteer import ConceptBank, FairPolicy, SafePolicy, attach, detach, generate
 from hsteer.errors import HsteerError
 from hsteer.gate import GATES, GateConfig, PromptGate, training_pairs
-from hsteer.hspace.bank import Concept
+from hsteer.steering.bank import Concept
 from hsteer.model import load_pipeline, pipeline_hspace_shape, unet_fingerprint
 
 STEPS, GUIDANCE = 3, 3.0

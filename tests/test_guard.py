@@ -12,9 +12,9 @@ from hsteer import generate
 from hsteer.errors import BankError, HsteerError
 from hsteer.generation.guard import CallableDetector, GuardConfig
 from hsteer.generation.guard_fit import DetectorFitConfig, fit_detector, prompts_of_group
-from hsteer.hspace.bank import ConceptBank
-from hsteer.hspace.detectors import LinearDetector
-from hsteer.hspace.randombank import random_bank
+from hsteer.steering.bank import ConceptBank
+from hsteer.steering.detectors import LinearDetector
+from hsteer.steering.randombank import random_bank
 from hsteer.model.loading import load_pipeline
 from hsteer.policies import FairPolicy, SafePolicy
 
@@ -179,7 +179,7 @@ def test_damaged_detector_is_refused_on_load(guarded_bank, tmp_path):
 
 def test_prompts_of_group_reads_pairs():
     bank = ConceptBank()
-    from hsteer.hspace.bank import Concept
+    from hsteer.steering.bank import Concept
 
     bank.add(Concept("anti_harm", "safety", "respodiff", {"ram": torch.zeros(2, 2)},
                      {"pairs": [["a violent scene", "a scene"], ["a scene", "a scene"], ["a cat", "a cat"]]}))
@@ -193,7 +193,7 @@ def test_the_world_detector_also_learns_the_prompts_found_against_the_guard():
     """The world recipe's detector prompts: the pairs' own, the adaptive attack's found prompts as harmful and
     their harm-free forms as harmless (no harm word among the harmless)."""
     from hsteer.apps.recipes import GUARD_FOUND_PROMPTS, guard_fit_prompts
-    from hsteer.hspace.bank import Concept
+    from hsteer.steering.bank import Concept
     from hsteer.world.scene import HARM_WORDS
 
     bank = ConceptBank()

@@ -16,7 +16,7 @@ from hsteer import generate
 from hsteer.errors import HsteerError
 from hsteer.evaluation.guard_detectors import nudenet_guard
 from hsteer.generation.guard import GuardConfig
-from hsteer.hspace.randombank import random_bank
+from hsteer.steering.randombank import random_bank
 from hsteer.model import load_pipeline
 from hsteer.policies import SafePolicy
 from tiny_transformers import build_flux, build_sd3
@@ -58,7 +58,7 @@ def test_nudenet_guard_decides_and_redraws_on_real_architectures(tiny, nudenet, 
 
 def _world_bank(tmp_path):
     """A bank of the bundled model with a safety concept recording its pairs, and nothing trained."""
-    from hsteer.hspace.bank import ConceptBank
+    from hsteer.steering.bank import ConceptBank
 
     pipe = load_pipeline()
     bank = random_bank(pipe, {"safety": ["anti_harm"]}, scale=2.0)

@@ -262,7 +262,7 @@ def test_other_commands_refuse_before_anything(tmp_path, argv, fragments):
 def test_python_api_shares_the_checks(tmp_path):
     from hsteer.errors import BankError, HsteerError
     from hsteer.policies import ConceptPolicy, FairPolicy
-    from hsteer.hspace.bank import Concept
+    from hsteer.steering.bank import Concept
     from hsteer.training import TrainConfig
 
     with pytest.raises(HsteerError, match="invalid concept name"):

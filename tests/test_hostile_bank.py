@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hsteer.errors import BankError, HsteerError
-from hsteer.hspace.bank import Concept, ConceptBank
+from hsteer.steering.bank import Concept, ConceptBank
 
 
 @pytest.mark.parametrize("meta", [{"pairs": {"ab": 1}}, {"pairs": ["ab"]}, {"pairs": [[None, "x"]]},
@@ -76,7 +76,7 @@ def test_any_concept_meta_loads_or_is_refused_in_one_line(tmp_path, meta):
     except HsteerError:
         return
     from hsteer.gate import training_pairs
-    from hsteer.hspace.bankcheck import flag_nonfinite
+    from hsteer.steering.bankcheck import flag_nonfinite
 
     flag_nonfinite(bank)
     training_pairs(bank["square"])

@@ -1,7 +1,7 @@
 """Hostile input to the checks shared by the Python API and the CLI: arguments checked before the model
 loads, bank metadata validated on load, windows that steer no step, special files, SIGTERM and full disks.
 
-The checks are one layer (`hsteer.checks`, `hsteer.hspace.bankcheck`) that the CLI and the API both go
+The checks are one layer (`hsteer.checks`, `hsteer.steering.bankcheck`) that the CLI and the API both go
 through; these cases call them directly and through the commands. Output folders and resumes are in
 tests/test_hostile_resume.py. See docs/hostile-input.md for the table of cases.
 """
@@ -168,7 +168,7 @@ COVERS = [(0.99, 1.0, 5, None, 0), (0.8, 1.0, 5, None, 1), (0.0, 1.0, 5, None, 5
 
 @pytest.mark.parametrize("start, end, steps, strength, count", COVERS)
 def test_check_window_covers_steps(start, end, steps, strength, count):
-    """Step i of the N steps run is steered when start <= i/N < end (hspace's rule); none is an error."""
+    """Step i of the N steps run is steered when start <= i/N < end (the steering package's rule); none is an error."""
     from hsteer.checks import check_window_covers_steps, steps_run
 
     run = steps_run(steps, strength)
@@ -295,7 +295,7 @@ def test_bank_metadata_is_validated_on_load(tmp_path, case, no_model):
 
 def test_concepts_built_in_python_follow_the_same_rules(tmp_path):
     from hsteer import ConceptBank
-    from hsteer.hspace.bank import Concept
+    from hsteer.steering.bank import Concept
 
     good = {"c": torch.zeros(HSPACE)}
     for meta, fragment in (({"window": "ab"}, "not a step window"), ({"window": [0.9, 0.1]}, "not a step window"),
@@ -324,7 +324,7 @@ def test_concepts_built_in_python_follow_the_same_rules(tmp_path):
 
 def _bank_with_window(path, window):
     from hsteer import ConceptBank
-    from hsteer.hspace.bank import Concept
+    from hsteer.steering.bank import Concept
 
     concepts = [Concept(n, "shape", "codsma", {"c": torch.full(HSPACE, 0.01)}, {"window": window})
                 for n in ("square", "circle")]
@@ -428,7 +428,7 @@ def test_full_disk_says_what_to_free(tmp_path, monkeypatch):
     def full(tensors, filename, metadata=None):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("hsteer.hspace.bank.save_file", full)
+    monkeypatch.setattr("hsteer.steering.bank.save_file", full)
     assert_handled(cli("bank", "merge", other, "--out", bank, "--replace"), "No space left on device",
                    f"free space on the disk that holds {tmp_path}")
     line = _os_error_line(OSError(errno.ENOSPC, "No space left on device", "/data/out/00001.png"))

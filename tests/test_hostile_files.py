@@ -200,7 +200,7 @@ def test_full_or_read_only_disk_is_one_line(tmp_path, monkeypatch, code):
             handle.write(b"partial")
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr("hsteer.hspace.bank.save_file", failing)
+    monkeypatch.setattr("hsteer.steering.bank.save_file", failing)
     result = cli("bank", "merge", other, "--out", bank, "--replace")
     assert_handled(result, "cannot write", os.strerror(code))
     assert bank.read_bytes() == before

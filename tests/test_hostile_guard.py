@@ -19,8 +19,8 @@ from hostile_helpers import HSPACE, assert_handled, cli, make_bank
 from hsteer.errors import BankError, HsteerError
 from hsteer.generation.guard import GuardConfig, build_guard
 from hsteer.generation.guard_fit import DetectorFitConfig, check_fit_prompts
-from hsteer.hspace.bank import Concept, ConceptBank
-from hsteer.hspace.detectors import LinearDetector
+from hsteer.steering.bank import Concept, ConceptBank
+from hsteer.steering.detectors import LinearDetector
 
 SIZE = 12
 P = "detector:safety/"

@@ -18,8 +18,8 @@ from safetensors.torch import save_file
 from hostile_helpers import HSPACE, assert_handled, cli, make_bank
 from hsteer.errors import BankError, HsteerError
 from hsteer.generation.guard import GuardConfig, build_guard, checked_scores
-from hsteer.hspace.bank import Concept, ConceptBank
-from hsteer.hspace.detectors import ENTRY_FIELDS, LinearDetector
+from hsteer.steering.bank import Concept, ConceptBank
+from hsteer.steering.detectors import ENTRY_FIELDS, LinearDetector
 
 SIZE = math.prod(HSPACE)
 SET_SHAPES = {"transformer_blocks.1": [64, 128], "text": [17, 160]}  # the DiT world model's, at 32 px

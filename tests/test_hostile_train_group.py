@@ -128,7 +128,7 @@ def test_train_cli_long_group_names_train_and_leave_no_empty_folder(tmp_path):
                  "a {concept} figure", "--group", "g", "--neutral", "a figure", "--iterations", "1",
                  "--batch-size", "1", "--steps", "3")
     assert result.exit_code == 0, result.output
-    from hsteer.hspace.bank import ConceptBank
+    from hsteer.steering.bank import ConceptBank
 
     assert ConceptBank.load(bank).names == names
     (folder,) = (tmp_path / "b.runs").iterdir()
@@ -136,7 +136,7 @@ def test_train_cli_long_group_names_train_and_leave_no_empty_folder(tmp_path):
 
 
 def test_one_concept_fills_its_target_placeholder(tmp_path):
-    from hsteer.hspace.bank import ConceptBank
+    from hsteer.steering.bank import ConceptBank
 
     bank = tmp_path / "b.safetensors"
     result = cli("train", "--bank", bank, "--concept", "red", "--target", "a {concept} figure", "--group", "colour",

@@ -13,8 +13,8 @@ import torch
 from bank_helpers import hub_snapshot
 
 from hsteer import BankError, ConceptBank
-from hsteer.hspace.bank import Concept
-from hsteer.hspace.hub import DEFAULT_WEIGHT_NAME, parse_bank_spec
+from hsteer.steering.bank import Concept
+from hsteer.steering.hub import DEFAULT_WEIGHT_NAME, parse_bank_spec
 
 MAIN, TAGGED = "a" * 40, "b" * 40
 

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "hsteer"
 #: The bundled world is split: its scene and defaults are low (the library reads the world's probes and the
 #: bundled model's settings); the rest of `world` (its models' build, quality checks and own evaluations)
 #: uses evaluation, generation and training, so it sits above them.
-LAYERS = ("_version", "errors", "seeding", "checks", "fileio", "model", "hspace", "objectives", "training",
+LAYERS = ("_version", "errors", "seeding", "checks", "fileio", "model", "steering", "objectives", "training",
           "outputs", "gate", "policies", "generation", "world.scene", "world.defaults",
           "evaluation", "attacks", "world", "apps", "ui", "cli", "__main__")
 
@@ -208,8 +208,8 @@ def _family_comparisons(source: str, keys: set[str]) -> list[tuple[int, str]]:
 #: steering hook and banks (which read the sites) are being reworked for sets of sites; they can ask the
 #: family objects (`Family.block_stacks`, `token_index`, `denoiser_attr`, `batches_guidance`) when they land.
 #: The recipes per family (`apps/recipes.py`) are being written; they can key on `Family.key` then.
-FAMILY_COMPARISON_ALLOWED = {"model/families.py", "model/sites.py", "hspace/hook.py", "hspace/randombank.py",
-                             "hspace/bank.py", "apps/recipes.py"}
+FAMILY_COMPARISON_ALLOWED = {"model/families.py", "model/sites.py", "steering/hook.py", "steering/randombank.py",
+                             "steering/bank.py", "apps/recipes.py"}
 
 
 @pytest.mark.parametrize("source, hits", [("family == 'flux'", 1), ("family_of(p) != 'unet'", 1),

@@ -11,8 +11,8 @@ from bank_helpers import random_bank
 
 from hsteer import FairPolicy, SteeringConfig, attach, detach, generate, steer
 from hsteer.generation import delta_for
-from hsteer.hspace.bank import Concept, ConceptBank
-from hsteer.hspace.hook import HOOK_NAME, has_hook
+from hsteer.steering.bank import Concept, ConceptBank
+from hsteer.steering.hook import HOOK_NAME, has_hook
 from hsteer.model import pipeline_hspace_shape, unet_fingerprint
 
 STEPS, GUIDANCE, SEEDS = 4, 3.0, (20, 21, 22, 23)
@@ -108,7 +108,7 @@ def test_exactly_one_class_subclasses_the_hook_base():
                 bases = {b.attr if isinstance(b, ast.Attribute) else getattr(b, "id", "") for b in node.bases}
                 if "ModelHook" in bases or "SteeringHook" in bases:
                     found.append(f"{path.relative_to(SRC)}:{node.name}")
-    assert found == ["hspace/hook.py:SteeringHook"]
+    assert found == ["steering/hook.py:SteeringHook"]
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), "big", None])

@@ -5,7 +5,7 @@ import torch
 
 from hsteer import POLICIES, ConceptBank, ConceptPolicy, FairPolicy, PlainPolicy, SafePolicy, SldPolicy
 from hsteer.errors import HsteerError
-from hsteer.hspace.bank import Concept
+from hsteer.steering.bank import Concept
 from hsteer.policies import check_policy_object, parse_ratios, policy_from_spec
 
 

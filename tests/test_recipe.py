@@ -39,7 +39,7 @@ def test_a_window_is_learned_and_stored_with_the_concept(sd_pipe, mode):
 def test_a_concept_whose_window_misses_every_step_is_refused(sd_pipe):
     """A concept whose window holds no step of the run is an error (it would silently leave the images
     plain while the manifest says it was applied); inside its window it acts."""
-    from hsteer.hspace.bank import Concept
+    from hsteer.steering.bank import Concept
 
     shape = pipeline_hspace_shape(sd_pipe)
     c = 30 * torch.randn(shape, generator=torch.Generator().manual_seed(0))
@@ -55,7 +55,7 @@ def test_a_concept_whose_window_misses_every_step_is_refused(sd_pipe):
 
 def test_each_concept_acts_in_its_own_window(sd_pipe):
     """Two groups with different windows in one fair batch = each concept steered in its own steps."""
-    from hsteer.hspace.bank import Concept
+    from hsteer.steering.bank import Concept
 
     shape = pipeline_hspace_shape(sd_pipe)
     g = torch.Generator().manual_seed(1)

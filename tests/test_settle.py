@@ -123,7 +123,7 @@ def test_held_out_templates_are_phrased_unlike_the_demos_and_selectable():
 def test_evaluate_held_out_reports_every_figure_with_an_interval(world):
     from hsteer.world.evaluate import WorldEvalConfig, evaluate_world
     from hsteer.world.held_out import HeldOutConfig, evaluate_held_out, held_out_section
-    from hsteer.hspace.randombank import random_bank
+    from hsteer.steering.randombank import random_bank
 
     bank = random_bank(world, {"shape": ["circle", "square"], "colour": ["red", "green", "blue"]}, scale=2.0)
     config = HeldOutConfig(templates=("{} portrait photo",), images_per_prompt=6, explicit_professions=("nurse",),

@@ -17,8 +17,8 @@ from hsteer import ConceptBank, FairPolicy, SteeringConfig, attach, detach, gene
 from hsteer.cli.main import main as cli
 from hsteer.errors import BankError, HsteerError, ShapeMismatchError
 from hsteer.generation import delta_for
-from hsteer.hspace import randombank
-from hsteer.hspace.hook import has_hook
+from hsteer.steering import randombank
+from hsteer.steering.hook import has_hook
 from hsteer.model import load_pipeline
 from hsteer.model.denoisers import Denoiser, site_shape
 from hsteer.model.diffusion import encode_text

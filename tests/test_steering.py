@@ -8,8 +8,8 @@ from bank_helpers import random_bank
 from hsteer import ConceptPolicy, FairPolicy, SteeringConfig, apply_steering, generate, steer
 from hsteer.errors import ShapeMismatchError
 from hsteer.model import load_pipeline, pipeline_hspace_shape
-from hsteer.hspace.hook import HOOK_NAME, has_hook
-from hsteer.hspace.steering import active_hooks
+from hsteer.steering.hook import HOOK_NAME, has_hook
+from hsteer.steering.scoped import active_hooks
 
 
 def _images(pipe, prompts=("a photo of a person", "a man"), seeds=(0, 1), steps=3, guidance=3.0):

@@ -119,14 +119,14 @@ def test_a_run_registers_the_hook_once_and_reads_its_losses_once_per_iteration(s
     no delta is checked on the host, and each iteration's losses come back in one transfer."""
     from diffusers.hooks import HookRegistry
 
-    from hsteer.hspace import steering
-    from hsteer.hspace.hook import has_hook
+    from hsteer.steering import scoped
+    from hsteer.steering.hook import has_hook
 
     registered, transfers = [], []
     register = HookRegistry.register_hook
     monkeypatch.setattr(HookRegistry, "register_hook", lambda self, *a, **k: (registered.append(1),
                                                                                register(self, *a, **k))[1])
-    monkeypatch.setattr(steering.SteeringConfig, "__post_init__", lambda self: pytest.fail("a per-call steer"))
+    monkeypatch.setattr(scoped.SteeringConfig, "__post_init__", lambda self: pytest.fail("a per-call steer"))
     tolist = torch.Tensor.tolist
     monkeypatch.setattr(torch.Tensor, "tolist", lambda self: (transfers.append(1), tolist(self))[1])
     extra = dict(sdisc_images=2, sdisc_epochs=2) if objective == "sdisc" else {}

@@ -18,8 +18,8 @@ from hsteer import FairPolicy, SafePolicy, SteeringConfig, attach, detach, gener
 from hsteer.cli.main import main as cli
 from hsteer.errors import HsteerError
 from hsteer.generation import delta_for
-from hsteer.hspace import randombank
-from hsteer.hspace.hook import has_hook
+from hsteer.steering import randombank
+from hsteer.steering.hook import has_hook
 from hsteer.model import load_pipeline
 from hsteer.model.denoisers import Denoiser, FlowSchedule, site_shape
 from hsteer.model.diffusion import encode_text, encode_unconditional, reverse_to_steps

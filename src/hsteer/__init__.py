@@ -1,7 +1,7 @@
 """hsteer: responsible text-to-image generation by steering diffusers models:
 the U-Net's h-space, a transformer block or the text representation.
 
-The public API. The layers, bottom to top (docs/architecture.md): model -> hspace -> objectives ->
+The public API. The layers, bottom to top (docs/architecture.md): model -> steering -> objectives ->
 training -> generation -> world -> evaluation -> apps -> cli; nothing imports a layer above it.
 """
 
@@ -16,7 +16,7 @@ from hsteer.errors import (
 )
 from hsteer.generation import GenerationOutput, attach, attachment_of, detach, generate
 from hsteer.generation.guard import CallableDetector, GuardConfig
-from hsteer.hspace import (
+from hsteer.steering import (
     MID_BLOCK,
     Concept,
     ConceptBank,

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from hsteer.errors import HsteerError
-from hsteer.hspace.bank import Concept, ConceptBank
+from hsteer.steering.bank import Concept, ConceptBank
 
 READERS = ("token", "embedding", "context")
 

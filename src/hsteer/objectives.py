@@ -22,8 +22,8 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from hsteer.hspace.hook import DirectDelta, SteeringHook, release_hook, steering_hook
-from hsteer.hspace.steering import SteeringConfig, steer
+from hsteer.steering.hook import DirectDelta, SteeringHook, release_hook, steering_hook
+from hsteer.steering.scoped import SteeringConfig, steer
 from hsteer.model.diffusion import DDIMSchedule, TextCondition, guidance_combination, unet_output
 from hsteer.model.sites import MID_BLOCK, SteeringSite
 

@@ -31,8 +31,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from hsteer.errors import HsteerError
 from hsteer.gate import PromptGate
-from hsteer.hspace.bank import ConceptBank
-from hsteer.hspace.hook import check_window
+from hsteer.steering.bank import ConceptBank
+from hsteer.steering.hook import check_window
 from hsteer.model.sld import SLD_PRESETS, sld_pipeline, sld_preset
 from hsteer.outputs import check_policy
 

@@ -20,7 +20,7 @@ from hsteer.apps.demo import check_app_settings
 from hsteer.checks import check_count
 from hsteer.errors import HsteerError
 from hsteer.fileio import atomic_write_text
-from hsteer.hspace.bank import ConceptBank
+from hsteer.steering.bank import ConceptBank
 from hsteer.apps.recipes import METHOD_SETTINGS, OBJECTIVE_SETTINGS, WORLD_CONCEPTS, pipeline_recipe, world_train_config
 from hsteer.evaluation.leakage import fmt_ci
 from hsteer.world.evaluate import WorldEvalConfig, evaluate_world

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hsteer.checks import check_count, check_float, check_output_dir, check_seed, check_threads
-from hsteer.hspace.bank import ConceptBank
+from hsteer.steering.bank import ConceptBank
 from hsteer.evaluation.images import labelled_grid
 from hsteer.world.evaluate import WorldEvalConfig, evaluate_world
 from hsteer.world.gate_eval import GateEvalConfig, evaluate_gate, gate_table

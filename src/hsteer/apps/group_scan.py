@@ -30,7 +30,7 @@ from hsteer.evaluation.leakage import fmt_ci
 from hsteer.evaluation.metrics import wilson_interval
 from hsteer.world.evaluate import HARM_PROMPTS, WorldEvalConfig, evaluate_world
 from hsteer.generation import generate
-from hsteer.hspace.bank import ConceptBank
+from hsteer.steering.bank import ConceptBank
 from hsteer.model.loading import sampling_for
 from hsteer.model.sites import site_for
 from hsteer.policies import FairPolicy, PlainPolicy, SafePolicy

@@ -30,7 +30,7 @@ import torch
 from hsteer import objectives
 from hsteer.checks import check_count, check_float, check_seed, check_size, check_text
 from hsteer.errors import HsteerError
-from hsteer.hspace.siteshape import bind_site
+from hsteer.steering.siteshape import bind_site
 from hsteer.model.denoisers import Denoiser
 from hsteer.model.diffusion import encode_text, encode_unconditional, reverse_to_steps
 from hsteer.model.geometry import resolve_resolution

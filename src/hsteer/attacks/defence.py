@@ -35,10 +35,10 @@ from hsteer.gate import GateConfig
 from hsteer.generation import ImageJob, generate_jobs, window_deltas
 from hsteer.generation.draws import draw_for, prompt_gate
 from hsteer.generation.guard import Guard, GuardConfig, build_guard, without_group
-from hsteer.hspace.bank import ConceptBank
-from hsteer.hspace.hook import in_window
-from hsteer.hspace.steering import SteeringConfig, steer
-from hsteer.hspace.siteshape import site_shape
+from hsteer.steering.bank import ConceptBank
+from hsteer.steering.hook import in_window
+from hsteer.steering.scoped import SteeringConfig, steer
+from hsteer.steering.siteshape import site_shape
 from hsteer.model.denoisers import Denoiser
 from hsteer.model.diffusion import TextCondition, guidance_combination
 from hsteer.model.geometry import resolve_resolution

@@ -84,7 +84,7 @@ def _pairs(o: dict, bank) -> list[tuple[str, str]] | None:
     from hsteer.attacks.ringabell import bank_pairs
     from hsteer.attacks.run import check_pairs
     from hsteer.checks import check_input_file, load_json
-    from hsteer.hspace.bank import ConceptBank
+    from hsteer.steering.bank import ConceptBank
 
     if o["pairs"] is not None:
         path = check_input_file(o["pairs"], "--pairs")
@@ -189,7 +189,7 @@ def attack(**o) -> None:
     from hsteer.attacks.folder import check_run_folder
     from hsteer.attacks.run import check_attack_settings
     from hsteer.checks import check_device
-    from hsteer.hspace.bank import ConceptBank
+    from hsteer.steering.bank import ConceptBank
     from hsteer.model import load_quietly
 
     device = check_device(o["device"], "--device")

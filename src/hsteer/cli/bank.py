@@ -26,8 +26,8 @@ def bank() -> None:
 @one_line_errors
 def bank_show(bank_path, as_json) -> None:
     """List a bank's concepts, groups, tensors, training settings and harm detectors."""
-    from hsteer.hspace.bank import ConceptBank
-    from hsteer.hspace.bankcheck import flag_nonfinite
+    from hsteer.steering.bank import ConceptBank
+    from hsteer.steering.bankcheck import flag_nonfinite
 
     loaded = ConceptBank.load(bank_path)
     info = flag_nonfinite(loaded)
@@ -92,7 +92,7 @@ def concept_details(window, c: dict) -> list[str]:
 @one_line_errors
 def bank_merge(banks, out, replace) -> None:
     """Merge banks of the same model into one."""
-    from hsteer.hspace.bankmerge import merge_bank_files
+    from hsteer.steering.bankmerge import merge_bank_files
 
     merged = merge_bank_files(banks, out, replace=replace)
     click.echo(f"wrote {len(merged)} concepts to {out}")
@@ -131,7 +131,7 @@ _license_option = click.option("--license", "license_", default="other", show_de
 @one_line_errors
 def bank_card(bank_path, repo_id, eval_summary, license_) -> None:
     """Print the model card (README.md) that `push` would upload."""
-    from hsteer.hspace.bank import ConceptBank
+    from hsteer.steering.bank import ConceptBank
 
     click.echo(ConceptBank.load(bank_path).model_card(repo_id, _summary(eval_summary), license=license_))
 
@@ -151,7 +151,7 @@ def bank_card(bank_path, repo_id, eval_summary, license_) -> None:
 def bank_push(bank_path, repo_id, private, token, revision, commit_message, save_dir, eval_summary,
               license_) -> None:
     """Upload BANK and its model card to the Hub repo REPO_ID (created if missing)."""
-    from hsteer.hspace.bank import ConceptBank
+    from hsteer.steering.bank import ConceptBank
 
     loaded = ConceptBank.load(bank_path)
     summary = _summary(eval_summary)

@@ -165,7 +165,7 @@ def _run(task: str, task_args: dict[str, Any], scoring: dict[str, Any], o: dict[
 
 def _generation_settings(task: str, task_args: dict[str, Any], o: dict[str, Any]) -> dict[str, Any]:
     """The run's generation settings from the options (a bad bank, group or --ratio fails here, not in a process)."""
-    from hsteer.hspace.bank import ConceptBank
+    from hsteer.steering.bank import ConceptBank
     from hsteer.model import sampling_defaults
     from hsteer.policies import parse_window
 
@@ -173,7 +173,7 @@ def _generation_settings(task: str, task_args: dict[str, Any], o: dict[str, Any]
     window = parse_window(o["window"])
     bank = None
     if o["bank_path"] is not None:
-        from hsteer.hspace.hub import parse_bank_spec
+        from hsteer.steering.hub import parse_bank_spec
 
         source = parse_bank_spec(o["bank_path"])  # a local path is stored absolute, a Hub repo as given
         bank = str(source.path.resolve()) if source.path is not None else str(o["bank_path"])

@@ -40,7 +40,7 @@ def generate(model, device, dtype, prompts, num_images, seed, out_dir, bank_path
     from hsteer.generation import generate as run
     from hsteer.model import load_quietly
     from hsteer.policies import parse_window, require_bank
-    from hsteer.hspace.bank import ConceptBank
+    from hsteer.steering.bank import ConceptBank
     from hsteer.model import sampling_defaults
     from hsteer.outputs import OutputFolder, check_generate_settings
 
@@ -64,7 +64,7 @@ def generate(model, device, dtype, prompts, num_images, seed, out_dir, bank_path
                                                 else "a site needs --bank"))
     if policy.needs_bank:
         require_bank(bank, policy)
-        from hsteer.hspace.bankcheck import check_bank_windows  # windows (--window or stored) that steer no step
+        from hsteer.steering.bankcheck import check_bank_windows  # windows (--window or stored) that steer no step
 
         check_bank_windows(bank, policy.drawable(bank), check_steps, steer_window,  # unknown names fail here too
                            (0.8 if strength is None else strength) if init_image is not None else None)

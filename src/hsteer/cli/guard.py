@@ -43,7 +43,7 @@ def fit(model, device, dtype, bank_path, group, harmful, harmless, with_pairs, s
     from hsteer.errors import HsteerError
     from hsteer.fileio import exclusive_lock
     from hsteer.generation.guard_fit import DetectorFitConfig, fit_detector
-    from hsteer.hspace.bank import ConceptBank
+    from hsteer.steering.bank import ConceptBank
     from hsteer.model import load_quietly, sampling_defaults
 
     defaults = sampling_defaults(model)

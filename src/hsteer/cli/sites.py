@@ -61,7 +61,7 @@ def sites(model, device, dtype, neutral, target, keep, sites, windows, groups, i
     from hsteer.model import load_quietly
     from hsteer.model.loading import check_card_folder
     from hsteer.model.denoisers import site_shape
-    from hsteer.hspace.siteshape import bind_site
+    from hsteer.steering.siteshape import bind_site
     from hsteer.model.sites import SiteSet, default_site_spec, site_for, site_specs
     from hsteer.policies import parse_window
 

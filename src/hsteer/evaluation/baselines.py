@@ -43,7 +43,7 @@ def targeted_by_spec(spec: dict[str, Any], bank_path: str | None = None) -> set[
     policy = policy_from_spec(spec)
     bank = None
     if isinstance(policy, ConceptPolicy) and bank_path:
-        from hsteer.hspace.bank import ConceptBank
+        from hsteer.steering.bank import ConceptBank
 
         bank = ConceptBank.load(bank_path)
     return policy.targeted_groups(bank)

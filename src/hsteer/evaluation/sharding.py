@@ -24,7 +24,7 @@ from hsteer.evaluation.runs import (IMAGES, LOG, SHARDS, GenerationSettings, app
                                     load_records, read_config, write_jsonl)
 from hsteer.errors import field_errors
 from hsteer.fileio import FolderLock
-from hsteer.hspace.bankcheck import check_bank_windows
+from hsteer.steering.bankcheck import check_bank_windows
 from hsteer.outputs import check_own_file
 from hsteer.evaluation.tasks import task_jobs
 from hsteer.generation import ImageJob, ImageRecord, generate_jobs
@@ -164,7 +164,7 @@ def check_run_plan(gen: GenerationSettings, all_jobs: list[dict], policy, bank) 
 def check_run_settings(generation: dict) -> None:
     """`check_run_plan` for the "generation" settings of a run not written yet (the CLI, before
     `prepare_run_dir`): the bank is loaded and the job list built as `run_generation` will."""
-    from hsteer.hspace.bank import ConceptBank
+    from hsteer.steering.bank import ConceptBank
 
     gen = GenerationSettings.from_dict(generation)
     policy = policy_from_spec(gen.policy)
@@ -207,7 +207,7 @@ def _open_shard(run_dir: Path, guard: dict | None, rank: int, world: int, all_jo
 def run_generation(run_dir: str | Path, *, device: str = "cpu", batch_size: int | None = None, pipe=None,
                    progress: bool = True, log=print) -> GenerationReport:
     """Generate (this process's share of) the run in `run_dir`, skipping finished images; merge at the end."""
-    from hsteer.hspace.bank import ConceptBank
+    from hsteer.steering.bank import ConceptBank
 
     run_dir = Path(run_dir)
     gen = read_config(run_dir).generation
@@ -258,7 +258,7 @@ def _generate(shard: Shard, gen: GenerationSettings, pipe, policy, label: str, b
     from tqdm.auto import tqdm
 
     from hsteer.model import resolve_resolution
-    from hsteer.hspace.siteshape import site_shape
+    from hsteer.steering.siteshape import site_shape
 
     height, width = resolve_resolution(pipe, gen.height, gen.width)
     if bank is not None and policy.needs_bank:

@@ -1,7 +1,7 @@
 """Generation with concepts: the batch engine (`generate`, `generate_jobs`) and attached pipelines.
 
 Policies (which concepts an image gets) live in `hsteer.policies`; the hook that adds them in
-`hsteer.hspace`. This package turns draws into steered pipeline calls and records what each image got.
+`hsteer.steering`. This package turns draws into steered pipeline calls and records what each image got.
 """
 
 from hsteer.generation.attached import attach, attachment_of, detach

@@ -1,6 +1,6 @@
 """Attach once, then ordinary pipeline calls: a policy's per-image draws on every `pipe(...)` call.
 
-`attach` adds one layer ("attached") to the pipeline's steering (`hspace.attach`): the same arming as
+`attach` adds one layer ("attached") to the pipeline's steering (`steering.attach`): the same arming as
 `generate` and `steer`, so the same seeds give the same images through all three. Each concept acts in
 its own learned step window (or all in the explicit `window`).
 """
@@ -14,10 +14,10 @@ from hsteer.errors import HsteerError
 from hsteer.generation.draws import draw_for, prompt_gate
 from hsteer.generation.guard import GuardConfig, GuardedCall, build_guard
 from hsteer.generation.x0 import check_x0_readable
-from hsteer.hspace.attach import Layer, PipelineSteering, add_layer, remove_layer, steering_of
-from hsteer.hspace.bank import ConceptBank
+from hsteer.steering.attach import Layer, PipelineSteering, add_layer, remove_layer, steering_of
+from hsteer.steering.bank import ConceptBank
 from hsteer.model.loading import FROM_ARGUMENT, FROM_CARD, sampling_for
-from hsteer.hspace.siteshape import site_shape
+from hsteer.steering.siteshape import site_shape
 from hsteer.model.sites import site_for
 from hsteer.policies import Policy, check_policy_object, require_bank
 

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 import torch
 
 from hsteer.errors import HsteerError
-from hsteer.hspace.attach import WindowDeltas
-from hsteer.hspace.bank import ConceptBank
-from hsteer.hspace.hook import check_window
+from hsteer.steering.attach import WindowDeltas
+from hsteer.steering.bank import ConceptBank
+from hsteer.steering.hook import check_window
 from hsteer.policies import require_bank
 
 Draw = Sequence[tuple[str, float]]

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from hsteer.gate import GateConfig, PromptGate
-from hsteer.hspace.bank import ConceptBank
+from hsteer.steering.bank import ConceptBank
 from hsteer.policies import Draw, Policy, require_bank
 
 

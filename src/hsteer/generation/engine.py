@@ -2,7 +2,7 @@
 
 Every image has its own seed (`seed + i` for the i-th image of a prompt) and, under a policy, its own
 concepts: a fair batch mixes concepts image by image in one denoiser call. Each batch is one pipeline
-call steered by one layer (`hspace.attach.only_layer`), the arming `attach` and `steer` use too. The
+call steered by one layer (`steering.attach.only_layer`), the arming `attach` and `steer` use too. The
 manifest records for each image exactly what is needed to regenerate it alone.
 """
 
@@ -26,17 +26,17 @@ from hsteer.generation.draws import draw_for, prompt_gate
 from hsteer.generation.guard import Guard, GuardConfig, build_guard, without_group
 from hsteer.generation.x0 import X0Capture, check_x0_readable
 from hsteer.generation.records import GenerationOutput, ImageJob, ImageRecord
-from hsteer.hspace.attach import Layer, only_layer, steering_of
-from hsteer.hspace.bank import ConceptBank
-from hsteer.hspace.hook import check_window
+from hsteer.steering.attach import Layer, only_layer, steering_of
+from hsteer.steering.bank import ConceptBank
+from hsteer.steering.hook import check_window
 from hsteer.model.loading import sampling_for
 from hsteer.model.sites import MID_BLOCK, SteeringSite
-from hsteer.hspace.siteshape import site_shape
+from hsteer.steering.siteshape import site_shape
 from hsteer.model.denoisers import call_defaults
 from hsteer.model.geometry import resolve_resolution
 from hsteer.model.sites import denoiser_of
 from hsteer.checks import check_flags, check_pipeline, check_steering_args, check_strength, prompt_list
-from hsteer.hspace.bankcheck import check_bank_windows
+from hsteer.steering.bankcheck import check_bank_windows
 from hsteer.outputs import OutputFolder, check_generate_settings, check_images_finite
 from hsteer.policies import Policy, PlainPolicy, check_policy_object, require_bank
 

@@ -10,7 +10,7 @@ unflagged image exactly the plain one), or, in the other designs, get it from th
 (*switch*) or at a strength that grows with the score (*soft*).
 
 A detector is anything with `score(x0_latents, decode, step) -> (B,) scores` and a `threshold`; the bank's
-learned detector (`hspace.detectors.LinearDetector`) and `CallableDetector` (any function of the decoded
+learned detector (`steering.detectors.LinearDetector`) and `CallableDetector` (any function of the decoded
 images, e.g. NudeNet or Q16 from `hsteer.evaluation.guard_detectors`) are wrapped here.
 """
 
@@ -25,8 +25,8 @@ import torch
 
 from hsteer.errors import HsteerError
 from hsteer.generation.records import ImageJob
-from hsteer.hspace.bank import Concept, ConceptBank
-from hsteer.hspace.detectors import LinearDetector
+from hsteer.steering.bank import Concept, ConceptBank
+from hsteer.steering.detectors import LinearDetector
 
 #: How a flagged image gets the safety concept (see the module docstring).
 DESIGNS = ("redraw", "switch", "soft")

@@ -17,8 +17,8 @@ import torch
 
 from hsteer.errors import HsteerError, as_field, field_errors
 from hsteer.generation.x0 import X0Capture, check_x0_readable
-from hsteer.hspace.bank import ConceptBank
-from hsteer.hspace.detectors import FEATURES, LinearDetector
+from hsteer.steering.bank import ConceptBank
+from hsteer.steering.detectors import FEATURES, LinearDetector
 from hsteer.model.denoisers import call_defaults
 from hsteer.model.geometry import resolve_resolution
 from hsteer.model.sites import denoiser_of, family_of

@@ -142,7 +142,7 @@ class SiteSet:
     flattened and concatenated in `sites` order (so that drawing, summing and scaling concepts, per-image
     rows and optimiser states stay one tensor each); the hook of each site module takes its own slice,
     reshaped to the site's shape (`split`). `shapes`: one shape per site at the size steered (None: not
-    yet bound to a size; `hsteer.hspace.siteshape.bind_site` binds it). Banks store one tensor per site.
+    yet bound to a size; `hsteer.steering.siteshape.bind_site` binds it). Banks store one tensor per site.
     """
 
     sites: tuple[SteeringSite, ...]
@@ -191,7 +191,7 @@ class SiteSet:
     def bound_shapes(self) -> tuple[tuple[int, ...], ...]:
         if self.shapes is None:
             raise HsteerError(f"the set of sites {self.spec} is not bound to an image size; bind it "
-                              "(hsteer.hspace.siteshape.bind_site) or take it from its bank (bank.site_of(pipe))")
+                              "(hsteer.steering.siteshape.bind_site) or take it from its bank (bank.site_of(pipe))")
         return self.shapes
 
     def with_shapes(self, shapes) -> SiteSet:
@@ -222,7 +222,7 @@ class SiteSet:
         return self.sites[0].denoiser(pipe_or_model)
 
     def module(self, denoiser, missing_ok: bool = False) -> torch.nn.Module | None:
-        """The first site's module (each site has its own hook; `hsteer.hspace.hook` arms them together)."""
+        """The first site's module (each site has its own hook; `hsteer.steering.hook` arms them together)."""
         return self.sites[0].module(denoiser, missing_ok)
 
     def is_pipeline(self, pipe_or_model) -> bool:

@@ -111,7 +111,7 @@ class TrainConfig:
             raise HsteerError(f"site must be a site name such as mid_block, transformer_blocks.2 or text, got "
                               f"{self.site!r}", field="site")
         if self.window is not None:
-            from hsteer.hspace.steering import check_window
+            from hsteer.steering.scoped import check_window
 
             check_window(*self.window)
         check_train_settings(self)

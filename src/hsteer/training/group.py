@@ -32,8 +32,8 @@ from safetensors.torch import save_file
 from hsteer import objectives
 from hsteer.errors import BankError, HsteerError
 from hsteer.fileio import atomic_save
-from hsteer.hspace.bank import Concept
-from hsteer.hspace.steering import active_hooks
+from hsteer.steering.bank import Concept
+from hsteer.steering.scoped import active_hooks
 from hsteer.model.diffusion import DDIMSchedule, TextCondition, guidance_combination, guided_epsilon
 from hsteer.seeding import iteration_generator, pool_seed
 from hsteer.training.config import TrainConfig

@@ -14,9 +14,9 @@ from hsteer.checks import (check_count, check_flags, check_name, check_output_di
                            check_pipeline, check_text, check_texts, check_window_covers_steps)
 from hsteer.errors import HsteerError, as_field, field_errors
 from hsteer.fileio import exclusive_lock
-from hsteer.hspace.bank import ConceptBank
-from hsteer.hspace.bankcheck import check_finite_concepts
-from hsteer.hspace.siteshape import site_shape
+from hsteer.steering.bank import ConceptBank
+from hsteer.steering.bankcheck import check_finite_concepts
+from hsteer.steering.siteshape import site_shape
 from hsteer.model.sites import denoiser_of, site_for
 from hsteer.training.config import TrainConfig
 from hsteer.training.registry import METHODS

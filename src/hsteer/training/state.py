@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from hsteer._version import __version__
 from hsteer.errors import BankError, HsteerError, TrainingDivergedError
 from hsteer.fileio import atomic_png, atomic_save, atomic_write_text
-from hsteer.hspace.bank import Concept
+from hsteer.steering.bank import Concept
 from hsteer.model.geometry import unet_fingerprint
 from hsteer.model.sites import denoiser_of, family_of
 from hsteer.training.config import TrainConfig

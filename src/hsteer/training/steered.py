@@ -27,9 +27,9 @@ import torch
 from hsteer import objectives
 from hsteer.errors import HsteerError
 from hsteer.fileio import atomic_write_text
-from hsteer.hspace.bank import Concept
-from hsteer.hspace.steering import active_hooks
-from hsteer.hspace.siteshape import bind_site, site_meta, site_shape
+from hsteer.steering.bank import Concept
+from hsteer.steering.scoped import active_hooks
+from hsteer.steering.siteshape import bind_site, site_meta, site_shape
 from hsteer.model.denoisers import Denoiser
 from hsteer.model.diffusion import (
     TextCondition,

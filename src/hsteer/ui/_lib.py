@@ -29,10 +29,10 @@ from hsteer.checks import check_count, check_float, check_name, check_seed
 from hsteer.evaluation.leakage import fmt_ci
 from hsteer.world.evaluate import WorldEvalConfig, evaluate_world
 from hsteer.generation.guard import GuardConfig
-from hsteer.hspace.hub import hub_bank_file, parse_hub_spec
-from hsteer.hspace.steering import check_window
+from hsteer.steering.hub import hub_bank_file, parse_hub_spec
+from hsteer.steering.scoped import check_window
 from hsteer.model import sampling_defaults
-from hsteer.hspace.siteshape import site_shape
+from hsteer.steering.siteshape import site_shape
 from hsteer.model.geometry import resolve_resolution
 from hsteer.model.loading import BUNDLED_NAMES, model_location
 from hsteer.model.sites import denoiser_of, family_of, site_for

@@ -17,7 +17,7 @@ from hsteer.generation import ImageJob, generate_jobs
 from hsteer.generation.draws import draw_for, prompt_gate
 from hsteer.generation.guard import GuardConfig, build_guard, without_group
 from hsteer.policies import PlainPolicy, Policy
-from hsteer.hspace.bank import ConceptBank
+from hsteer.steering.bank import ConceptBank
 
 __all__ = ["HARM_PROMPTS", "HELD_OUT_TEMPLATES", "TEMPLATES", "WorldEvalConfig", "WorldEvalResult", "evaluate_world"]
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from hsteer.evaluation.metrics import Bootstrap, deviation_statistic, share_statistic
 from hsteer.generation import generate
-from hsteer.hspace.bank import ConceptBank
+from hsteer.steering.bank import ConceptBank
 from hsteer.policies import FairPolicy, PlainPolicy, Policy, SafePolicy
 
 #: Harm prompts phrased outside the safety concept's training templates (repeats, word order, new nouns).

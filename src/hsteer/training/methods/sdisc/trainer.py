@@ -22,8 +22,8 @@ from safetensors.torch import load_file, save_file
 
 from hsteer import objectives
 from hsteer.fileio import atomic_save
-from hsteer.hspace.bank import Concept
-from hsteer.hspace.siteshape import bind_site, site_meta, site_shape
+from hsteer.steering.bank import Concept
+from hsteer.steering.siteshape import bind_site, site_meta, site_shape
 from hsteer.model.denoisers import Denoiser, call_defaults
 from hsteer.model.diffusion import encode_text
 from hsteer.model.geometry import resolve_resolution

@@ -21,7 +21,7 @@ import torch
 
 from hsteer.checks import check_name, check_window_covers_steps, check_window_value, load_json
 from hsteer.errors import BankError, HsteerError, ShapeMismatchError, field_errors
-from hsteer.hspace.detectors import PREFIX as DETECTOR_PREFIX
+from hsteer.steering.detectors import PREFIX as DETECTOR_PREFIX
 
 #: The largest 'hsteer' metadata read from a bank, in characters (thousands of concepts fit).
 HEADER_MAX_CHARS = 32 * 2**20

@@ -8,7 +8,7 @@ from pathlib import Path
 from hsteer.checks import check_output_file
 from hsteer.errors import field_errors
 from hsteer.fileio import exclusive_lock
-from hsteer.hspace.bank import ConceptBank
+from hsteer.steering.bank import ConceptBank
 
 
 def merge_bank_files(paths: Sequence[str | Path], out: str | Path, replace: bool = False) -> ConceptBank:

@@ -39,12 +39,12 @@ from hsteer._version import __version__
 from hsteer.checks import JSON_MAX_DEPTH, check_input_file, check_name, check_output_file, json_depth
 from hsteer.errors import BankError, HsteerError, ModelMismatchError, ShapeMismatchError, UnknownConceptError
 from hsteer.fileio import atomic_save
-import hsteer.hspace.hub as hub
-from hsteer.hspace.detectors import (LinearDetector, check_detector, check_detector_groups, detectors_from_header,
+import hsteer.steering.hub as hub
+from hsteer.steering.detectors import (LinearDetector, check_detector, check_detector_groups, detectors_from_header,
                                      merge_detectors)
-from hsteer.hspace.bankcheck import (check_concept_meta, check_finite_concepts, check_header, check_shape,
+from hsteer.steering.bankcheck import (check_concept_meta, check_finite_concepts, check_header, check_shape,
                                      check_site_shapes, parse_header)
-from hsteer.hspace.hub import DEFAULT_WEIGHT_NAME
+from hsteer.steering.hub import DEFAULT_WEIGHT_NAME
 from hsteer.model.geometry import hspace_shape, unet_fingerprint
 from hsteer.model.sites import FAMILY_NAMES, SiteSet, SteeringSite, denoiser_of, family_of, site_for
 

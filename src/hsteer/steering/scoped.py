@@ -4,7 +4,7 @@
     with steer(pipe, config):
         images = pipe("a photo of a doctor").images
 
-On a pipeline, the config becomes one named layer of the pipeline's steering (`hspace.attach`): the same
+On a pipeline, the config becomes one named layer of the pipeline's steering (`steering.attach`): the same
 per-call arming `attach` and `generate` use, so the three give the same images for the same deltas. On
 a bare denoiser (a training step calling the U-Net itself) the delta is armed on the hook directly and
 may be a live parameter. Leaving the block removes the layer; the last one removes the hook, and the
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from hsteer.errors import HsteerError, ShapeMismatchError
-from hsteer.hspace.attach import Layer, WindowDeltas, add_layer, remove_layer, steering_of
-from hsteer.hspace.hook import DirectDelta, check_window, in_window, is_compiled, release_hook, steering_hook
+from hsteer.steering.attach import Layer, WindowDeltas, add_layer, remove_layer, steering_of
+from hsteer.steering.hook import DirectDelta, check_window, in_window, is_compiled, release_hook, steering_hook
 from hsteer.model.sites import MID_BLOCK, SiteSet, SteeringSite
 
 __all__ = ["SteeringConfig", "SteeringHandle", "active_hooks", "apply_steering", "check_window", "in_window",

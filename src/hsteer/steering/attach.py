@@ -3,7 +3,7 @@
 A pipeline carries named *layers* of steering (`attach` adds one called "attached", each `steer` block
 one of its own name). At every `pipe(...)` call the layers' providers are asked for per-image deltas
 (from each image's seed), the rows are laid out for the denoiser batch and handed to the site's hook
-(`hspace.hook`) with their step windows, and the pipeline's `callback_on_step_end` tells the hook each
+(`steering.hook`) with their step windows, and the pipeline's `callback_on_step_end` tells the hook each
 next step. After the call (even on error) the hook is disarmed. `generate` runs its batches with only
 its own layer, so an attached pipeline is not steered twice.
 
@@ -27,7 +27,7 @@ import torch
 
 from hsteer.checks import check_window_covers_steps
 from hsteer.errors import HsteerError
-from hsteer.hspace.hook import WindowRows, release_hook, steering_hook
+from hsteer.steering.hook import WindowRows, release_hook, steering_hook
 from hsteer.model.sites import MID_BLOCK, SiteSet, SteeringSite, base_module
 from hsteer.model.sites import batches_guidance
 

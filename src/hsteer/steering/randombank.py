@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from hsteer.hspace.bank import Concept, ConceptBank
-from hsteer.hspace.siteshape import bind_site, site_meta, site_shape
+from hsteer.steering.bank import Concept, ConceptBank
+from hsteer.steering.siteshape import bind_site, site_meta, site_shape
 from hsteer.model.geometry import unet_fingerprint
 from hsteer.model.sites import denoiser_of, family_of, site_for
 
