@@ -58,30 +58,15 @@ def generate(model, device, dtype, prompts, num_images, seed, out_dir, bank_path
     check_model_folder_size(model, height, width)  # a size the model's denoiser cannot make: before it loads
     steer_window = parse_window(window)
     bank = ConceptBank.load(bank_path) if bank_path else None
-    if site is not None and (bank is None or bank.site_spec != site.strip()):
-        raise HsteerError(f"--site {site}: " + (f"the bank's concepts live at site {bank.site_spec}; train a bank at "
-                                                f"{site} (hsteer train --site {site})" if bank is not None
-                                                else "a site needs --bank"))
+    _check_site(site, bank)
     if policy.needs_bank:
         require_bank(bank, policy)
         from hsteer.steering.bankcheck import check_bank_windows  # windows (--window or stored) that steer no step
 
         check_bank_windows(bank, policy.drawable(bank), check_steps, steer_window,  # unknown names fail here too
                            (0.8 if strength is None else strength) if init_image is not None else None)
-    guard = resolve_guard_choice(guard, policy, bank)
-    if guard != "none" and bank is None:
-        raise HsteerError("--guard adds the bank's safety group to flagged images: give --bank (with --safe or --fair)")
-    if guard == "learned" and "safety" not in bank.detectors:
-        raise HsteerError("the bank has no harm detector for its safety group; fit one with "
-                          f"`hsteer guard fit --bank {bank_path}`, or choose --guard nudenet")
-    if guard_q16_prompts is not None and guard != "q16":
-        raise HsteerError("--q16-prompts is read only by --guard q16 (Q16's prompt embeddings); drop it, or pass "
-                          "--guard q16")
-    guard_config = build_guard_config(guard, guard_step, guard_threshold, guard_design, guard_q16_prompts)
-    if guard_config is not None:
-        from hsteer.generation.guard import build_guard
-
-        build_guard(guard_config, bank, check_steps)  # its group, detector and decision step: before loading
+    guard_config = _checked_guard(resolve_guard_choice(guard, policy, bank), bank, bank_path, check_steps,
+                                  guard_step, guard_threshold, guard_design, guard_q16_prompts)
     if not (overwrite or resume):
         OutputFolder(out_dir)  # refuse a folder in use before loading the model
     from hsteer.fileio import read_image
@@ -100,3 +85,35 @@ def generate(model, device, dtype, prompts, num_images, seed, out_dir, bank_path
               overwrite=overwrite, resume=resume, keep_images=False, window=steer_window, image=image,
               strength=strength, respect_prompt=respect_prompt, gate=gate, guard=guard_config)
     click.echo(f"wrote {len(out)} images and manifest.jsonl to {out_dir}")
+
+
+def _check_site(site: str | None, bank) -> None:
+    """`--site` only names the bank's own site: a bank of another site is refused, not moved."""
+    from hsteer.errors import HsteerError
+
+    if site is not None and (bank is None or bank.site_spec != site.strip()):
+        raise HsteerError(f"--site {site}: " + (f"the bank's concepts live at site {bank.site_spec}; train a bank at "
+                                                f"{site} (hsteer train --site {site})" if bank is not None
+                                                else "a site needs --bank"))
+
+
+def _checked_guard(guard: str, bank, bank_path, check_steps: int, guard_step, guard_threshold, guard_design,
+                   guard_q16_prompts):
+    """The run's guard configuration (None for --guard none), its group, detector and decision step checked
+    against the bank before the model loads."""
+    from hsteer.errors import HsteerError
+
+    if guard != "none" and bank is None:
+        raise HsteerError("--guard adds the bank's safety group to flagged images: give --bank (with --safe or --fair)")
+    if guard == "learned" and "safety" not in bank.detectors:
+        raise HsteerError("the bank has no harm detector for its safety group; fit one with "
+                          f"`hsteer guard fit --bank {bank_path}`, or choose --guard nudenet")
+    if guard_q16_prompts is not None and guard != "q16":
+        raise HsteerError("--q16-prompts is read only by --guard q16 (Q16's prompt embeddings); drop it, or pass "
+                          "--guard q16")
+    guard_config = build_guard_config(guard, guard_step, guard_threshold, guard_design, guard_q16_prompts)
+    if guard_config is not None:
+        from hsteer.generation.guard import build_guard
+
+        build_guard(guard_config, bank, check_steps)  # its group, detector and decision step: before loading
+    return guard_config

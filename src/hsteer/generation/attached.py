@@ -7,6 +7,8 @@ its own learned step window (or all in the explicit `window`).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from hsteer.checks import check_flags, check_pipeline, check_steering_args
 from hsteer.gate import GateConfig
 from hsteer.generation.deltas import window_deltas
@@ -21,11 +23,14 @@ from hsteer.steering.siteshape import site_shape
 from hsteer.model.sites import site_for
 from hsteer.policies import Policy, check_policy_object, require_bank
 
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
+
 #: The name of attach's layer in a pipeline's steering.
 ATTACHED = "attached"
 
 
-def attach(pipe, bank: ConceptBank | None, policy: Policy, *, scale: float = 1.0,
+def attach(pipe: Pipeline, bank: ConceptBank | None, policy: Policy, *, scale: float = 1.0,
            window: tuple[float, float] | None = None, steer_unconditional: bool = False,
            allow_other_model: bool = False, respect_prompt: bool = True,
            gate: str | GateConfig | None = None, steps: int | None = None,
@@ -37,7 +42,7 @@ def attach(pipe, bank: ConceptBank | None, policy: Policy, *, scale: float = 1.0
     `g_i.initial_seed()`, so the same seeds give the same images as `generate(..., seed=...)` with the same
     policy. With one generator seeded s, image i of each prompt is drawn with seed s + i (its noise is
     then diffusers', from one generator). With none, images are numbered consecutively across calls
-    from 0, so every block of images stays balanced. `hsteer.attachment_of(pipe).last` lists the concepts
+    from 0, so every block of images stays balanced. `hsteer.generation.attachment_of(pipe).last` lists the concepts
     each image of the last call got.
 
     Calling `attach` again swaps policy, bank, scale or window in place: the hook stays, its buffers are
@@ -68,14 +73,28 @@ def attach(pipe, bank: ConceptBank | None, policy: Policy, *, scale: float = 1.0
         policy.drawable(bank)  # unknown concepts, groups or ratios fail now, not in the middle of a call
     shape = tuple(bank.hspace_shape) if bank is not None and bank.hspace_shape else None
     reader = prompt_gate(pipe, bank, policy, respect_prompt, gate)
-    steps, guidance, sources = sampling_for(pipe, steps, guidance)
-    call_defaults = {name: value for name, value, source in (("num_inference_steps", steps, sources["steps"]),
-                                                              ("guidance_scale", guidance, sources["guidance"]))
-                     if source in (FROM_ARGUMENT, FROM_CARD)}
-
+    steps, call_defaults = _sampling_defaults(pipe, steps, guidance)
     guarded = _attached_guard(guard, bank, policy, steps)
     if guarded is not None:
         check_x0_readable(pipe.scheduler)
+    provide = _attached_provider(policy, bank, reader, guarded, shape, window)
+    return add_layer(pipe, ATTACHED, Layer(provide, float(scale), steer_unconditional, label=policy.describe(),
+                                           call_defaults=call_defaults, around=guarded), site)
+
+
+def _sampling_defaults(pipe, steps: int | None, guidance: float | None) -> tuple[int, dict[str, float]]:
+    """The steps a guard decides at, and the sampling a call that passes none gets: the argument's or the
+    model card's only, so that without either diffusers' own defaults still apply."""
+    steps, guidance, sources = sampling_for(pipe, steps, guidance)
+    return steps, {name: value for name, value, source in (("num_inference_steps", steps, sources["steps"]),
+                                                            ("guidance_scale", guidance, sources["guidance"]))
+                   if source in (FROM_ARGUMENT, FROM_CARD)}
+
+
+def _attached_provider(policy: Policy, bank: ConceptBank | None, reader, guarded: GuardedCall | None,
+                       shape: tuple[int, ...] | None, window: tuple[float, float] | None):
+    """The layer provider of every attached call: each image's concepts drawn from its seed (and gated by its
+    prompt), as `generate` draws them; under a guard, the guarded group only on flagged images."""
 
     def provide(seeds: list[int], prompts: list[str | None]):
         draws = [draw_for(policy, bank, reader, p, s)[0] for s, p in zip(seeds, prompts)]
@@ -84,8 +103,7 @@ def attach(pipe, bank: ConceptBank | None, policy: Policy, *, scale: float = 1.0
         info = [[{"name": n, "scale": c} for n, c in draw] for draw in draws]
         return window_deltas(guarded.bank() if guarded else bank, draws, shape, window), info
 
-    return add_layer(pipe, ATTACHED, Layer(provide, float(scale), steer_unconditional, label=policy.describe(),
-                                           call_defaults=call_defaults, around=guarded), site)
+    return provide
 
 
 def _attached_guard(config: GuardConfig | None, bank: ConceptBank | None, policy: Policy,
@@ -99,7 +117,7 @@ def _attached_guard(config: GuardConfig | None, bank: ConceptBank | None, policy
     return GuardedCall(build_guard(config, bank, steps, scales[0] if scales else 1.0))
 
 
-def guard_decisions(pipe) -> list[dict]:
+def guard_decisions(pipe: Pipeline) -> list[dict]:
     """The guard's decision for each image of the attached pipeline's last call (empty when unguarded)."""
     steering = attachment_of(pipe)
     around = steering.layers[ATTACHED].around if steering is not None else None
@@ -118,13 +136,13 @@ def _attach_shape(pipe, bank: ConceptBank, site) -> tuple[int, ...]:
     return (*tuple(bank.hspace_shape)[:-1], shape[-1])
 
 
-def detach(pipe) -> None:
+def detach(pipe: Pipeline) -> None:
     """Stop steering `pipe`'s calls; its images are bit-identical to the unattached pipeline's again."""
     check_pipeline(pipe, "detach: pipe")
     remove_layer(pipe, ATTACHED)
 
 
-def attachment_of(pipe) -> PipelineSteering | None:
+def attachment_of(pipe: Pipeline) -> PipelineSteering | None:
     """The pipeline's steering while it is attached (its layers, the last call's seeds and draws), or None."""
     steering = steering_of(pipe)
     return steering if steering is not None and ATTACHED in steering.layers else None

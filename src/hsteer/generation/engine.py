@@ -14,7 +14,7 @@ import inspect
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -39,6 +39,9 @@ from hsteer.checks import check_flags, check_pipeline, check_steering_args, chec
 from hsteer.steering.bankcheck import check_bank_windows
 from hsteer.outputs import OutputFolder, check_generate_settings, check_images_finite
 from hsteer.policies import Policy, PlainPolicy, check_policy_object, require_bank
+
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
 
 def image_jobs(prompts: Sequence[str], num_images: int, seed: int) -> Iterator[tuple[str, int, int]]:
@@ -83,7 +86,7 @@ def _accepts(pipe, name: str) -> bool:
     return name in inspect.signature(type(pipe).__call__).parameters
 
 
-def generate(pipe, prompts: str | Sequence[str], *, num_images_per_prompt: int = 1, seed: int = 0,
+def generate(pipe: Pipeline, prompts: str | Sequence[str], *, num_images_per_prompt: int = 1, seed: int = 0,
              bank: ConceptBank | None = None, policy: Policy | None = None, steps: int | None = None,
              guidance: float | None = None, height: int | None = None, width: int | None = None, batch_size: int = 8,
              steer_unconditional: bool = False, allow_other_model: bool = False, out_dir: str | Path | None = None,
@@ -124,40 +127,66 @@ def generate(pipe, prompts: str | Sequence[str], *, num_images_per_prompt: int =
                             negative_prompt=negative_prompt)
     height, width = _check_against_bank(pipe, bank, policy, steps, window, height, width, image, strength,
                                         allow_other_model)
-    images, masks = _per_prompt(image, prompts, "image"), _per_prompt(mask_image, prompts, "mask_image")
+    inputs = _prompt_inputs(prompts, image, mask_image)
     prompt_reader = prompt_gate(pipe, bank, policy, respect_prompt, gate)
     guarded = guard_for_run(guard, bank, policy, steps)
     if guarded is not None:
         check_x0_readable(pipe.scheduler)
     prepared = policy.prepare(pipe)  # the pipeline the policy's images are made with (SLD: its safe pipeline)
     folder = OutputFolder(out_dir, overwrite=overwrite, resume=resume) if out_dir is not None else None
+    work = _job_stream(prompts, num_images_per_prompt, seed, policy, bank, prompt_reader, inputs,
+                       guard.group if guarded is not None else None, folder is not None, sampled_from)
+    settings = dict(steps=steps, guidance=guidance, height=height, width=width, window=window, strength=strength)
+    return _generate_into(folder, prepared, work, bank, policy.name, settings, len(prompts) * num_images_per_prompt,
+                          batch_size=batch_size, steer_unconditional=steer_unconditional, progress=progress,
+                          negative_prompt=negative_prompt, keep_images=keep_images, pipe_kwargs=pipe_kwargs,
+                          guard=guarded)
+
+
+def _prompt_inputs(prompts: list[str], image: Any, mask_image: Any) -> dict[str, dict[str, Any]]:
+    """Each prompt's img2img / inpaint inputs (`image`, `mask_image`): checked (one, or one per prompt) before
+    any folder is touched or any image is made."""
+    images, masks = _per_prompt(image, prompts, "image"), _per_prompt(mask_image, prompts, "mask_image")
+    inputs = {p: ({"image": images[p]} if image is not None else {}) for p in prompts}
+    if mask_image is not None:
+        for p in prompts:
+            inputs[p]["mask_image"] = masks[p]
+    return inputs
+
+
+def _job_stream(prompts: list[str], num_images: int, seed: int, policy: Policy, bank: ConceptBank | None,
+                prompt_reader, inputs: dict[str, dict[str, Any]], guarded_group: str | None, numbered: bool,
+                sampled_from: dict[str, Any]) -> Iterator[ImageJob]:
+    """Each image's job, streamed (a run too large to hold is never listed): its seed, its concepts drawn
+    under the prompt gate (without the guarded group, which the guard adds to flagged images only), its
+    per-prompt inputs and, with an output folder, its file name."""
 
     def job(n: int, prompt: str, index: int, image_seed: int) -> ImageJob:
-        inputs = {"image": images[prompt]} if image is not None else {}
-        if mask_image is not None:
-            inputs["mask_image"] = masks[prompt]
         concepts, notes = draw_for(policy, bank, prompt_reader, prompt, image_seed)
-        if guarded is not None:
-            concepts = without_group(concepts, bank, guard.group)
-            notes = [n for n in notes if not n.startswith(guard.group)]
-        return ImageJob(prompt, index, image_seed, concepts, f"{n:05d}.png" if folder else None,
-                        extra={**({"gate": notes} if notes else {}), "defaults": sampled_from}, inputs=inputs)
+        if guarded_group is not None:
+            concepts = without_group(concepts, bank, guarded_group)
+            notes = [n for n in notes if not n.startswith(guarded_group)]
+        return ImageJob(prompt, index, image_seed, concepts, f"{n:05d}.png" if numbered else None,
+                        extra={**({"gate": notes} if notes else {}), "defaults": sampled_from},
+                        inputs=dict(inputs[prompt]))
 
-    work: Iterable[ImageJob] = (job(n, *spec) for n, spec in enumerate(image_jobs(prompts, num_images_per_prompt,
-                                                                                    seed)))
-    settings = dict(steps=steps, guidance=guidance, height=height, width=width, window=window, strength=strength)
+    return (job(n, *spec) for n, spec in enumerate(image_jobs(prompts, num_images, seed)))
+
+
+def _generate_into(folder: OutputFolder | None, pipe, work: Iterable[ImageJob], bank: ConceptBank | None,
+                   policy_name: str, settings: dict[str, Any], planned: int, **options) -> GenerationOutput:
+    """`generate_jobs` on the run's jobs, into `folder` where there is one: a resumed folder makes only the
+    images it lacks (a done image made with other settings stops the run), and its lock goes at once when
+    the run ends, on an error too."""
     if folder is not None and folder.done:
-        work = folder.pending(work, lambda job: _record(job, policy.name, **settings).to_dict())
-    total = len(prompts) * num_images_per_prompt - (len(folder.done) if folder else 0)
+        work = folder.pending(work, lambda job: _record(job, policy_name, **settings).to_dict())
+    total = planned - (len(folder.done) if folder else 0)
     try:
-        return generate_jobs(prepared, work, bank, policy.name, batch_size=batch_size,
-                             steer_unconditional=steer_unconditional, progress=progress,
-                             negative_prompt=negative_prompt, total=total, keep_images=keep_images,
-                             sink=folder.add if folder else None, pipe_kwargs=pipe_kwargs, guard=guarded,
-                             **settings)
+        return generate_jobs(pipe, work, bank, policy_name, total=total, sink=folder.add if folder else None,
+                             **options, **settings)
     finally:
         if folder is not None:
-            folder.close()  # the folder's lock goes at once, on an error too
+            folder.close()
 
 
 def guard_for_run(config: GuardConfig | None, bank: ConceptBank | None, policy: Policy, steps: int) -> Guard | None:
@@ -213,7 +242,8 @@ def _record(job: ImageJob, policy_name: str, *, steps: int, guidance: float, hei
                        policy_name, steps, guidance, height, width, job.index, extra)
 
 
-def generate_jobs(pipe, jobs: Iterable[ImageJob], bank: ConceptBank | None, policy_name: str, *, steps: int,
+def generate_jobs(pipe: Pipeline, jobs: Iterable[ImageJob], bank: ConceptBank | None, policy_name: str, *,
+                  steps: int,
                   guidance: float, height: int | None = None, width: int | None = None, batch_size: int = 8,
                   steer_unconditional: bool = False, out_dir: str | Path | None = None, progress: bool = True,
                   negative_prompt: str | None = None, sink: Callable[[dict[str, Any], Any], None] | None = None,
@@ -241,26 +271,10 @@ def generate_jobs(pipe, jobs: Iterable[ImageJob], bank: ConceptBank | None, poli
     if out_path is not None:
         out_path.mkdir(parents=True, exist_ok=True)
     images, records, count = [], [], 0
-    device = torch.device(getattr(pipe, "_execution_device", None) or denoiser_of(pipe).device)
-    gen_device = "cpu" if device.type == "mps" else device
-    sizes = {k: v for k, v in (("height", height), ("width", width)) if _accepts(pipe, k)}
-    call = {"num_inference_steps": steps, "guidance_scale": guidance, **sizes, **call_defaults(pipe),
-            **(pipe_kwargs or {})}
-    if strength is not None:
-        call["strength"] = strength
+    call = _call_kwargs(pipe, steps, guidance, height, width, strength, pipe_kwargs)
+    run = _batch_runner(pipe, bank, site, shape, window, call, steer_unconditional, policy_name, negative_prompt)
     total = len(jobs) if total is None and isinstance(jobs, Sequence) else total
     bar = tqdm(total=total, disable=not progress, desc=f"generate ({policy_name})", unit="img")
-
-    def run(jobs: list[ImageJob], capture: X0Capture | None = None, bank_view: ConceptBank | None = None):
-        layer = Layer(_batch_provider(bank_view or bank, jobs, shape, window),
-                      steer_unconditional=steer_unconditional, label=policy_name)
-        # a plain batch on an unsteered pipeline is called as it is (it may be a wrapper, e.g. the SLD baseline)
-        steered = any(job.concepts for job in jobs) or steering_of(pipe) is not None
-        with only_layer(pipe, layer, site or MID_BLOCK) if steered else contextlib.nullcontext(), \
-                capture if capture is not None else contextlib.nullcontext():
-            return pipe([job.prompt for job in jobs], output_type="np",
-                        **_batch_kwargs(call, jobs, gen_device, negative_prompt)).images
-
     while batch:
         if guard is None:
             pixels = run(batch)
@@ -283,6 +297,40 @@ def generate_jobs(pipe, jobs: Iterable[ImageJob], bank: ConceptBank | None, poli
         batch = list(itertools.islice(stream, batch_size))
     bar.close()
     return GenerationOutput(images, records, count)
+
+
+def _call_kwargs(pipe, steps: int, guidance: float, height: int, width: int, strength: float | None,
+                 pipe_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """The pipeline-call arguments every batch shares: sampling, the size where the pipeline takes one, the
+    model's own call defaults, then `pipe_kwargs` as given and the img2img `strength` over them."""
+    sizes = {k: v for k, v in (("height", height), ("width", width)) if _accepts(pipe, k)}
+    call = {"num_inference_steps": steps, "guidance_scale": guidance, **sizes, **call_defaults(pipe),
+            **(pipe_kwargs or {})}
+    if strength is not None:
+        call["strength"] = strength
+    return call
+
+
+def _batch_runner(pipe, bank: ConceptBank | None, site: SteeringSite | None, shape: tuple[int, ...] | None,
+                  window: tuple[float, float] | None, call: dict[str, Any], steer_unconditional: bool,
+                  policy_name: str, negative_prompt: str | None):
+    """The function that makes one batch's pixels: one pipeline call steered by one layer holding the jobs'
+    own concepts, with one generator per image on the pipeline's execution device (the CPU on MPS, whose
+    generators differ)."""
+    device = torch.device(getattr(pipe, "_execution_device", None) or denoiser_of(pipe).device)
+    gen_device = "cpu" if device.type == "mps" else device
+
+    def run(jobs: list[ImageJob], capture: X0Capture | None = None, bank_view: ConceptBank | None = None):
+        layer = Layer(_batch_provider(bank_view or bank, jobs, shape, window),
+                      steer_unconditional=steer_unconditional, label=policy_name)
+        # a plain batch on an unsteered pipeline is called as it is (it may be a wrapper, e.g. the SLD baseline)
+        steered = any(job.concepts for job in jobs) or steering_of(pipe) is not None
+        with only_layer(pipe, layer, site or MID_BLOCK) if steered else contextlib.nullcontext(), \
+                capture if capture is not None else contextlib.nullcontext():
+            return pipe([job.prompt for job in jobs], output_type="np",
+                        **_batch_kwargs(call, jobs, gen_device, negative_prompt)).images
+
+    return run
 
 
 def _guarded(guard: Guard, batch: list[ImageJob], run, capture_factory) -> tuple[Any, list[ImageJob]]:

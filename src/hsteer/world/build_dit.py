@@ -23,6 +23,8 @@ minutes; snapshots and a resumable state as the U-Net world model has (`hsteer.w
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import json
 import math
 import time
@@ -38,6 +40,9 @@ from hsteer.world.defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from hsteer.world.pipeline import (TEXT_CONFIG, dir_size, load_training_state, publish_folder,
                                    save_training_state)
 from hsteer.world.training_loop import lr_factor, run_folders
+
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
 #: SD3's MMDiT at the world's size: 16 x 16 latents in 2 x 2 patches (64 image tokens), 4 joint blocks of
 #: width 128; the prompt side is the two CLIP encoders' features side by side (128 + 32).
@@ -98,7 +103,7 @@ def build_pipeline(source: str | Path, seed: int = 0):
     return pipe
 
 
-def caption_features(pipe, captions: list[str], batch: int = 256):
+def caption_features(pipe: Pipeline, captions: list[str], batch: int = 256):
     """(prompt embeds, pooled) of each caption through the pipeline's own encode_prompt, once."""
     import torch
 
@@ -150,7 +155,7 @@ def flow_step(transformer, opt, params, batch: dict, rng: np.random.Generator, c
     return loss.item(), float(grad_norm)
 
 
-def save_dit_pipeline(out_dir: Path, pipe, transformer, extra: dict) -> None:
+def save_dit_pipeline(out_dir: Path, pipe: Pipeline, transformer, extra: dict) -> None:
     """The pipeline with `transformer` (the EMA weights) to `out_dir`, atomically, with its model card."""
     out_dir = Path(out_dir)
     card = {"steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE, "max_sequence_length": MAX_SEQUENCE_LENGTH}
@@ -171,21 +176,12 @@ def save_dit_pipeline(out_dir: Path, pipe, transformer, extra: dict) -> None:
     publish_folder(out_dir, write)
 
 
-def train_world_dit(out_dir: Path, source: str | Path | None = None, *, log: Callable[[str], None] | None = None,
-                    **settings) -> Path:
-    """Train the DiT world model for `minutes` and save it to `out_dir` (settings: `DitTrainSettings`);
-    `source`: the U-Net world model whose VAE and text encoder it shares (default: the bundled one)."""
-    import torch
-    from diffusers import SD3Transformer2DModel
-
+def _encoded_dataset(pipe, cfg: DitTrainSettings, log: Callable[[str], None]) -> dict:
+    """The training set, rendered and encoded once (the VAE and text encoders are frozen): each image's latent
+    mean and std, its caption's index, and every distinct caption's features (with the empty one for
+    caption dropout)."""
     from hsteer.world.data import Captions
-    from hsteer.world.defaults import default_model_path
 
-    cfg = DitTrainSettings(**settings)
-    torch.set_num_threads(cfg.threads)
-    out_dir, state_dir, L = run_folders(out_dir, log)
-    L(f"train_world_dit out={out_dir} {json.dumps(asdict(cfg))} torch={torch.__version__}")
-    pipe = build_pipeline(source or default_model_path(), cfg.seed)
     t = time.time()
     images, captions = render_dataset(cfg.n_images, cfg.seed)
     mean, std = encode_latents(pipe.vae, images)
@@ -193,10 +189,36 @@ def train_world_dit(out_dir: Path, source: str | Path | None = None, *, log: Cal
     uniq = sorted(set(captions) | {""})
     embeds, pooled = caption_features(pipe, uniq)
     assert embeds.shape[1] == MAX_LENGTH + MAX_SEQUENCE_LENGTH
-    L(f"rendered and encoded {cfg.n_images} pairs, {len(uniq)} captions in {time.time() - t:.0f}s; "
-      f"latent std {mean.std():.3f}")
-    batch = {"mean": mean, "std": std, "of_image": caps.of_image, "empty": caps.empty, "embeds": embeds,
-             "pooled": pooled}
+    log(f"rendered and encoded {cfg.n_images} pairs, {len(uniq)} captions in {time.time() - t:.0f}s; "
+        f"latent std {mean.std():.3f}")
+    return {"mean": mean, "std": std, "of_image": caps.of_image, "empty": caps.empty, "embeds": embeds,
+            "pooled": pooled}
+
+
+def _ema_update(ema, params, decay: float) -> None:
+    """Move the EMA weights (the ones saved) towards the trained ones by `1 - decay`."""
+    import torch
+
+    with torch.no_grad():
+        for pe, p in zip(ema.parameters(), params):
+            pe.lerp_(p.detach(), 1 - decay)
+
+
+def train_world_dit(out_dir: Path, source: str | Path | None = None, *, log: Callable[[str], None] | None = None,
+                    **settings) -> Path:
+    """Train the DiT world model for `minutes` and save it to `out_dir` (settings: `DitTrainSettings`);
+    `source`: the U-Net world model whose VAE and text encoder it shares (default: the bundled one)."""
+    import torch
+    from diffusers import SD3Transformer2DModel
+
+    from hsteer.world.defaults import default_model_path
+
+    cfg = DitTrainSettings(**settings)
+    torch.set_num_threads(cfg.threads)
+    out_dir, state_dir, L = run_folders(out_dir, log)
+    L(f"train_world_dit out={out_dir} {json.dumps(asdict(cfg))} torch={torch.__version__}")
+    pipe = build_pipeline(source or default_model_path(), cfg.seed)
+    batch = _encoded_dataset(pipe, cfg, L)
     transformer = pipe.transformer.train()
     ema = SD3Transformer2DModel(**DIT_CONFIG)
     params = list(transformer.parameters())
@@ -226,10 +248,7 @@ def train_world_dit(out_dir: Path, source: str | Path | None = None, *, log: Cal
         if not math.isfinite(loss):
             raise TrainingDivergedError(f"the DiT world model's loss diverged at step {step}; lower --lr")
         step += 1
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), params):
-                pe.lerp_(p.detach(), 1 - decay)
+        _ema_update(ema, params, min(cfg.ema_decay, (1 + step) / (10 + step)))
         running = loss if running is None else 0.99 * running + 0.01 * loss
         if step % 100 == 0:
             el = time.time() - t0
