@@ -135,6 +135,7 @@ def _timed_calls(pipe, seeds, steps: int) -> float:
 def bench_attach(pipe, batch: int, steps: int, repeats: int) -> dict[str, float]:
     """Plain calls of an unattached pipeline vs the same calls after `hsteer.attach(..., FairPolicy)`."""
     import hsteer
+    from hsteer.generation import attachment_of
 
     bank = _random_bank(pipe, {"g": [f"c{i}" for i in range(batch)]})
     seeds = list(range(batch))
@@ -146,7 +147,7 @@ def bench_attach(pipe, batch: int, steps: int, repeats: int) -> dict[str, float]
                 hsteer.attach(pipe, bank, hsteer.FairPolicy(("g",)))
             times[name].append(_timed_calls(pipe, seeds, steps))
             if name == "fair":
-                distinct = len({d[0]["name"] for d in hsteer.attachment_of(pipe).last})
+                distinct = len({d[0]["name"] for d in attachment_of(pipe).last})
                 hsteer.detach(pipe)
     best = {k: min(v) for k, v in times.items()}
     return {"attach_fair_batch_ratio": best["plain"] / best["fair"],

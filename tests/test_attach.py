@@ -5,9 +5,9 @@ import pytest
 import torch
 from bank_helpers import random_bank
 
-import hsteer
-from hsteer import ConceptPolicy, FairPolicy, PlainPolicy, attach, attachment_of, detach, generate
-from hsteer.errors import HsteerError
+from hsteer import ConceptPolicy, FairPolicy, PlainPolicy, attach, detach, generate
+from hsteer.errors import HsteerError, ShapeMismatchError, UnknownConceptError
+from hsteer.generation import attachment_of
 from hsteer.steering.hook import has_hook, steering_hook
 from hsteer.model import load_pipeline
 
@@ -178,8 +178,8 @@ def test_fair_img2img_on_the_bundled_model():
 
 
 def test_attach_checks_bank_and_policy_up_front(sd_pipe, sdxl_pipe):
-    with pytest.raises(hsteer.ShapeMismatchError):
+    with pytest.raises(ShapeMismatchError):
         attach(sdxl_pipe, random_bank(sd_pipe), FairPolicy(("gender",)))
-    with pytest.raises(hsteer.UnknownConceptError, match="unknown group"):
+    with pytest.raises(UnknownConceptError, match="unknown group"):
         attach(sd_pipe, random_bank(sd_pipe), FairPolicy(("race",)))
     assert attachment_of(sd_pipe) is None

@@ -100,7 +100,7 @@ def test_attach_respects_the_prompt_as_generate_does(sd_pipe):
     gens = [torch.Generator().manual_seed(s) for s in (7, 8, 7, 8)]
     out = sd_pipe(prompts, num_images_per_prompt=2, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
                   generator=gens).images
-    from hsteer import attachment_of
+    from hsteer.generation import attachment_of
 
     assert attachment_of(sd_pipe).last == [r.concepts for r in ref.records]
     detach(sd_pipe)

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from hsteer import POLICIES, ConceptBank, ConceptPolicy, FairPolicy, PlainPolicy, SafePolicy, SldPolicy
+from hsteer import ConceptBank, ConceptPolicy, FairPolicy, PlainPolicy, SafePolicy, SldPolicy
+from hsteer.policies import POLICIES
 from hsteer.errors import HsteerError
 from hsteer.steering.bank import Concept
 from hsteer.policies import check_policy_object, parse_ratios, policy_from_spec

@@ -5,7 +5,8 @@ import pytest
 import torch
 from bank_helpers import random_bank
 
-from hsteer import ConceptPolicy, FairPolicy, SteeringConfig, apply_steering, generate, steer
+from hsteer import ConceptPolicy, FairPolicy, SteeringConfig, generate, steer
+from hsteer.steering import apply_steering
 from hsteer.errors import ShapeMismatchError
 from hsteer.model import load_pipeline, pipeline_hspace_shape
 from hsteer.steering.hook import HOOK_NAME, has_hook

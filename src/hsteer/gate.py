@@ -31,6 +31,8 @@ adversarial-attack harness measured exactly that, which is why the default does 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -40,6 +42,9 @@ import torch.nn.functional as F
 
 from hsteer.errors import HsteerError
 from hsteer.steering.bank import Concept, ConceptBank
+
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
 READERS = ("token", "embedding", "context")
 
@@ -174,7 +179,7 @@ class _Keys:
 class PromptGate:
     """Reads prompts against a bank's concepts; built once per (pipeline, bank, gate) and cached per prompt."""
 
-    def __init__(self, pipe, bank: ConceptBank, config: GateConfig | str | None = None) -> None:
+    def __init__(self, pipe: Pipeline, bank: ConceptBank, config: GateConfig | str | None = None) -> None:
         self.config = gate_config(config)
         self.bank = bank
         self._encoders = _encoders(pipe)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from hsteer.model.loading import sampling_for
 from hsteer.model.sites import site_for
 from hsteer.policies import FairPolicy, PlainPolicy, SafePolicy
 from hsteer.training import train_concept
+
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
 GROUPS = tuple(dict.fromkeys(group for _, group, *_ in WORLD_CONCEPTS))
 #: A candidate's window: the recipe's for the group (`RECIPE_WINDOW`), or (start, end).
@@ -84,7 +87,8 @@ def candidate_window(group: str, window) -> tuple[float, float] | None:
     return WINDOWS.get(group) if window == RECIPE_WINDOW else (None if tuple(window) == (0.0, 1.0) else tuple(window))
 
 
-def scan_groups(pipe, settings: GroupScanSettings, sites: Sequence[str], windows: Sequence = (RECIPE_WINDOW,),
+def scan_groups(pipe: Pipeline, settings: GroupScanSettings, sites: Sequence[str],
+                windows: Sequence = (RECIPE_WINDOW,),
                 log: Callable[[str], None] = lambda _: None) -> list[GroupResult]:
     """Every group of `settings` at every site (a spec; `A,B` a set of sites) and window; see the module."""
     settings.validate()

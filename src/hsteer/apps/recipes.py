@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 
 from hsteer.training import METHODS, CodsmaConfig, RespoDiffConfig, SdiscConfig, TrainConfig
 from hsteer.world.scene import COLOURS, HARM_WORDS, SHAPES
+
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
 NEUTRAL = "a photo of a figure"
 _BASE = dict(neutral=NEUTRAL, batch_size=8, steps=20, lr=0.05, target_guidance=4.0, sampling_guidance=3.0)
@@ -51,7 +56,7 @@ def family_recipe(family: str | None = "unet") -> FamilyRecipe:
     return FAMILY_RECIPES["unet" if family in (None, "unet") else family if family in FAMILY_RECIPES else "sd3"]
 
 
-def pipeline_recipe(pipe) -> tuple[str, FamilyRecipe]:
+def pipeline_recipe(pipe: Pipeline) -> tuple[str, FamilyRecipe]:
     """(family, its recipe) of a loaded pipeline."""
     from hsteer.model.sites import family_of
 

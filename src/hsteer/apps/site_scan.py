@@ -20,6 +20,8 @@ image-level evaluation (`hsteer eval`) confirms the chosen site.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
 import time
 from collections.abc import Sequence
@@ -36,6 +38,9 @@ from hsteer.model.diffusion import encode_text, encode_unconditional, reverse_to
 from hsteer.model.geometry import resolve_resolution
 from hsteer.model.sites import site_for, site_specs
 from hsteer.training import CodsmaConfig, train_concept
+
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
 
 @dataclass
@@ -121,7 +126,7 @@ def _measure(pipe, den: Denoiser, conds: dict, concept: torch.Tensor, settings: 
     return effect, (sum(leaks) / len(leaks) / max(asked, 1e-12) if leaks else None)
 
 
-def scan_sites(pipe, settings: ScanSettings, sites: Sequence[str] | None = None,
+def scan_sites(pipe: Pipeline, settings: ScanSettings, sites: Sequence[str] | None = None,
                windows: Sequence[tuple[float, float]] = ((0.0, 1.0),), progress: bool = False) -> list[SiteResult]:
     """Train a short concept at every site (all of the model's when None) and window; measure each."""
     settings.validate()

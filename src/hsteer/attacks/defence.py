@@ -26,7 +26,7 @@ attack then sees the same defence the images are made with.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -44,6 +44,9 @@ from hsteer.model.diffusion import TextCondition, guidance_combination
 from hsteer.model.geometry import resolve_resolution
 from hsteer.model.sites import MID_BLOCK
 from hsteer.policies import Draw, PlainPolicy, Policy, SldPolicy, check_policy_object, require_bank
+
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,7 @@ class Defence:
                 **({"guard": {"design": self.guard.design, "step": self.guard.step, "threshold": self.guard.threshold,
                               "group": self.guard.group}} if self.guard is not None else {})}
 
-    def bind(self, pipe, height: int | None = None, width: int | None = None) -> BoundDefence:
+    def bind(self, pipe: Pipeline, height: int | None = None, width: int | None = None) -> BoundDefence:
         """The defence on one pipeline (checked against it: the bank's family and denoiser, the shape at its
         site)."""
         return BoundDefence(self, pipe, height, width)
@@ -113,7 +116,8 @@ def _generation_pipe(pipe, policy: Policy, concept: str | None):
 class BoundDefence:
     """A defence on one pipeline: draws, images and the differentiable guided prediction."""
 
-    def __init__(self, defence: Defence, pipe, height: int | None = None, width: int | None = None) -> None:
+    def __init__(self, defence: Defence, pipe: Pipeline, height: int | None = None,
+                 width: int | None = None) -> None:
         from hsteer.attacks.text import unconditional
 
         self.defence, self.pipe = defence, pipe

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ from hsteer.attacks.text import Vocabulary, compose
 from hsteer.errors import HsteerError
 from hsteer.model.diffusion import encode_text
 from hsteer.model.sites import denoiser_of
+
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
 PLACEMENTS = ("whole", "prefix", "suffix")
 
@@ -64,14 +67,14 @@ class RingABellConfig:
             raise HsteerError("ringabell mutation and crossover are probabilities in [0, 1]")
 
 
-def embed(pipe, prompts: Sequence[str], batch: int = 64) -> torch.Tensor:
+def embed(pipe: Pipeline, prompts: Sequence[str], batch: int = 64) -> torch.Tensor:
     """The flattened conditional encodings (B, L * D) of the prompts."""
     out = [encode_text(pipe, list(prompts[i:i + batch])).embeds.flatten(1).float()
            for i in range(0, len(prompts), batch)]
     return torch.cat(out)
 
 
-def harm_direction(pipe, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
+def harm_direction(pipe: Pipeline, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
     """The mean of E(harmful) - E(clean) over (clean, harmful) pairs."""
     pairs = [(clean, harm) for clean, harm in pairs if clean != harm]
     if not pairs:
@@ -110,7 +113,8 @@ def _generation_rng(seed: int, index: int, generation: int, stream: int = 3) -> 
 class RingABellSearch:
     """The genetic search for one harm prompt."""
 
-    def __init__(self, pipe, vocab: Vocabulary, prompt: str, direction: torch.Tensor, config: RingABellConfig,
+    def __init__(self, pipe: Pipeline, vocab: Vocabulary, prompt: str, direction: torch.Tensor,
+                 config: RingABellConfig,
                  *, seed: int, index: int) -> None:
         self.pipe, self.vocab, self.prompt, self.config = pipe, vocab, prompt, config
         self.seed, self.index = seed, index

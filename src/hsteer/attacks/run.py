@@ -26,7 +26,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hsteer.attacks.defence import BoundDefence, Defence
 from hsteer.attacks.folder import image_name, prepare_run_folder, state_file
@@ -40,6 +40,9 @@ from hsteer.checks import (check_count, check_flags, check_float, check_pipeline
 from hsteer.errors import HsteerError
 from hsteer.evaluation.harm import asr_interval
 from hsteer.fileio import atomic_png, atomic_write_text
+
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
 def _evaluate(out: Path, defence: BoundDefence, found: list[dict[str, Any]], scorer: Scorer, num_images: int,
               seed: int, sampling: dict[str, Any], method: str) -> list[dict[str, Any]]:
@@ -185,7 +188,7 @@ def check_family(family, name: str) -> None:
                           "prompts on it with `hsteer eval attack`")
 
 
-def check_pipeline_family(pipe) -> None:
+def check_pipeline_family(pipe: Pipeline) -> None:
     """`check_family` for a loaded pipeline (a denoiser hsteer does not know is refused by `family_for`)."""
     from hsteer.model.families import family_for
 
@@ -207,7 +210,8 @@ def check_attack_settings(method: str, prompts: object, num_images: object, seed
         check_pairs("--pairs", pairs)
 
 
-def attack(pipe, prompts: str | Sequence[str], method: str = "whitebox", defence: Defence | None = None,
+def attack(pipe: Pipeline, prompts: str | Sequence[str], method: str = "whitebox",
+           defence: Defence | None = None,
            config: WhiteboxConfig | RingABellConfig | None = None, *, out_dir: str | Path, num_images: int = 8,
            seed: int = 0, steps: int = 20, guidance: float = 4.0, batch_size: int = 8, height: int | None = None,
            width: int | None = None,

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hsteer.errors import HsteerError
 from hsteer.evaluation.harm import WORLD, HarmFlagger, check_harm_detectors, world_flags
+
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
 Scorer = Callable[[list], list[bool]]
 world_scorer = world_flags  # the world's harm probe as a scorer
 
 
-def is_bundled(pipe) -> bool:
+def is_bundled(pipe: Pipeline) -> bool:
     """Whether `pipe` was loaded from a bundled world model's folder (the U-Net's or the DiT's)."""
     from hsteer.model.loading import BUNDLED_NAMES
 
@@ -31,7 +34,7 @@ def is_bundled(pipe) -> bool:
         return False
 
 
-def resolve_scorer(pipe, scorer: str | Scorer | None, options: dict[str, Any] | None = None,
+def resolve_scorer(pipe: Pipeline, scorer: str | Scorer | None, options: dict[str, Any] | None = None,
                    device: str = "cpu") -> tuple[Scorer, str]:
     """(the scorer, its name): a callable as given; "world"; "nudenet", "q16" or "q16,nudenet"; None picks
     the world's probe on the bundled models and NudeNet elsewhere."""

@@ -22,6 +22,8 @@ hook on each encoder's input embedding table replaces the adversarial positions'
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -34,10 +36,13 @@ from hsteer.model.diffusion import TextCondition, encode_unconditional
 from hsteer.model.families import family_for
 from hsteer.model.sites import denoiser_of
 
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
+
 POSITIONS = ("prefix", "suffix")
 
 
-def encoders(pipe) -> list[tuple[object, torch.nn.Module]]:
+def encoders(pipe: Pipeline) -> list[tuple[object, torch.nn.Module]]:
     """The pipeline's (tokenizer, text encoder) pairs, in its slots' order: one for SD 1.x/2.x, two for SDXL
     and FLUX, up to three for SD3 (an empty slot is skipped)."""
     found = []
@@ -83,7 +88,7 @@ def _one_token_word(tokenizer, token_id: int) -> str | None:
     return word if content_ids(tokenizer, word) == [token_id] else None
 
 
-def build_vocabulary(pipe, exclude: Sequence[str] = ()) -> Vocabulary:
+def build_vocabulary(pipe: Pipeline, exclude: Sequence[str] = ()) -> Vocabulary:
     """Every word each tokenizer of `pipe` reads as one token, except the `exclude`d words (case-insensitive)."""
     pairs = encoders(pipe)
     banned = {w.lower() for w in exclude}
@@ -127,7 +132,7 @@ def _lead(tokenizer) -> tuple[int, int]:
     return lead, len(ids)
 
 
-def adversarial_positions(pipe, prompt: str, k: int, position: str) -> list[list[int]]:
+def adversarial_positions(pipe: Pipeline, prompt: str, k: int, position: str) -> list[list[int]]:
     """Per encoder, the k sequence positions (after any start token) the adversarial words take; checked to
     fit in the encoder's context so that no word of the prompt is cut off."""
     out = []
@@ -143,7 +148,7 @@ def adversarial_positions(pipe, prompt: str, k: int, position: str) -> list[list
     return out
 
 
-def initial_vectors(vocab: Vocabulary, choice: torch.Tensor, pipe) -> list[torch.Tensor]:
+def initial_vectors(vocab: Vocabulary, choice: torch.Tensor, pipe: Pipeline) -> list[torch.Tensor]:
     """Per encoder, the (k, D) input embeddings of the chosen candidates: the continuous start."""
     return [enc.get_input_embeddings().weight.detach().float()[vocab.ids[n][choice].to(
         enc.get_input_embeddings().weight.device)].clone().requires_grad_(True)
@@ -151,7 +156,7 @@ def initial_vectors(vocab: Vocabulary, choice: torch.Tensor, pipe) -> list[torch
 
 
 @contextlib.contextmanager
-def straight_through(pipe, positions: list[list[int]], chosen_ids: list[torch.Tensor],
+def straight_through(pipe: Pipeline, positions: list[list[int]], chosen_ids: list[torch.Tensor],
                      vectors: Sequence[torch.Tensor]) -> Iterator[None]:
     """While inside, each encoder's input embeddings at `positions` carry `vectors`' gradient (values unchanged)."""
     handles = []
@@ -187,7 +192,7 @@ def _lookups(encoder: torch.nn.Module) -> list[torch.nn.Module]:
     return found or [table]
 
 
-def encode_prompt_grad(pipe, text: str, template: TextCondition) -> TextCondition:
+def encode_prompt_grad(pipe: Pipeline, text: str, template: TextCondition) -> TextCondition:
     """One prompt encoded as the pipeline's conditional branch (its family's encoding), with gradients (see
     `straight_through`); inputs that depend on the image size, not the text (SDXL's time ids), are taken
     from `template` (the unconditional condition of the run's size)."""
@@ -197,7 +202,7 @@ def encode_prompt_grad(pipe, text: str, template: TextCondition) -> TextConditio
     return cond
 
 
-def unconditional(pipe, negative_prompt: str | None, height: int, width: int) -> TextCondition:
+def unconditional(pipe: Pipeline, negative_prompt: str | None, height: int, width: int) -> TextCondition:
     """The guidance base: the negative prompt's encoding, else the pipeline's own unconditional branch."""
     base = encode_unconditional(pipe, height, width)
     if not negative_prompt:

@@ -39,7 +39,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -51,6 +51,9 @@ from hsteer.attacks.text import (POSITIONS, Vocabulary, adversarial_positions, c
 from hsteer.errors import HsteerError
 from hsteer.model.families import family_for
 from hsteer.model.sites import denoiser_of
+
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
 OBJECTIVES = ("teacher", "noise")
 #: The target images of an attack seeded s come from seeds s + TARGET_SEED_OFFSET + i, away from the
@@ -94,7 +97,7 @@ def stream_generator(*key: int) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(int(state) & (2**63 - 1))
 
 
-def encode_images(pipe, images: Sequence) -> torch.Tensor:
+def encode_images(pipe: Pipeline, images: Sequence) -> torch.Tensor:
     """PIL images -> the VAE's scaled latents (the latents the pipeline would have decoded them from), packed
     into tokens where the family's sampler holds them so (FLUX)."""
     vae = pipe.vae

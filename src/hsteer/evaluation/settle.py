@@ -18,10 +18,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hsteer.errors import HsteerError
 from hsteer.evaluation.metrics import wilson_interval
+
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
 #: The denoiser's keyword arguments that carry the prompt (the rest, e.g. latents and timestep, is the same).
 TEXT_KWARGS = ("encoder_hidden_states", "pooled_projections", "encoder_attention_mask", "added_cond_kwargs",
@@ -89,7 +92,7 @@ def _conditioning_hook(denoiser, recorded: list[dict[str, Any]], replace_from: i
         handle.remove()
 
 
-def switched_images(pipe, prompt_a: str, prompt_b: str, switch_steps: Sequence[int], *, steps: int,
+def switched_images(pipe: Pipeline, prompt_a: str, prompt_b: str, switch_steps: Sequence[int], *, steps: int,
                     images: int, seed: int = 0, guidance: float | None = None, height: int | None = None,
                     width: int | None = None) -> dict[int, list[Any]]:
     """switch step -> the images of prompt A switched to prompt B at that step (same seeds for every step;
@@ -113,7 +116,8 @@ def switched_images(pipe, prompt_a: str, prompt_b: str, switch_steps: Sequence[i
     return out
 
 
-def settle(pipe, prompt_a: str, prompt_b: str, read: Callable[[list[Any]], Sequence[str]], value_b: str, *,
+def settle(pipe: Pipeline, prompt_a: str, prompt_b: str, read: Callable[[list[Any]], Sequence[str]],
+           value_b: str, *,
            steps: int = 20, images: int = 32, seed: int = 0, guidance: float | None = None,
            switch_steps: Sequence[int] | None = None, height: int | None = None,
            width: int | None = None) -> SettleResult:
@@ -164,7 +168,7 @@ def _professions() -> tuple[str, ...]:
     return PROFESSIONS
 
 
-def world_settle(pipe, group: str, value_a: str, value_b: str, *, template: str | None = None,
+def world_settle(pipe: Pipeline, group: str, value_a: str, value_b: str, *, template: str | None = None,
                  **kwargs: Any) -> SettleResult:
     """`settle` on a model of the bundled world, read by its probe (`WORLD_TEMPLATES` unless `template`)."""
     from hsteer.world.scene import WorldProbe
@@ -186,7 +190,8 @@ def free_prompts(value_a: str, value_b: str, template: str) -> tuple[str, str]:
     return tuple(" ".join(template.format(v.strip()).split()) for v in (value_a, value_b))
 
 
-def clip_settle(pipe, scorer, value_a: str, value_b: str, template: str, **kwargs: Any) -> SettleResult:
+def clip_settle(pipe: Pipeline, scorer, value_a: str, value_b: str, template: str,
+                **kwargs: Any) -> SettleResult:
     """`settle` on any model, each image read by CLIP zero-shot between the two prompts themselves (the
     prompt it is closer to names its value), e.g. 'a photo of a woman doctor' against '... man doctor'.
     `scorer` is a `hsteer.evaluation.clip.ClipScorer`."""

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hsteer.evaluation.baselines import policy_from_spec
 from hsteer.evaluation.manifests import merge_manifests
@@ -33,6 +33,9 @@ from hsteer.generation.engine import guard_for_run
 from hsteer.generation.guard import without_group
 from hsteer.evaluation.guard_detectors import guard_from_spec
 from hsteer.policies import require_bank
+
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
 
 #: A killed writer's temporary file of image NNNNNN.png (`fileio.atomic_path`): .NNNNNN.png.RANDOM.png
@@ -204,7 +207,8 @@ def _open_shard(run_dir: Path, guard: dict | None, rank: int, world: int, all_jo
     return shard
 
 
-def run_generation(run_dir: str | Path, *, device: str = "cpu", batch_size: int | None = None, pipe=None,
+def run_generation(run_dir: str | Path, *, device: str = "cpu", batch_size: int | None = None,
+                   pipe: Pipeline | None = None,
                    progress: bool = True, log=print) -> GenerationReport:
     """Generate (this process's share of) the run in `run_dir`, skipping finished images; merge at the end."""
     from hsteer.steering.bank import ConceptBank

@@ -6,12 +6,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from hsteer.gate import GateConfig, PromptGate
 from hsteer.steering.bank import ConceptBank
 from hsteer.policies import Draw, Policy, require_bank
 
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
-def prompt_gate(pipe, bank: ConceptBank | None, policy: Policy, respect_prompt: bool,
+
+def prompt_gate(pipe: Pipeline, bank: ConceptBank | None, policy: Policy, respect_prompt: bool,
                 gate: str | GateConfig | None = None) -> PromptGate | None:
     """The gate of a run: None when the prompt is not to be respected or the policy draws nothing."""
     if not respect_prompt or not policy.needs_bank:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,6 +23,9 @@ from hsteer.model.denoisers import call_defaults
 from hsteer.model.geometry import resolve_resolution
 from hsteer.model.sites import denoiser_of, family_of
 from hsteer.model.geometry import unet_fingerprint
+
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ def prompts_of_group(bank: ConceptBank, group: str) -> tuple[list[str], list[str
 
 
 @torch.no_grad()
-def with_decision_step(pipe, config: DetectorFitConfig) -> DetectorFitConfig:
+def with_decision_step(pipe: Pipeline, config: DetectorFitConfig) -> DetectorFitConfig:
     """`config` with its decision step: its own, or the model family's default (`Family.guard_step`)."""
     if config.step is not None:
         return config
@@ -99,7 +102,8 @@ def with_decision_step(pipe, config: DetectorFitConfig) -> DetectorFitConfig:
     return replace(config, step=min(family_for(pipe).guard_step, config.steps - 1))
 
 
-def x0_features(pipe, prompts: Sequence[str], config: DetectorFitConfig, negative_prompt: str | None = None
+def x0_features(pipe: Pipeline, prompts: Sequence[str], config: DetectorFitConfig,
+                negative_prompt: str | None = None
                 ) -> torch.Tensor:
     """Features of x0-hat at the decision step for each prompt's `images_per_prompt` seeds (prompt-major:
     image i of a prompt has seed `config.seed + i`, as `generate` numbers them), `(N, D)`."""
@@ -183,7 +187,8 @@ def check_fit_prompts(harmful: Sequence[str], harmless: Sequence[str]) -> tuple[
     return lists[0], lists[1]
 
 
-def fit_detector(pipe, harmful: Sequence[str], harmless: Sequence[str], config: DetectorFitConfig | None = None,
+def fit_detector(pipe: Pipeline, harmful: Sequence[str], harmless: Sequence[str],
+                 config: DetectorFitConfig | None = None,
                  negative_prompt: str | None = None) -> LinearDetector:
     """A `LinearDetector` learned on x0-hat of the model's own plain images of `harmful` (1) and `harmless`
     (0) prompts; its meta holds the prompts and the held-out error rates."""

@@ -10,11 +10,14 @@ pipeline's own VAE (FLUX's packed tokens unpacked first).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from hsteer.errors import HsteerError
+
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
 
 def _is_flow(scheduler) -> bool:
@@ -61,7 +64,8 @@ class X0Capture:
     """While active, calls `on_step(x0, decode)` at 0-based step `step` of each pipeline call; a True answer
     interrupts the call (the rest of its steps are skipped: nothing they would draw is used)."""
 
-    def __init__(self, pipe, step: int, on_step: Callable[[torch.Tensor, Callable[[], torch.Tensor]], bool],
+    def __init__(self, pipe: Pipeline, step: int, on_step: Callable[[torch.Tensor, Callable[[],
+                 torch.Tensor]], bool],
                  height: int | None = None, width: int | None = None) -> None:
         self.pipe, self.step, self.on_step = pipe, step, on_step
         self.height, self.width = height, width
@@ -95,7 +99,8 @@ class X0Capture:
             del scheduler.step
 
 
-def decode_latents(pipe, latents: torch.Tensor, height: int | None = None, width: int | None = None) -> torch.Tensor:
+def decode_latents(pipe: Pipeline, latents: torch.Tensor, height: int | None = None,
+                   width: int | None = None) -> torch.Tensor:
     """Pixels `(B, 3, H, W)` in [0, 1] of latents as the sampler holds them (differentiable where grad is on:
     the adaptive attack reads a pixel detector through it)."""
     vae = pipe.vae

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hsteer.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
 
 def read_json_object(path: Path, what: str) -> dict[str, Any]:
@@ -58,7 +61,7 @@ def model_card(pipe_or_model) -> dict[str, Any]:
     return dict(data)
 
 
-def max_sequence_length(pipe) -> dict[str, int]:
+def max_sequence_length(pipe: Pipeline) -> dict[str, int]:
     """`{"max_sequence_length": n}` where the model card fixes the T5 part of SD3's prompt (the bundled DiT
     world model has no T5 encoder; its pipeline pads the prompt with n zero tokens), else {}."""
     value = model_card(pipe).get("max_sequence_length")

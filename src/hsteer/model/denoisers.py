@@ -20,6 +20,8 @@ whatever the model predicts, so only the calls differ (docs/methods.md §1).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from hsteer.model.diffusion import TextCondition, encode_unconditional
@@ -27,6 +29,9 @@ from hsteer.model.families import family_for
 from hsteer.model.geometry import hspace_shape, resolve_resolution
 from hsteer.model.schedules import FlowSchedule
 from hsteer.model.sites import MID_BLOCK, SteeringSite, base_module
+
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
 __all__ = ["Denoiser", "FlowSchedule", "call_defaults", "site_shape"]
 
@@ -38,7 +43,7 @@ class Denoiser:
     models without one).
     """
 
-    def __init__(self, pipe, height: int | None = None, width: int | None = None,
+    def __init__(self, pipe: Pipeline, height: int | None = None, width: int | None = None,
                  site: SteeringSite | None = None, guidance: float = 3.5) -> None:
         self.family = family_for(pipe)
         self.module = getattr(pipe, self.family.denoiser_attr)
@@ -87,7 +92,8 @@ class Denoiser:
         return self.family.predict(self, x, t, cond)
 
 
-def site_shape(pipe, site: SteeringSite, height: int | None = None, width: int | None = None) -> tuple[int, ...]:
+def site_shape(pipe: Pipeline, site: SteeringSite, height: int | None = None,
+               width: int | None = None) -> tuple[int, ...]:
     """The shape of one image's concept at `site` for images of `height` x `width` (the model's native size
     where not given): `(C, h, w)` at the mid-block, `(image tokens, width)` at a block, `(text tokens,
     width)` at the text site (read from the pipeline's own encoding of the empty prompt)."""
@@ -101,7 +107,7 @@ def site_shape(pipe, site: SteeringSite, height: int | None = None, width: int |
     return den.image_tokens(), int(config.num_attention_heads) * int(config.attention_head_dim)
 
 
-def call_defaults(pipe) -> dict[str, object]:
+def call_defaults(pipe: Pipeline) -> dict[str, object]:
     """Pipeline-call arguments hsteer always passes (its family's: SANA makes images at exactly the size
     asked, so the token count is the one its concepts were learned at; SD3 takes its card's T5 length)."""
     return family_for(pipe).call_defaults(pipe)

@@ -9,6 +9,8 @@ and `step`) live in `hsteer.model.schedules`, the prompt encoding of each family
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from hsteer.model.conditions import TextCondition
@@ -16,18 +18,23 @@ from hsteer.model.families import family_for
 from hsteer.model.schedules import DDIMSchedule
 from hsteer.model.sites import denoiser_of
 
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
+
 __all__ = ["DDIMSchedule", "TextCondition", "encode_text", "encode_unconditional", "guidance_combination",
            "guided_epsilon", "reverse_to_steps", "unet_output"]
 
 
 @torch.no_grad()
-def encode_text(pipe, prompts: list[str], height: int | None = None, width: int | None = None) -> TextCondition:
+def encode_text(pipe: Pipeline, prompts: list[str], height: int | None = None,
+                width: int | None = None) -> TextCondition:
     """Encode prompts exactly as the pipeline does for its conditional branch (its family's encoding)."""
     return family_for(pipe).encode_text(pipe, prompts, denoiser_of(pipe).device, height, width)
 
 
 @torch.no_grad()
-def encode_unconditional(pipe, height: int | None = None, width: int | None = None) -> TextCondition:
+def encode_unconditional(pipe: Pipeline, height: int | None = None,
+                         width: int | None = None) -> TextCondition:
     """The pipeline's own unconditional branch (the empty prompt; zeros where SDXL's config says so)."""
     return family_for(pipe).encode_unconditional(pipe, denoiser_of(pipe).device, height, width)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -29,6 +29,9 @@ from hsteer.errors import HsteerError
 from hsteer.model.conditions import TextCondition
 from hsteer.model.geometry import is_sdxl, resolve_resolution
 from hsteer.model.schedules import DDIMSchedule, FlowSchedule
+
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
 
 class Family:
@@ -86,16 +89,17 @@ class Family:
         """The raw prediction of `denoiser.module` for latents `x` at per-sample timesteps `t`."""
         raise NotImplementedError
 
-    def encode_text(self, pipe, prompts: list[str], device, height: int | None,
+    def encode_text(self, pipe: Pipeline, prompts: list[str], device, height: int | None,
                     width: int | None) -> TextCondition:
         """Prompts encoded exactly as the pipeline encodes its conditional branch."""
         raise NotImplementedError
 
-    def encode_unconditional(self, pipe, device, height: int | None, width: int | None) -> TextCondition:
+    def encode_unconditional(self, pipe: Pipeline, device, height: int | None,
+                             width: int | None) -> TextCondition:
         """The pipeline's own unconditional branch (by default: the empty prompt, encoded as a prompt)."""
         return self.encode_text(pipe, [""], device, height, width)
 
-    def call_defaults(self, pipe) -> dict[str, object]:
+    def call_defaults(self, pipe: Pipeline) -> dict[str, object]:
         """Pipeline-call arguments hsteer always passes to this family's pipelines."""
         return {}
 
@@ -114,7 +118,7 @@ class UNetFamily(Family):
         return denoiser.module(x, t, encoder_hidden_states=cond.embeds, added_cond_kwargs=cond.added,
                                return_dict=False)[0]
 
-    def encode_text(self, pipe, prompts, device, height, width):
+    def encode_text(self, pipe: Pipeline, prompts, device, height, width):
         if is_sdxl(pipe):
             embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, device=device, num_images_per_prompt=1,
                                                       do_classifier_free_guidance=False)
@@ -123,7 +127,7 @@ class UNetFamily(Family):
         embeds, _ = pipe.encode_prompt(prompts, device, 1, False)
         return TextCondition(embeds)
 
-    def encode_unconditional(self, pipe, device, height, width):
+    def encode_unconditional(self, pipe: Pipeline, device, height, width):
         """The empty prompt; zeros where SDXL's config says so."""
         if is_sdxl(pipe):
             _, neg, _, neg_pooled = pipe.encode_prompt(prompt=[""], device=device, num_images_per_prompt=1,
@@ -140,7 +144,7 @@ class SD3Family(Family):
         return denoiser.module(hidden_states=x, timestep=t.to(x.dtype), encoder_hidden_states=cond.embeds,
                                pooled_projections=(cond.added or {})["pooled"], return_dict=False)[0]
 
-    def encode_text(self, pipe, prompts, device, height, width):
+    def encode_text(self, pipe: Pipeline, prompts, device, height, width):
         from hsteer.model.card import max_sequence_length
 
         embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None, device=device,
@@ -148,7 +152,7 @@ class SD3Family(Family):
                                                   **max_sequence_length(pipe))
         return TextCondition(embeds, {"pooled": pooled})
 
-    def call_defaults(self, pipe):
+    def call_defaults(self, pipe: Pipeline):
         """The T5 length the model card fixes (the bundled DiT world model's)."""
         from hsteer.model.card import max_sequence_length
 
@@ -189,7 +193,7 @@ class FluxFamily(Family):
                                pooled_projections=cond.added["pooled"], encoder_hidden_states=cond.embeds,
                                txt_ids=txt, img_ids=img, return_dict=False)[0]
 
-    def encode_text(self, pipe, prompts, device, height, width):
+    def encode_text(self, pipe: Pipeline, prompts, device, height, width):
         embeds, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=device, num_images_per_prompt=1)
         return TextCondition(embeds, {"pooled": pooled})
 
@@ -207,20 +211,20 @@ class SanaFamily(Family):
             out = out.chunk(2, dim=1)[0]
         return out
 
-    def encode_text(self, pipe, prompts, device, height, width):
+    def encode_text(self, pipe: Pipeline, prompts, device, height, width):
         """With the chat instruction SANA's `__call__` adds by default."""
         instruction = inspect.signature(type(pipe).__call__).parameters["complex_human_instruction"].default
         embeds, mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=device,
                                                 complex_human_instruction=instruction)
         return TextCondition(embeds, {"mask": mask})
 
-    def encode_unconditional(self, pipe, device, height, width):
+    def encode_unconditional(self, pipe: Pipeline, device, height, width):
         """SANA's negative branch: no chat instruction, the plain length."""
         _, _, neg, neg_mask = pipe.encode_prompt([""], do_classifier_free_guidance=True, negative_prompt="",
                                                  device=device, complex_human_instruction=None)
         return TextCondition(neg, {"mask": neg_mask})
 
-    def call_defaults(self, pipe):
+    def call_defaults(self, pipe: Pipeline):
         """Images at exactly the size asked (no resolution binning), so the token count is the one its
         concepts were learned at."""
         if "use_resolution_binning" in inspect.signature(type(pipe).__call__).parameters:

@@ -5,9 +5,14 @@ Read from the loaded model, never hard-coded (SD 1.x: (1280, 8, 8) at 512 px; SD
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import hashlib
 import json
 import math
+
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
 # Config keys that decide the h-space and what the up blocks do with it.
 _FINGERPRINT_KEYS = (
@@ -19,11 +24,11 @@ _FINGERPRINT_KEYS = (
 )
 
 
-def is_sdxl(pipe) -> bool:
+def is_sdxl(pipe: Pipeline) -> bool:
     return getattr(pipe, "text_encoder_2", None) is not None or "XL" in type(pipe).__name__
 
 
-def default_resolution(pipe) -> tuple[int, int]:
+def default_resolution(pipe: Pipeline) -> tuple[int, int]:
     """The pipeline's native image size (height, width): the denoiser's sample size in latents (FLUX, which
     has none, its pipeline's `default_sample_size`) times the autoencoder's factor."""
     denoiser = pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
@@ -49,7 +54,8 @@ def hspace_shape(unet, height: int | None = None, width: int | None = None,
     return int(channels), -(-latent_h // factor), -(-latent_w // factor)
 
 
-def pipeline_hspace_shape(pipe, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
+def pipeline_hspace_shape(pipe: Pipeline, height: int | None = None, width: int | None = None) -> tuple[int,
+                          int, int]:
     """The h-space shape of a pipeline's images at `height` x `width` (its native size where not given)."""
     return hspace_shape(pipe.unet, *resolve_resolution(pipe, height, width), pipe.vae_scale_factor)
 
@@ -68,7 +74,8 @@ def unet_fingerprint(unet) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def resolve_resolution(pipe, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+def resolve_resolution(pipe: Pipeline, height: int | None = None, width: int | None = None) -> tuple[int,
+                       int]:
     """(height, width) of the images to make: the given size, the model's native one where not given; a given
     size the denoiser cannot take is refused here (`check_image_size`), before anything runs."""
     native = default_resolution(pipe)

@@ -12,12 +12,15 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from hsteer.errors import ModelLoadError
 from hsteer.model.card import model_card, read_json_object
+
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
           "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -261,7 +264,7 @@ def write_default_site(folder: str | Path, spec: str) -> Path:
 FROM_ARGUMENT, FROM_CARD, FROM_PIPELINE, FROM_LIBRARY = "argument", "model card", "pipeline", "library default"
 
 
-def sampling_for(pipe, steps: int | None = None,
+def sampling_for(pipe: Pipeline, steps: int | None = None,
                  guidance: float | None = None) -> tuple[int, float, dict[str, str]]:
     """The steps and CFG scale of a run on `pipe`, and where each came from: a value given is kept
     ("argument"); else the model card's (`hsteer.json` beside the loaded model: "model card"); else an SD3 /

@@ -21,7 +21,7 @@ import contextlib
 import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,6 +30,9 @@ from hsteer.errors import HsteerError
 from hsteer.steering.hook import WindowRows, release_hook, steering_hook
 from hsteer.model.sites import MID_BLOCK, SiteSet, SteeringSite, base_module
 from hsteer.model.sites import batches_guidance
+
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
 _STATE_ATTR = "_hsteer_steering"
 
@@ -110,7 +113,7 @@ class PipelineSteering:
         self.last_seeds, self.last = seeds, info
         return out
 
-    def call(self, pipe, original, args: tuple, kwargs: dict):
+    def call(self, pipe: Pipeline, original, args: tuple, kwargs: dict):
         kwargs = _with_call_defaults(self.layers.values(), original, pipe, args, kwargs)
         around = next((layer.around for layer in self.layers.values() if layer.around is not None), None)
         if around is not None:
@@ -165,7 +168,7 @@ def _with_step_callback(kwargs: dict, hook) -> dict:
     if user is not None and hasattr(user, "tensor_inputs") and "callback_on_step_end_tensor_inputs" not in kwargs:
         kwargs["callback_on_step_end_tensor_inputs"] = user.tensor_inputs
 
-    def step_end(pipe, i, t, callback_kwargs):
+    def step_end(pipe: Pipeline, i, t, callback_kwargs):
         total = getattr(pipe, "_num_timesteps", None) or len(pipe.scheduler.timesteps)
         hook.set_step(i + 1, total)
         return user(pipe, i, t, callback_kwargs) if user is not None else {}
@@ -224,12 +227,13 @@ def _steered_class(cls: type) -> type:
                                        "__qualname__": cls.__qualname__, "_hsteer_base": cls})
 
 
-def steering_of(pipe) -> PipelineSteering | None:
+def steering_of(pipe: Pipeline) -> PipelineSteering | None:
     """The pipeline's steering layers and last draws, or None when nothing steers it."""
     return pipe.__dict__.get(_STATE_ATTR)
 
 
-def add_layer(pipe, name: str, layer: Layer, site: SteeringSite | SiteSet = MID_BLOCK) -> PipelineSteering:
+def add_layer(pipe: Pipeline, name: str, layer: Layer,
+              site: SteeringSite | SiteSet = MID_BLOCK) -> PipelineSteering:
     """Steer every later `pipe(...)` call with `layer` (replacing a layer of the same name)."""
     if not site.is_pipeline(pipe):
         raise HsteerError(f"{type(pipe).__name__} is not a diffusers pipeline with `{site.denoiser_attr}`; "
@@ -248,7 +252,7 @@ def add_layer(pipe, name: str, layer: Layer, site: SteeringSite | SiteSet = MID_
     return steering
 
 
-def remove_layer(pipe, name: str | None = None) -> None:
+def remove_layer(pipe: Pipeline, name: str | None = None) -> None:
     """Remove the layer `name` (every layer when None); the last one restores the class and the hook."""
     steering = pipe.__dict__.get(_STATE_ATTR)
     if steering is None:
@@ -270,7 +274,8 @@ def remove_layer(pipe, name: str | None = None) -> None:
 
 
 @contextlib.contextmanager
-def only_layer(pipe, layer: Layer, site: SteeringSite | SiteSet = MID_BLOCK) -> Iterator[PipelineSteering]:
+def only_layer(pipe: Pipeline, layer: Layer,
+               site: SteeringSite | SiteSet = MID_BLOCK) -> Iterator[PipelineSteering]:
     """Calls inside the block are steered by `layer` alone: the pipeline's own layers (an attachment, a
     `steer` block) and their last draws are set aside and restored on exit. `hsteer.generate` uses it."""
     saved = pipe.__dict__.pop(_STATE_ATTR, None)

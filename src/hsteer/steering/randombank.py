@@ -8,6 +8,8 @@ run repeats. One builder serves both, so they cannot drift apart.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -17,8 +19,11 @@ from hsteer.steering.siteshape import bind_site, site_meta, site_shape
 from hsteer.model.geometry import unet_fingerprint
 from hsteer.model.sites import denoiser_of, family_of, site_for
 
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
-def random_bank(pipe, names_by_group: Mapping[str, Sequence[str]], *, scale: float = 1.0,
+
+def random_bank(pipe: Pipeline, names_by_group: Mapping[str, Sequence[str]], *, scale: float = 1.0,
                 seed: int = 0, site: str | None = None, height: int | None = None,
                 width: int | None = None) -> ConceptBank:
     """CoDSMa-shaped concepts (one tensor `c`) of `pipe`'s shape at `site` (its default site when None; the

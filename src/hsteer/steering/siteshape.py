@@ -8,14 +8,17 @@ can take its slice.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hsteer.errors import ShapeMismatchError
 from hsteer.model.denoisers import site_shape as single_site_shape
 from hsteer.model.sites import SiteSet, SteeringSite
 
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
-def bind_site(pipe, site: SteeringSite | SiteSet, height: int | None = None,
+
+def bind_site(pipe: Pipeline, site: SteeringSite | SiteSet, height: int | None = None,
               width: int | None = None) -> SteeringSite | SiteSet:
     """`site`, a set bound to its sites' shapes at `height` x `width` (a single site as it is). A set bound
     already (a bank's) must have the model's shapes at that size."""
@@ -30,7 +33,7 @@ def bind_site(pipe, site: SteeringSite | SiteSet, height: int | None = None,
     return site.with_shapes(shapes)
 
 
-def site_shape(pipe, site: SteeringSite | SiteSet, height: int | None = None,
+def site_shape(pipe: Pipeline, site: SteeringSite | SiteSet, height: int | None = None,
                width: int | None = None) -> tuple[int, ...]:
     """The shape of one image's concept at `site` at `height` x `width` (native where not given): the
     site's own shape, or `(size,)` for a set of sites (their tensors flattened and concatenated)."""

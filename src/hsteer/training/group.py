@@ -19,6 +19,8 @@ continues exactly where the last call stopped (the benchmarks time it that way).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import json
 import math
 import time
@@ -41,6 +43,9 @@ from hsteer.training.registry import METHODS
 from hsteer.training.state import (IterationLosses, TrainResult, adam_tensors, concept_meta, restore_adam,
                                    stored_tensors)
 from hsteer.training.steered import StepContext, step_context
+
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
 #: What group checkpoints record of two settings the group trainer does not have (a learning-rate warm-up
 #: and DDIM jumps before the window, measured in studies/train_ideas.py): always off, so that a checkpoint
@@ -95,7 +100,7 @@ def _neutrals(config: TrainConfig) -> list[str]:
 class GroupRun:
     """A group's concepts trained together (module docstring); `run(n)` trains up to iteration n."""
 
-    def __init__(self, pipe, configs: Sequence[TrainConfig]) -> None:
+    def __init__(self, pipe: Pipeline, configs: Sequence[TrainConfig]) -> None:
         check_group(configs)
         self.pipe, self.configs = pipe, list(configs)
         built = [step_context(pipe, config) for config in configs]
@@ -359,7 +364,8 @@ def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def train_group(pipe, configs: Sequence[TrainConfig], *, callback=None, run_dir: str | Path | None = None,
+def train_group(pipe: Pipeline, configs: Sequence[TrainConfig], *, callback=None,
+                run_dir: str | Path | None = None,
                 resume: bool = False,
                 checkpoint_every: int = 100) -> list[TrainResult]:
     """Train a group's concepts together for `configs[0].iterations` iterations (all configs must agree);

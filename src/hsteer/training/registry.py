@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hsteer.errors import HsteerError
 from hsteer.model.sites import family_of
+
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
 #: How messages name the denoiser families and sites a method is limited to.
 FAMILY_LABELS = {"unet": "U-Net", "sd3": "SD3", "flux": "FLUX", "sana": "SANA"}
@@ -62,7 +65,7 @@ class Method:
     baseline: bool = False
     options: tuple[MethodOption, ...] = ()
 
-    def check_supports(self, pipe, site: str | None) -> None:
+    def check_supports(self, pipe: Pipeline, site: str | None) -> None:
         """Refuse a model family or site this method cannot train, naming the methods that can."""
         family = family_of(pipe)
         if self.families is not None and family not in self.families:

@@ -6,6 +6,8 @@ added as a folder under `hsteer.training.methods` that registers itself.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +23,9 @@ from hsteer.model.sites import denoiser_of, site_for
 from hsteer.training.config import TrainConfig
 from hsteer.training.registry import METHODS
 from hsteer.training.state import TrainResult, run_dir_for
+
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
 
 @contextlib.contextmanager
@@ -43,7 +48,8 @@ def gradient_checkpointing(unet, enabled: bool = True) -> Iterator[None]:
         unet.disable_gradient_checkpointing()
 
 
-def train_concept(pipe, config: TrainConfig, *, run_dir: str | Path | None = None, resume: bool = False,
+def train_concept(pipe: Pipeline, config: TrainConfig, *, run_dir: str | Path | None = None,
+                  resume: bool = False,
                   checkpoint_every: int = 100, progress: bool = True,
                   callback: Callable[[int, dict[str, float]], None] | None = None,
                   checkpoint_activations: bool = False) -> TrainResult:
@@ -61,7 +67,8 @@ def train_concept(pipe, config: TrainConfig, *, run_dir: str | Path | None = Non
                                           checkpoint_every=checkpoint_every, progress=progress, callback=callback)
 
 
-def check_train_args(pipe, config: TrainConfig, *, run_dir: str | Path | None = None, checkpoint_every: int = 1,
+def check_train_args(pipe: Pipeline, config: TrainConfig, *, run_dir: str | Path | None = None,
+                     checkpoint_every: int = 1,
                      **flags: object) -> None:
     """What `train_concept` and `train_into_bank` take, checked as `hsteer train` checks its options, so the
     Python API fails with one line instead of an AttributeError or a tokenizer's TypeError: a loaded
@@ -142,7 +149,7 @@ def _add_to_bank(pipe, bank_path: Path, shape: tuple[int, ...], results: list[Tr
         bank.save(bank_path)
 
 
-def train_into_bank(pipe, config: TrainConfig, bank_path: str | Path, *, resume: bool = False,
+def train_into_bank(pipe: Pipeline, config: TrainConfig, bank_path: str | Path, *, resume: bool = False,
                     checkpoint_every: int = 100, progress: bool = True,
                     checkpoint_activations: bool = False, allow_other_model: bool = False) -> TrainResult:
     """Train `config.concept` and add (or replace) it in the bank at `bank_path`, creating the bank if missing.
@@ -161,7 +168,8 @@ def train_into_bank(pipe, config: TrainConfig, bank_path: str | Path, *, resume:
     return result
 
 
-def train_group_into_bank(pipe, configs: list[TrainConfig], bank_path: str | Path, *, resume: bool = False,
+def train_group_into_bank(pipe: Pipeline, configs: list[TrainConfig], bank_path: str | Path, *,
+                          resume: bool = False,
                           checkpoint_every: int = 100, allow_other_model: bool = False) -> list[TrainResult]:
     """Train a group's concepts together (`hsteer.training.group`: one trajectory pool and one U-Net pass per
     iteration for all of them) and add them to the bank at `bank_path`, as `train_into_bank` does for one.

@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
@@ -24,6 +24,9 @@ from hsteer.steering.bank import Concept
 from hsteer.model.geometry import unet_fingerprint
 from hsteer.model.sites import denoiser_of, family_of
 from hsteer.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
 
 @dataclass
@@ -275,7 +278,8 @@ def stored_tensors(config: TrainConfig, params: dict[str, torch.Tensor]) -> dict
     return {k: p.detach().cpu().float() * float(config.stored_scale) for k, p in params.items()}  # x 1.0 is exact
 
 
-def concept_meta(pipe, config: TrainConfig, shape: tuple[int, ...], site: str = "mid_block") -> dict[str, Any]:
+def concept_meta(pipe: Pipeline, config: TrainConfig, shape: tuple[int, ...],
+                 site: str = "mid_block") -> dict[str, Any]:
     """What the bank stores about how a concept was made: its method's settings, the model's identity, and
     the site and shape it acts at (`site`: the site's spec)."""
     meta = {k: v for k, v in asdict(config).items() if k not in ("concept", "group", "objective")}

@@ -15,6 +15,8 @@ under `hsteer.training.methods`), which computes its losses with `objectives.*_l
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import json
 import math
 import time
@@ -54,6 +56,9 @@ from hsteer.training.state import (
 )
 from hsteer.seeding import iteration_generator, pool_seed
 
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
+
 Callback = Callable[[int, dict[str, float]], None]
 
 #: A method's optimiser step at (z_t, t, eps_target), adding its losses to the iteration's: returns the
@@ -74,7 +79,7 @@ class Conditions:
     base_is_empty: bool
 
     @classmethod
-    def encode(cls, pipe, config: TrainConfig, height: int, width: int) -> Conditions:
+    def encode(cls, pipe: Pipeline, config: TrainConfig, height: int, width: int) -> Conditions:
         """Encode the run's prompts once, each repeated to the batch size (with `pairs`, row i's own pair)."""
         B = config.batch_size
         y_empty = encode_unconditional(pipe, height, width)
@@ -250,7 +255,8 @@ class TrajectoryPool:
 # --- the run ------------------------------------------------------------------------------------------------
 
 
-def train_steered(pipe, config: TrainConfig, *, run_dir: str | Path | None = None, resume: bool = False,
+def train_steered(pipe: Pipeline, config: TrainConfig, *, run_dir: str | Path | None = None,
+                  resume: bool = False,
                   checkpoint_every: int = 100, progress: bool = True, callback: Callback | None = None) -> TrainResult:
     """Learn a CoDSMa or RespoDiff concept on `pipe`; see `hsteer.training.train_concept`."""
     site = site_for(pipe, config.site)
@@ -285,7 +291,7 @@ def train_steered(pipe, config: TrainConfig, *, run_dir: str | Path | None = Non
                        Path(run_dir) if run_dir is not None else None)
 
 
-def step_context(pipe, config: TrainConfig) -> tuple[StepContext, tuple[int, ...], tuple[int, ...]]:
+def step_context(pipe: Pipeline, config: TrainConfig) -> tuple[StepContext, tuple[int, ...], tuple[int, ...]]:
     """A run's start: the frozen denoiser at the run's site, its schedule, the seeded concept tensors with
     their optimisers and the encoded prompts; with the site's shape and the latent shape at the run's
     resolution."""

@@ -1,4 +1,5 @@
-"""The only place where the UI imports the hsteer library.
+"""The only place where the UI imports the hsteer library, from the modules that define each name (never
+the `hsteer` facade: nothing inside the package imports it).
 
 The UI sits on top of the library (nothing in the library imports `hsteer.ui`). Keeping every import
 here means a reorganisation of the library's modules is fixed in this one file.
@@ -6,24 +7,13 @@ here means a reorganisation of the library's modules is fixed in this one file.
 
 from __future__ import annotations
 
-from hsteer import (
-    POLICIES,
-    BankError,
-    Concept,
-    ConceptBank,
-    ConceptPolicy,
-    FairPolicy,
-    HsteerError,
-    PlainPolicy,
-    RespoDiffConfig,
-    SafePolicy,
-    SdiscConfig,
-    TrainConfig,
-    generate,
-    load_pipeline,
-    train_concept,
-)
-from hsteer import world
+import hsteer.world as world
+from hsteer.errors import BankError, HsteerError
+from hsteer.generation import generate
+from hsteer.model import load_pipeline
+from hsteer.policies import POLICIES, ConceptPolicy, FairPolicy, PlainPolicy, SafePolicy
+from hsteer.steering import Concept, ConceptBank
+from hsteer.training import RespoDiffConfig, SdiscConfig, TrainConfig, train_concept
 from hsteer.apps.recipes import WORLD_CONCEPTS, world_train_config
 from hsteer.checks import check_count, check_float, check_name, check_seed
 from hsteer.evaluation.leakage import fmt_ci

@@ -8,7 +8,7 @@ policies, and the images and labels can be kept for grids. Seeds are fixed: a ru
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hsteer.evaluation.leakage import targeted_groups, untargeted_summary
 from hsteer.evaluation.tasks.world import (HARM_PROMPTS, HELD_OUT_TEMPLATES, TEMPLATES, labelled, world_jobs,
@@ -18,6 +18,9 @@ from hsteer.generation.draws import draw_for, prompt_gate
 from hsteer.generation.guard import GuardConfig, build_guard, without_group
 from hsteer.policies import PlainPolicy, Policy
 from hsteer.steering.bank import ConceptBank
+
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
 __all__ = ["HARM_PROMPTS", "HELD_OUT_TEMPLATES", "TEMPLATES", "WorldEvalConfig", "WorldEvalResult", "evaluate_world"]
 
@@ -44,7 +47,7 @@ class WorldEvalResult:
     items: list[dict[str, Any]] = field(default_factory=list)  # bias images: job (prompt, seed, concepts) + labels
 
 
-def evaluate_world(pipe, config: WorldEvalConfig | None = None, *, bank: ConceptBank | None = None,
+def evaluate_world(pipe: Pipeline, config: WorldEvalConfig | None = None, *, bank: ConceptBank | None = None,
                    policy: Policy | None = None, harm_policy: Policy | None = None, probe=None,
                    keep_images: bool = False, progress: bool = True,
                    baseline: WorldEvalResult | None = None, untargeted: bool = True, respect_prompt: bool = True,

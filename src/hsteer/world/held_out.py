@@ -16,13 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hsteer.evaluation.leakage import fmt_ci
 from hsteer.evaluation.metrics import wilson_interval
 from hsteer.evaluation.tasks.world import HELD_OUT_TEMPLATES
 from hsteer.world.evaluate import WorldEvalConfig, evaluate_world
 from hsteer.policies import FairPolicy, PlainPolicy
+
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
 #: The runs measured: fair over each group alone, then over both.
 RUNS = (("shape",), ("colour",), ("shape", "colour"))
@@ -52,7 +55,8 @@ def _fair(groups: Sequence[str], scales: dict[str, float] | None) -> FairPolicy:
     return FairPolicy(tuple(groups), {g: (scales or {}).get(g, 1.0) for g in groups})
 
 
-def explicit_kept(pipe, bank, config: HeldOutConfig, eval_config: WorldEvalConfig, policy: FairPolicy,
+def explicit_kept(pipe: Pipeline, bank, config: HeldOutConfig, eval_config: WorldEvalConfig,
+                  policy: FairPolicy,
                   respect_prompt: bool = True, plain_cache: dict | None = None) -> dict[str, Any]:
     """Per named group: the share of held-out explicit prompts' images showing the named value, plain and
     under the fair `policy` (`plain_cache`: a dict that keeps the plain images' labels between calls)."""
@@ -90,7 +94,7 @@ def _run_figures(s: dict[str, Any], groups: Sequence[str]) -> dict[str, Any]:
                            for g, e in s.get("untargeted", {}).items()}}
 
 
-def evaluate_held_out(pipe, bank, eval_config: WorldEvalConfig, config: HeldOutConfig | None = None,
+def evaluate_held_out(pipe: Pipeline, bank, eval_config: WorldEvalConfig, config: HeldOutConfig | None = None,
                       respect_prompt: bool = True, runs: Sequence[tuple[str, ...]] = RUNS,
                       scales: dict[str, float] | None = None, log=lambda message: None) -> dict[str, Any]:
     """The module's figures for each run of `runs` (sampling as `eval_config`: steps, guidance, batch;

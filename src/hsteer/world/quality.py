@@ -19,6 +19,8 @@ seeded per image, batched; every image is read with the world probes.  Reported:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import time
 
 import numpy as np
@@ -32,6 +34,9 @@ from hsteer.generation import ImageJob, generate_jobs
 from hsteer.seeding import quality_seed
 from hsteer.world import scene
 from hsteer.world.defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS
+
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
 QUALITY_BAR = {
     "shape_following": 0.90,
@@ -97,7 +102,7 @@ def prompt_sets(n: int) -> dict[str, list[tuple[str, dict]]]:
     return sets
 
 
-def generate_images(pipe, prompts: list[str], seeds: list[int], *, steps: int, guidance: float,
+def generate_images(pipe: Pipeline, prompts: list[str], seeds: list[int], *, steps: int, guidance: float,
                     batch_size: int = 50):
     """One plain image per (prompt, seed), in batches; returns PIL images."""
     jobs = [ImageJob(prompt, 0, int(seed)) for prompt, seed in zip(prompts, seeds)]
@@ -114,7 +119,7 @@ def measure_world_model(
     *,
     batch_size: int = 50,
     threads: int | None = None,
-    pipe=None,
+    pipe: Pipeline | None = None,
     log=None,
     grid_path=None,
     grid_per_set: int = 12,

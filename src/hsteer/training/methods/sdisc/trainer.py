@@ -13,6 +13,8 @@ It learns at any site (a transformer block, the text site, a set of sites), as C
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import hashlib
 import time
 from pathlib import Path
@@ -41,8 +43,11 @@ from hsteer.training.state import (
     stored_tensors,
 )
 
+if TYPE_CHECKING:
+    from hsteer.model.pipeline import Pipeline
 
-def target_latents(pipe, config: SdiscConfig, run_dir: Path | None, progress: bool) -> torch.Tensor:
+
+def target_latents(pipe: Pipeline, config: SdiscConfig, run_dir: Path | None, progress: bool) -> torch.Tensor:
     """Latents of images generated from the target prompt by the unmodified model (seeded, cached)."""
     key = hashlib.sha256(repr((config.target, config.neutral, config.negative, config.sdisc_images, config.seed,
                                 config.steps, config.target_guidance)).encode()).hexdigest()[:12]
@@ -68,7 +73,8 @@ def target_latents(pipe, config: SdiscConfig, run_dir: Path | None, progress: bo
     return latents
 
 
-def train_sdisc(pipe, config: SdiscConfig, *, run_dir: str | Path | None = None, progress: bool = True,
+def train_sdisc(pipe: Pipeline, config: SdiscConfig, *, run_dir: str | Path | None = None,
+                progress: bool = True,
                 **_: object) -> TrainResult:
     """Learn an SDisc concept; the run folder keeps the target latents and the loss log (no resume: it is fast)."""
     from tqdm.auto import tqdm
