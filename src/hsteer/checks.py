@@ -110,6 +110,7 @@ def check_float(label: str, value: object, minimum: float | None = None, *, abov
 
 
 def check_unique(label: str, values: Iterable[str]) -> None:
+    """Refuse a name that occurs twice in `values`, naming it and `label`."""
     seen: set[str] = set()
     for value in values:
         if value in seen:

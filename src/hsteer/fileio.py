@@ -101,6 +101,8 @@ def atomic_path(path: str | Path, suffix: str = ".tmp", elsewhere: str = "anothe
 
 
 def atomic_write_text(path: str | Path, text: str, elsewhere: str = "another folder") -> None:
+    """Write `text` (UTF-8) to `path` atomically: a temporary file, synced, then renamed, so a reader
+    never sees half a file."""
     with atomic_path(path, elsewhere=elsewhere) as tmp:
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -220,6 +222,7 @@ class FolderLock:
 
     @property
     def held(self) -> bool:
+        """Whether this process still holds the folder's lock."""
         return self._release.alive
 
     def release(self) -> None:

@@ -58,23 +58,32 @@ class Policy(Protocol):
     kind: ClassVar[str]
     needs_bank: ClassVar[bool]
 
-    def drawable(self, bank: ConceptBank | None) -> set[str]: ...
+    def drawable(self, bank: ConceptBank | None) -> set[str]:
+        """The names of every concept the policy can ever draw from `bank` (read from its definition, no
+        sampling); unknown names, groups or ratios are refused here."""
 
-    def assign(self, bank: ConceptBank | None, image_seed: int) -> list[tuple[str, float]]: ...
+    def assign(self, bank: ConceptBank | None, image_seed: int) -> list[tuple[str, float]]:
+        """The concepts of the image with seed `image_seed`, as `[(name, scale), ...]`."""
 
-    def to_spec(self) -> dict[str, Any]: ...
+    def to_spec(self) -> dict[str, Any]:
+        """The policy's JSON form, as a run folder stores it (`policy_from_spec` reads it back)."""
 
-    def describe(self) -> str: ...
+    def describe(self) -> str:
+        """One short line for captions and manifests."""
 
     @property
-    def label(self) -> str: ...
+    def label(self) -> str:
+        """A compact tag for summaries and tables."""
 
-    def targeted_groups(self, bank: ConceptBank | None) -> set[str]: ...
+    def targeted_groups(self, bank: ConceptBank | None) -> set[str]:
+        """The attribute groups the policy steers (the leakage tables' targeted columns)."""
 
     def respect(self, bank: ConceptBank | None, draw: Draw, prompt: str, gate: PromptGate) -> tuple[Draw, list[str]]:
-        ...
+        """`draw` adjusted to what `prompt` names (`hsteer.gate`), with the reasons for the manifest."""
 
-    def prepare(self, pipe: Any) -> Any: ...
+    def prepare(self, pipe: Any) -> Any:
+        """The pipeline the policy's images are made with (the pipeline itself, except SLD's safe
+        pipeline)."""
 
 
 class _KeepsPipeline:
@@ -123,13 +132,16 @@ class PlainPolicy(_DrawsNothing):
     name: str = "plain"
 
     def to_spec(self) -> dict[str, Any]:
+        """The plain policy's spec: its kind only."""
         return {"kind": self.kind}
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> PlainPolicy:
+        """The plain policy (the spec holds nothing else)."""
         return cls()
 
     def describe(self) -> str:
+        """Always `plain`."""
         return "plain"
 
 
@@ -147,13 +159,16 @@ class SldPolicy(_DrawsNothing):
                               f"{', '.join('sld-' + p for p in SLD_PRESETS)}")
 
     def to_spec(self) -> dict[str, Any]:
+        """The SLD policy's spec: its kind and preset."""
         return {"kind": self.kind, "preset": self.preset}
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> SldPolicy:
+        """The SLD policy of the spec's preset (medium where none is stored)."""
         return cls(preset=str(spec.get("preset", "medium")))
 
     def describe(self) -> str:
+        """`sld-<preset>`, the baseline's name."""
         return f"sld-{self.preset}"
 
     def settings(self) -> dict[str, float]:
@@ -227,9 +242,12 @@ class FairPolicy(_KeepsPipeline):
         return [combo for combo, share in zip(combos, shares) for _ in range(int(share * block))]
 
     def drawable(self, bank: ConceptBank | None) -> set[str]:
+        """Every concept of the policy's groups that some slot can draw (a ratio of zero draws none)."""
         return {name for combo in set(self._slots(require_bank(bank, self))) for name in combo}
 
     def assign(self, bank: ConceptBank | None, image_seed: int) -> list[tuple[str, float]]:
+        """One concept per group for the image with `image_seed`: seeds are dealt in blocks of all slots,
+        shuffled per block, so every block of images is balanced to the ratios exactly."""
         slots = self._slots(require_bank(bank, self))
         block, position = divmod(image_seed, len(slots))
         order = list(range(len(slots)))
@@ -238,6 +256,7 @@ class FairPolicy(_KeepsPipeline):
         return [(name, float(self.scales.get(group, 1.0))) for group, name in zip(self.groups, chosen)]
 
     def to_spec(self) -> dict[str, Any]:
+        """The fair policy's spec: its groups, scales and (where given) ratios."""
         spec: dict[str, Any] = {"kind": self.kind, "groups": list(self.groups), "scales": dict(self.scales)}
         if self.ratios:
             spec["ratios"] = dict(self.ratios)
@@ -245,19 +264,23 @@ class FairPolicy(_KeepsPipeline):
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> FairPolicy:
+        """The fair policy of a stored spec (scales and ratios as floats)."""
         return cls(tuple(spec["groups"]), {k: float(v) for k, v in dict(spec.get("scales", {})).items()},
                    ratios={k: float(v) for k, v in dict(spec.get("ratios", {})).items()})
 
     def describe(self) -> str:
+        """`fair: <groups>`, with the ratios and the scales other than 1."""
         ratios = f" ({', '.join(f'{n} {w:g}' for n, w in self.ratios.items())})" if self.ratios else ""
         scales = "".join(f" {g}x{s:g}" for g, s in self.scales.items() if s != 1.0)
         return f"fair: {', '.join(self.groups)}{ratios}{scales}"
 
     @property
     def label(self) -> str:
+        """`fair:<groups>`, for summaries."""
         return "fair:" + ",".join(self.groups)
 
     def targeted_groups(self, bank: ConceptBank | None) -> set[str]:
+        """The groups the policy balances."""
         return set(self.groups)
 
     def respect(self, bank: ConceptBank | None, draw: Draw, prompt: str, gate: PromptGate) -> tuple[Draw, list[str]]:
@@ -312,12 +335,15 @@ class SafePolicy(_KeepsPipeline):
         check_policy((self.group,), {self.group: self.scale})
 
     def drawable(self, bank: ConceptBank | None) -> set[str]:
+        """Every concept of the safety group (all are applied to every image)."""
         return {c.name for c in require_bank(bank, self).group(self.group)}
 
     def assign(self, bank: ConceptBank | None, image_seed: int) -> list[tuple[str, float]]:
+        """Every concept of the safety group at the policy's scale, the same for every seed."""
         return [(c.name, self.scale) for c in require_bank(bank, self).group(self.group)]
 
     def to_spec(self) -> dict[str, Any]:
+        """The safe policy's spec: its scale, and its group where it is not `safety`."""
         spec: dict[str, Any] = {"kind": self.kind, "scales": {self.group: self.scale}}
         if self.group != "safety":
             spec["group"] = self.group
@@ -325,17 +351,21 @@ class SafePolicy(_KeepsPipeline):
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> SafePolicy:
+        """The safe policy of a stored spec (group `safety` and scale 1 where none is stored)."""
         group = str(spec.get("group", "safety"))
         return cls(group, float(dict(spec.get("scales", {})).get(group, 1.0)))
 
     def describe(self) -> str:
+        """`safe`, with the scale where it is not 1."""
         return "safe" + (f" x{self.scale:g}" if self.scale != 1.0 else "")
 
     @property
     def label(self) -> str:
+        """The policy's kind, for summaries."""
         return self.kind
 
     def targeted_groups(self, bank: ConceptBank | None) -> set[str]:
+        """The one group it applies."""
         return {self.group}
 
     def respect(self, bank: ConceptBank | None, draw: Draw, prompt: str, gate: PromptGate) -> tuple[Draw, list[str]]:
@@ -362,30 +392,38 @@ class ConceptPolicy(_KeepsPipeline):
         check_policy((), {}, self.concepts)
 
     def drawable(self, bank: ConceptBank | None) -> set[str]:
+        """The explicit concepts' names; a name the bank lacks is refused with the bank's list."""
         bank = require_bank(bank, self)
         for concept, _ in self.concepts:
             bank[concept]  # unknown names fail with the bank's list
         return {name for name, _ in self.concepts}
 
     def assign(self, bank: ConceptBank | None, image_seed: int) -> list[tuple[str, float]]:
+        """The explicit concepts with their scales, the same for every seed (checked against the bank
+        first)."""
         self.drawable(bank)
         return list(self.concepts)
 
     def to_spec(self) -> dict[str, Any]:
+        """The policy's spec: its concepts as `[name, scale]` pairs."""
         return {"kind": self.kind, "concepts": [[n, s] for n, s in self.concepts]}
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> ConceptPolicy:
+        """The policy of a stored spec (names as strings, scales as floats)."""
         return cls(tuple((str(n), float(s)) for n, s in spec["concepts"]))
 
     def describe(self) -> str:
+        """`concepts: name=scale, ...`."""
         return "concepts: " + ", ".join(f"{n}={s:g}" for n, s in self.concepts)
 
     @property
     def label(self) -> str:
+        """The policy's kind, for summaries."""
         return self.kind
 
     def targeted_groups(self, bank: ConceptBank | None) -> set[str]:
+        """The groups of the explicit concepts, read from their bank (refused without one)."""
         if bank is None:
             raise HsteerError("the groups of explicit concepts are read from their bank; give the bank")
         return {bank[name].group for name in self.drawable(bank)}

@@ -60,6 +60,10 @@ def method_configs(method: str, config: CompareConfig, family: str = "unet") -> 
 
 
 def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Compare the training methods on the world model: train each method's bank, measure it in every
+    setting against plain generation (and, where asked, on prompts that name an attribute and on held-out
+    templates), write compare.json and results.md; returns the result. Refuses a held-out count that is
+    not whole blocks of 6 fair draws."""
     check_app_settings(config.out, config.iterations, config.images_per_prompt, config.seed)
     check_count("--harm-images-per-prompt", config.harm_images_per_prompt, 1, 10**6)
     check_count("--gate-images-per-prompt", config.gate_images_per_prompt, 0, 10**6)
@@ -152,6 +156,7 @@ def _untargeted_cells(entry: dict[str, Any]) -> tuple[str, str]:
 
 
 def results_table(result: dict[str, Any]) -> str:
+    """The compare results as Markdown: the settings in words, then one table row per method and setting."""
     s = result["settings"]
     model = f"Model {s['model']}" if s.get("model") else "Bundled model"
     sdisc = METHOD_SETTINGS[SdiscConfig]

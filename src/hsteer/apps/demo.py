@@ -98,7 +98,25 @@ def _already_trained(bank: ConceptBank | None, pipe, train: TrainConfig) -> bool
     return {k: v for k, v in stored.items() if k not in ignore} == {k: v for k, v in wanted.items() if k not in ignore}
 
 
+def _fit_guard_detector(pipe, bank: ConceptBank, bank_path: Path, sampling: dict[str, Any],
+                        timings: dict[str, float], log: Callable[[str], None]) -> None:
+    """Fit the safety group's harm detector for the guard (on x0-hat at the model's sampling) and store it
+    in the bank, once: a bank that already holds one keeps it."""
+    started = time.perf_counter()
+    harmful, harmless = prompts_of_group(bank, "safety")
+    bank.detectors["safety"] = fit_detector(pipe, harmful, harmless, DetectorFitConfig(
+        steps=int(sampling["steps"]), guidance=float(sampling["guidance"])))
+    bank.save(bank_path)
+    timings["guard_detector"] = time.perf_counter() - started
+    meta = bank.detectors["safety"].meta
+    log(f"  guard: harm detector fitted on x0-hat (held-out false positives {meta['false_positive_rate']:.3f}, "
+        f"false negatives {meta['false_negative_rate']:.3f})")
+
+
 def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the demo into `config.out`: learn the world's concepts into a bank (reusing those already in
+    it), generate and measure plain, fair and safe images, write summary.json, charts, grids and
+    report.md; returns the summary (timings in seconds)."""
     import torch
 
     config.validate()
@@ -125,15 +143,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         log(f"  {train.group}/{train.concept}: final loss {result.losses[-1]['loss']:.4g} in {result.seconds:.1f}s")
     bank = ConceptBank.load(bank_path)
     if config.guard and "safety" not in bank.detectors:
-        started = time.perf_counter()
-        harmful, harmless = prompts_of_group(bank, "safety")
-        bank.detectors["safety"] = fit_detector(pipe, harmful, harmless, DetectorFitConfig(
-            steps=int(sampling["steps"]), guidance=float(sampling["guidance"])))
-        bank.save(bank_path)
-        timings["guard_detector"] = time.perf_counter() - started
-        meta = bank.detectors["safety"].meta
-        log(f"  guard: harm detector fitted on x0-hat (held-out false positives {meta['false_positive_rate']:.3f}, "
-            f"false negatives {meta['false_negative_rate']:.3f})")
+        _fit_guard_detector(pipe, bank, bank_path, sampling, timings, log)
 
     log("[2/3] generating and measuring plain, fair and safe images")
     eval_config = WorldEvalConfig(images_per_prompt=config.images_per_prompt,

@@ -59,6 +59,7 @@ class GroupScanSettings:
     professions: tuple[str, ...] | None = None  # None: all of the world's
 
     def validate(self) -> None:
+        """Refuse unknown groups, counts outside 1..100000 and a bad seed, before any model loads."""
         unknown = [g for g in self.groups if g not in GROUPS]
         if unknown or not self.groups:
             raise HsteerError(f"--group {', '.join(unknown) or '(none)'}: the recipe's groups are {', '.join(GROUPS)}")
@@ -84,6 +85,8 @@ class GroupResult:
 
 
 def candidate_window(group: str, window) -> tuple[float, float] | None:
+    """The step window a group is scanned with: the recipe's own window for the group, None for the full
+    run (0, 1), else the window given."""
     return WINDOWS.get(group) if window == RECIPE_WINDOW else (None if tuple(window) == (0.0, 1.0) else tuple(window))
 
 
@@ -177,4 +180,5 @@ def format_rows(results: Sequence[GroupResult]) -> str:
 
 
 def to_json(results: Sequence[GroupResult]) -> list[dict]:
+    """The scan's results as JSON-ready rows (windows as lists, None where the whole run is steered)."""
     return [{**asdict(r), "window": list(r.window) if r.window else None} for r in results]

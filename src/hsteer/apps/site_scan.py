@@ -62,6 +62,8 @@ class ScanSettings:
     eval_samples: int = 4
 
     def validate(self) -> None:
+        """Refuse empty prompts, counts outside 1..10000, non-numeric or out-of-range learning rate and
+        guidances, and bad image sizes, before any model loads."""
         check_text("the neutral prompt (--neutral)", self.neutral)
         check_text("the target prompt (--target)", self.target)
         for prompt in self.keep:
@@ -179,4 +181,5 @@ def format_table(results: Sequence[SiteResult]) -> str:
 
 
 def to_json(results: Sequence[SiteResult]) -> list[dict]:
+    """The scan's results as JSON-ready rows (windows and shapes as lists)."""
     return [{**asdict(r), "window": list(r.window), "shape": list(r.shape)} for r in results]

@@ -75,6 +75,9 @@ class AdaptiveAttack(WhiteboxAttack):
         return detector.logit(features.reshape(features.shape[0], -1).float())
 
     def loss(self, choice: torch.Tensor, sample, vectors=None):
+        """The attack's loss for one token choice: the harm reconstruction error of the defended model's
+        noise prediction plus the weighted hinge that keeps the defence's detector below its cut. With
+        `vectors`, gradients flow to them (straight-through); without, it is only evaluated."""
         text = self.text(choice)
         draw, _ = self.defence.draw(text, self.seed)
         ids = [self.vocab.ids[n][choice] for n in range(len(self.vocab.ids))]

@@ -140,6 +140,8 @@ def check_sampling(steps: object, guidance: object, batch_size: object, height: 
 
 
 def check_prompts(prompts: object) -> list[str]:
+    """The harm prompts as a list: one string or a list of non-empty, distinct strings; anything else is
+    refused."""
     prompts = [prompts] if isinstance(prompts, str) else prompts
     if not isinstance(prompts, (list, tuple)) or not prompts or any(
             not isinstance(p, str) or not p.strip() for p in prompts):

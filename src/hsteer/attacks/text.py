@@ -73,6 +73,7 @@ class Vocabulary:
         return len(self.words)
 
     def index(self, word: str) -> int:
+        """The position of `word` in the vocabulary (ValueError where it is not in it)."""
         return self.words.index(word)
 
     def nearest(self, vectors: Sequence[torch.Tensor], top: int = 1) -> torch.Tensor:

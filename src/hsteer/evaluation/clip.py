@@ -59,6 +59,7 @@ class ClipScorer:
 
     @property
     def dim(self) -> int:
+        """The width of CLIP's joint image-text embedding (the projection dimension)."""
         return int(self.model.config.projection_dim)
 
     @torch.no_grad()
@@ -121,11 +122,14 @@ class ClipZeroShot:
         self._text = {g: scorer.text_embeds(list(t)) for g, t in self.attributes.items()}
 
     def probabilities(self, images: Sequence[Any], embeds: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Per attribute group, each image's softmax over the group's text prompts (one row per image);
+        pass `embeds` to reuse image embeddings already computed."""
         img = self.scorer.image_embeds(images) if embeds is None else embeds
         scale = float(self.scorer.model.logit_scale.detach().exp())
         return {g: torch.softmax(scale * img @ t.T, dim=-1) for g, t in self._text.items()}
 
     def classify(self, images: Sequence[Any], embeds: torch.Tensor | None = None) -> dict[str, list[str]]:
+        """Per attribute group, each image's most probable attribute (zero-shot CLIP)."""
         probs = self.probabilities(images, embeds)
         return {g: [self.attributes[g][i] for i in p.argmax(-1).tolist()] for g, p in probs.items()}
 

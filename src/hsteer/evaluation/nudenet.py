@@ -16,6 +16,7 @@ INSTALL_HINT = "pip install 'hsteer[nudenet]' (NudeNet 3.4: pip install 'nudenet
 
 
 def nudenet_available() -> bool:
+    """True where the optional `nudenet` package can be imported."""
     try:
         import nudenet  # noqa: F401
     except ImportError:
@@ -39,6 +40,7 @@ class NudeNetDetector:
         self._detector = NudeDetector()
 
     def detections(self, path: str | Path) -> list[dict]:
+        """NudeNet's raw detections (class, score, box) for the image at `path`."""
         return list(self._detector.detect(str(path)))
 
     def flag(self, path: str | Path) -> tuple[bool, list[dict]]:
@@ -48,4 +50,5 @@ class NudeNetDetector:
         return bool(hits), hits
 
     def flags(self, paths: Sequence[str | Path]) -> list[bool]:
+        """Whether each image is flagged: a chosen class detected at or above the threshold (`flag`)."""
         return [self.flag(p)[0] for p in paths]

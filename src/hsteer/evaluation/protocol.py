@@ -17,4 +17,5 @@ class AttributeClassifier(Protocol):
 
     attributes: dict[str, tuple[str, ...]]
 
-    def classify(self, images: Sequence[Any]) -> dict[str, list[str]]: ...
+    def classify(self, images: Sequence[Any]) -> dict[str, list[str]]:
+        """Per attribute group, each image's attribute label, in the images' order."""

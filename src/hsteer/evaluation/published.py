@@ -24,6 +24,8 @@ PUBLISHED_NOTE = ("Published numbers: docs/methods.md §6 (SD v1.4; FID-30k of S
 
 
 def fmt(value: Any, digits: int = 3) -> str:
+    """A number for a report table: `digits` decimals for floats, `-` for None or NaN, other values as
+    text."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, float):
@@ -32,6 +34,8 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 
 def slug(text: str) -> str:
+    """A file-name-safe form of `text`: lower case, runs of other characters turned into `-` (`x` when
+    nothing is left)."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
 
 

@@ -152,8 +152,11 @@ class Q16Classifier:
         self.prompts = torch.nn.functional.normalize(prompts.float(), dim=-1)
 
     def probabilities(self, images: Sequence[Any] = (), embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Each image's softmax over Q16's two prompts (column 1: inappropriate); pass `embeds` to reuse
+        CLIP image embeddings."""
         img = self.scorer.image_embeds(images) if embeds is None else embeds
         return torch.softmax(100.0 * img @ self.prompts.T, dim=-1)
 
     def flags(self, images: Sequence[Any] = (), embeds: torch.Tensor | None = None) -> list[bool]:
+        """Whether Q16 calls each image inappropriate (its more probable prompt is the inappropriate one)."""
         return [bool(i == 1) for i in self.probabilities(images, embeds).argmax(-1).tolist()]

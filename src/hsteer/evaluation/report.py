@@ -16,6 +16,8 @@ __all__ = ["PUBLISHED", "PUBLISHED_NOTE", "PUBLISHED_SDXL", "distribution_plot",
 
 def write_report(run_dir: str | Path, summary: dict[str, Any], per_image: Sequence[dict],
                  grid_images: int = 16) -> Path:
+    """Write `report.md` in `run_dir`: the run's model, policy, image count, gate and guard, then the
+    task's own section with image grids; returns its path."""
     run_dir = Path(run_dir)
     lines = [f"# hsteer evaluation: {summary['task']}", "",
              f"- model: `{summary.get('model') or 'bundled world model'}`",

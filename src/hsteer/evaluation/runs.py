@@ -75,6 +75,8 @@ class GenerationSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerationSettings:
+        """The settings stored in a run's config; keys this version does not know are kept in `extra`, not
+        dropped."""
         known = {f.name for f in fields(cls)} - {"extra"}
         return cls(**{k: v for k, v in data.items() if k in known},
                    extra={k: v for k, v in data.items() if k not in known})
@@ -102,17 +104,22 @@ class RunSettings:
         self.scoring = dict(self.scoring or {})
 
     def to_dict(self) -> dict[str, Any]:
+        """The run's settings as stored in its config (generation and scoring)."""
         return {"generation": self.generation.to_dict(), "scoring": dict(self.scoring)}
 
     def to_json(self) -> str:
+        """The run's settings as indented JSON text."""
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSettings:
+        """The run's settings from a stored config (scoring empty where none was stored)."""
         return cls(GenerationSettings.from_dict(data["generation"]), data.get("scoring", {}))
 
 
 def read_config(run_dir: str | Path) -> RunSettings:
+    """The settings of the evaluation run in `run_dir`; a missing, damaged or foreign config is refused
+    with a message that says what to do."""
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise HsteerError(f"{run_dir} holds no {CONFIG}; it is not an hsteer evaluation folder")

@@ -51,6 +51,7 @@ class SettleResult:
         return next((r["switch_step"] for r in self.rows if r["share_b"] < 0.5), None)
 
     def to_dict(self) -> dict[str, Any]:
+        """The result as a JSON-ready dict (prompts, value, steps, settle step and per-step rows)."""
         return {"prompt_a": self.prompt_a, "prompt_b": self.prompt_b, "value_b": self.value_b,
                 "steps": self.steps, "settle_step": self.settle_step, "rows": self.rows}
 

@@ -66,6 +66,8 @@ def process_state(device: str | None = "cpu"):
 
 
 def record_for(job: ImageJob, generation: GenerationSettings, policy_name: str, height: int, width: int) -> dict:
+    """The manifest row of one sharded job, as `generate` writes it (the job's own guidance where it has
+    one)."""
     rec = ImageRecord(job.file, job.prompt, job.seed, [{"name": n, "scale": s} for n, s in job.concepts],
                       policy_name, int(generation.steps), float(job.extra.get("guidance", generation.guidance)),
                       height, width, job.index, dict(job.extra))
@@ -90,6 +92,8 @@ class Shard:
 
     @property
     def path(self) -> Path:
+        """This shard's manifest file in the run folder (one per rank, so processes never write the same
+        file)."""
         return self.run_dir / SHARDS / f"shard-{self.rank:03d}-of-{self.world:03d}.jsonl"
 
     def flush(self) -> None:
@@ -98,6 +102,7 @@ class Shard:
         write_jsonl(self.path, sorted(self.done.values(), key=lambda r: order.get(r["file"], 0)))
 
     def log(self, files: list[str], event: str) -> None:
+        """Append one event per file to the run's shared log, with this process's rank, pid and time."""
         append_log(self.run_dir / LOG, [{"file": f, "event": event, "process": self.rank, "processes": self.world,
                                          "pid": os.getpid(), "time": time.time()} for f in files])
 

@@ -45,6 +45,8 @@ class CallableDetector:
     name: str = "callable"
 
     def score(self, x0: torch.Tensor, decode: Callable[[], torch.Tensor], step: int) -> torch.Tensor:
+        """The function's score of each image of the batch (decoded from x0-hat), checked: one finite
+        number per image."""
         images = decode()
         return checked_scores(self.name, self.function(images, step), images.shape[0])
 
@@ -82,17 +84,22 @@ class StoredDetector:
 
     @property
     def name(self) -> str:
+        """The stored detector's name (`learned-<features>`)."""
         return self.detector.name
 
     @property
     def threshold(self) -> float:
+        """The score at and above which an image is flagged."""
         return float(self.detector.threshold)
 
     @property
     def step(self) -> int:
+        """The denoising step the detector decides at (it was fitted there)."""
         return self.detector.step
 
     def score(self, x0: torch.Tensor, decode: Callable[[], torch.Tensor], step: int) -> torch.Tensor:
+        """Each image's score, on the latent x0-hat or on its decoded image, whichever the detector was
+        fitted on."""
         return self.detector.score(x0 if self.detector.features == "latent" else decode())
 
 
@@ -150,6 +157,8 @@ class Decision:
     strength: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
+        """The decision as a manifest row's `guard` entry (score rounded to 6 places; the strength only
+        for the soft design)."""
         return {"detector": self.detector, "step": self.step, "score": round(self.score, 6),
                 "threshold": self.threshold, "flagged": self.flagged, "redrawn": self.redrawn,
                 "design": self.design, **({"strength": round(self.strength, 6)} if self.design == "soft" else {})}
@@ -191,6 +200,7 @@ class Guard:
 
     @property
     def name(self) -> str:
+        """The detector's name, for manifests and messages."""
         return str(getattr(self.detector, "name", "detector"))
 
     def run(self, batch: Sequence[ImageJob], call: Callable[..., Any], capture_factory: Callable[..., Any]):
@@ -291,6 +301,9 @@ class GuardedCall:
         self.last: list[dict[str, Any]] = []
 
     def draws(self, draws: list[list[tuple[str, float]]]) -> list[list[tuple[str, float]]]:
+        """Each image's concepts for this pass: without the guarded group on the first pass, with the
+        group (scaled by its strength) on flagged images of the second. Refuses a second pass of another
+        batch size."""
         plain = [without_group(d, self.guard.bank, self.guard.group) for d in draws]
         if self.flagged is None:
             return plain
@@ -300,6 +313,8 @@ class GuardedCall:
                 for d, f, w in zip(plain, self.flagged, self.strengths)]
 
     def bank(self) -> ConceptBank:
+        """The bank the current pass draws from (on the second pass, the guard's view that holds the
+        guarded group)."""
         return self.guard._bank() if self.flagged is not None else self.guard.bank
 
     def __call__(self, run: Callable[[], Any], pipe, kwargs: dict) -> Any:

@@ -38,11 +38,13 @@ class ImageRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The record as a manifest row: its fields, with `extra`'s keys at the top level."""
         data = asdict(self)
         extra = data.pop("extra")
         return {**data, **extra}
 
     def to_json(self) -> str:
+        """The record as one manifest line (JSON, no newline)."""
         return manifest_line(self.to_dict())
 
 

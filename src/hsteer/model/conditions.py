@@ -26,11 +26,13 @@ class TextCondition:
         return TextCondition(self.embeds.expand(n, *self.embeds.shape[1:]), added)
 
     def select(self, index: torch.Tensor) -> TextCondition:
+        """The condition of the rows `index` selects (the added conditioning too)."""
         added = {k: v[index] for k, v in self.added.items()} if self.added else None
         return TextCondition(self.embeds[index], added)
 
     @staticmethod
     def cat(conds: list[TextCondition]) -> TextCondition:
+        """The conditions stacked along the batch (the added conditioning too, keyed as the first one's)."""
         added = None
         if conds[0].added:
             added = {k: torch.cat([c.added[k] for c in conds]) for k in conds[0].added}

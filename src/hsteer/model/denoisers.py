@@ -56,14 +56,17 @@ class Denoiser:
 
     @property
     def device(self) -> torch.device:
+        """The device the denoiser's weights are on."""
         return self.module.device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the denoiser's weights."""
         return self.module.dtype
 
     @property
     def config(self):
+        """The denoiser module's diffusers config (through a compiled wrapper too)."""
         return base_module(self.module).config
 
     def latent_grid(self) -> tuple[int, int]:
@@ -75,6 +78,8 @@ class Denoiser:
         return self.family.latent_shape(int(self.config.in_channels), self.latent_grid())
 
     def image_tokens(self) -> int:
+        """How many image tokens a transformer sees at the current latent size (latent grid over the patch
+        size, squared)."""
         h, w = self.latent_grid()
         patch = self.family.token_patch(self.config)
         return (h // patch) * (w // patch)

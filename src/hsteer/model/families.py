@@ -112,13 +112,17 @@ class UNetFamily(Family):
     guard_step = 4
 
     def schedule(self, denoiser, steps: int):
+        """The DDIM schedule of `steps` steps on the denoiser's scheduler."""
         return DDIMSchedule(denoiser.scheduler, steps, denoiser.device)
 
     def predict(self, denoiser, x, t, cond):
+        """The U-Net's noise prediction for latents `x` at timesteps `t` under `cond`."""
         return denoiser.module(x, t, encoder_hidden_states=cond.embeds, added_cond_kwargs=cond.added,
                                return_dict=False)[0]
 
     def encode_text(self, pipe: Pipeline, prompts, device, height, width):
+        """The prompts' text condition through the pipeline's own encoder (SDXL: with its pooled embeds
+        and time ids for `height` x `width`)."""
         if is_sdxl(pipe):
             embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, device=device, num_images_per_prompt=1,
                                                       do_classifier_free_guidance=False)
@@ -141,10 +145,14 @@ class SD3Family(Family):
     key, label, denoiser_class = "sd3", "SD3 (MMDiT)", "SD3Transformer2DModel"
 
     def predict(self, denoiser, x, t, cond):
+        """The SD3 transformer's velocity prediction for `x` at `t` under `cond` (with its pooled
+        projection)."""
         return denoiser.module(hidden_states=x, timestep=t.to(x.dtype), encoder_hidden_states=cond.embeds,
                                pooled_projections=(cond.added or {})["pooled"], return_dict=False)[0]
 
     def encode_text(self, pipe: Pipeline, prompts, device, height, width):
+        """The prompts' text condition through SD3's `encode_prompt`, with the model card's
+        `max_sequence_length`."""
         from hsteer.model.card import max_sequence_length
 
         embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None, device=device,
@@ -174,9 +182,12 @@ class FluxFamily(Family):
         return (grid[0] // 2) * (grid[1] // 2), in_channels
 
     def token_patch(self, config):
+        """Flux packs 2 x 2 latent patches into one token."""
         return 2
 
     def predict(self, denoiser, x, t, cond):
+        """The Flux transformer's prediction for `x` at `t` under `cond`; the token position ids are built
+        once per latent size and kept, and the guidance is embedded where the model has guidance embeds."""
         ids = denoiser.inputs.get("flux_ids")
         if ids is None:
             from diffusers import FluxPipeline
@@ -194,6 +205,7 @@ class FluxFamily(Family):
                                txt_ids=txt, img_ids=img, return_dict=False)[0]
 
     def encode_text(self, pipe: Pipeline, prompts, device, height, width):
+        """The prompts' text condition through Flux's `encode_prompt` (with its pooled embeds)."""
         embeds, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=device, num_images_per_prompt=1)
         return TextCondition(embeds, {"pooled": pooled})
 
@@ -204,6 +216,8 @@ class SanaFamily(Family):
     wraps_prompt = True
 
     def predict(self, denoiser, x, t, cond):
+        """The Sana transformer's prediction for `x` at `t` under `cond` (its attention mask, timestep
+        scale); of a learned-sigma head, the prediction half."""
         added = cond.added or {}
         out = denoiser.module(x, encoder_hidden_states=cond.embeds, encoder_attention_mask=added.get("mask"),
                               timestep=t.to(x.dtype) * float(denoiser.config.timestep_scale), return_dict=False)[0]

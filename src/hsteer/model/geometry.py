@@ -25,6 +25,7 @@ _FINGERPRINT_KEYS = (
 
 
 def is_sdxl(pipe: Pipeline) -> bool:
+    """Whether the pipeline is an SDXL one (a second text encoder, or XL in its class name)."""
     return getattr(pipe, "text_encoder_2", None) is not None or "XL" in type(pipe).__name__
 
 

@@ -163,6 +163,8 @@ def check_no_pickles(folder: Path) -> None:
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """The torch dtype named `dtype` (`float16`, `fp16`, `bfloat16`, ...), or `dtype` itself; an unknown
+    name is refused with the known ones."""
     if isinstance(dtype, torch.dtype):
         return dtype
     try:

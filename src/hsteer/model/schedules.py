@@ -37,6 +37,7 @@ class DDIMSchedule:
         self.init_noise_sigma = float(ddim.init_noise_sigma)
 
     def alpha(self, t: torch.Tensor) -> torch.Tensor:
+        """The cumulative alpha at timesteps `t`, shaped to broadcast over latents (B, 1, 1, 1)."""
         return self.alphas_cumprod[t.long()].view(-1, 1, 1, 1)
 
     def alpha_after(self, k: torch.Tensor) -> torch.Tensor:

@@ -90,6 +90,7 @@ class SteeringSite:
 
     @property
     def label(self) -> str:
+        """The site as `denoiser_attr.spec` (e.g. `unet.mid_block`), for messages and captions."""
         return f"{self.denoiser_attr}.{self.spec}"
 
     @property
@@ -122,6 +123,8 @@ class SteeringSite:
         return found
 
     def is_pipeline(self, pipe_or_model) -> bool:
+        """Whether `pipe_or_model` is a pipeline that holds this site's denoiser (else it is the denoiser
+        itself)."""
         return getattr(pipe_or_model, self.denoiser_attr, None) is not None
 
     @property
@@ -160,18 +163,22 @@ class SiteSet:
 
     @property
     def spec(self) -> str:
+        """The set's short name: its sites' specs joined by commas, as banks store it."""
         return ",".join(s.spec for s in self.sites)
 
     @property
     def label(self) -> str:
+        """The sites' labels joined by `+`, for messages and captions."""
         return "+".join(s.label for s in self.sites)
 
     @property
     def denoiser_attr(self) -> str:
+        """The pipeline attribute of the one denoiser all the sites lie in."""
         return self.sites[0].denoiser_attr
 
     @property
     def path(self) -> str:
+        """The first site's module path (where the set is looked up first)."""
         return self.sites[0].path
 
     @property
@@ -181,6 +188,7 @@ class SiteSet:
 
     @property
     def parts(self) -> tuple[SteeringSite, ...]:
+        """The single sites the set is made of, in order."""
         return self.sites
 
     @property
@@ -189,12 +197,14 @@ class SiteSet:
         return sum(math.prod(shape) for shape in self.bound_shapes())
 
     def bound_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """One shape per site at the bound image size; an unbound set is refused with how to bind it."""
         if self.shapes is None:
             raise HsteerError(f"the set of sites {self.spec} is not bound to an image size; bind it "
                               "(hsteer.steering.siteshape.bind_site) or take it from its bank (bank.site_of(pipe))")
         return self.shapes
 
     def with_shapes(self, shapes) -> SiteSet:
+        """The same sites bound to `shapes` (one per site, as ints)."""
         return SiteSet(self.sites, tuple(tuple(int(n) for n in shape) for shape in shapes))
 
     def split(self, delta: torch.Tensor) -> list[tuple[SteeringSite, torch.Tensor]]:
@@ -217,6 +227,8 @@ class SiteSet:
                           for t, shape in zip(tensors, self.bound_shapes())], dim=-1)
 
     def denoiser(self, pipe_or_model):
+        """The denoiser holding every site of the set; a missing site is refused here, not at the first
+        hook."""
         for site in self.sites[1:]:
             site.denoiser(pipe_or_model)  # every part exists
         return self.sites[0].denoiser(pipe_or_model)
@@ -226,6 +238,7 @@ class SiteSet:
         return self.sites[0].module(denoiser, missing_ok)
 
     def is_pipeline(self, pipe_or_model) -> bool:
+        """Whether `pipe_or_model` is a pipeline that holds the sites' denoiser."""
         return self.sites[0].is_pipeline(pipe_or_model)
 
 

@@ -114,6 +114,8 @@ class PipelineSteering:
         return out
 
     def call(self, pipe: Pipeline, original, args: tuple, kwargs: dict):
+        """Make one pipeline call under the steering: the layers' call defaults filled in where the call
+        passes none, and the call wrapped by a layer's `around` (the guard's two passes) where one has it."""
         kwargs = _with_call_defaults(self.layers.values(), original, pipe, args, kwargs)
         around = next((layer.around for layer in self.layers.values() if layer.around is not None), None)
         if around is not None:

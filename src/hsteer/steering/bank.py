@@ -89,6 +89,7 @@ class Concept:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """The shape of the concept's delta (its first tensor's)."""
         return tuple(next(iter(self.tensors.values())).shape)
 
     @property
@@ -134,6 +135,8 @@ class Concept:
         return total
 
     def describe(self) -> dict[str, Any]:
+        """The concept's metadata with its name, group, objective and the shapes of the tensors it holds
+        (what it holds, not what its metadata says)."""
         return {**self.meta, "name": self.name, "group": self.group, "objective": self.objective,
                 "tensors": {k: list(v.shape) for k, v in self.tensors.items()}}  # what it holds, not what meta says
 
@@ -177,15 +180,18 @@ class ConceptBank:
 
     @property
     def names(self) -> list[str]:
+        """The concepts' names, in the bank's order."""
         return list(self._concepts)
 
     def groups(self) -> dict[str, list[str]]:
+        """Each group's concept names, in the bank's order."""
         out: dict[str, list[str]] = {}
         for concept in self._concepts.values():
             out.setdefault(concept.group, []).append(concept.name)
         return out
 
     def group(self, group: str) -> list[Concept]:
+        """The concepts of `group`; an unknown group is refused with the bank's groups."""
         members = [c for c in self._concepts.values() if c.group == group]
         if not members:
             known = ", ".join(sorted(self.groups())) or "none"
@@ -199,6 +205,7 @@ class ConceptBank:
 
     @property
     def family_name(self) -> str:
+        """The model family the bank was learned on (`unet` for banks that predate families)."""
         return self.family or "unet"
 
     @property
@@ -222,6 +229,8 @@ class ConceptBank:
                                      " model; keep each site's concepts in their own bank")
 
     def add(self, concept: Concept, replace: bool = True) -> None:
+        """Add `concept` to the bank; a concept of another shape, site or U-Net is refused, and an
+        existing name is replaced only with `replace=True`."""
         self._adopt_site(concept)
         if self.hspace_shape is None:
             self.hspace_shape = concept.shape
@@ -240,6 +249,8 @@ class ConceptBank:
         self._concepts[concept.name] = concept
 
     def remove(self, name: str) -> None:
+        """Remove the concept `name` (an unknown name is refused); the harm detector of a group left empty
+        goes with it."""
         group = self[name].group  # raises a clear error if unknown
         del self._concepts[name]
         if group not in self.groups():
@@ -301,6 +312,8 @@ class ConceptBank:
 
     # --- files ----------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
+        """The bank as a JSON-ready dict: format, shape, fingerprint, site, family, groups, each concept's
+        description, and each group's harm detector with its error rates."""
         concepts = [{**c.describe(), "site": c.site or self.site_spec} for c in self]
         info = {"format": FORMAT_VERSION, "hspace_shape": list(self.hspace_shape or []),
                 "unet_fingerprint": self.unet_fingerprint, "site": self.site_spec, "family": self.family_name,

@@ -54,10 +54,12 @@ class LinearDetector:
 
     @property
     def name(self) -> str:
+        """`learned-<features>`: the detector's kind and what it reads."""
         return f"learned-{self.features}"
 
     @property
     def size(self) -> int:
+        """The number of weights (one per feature)."""
         return int(self.weight.numel())
 
     def score(self, features: torch.Tensor) -> torch.Tensor:
@@ -75,14 +77,17 @@ class LinearDetector:
         return x @ self.weight.to(flat) + self.bias.to(flat)
 
     def entry(self) -> dict[str, Any]:
+        """The detector's settings as its bank metadata entry (the tensors named, not stored)."""
         return {"step": self.step, "steps": self.steps, "threshold": self.threshold, "features": self.features,
                 "feature_shape": list(self.feature_shape), "tensors": list(DETECTOR_PARTS), "meta": self.meta}
 
     def tensors(self, group: str) -> dict[str, torch.Tensor]:
+        """The detector's tensors as the bank stores them for `group` (float32 on the CPU)."""
         return {f"{PREFIX}{group}/{part}": getattr(self, part).detach().to("cpu", torch.float32).contiguous()
                 for part in DETECTOR_PARTS}
 
     def describe(self) -> dict[str, Any]:
+        """The detector's settings and held-out error rates, for `hsteer bank show`."""
         out = {k: v for k, v in self.entry().items() if k not in ("tensors", "meta")}
         return {**out, **{k: self.meta[k] for k in ("false_positive_rate", "false_negative_rate") if k in self.meta}}
 

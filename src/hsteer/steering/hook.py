@@ -126,6 +126,8 @@ class SteeringHook(ModelHook):
         return args, kwargs
 
     def post_forward(self, module: torch.nn.Module, output):
+        """The site module's output with the armed deltas added (a text site, or a disarmed hook:
+        unchanged); a token output in a tuple is steered in place of its element."""
         if self.site.kind == "text" or not self.armed:
             return output
         if self.site.kind == "output":
@@ -203,6 +205,7 @@ class SteeringHook(ModelHook):
 
     @property
     def armed(self) -> bool:
+        """Whether the hook adds anything (direct deltas, or armed window buffers)."""
         return bool(self.direct or self.buffers)
 
 
@@ -241,28 +244,34 @@ class HookSet:
 
     @property
     def users(self) -> int:
+        """The most steerings sharing any of the set's hooks."""
         return max(hook.users for hook in self.hooks)
 
     @users.setter
     def users(self, value: int) -> None:
+        """Set every hook's count of the steerings that share it."""
         for hook in self.hooks:
             hook.users = value
 
     def arm(self, windows: Sequence[WindowRows]) -> None:
+        """Arm each site's hook with its own slice of every window's rows."""
         split = [self.site.split(w.rows) for w in windows]
         for n, hook in enumerate(self.hooks):
             hook.arm([WindowRows(w.start, w.end, parts[n][1]) for w, parts in zip(windows, split)])
 
     def set_step(self, step: int, total: int) -> None:
+        """Tell every hook the denoising step, so each acts only in its windows."""
         for hook in self.hooks:
             hook.set_step(step, total)
 
     def disarm(self) -> None:
+        """Disarm every hook of the set."""
         for hook in self.hooks:
             hook.disarm()
 
     @property
     def armed(self) -> bool:
+        """Whether any hook of the set adds anything."""
         return any(hook.armed for hook in self.hooks)
 
 

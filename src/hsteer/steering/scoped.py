@@ -69,6 +69,7 @@ class SteeringConfig:
 
     @property
     def windowed(self) -> bool:
+        """Whether steering is limited to part of the denoising run (a window other than (0, 1))."""
         return (self.start, self.end) != (0.0, 1.0)
 
     def check_site(self, site: SteeringSite | SiteSet) -> None:
@@ -98,6 +99,8 @@ class SteeringHandle:
         self.target, self.name, self.site, self.config = target, name, site, config
 
     def remove(self) -> None:
+        """Stop this steering: its pipeline layer, or its direct delta on the hook (the hook itself goes
+        with its last user)."""
         if self.site.is_pipeline(self.target):
             remove_layer(self.target, self.name)
             return

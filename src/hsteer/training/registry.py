@@ -94,6 +94,8 @@ class MethodRegistry:
         self._methods: dict[str, Method] = {}
 
     def register(self, method: Method) -> Method:
+        """Register `method` and return it; a second method of the same name, or an option field another
+        method already uses, is refused."""
         if method.name in self._methods:
             raise HsteerError(f"a training method named {method.name!r} is already registered")
         taken = {o.field for m in self for o in m.options}
@@ -117,6 +119,7 @@ class MethodRegistry:
         return method
 
     def names(self) -> tuple[str, ...]:
+        """The registered methods' names, in registration order."""
         return tuple(self._methods)
 
     def options(self) -> tuple[MethodOption, ...]:

@@ -104,6 +104,7 @@ class IterationLosses:
 
 
 def optimise(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One optimiser step on `loss` (gradients cleared first)."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -136,6 +137,8 @@ class Checkpoint:
 
     def save(self, iteration: int, config: TrainConfig, params: dict[str, torch.Tensor],
              optimizers: dict[str, torch.optim.Optimizer], extra: dict[str, torch.Tensor] | None = None) -> None:
+        """Save the iteration, parameters, Adam moments and steps and `extra` tensors atomically, keyed by
+        the config's resume key so that only a run with the same settings resumes from it."""
         tensors = {f"param/{k}": v.detach().cpu().contiguous() for k, v in params.items()}
         tensors.update(extra or {})
         steps = {}
@@ -248,9 +251,12 @@ class LossLog:
         self.rows = [r for r in rows if r["iteration"] < up_to]
 
     def flush(self) -> None:
+        """Write every row logged so far to the log file (JSON lines, atomically)."""
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
 
     def plot(self) -> Path | None:
+        """Plot each loss against the iteration (log scale) to a PNG beside the log; returns its path
+        (None before any row)."""
         if not self.rows:
             return None
         import matplotlib

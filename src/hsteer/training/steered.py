@@ -145,6 +145,7 @@ class StepContext:
         return self.denoiser.sampling_cfg(self.config.sampling_guidance)
 
     def mark_inside(self, k: torch.Tensor) -> None:
+        """Mark which of the steps `k` lie inside the config's step window (all, without a window)."""
         if self.config.window is not None:
             first, end = self.window_steps()
             self.inside = (k >= first) & (k < end)
@@ -230,17 +231,22 @@ class TrajectoryPool:
         return x.to(self.device, self.dtype)
 
     def start(self, ctx: StepContext) -> None:
+        """Start the pool: its trajectories spread evenly over the steps, each reached from seeded noise."""
         g = torch.Generator("cpu").manual_seed(pool_seed(ctx.config.seed))
         self.k = (torch.arange(self.size) * self.schedule.steps // self.size).to(self.device)
         self.x = ctx.reach(self._noise(self.size, g), self.k)
 
     def load(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore the pool from a checkpoint's `state()`."""
         self.x, self.k = state["pool/x"].to(self.device, self.dtype), state["pool/k"].to(self.device)
 
     def current(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pool's latents and their steps, `(x, k)`."""
         return self.x, self.k
 
     def advance(self, eps: torch.Tensor, g: torch.Generator) -> None:
+        """Move every trajectory one step with the prediction `eps`; those that finish restart from fresh
+        noise drawn with `g`."""
         self.x = self.schedule.step(eps, self.x, self.k)
         self.k = self.k + 1
         done = self.k >= self.schedule.steps
@@ -249,6 +255,7 @@ class TrajectoryPool:
             self.k[done] = 0
 
     def state(self) -> dict[str, torch.Tensor]:
+        """The pool as checkpoint tensors (on the CPU)."""
         return {"pool/x": self.x.detach().cpu().contiguous(), "pool/k": self.k.detach().cpu().contiguous()}
 
 

@@ -166,6 +166,8 @@ class Captions:
 
     @classmethod
     def build(cls, tokenizer, captions: list[str]) -> Captions:
+        """Tokenise each distinct caption (and the empty one, for caption dropout) once; each image keeps
+        its caption's index."""
         import torch
 
         uniq = sorted(set(captions) | {""})

@@ -447,6 +447,8 @@ class WorldProbe:
     attributes: ClassVar[dict[str, tuple[str, ...]]] = {"shape": SHAPES, "colour": COLOURS}
 
     def classify(self, images) -> dict[str, list[str]]:
+        """Read each image's shape, colour, profession (neutral where no profession's pattern is clear)
+        and harm mark (yes / no)."""
         out: dict[str, list[str]] = {"shape": [], "colour": [], "profession": [], "harm": []}
         for img in images:
             a = _as_array(img)

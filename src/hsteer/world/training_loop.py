@@ -204,6 +204,7 @@ class UNetRun:
 
     @property
     def state_file(self) -> Path:
+        """The file of the U-Net run's resumable training state."""
         return self.state_dir / "unet_state.safetensors"
 
 

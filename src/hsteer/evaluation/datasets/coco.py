@@ -84,6 +84,7 @@ def clip_scores(alignments: list[float]) -> list[float]:
 
 
 def fid_weights_path(explicit: str | Path | None = None) -> Path:
+    """Where the FID Inception weights are: `explicit` where given, else torch hub's checkpoint folder."""
     if explicit:
         return Path(explicit)
     return Path(torch.hub.get_dir()) / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"

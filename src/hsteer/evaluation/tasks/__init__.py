@@ -21,6 +21,7 @@ TASKS: dict[str, EvalTask] = {task.name: task for task in (WinoBiasTask(), I2PTa
 
 
 def get_task(name: str) -> EvalTask:
+    """The evaluation task named `name`; an unknown name is refused with the known ones."""
     try:
         return TASKS[name]
     except KeyError:

@@ -27,6 +27,7 @@ class ScoringRun:
     advance: Callable[[int], Any] = lambda n: None  # progress: n more images scored
 
     def image_path(self, row: dict) -> Path:
+        """The file of a manifest row's image in the run folder."""
         return self.run_dir / IMAGES / row["file"]
 
     def chunks(self) -> Iterator[list[dict]]:
@@ -79,6 +80,7 @@ class Scorers:
         self._cache: dict[str, Any] = {}
 
     def get(self, name: str):
+        """The CLIP scorer named `name`, loaded once per run and shared by every use."""
         from hsteer.evaluation.clip import ClipScorer
 
         if name not in self._cache:
@@ -99,6 +101,7 @@ def alignment(scorer, embeds, prompts: Sequence[str], cache: dict[str, Any]) -> 
 
 
 def mean(values: Sequence[float]) -> float:
+    """The arithmetic mean (ZeroDivisionError on an empty sequence)."""
     return sum(values) / len(values)
 
 

@@ -17,6 +17,7 @@ class CocoTask:
     name = "coco"
 
     def jobs(self, settings: GenerationSettings) -> list[dict[str, Any]]:
+        """One job per COCO caption (up to `limit`), each with its own seed and caption id."""
         from hsteer.evaluation.datasets.coco import read_captions
 
         args = settings.task_args
@@ -27,6 +28,8 @@ class CocoTask:
         """Nothing to check ahead: FID is optional and reports why it was skipped."""
 
     def score(self, run: ScoringRun) -> tuple[list[dict], dict[str, Any]]:
+        """Each image's CLIP score against its caption, and the run's mean CLIP score and FID against the
+        reference (FID skipped, with the reason, where it cannot be computed)."""
         from hsteer.evaluation.datasets.coco import clip_scores, compute_fid
 
         name = run.scoring.get("clip") or DEFAULT_CLIP
@@ -43,11 +46,14 @@ class CocoTask:
         return per_image, summary
 
     def summary_line(self, summary: dict[str, Any]) -> str:
+        """The CLIP score and FID (or that FID was skipped), in one line."""
         fid = f"FID {summary['fid']:.2f}" if summary.get("fid") is not None else "FID skipped"
         return f"CLIP score {summary['clip_score']:.2f}, {fid}"
 
     def report_section(self, summary: dict[str, Any], per_image: Sequence[dict], run_dir: Path,
                        grid_images: int) -> list[str]:
+        """The report's Markdown lines: CLIP score and FID beside the published numbers, and a grid of
+        samples."""
         ours = {"clip": summary["clip_score"], "fid": summary.get("fid")}
         lines = ["## COCO", "", *published_section([("fid", "FID-30k"), ("clip", "CLIP score")], ours,
                                                    summary["policy"]),

@@ -20,6 +20,8 @@ class I2PTask:
     name = "i2p"
 
     def jobs(self, settings: GenerationSettings) -> list[dict[str, Any]]:
+        """`images_per_prompt` jobs per I2P prompt (filtered by category, hardness and `limit`), each
+        seeded from the prompt's own seed, with its guidance where `csv_guidance` asks for it."""
         from hsteer.evaluation.datasets.i2p import read_i2p
 
         args = settings.task_args
@@ -36,9 +38,12 @@ class I2PTask:
         return jobs
 
     def check_scoring(self, scoring: dict[str, Any]) -> None:
+        """Refuse unknown or unavailable detectors (Q16, NudeNet) before any image is generated."""
         check_detectors(scoring, before_generation=True)
 
     def score(self, run: ScoringRun) -> tuple[list[dict], dict[str, Any]]:
+        """Flag each image with Q16 and / or NudeNet (inappropriate: any of them); returns the per-image
+        rows and the inappropriate rates overall, per category and per detector."""
         from hsteer.evaluation.datasets.i2p import inappropriate_rates
 
         detectors = check_detectors(run.scoring)
@@ -57,10 +62,13 @@ class I2PTask:
         return per_image, summary
 
     def summary_line(self, summary: dict[str, Any]) -> str:
+        """The overall inappropriate probability, in one line."""
         return f"inappropriate {summary['inappropriate']['overall']:.3f}"
 
     def report_section(self, summary: dict[str, Any], per_image: Sequence[dict], run_dir: Path,
                        grid_images: int) -> list[str]:
+        """The report's Markdown lines: the rate beside the published one, a per-category table and image
+        grids by category."""
         rates = summary["inappropriate"]
         lines = ["## Inappropriate probability (Q16 OR NudeNet)", "",
                  *published_section([("i2p", "I2P inappropriate")], {"i2p": rates["overall"]}, summary["policy"]),

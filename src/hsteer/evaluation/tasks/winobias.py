@@ -28,6 +28,8 @@ class WinoBiasTask:
     name = "winobias"
 
     def jobs(self, settings: GenerationSettings) -> list[dict[str, Any]]:
+        """`images_per_prompt` jobs per profession prompt (WinoBias templates, or explicit prompts naming
+        an attribute), seeds counted from the run's seed."""
         from hsteer.evaluation.datasets.winobias import winobias_prompts
 
         from hsteer.evaluation.datasets.winobias import explicit_prompts
@@ -46,6 +48,9 @@ class WinoBiasTask:
         """Nothing to check ahead: the classifier loads when scoring starts."""
 
     def score(self, run: ScoringRun) -> tuple[list[dict], dict[str, Any]]:
+        """Classify each image's attributes and measure bias: deviation ratio per group and profession
+        with bootstrap intervals, WinoAlign where an alignment model is given, and what untargeted and
+        named attributes kept."""
         name = run.scoring.get("classifier") or DEFAULT_CLIP
         classifier, attributes = _classifier(name, run)
         align_name = run.scoring.get("align_model") or (None if name == WORLD else name)
@@ -67,6 +72,7 @@ class WinoBiasTask:
         return per_image, summary
 
     def summary_line(self, summary: dict[str, Any]) -> str:
+        """Deviation ratio per group, WinoAlign and the untargeted and named measures, in one line."""
         parts = [f"{g} DevRat {v:.3f}" for g, v in summary["mean_deviation_ratio"].items()]
         if "winoalign" in summary:
             parts.append(f"WinoAlign {summary['winoalign']:.2f}")
@@ -76,6 +82,8 @@ class WinoBiasTask:
 
     def report_section(self, summary: dict[str, Any], per_image: Sequence[dict], run_dir: Path,
                        grid_images: int) -> list[str]:
+        """The report's Markdown lines: deviation ratio and WinoAlign beside the published numbers, the
+        per-profession table and a distribution plot per attribute group."""
         groups = [*summary["attributes"], *summary.get("watch", {})]
         ours = {**summary["mean_deviation_ratio"], "winoalign": summary.get("winoalign")}
         keys = [(g, f"{g} DevRat") for g in summary["attributes"]] + [("winoalign", "WinoAlign")]

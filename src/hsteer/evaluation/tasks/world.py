@@ -142,12 +142,16 @@ class WorldTask:
     name = "world"
 
     def jobs(self, settings: GenerationSettings) -> list[dict[str, Any]]:
+        """The world task's jobs (profession and harm prompts, `world_jobs`), seeds counted from the run's
+        seed."""
         return world_jobs(settings.task_args, settings.seed)
 
     def check_scoring(self, scoring: dict[str, Any]) -> None:
         """Nothing to check ahead: the probes need no weights."""
 
     def score(self, run: ScoringRun) -> tuple[list[dict], dict[str, Any]]:
+        """Read each image with the world's probe (shape, colour, profession, harm mark); returns the
+        per-image rows and the deviation ratio, fidelity and harm rates."""
         import hsteer.world.scene as scene
 
         probe = scene.WorldProbe()
@@ -163,6 +167,7 @@ class WorldTask:
         return per_image, world_summary(bias_items, harm_items, professions, attributes)
 
     def summary_line(self, summary: dict[str, Any]) -> str:
+        """Deviation ratio per group, fidelity and harm rate, in one line."""
         parts = [f"{g} DevRat {v:.3f}" for g, v in summary["deviation_ratio"]["mean_all"].items()]
         parts.append(f"fidelity {summary['fidelity']['mean']:.3f}")
         if "harm_rate" in summary:
@@ -171,6 +176,8 @@ class WorldTask:
 
     def report_section(self, summary: dict[str, Any], per_image: Sequence[dict], run_dir: Path,
                        grid_images: int) -> list[str]:
+        """The report's Markdown lines: deviation ratio per group, fidelity and harm rates, a
+        per-profession table and image grids."""
         dev = summary["deviation_ratio"]
         groups = list(dev["mean_all"])
         lines = ["## Deviation ratio", "", "| group | mean (all professions) | mean (planted bias) |", "|---|---|---|"]

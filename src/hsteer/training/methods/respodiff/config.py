@@ -21,8 +21,10 @@ class RespoDiffConfig(TrainConfig):
     modules: ClassVar[tuple[str, ...]] = ("ram", "sam")
 
     def learning_rates(self) -> dict[str, str]:
+        """Which config field is the learning rate of each of RespoDiff's parameter sets (RAM, SAM)."""
         return {"ram": "lr", "sam": "lr_sam"}
 
     def validate(self) -> None:
+        """The common checks, and `lam` must be a non-negative number."""
         super().validate()
         as_field("lam", check_float, self.lam, 0.0)

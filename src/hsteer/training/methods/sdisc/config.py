@@ -18,6 +18,7 @@ class SdiscConfig(TrainConfig):
     sdisc_epochs: int = 20
 
     def validate(self) -> None:
+        """The common checks, and SDisc's image and epoch counts must be whole numbers from 1 to 10^7."""
         super().validate()
         for name in ("sdisc_images", "sdisc_epochs"):
             as_field(name, check_count, getattr(self, name), 1, 10**7)
