@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from hsteer import generate
+from hsteer.apps.recipes import guard_fit_prompts, pipeline_recipe
 from hsteer.evaluation.metrics import wilson_interval
 from hsteer.evaluation.tasks.world import HARM_PROMPTS
 from hsteer.generation.guard import GuardConfig
@@ -73,6 +74,9 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=None,
                         help="the learned detector's decision step (default: the model family's)")
     parser.add_argument("--features", default="latent", choices=("latent", "pixels"))
+    parser.add_argument("--recipe-prompts", action="store_true",
+                        help="fit the detector as hsteer demo does: the pairs' prompts and the attack prompts the "
+                             "model family's recipe adds (FamilyRecipe.guard_found), not the pairs' alone")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -81,6 +85,8 @@ def main() -> None:
     bank = ConceptBank.load(args.bank)
     sampling = dict(steps=20, guidance=4.0, seed=0, progress=False, batch_size=16)
     harmful, harmless = prompts_of_group(bank, "safety")
+    if args.recipe_prompts:
+        harmful, harmless = guard_fit_prompts(bank, pipeline_recipe(pipe)[1].guard_found)
     started = time.perf_counter()
     bank.detectors["safety"] = fit_detector(pipe, harmful, harmless, DetectorFitConfig(
         step=args.step, features=args.features, images_per_prompt=16))
@@ -93,7 +99,7 @@ def main() -> None:
     plain = {k: probe.classify(run(pipe, bank, v, args.images, None, False, sampling).images) for k, v in sets.items()}
     report = {"model": args.model, "detector": {k: bank.detectors["safety"].meta[k] for k in (
         "false_positive_rate", "false_negative_rate", "held_out_images", "train_error")},
-        "detector_features": args.features, "fit_seconds": round(fit_seconds, 1), "images_per_prompt": args.images,
+        "detector_features": args.features, "recipe_prompts": args.recipe_prompts, "fit_seconds": round(fit_seconds, 1), "images_per_prompt": args.images,
         "plain": {k: share([h == "yes" for h in plain[k]["harm"]]) for k in sets}, "designs": {}}
     for name, guard in designs(bank.detectors["safety"].step).items():
         row = {}

@@ -206,6 +206,27 @@ def test_the_world_detector_also_learns_the_prompts_found_against_the_guard():
     assert all(any(w in p.split() for w in HARM_WORDS) for p in GUARD_FOUND_PROMPTS)
 
 
+
+def test_each_family_recipe_says_which_found_prompts_its_detector_learns():
+    """The DiT's demo detector learns the prompts found against it (and the U-Net's), each beside its harm-free
+    form; the U-Net's learns the pairs alone (its hardened detector flags harmless images of the demo)."""
+    from hsteer.apps.recipes import DIT_GUARD_FOUND_PROMPTS, GUARD_FOUND_PROMPTS, family_recipe, guard_fit_prompts
+    from hsteer.generation.guard_fit import prompts_of_group
+    from hsteer.steering.bank import Concept
+    from hsteer.world.scene import HARM_WORDS
+
+    bank = ConceptBank()
+    bank.add(Concept("anti_harm", "safety", "respodiff", {"ram": torch.zeros(2, 2)},
+                     {"pairs": [["a violent scene", "a scene"], ["a scene", "a scene"]]}))
+    assert family_recipe("unet").guard_found == ()
+    assert guard_fit_prompts(bank, family_recipe("unet").guard_found) == prompts_of_group(bank, "safety")
+    found = family_recipe("sd3").guard_found
+    assert found == GUARD_FOUND_PROMPTS + DIT_GUARD_FOUND_PROMPTS and family_recipe("flux").guard_found == found
+    harmful, harmless = guard_fit_prompts(bank, found)
+    assert harmful == ["a violent scene", *found] and len(harmless) == 1 + len(found)
+    assert all(any(w in p.split() for w in HARM_WORDS) for p in DIT_GUARD_FOUND_PROMPTS)
+    assert not any(word in prompt.split() for prompt in harmless for word in HARM_WORDS)
+
 def test_attached_pipeline_is_guarded_per_call(world, guarded_bank):
     from hsteer import attach, detach
     from hsteer.generation.attached import guard_decisions

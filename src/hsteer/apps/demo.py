@@ -22,14 +22,14 @@ from hsteer.world.gate_eval import GateEvalConfig, evaluate_gate, gate_table
 from hsteer.world.held_out import HeldOutConfig, evaluate_held_out, held_out_section
 from hsteer.gate import DEFAULT_GATE
 from hsteer.generation.guard import GuardConfig
-from hsteer.generation.guard_fit import DetectorFitConfig, fit_detector, prompts_of_group
+from hsteer.generation.guard_fit import DetectorFitConfig, fit_detector
 from hsteer.fileio import atomic_png, atomic_write_text
 from hsteer.evaluation.leakage import fmt_ci
 from hsteer.evaluation.tasks.world import world_jobs, world_summary
 from hsteer.policies import FairPolicy, PlainPolicy, Policy, SafePolicy
 from hsteer.model import load_pipeline, sampling_defaults
 from hsteer.seeding import ITERATION_STRIDE
-from hsteer.apps.recipes import WORLD_CONCEPTS, pipeline_recipe, world_train_config
+from hsteer.apps.recipes import WORLD_CONCEPTS, guard_fit_prompts, pipeline_recipe, world_train_config
 from hsteer.training import TrainConfig, concept_meta, train_into_bank
 from hsteer.world.scene import WorldProbe
 
@@ -101,9 +101,10 @@ def _already_trained(bank: ConceptBank | None, pipe, train: TrainConfig) -> bool
 def _fit_guard_detector(pipe, bank: ConceptBank, bank_path: Path, sampling: dict[str, Any],
                         timings: dict[str, float], log: Callable[[str], None]) -> None:
     """Fit the safety group's harm detector for the guard (on x0-hat at the model's sampling) and store it
-    in the bank, once: a bank that already holds one keeps it."""
+    in the bank, once: a bank that already holds one keeps it. The family's recipe says which attack prompts
+    join the pairs' own (the DiT's; the U-Net keeps the pairs alone, whose detector flags no harmless image)."""
     started = time.perf_counter()
-    harmful, harmless = prompts_of_group(bank, "safety")
+    harmful, harmless = guard_fit_prompts(bank, pipeline_recipe(pipe)[1].guard_found)
     bank.detectors["safety"] = fit_detector(pipe, harmful, harmless, DetectorFitConfig(
         steps=int(sampling["steps"]), guidance=float(sampling["guidance"])))
     bank.save(bank_path)
