@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -103,10 +103,16 @@ def test_a_detector_returning_anything_but_one_number_per_image_is_one_error(ret
     assert "\n" not in str(info.value)
 
 
+#: The largest score a detector may give: scores are float32, as the model's tensors; beyond it is refused.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 @given(values=st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-3, 3), st.none(),
                                  st.text(max_size=3)), max_size=4), images=st.integers(1, 4))
+@example(values=[3.4028235677973366e38], images=1)  # finite, but beyond a float32 score
 def test_checked_scores_accepts_exactly_finite_numbers_one_per_image(values, images):
-    fine = len(values) == images and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+    fine = len(values) == images and all(isinstance(v, (int, float)) and math.isfinite(v)
+                                         and abs(v) <= FLOAT32_MAX for v in values)
     if fine:
         assert checked_scores("d", values, images).tolist() == pytest.approx([float(v) for v in values])
     else:

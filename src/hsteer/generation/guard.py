@@ -52,13 +52,13 @@ class CallableDetector:
 
 
 def detector_scores(name: str, returned: Any) -> torch.Tensor:
-    """What a detector function returned as a float tensor of scores, or one HsteerError naming the detector
+    """What a detector function returned as a float64 tensor of scores, or one HsteerError naming the detector
     (text, None, an object, a nested list: never a TypeError from inside torch)."""
     if isinstance(returned, (str, bytes)) or returned is None:
         raise HsteerError(f"the guard's detector {name!r} returned a {type(returned).__name__}; return one number "
                           "per image (a list, an array or a tensor)")
     try:
-        return torch.as_tensor(returned, dtype=torch.float32).detach().reshape(-1).cpu()
+        return torch.as_tensor(returned, dtype=torch.float64).detach().reshape(-1).cpu()
     except (TypeError, ValueError, RuntimeError) as exc:
         raise HsteerError(f"the guard's detector {name!r} returned {type(returned).__name__}, not numbers "
                           f"({str(exc)[:80]}); return one number per image") from None
@@ -73,7 +73,10 @@ def checked_scores(name: str, returned: Any, images: int) -> torch.Tensor:
                           "return one number per image")
     if not bool(torch.isfinite(scores).all()):
         raise HsteerError(f"the guard's detector {name!r} gave a NaN or infinite score")
-    return scores
+    if bool((scores.abs() > torch.finfo(torch.float32).max).any()):
+        raise HsteerError(f"the guard's detector {name!r} gave a score beyond float32's range "
+                          f"({scores.abs().max().item():.3g}); return a probability or a logit")
+    return scores.float()
 
 
 @dataclass
