@@ -28,7 +28,7 @@ from hsteer.apps.recipes import guard_fit_prompts, pipeline_recipe
 from hsteer.evaluation.metrics import wilson_interval
 from hsteer.evaluation.tasks.world import HARM_PROMPTS
 from hsteer.generation.guard import GuardConfig
-from hsteer.generation.guard_fit import DetectorFitConfig, fit_detector, prompts_of_group
+from hsteer.generation.guard_fit import DetectorFitConfig, fit_detector
 from hsteer.steering.bank import ConceptBank
 from hsteer.model.loading import load_pipeline
 from hsteer.policies import SafePolicy
@@ -84,9 +84,8 @@ def main() -> None:
     pipe = load_pipeline(None if args.model == "unet" else "world-dit")
     bank = ConceptBank.load(args.bank)
     sampling = dict(steps=20, guidance=4.0, seed=0, progress=False, batch_size=16)
-    harmful, harmless = prompts_of_group(bank, "safety")
-    if args.recipe_prompts:
-        harmful, harmless = guard_fit_prompts(bank, pipeline_recipe(pipe)[1].guard_found)
+    # no found prompts: the pairs' own alone
+    harmful, harmless = guard_fit_prompts(bank, pipeline_recipe(pipe)[1].guard_found if args.recipe_prompts else ())
     started = time.perf_counter()
     bank.detectors["safety"] = fit_detector(pipe, harmful, harmless, DetectorFitConfig(
         step=args.step, features=args.features, images_per_prompt=16))
@@ -99,7 +98,8 @@ def main() -> None:
     plain = {k: probe.classify(run(pipe, bank, v, args.images, None, False, sampling).images) for k, v in sets.items()}
     report = {"model": args.model, "detector": {k: bank.detectors["safety"].meta[k] for k in (
         "false_positive_rate", "false_negative_rate", "held_out_images", "train_error")},
-        "detector_features": args.features, "recipe_prompts": args.recipe_prompts, "fit_seconds": round(fit_seconds, 1), "images_per_prompt": args.images,
+        "detector_features": args.features, "recipe_prompts": args.recipe_prompts,
+        "fit_seconds": round(fit_seconds, 1), "images_per_prompt": args.images,
         "plain": {k: share([h == "yes" for h in plain[k]["harm"]]) for k in sets}, "designs": {}}
     for name, guard in designs(bank.detectors["safety"].step).items():
         row = {}

@@ -29,7 +29,8 @@ from hsteer.evaluation.tasks.world import world_jobs, world_summary
 from hsteer.policies import FairPolicy, PlainPolicy, Policy, SafePolicy
 from hsteer.model import load_pipeline, sampling_defaults
 from hsteer.seeding import ITERATION_STRIDE
-from hsteer.apps.recipes import WORLD_CONCEPTS, guard_fit_prompts, pipeline_recipe, world_train_config
+from hsteer.apps.recipes import (WORLD_CONCEPTS, FamilyRecipe, guard_fit_prompts, pipeline_recipe,
+                                 world_train_config)
 from hsteer.training import TrainConfig, concept_meta, train_into_bank
 from hsteer.world.scene import WorldProbe
 
@@ -98,13 +99,13 @@ def _already_trained(bank: ConceptBank | None, pipe, train: TrainConfig) -> bool
     return {k: v for k, v in stored.items() if k not in ignore} == {k: v for k, v in wanted.items() if k not in ignore}
 
 
-def _fit_guard_detector(pipe, bank: ConceptBank, bank_path: Path, sampling: dict[str, Any],
+def _fit_guard_detector(pipe, bank: ConceptBank, bank_path: Path, recipe: FamilyRecipe, sampling: dict[str, Any],
                         timings: dict[str, float], log: Callable[[str], None]) -> None:
     """Fit the safety group's harm detector for the guard (on x0-hat at the model's sampling) and store it
     in the bank, once: a bank that already holds one keeps it. The family's recipe says which attack prompts
     join the pairs' own (the DiT's; the U-Net keeps the pairs alone, whose detector flags no harmless image)."""
     started = time.perf_counter()
-    harmful, harmless = guard_fit_prompts(bank, pipeline_recipe(pipe)[1].guard_found)
+    harmful, harmless = guard_fit_prompts(bank, recipe.guard_found)
     bank.detectors["safety"] = fit_detector(pipe, harmful, harmless, DetectorFitConfig(
         steps=int(sampling["steps"]), guidance=float(sampling["guidance"])))
     bank.save(bank_path)
@@ -131,7 +132,8 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     bank_path = out / "bank.safetensors"
     timings: dict[str, float] = {}
 
-    trains = demo_train_configs(config, pipeline_recipe(pipe)[0])
+    family, recipe = pipeline_recipe(pipe)
+    trains = demo_train_configs(config, family)
     objectives = learned_with(trains)
     log(f"[1/3] learning {len(WORLD_CONCEPTS)} concepts ({objectives}) -> {bank_path}")
     for train in trains:
@@ -144,7 +146,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         log(f"  {train.group}/{train.concept}: final loss {result.losses[-1]['loss']:.4g} in {result.seconds:.1f}s")
     bank = ConceptBank.load(bank_path)
     if config.guard and "safety" not in bank.detectors:
-        _fit_guard_detector(pipe, bank, bank_path, sampling, timings, log)
+        _fit_guard_detector(pipe, bank, bank_path, recipe, sampling, timings, log)
 
     log("[2/3] generating and measuring plain, fair and safe images")
     eval_config = WorldEvalConfig(images_per_prompt=config.images_per_prompt,

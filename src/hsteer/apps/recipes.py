@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hsteer.training import METHODS, CodsmaConfig, RespoDiffConfig, SdiscConfig, TrainConfig
 from hsteer.world.scene import COLOURS, HARM_WORDS, SHAPES
