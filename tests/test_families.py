@@ -5,12 +5,15 @@ stores, the sites' block lists and token layout, the guidance batch. Tiny bare d
 the families' calls and encodings run in tests/test_transformers.py and tests/test_training.py.
 """
 
+import re
+
 import pytest
 import torch
 
 from hsteer.errors import HsteerError
-from hsteer.model.families import FAMILY_OF_CLASS, FAMILY_OF_KEY, Family, family_for
-from hsteer.model.sites import FAMILIES, FAMILY_NAMES, batches_guidance, block_counts, site_for
+from hsteer.model.families import (DEFAULT_FAMILY_KEY, FAMILY_OF_CLASS, FAMILY_OF_KEY, Family, family_for,
+                                   family_label)
+from hsteer.model.sites import batches_guidance, block_counts, family_of, site_for, site_specs, spec_order
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +39,14 @@ def denoisers():
 
 
 def test_one_family_per_denoiser_class_with_the_keys_banks_store():
-    assert {name: family.key for name, family in FAMILY_OF_CLASS.items()} == FAMILIES
-    assert {key: family.label for key, family in FAMILY_OF_KEY.items()} == FAMILY_NAMES
+    """The keys are stored in bank files, so they never change; a bank that stores none is a U-Net's."""
+    assert {name: family.key for name, family in FAMILY_OF_CLASS.items()} == {
+        "UNet2DConditionModel": "unet", "SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux",
+        "SanaTransformer2DModel": "sana"}
+    assert {key: family.label for key, family in FAMILY_OF_KEY.items()} == {
+        "unet": "U-Net (SD 1.x/2.x, SDXL)", "sd3": "SD3 (MMDiT)", "flux": "FLUX", "sana": "SANA"}
     assert all(isinstance(family, Family) for family in FAMILY_OF_CLASS.values())
+    assert DEFAULT_FAMILY_KEY == "unet" and family_label("sd3") == "SD3 (MMDiT)" and family_label("other") == "other"
 
 
 def test_a_family_is_found_by_class_on_a_pipeline_a_bare_denoiser_and_a_compiled_one(denoisers):
@@ -62,6 +70,38 @@ def test_the_families_agree_with_the_sites_and_the_guidance_layout(denoisers):
         assert tuple(counts) == (family.block_stacks or ("mid_block",))
         for stack in family.block_stacks:
             assert site_for(model, f"{stack}.0").output_index == family.token_index
+        assert family_of(model) == key and family.site_kinds == (*counts, "text")
+        assert {spec.split(".")[0] for spec in site_specs(model)} == set(family.site_kinds)
+        assert site_for(model, "text").denoiser_attr == family.denoiser_attr
+
+
+@pytest.mark.parametrize("key, spec", [("unet", "transformer_blocks.0"), ("sd3", "mid_block"),
+                                       ("sana", "single_transformer_blocks.1"), ("flux", "mid_block")])
+def test_a_stored_site_of_another_family_is_refused_by_the_spec_alone(key, spec):
+    family = FAMILY_OF_KEY[key]
+    with pytest.raises(HsteerError, match=rf"not a site of a {re.escape(family.label)} model \(its sites: "
+                                          rf"{', '.join(family.site_kinds)}\)"):
+        spec_order(spec, key)
+    assert spec_order("text", key) == (3, 0) and spec_order(spec, "a family hsteer does not know") == spec_order(spec)
+
+
+def test_the_text_site_steers_a_positional_call_where_the_family_takes_one(denoisers):
+    """The U-Net is also called as `unet(sample, timestep, encoder_hidden_states)`; a transformer only by keyword."""
+    from hsteer.steering.scoped import SteeringConfig, steer
+
+    unet = denoisers["unet"]
+    x, t, states = torch.randn(1, 4, 8, 8), torch.tensor(10), torch.randn(1, 3, 8)
+    delta = torch.randn(3, 8)
+    with torch.no_grad():
+        expected = unet(x, t, encoder_hidden_states=states + delta).sample
+        with steer(unet, SteeringConfig(delta), site=site_for(unet, "text")):
+            positional, by_keyword = unet(x, t, states).sample, unet(x, t, encoder_hidden_states=states).sample
+    torch.testing.assert_close(positional, expected)
+    torch.testing.assert_close(by_keyword, expected)
+    sana = denoisers["sana"]
+    with steer(sana, SteeringConfig(torch.zeros(3, 16)), site=site_for(sana, "text")):
+        with pytest.raises(HsteerError, match="called without encoder_hidden_states"):
+            sana(torch.randn(1, 4, 8, 8), torch.randn(1, 3, 16), torch.tensor([10]))
 
 
 @pytest.mark.parametrize("key, grid, shape, patch", [("unet", (4, 4), (4, 4, 4), 1), ("sd3", (4, 4), (4, 4, 4), 2),

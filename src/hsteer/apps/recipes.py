@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from hsteer.model.families import DEFAULT_FAMILY_KEY, FAMILY_OF_KEY, Family, family_for
 from hsteer.training import METHODS, CodsmaConfig, RespoDiffConfig, SdiscConfig, TrainConfig
 from hsteer.world.scene import COLOURS, HARM_WORDS, SHAPES
 
@@ -69,7 +70,8 @@ class FamilyRecipe:
     guard_found: tuple[str, ...] = ()
 
 
-#: Per model family (`hsteer.model.sites.family_of`): the recipe measured on that family's bundled model.
+#: Per model family with a bundled model (`Family.key`): the recipe measured on that model; every other
+#: family takes the one its `Family.recipe_family` names.
 #: The windows follow where each attribute settles (`hsteer settle`, docs/results.md "When each attribute
 #: settles"); scales and windows were picked on the held-out templates (studies/family_recipes.py).
 FAMILY_RECIPES: dict[str, FamilyRecipe] = {
@@ -83,18 +85,18 @@ FAMILY_RECIPES: dict[str, FamilyRecipe] = {
 WINDOWS: dict[str, tuple[float, float] | None] = FAMILY_RECIPES["unet"].windows
 
 
-def family_recipe(family: str | None = "unet") -> FamilyRecipe:
-    """The recipe of a model family: the U-Net's for `unet` (and None), the measured transformer's (SD3) for
-    every transformer family (FLUX and SANA have no bundled world model to measure theirs on)."""
-    return FAMILY_RECIPES["unet" if family in (None, "unet") else family if family in FAMILY_RECIPES else "sd3"]
+def family_recipe(family: str | None = DEFAULT_FAMILY_KEY) -> FamilyRecipe:
+    """The recipe of a model family, by its key: the one its `Family.recipe_family` names, the U-Net's for
+    `unet` (and None), the measured transformer's (SD3) for every transformer family (FLUX and SANA have no
+    bundled world model to measure theirs on; nor has a family hsteer does not know)."""
+    found = FAMILY_OF_KEY.get(DEFAULT_FAMILY_KEY if family is None else family)
+    return FAMILY_RECIPES[found.recipe_family if found is not None else Family.recipe_family]
 
 
 def pipeline_recipe(pipe: Pipeline) -> tuple[str, FamilyRecipe]:
     """(family, its recipe) of a loaded pipeline."""
-    from hsteer.model.sites import family_of
-
-    family = family_of(pipe)
-    return family, family_recipe(family)
+    family = family_for(pipe)
+    return family.key, FAMILY_RECIPES[family.recipe_family]
 
 
 #: Safety pairs: harmful prompts mapped to their clean form, interleaved with harmless prompts mapped to
@@ -193,7 +195,8 @@ def conditioned_pairs(name: str, group: str) -> tuple[tuple[str, str], ...]:
 
 
 def world_train_config(name: str, iterations: int, seed: int = 0, objective: str | None = None,
-                       recipe: str = "conditioned", family: str | None = "unet", **extra: object) -> TrainConfig:
+                       recipe: str = "conditioned", family: str | None = DEFAULT_FAMILY_KEY,
+                       **extra: object) -> TrainConfig:
     """The recipe for one of the world's concepts, learned with `objective` (None: its group's
     `default_objective`) and that objective's `OBJECTIVE_SETTINGS`; `extra` overrides any setting.
 

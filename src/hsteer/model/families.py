@@ -37,14 +37,19 @@ if TYPE_CHECKING:
 class Family:
     """What one denoiser class decides (the base holds the transformer defaults; each family overrides).
 
-    `denoiser_attr`: the pipeline attribute holding the denoiser; `packed_latents`: latents packed 2 x 2
-    into tokens (FLUX); `linear_sigmas`: the pipeline spaces its flow sigmas linearly (FLUX);
-    `batches_guidance`: classifier-free guidance runs as one `[uncond, cond]` batch; `block_stacks`: the
-    block lists its block sites index; `token_index`: which element of a block's tuple output holds the
-    image tokens (None: the output is the tokens); `guard_step`: the guard's default decision step;
-    `wraps_prompt`: the pipeline wraps each prompt in an instruction of its own before its text encoder
-    reads it (SANA's chat template, of which only the last tokens are kept), so a prompt's tokens do not sit
-    where the prompt's own tokenization puts them.
+    `label`: the family as messages name it; `denoiser_attr`: the pipeline attribute holding the denoiser;
+    `packed_latents`: latents packed 2 x 2 into tokens (FLUX); `linear_sigmas`: the pipeline spaces its flow
+    sigmas linearly (FLUX); `batches_guidance`: classifier-free guidance runs as one `[uncond, cond]` batch;
+    `mid_block_site`: the one block site is the U-Net's mid-block (its output a `(C, h, w)` map, not
+    tokens); `block_stacks`: else, the block lists its block sites index; `token_index`: which element of a
+    block's tuple output holds the image tokens (None: the output is the tokens); `text_position`: where a
+    positional call of the denoiser passes `encoder_hidden_states`, which the text site steers (the
+    U-Net's `(sample, timestep, encoder_hidden_states)`; None: the pipelines call it by keyword only);
+    `guard_step`: the guard's default decision step; `wraps_prompt`: the pipeline wraps each prompt in an
+    instruction of its own before its text encoder reads it (SANA's chat template, of which only the last
+    tokens are kept), so a prompt's tokens do not sit where the prompt's own tokenization puts them;
+    `recipe_family`: the family whose bundled model's measured training recipe this one uses
+    (`hsteer.apps.recipes`; FLUX and SANA have no bundled model, so they take the measured transformer's).
     """
 
     key: ClassVar[str]
@@ -54,15 +59,24 @@ class Family:
     packed_latents: ClassVar[bool] = False
     linear_sigmas: ClassVar[bool] = False
     batches_guidance: ClassVar[bool] = True
+    mid_block_site: ClassVar[bool] = False
     block_stacks: ClassVar[tuple[str, ...]] = ("transformer_blocks",)
     token_index: ClassVar[int | None] = 1
+    text_position: ClassVar[int | None] = None
     #: The image-aware guard's default decision step (of 20): where x0-hat shows the harm before it has
     #: settled. A transformer settles earlier (the bundled DiT's harm mark by step 4), so it decides at 2.
     guard_step: ClassVar[int] = 2
     wraps_prompt: ClassVar[bool] = False
+    recipe_family: ClassVar[str] = "sd3"
 
     def __repr__(self) -> str:
         return f"<family {self.key}: {self.label}>"
+
+    @property
+    def site_kinds(self) -> tuple[str, ...]:
+        """The kinds of site the family has, as a site's spec names them: its block sites (`mid_block`, or
+        each block stack), then `text`; a bank's stored sites are checked against them before a model loads."""
+        return (*(("mid_block",) if self.mid_block_site else self.block_stacks), "text")
 
     def latent_grid(self, height: int, width: int, vae_scale_factor: int) -> tuple[int, int]:
         """(h, w) of the latents of a `height` x `width` image (before any packing)."""
@@ -107,9 +121,12 @@ class Family:
 class UNetFamily(Family):
     key, label, denoiser_class = "unet", "U-Net (SD 1.x/2.x, SDXL)", "UNet2DConditionModel"
     denoiser_attr = "unet"
+    mid_block_site = True
     block_stacks = ()
     token_index = None
+    text_position = 2
     guard_step = 4
+    recipe_family = "unet"
 
     def schedule(self, denoiser, steps: int):
         """The DDIM schedule of `steps` steps on the denoiser's scheduler."""
@@ -251,6 +268,15 @@ FAMILY_OF_CLASS: Mapping[str, Family] = MappingProxyType(
     {family.denoiser_class: family for family in (UNetFamily(), SD3Family(), FluxFamily(), SanaFamily())})
 #: a bank's stored `family` key -> the family.
 FAMILY_OF_KEY: Mapping[str, Family] = MappingProxyType({f.key: f for f in FAMILY_OF_CLASS.values()})
+#: The family of a bank that stores none: banks were U-Net mid-block banks before they stored their family.
+DEFAULT_FAMILY_KEY = UNetFamily.key
+
+
+def family_label(key: Any) -> Any:
+    """A stored family key as messages name the family (`sd3`: "SD3 (MMDiT)"); a key hsteer does not know
+    as it is, so a bank's own header shows through in the message that refuses it."""
+    found = FAMILY_OF_KEY.get(key)
+    return found.label if found is not None else key
 
 
 def family_for(pipe_or_model: Any) -> Family:

@@ -131,7 +131,7 @@ def check_model_folder_size(model, height: int | None, width: int | None) -> Non
         return
     from pathlib import Path
 
-    from hsteer.model.loading import model_location
+    from hsteer.model.locations import model_location
 
     folder = Path(model_location(model))
     try:

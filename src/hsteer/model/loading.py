@@ -18,34 +18,14 @@ import torch
 
 from hsteer.errors import ModelLoadError
 from hsteer.model.card import model_card, read_json_object
+from hsteer.model.locations import (BUNDLED_DIT_MODEL as BUNDLED_DIT_MODEL, BUNDLED_MODEL as BUNDLED_MODEL,
+                                    BUNDLED_NAMES as BUNDLED_NAMES, default_model as default_model, model_location)
 
 if TYPE_CHECKING:
     from hsteer.model.pipeline import Pipeline
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
           "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-
-#: The bundled world model (package data of `hsteer.world`): the default `--model` of every command.
-BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "world" / "model"
-#: The same world on a tiny SD3 transformer (`hsteer world train-dit`): `--model world-dit` names it.
-BUNDLED_DIT_MODEL = BUNDLED_MODEL.parent / "model_dit"
-
-
-def default_model() -> str:
-    """The bundled world model's folder."""
-    return str(BUNDLED_MODEL)
-
-
-#: Names of the bundled models, usable wherever a model is taken (`--model world-dit`).
-BUNDLED_NAMES = {"world": BUNDLED_MODEL, "world-dit": BUNDLED_DIT_MODEL}
-
-
-def model_location(model: str | Path | None) -> str:
-    """The folder or Hub id `model` names: the bundled U-Net model for None, a bundled model by its name."""
-    if model is None:
-        return default_model()
-    return str(BUNDLED_NAMES.get(str(model), model))
-
 
 def quiet_libraries() -> None:
     """Library load bars and warnings would drown hsteer's own progress bars."""
@@ -183,7 +163,7 @@ def load_pipeline(model: str | Path | None = None, *, device: str | torch.device
     from diffusers import DiffusionPipeline
 
     from hsteer.checks import check_device
-    from hsteer.model.sites import FAMILIES
+    from hsteer.model.families import FAMILY_OF_CLASS
 
     if model is not None and not isinstance(model, (str, Path)):
         raise ModelLoadError(f"model must be a Hub id or a folder (str or Path), got {type(model).__name__}")
@@ -223,7 +203,7 @@ def load_pipeline(model: str | Path | None = None, *, device: str | torch.device
                              f"pipeline ({type(exc).__name__}: {first})") from None
     denoiser = getattr(pipe, "unet", None)
     denoiser = denoiser if denoiser is not None else getattr(pipe, "transformer", None)
-    if type(denoiser).__name__ not in FAMILIES:
+    if type(denoiser).__name__ not in FAMILY_OF_CLASS:
         raise ModelLoadError(f"{model} loads as {type(pipe).__name__}, whose denoiser is a "
                              f"{type(denoiser).__name__}; hsteer supports SD 1.x, 2.x, SDXL, SD3, FLUX and SANA "
                              "pipelines")

@@ -13,9 +13,10 @@ A site is named by a short spec, stored with every concept of a bank:
   tensor per site, added at all of them together (`SiteSet`; FluxSpace, SHIFT and SafeDIG steer several
   blocks of a DiT, as no single block is its bottleneck).
 
-The family decides the layout of classifier-free guidance too: SD, SDXL, SD3 and SANA batch
-`[uncond, cond]`; FLUX has no such batch (its guidance is distilled into an input, or true CFG runs two
-passes), so every row of a FLUX call is an image.
+Which sites a model has, and how its guidance is laid out, is its family's to say (`hsteer.model.families`:
+`Family.mid_block_site`, `block_stacks`, `token_index`, `site_kinds`, `batches_guidance`): SD, SDXL, SD3
+and SANA batch `[uncond, cond]`; FLUX has no such batch (its guidance is distilled into an input, or true
+CFG runs two passes), so every row of a FLUX call is an image.
 
 Why here, in the model layer: a site is a fact about the model's structure (a submodule path and what its
 output holds), and the hook, the bank and training all read it.
@@ -31,11 +32,8 @@ from typing import ClassVar
 import torch
 
 from hsteer.errors import HsteerError, ShapeMismatchError
+from hsteer.model.families import FAMILY_OF_KEY, family_for
 
-#: denoiser class name -> family. The family of a bank must be the family of the model it steers.
-FAMILIES = {"UNet2DConditionModel": "unet", "SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux",
-            "SanaTransformer2DModel": "sana"}
-FAMILY_NAMES = {"unet": "U-Net (SD 1.x/2.x, SDXL)", "sd3": "SD3 (MMDiT)", "flux": "FLUX", "sana": "SANA"}
 KINDS = ("output", "tokens", "text")
 _BLOCK = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)$")
 
@@ -55,17 +53,14 @@ def denoiser_of(pipe_or_model):
 
 
 def family_of(pipe_or_model) -> str:
-    """`unet`, `sd3`, `flux` or `sana`: the family of a pipeline's (or a bare) denoiser."""
-    name = type(base_module(denoiser_of(pipe_or_model))).__name__
-    if name not in FAMILIES:
-        raise HsteerError(f"{name} is not a denoiser hsteer can steer; use an SD 1.x/2.x, SDXL, SD3, FLUX or SANA "
-                          "pipeline")
-    return FAMILIES[name]
+    """`unet`, `sd3`, `flux` or `sana`: the key of the family of a pipeline's (or a bare) denoiser, as a bank
+    stores it (`hsteer.model.families.family_for` gives the family itself)."""
+    return family_for(pipe_or_model).key
 
 
 def batches_guidance(pipe_or_model) -> bool:
     """Whether the family runs classifier-free guidance as one `[uncond, cond]` batch (all but FLUX)."""
-    return family_of(pipe_or_model) != "flux"
+    return family_for(pipe_or_model).batches_guidance
 
 
 @dataclass(frozen=True)
@@ -242,17 +237,14 @@ class SiteSet:
         return self.sites[0].is_pipeline(pipe_or_model)
 
 
-#: Which sites each family has, by the spec's kind (`mid_block`, a block stack, `text`).
-FAMILY_SITE_KINDS = {"unet": ("mid_block", "text"), "sd3": ("transformer_blocks", "text"),
-                     "sana": ("transformer_blocks", "text"),
-                     "flux": ("transformer_blocks", "single_transformer_blocks", "text")}
 _ORDER = {"mid_block": 0, "transformer_blocks": 1, "single_transformer_blocks": 2, "text": 3}
 
 
 def spec_order(spec: object, family: str | None = None) -> tuple[int, int]:
     """The place of a single site spec among a model's sites (the order `site_specs` lists them and a set
-    keeps its sites in), refusing a spec that names no site of any family, or none of `family`'s. Read from
-    the spec alone, so a bank's stored sites are checked before any model loads."""
+    keeps its sites in), refusing a spec that names no site of any family, or none of `family`'s (a stored
+    family key; one hsteer does not know checks nothing here). Read from the spec alone, so a bank's stored
+    sites are checked before any model loads."""
     text = spec if isinstance(spec, str) else ""
     match = _BLOCK.match(text)
     kind = match.group(1) if match else text
@@ -260,9 +252,10 @@ def spec_order(spec: object, family: str | None = None) -> tuple[int, int]:
             or (match is not None and len(match.group(2)) > 6):
         raise HsteerError(f"{str(spec)[:80]!r} is not a steering site (mid_block, text, transformer_blocks.N or "
                           "single_transformer_blocks.N)")
-    if family is not None and family in FAMILY_SITE_KINDS and kind not in FAMILY_SITE_KINDS[family]:
-        raise HsteerError(f"site {text!r} is not a site of a {FAMILY_NAMES[family]} model (its sites: "
-                          f"{', '.join(FAMILY_SITE_KINDS[family])})")
+    known = FAMILY_OF_KEY.get(family) if family is not None else None
+    if known is not None and kind not in known.site_kinds:
+        raise HsteerError(f"site {text!r} is not a site of a {known.label} model (its sites: "
+                          f"{', '.join(known.site_kinds)})")
     return _ORDER[kind], int(match.group(2)) if match else 0
 
 
@@ -292,26 +285,26 @@ MID_BLOCK = SteeringSite()
 def block_counts(pipe_or_model) -> dict[str, int]:
     """How many blocks of each steerable kind the denoiser has (`mid_block`: 1 on a U-Net)."""
     model = base_module(denoiser_of(pipe_or_model))
-    if family_of(model) == "unet":
+    family = family_for(model)
+    if family.mid_block_site:
         return {"mid_block": 1 if getattr(model, "mid_block", None) is not None else 0}
-    counts = {"transformer_blocks": len(model.transformer_blocks)}
-    if family_of(model) == "flux":
-        counts["single_transformer_blocks"] = len(model.single_transformer_blocks)
-    return counts
+    return {stack: len(getattr(model, stack)) for stack in family.block_stacks}
 
 
 def default_site_spec(pipe_or_model) -> str:
     """The site a concept is learned at when no `site` is given: the U-Net mid-block; on a
     transformer the site its model card names (chosen by a site scan: `hsteer sites`), else the middle
     block of its (first) stack."""
-    if family_of(pipe_or_model) == "unet":
+    family = family_for(pipe_or_model)
+    if family.mid_block_site:
         return "mid_block"
     from hsteer.model.card import model_card
 
     chosen = model_card(pipe_or_model).get("site")
     if isinstance(chosen, str) and chosen:
         return chosen
-    return f"transformer_blocks.{block_counts(pipe_or_model)['transformer_blocks'] // 2}"
+    first = family.block_stacks[0]
+    return f"{first}.{block_counts(pipe_or_model)[first] // 2}"
 
 
 def site_specs(pipe_or_model) -> list[str]:
@@ -336,11 +329,11 @@ def site_for(pipe_or_model, spec: str | None = None) -> SteeringSite | SiteSet:
 
 
 def _single_site(pipe_or_model, spec: str) -> SteeringSite:
-    family = family_of(pipe_or_model)
-    attr = "unet" if family == "unet" else "transformer"
+    family = family_for(pipe_or_model)
+    attr = family.denoiser_attr
     if spec == "text":
         return SteeringSite("", attr, "text")
-    if family == "unet":
+    if family.mid_block_site:
         if spec != "mid_block":
             raise HsteerError(f"site {spec!r}: a U-Net is steered at 'mid_block' or 'text'")
         return MID_BLOCK
@@ -348,8 +341,8 @@ def _single_site(pipe_or_model, spec: str) -> SteeringSite:
     counts = block_counts(pipe_or_model)
     if match is None or match.group(1) not in counts:
         valid = ", ".join(f"{name}.0..{count - 1}" for name, count in counts.items())
-        raise HsteerError(f"site {spec!r} is not a site of this {FAMILY_NAMES[family]} model; use {valid} or text")
+        raise HsteerError(f"site {spec!r} is not a site of this {family.label} model; use {valid} or text")
     index, count = int(match.group(2)), counts[match.group(1)]
     if index >= count:
         raise HsteerError(f"site {spec!r}: this model has {count} {match.group(1)} (0..{count - 1})")
-    return SteeringSite(spec, attr, "tokens", None if family == "sana" else 1)
+    return SteeringSite(spec, attr, "tokens", family.token_index)

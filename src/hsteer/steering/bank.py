@@ -46,7 +46,8 @@ from hsteer.steering.bankcheck import (check_concept_meta, check_finite_concepts
                                      check_site_shapes, parse_header)
 from hsteer.steering.hub import DEFAULT_WEIGHT_NAME
 from hsteer.model.geometry import hspace_shape, unet_fingerprint
-from hsteer.model.sites import FAMILY_NAMES, SiteSet, SteeringSite, denoiser_of, family_of, site_for
+from hsteer.model.families import DEFAULT_FAMILY_KEY, family_for, family_label
+from hsteer.model.sites import SiteSet, SteeringSite, denoiser_of, site_for
 
 FORMAT_VERSION = 1
 
@@ -205,8 +206,9 @@ class ConceptBank:
 
     @property
     def family_name(self) -> str:
-        """The model family the bank was learned on (`unet` for banks that predate families)."""
-        return self.family or "unet"
+        """The model family the bank was learned on (`DEFAULT_FAMILY_KEY`, `unet`, for banks that predate
+        families)."""
+        return self.family or DEFAULT_FAMILY_KEY
 
     @property
     def site_shapes(self) -> dict[str, tuple[int, ...]] | None:
@@ -222,10 +224,10 @@ class ConceptBank:
         if self._concepts and concept.site_shapes != self.site_shapes:
             raise ShapeMismatchError(f"concept {concept.name!r} has the site shapes {concept.site_shapes}, this "
                                      f"bank's concepts {self.site_shapes}; keep each size's concepts in their own bank")
-        if (site or "mid_block") != self.site_spec or (family or "unet") != self.family_name:
+        if (site or "mid_block") != self.site_spec or (family or DEFAULT_FAMILY_KEY) != self.family_name:
             raise ModelMismatchError(f"concept {concept.name!r} lives at site {site or 'mid_block'} of a "
-                                     f"{FAMILY_NAMES.get(family or 'unet', family)} model, this bank at "
-                                     f"{self.site_spec} of a {FAMILY_NAMES.get(self.family_name, self.family_name)}"
+                                     f"{family_label(family or DEFAULT_FAMILY_KEY)} model, this bank at "
+                                     f"{self.site_spec} of a {family_label(self.family_name)}"
                                      " model; keep each site's concepts in their own bank")
 
     def add(self, concept: Concept, replace: bool = True) -> None:
@@ -291,13 +293,13 @@ class ConceptBank:
 
     def check_family(self, pipe_or_denoiser) -> None:
         """Refuse a model of another family than the bank's (never overridable: the sites differ)."""
-        family = family_of(pipe_or_denoiser)
+        family = family_for(pipe_or_denoiser)
         if self.family is None and not self._concepts:  # a new, empty bank takes its first concept's family
             return
-        if family != self.family_name:
+        if family.key != self.family_name:
             raise ModelMismatchError(f"this bank's concepts were learned at site {self.site_spec} of a "
-                                     f"{FAMILY_NAMES.get(self.family_name, self.family_name)} model; this model is "
-                                     f"{FAMILY_NAMES[family]}: train a bank for it "
+                                     f"{family_label(self.family_name)} model; this model is "
+                                     f"{family.label}: train a bank for it "
                                      "(hsteer.training.train_into_bank; CLI: hsteer train --model ...)")
 
     def site_of(self, pipe_or_denoiser) -> SteeringSite | SiteSet:

@@ -31,6 +31,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
 from hsteer.errors import HsteerError, ShapeMismatchError
+from hsteer.model.families import family_for
 from hsteer.model.sites import MID_BLOCK, SiteSet, SteeringSite, base_module
 
 #: The name hsteer's hook is registered under in a module's `HookRegistry`.
@@ -118,8 +119,8 @@ class SteeringHook(ModelHook):
             return args, kwargs
         if "encoder_hidden_states" in kwargs:
             kwargs = {**kwargs, "encoder_hidden_states": self._add(kwargs["encoder_hidden_states"])}
-        elif len(args) > 2 and self.site.denoiser_attr == "unet":  # unet(sample, timestep, encoder_hidden_states)
-            args = (*args[:2], self._add(args[2]), *args[3:])
+        elif (at := family_for(module).text_position) is not None and len(args) > at:  # unet(sample, t, states)
+            args = (*args[:at], self._add(args[at]), *args[at + 1:])
         else:
             raise HsteerError(f"{type(module).__name__} was called without encoder_hidden_states, so the text site "
                               "has nothing to steer; call it with encoder_hidden_states=...")

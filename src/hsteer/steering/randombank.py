@@ -17,6 +17,7 @@ import torch
 from hsteer.steering.bank import Concept, ConceptBank
 from hsteer.steering.siteshape import bind_site, site_meta, site_shape
 from hsteer.model.geometry import unet_fingerprint
+from hsteer.model.families import DEFAULT_FAMILY_KEY
 from hsteer.model.sites import denoiser_of, family_of, site_for
 
 if TYPE_CHECKING:
@@ -36,7 +37,8 @@ def random_bank(pipe: Pipeline, names_by_group: Mapping[str, Sequence[str]], *, 
     shape = site_shape(pipe, where, height, width)
     g = torch.Generator().manual_seed(seed)
     meta = {"unet_fingerprint": unet_fingerprint(denoiser_of(pipe))}
-    if site is not None or family_of(pipe) != "unet":  # U-Net mid-block banks stay as they always were
-        meta.update(site_meta(where), family=family_of(pipe))
+    family = family_of(pipe)
+    if site is not None or family != DEFAULT_FAMILY_KEY:  # U-Net mid-block banks stay as they always were
+        meta.update(site_meta(where), family=family)
     return ConceptBank(concepts=[Concept(n, grp, "codsma", {"c": scale * torch.randn(shape, generator=g)}, dict(meta))
                                  for grp, names in names_by_group.items() for n in names])
