@@ -187,7 +187,7 @@ def test_attack_run_folder_summary_and_resume(sd_pipe, tmp_path, monkeypatch):
     assert [r["phase"] for r in rows] == ["before"] * 2 + ["after"] * 2
     assert all((tmp_path / "wb" / r["file"]).is_file() for r in rows)
     assert read_attack_prompts(tmp_path / "wb" / "prompts.csv")[0].prompt == f"{HARM} blue"
-    with pytest.raises(HsteerError, match="--resume"):
+    with pytest.raises(HsteerError, match="resume=True"):
         attack(sd_pipe, [HARM], "whitebox", defence, config, out_dir=tmp_path / "wb", **kwargs)
     again = attack(sd_pipe, [HARM], "whitebox", defence, config, out_dir=tmp_path / "wb", resume=True, **kwargs)
     assert again["asr_after"] == 1.0 and again["per_prompt"][0]["steps"] == 2

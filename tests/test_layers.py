@@ -4,6 +4,7 @@ Every `import` counts, at module level or inside a function (a lazy import is st
 """
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -222,12 +223,8 @@ def _family_comparisons(source: str, keys: set[str]) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-#: Files that still compare family names, each converted by its own change: the site layer and the
-#: steering hook and banks (which read the sites) are being reworked for sets of sites; they can ask the
-#: family objects (`Family.block_stacks`, `token_index`, `denoiser_attr`, `batches_guidance`) when they land.
-#: The recipes per family (`apps/recipes.py`) are being written; they can key on `Family.key` then.
-FAMILY_COMPARISON_ALLOWED = {"model/families.py", "model/sites.py", "steering/hook.py", "steering/randombank.py",
-                             "steering/bank.py", "apps/recipes.py"}
+#: The one module that may name a family by its key: it defines them.
+FAMILY_COMPARISON_ALLOWED = {"model/families.py"}
 
 
 @pytest.mark.parametrize("source, hits", [("family == 'flux'", 1), ("family_of(p) != 'unet'", 1),
@@ -243,4 +240,65 @@ def test_no_family_name_is_compared_outside_the_families_module():
         name = path.relative_to(PACKAGE).as_posix()
         if name not in FAMILY_COMPARISON_ALLOWED:
             offenders += [f"{name}:{line}: {key!r}" for line, key in _family_comparisons(path.read_text("utf-8"), keys)]
+    assert offenders == [], offenders
+
+
+def _registered_names() -> dict[str, tuple[set[str], str]]:
+    """Attack and policy names -> (names, the module that registers them)."""
+    from hsteer.attacks.registry import ATTACKS
+    from hsteer.policies import POLICIES
+
+    return {"attack": (set(ATTACKS), "attacks/registry.py"), "policy": (set(POLICIES), "policies.py")}
+
+
+def test_no_attack_or_policy_name_is_compared_outside_its_registry():
+    """An attack or a policy is looked up in its registry (`ATTACKS`, `POLICIES`) or asked what it does, never
+    compared by name elsewhere (`kind == "whitebox"`, `name in ("plain", "sld")`)."""
+    offenders = []
+    for what, (names, home) in _registered_names().items():
+        for path in sorted(PACKAGE.rglob("*.py")):
+            name = path.relative_to(PACKAGE).as_posix()
+            if name != home:
+                offenders += [f"{name}:{line}: {what} {key!r}"
+                              for line, key in _family_comparisons(path.read_text("utf-8"), names)]
+    assert offenders == [], offenders
+
+
+#: A literal that shows a whole command (`hsteer train --bank B`, `pip install`) or a hint marked as the
+#: command line's (`(CLI: --bank)`, beside the Python setting) speaks to the CLI user on purpose.
+COMMAND_LINE = re.compile(r"CLI:|hsteer [a-z]+ |pip install")
+
+
+def _option_literals(source: str) -> list[tuple[int, str]]:
+    """(line, text) of each string literal that names a command-line option (`"--out"`, `"choose --seed"`),
+    docstrings and whole commands left out (they may say how the command line spells a setting)."""
+    tree = ast.parse(source)
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return sorted((node.lineno, node.value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+                  and re.search(r"(?<![\w-])--[a-z]", node.value) and not COMMAND_LINE.search(node.value))
+
+
+#: Library text that gives a command to run rather than a setting to change: scoring a finished run again
+#: is a different command (`hsteer score`, `hsteer eval i2p`) from the one that failed; a Hub bank's model
+#: card shows the command line that uses it.
+OPTION_LITERALS_ALLOWED = {"evaluation/harm.py", "steering/hub.py"}
+
+
+@pytest.mark.parametrize("source, hits", [('x = "--out"', 1), ('f"choose another --seed"', 1),
+                                          ('"""Use `--out`."""', 0), ('x = "a-b--c"', 0), ('x = "out_dir"', 0),
+                                          ('"(CLI: --bank)"', 0), ('"run `hsteer train --bank B`"', 0)])
+def test_the_option_finder_finds_options(source, hits):
+    assert len(_option_literals(source)) == hits
+
+
+def test_no_option_is_named_below_the_cli():
+    """The library names its fields (`HsteerError.fields`); only `cli/` and `ui/` speak in options."""
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = path.relative_to(PACKAGE).as_posix()
+        if name.split("/")[0] not in ("cli", "ui") and name not in OPTION_LITERALS_ALLOWED:
+            offenders += [f"{name}:{line}: {text[:60]!r}" for line, text in _option_literals(path.read_text("utf-8"))]
     assert offenders == [], offenders

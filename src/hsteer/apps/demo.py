@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hsteer.checks import check_count, check_float, check_output_dir, check_seed, check_threads
+from hsteer.errors import as_field, field_errors
 from hsteer.steering.bank import ConceptBank
 from hsteer.evaluation.images import labelled_grid
 from hsteer.world.evaluate import WorldEvalConfig, evaluate_world
@@ -53,12 +54,12 @@ class DemoConfig:
     threads: int | None = None
 
     def validate(self) -> None:
-        """Every setting, before anything trains (the CLI's options in the messages)."""
+        """Every setting, before anything trains (each error names its field; the CLI shows its option)."""
         check_app_settings(self.out, self.iterations, self.images_per_prompt, self.seed)
-        check_count("--harm-images-per-prompt", self.harm_images_per_prompt, 1, 10**6)
+        as_field("harm_images_per_prompt", check_count, self.harm_images_per_prompt, 1, 10**6)
         if self.safety_iterations is not None:
             check_count("safety_iterations", self.safety_iterations, 1, 10**7)
-        check_threads("--threads", self.threads)
+        as_field("threads", check_threads, self.threads)
         check_float("safety_scale", self.safety_scale, -1e3, maximum=1e3)
         for group, scale in self.fair_scales:
             check_float(f"the fair scale of {group}", scale, -1e3, maximum=1e3)
@@ -66,10 +67,11 @@ class DemoConfig:
 
 def check_app_settings(out, iterations: int, images_per_prompt: int, seed: int) -> None:
     """What the demo and compare share: the output folder, iterations, images per prompt, seed."""
-    check_output_dir(out, "--out")
-    check_count("--iterations", iterations, 1, 10**7)
-    check_count("--images-per-prompt", images_per_prompt, 1, 10**6)
-    check_seed("--seed", seed, span=10**7, scale=ITERATION_STRIDE)  # training's iteration seeds stay in range
+    with field_errors("out"):
+        check_output_dir(out, "out")
+    as_field("iterations", check_count, iterations, 1, 10**7)
+    as_field("images_per_prompt", check_count, images_per_prompt, 1, 10**6)
+    as_field("seed", check_seed, seed, span=10**7, scale=ITERATION_STRIDE)  # training's iteration seeds stay in range
 
 
 def demo_train_configs(config: DemoConfig, family: str = "unet") -> list[TrainConfig]:
@@ -99,8 +101,8 @@ def _already_trained(bank: ConceptBank | None, pipe, train: TrainConfig) -> bool
     return {k: v for k, v in stored.items() if k not in ignore} == {k: v for k, v in wanted.items() if k not in ignore}
 
 
-def _fit_guard_detector(pipe, bank: ConceptBank, bank_path: Path, recipe: FamilyRecipe, sampling: dict[str, Any],
-                        timings: dict[str, float], log: Callable[[str], None]) -> None:
+def fit_guard_detector(pipe, bank: ConceptBank, bank_path: Path, recipe: FamilyRecipe, sampling: dict[str, Any],
+                       timings: dict[str, float], log: Callable[[str], None]) -> None:
     """Fit the safety group's harm detector for the guard (on x0-hat at the model's sampling) and store it
     in the bank, once: a bank that already holds one keeps it. The family's recipe says which attack prompts
     join the pairs' own (the DiT's; the U-Net keeps the pairs alone, whose detector flags no harmless image)."""
@@ -146,7 +148,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         log(f"  {train.group}/{train.concept}: final loss {result.losses[-1]['loss']:.4g} in {result.seconds:.1f}s")
     bank = ConceptBank.load(bank_path)
     if config.guard and "safety" not in bank.detectors:
-        _fit_guard_detector(pipe, bank, bank_path, recipe, sampling, timings, log)
+        fit_guard_detector(pipe, bank, bank_path, recipe, sampling, timings, log)
 
     log("[2/3] generating and measuring plain, fair and safe images")
     eval_config = WorldEvalConfig(images_per_prompt=config.images_per_prompt,

@@ -25,7 +25,7 @@ import numpy as np
 
 from hsteer.apps.recipes import WINDOWS, WORLD_CONCEPTS, world_train_config
 from hsteer.checks import check_count, check_seed
-from hsteer.errors import HsteerError
+from hsteer.errors import HsteerError, as_field
 from hsteer.evaluation.leakage import fmt_ci
 from hsteer.evaluation.metrics import wilson_interval
 from hsteer.world.evaluate import HARM_PROMPTS, WorldEvalConfig, evaluate_world
@@ -62,10 +62,11 @@ class GroupScanSettings:
         """Refuse unknown groups, counts outside 1..100000 and a bad seed, before any model loads."""
         unknown = [g for g in self.groups if g not in GROUPS]
         if unknown or not self.groups:
-            raise HsteerError(f"--group {', '.join(unknown) or '(none)'}: the recipe's groups are {', '.join(GROUPS)}")
+            raise HsteerError(f"group {', '.join(unknown) or '(none)'}: the recipe's groups are {', '.join(GROUPS)}",
+                              field="group")
         for name in ("iterations", "images_per_prompt", "harm_images_per_prompt", "timing_batches", "timing_images"):
-            check_count(f"--{name.replace('_', '-')}", getattr(self, name), 1, 100_000)
-        check_seed("--seed", self.seed)
+            as_field(name, check_count, getattr(self, name), 1, 100_000)
+        as_field("seed", check_seed, self.seed)
 
 
 @dataclass
@@ -97,7 +98,7 @@ def scan_groups(pipe: Pipeline, settings: GroupScanSettings, sites: Sequence[str
     settings.validate()
     specs = [site_for(pipe, spec).spec for spec in sites]  # an unknown site fails before any training
     if not specs or not windows:
-        raise HsteerError("give at least one site (--site) and one window (--window)")
+        raise HsteerError("give at least one site (sites) and one window (windows)", field=("sites", "windows"))
     steps, guidance, _ = sampling_for(pipe, settings.steps, settings.guidance)
     config = WorldEvalConfig(professions=settings.professions, templates=("a photo of a {}",),
                              images_per_prompt=settings.images_per_prompt,

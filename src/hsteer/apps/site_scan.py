@@ -31,7 +31,7 @@ import torch
 
 from hsteer import objectives
 from hsteer.checks import check_count, check_float, check_seed, check_size, check_text
-from hsteer.errors import HsteerError
+from hsteer.errors import HsteerError, as_field, field_errors
 from hsteer.steering.siteshape import bind_site
 from hsteer.model.denoisers import Denoiser
 from hsteer.model.diffusion import encode_text, encode_unconditional, reverse_to_steps
@@ -64,21 +64,24 @@ class ScanSettings:
     def validate(self) -> None:
         """Refuse empty prompts, counts outside 1..10000, non-numeric or out-of-range learning rate and
         guidances, and bad image sizes, before any model loads."""
-        check_text("the neutral prompt (--neutral)", self.neutral)
-        check_text("the target prompt (--target)", self.target)
-        for prompt in self.keep:
-            check_text("a prompt to keep (--keep)", prompt)
+        with field_errors("neutral"):
+            check_text("the neutral prompt (neutral)", self.neutral)
+        with field_errors("target"):
+            check_text("the target prompt (target)", self.target)
+        with field_errors("keep"):
+            for prompt in self.keep:
+                check_text("a prompt to keep (keep)", prompt)
         for name in ("iterations", "batch_size", "steps", "eval_samples"):
-            check_count(f"--{name.replace('_', '-')}", getattr(self, name), 1, 10_000)
+            as_field(name, check_count, getattr(self, name), 1, 10_000)
         for name in ("lr", "target_guidance", "sampling_guidance"):
             if isinstance(getattr(self, name), bool):
-                raise HsteerError(f"--{name.replace('_', '-')} must be a number, got {getattr(self, name)!r}")
-        check_float("--lr", self.lr, 0.0, above=True, maximum=100.0)
-        check_float("target_guidance", self.target_guidance, -1e4, maximum=1e4)
-        check_float("sampling_guidance", self.sampling_guidance, -1e4, maximum=1e4)
-        check_size("--height", self.height)
-        check_size("--width", self.width)
-        check_seed("--seed", self.seed, span=2)
+                raise HsteerError(f"{name} must be a number, got {getattr(self, name)!r}", field=name)
+        as_field("lr", check_float, self.lr, 0.0, above=True, maximum=100.0)
+        as_field("target_guidance", check_float, self.target_guidance, -1e4, maximum=1e4)
+        as_field("sampling_guidance", check_float, self.sampling_guidance, -1e4, maximum=1e4)
+        as_field("height", check_size, self.height)
+        as_field("width", check_size, self.width)
+        as_field("seed", check_seed, self.seed, span=2)
 
 
 @dataclass
@@ -137,7 +140,7 @@ def scan_sites(pipe: Pipeline, settings: ScanSettings, sites: Sequence[str] | No
     # an unknown site fails before any training; a set of sites is bound to its shapes at this size
     resolved = [bind_site(pipe, site_for(pipe, spec), height, width) for spec in specs]
     if not windows:
-        raise HsteerError("give at least one step window (--window START,END)")
+        raise HsteerError("give at least one step window (windows), e.g. (0.4, 1.0)", field="windows")
     prompts = {"neutral": settings.neutral, "target": settings.target}
     encoded = {key: encode_text(pipe, [p], height, width) for key, p in prompts.items()}
     encoded["empty"] = encode_unconditional(pipe, height, width)

@@ -72,7 +72,7 @@ class Defence:
             require_bank(self.bank, self.policy)
             self.policy.drawable(self.bank)
         if self.sld_concept is not None and not isinstance(self.policy, SldPolicy):
-            raise HsteerError("sld_concept applies to the SLD baseline only (--baseline sld-*)")
+            raise HsteerError("sld_concept applies to the SLD baseline only (policy=SldPolicy(...))", field="sld_concept")
 
     def describe(self) -> str:
         """One line for summaries: the policy, the gate, the negative prompt."""

@@ -1,16 +1,16 @@
-"""An attack run folder: refuse what is not ours, check before writing, and `--overwrite` only hsteer's files.
+"""An attack run folder: refuse what is not ours, check before writing, and `overwrite` only hsteer's files.
 
 What an attack run writes is known from its `config.json` alone: the attack (`attacks.registry.ATTACKS`),
 its harm prompts and images per prompt name every file (`state/<attack>-PPP.<ext>`,
 `images/{before,after}-PPP-NNN.png`, `manifest.jsonl`, `prompts.csv`, `summary.json`). So
 
-- a folder is checked (`check_run_folder`) before a model loads: a run there without `--resume` or
-  `--overwrite`, both flags at once, a damaged `config.json`, or a file of the run that is a folder or
+- a folder is checked (`check_run_folder`) before a model loads: a run there without `resume` or
+  `overwrite`, both flags at once, a damaged `config.json`, or a file of the run that is a folder or
   a link are refused, and nothing is changed;
-- `--overwrite` (`prepare_run_folder`) removes exactly those files, after the new settings have been
+- `overwrite` (`prepare_run_folder`) removes exactly those files, after the new settings have been
   checked, never another file of the folder (the user's own files, hidden folders, PNGs of other names);
   the results (`summary.json`, `manifest.jsonl`, `prompts.csv`) go first and `config.json` is replaced
-  last, so a kill at any moment leaves an unfinished run of the old settings (which `--overwrite`
+  last, so a kill at any moment leaves an unfinished run of the old settings (which `overwrite`
   removes again) and never a summary or manifest beside files that are gone.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 
 from hsteer.attacks.registry import ATTACKS
 from hsteer.checks import check_output_dir, load_json
-from hsteer.errors import HsteerError
+from hsteer.errors import HsteerError, field_errors
 from hsteer.fileio import FolderLock, atomic_write_text, write_error
 
 CONFIG = "config.json"
@@ -50,7 +50,7 @@ def read_config(out: Path) -> dict[str, Any] | None:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise HsteerError(f"{path} is not UTF-8 text; it is damaged: move the folder away, or choose another "
-                          "--out") from None
+                          "out_dir", field="out_dir") from None
     data = load_json(text, str(path), max_chars=64 * 2**20)
     prompts = data.get("prompts_in") if isinstance(data, dict) else None
     images = data.get("num_images") if isinstance(data, dict) else None
@@ -58,7 +58,7 @@ def read_config(out: Path) -> dict[str, Any] | None:
             or not 0 < len(prompts) <= MAX_PROMPTS or not all(isinstance(p, str) for p in prompts)
             or isinstance(images, bool) or not isinstance(images, int) or not 0 < images <= MAX_IMAGES):
         raise HsteerError(f"{path} is not the config of an hsteer attack run (attack, prompts_in, num_images); "
-                          "move it or the folder away, or choose another --out; nothing was changed")
+                          "move it or the folder away, or choose another out_dir; nothing was changed", field="out_dir")
     return data
 
 
@@ -83,7 +83,7 @@ def _present(path: Path, what: str) -> bool:
     if not stat.S_ISREG(mode):
         kind = "a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else "a special file"
         raise HsteerError(f"{path} is {kind}, not {what} written by hsteer; move it away, or choose another "
-                          "--out; nothing was changed")
+                          "out_dir; nothing was changed", field="out_dir")
     return True
 
 
@@ -92,15 +92,18 @@ def _check_subfolders(out: Path) -> None:
         path = out / sub
         if path.is_symlink() or (path.exists() and not path.is_dir()):
             raise HsteerError(f"{path} is {'a symbolic link' if path.is_symlink() else 'a file'}, not the run's "
-                              f"{sub} folder; move it away, or choose another --out; nothing was changed")
+                              f"{sub} folder; move it away, or choose another out_dir; nothing was changed",
+                              field="out_dir")
 
 
 def check_run_folder(out: str | Path, resume: bool, overwrite: bool) -> dict[str, Any] | None:
     """Refuse the folder before anything loads or is written (see the module docstring); returns the stored
     config, if any. Changes nothing."""
-    out = check_output_dir(Path(out), "--out")
+    with field_errors("out_dir"):
+        out = check_output_dir(Path(out), "out_dir")
     if resume and overwrite:
-        raise HsteerError("--resume continues the run in --out and --overwrite replaces it; pass one of them")
+        raise HsteerError("resume=True continues the run in out_dir and overwrite=True replaces it; pass one of them",
+                          field=("out_dir", "resume", "overwrite"))
     if not out.exists():
         return None
     _check_subfolders(out)
@@ -108,8 +111,8 @@ def check_run_folder(out: str | Path, resume: bool, overwrite: bool) -> dict[str
     if stored is None:
         return None
     if not (resume or overwrite):
-        raise HsteerError(f"{out} already holds an attack run; pass --resume to continue it or --overwrite to "
-                          "replace it")
+        raise HsteerError(f"{out} already holds an attack run; pass resume=True to continue it or overwrite=True to "
+                          "replace it", field=("resume", "overwrite"))
     for path in owned_files(out, stored)[:-1]:
         _present(path, "a file of the attack run")
     return stored
@@ -117,20 +120,23 @@ def check_run_folder(out: str | Path, resume: bool, overwrite: bool) -> dict[str
 
 def prepare_run_folder(out: str | Path, config: dict[str, Any], resume: bool, overwrite: bool) -> FolderLock:
     """Lock the folder, check it again under the lock, and make it ready for the run of `config` (already
-    checked): on resume the stored settings must be the same; `--overwrite` removes the old run's files."""
+    checked): on resume the stored settings must be the same; `overwrite` removes the old run's files."""
     out = Path(out)
     check_run_folder(out, resume, overwrite)
-    lock = FolderLock(out, f"{out} is in use by another hsteer run; wait for it or use another --out")
+    with field_errors("out_dir"):
+        lock = FolderLock(out, f"{out} is in use by another hsteer run; wait for it or use another out_dir")
     try:
         stored = check_run_folder(out, resume, overwrite)
         if stored is not None and resume and stored != config:
             changed = sorted(k for k in set(stored) | set(config) if stored.get(k) != config.get(k))
             raise HsteerError(f"{out} holds an attack run with other settings ({', '.join(changed)}); resume it "
-                              "with the same command, pass --overwrite to replace it, or use another --out")
+                              "with the same command, pass overwrite=True to replace it, or use another out_dir",
+                              field=("overwrite", "out_dir"))
         if stored is not None and overwrite:
             for path in owned_files(out, stored)[:-1]:
                 _remove(path)
-        atomic_write_text(out / CONFIG, _dump(config), elsewhere="another --out")
+        with field_errors("out_dir"):
+            atomic_write_text(out / CONFIG, _dump(config), elsewhere="another out_dir")
     except BaseException:
         lock.release()
         raise

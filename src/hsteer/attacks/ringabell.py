@@ -91,7 +91,7 @@ def bank_pairs(bank, group: str = "safety") -> list[tuple[str, str]]:
     pairs = [pair for concept in bank.group(group) for pair in training_pairs(concept)]
     if not pairs:
         raise HsteerError(f"the bank's group {group!r} holds no concept with training prompt pairs; give the "
-                          "Ring-A-Bell pairs another way (--pairs FILE)")
+                          "Ring-A-Bell pairs another way (pairs)", field="pairs")
     return pairs
 
 
@@ -179,7 +179,7 @@ class RingABellSearch:
         if saved is not None:
             if saved.get("prompt") != self.prompt or saved.get("config") != asdict(self.config):
                 raise HsteerError(f"{state_path} is the state of another attack (prompt or settings differ); "
-                                  "use another --out or remove it")
+                                  "use another out_dir or remove it", field="out_dir")
             rows = saved["population"] + ([saved["best"]] if saved["best"] is not None else [])
             if len(saved["population"]) != self.config.population or any(
                     len(r) != self.config.tokens or max(r, default=0) >= len(self.vocab) for r in rows):

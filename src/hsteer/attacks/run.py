@@ -37,7 +37,7 @@ from hsteer.attacks.text import build_vocabulary
 from hsteer.attacks.whitebox import WhiteboxConfig
 from hsteer.checks import (check_count, check_flags, check_float, check_pipeline, check_seed, check_size,
                            check_texts)
-from hsteer.errors import HsteerError
+from hsteer.errors import HsteerError, as_field, field_errors
 from hsteer.evaluation.harm import asr_interval
 from hsteer.fileio import atomic_png, atomic_write_text
 
@@ -97,9 +97,6 @@ BUDGET_MAX = {"tokens": 75, "steps": 100_000, "batch": 4096, "targets": 1000, "e
               "top": 100_000, "val_batch": 4096, "save_every": 100_000, "population": 100_000,
               "generations": 100_000}
 NUMBER_BOUNDS = {"lr": (0.0, 100.0), "eta": (-1e4, 1e4), "mutation": (0.0, 1.0), "crossover": (0.0, 1.0)}
-OPTION = {"steps": "--attack-steps", "lr": "--lr", "eta": "--eta", "mutation": "--mutation", "tokens": "--tokens",
-          "top": "--top", "eval_every": "--eval-every", "targets": "--targets", "population": "--population",
-          "generations": "--generations"}
 
 
 def check_config(method: str, config) -> None:
@@ -110,33 +107,36 @@ def check_config(method: str, config) -> None:
         raise HsteerError(f"the {method} attack takes a {ATTACKS[method].config.__name__}, got "
                           f"{type(config).__name__}")
     for name, value in asdict(config).items():
-        label = f"{method} {name}" + (f" ({OPTION[name]})" if name in OPTION else "")
-        if name in BUDGET_MAX:
-            check_count(label, value, 2 if name == "population" else 1, BUDGET_MAX[name])
-        elif name in NUMBER_BOUNDS:
-            if isinstance(value, bool):
-                raise HsteerError(f"{label} must be a number, got {value!r}")
-            low, high = NUMBER_BOUNDS[name]
-            check_float(label, value, low, above=name == "lr", maximum=high)
-        elif isinstance(value, bool) or value is None or isinstance(value, str):
-            continue  # switches and choices: each config checks its own
-        elif isinstance(value, int):  # a budget without its own bound (a new attack's): still bounded
-            check_count(label, value, 0, 10**6)
-        elif isinstance(value, float):
-            check_float(label, value, -1e6, maximum=1e6)
+        with field_errors(f"{method}.{name}"):
+            _check_budget(f"{method}.{name}", name, value)
 
 
-def check_sampling(steps: object, guidance: object, batch_size: object, height: object, width: object,
-                   names: dict[str, str] | None = None) -> None:
-    """The evaluation's sampling settings (`names`: how the caller calls them, e.g. the CLI's options)."""
-    names = names or {}
-    check_count(names.get("steps", "steps"), steps, 1, 10_000)
+def _check_budget(label: str, name: str, value: object) -> None:
+    """One setting of an attack's config, labelled `<attack>.<field>` (the CLI shows its option)."""
+    if name in BUDGET_MAX:
+        check_count(label, value, 2 if name == "population" else 1, BUDGET_MAX[name])
+    elif name in NUMBER_BOUNDS:
+        if isinstance(value, bool):
+            raise HsteerError(f"{label} must be a number, got {value!r}")
+        low, high = NUMBER_BOUNDS[name]
+        check_float(label, value, low, above=name == "lr", maximum=high)
+    elif isinstance(value, bool) or value is None or isinstance(value, str):
+        return  # switches and choices: each config checks its own
+    elif isinstance(value, int):  # a budget without its own bound (a new attack's): still bounded
+        check_count(label, value, 0, 10**6)
+    elif isinstance(value, float):
+        check_float(label, value, -1e6, maximum=1e6)
+
+
+def check_sampling(steps: object, guidance: object, batch_size: object, height: object, width: object) -> None:
+    """The evaluation's sampling settings, each error carrying its field (the CLI shows its option)."""
+    as_field("steps", check_count, steps, 1, 10_000)
     if isinstance(guidance, bool):
-        raise HsteerError(f"{names.get('guidance', 'guidance')} must be a number, got {guidance!r}")
-    check_float(names.get("guidance", "guidance"), guidance, -1e4, maximum=1e4)
-    check_count(names.get("batch_size", "batch_size"), batch_size, 1, 4096)
-    check_size(names.get("height", "height"), height)
-    check_size(names.get("width", "width"), width)
+        raise HsteerError(f"guidance must be a number, got {guidance!r}", field="guidance")
+    as_field("guidance", check_float, guidance, -1e4, maximum=1e4)
+    as_field("batch_size", check_count, batch_size, 1, 4096)
+    as_field("height", check_size, height)
+    as_field("width", check_size, width)
 
 
 def check_prompts(prompts: object) -> list[str]:
@@ -145,8 +145,8 @@ def check_prompts(prompts: object) -> list[str]:
     prompts = [prompts] if isinstance(prompts, str) else prompts
     if not isinstance(prompts, (list, tuple)) or not prompts or any(
             not isinstance(p, str) or not p.strip() for p in prompts):
-        raise HsteerError("give at least one non-empty harm prompt (--prompt P)")
-    check_texts("a --prompt", list(prompts))
+        raise HsteerError("give at least one non-empty harm prompt (prompts)", field="prompts")
+    as_field("prompts", check_texts, list(prompts))
     if len(set(prompts)) != len(prompts):
         raise HsteerError("a harm prompt is given twice; give each once")
     return list(prompts)
@@ -198,18 +198,18 @@ def check_pipeline_family(pipe: Pipeline) -> None:
 
 
 def check_attack_settings(method: str, prompts: object, num_images: object, seed: object, config,
-                          sampling: dict[str, Any], exclude: object = (), pairs: object = None,
-                          names: dict[str, str] | None = None) -> tuple[list[str], list[str], list | None]:
+                          sampling: dict[str, Any], exclude: object = (),
+                          pairs: object = None) -> tuple[list[str], list[str], list | None]:
     """Every setting of an attack, before a model loads or a file is written; returns the prompts, the
     excluded words and the pairs as lists."""
     prompts = check_prompts(prompts)
-    check_count("--num-images", num_images, 1, 100_000)
-    check_seed("--seed", seed, span=num_images)  # type: ignore[arg-type]
+    as_field("num_images", check_count, num_images, 1, 100_000)
+    as_field("seed", check_seed, seed, span=num_images)  # type: ignore[arg-type]
     check_config(method, config)
     check_sampling(sampling["steps"], sampling["guidance"], sampling["batch_size"], sampling["height"],
-                   sampling["width"], names)
-    return prompts, check_words("--exclude", list(exclude) if isinstance(exclude, tuple) else exclude), \
-        check_pairs("--pairs", pairs)
+                   sampling["width"])
+    words = as_field("exclude", check_words, list(exclude) if isinstance(exclude, tuple) else exclude)
+    return prompts, words, as_field("pairs", check_pairs, pairs)
 
 
 def attack(pipe: Pipeline, prompts: str | Sequence[str], method: str = "whitebox",
@@ -242,11 +242,11 @@ def attack(pipe: Pipeline, prompts: str | Sequence[str], method: str = "whitebox
     kind = ATTACKS[method]
     if kind.guarded and defence.guard is None:
         raise HsteerError("the adaptive attack targets a guarded defence: pass Defence(..., guard=GuardConfig()) "
-                          "(CLI: --guard learned); against an unguarded one use --attack whitebox")
+                          "(guard); against an unguarded one use method='whitebox'", field=("guard", "method"))
     if kind.pairs and pairs is None:
         if defence.bank is None:
             raise HsteerError("Ring-A-Bell needs (clean, harmful) prompt pairs: a bank with a safety group "
-                              "(--bank, --pairs-bank) or --pairs FILE")
+                              "(bank) or the pairs themselves (pairs)", field=("bank", "pairs"))
         pairs = check_pairs("the bank's safety pairs", bank_pairs(defence.bank))
     scorer_fn, scorer_name = resolve_scorer(pipe, scorer, scorer_options, device)
     sampling["guidance"] = float(guidance)  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,27 +46,41 @@ FIELDS = {"step": _count, "generation": _count, "evaluations": _count, "prompt":
           "losses": lambda v: isinstance(v, list) and all(_number(x) for x in v),
           "history": lambda v: isinstance(v, list) and all(_number(x) for x in v),
           "population": lambda v: isinstance(v, list) and bool(v) and all(_indices(r) for r in v)}
-REQUIRED = {"whitebox": ("step", "losses", "best", "best_loss", "prompt", "config"),
-            "ringabell": ("generation", "population", "best", "best_fitness", "history", "evaluations", "prompt",
-                          "config")}
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """The keys a state of one format must hold, and which of them counts its progress against which budget
+    field of its config (the resume refuses a count beyond the budget)."""
+
+    required: tuple[str, ...]
+    counter: str
+    budget: str
+
+
+#: A gradient search's state (tensors + JSON: the white-box and adaptive attacks).
+TENSOR_STATE = StateLayout(("step", "losses", "best", "best_loss", "prompt", "config"), "step", "steps")
+#: A population search's state (JSON only: Ring-A-Bell).
+JSON_STATE = StateLayout(("generation", "population", "best", "best_fitness", "history", "evaluations", "prompt",
+                          "config"), "generation", "generations")
 
 
 def _damaged(path: Path, why: str) -> HsteerError:
     return HsteerError(f"{path}: damaged attack state ({why}); remove it to restart that prompt's attack")
 
 
-def check_info(path: Path, info: Any, kind: str) -> dict[str, Any]:
+def check_info(path: Path, info: Any, layout: StateLayout) -> dict[str, Any]:
     """A state's JSON part: an object whose keys hold what `FIELDS` says, with the keys `kind` needs, and a
     progress counter within the budget of its own config."""
     if not isinstance(info, dict):
         raise _damaged(path, f"a JSON {type(info).__name__}, not an object")
-    for key in REQUIRED[kind]:
+    for key in layout.required:
         if key not in info:
             raise _damaged(path, f"no {key!r}")
     for key, ok in FIELDS.items():
         if key in info and not ok(info[key]):
             raise _damaged(path, f"{key!r} holds {str(info[key])[:40]!r}")
-    counter, budget = ("step", "steps") if kind == "whitebox" else ("generation", "generations")
+    counter, budget = layout.counter, layout.budget
     limit = info["config"].get(budget)
     if not _count(limit) or info[counter] > limit:
         raise _damaged(path, f"{counter} {info[counter]} beyond the budget {limit!r}")
@@ -108,7 +123,7 @@ def load_tensor_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
     except Exception as exc:  # noqa: BLE001 - any damage is one line naming the file
         raise HsteerError(f"{path}: unreadable attack state ({type(exc).__name__}); remove it to restart "
                           "that prompt's attack") from None
-    info = check_info(path, load_json(text, f"attack state {path}"), "whitebox")
+    info = check_info(path, load_json(text, f"attack state {path}"), TENSOR_STATE)
     for name, tensor in tensors.items():
         if not _TENSOR_NAME.fullmatch(name):
             raise _damaged(path, f"an unknown tensor {name[:40]!r}")
@@ -132,4 +147,4 @@ def load_json_state(path: str | Path) -> dict[str, Any] | None:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise _damaged(path, "not UTF-8 text") from None
-    return check_info(path, load_json(text, f"attack state {path}"), "ringabell")
+    return check_info(path, load_json(text, f"attack state {path}"), JSON_STATE)

@@ -143,7 +143,7 @@ def adversarial_positions(pipe: Pipeline, prompt: str, k: int, position: str) ->
         room = int(tokenizer.model_max_length) - special
         if n + k > room:
             raise HsteerError(f"the prompt {prompt!r} takes {n} tokens; with {k} adversarial tokens it exceeds the "
-                              f"text encoder's {room}; use fewer --tokens or a shorter prompt")
+                              f"text encoder's {room}; use fewer tokens or a shorter prompt", field="tokens")
         start = lead if position == "prefix" else lead + n
         out.append(list(range(start, start + k)))
     return out

@@ -262,7 +262,7 @@ class WhiteboxAttack:
             tensors, info = saved
             if info.get("prompt") != self.prompt or info.get("config") != asdict(self.config):
                 raise HsteerError(f"{state_path} is the state of another attack (prompt or settings differ); "
-                                  "use another --out or remove it")
+                                  "use another out_dir or remove it", field="out_dir")
             shapes = {f"{kind}{n}{tail}": tuple(v.shape) for n, v in enumerate(vectors)
                       for kind, tail in (("vector_", ""), ("adam_", "_exp_avg"), ("adam_", "_exp_avg_sq"))}
             if any(tuple(getattr(tensors.get(k), "shape", ())) != shape for k, shape in shapes.items()

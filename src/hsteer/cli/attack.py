@@ -12,15 +12,12 @@ from pathlib import Path
 import click
 
 from hsteer.cli.common import model_options, one_line_errors
+from hsteer.cli.common import ATTACK_CONFIG_OPTIONS as CONFIG_OPTIONS
 from hsteer.cli.options import build_policy, guard_options, policy_options, sampling_options
 from hsteer.attacks.registry import ATTACKS
 from hsteer.errors import HsteerError
 from hsteer.policies import BASELINES
 
-#: The options that set an attack's budget -> the config field each sets (an attack takes those its config has).
-CONFIG_OPTIONS = {"tokens": "tokens", "position": "position", "attack_steps": "steps", "lr": "lr", "top": "top",
-                  "eval_every": "eval_every", "objective": "objective", "targets": "targets",
-                  "population": "population", "generations": "generations", "eta": "eta", "mutation": "mutation"}
 
 
 def _defence(o: dict, bank):
@@ -134,7 +131,7 @@ def _sampling(o: dict) -> dict:
     sampling = {"steps": o["steps"] if o["steps"] is not None else int(defaults["steps"]),
                 "guidance": o["guidance"] if o["guidance"] is not None else float(defaults["guidance"]),
                 "batch_size": o["batch_size"], "height": o["height"], "width": o["width"]}
-    check_sampling(**sampling, names={k: f"--{k.replace('_', '-')}" for k in sampling})
+    check_sampling(**sampling)
     return sampling
 
 

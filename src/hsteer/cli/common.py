@@ -52,9 +52,22 @@ FIELD_OPTIONS = {
     "q16_prompts": "--q16-prompts", "attributes": "--attributes", "no_score": "--no-score",
     # banks
     "out": "--out", "directory": "--save-dir",
-    # the bundled world (`hsteer world quality`)
-    "n_per_set": "--images",
+    # the bundled world (`hsteer world quality`) and the apps (`hsteer demo`, `compare`, `sites`)
+    "n_per_set": "--images", "threads": "--threads", "harm_images_per_prompt": "--harm-images-per-prompt",
+    "gate_images_per_prompt": "--gate-images-per-prompt", "keep": "--keep", "timing_batches": "--timing-batches",
+    # attacks (`hsteer attack`; each attack's own settings are `<attack>.<field>`, `ATTACK_CONFIG_OPTIONS`)
+    "num_images": "--num-images", "exclude": "--exclude", "tokens": "--tokens", "guard": "--guard",
+    "method": "--attack", "sld_concept": "--sld-concept",
+    # scans (`hsteer sites`)
+    "sites": "--site", "windows": "--window",
 }
+
+#: `hsteer attack`'s options that set an attack's budget -> the config field each sets (an attack takes those
+#: its config has). The library names them `<attack>.<field>` (`whitebox.steps`), shown as the option.
+ATTACK_CONFIG_OPTIONS = {"tokens": "tokens", "position": "position", "attack_steps": "steps", "lr": "lr", "top": "top",
+                         "eval_every": "eval_every", "objective": "objective", "targets": "targets",
+                         "population": "population", "generations": "generations", "eta": "eta",
+                         "mutation": "mutation"}
 
 
 def method_flag(name: str) -> str:
@@ -66,6 +79,10 @@ def field_option(name: str) -> str | None:
     """The option that sets the library's field `name`; None where the command line has none."""
     if name in FIELD_OPTIONS:
         return FIELD_OPTIONS[name]
+    attack_field = name.partition(".")[2]
+    if attack_field:  # an attack's own setting, `<attack>.<field>`
+        return next((method_flag(option) for option, field in ATTACK_CONFIG_OPTIONS.items() if field == attack_field),
+                    None)
     from hsteer.training.registry import METHODS
 
     return method_flag(name) if any(o.field == name for m in METHODS for o in m.options) else None

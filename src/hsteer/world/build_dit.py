@@ -246,7 +246,7 @@ def train_world_dit(out_dir: Path, source: str | Path | None = None, *, log: Cal
             group["lr"] = cfg.lr * lr_factor(step, (time.time() - t0) / budget, warmup=200, final=0.1)
         loss, grad_norm = flow_step(transformer, opt, params, batch, rng, cfg)
         if not math.isfinite(loss):
-            raise TrainingDivergedError(f"the DiT world model's loss diverged at step {step}; lower --lr")
+            raise TrainingDivergedError(f"the DiT world model's loss diverged at step {step}; lower lr", field="lr")
         step += 1
         _ema_update(ema, params, min(cfg.ema_decay, (1 + step) / (10 + step)))
         running = loss if running is None else 0.99 * running + 0.01 * loss

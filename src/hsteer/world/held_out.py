@@ -70,13 +70,13 @@ def explicit_kept(pipe: Pipeline, bank, config: HeldOutConfig, eval_config: Worl
     cache = {} if plain_cache is None else plain_cache
     out: dict[str, Any] = {}
     for label, run_policy, steer in (("plain", PlainPolicy(), None), ("steered", policy, bank)):
-        read = cache.get("plain") if label == "plain" else None
+        read = cache.get("plain") if steer is None else None  # the plain images are shared between methods
         if read is None:
             made = generate(pipe, [r[0] for r in rows], num_images_per_prompt=n, seed=config.seed, bank=steer,
                             policy=run_policy, steps=eval_config.steps, guidance=eval_config.guidance,
                             batch_size=eval_config.batch_size, progress=False, respect_prompt=respect_prompt)
             read = probe.classify(made.images)
-        if label == "plain":
+        if steer is None:
             cache["plain"] = read
         for group in probe.attributes:
             flags = [read[group][k] == value for k, (_, g, value) in enumerate(r for r in rows for _ in range(n))

@@ -279,7 +279,7 @@ def unet_stage(run: UNetRun, lat_mean, lat_std, caps: Captions) -> None:
             for pe, p in zip(ema_params, params):
                 pe.lerp_(p.detach(), 1 - d)
         if not math.isfinite(loss):
-            raise TrainingDivergedError(f"the world model's loss diverged at step {step}; lower --lr")
+            raise TrainingDivergedError(f"the world model's loss diverged at step {step}; lower lr", field="lr")
         running = loss if running is None else 0.99 * running + 0.01 * loss
         if step % 100 == 0:
             el = time.time() - t0
