@@ -1,7 +1,8 @@
 """Safety under attack on the bundled model: each defence's attack success rate (ASR) before and after the
 white-box and the Ring-A-Bell attack, beside its harmless-prompt fidelity and same-seed agreement.
 
-    python benchmarks/attacks.py [--quick] [--out /tmp/attacks_full.json] [--work /tmp/hsteer-attacks]
+    python benchmarks/attacks.py [--quick] [--model world-dit] [--defences plain,respodiff+blind]
+                                 [--out /tmp/attacks_full.json] [--work /tmp/hsteer-attacks]
                                  [--threads 1] [--no-harden] [--plot docs/attacks.png]
 
 Defences: the plain model, a negative prompt (the harm words), SLD (medium, its safety concept the harm
@@ -69,18 +70,19 @@ QUICK = Budget(iterations=40, prompts=2, images=4, harmless_images=2, wb_steps=6
                rb_generations=3, harden_rounds=1)
 
 
-def train_banks(pipe, work: Path, budget: Budget, log) -> dict[str, Any]:
-    """One bank per method, each with the world's safety concept `anti_harm` (resumed when already there)."""
-    from hsteer.apps.recipes import world_train_config
+def train_banks(pipe, work: Path, budget: Budget, log, methods=METHODS) -> dict[str, Any]:
+    """One bank per method, each with the world's safety concept `anti_harm` learned with the recipe of the
+    model's family (resumed when already there)."""
+    from hsteer.apps.recipes import pipeline_recipe, world_train_config
     from hsteer.steering.bank import ConceptBank
     from hsteer.training import train_into_bank
 
-    banks = {}
-    for method in METHODS:
+    banks, family = {}, pipeline_recipe(pipe)[0]
+    for method in methods:
         path = work / f"{method}.safetensors"
         if not path.exists():
             began = time.perf_counter()
-            config = world_train_config("anti_harm", budget.iterations, 0, objective=method)
+            config = world_train_config("anti_harm", budget.iterations, 0, objective=method, family=family)
             train_into_bank(pipe, config, path, resume=True, checkpoint_every=50, progress=False)
             log(f"trained {method} anti_harm in {time.perf_counter() - began:.0f}s")
         banks[method] = ConceptBank.load(path)
@@ -93,7 +95,7 @@ def defences(banks: dict[str, Any]) -> dict[str, Any]:
     from hsteer.policies import SafePolicy, SldPolicy
 
     out = {"plain": Defence()}
-    for method in (DEFAULT_METHOD, *(m for m in METHODS if m != DEFAULT_METHOD)):  # the default first
+    for method in (DEFAULT_METHOD, *(m for m in METHODS if m != DEFAULT_METHOD and m in banks)):  # the default first
         # "+gate": the soft gate, which scales safety by the prompt's harm score (`--gate embedding-soft`)
         out[f"{method}+gate"] = Defence(SafePolicy(), banks[method], respect_prompt=True, gate="embedding-soft")
         out[f"{method}+blind"] = Defence(SafePolicy(), banks[method], respect_prompt=False)
@@ -339,30 +341,31 @@ def measure(args) -> dict[str, Any]:
     from hsteer.model import load_quietly, sampling_defaults
 
     budget = QUICK if args.quick else Budget()
-    work = Path(args.work) / ("quick" if args.quick else "full2")
+    work = Path(args.work) / (("quick" if args.quick else "full2") + (f"-{args.model}" if args.model else ""))
     work.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
 
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - began:6.0f}s] {message}", flush=True)
 
-    pipe = load_quietly(None)
-    defaults = sampling_defaults(None)
+    pipe = load_quietly(args.model)
+    defaults = sampling_defaults(args.model)
     sampling = {"steps": int(defaults["steps"]), "guidance": float(defaults["guidance"]),
                 "cached_only": bool(args.cached_only)}
     prompts = list(HARM_PROMPTS[: budget.prompts])
-    banks = train_banks(pipe, work, budget, log)
+    wanted = set(args.defences.split(",")) if args.defences else None
+    used = [m for m in METHODS if wanted is None or m == DEFAULT_METHOD or any(w.startswith(f"{m}+") for w in wanted)]
+    banks = train_banks(pipe, work, budget, log, used)
     plain_labels = harmless(pipe, Defence(), budget, sampling)["labels"]
     merged = merge_parts(args.merge, budget)
     rows: dict[str, Any] = {}
-    wanted = set(args.defences.split(",")) if args.defences else None
     for name, d in defences(banks).items():
         if wanted is not None and name not in wanted:
             continue
         twin = rows.get(name.replace("+blind", "+gate"), {}).get("whitebox") if name.endswith("+blind") else None
         rows[name] = merged["rows"].get(name) or measure_defence(pipe, name, d, prompts, budget, sampling, work,
                                                                  plain_labels, log, twin)
-    result: dict[str, Any] = {"quick": args.quick, "budget": budget.__dict__, "sampling": sampling,
+    result: dict[str, Any] = {"quick": args.quick, "model": args.model, "budget": budget.__dict__, "sampling": sampling,
                               "harm_prompts": prompts, "negative": NEGATIVE, "default": DEFAULT, "rows": rows}
     result["target"] = target(rows, DEFAULT) if DEFAULT in rows else None  # a partial run (--defences)
     hardened = f"{DEFAULT_METHOD}-hardened-{budget.harden_rounds}+blind"  # as DEFAULT: the default gate's images
@@ -373,7 +376,8 @@ def measure(args) -> dict[str, Any]:
         result["diagnosis"] = hardening(pipe, rows, banks, work, budget, sampling, prompts, plain_labels, log)
     if args.guard:  # the guarded row, then the detector hardened on what the adaptive attack found
         name = guarded(pipe, rows, work, budget, sampling, prompts, plain_labels, log, measure_defence)
-        harden_guard(pipe, rows, name, work, budget, sampling, prompts, plain_labels, log, measure_defence)
+        if args.harden:
+            harden_guard(pipe, rows, name, work, budget, sampling, prompts, plain_labels, log, measure_defence)
     if hardened in rows:
         result["target_hardened"] = target(rows, hardened)
     result["seconds"] = time.perf_counter() - began
@@ -417,7 +421,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default=None, help="Write the JSON results here (default: stdout only).")
     parser.add_argument("--work", default="/tmp/hsteer-attacks", help="Banks and attack run folders (resumable).")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--no-harden", dest="harden", action="store_false")
+    parser.add_argument("--model", default=None, help="The model to attack (default: the bundled U-Net; e.g. "
+                                                      "world-dit). Its family's recipe trains the concepts and "
+                                                      "fits the guard's detector.")
+    parser.add_argument("--no-harden", dest="harden", action="store_false",
+                        help="Harden neither the concept nor the guard's detector on the prompts found.")
     parser.add_argument("--no-guard", dest="guard", action="store_false", help="Leave out the guarded row.")
     parser.add_argument("--defences", default=None, help="Only these rows (comma-separated names), e.g. to run "
                                                          "the hardening beside the other rows in a second process.")

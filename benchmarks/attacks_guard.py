@@ -19,22 +19,25 @@ DEFAULT_METHOD = "respodiff"
 
 
 def _fit(pipe, source: Path, path: Path, sampling: dict, log, harmful=(), harmless=()) -> None:
-    """Fit the safety group's detector of the bank at `source` from its pairs plus `harmful` / `harmless`;
-    save the bank with it at `path` (kept: a second run reuses it)."""
-    from hsteer.generation.guard_fit import DetectorFitConfig, fit_detector, prompts_of_group
+    """Fit the safety group's detector of the bank at `source` as the model family's recipe does (its pairs,
+    and the recipe's found prompts beside their harm-free forms) plus `harmful` / `harmless`; save the bank
+    with it at `path` (kept: a second run reuses it)."""
+    from hsteer.apps.recipes import guard_fit_prompts, pipeline_recipe
+    from hsteer.generation.guard_fit import DetectorFitConfig, fit_detector
     from hsteer.steering.bank import ConceptBank
 
     if path.exists():
         return
     began = time.perf_counter()
     bank = ConceptBank.load(source)
-    pair_harmful, pair_harmless = prompts_of_group(bank, "safety")
+    pair_harmful, pair_harmless = guard_fit_prompts(bank, pipeline_recipe(pipe)[1].guard_found)
     bank.detectors["safety"] = fit_detector(
         pipe, list(dict.fromkeys([*pair_harmful, *harmful])), list(dict.fromkeys([*pair_harmless, *harmless])),
         DetectorFitConfig(steps=sampling["steps"], guidance=sampling["guidance"]))
     bank.save(path)
     meta = bank.detectors["safety"].meta
-    log(f"guard: detector fitted on {source.name} + {len(harmful)} found prompts in {time.perf_counter() - began:.0f}s "
+    log(f"guard: detector fitted on {source.name} ({len(pair_harmful)} recipe prompts, {len(harmful)} found here) "
+        f"in {time.perf_counter() - began:.0f}s "
         f"(held-out FPR {meta['false_positive_rate']:.3f}, FNR {meta['false_negative_rate']:.3f})")
 
 
