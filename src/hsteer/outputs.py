@@ -95,14 +95,18 @@ def image_ok(path: Path) -> bool:
     return True
 
 
-def check_own_file(path: Path, what: str, fix: str) -> bool:
+def check_own_file(path: Path, what: str, fix: str, *, parent_file_absent: bool = False) -> bool:
     """Whether a file hsteer writes in a folder it owns is there; refused if it is a link (writing through
-    it would write outside the folder) or not a regular file (a folder, a FIFO): nothing is touched."""
+    it would write outside the folder) or not a regular file (a folder, a FIFO): nothing is touched.
+
+    `parent_file_absent`: a path below a file (NotADirectoryError) counts as absent too, for a caller that
+    refuses such a parent itself (the attack run folder); otherwise it is an error that cannot read `path`.
+    """
     try:
         info = path.lstat()
-    except FileNotFoundError:
-        return False
     except OSError as exc:
+        if isinstance(exc, FileNotFoundError) or (parent_file_absent and isinstance(exc, NotADirectoryError)):
+            return False
         raise HsteerError(f"cannot read {path}: {exc.strerror or exc}") from None
     if stat.S_ISLNK(info.st_mode):
         raise HsteerError(f"{path} is a symbolic link, not {what}; {fix}")
@@ -112,7 +116,8 @@ def check_own_file(path: Path, what: str, fix: str) -> bool:
     return True
 
 
-def _remove(path: Path) -> None:
+def remove_file(path: Path) -> None:
+    """Remove a file hsteer wrote; one already gone is fine, any other failure is one line (`write_error`)."""
     try:
         path.unlink()
     except FileNotFoundError:
@@ -207,7 +212,7 @@ class OutputFolder:
         self._check_entries(entries)
         for entry in entries:
             if IMAGE_NAME.fullmatch(entry) or entry == MANIFEST or TEMP_NAME.fullmatch(entry):
-                _remove(self.path / entry)
+                remove_file(self.path / entry)
 
     def _recover(self, entries: list[str]) -> None:
         """`resume`: validate the manifest and decode every listed image, then (only then) drop hsteer's
@@ -224,7 +229,7 @@ class OutputFolder:
                 self.redone += 1  # missing or corrupt: made again (and replaced) like an unlisted image
         for entry in entries:
             if TEMP_NAME.fullmatch(entry):
-                _remove(self.path / entry)
+                remove_file(self.path / entry)
         new_text = "".join(manifest_line(row) + "\n" for row in kept)
         if text is not None and new_text != text:
             with field_errors("out_dir"):
@@ -278,7 +283,7 @@ class OutputFolder:
                         handle.flush()
                         os.fsync(handle.fileno())
                 except OSError as exc:
-                    _remove(self.path / file)
+                    remove_file(self.path / file)
                     raise write_error(self.manifest, exc, ELSEWHERE) from None
         except BaseException:
             self.close()  # a failed write ends the run

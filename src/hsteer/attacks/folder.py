@@ -12,37 +12,51 @@ its harm prompts and images per prompt name every file (`state/<attack>-PPP.<ext
   the results (`summary.json`, `manifest.jsonl`, `prompts.csv`) go first and `config.json` is replaced
   last, so a kill at any moment leaves an unfinished run of the old settings (which `overwrite`
   removes again) and never a summary or manifest beside files that are gone.
+
+The folder speaks the evaluation run folder's protocol (`hsteer.evaluation.runs`) rather than a third
+one of its own: the same file names (`CONFIG`, `MANIFEST`, `IMAGES`, `SUMMARY`), the same refusal of a
+link or a folder in place of a run's file (`check_own_file`), the same removal (`remove_file`), and
+`attacks.run` writes its manifest and summary with the same writers. What stays here is what an attack
+run does differently on purpose: an existing run is refused unless `resume` or `overwrite`, `overwrite`
+removes exactly the files the stored config names, and the config (its own checks, bounds and wording)
+is written last before the work, under a `FolderLock`.
 """
 
 from __future__ import annotations
 
-import stat
 from pathlib import Path
 from typing import Any
 
 from hsteer.attacks.registry import ATTACKS
 from hsteer.checks import check_output_dir, load_json
 from hsteer.errors import HsteerError, field_errors
-from hsteer.fileio import FolderLock, atomic_write_text, write_error
+from hsteer.evaluation.runs import CONFIG, IMAGES, MANIFEST, SUMMARY, check_own_file
+from hsteer.evaluation.runs import remove_file as _remove  # module-level name: a kill test patches it
+from hsteer.fileio import FolderLock, atomic_write_text
 
-CONFIG = "config.json"
-RESULTS = ("summary.json", "manifest.jsonl", "prompts.csv")
+PROMPTS = "prompts.csv"  # the adversarial prompts, the format `hsteer eval attack --prompts` reads
+STATE = "state"  # each harm prompt's resumable attack state
+RESULTS = (SUMMARY, MANIFEST, PROMPTS)
+FIX = "move it away, or choose another out_dir; nothing was changed"
 #: Bounds of a stored config that names files (so a damaged one cannot name millions of them).
 MAX_PROMPTS, MAX_IMAGES = 10_000, 100_000
 
 
 def state_file(out: Path, method: str, index: int) -> Path:
     """Where the attack state of harm prompt `index` lives."""
-    return out / "state" / f"{method}-{index:03d}.{ATTACKS[method].state_suffix}"
+    return out / STATE / f"{method}-{index:03d}.{ATTACKS[method].state_suffix}"
 
 
 def image_name(phase: str, index: int, image: int) -> str:
     """The run-relative name of image `image` of harm prompt `index` in `phase` (before / after)."""
-    return f"images/{phase}-{index:03d}-{image:03d}.png"
+    return f"{IMAGES}/{phase}-{index:03d}-{image:03d}.png"
 
 
 def read_config(out: Path) -> dict[str, Any] | None:
-    """The folder's stored `config.json` (checked to name an attack run), or None when there is none."""
+    """The folder's stored `config.json` (checked to name an attack run), or None when there is none.
+
+    Not `evaluation.runs.read_config` on purpose: no config means no run here (there, no evaluation folder),
+    the config is bounded because it names the files `overwrite` removes, and its refusals say out_dir."""
     path = out / CONFIG
     if not _present(path, "the run's settings"):
         return None
@@ -73,27 +87,19 @@ def owned_files(out: Path, config: dict[str, Any]) -> list[Path]:
 
 
 def _present(path: Path, what: str) -> bool:
-    """Whether a file of the run is there; a folder, a link or a special file in its place is refused."""
-    try:
-        mode = path.lstat().st_mode
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    except OSError as exc:
-        raise HsteerError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(mode):
-        kind = "a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else "a special file"
-        raise HsteerError(f"{path} is {kind}, not {what} written by hsteer; move it away, or choose another "
-                          "out_dir; nothing was changed", field="out_dir")
-    return True
+    """Whether a file of the run is there (`check_own_file`; a path below a file counts as absent, as
+    `_check_subfolders` refuses such a subfolder itself); a folder, a link or a special file in its place is
+    refused."""
+    with field_errors("out_dir"):
+        return check_own_file(path, f"{what} written by hsteer", FIX, parent_file_absent=True)
 
 
 def _check_subfolders(out: Path) -> None:
-    for sub in ("state", "images"):
+    for sub in (STATE, IMAGES):
         path = out / sub
         if path.is_symlink() or (path.exists() and not path.is_dir()):
             raise HsteerError(f"{path} is {'a symbolic link' if path.is_symlink() else 'a file'}, not the run's "
-                              f"{sub} folder; move it away, or choose another out_dir; nothing was changed",
-                              field="out_dir")
+                              f"{sub} folder; {FIX}", field="out_dir")
 
 
 def check_run_folder(out: str | Path, resume: bool, overwrite: bool) -> dict[str, Any] | None:
@@ -150,12 +156,3 @@ def _dump(config: dict[str, Any]) -> str:
         return json.dumps(config, indent=2, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise HsteerError(f"the attack's settings cannot be stored as JSON ({exc})") from None
-
-
-def _remove(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise write_error(path, exc) from None

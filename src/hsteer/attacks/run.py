@@ -16,20 +16,22 @@ The run folder `DIR`:
   spent.
 
 Evaluation is deterministic, so a resumed run remakes its images rather than trusting half-written ones.
+The folder is an evaluation run folder's kin (`attacks.folder`): its manifest and summary are written with
+`hsteer.evaluation.runs`' writers (strict JSON: a NaN is refused, never written), so `read_jsonl` reads the
+manifest back like any run's.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hsteer.attacks.defence import BoundDefence, Defence
-from hsteer.attacks.folder import image_name, prepare_run_folder, state_file
+from hsteer.attacks.folder import PROMPTS, image_name, prepare_run_folder, state_file
 from hsteer.attacks.registry import ATTACKS, AttackContext
 from hsteer.attacks.ringabell import RingABellConfig, bank_pairs
 from hsteer.attacks.scoring import Scorer, resolve_scorer
@@ -39,6 +41,7 @@ from hsteer.checks import (check_count, check_flags, check_float, check_pipeline
                            check_texts)
 from hsteer.errors import HsteerError, as_field, field_errors
 from hsteer.evaluation.harm import asr_interval
+from hsteer.evaluation.runs import MANIFEST, SUMMARY, write_json, write_jsonl
 from hsteer.fileio import atomic_png, atomic_write_text
 
 if TYPE_CHECKING:
@@ -82,14 +85,14 @@ def _summary(rows: list[dict[str, Any]], found: list[dict[str, Any]], head: dict
 
 def _write_outputs(out: Path, rows: list[dict[str, Any]], found: list[dict[str, Any]], summary: dict[str, Any],
                    seed: int) -> None:
-    atomic_write_text(out / "manifest.jsonl", "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows))
+    write_jsonl(out / MANIFEST, rows, allow_nan=False)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)  # "\r" in a prompt quoted too
     writer.writerow(["prompt", "seed", "source_prompt"])
     for result in found:
         writer.writerow([result["prompt"], seed, result["source_prompt"]])
-    atomic_write_text(out / "prompts.csv", buffer.getvalue())
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
+    atomic_write_text(out / PROMPTS, buffer.getvalue())
+    write_json(out / SUMMARY, summary, allow_nan=False)
 
 
 #: Upper bounds of the attack budgets (a budget beyond them is a typo, and would run for days).

@@ -6,6 +6,14 @@
     manifest.jsonl       all finished images, merged when every job is done
     generation.log       one line per image generated (file, process, pid): nothing is made twice
     scores.jsonl, summary.json, report.md, plots/, grids/   written by scoring
+
+This module is hsteer's run-folder protocol for the layers above generation: the file names (`CONFIG`,
+`MANIFEST`, `IMAGES`, `SUMMARY`), the refusal of a link or folder in place of a file the run writes
+(`check_own_file`), atomic JSON and JSON-lines writers, the tolerant JSON-lines reader and `remove_file`.
+The attack run folder (`hsteer.attacks.folder`) is built from these same pieces, so both kinds of run
+name, refuse, write and remove their files one way; only what differs on purpose (an attack run is
+refused unless resumed or overwritten, and overwrite removes the files its stored config names) is the
+attack's own.
 """
 
 from __future__ import annotations
@@ -20,13 +28,15 @@ from typing import Any
 from hsteer.checks import load_json
 from hsteer.errors import HsteerError, field_errors
 from hsteer.fileio import atomic_write_text
-from hsteer.outputs import check_own_file, image_ok  # noqa: F401 - image_ok: the harness's name for the check
+# image_ok: the harness's name for the check; check_own_file, remove_file: shared with the attack run folder
+from hsteer.outputs import check_own_file, image_ok, remove_file  # noqa: F401
 
 CONFIG = "config.json"
 MANIFEST = "manifest.jsonl"
 LOG = "generation.log"
 IMAGES = "images"
 SHARDS = "manifests"
+SUMMARY = "summary.json"
 
 # Settings that decide the images: a rerun into the same folder must repeat them.
 #: Settings added after the first run folders: written to config.json only when not their default.
@@ -172,9 +182,16 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    """Rewrite `path` atomically with one JSON object a line."""
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+def write_jsonl(path: Path, rows: Iterable[dict], *, allow_nan: bool = True) -> None:
+    """Rewrite `path` atomically with one JSON object a line; `allow_nan=False`: strict JSON, a NaN or an
+    infinity is a ValueError before anything is written."""
+    atomic_write_text(path, "".join(json.dumps(r, allow_nan=allow_nan) + "\n" for r in rows))
+
+
+def write_json(path: Path, value: Any, *, allow_nan: bool = True) -> None:
+    """Rewrite `path` (a run's summary.json) atomically with `value` as indented JSON; `allow_nan` as in
+    `write_jsonl`."""
+    atomic_write_text(path, json.dumps(value, indent=2, allow_nan=allow_nan))
 
 
 def append_log(path: Path, rows: Iterable[dict]) -> None:
