@@ -84,7 +84,7 @@ def train(model, device, dtype, objective, bank_path, concepts, group, neutral, 
     from hsteer.model import load_quietly
     from hsteer.policies import parse_window
     from hsteer.training import TrainConfig, train_into_bank
-    from hsteer.training.group import check_group
+    from hsteer.training.group import check_group_settings
     from hsteer.training.run import check_bank_target, train_group_into_bank
 
     extras = method_options(objective, **method_settings)
@@ -104,7 +104,7 @@ def train(model, device, dtype, objective, bank_path, concepts, group, neutral, 
         check_bank_target(bank_path, config.concept, checkpoint_every)
     if len(configs) > 1:
         _check_group_flags(gradient_checkpointing)
-        check_group(configs)
+        check_group_settings(configs)  # each config validated above
     pipe = load_quietly(model, check_device(device, "--device"), dtype)
     if len(configs) > 1:
         results = train_group_into_bank(pipe, configs, bank_path, resume=resume, checkpoint_every=checkpoint_every,

@@ -32,6 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from hsteer import objectives
+from hsteer.checks import check_pipeline
 from hsteer.errors import BankError, HsteerError
 from hsteer.fileio import atomic_save
 from hsteer.steering.bank import Concept
@@ -39,6 +40,7 @@ from hsteer.steering.scoped import active_hooks
 from hsteer.model.diffusion import DDIMSchedule, TextCondition, guidance_combination, guided_epsilon
 from hsteer.seeding import iteration_generator, pool_seed
 from hsteer.training.config import TrainConfig
+from hsteer.training.plan import TrainPlan, check_config, check_run_args, resolve_plan
 from hsteer.training.registry import METHODS
 from hsteer.training.state import (IterationLosses, TrainResult, adam_tensors, concept_meta, restore_adam,
                                    stored_tensors)
@@ -57,11 +59,24 @@ SHARED = ("mode", "steps", "batch_size", "sampling_guidance", "seed", "window", 
 
 
 def check_group(configs: Sequence[TrainConfig]) -> None:
-    """Refuse a group that cannot share one pool, naming the setting that differs."""
-    if len(configs) < 1 or not all(isinstance(c, TrainConfig) for c in configs):
-        raise HsteerError("a group needs one or more TrainConfigs (e.g. one CodsmaConfig per concept)")
+    """Refuse a group that cannot share one pool, naming the setting that differs; each config is validated
+    first (the command line's check before the model loads; `plan_group` checks a group once at the API edge)."""
+    check_group_members(configs)
     for config in configs:
         config.validate()
+    check_group_settings(configs)
+
+
+def check_group_members(configs: Sequence[TrainConfig]) -> None:
+    """A group is one or more TrainConfigs: refused otherwise before any of them is read."""
+    if len(configs) < 1 or not all(isinstance(c, TrainConfig) for c in configs):
+        raise HsteerError("a group needs one or more TrainConfigs (e.g. one CodsmaConfig per concept)")
+
+
+def check_group_settings(configs: Sequence[TrainConfig]) -> None:
+    """What validated configs need to share one pool: a method that trains in groups, the fast mode at the
+    mid-block, distinct names and the same `SHARED` settings and neutral prompts, row by row."""
+    for config in configs:
         if not METHODS.of(config).group_training:
             able = [m for m in METHODS if m.group_training]
             others = [m.title for m in METHODS if not m.group_training]
@@ -90,6 +105,20 @@ def check_group(configs: Sequence[TrainConfig]) -> None:
             raise HsteerError("either every concept of a group has a negative prompt or none has")
 
 
+def plan_group(pipe: Pipeline, configs: Sequence[TrainConfig], *, run_dir: str | Path | None = None,
+               checkpoint_every: int = 1, **flags: object) -> list[TrainPlan]:
+    """`plan_training` for a group trained together, at its API edge (`train_group_into_bank`): each config
+    checked once (`check_config`), then what the group needs to share one pool, then each concept's plan on
+    the model, all in the group's `run_dir`."""
+    check_group_members(configs)
+    for config in configs:
+        check_config(config)
+    check_group_settings(configs)
+    check_pipeline(pipe, "pipe")
+    check_run_args(run_dir, checkpoint_every, **flags)
+    return [resolve_plan(pipe, config, run_dir) for config in configs]
+
+
 def _neutrals(config: TrainConfig) -> list[str]:
     """The neutral prompt of each batch row."""
     if config.pairs:
@@ -100,10 +129,12 @@ def _neutrals(config: TrainConfig) -> list[str]:
 class GroupRun:
     """A group's concepts trained together (module docstring); `run(n)` trains up to iteration n."""
 
-    def __init__(self, pipe: Pipeline, configs: Sequence[TrainConfig]) -> None:
-        check_group(configs)
-        self.pipe, self.configs = pipe, list(configs)
-        built = [step_context(pipe, config) for config in configs]
+    def __init__(self, pipe: Pipeline, configs: Sequence[TrainConfig] | Sequence[TrainPlan]) -> None:
+        """`configs`: the group's configs, checked and planned here (`_plans`), or their plans, trusted."""
+        plans = _plans(pipe, configs)
+        self.pipe, self.configs = pipe, [plan.config for plan in plans]
+        configs = self.configs
+        built = [step_context(pipe, plan) for plan in plans]
         self.ctxs: list[StepContext] = [b[0] for b in built]
         self.shape, self.latent_shape = built[0][1], built[0][2]
         lead = self.ctxs[0]
@@ -359,23 +390,40 @@ class GroupRun:
                 for ctx, config in zip(self.ctxs, self.configs)]
 
 
+def _are_plans(items: object) -> bool:
+    """Whether a group was given as plans (checked already at the API edge) rather than as configs."""
+    return isinstance(items, Sequence) and len(items) > 0 and all(isinstance(i, TrainPlan) for i in items)
+
+
+def _plans(pipe: Pipeline, configs: Sequence[TrainConfig] | Sequence[TrainPlan]) -> list[TrainPlan]:
+    """The group's plans: as given (checked at the API edge, `plan_group`), or made here from its configs,
+    each validated once (`check_group`) and its site resolved once (`resolve_plan`), as `GroupRun` and
+    `train_group` given configs have always checked them."""
+    if _are_plans(configs):
+        return list(configs)
+    check_group(configs)
+    return [resolve_plan(pipe, config) for config in configs]
+
+
 def _number(value: object) -> bool:
     """A finite int or float (not a bool): what a loss, a time or a step count read from a file must be."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def train_group(pipe: Pipeline, configs: Sequence[TrainConfig], *, callback=None,
+def train_group(pipe: Pipeline, configs: Sequence[TrainConfig] | Sequence[TrainPlan], *, callback=None,
                 run_dir: str | Path | None = None,
                 resume: bool = False,
                 checkpoint_every: int = 100) -> list[TrainResult]:
     """Train a group's concepts together for `configs[0].iterations` iterations (all configs must agree);
     one TrainResult per concept, each carrying the group's training seconds (they were spent together).
+    `configs` may be the group's plans (`plan_group`), which are trusted and not checked again.
 
     With `run_dir`, the run is checkpointed there every `checkpoint_every` iterations (and at the end)
     and `resume=True` continues from that checkpoint exactly."""
+    given, configs = configs, [p.config for p in configs] if _are_plans(configs) else configs
     if len({c.iterations for c in configs}) > 1:
         raise HsteerError("a group's concepts train for the same number of iterations; give them all one count")
-    run = GroupRun(pipe, configs)
+    run = GroupRun(pipe, given)
     total, resumed = configs[0].iterations, 0
     checkpoint = Path(run_dir) / "group_checkpoint.safetensors" if run_dir is not None else None
     if checkpoint is not None:

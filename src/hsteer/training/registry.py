@@ -42,9 +42,10 @@ class MethodOption:
 class Method:
     """A training method.
 
-    config: its config class (a `TrainConfig`); trainer(pipe, config, *, run_dir, resume, checkpoint_every,
-    progress, callback) -> TrainResult; step: its optimiser step on the steered trainer's latents (None for
-    a method with its own loop); summary: one line for `hsteer train --help`; families / sites: the
+    config: its config class (a `TrainConfig`); trainer(pipe, plan, *, resume, checkpoint_every, progress,
+    callback) -> TrainResult, on a `hsteer.training.plan.TrainPlan` checked and resolved once (config,
+    site, size, shape, run folder), which it trusts; step: its optimiser step on the steered trainer's
+    latents (None for a method with its own loop); summary: one line for `hsteer train --help`; families / sites: the
     denoiser families and steering sites it trains (None: all); group_training: a group's concepts can
     share one trajectory pool (`hsteer.training.group`); counts_iterations: it trains for `iterations`
     steps, one loss row each (not for epochs over images it makes first); pairs: it learns from

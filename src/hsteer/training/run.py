@@ -10,18 +10,17 @@ from typing import TYPE_CHECKING
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
-from hsteer.checks import (check_count, check_flags, check_name, check_output_dir, check_output_file,
-                           check_pipeline, check_text, check_texts, check_window_covers_steps)
+from hsteer.checks import check_count, check_name, check_output_file
 from hsteer.errors import HsteerError, as_field, field_errors
 from hsteer.fileio import exclusive_lock
 from hsteer.steering.bank import ConceptBank
 from hsteer.steering.bankcheck import check_finite_concepts
-from hsteer.steering.siteshape import site_shape
-from hsteer.model.sites import denoiser_of, site_for
+from hsteer.model.sites import denoiser_of
 from hsteer.training.config import TrainConfig
-from hsteer.training.registry import METHODS
+from hsteer.training.plan import TrainPlan, plan_training
 from hsteer.training.state import TrainResult, run_dir_for
 
 if TYPE_CHECKING:
@@ -58,42 +57,22 @@ def train_concept(pipe: Pipeline, config: TrainConfig, *, run_dir: str | Path | 
     With `run_dir`, a checkpoint is written every `checkpoint_every` iterations and the loss history
     to `losses.jsonl` / `losses.png`; `resume=True` continues from the checkpoint there.
     `callback(iteration, losses)` is called after every iteration. `checkpoint_activations` trades
-    compute for memory (see `gradient_checkpointing`); it does not change the result.
+    compute for memory (see `gradient_checkpointing`); it does not change the result. Everything is
+    checked here once (`plan_training`) and the trainer runs on the plan.
     """
-    check_train_args(pipe, config, run_dir=run_dir, checkpoint_every=checkpoint_every, resume=resume,
-                     progress=progress, checkpoint_activations=checkpoint_activations)
+    plan = plan_training(pipe, config, run_dir=run_dir, checkpoint_every=checkpoint_every, resume=resume,
+                         progress=progress, checkpoint_activations=checkpoint_activations)
+    return _run_plan(pipe, plan, resume=resume, checkpoint_every=checkpoint_every, progress=progress,
+                     callback=callback, checkpoint_activations=checkpoint_activations)
+
+
+def _run_plan(pipe: Pipeline, plan: TrainPlan, *, resume: bool, checkpoint_every: int, progress: bool,
+              callback: Callable[[int, dict[str, float]], None] | None = None,
+              checkpoint_activations: bool = False) -> TrainResult:
+    """Run the plan's method's trainer on a checked plan (`plan_training`), nothing checked again."""
     with gradient_checkpointing(denoiser_of(pipe), checkpoint_activations):
-        return METHODS.of(config).trainer(pipe, config, run_dir=run_dir, resume=resume,
-                                          checkpoint_every=checkpoint_every, progress=progress, callback=callback)
-
-
-def check_train_args(pipe: Pipeline, config: TrainConfig, *, run_dir: str | Path | None = None,
-                     checkpoint_every: int = 1,
-                     **flags: object) -> None:
-    """What `train_concept` and `train_into_bank` take, checked as `hsteer train` checks its options, so the
-    Python API fails with one line instead of an AttributeError or a tokenizer's TypeError: a loaded
-    pipeline with a U-Net, a TrainConfig whose prompts are UTF-8 text and whose step window covers at
-    least one of its steps, an output folder for the run, switches that are True or False."""
-    check_pipeline(pipe, "pipe")
-    if not isinstance(config, TrainConfig):
-        raise HsteerError(f"config must be a TrainConfig, e.g. hsteer.CodsmaConfig(concept='woman', group='gender', "
-                          f"neutral='a person', target='a woman'), got {type(config).__name__}")
-    config.validate()
-    for key in ("neutral", "target", "negative"):
-        if getattr(config, key) is not None:
-            with field_errors(key):
-                check_text(f"the {key} prompt ({key})", getattr(config, key))
-    with field_errors("pairs"):
-        check_texts("a prompt of pairs (pairs)", config.pairs or ())
-    if config.window is not None:
-        with field_errors("window"):
-            check_window_covers_steps(*config.window, config.steps)
-    as_field("checkpoint_every", check_count, checkpoint_every, 1)
-    if run_dir is not None:
-        check_output_dir(run_dir, "run_dir")
-    check_flags(**flags)
-    METHODS.of(config).check_supports(pipe, config.site)
-    site_for(pipe, config.site)  # a site this model does not have fails before anything runs
+        return plan.method.trainer(pipe, plan, resume=resume, checkpoint_every=checkpoint_every,
+                                   progress=progress, callback=callback)
 
 
 def check_bank_target(bank_path: str | Path, concept: str, checkpoint_every: int = 1) -> Path:
@@ -124,16 +103,14 @@ def _check_bank_site(bank: ConceptBank, pipe, site: str) -> None:
                           f"with site={bank.site_spec!r}, or into another bank", field="site")
 
 
-def _checked_shape(pipe, config: TrainConfig, bank_path: Path, allow_other_model: bool) -> tuple[int, ...]:
-    """The shape of `config`'s concepts at their site; an existing bank at another site, family or shape is
+def _checked_shape(pipe, plan: TrainPlan, bank_path: Path, allow_other_model: bool) -> tuple[int, ...]:
+    """The shape of the plan's concepts at their site; an existing bank at another site, family or shape is
     refused here, before hours of training rather than after."""
-    site = site_for(pipe, config.site)
-    shape = site_shape(pipe, site, config.height, config.width)
     if bank_path.exists():
         bank = ConceptBank.load(bank_path)
-        _check_bank_site(bank, pipe, site.spec)
-        bank.check_compatible(pipe, shape, allow_other_model=allow_other_model)
-    return shape
+        _check_bank_site(bank, pipe, plan.site.spec)
+        bank.check_compatible(pipe, plan.shape, allow_other_model=allow_other_model)
+    return plan.shape
 
 
 def _add_to_bank(pipe, bank_path: Path, shape: tuple[int, ...], results: list[TrainResult],
@@ -157,13 +134,13 @@ def train_into_bank(pipe: Pipeline, config: TrainConfig, bank_path: str | Path, 
     Everything is checked before training starts. The bank is read, updated and saved under an
     exclusive lock, so concurrent runs into one bank keep every concept.
     """
-    check_train_args(pipe, config, checkpoint_every=checkpoint_every, resume=resume, progress=progress,
-                     checkpoint_activations=checkpoint_activations, allow_other_model=allow_other_model)
+    plan = plan_training(pipe, config, checkpoint_every=checkpoint_every, resume=resume, progress=progress,
+                         checkpoint_activations=checkpoint_activations, allow_other_model=allow_other_model)
     bank_path = check_bank_target(bank_path, config.concept, checkpoint_every)
-    shape = _checked_shape(pipe, config, bank_path, allow_other_model)
-    result = train_concept(pipe, config, run_dir=run_dir_for(bank_path, config.concept), resume=resume,
-                           checkpoint_every=checkpoint_every, progress=progress,
-                           checkpoint_activations=checkpoint_activations)
+    shape = _checked_shape(pipe, plan, bank_path, allow_other_model)
+    plan = plan.in_folder(run_dir_for(bank_path, config.concept))
+    result = _run_plan(pipe, plan, resume=resume, checkpoint_every=checkpoint_every, progress=progress,
+                       checkpoint_activations=checkpoint_activations)
     _add_to_bank(pipe, bank_path, shape, [result], allow_other_model)
     return result
 
@@ -176,15 +153,15 @@ def train_group_into_bank(pipe: Pipeline, configs: list[TrainConfig], bank_path:
 
     The run is checkpointed in `<bank>.runs/<name+name...>` and resumes from there with `resume=True`.
     """
-    from hsteer.training.group import check_group, train_group
+    from hsteer.training.group import plan_group, train_group
 
-    check_group(configs)
+    plans = plan_group(pipe, configs, checkpoint_every=checkpoint_every, resume=resume,
+                       allow_other_model=allow_other_model)
     for config in configs:
-        check_train_args(pipe, config, checkpoint_every=checkpoint_every, resume=resume,
-                         allow_other_model=allow_other_model)
         bank_path = check_bank_target(bank_path, config.concept, checkpoint_every)
-    shape = _checked_shape(pipe, configs[0], bank_path, allow_other_model)  # the group shares site and size
+    shape = _checked_shape(pipe, plans[0], bank_path, allow_other_model)  # the group shares site and size
     run_dir = run_dir_for(bank_path, "+".join(c.concept for c in configs))
-    results = train_group(pipe, configs, run_dir=run_dir, resume=resume, checkpoint_every=checkpoint_every)
+    plans = [replace(plan, run_dir=run_dir) for plan in plans]
+    results = train_group(pipe, plans, run_dir=run_dir, resume=resume, checkpoint_every=checkpoint_every)
     _add_to_bank(pipe, bank_path, shape, results, allow_other_model)
     return results

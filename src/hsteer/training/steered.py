@@ -31,7 +31,7 @@ from hsteer.errors import HsteerError
 from hsteer.fileio import atomic_write_text
 from hsteer.steering.bank import Concept
 from hsteer.steering.scoped import active_hooks
-from hsteer.steering.siteshape import bind_site, site_meta, site_shape
+from hsteer.steering.siteshape import site_meta
 from hsteer.model.denoisers import Denoiser
 from hsteer.model.diffusion import (
     TextCondition,
@@ -40,10 +40,8 @@ from hsteer.model.diffusion import (
     guidance_combination,
     reverse_to_steps,
 )
-from hsteer.model.geometry import resolve_resolution
-from hsteer.model.sites import site_for
 from hsteer.training.config import TrainConfig
-from hsteer.training.registry import METHODS
+from hsteer.training.plan import TrainPlan, resolve_plan
 from hsteer.training.state import (
     Checkpoint,
     IterationLosses,
@@ -262,16 +260,16 @@ class TrajectoryPool:
 # --- the run ------------------------------------------------------------------------------------------------
 
 
-def train_steered(pipe: Pipeline, config: TrainConfig, *, run_dir: str | Path | None = None,
-                  resume: bool = False,
-                  checkpoint_every: int = 100, progress: bool = True, callback: Callback | None = None) -> TrainResult:
-    """Learn a CoDSMa or RespoDiff concept on `pipe`; see `hsteer.training.train_concept`."""
-    site = site_for(pipe, config.site)
+def train_steered(pipe: Pipeline, plan: TrainPlan, *, resume: bool = False, checkpoint_every: int = 100,
+                  progress: bool = True, callback: Callback | None = None) -> TrainResult:
+    """Learn a CoDSMa or RespoDiff concept on `pipe` as `plan` says (made by `hsteer.training.train_concept`,
+    which checked it: it is trusted here); checkpoints and the loss log go to the plan's run folder."""
+    config, site, run_dir = plan.config, plan.site, plan.run_dir
     module = site.denoiser(pipe)
     if active_hooks(module, site):
         raise HsteerError(f"the pipeline is being steered ({', '.join(active_hooks(module, site))}); remove its "
                           "hooks before training")
-    ctx, shape, latent_shape = step_context(pipe, config)
+    ctx, shape, latent_shape = step_context(pipe, plan)
     unet = ctx.denoiser
     params = ctx.params
     ckpt, log, start = _open_run(run_dir, config, ctx, resume)
@@ -298,22 +296,22 @@ def train_steered(pipe: Pipeline, config: TrainConfig, *, run_dir: str | Path | 
                        Path(run_dir) if run_dir is not None else None)
 
 
-def step_context(pipe: Pipeline, config: TrainConfig) -> tuple[StepContext, tuple[int, ...], tuple[int, ...]]:
-    """A run's start: the frozen denoiser at the run's site, its schedule, the seeded concept tensors with
-    their optimisers and the encoded prompts; with the site's shape and the latent shape at the run's
-    resolution."""
-    method = METHODS.of(config)
-    method.check_supports(pipe, config.site)
-    height, width = resolve_resolution(pipe, config.height, config.width)
-    site = bind_site(pipe, site_for(pipe, config.site), height, width)  # a set of sites: bound to its shapes
-    den = Denoiser(pipe, height, width, site, guidance=config.sampling_guidance)
+def step_context(pipe: Pipeline, plan: TrainPlan | TrainConfig) -> tuple[StepContext, tuple[int, ...],
+                                                                         tuple[int, ...]]:
+    """A run's start: the frozen denoiser at the plan's site, its schedule, the seeded concept tensors with
+    their optimisers and the encoded prompts; with the site's shape and the latent shape at the plan's
+    resolution. A config (studies and tests that build a context directly) is resolved into its plan here
+    (`resolve_plan`, unchecked as before); a plan is trusted as it is."""
+    if not isinstance(plan, TrainPlan):
+        plan = resolve_plan(pipe, plan)
+    config, height, width = plan.config, plan.height, plan.width
+    den = Denoiser(pipe, height, width, plan.site, guidance=config.sampling_guidance)
     den.module.requires_grad_(False)
-    shape = site_shape(pipe, site, height, width)
     latent_shape = den.latent_shape()
-    params = init_params(config, shape, den.device)
+    params = init_params(config, plan.shape, den.device)
     ctx = StepContext(den.module, den.schedule(config.steps), config, params, make_optimizers(config, params),
-                      Conditions.encode(pipe, config, height, width), denoiser=den, step=method.step)
-    return ctx, shape, latent_shape
+                      Conditions.encode(pipe, config, height, width), denoiser=den, step=plan.method.step)
+    return ctx, plan.shape, latent_shape
 
 
 def _open_run(run_dir, config: TrainConfig, ctx: StepContext, resume: bool):

@@ -25,13 +25,13 @@ from safetensors.torch import load_file, save_file
 from hsteer import objectives
 from hsteer.fileio import atomic_save
 from hsteer.steering.bank import Concept
-from hsteer.steering.siteshape import bind_site, site_meta, site_shape
+from hsteer.steering.siteshape import site_meta
 from hsteer.model.denoisers import Denoiser, call_defaults
 from hsteer.model.diffusion import encode_text
 from hsteer.model.geometry import resolve_resolution
-from hsteer.model.sites import site_for
 from hsteer.seeding import sdisc_image_seed, sdisc_order_seed
 from hsteer.training.methods.sdisc.config import SdiscConfig
+from hsteer.training.plan import TrainPlan
 from hsteer.training.state import (
     IterationLosses,
     LossLog,
@@ -47,14 +47,16 @@ if TYPE_CHECKING:
     from hsteer.model.pipeline import Pipeline
 
 
-def target_latents(pipe: Pipeline, config: SdiscConfig, run_dir: Path | None, progress: bool) -> torch.Tensor:
-    """Latents of images generated from the target prompt by the unmodified model (seeded, cached)."""
+def target_latents(pipe: Pipeline, config: SdiscConfig, run_dir: Path | None, progress: bool,
+                   size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Latents of images generated from the target prompt by the unmodified model (seeded, cached), at
+    `size` (height, width: the run's plan's; None: resolved here from the config)."""
     key = hashlib.sha256(repr((config.target, config.neutral, config.negative, config.sdisc_images, config.seed,
                                 config.steps, config.target_guidance)).encode()).hexdigest()[:12]
     cache = run_dir / f"sdisc_latents_{key}.safetensors" if run_dir else None
     if cache is not None and cache.is_file():
         return load_file(str(cache))["latents"].to(Denoiser(pipe).device)
-    height, width = resolve_resolution(pipe, config.height, config.width)
+    height, width = size or resolve_resolution(pipe, config.height, config.width)
     from tqdm.auto import tqdm
 
     chunks = []
@@ -73,22 +75,19 @@ def target_latents(pipe: Pipeline, config: SdiscConfig, run_dir: Path | None, pr
     return latents
 
 
-def train_sdisc(pipe: Pipeline, config: SdiscConfig, *, run_dir: str | Path | None = None,
-                progress: bool = True,
-                **_: object) -> TrainResult:
-    """Learn an SDisc concept; the run folder keeps the target latents and the loss log (no resume: it is fast)."""
+def train_sdisc(pipe: Pipeline, plan: TrainPlan, *, progress: bool = True, **_: object) -> TrainResult:
+    """Learn an SDisc concept as `plan` says (checked by `hsteer.training.train_concept`: trusted here); the
+    plan's run folder keeps the target latents and the loss log (no resume: it is fast)."""
     from tqdm.auto import tqdm
 
-    run_dir = Path(run_dir) if run_dir is not None else None
+    config, site, shape, height, width = plan.config, plan.site, plan.shape, plan.height, plan.width
+    run_dir = plan.run_dir
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-    height, width = resolve_resolution(pipe, config.height, config.width)
-    site = bind_site(pipe, site_for(pipe, config.site), height, width)
     den = Denoiser(pipe, height, width, site)
     den.module.requires_grad_(False)
-    shape = site_shape(pipe, site, height, width)
     began = time.perf_counter()
-    x0_all = target_latents(pipe, config, run_dir, progress)
+    x0_all = target_latents(pipe, config, run_dir, progress, (height, width))
     schedule = den.schedule(config.steps)
     y_neu = encode_text(pipe, [config.neutral], height, width)
     params = init_params(config, shape, den.device)
