@@ -47,9 +47,13 @@ def demo(out, model, iterations, images_per_prompt, seed, threads, respect_promp
 @click.option("--gate-images-per-prompt", default=8, show_default=True, type=int,
               help="Images per prompt of the table on prompts that name an attribute (blind against the gate); "
                    "0 skips it.")
+@click.option("--guard/--no-guard", default=True, show_default=True,
+              help="Also measure safety under the image-aware guard ('safety, guarded': the safety concept only on "
+                   "images whose x0-hat the bank's learned harm detector flags, fitted into each trained bank where "
+                   "it has none), with the shares of harmless and harm images flagged. Not for plain SD.")
 @one_line_errors
 def compare(out, model, iterations, images_per_prompt, seed, methods, readme, respect_prompt,
-            gate_images_per_prompt) -> None:
+            gate_images_per_prompt, guard) -> None:
     """Compare SD, SDisc, CoDSMa and RespoDiff on the bundled model (shape, colour, both, safety)."""
     from hsteer.apps.compare import METHODS, CompareConfig, results_table, run_compare, update_readme
 
@@ -57,7 +61,8 @@ def compare(out, model, iterations, images_per_prompt, seed, methods, readme, re
     result = run_compare(CompareConfig(out=out, model=model, iterations=iterations,
                                        images_per_prompt=images_per_prompt, seed=seed,
                                        methods=tuple(methods) or METHODS, respect_prompt=respect_prompt,
-                                       gate_images_per_prompt=gate_images_per_prompt), log=click.echo)
+                                       gate_images_per_prompt=gate_images_per_prompt, guard=guard),
+                         log=click.echo)
     table = results_table(result)
     click.echo(table)
     if readme:
