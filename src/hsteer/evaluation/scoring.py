@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -12,10 +11,9 @@ from typing import Any
 from hsteer.errors import HsteerError
 from hsteer.evaluation.baselines import policy_label
 from hsteer.evaluation.manifests import finished_records
-from hsteer.evaluation.runs import read_config, write_jsonl
+from hsteer.evaluation.runs import SUMMARY, read_config, write_json, write_jsonl
 from hsteer.evaluation.tasks import ScoringRun, get_task
 from hsteer.evaluation.tasks.base import Scorers
-from hsteer.fileio import atomic_write_text
 
 # Scoring settings that only say where a scorer's weights or data live: scoring elsewhere may move them.
 RELOCATABLE = ("classifier", "align_model", "clip", "q16_clip", "q16_prompts", "reference", "fid_weights",
@@ -57,7 +55,7 @@ def score_run(run_dir: str | Path, *, device: str | None = None, progress: bool 
                "gate_effect": gate_effect(rows, gen.respect_prompt, gen.gate),
                **({"guard_effect": guard_effect(rows, gen.guard)} if gen.guard else {}), **results}
     write_jsonl(run_dir / "scores.jsonl", per_image)
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    write_json(run_dir / SUMMARY, summary)
     if write_report:
         from hsteer.evaluation.report import write_report as _write
 
