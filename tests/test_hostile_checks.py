@@ -379,7 +379,7 @@ def test_sigterm_is_one_line_and_exit_143(tmp_path, monkeypatch):
         raise AssertionError("SIGTERM did not stop the run")
 
     monkeypatch.setattr(hsteer.model, "load_quietly", lambda *a, **k: object())
-    monkeypatch.setattr(hsteer.generation, "generate", terminated)
+    monkeypatch.setattr(hsteer.generation, "generate_planned", terminated)
     before = signal.getsignal(signal.SIGTERM)
     result = cli("generate", "--prompt", "a square", "--out", tmp_path / "out", "--steps", "2")
     assert result.exit_code == 143, result.output

@@ -267,13 +267,10 @@ def test_nonfinite_images_are_never_written(tmp_path, cached_model, monkeypatch,
 
 
 def test_interrupt_message_names_real_options(tmp_path, cached_model, monkeypatch):
-    import hsteer.cli.generate
-
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(hsteer.cli.generate, "run", interrupted, raising=False)
-    monkeypatch.setattr("hsteer.generation.generate", interrupted)
+    monkeypatch.setattr("hsteer.generation.generate_planned", interrupted)
     result = cli("generate", "--prompt", "a square", "--out", tmp_path / "out", *GEN)
     assert result.exit_code == 130 and "--resume" in result.stderr
     from hsteer.cli.common import RESUME_HINTS

@@ -7,7 +7,8 @@ from hsteer import ConceptBank, ConceptPolicy, FairPolicy, PlainPolicy, SafePoli
 from hsteer.policies import POLICIES
 from hsteer.errors import HsteerError
 from hsteer.steering.bank import Concept
-from hsteer.policies import check_policy_object, parse_ratios, policy_from_spec
+from hsteer.policies import check_policy_object, policy_from_spec
+from hsteer.policy_forms import parse_ratios
 
 
 def _bank() -> ConceptBank:

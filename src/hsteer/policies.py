@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from types import MappingProxyType
@@ -32,7 +32,6 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from hsteer.errors import HsteerError
 from hsteer.gate import PromptGate
 from hsteer.steering.bank import ConceptBank
-from hsteer.steering.hook import check_window
 from hsteer.model.sld import SLD_PRESETS, sld_pipeline, sld_preset
 from hsteer.outputs import check_policy
 
@@ -457,46 +456,3 @@ def check_policy_object(policy: Any) -> Policy:
         raise HsteerError(f"policy must be a policy object such as hsteer.FairPolicy(('gender',)), "
                           f"got {type(policy).__name__} {policy!r}{hint}")
     return policy
-
-
-# --- the text forms the CLI and the web page share -------------------------------------------------------
-
-
-def parse_ratios(specs: Iterable[str]) -> dict[str, float]:
-    """'woman=0.3,man=0.7' (repeatable) -> {"woman": 0.3, "man": 0.7}; weights finite and >= 0."""
-    out: dict[str, float] = {}
-    for spec in specs:
-        for item in filter(None, (part.strip() for part in spec.split(","))):
-            name, _, value = item.partition("=")
-            try:
-                weight = float(value)
-            except ValueError:
-                raise HsteerError(f"bad ratio {item!r}: write NAME=WEIGHT,..., e.g. woman=0.3,man=0.7") from None
-            if not math.isfinite(weight) or weight < 0 or weight > MAX_RATIO:
-                raise HsteerError(f"bad ratio {item!r}: a weight is a number from 0 to {MAX_RATIO:g}, "
-                                  "e.g. woman=0.3,man=0.7")
-            out[name.strip()] = weight
-    return out
-
-
-def parse_window(spec: str | None) -> tuple[float, float] | None:
-    """'0.0,0.6' -> (0.0, 0.6): steer only the first 60% of the denoising steps."""
-    if not spec:
-        return None
-    start, _, end = spec.partition(",")
-    try:
-        return check_window(float(start), float(end))
-    except ValueError:
-        raise HsteerError(f"bad window {spec!r}: write START,END as fractions, e.g. 0.0,0.6") from None
-
-
-def parse_concept_specs(specs: Iterable[str]) -> ConceptPolicy:
-    """'name' or 'name=scale' -> ConceptPolicy."""
-    pairs = []
-    for spec in specs:
-        name, _, scale = spec.partition("=")
-        try:
-            pairs.append((name.strip(), float(scale) if scale else 1.0))
-        except ValueError:
-            raise HsteerError(f"bad concept {spec!r}: write NAME or NAME=SCALE, e.g. square=0.8") from None
-    return ConceptPolicy(tuple(pairs))

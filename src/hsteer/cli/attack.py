@@ -23,7 +23,8 @@ from hsteer.policies import BASELINES
 def _defence(o: dict, bank):
     """The Defence of the command line's options (checked before the model loads)."""
     from hsteer.attacks.defence import Defence
-    from hsteer.policies import baseline_policy, parse_window, require_bank
+    from hsteer.policies import baseline_policy, require_bank
+    from hsteer.policy_forms import parse_window
 
     policy = build_policy(o["fair"], o["safe"], o["concepts"], o["scales"], o["ratios"])
     baseline = baseline_policy(o["baseline"])

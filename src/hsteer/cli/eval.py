@@ -167,7 +167,7 @@ def _generation_settings(task: str, task_args: dict[str, Any], o: dict[str, Any]
     """The run's generation settings from the options (a bad bank, group or --ratio fails here, not in a process)."""
     from hsteer.steering.bank import ConceptBank
     from hsteer.model import sampling_defaults
-    from hsteer.policies import parse_window
+    from hsteer.policy_forms import parse_window
 
     policy = _policy(o)
     window = parse_window(o["window"])

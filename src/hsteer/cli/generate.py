@@ -37,53 +37,45 @@ def generate(model, device, dtype, prompts, num_images, seed, out_dir, bank_path
     """Generate images (plain, fair, safe or with explicit concepts) and write manifest.jsonl."""
     from hsteer.checks import check_device
     from hsteer.errors import HsteerError
-    from hsteer.generation import generate as run
-    from hsteer.model import load_quietly
-    from hsteer.policies import parse_window, require_bank
+    from hsteer.fileio import read_image
+    from hsteer.generation import generate_planned, plan_generation
+    from hsteer.model import load_quietly, sampling_defaults
+    from hsteer.model.geometry import check_model_folder_size
+    from hsteer.outputs import OutputFolder
+    from hsteer.policy_forms import parse_window
     from hsteer.steering.bank import ConceptBank
-    from hsteer.model import sampling_defaults
-    from hsteer.outputs import OutputFolder, check_generate_settings
 
     policy = build_policy(fair, safe, concepts, scales, ratios)
     if strength is not None and init_image is None:
         raise HsteerError("--strength needs --init-image")
-    # checked before loading with the model folder's defaults; the run itself resolves the ones not given
-    # from the loaded pipeline (hsteer.model.card.sampling_for) and its manifest says where each came from
-    defaults = sampling_defaults(model)
-    check_steps = steps if steps is not None else int(defaults["steps"])
-    check_guidance = guidance if guidance is not None else float(defaults["guidance"])
-    check_generate_settings(prompts, num_images, seed, check_steps, check_guidance, batch_size, height, width)
-    from hsteer.model.geometry import check_model_folder_size
-
-    check_model_folder_size(model, height, width)  # a size the model's denoiser cannot make: before it loads
-    steer_window = parse_window(window)
+    if init_image is not None and strength is None:
+        strength = 0.8
     bank = ConceptBank.load(bank_path) if bank_path else None
     _check_site(site, bank)
-    if policy.needs_bank:
-        require_bank(bank, policy)
-        from hsteer.steering.bankcheck import check_bank_windows  # windows (--window or stored) that steer no step
-
-        check_bank_windows(bank, policy.drawable(bank), check_steps, steer_window,  # unknown names fail here too
-                           (0.8 if strength is None else strength) if init_image is not None else None)
-    guard_config = _checked_guard(resolve_guard_choice(guard, policy, bank), bank, bank_path, check_steps,
-                                  guard_step, guard_threshold, guard_design, guard_q16_prompts)
-    if not (overwrite or resume):
-        OutputFolder(out_dir)  # refuse a folder in use before loading the model
-    from hsteer.fileio import read_image
-
     image = read_image(init_image, "--init-image") if init_image is not None else None  # a FIFO, a bomb: refused
+    # every setting checked once, before loading, against the model folder's sampling defaults; the run
+    # resolves the ones not given from the loaded pipeline (hsteer.model.sampling_for), and its manifest says
+    # where each came from
+    defaults = sampling_defaults(model)
+    plan = plan_generation(list(prompts), sampling=(int(defaults["steps"]), float(defaults["guidance"])),
+                           num_images_per_prompt=num_images, seed=seed, bank=bank, policy=policy, steps=steps,
+                           guidance=guidance, height=height, width=width, batch_size=batch_size,
+                           steer_unconditional=steer_unconditional, allow_other_model=allow_other_model,
+                           out_dir=out_dir, overwrite=overwrite, resume=resume, keep_images=False,
+                           window=parse_window(window), image=image, strength=strength,
+                           respect_prompt=respect_prompt, gate=gate,
+                           guard=_guard_config(resolve_guard_choice(guard, policy, bank), bank, bank_path, guard_step,
+                                               guard_threshold, guard_design, guard_q16_prompts))
+    check_model_folder_size(model, height, width)  # a size the model's denoiser cannot make: before it loads
+    if not (overwrite or resume):
+        OutputFolder(out_dir).close()  # refuse a folder in use before loading the model
     pipe = load_quietly(model, check_device(device, "--device"), dtype)
     if init_image is not None:
         from diffusers import AutoPipelineForImage2Image
 
         pipe = AutoPipelineForImage2Image.from_pipe(pipe)
         pipe.set_progress_bar_config(disable=True)
-        strength = 0.8 if strength is None else strength
-    out = run(pipe, list(prompts), num_images_per_prompt=num_images, seed=seed, bank=bank, policy=policy,
-              steps=steps, guidance=guidance, height=height, width=width, batch_size=batch_size,
-              steer_unconditional=steer_unconditional, allow_other_model=allow_other_model, out_dir=out_dir,
-              overwrite=overwrite, resume=resume, keep_images=False, window=steer_window, image=image,
-              strength=strength, respect_prompt=respect_prompt, gate=gate, guard=guard_config)
+    out = generate_planned(pipe, plan)
     click.echo(f"wrote {len(out)} images and manifest.jsonl to {out_dir}")
 
 
@@ -97,10 +89,9 @@ def _check_site(site: str | None, bank) -> None:
                                                 else "a site needs --bank"))
 
 
-def _checked_guard(guard: str, bank, bank_path, check_steps: int, guard_step, guard_threshold, guard_design,
-                   guard_q16_prompts):
-    """The run's guard configuration (None for --guard none), its group, detector and decision step checked
-    against the bank before the model loads."""
+def _guard_config(guard: str, bank, bank_path, guard_step, guard_threshold, guard_design, guard_q16_prompts):
+    """The run's guard configuration from its options (None for --guard none); the plan checks its group,
+    detector and decision step against the bank."""
     from hsteer.errors import HsteerError
 
     if guard != "none" and bank is None:
@@ -111,9 +102,4 @@ def _checked_guard(guard: str, bank, bank_path, check_steps: int, guard_step, gu
     if guard_q16_prompts is not None and guard != "q16":
         raise HsteerError("--q16-prompts is read only by --guard q16 (Q16's prompt embeddings); drop it, or pass "
                           "--guard q16")
-    guard_config = build_guard_config(guard, guard_step, guard_threshold, guard_design, guard_q16_prompts)
-    if guard_config is not None:
-        from hsteer.generation.guard import build_guard
-
-        build_guard(guard_config, bank, check_steps)  # its group, detector and decision step: before loading
-    return guard_config
+    return build_guard_config(guard, guard_step, guard_threshold, guard_design, guard_q16_prompts)

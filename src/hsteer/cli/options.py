@@ -148,7 +148,8 @@ def build_policy(fair: str | None, safe: bool, concepts: tuple[str, ...], scales
                  ratios: tuple[str, ...] = ()):
     """The policy of the command line's --fair / --safe / --concept (plain without any), with its
     --group-scale and --ratio; every value checked here, before anything loads."""
-    from hsteer.policies import FairPolicy, PlainPolicy, SafePolicy, parse_concept_specs, parse_ratios
+    from hsteer.policies import FairPolicy, PlainPolicy, SafePolicy
+    from hsteer.policy_forms import parse_concept_specs, parse_ratios
 
     if sum(bool(x) for x in (fair, safe, concepts)) > 1:
         raise HsteerError("choose one of --fair, --safe or --concept")

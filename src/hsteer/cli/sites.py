@@ -63,7 +63,7 @@ def sites(model, device, dtype, neutral, target, keep, sites, windows, groups, i
     from hsteer.model.denoisers import site_shape
     from hsteer.steering.siteshape import bind_site
     from hsteer.model.sites import SiteSet, default_site_spec, site_for, site_specs
-    from hsteer.policies import parse_window
+    from hsteer.policy_forms import parse_window
 
     settings = ScanSettings(neutral, target, tuple(keep), iterations, batch_size, steps, lr, height=height,
                             width=width, seed=seed)
@@ -108,7 +108,7 @@ def _scan_groups(model, device, dtype, groups, sites, windows, iterations, image
     from hsteer.fileio import atomic_write_text
     from hsteer.model import load_quietly
     from hsteer.model.sites import site_specs
-    from hsteer.policies import parse_window
+    from hsteer.policy_forms import parse_window
 
     settings = GroupScanSettings(tuple(groups), iterations, images_per_prompt, harm_images_per_prompt, seed,
                                  timing_batches)

@@ -82,7 +82,7 @@ def train(model, device, dtype, objective, bank_path, concepts, group, neutral, 
     """Learn a concept and add (or replace) it in a bank (the help lists the registered methods: `HELP`)."""
     from hsteer.checks import check_device
     from hsteer.model import load_quietly
-    from hsteer.policies import parse_window
+    from hsteer.policy_forms import parse_window
     from hsteer.training import TrainConfig, train_into_bank
     from hsteer.training.group import check_group_settings
     from hsteer.training.run import check_bank_target, train_group_into_bank

@@ -29,7 +29,7 @@ from hsteer.outputs import check_own_file
 from hsteer.evaluation.tasks import task_jobs
 from hsteer.generation import ImageJob, ImageRecord, generate_jobs
 from hsteer.generation.draws import draw_for, prompt_gate
-from hsteer.generation.engine import guard_for_run
+from hsteer.generation.plan import guard_for_run
 from hsteer.generation.guard import without_group
 from hsteer.evaluation.guard_detectors import guard_from_spec
 from hsteer.policies import require_bank

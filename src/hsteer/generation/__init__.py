@@ -6,8 +6,9 @@ Policies (which concepts an image gets) live in `hsteer.policies`; the hook that
 
 from hsteer.generation.attached import attach, attachment_of, detach
 from hsteer.generation.deltas import delta_for, window_deltas
-from hsteer.generation.engine import generate, generate_jobs, image_jobs
+from hsteer.generation.engine import generate, generate_jobs, generate_planned, image_jobs
+from hsteer.generation.plan import GenerationPlan, plan_generation
 from hsteer.generation.records import GenerationOutput, ImageJob, ImageRecord
 
-__all__ = ["GenerationOutput", "ImageJob", "ImageRecord", "attach", "attachment_of", "delta_for", "detach",
-           "generate", "generate_jobs", "image_jobs", "window_deltas"]
+__all__ = ["GenerationOutput", "GenerationPlan", "ImageJob", "ImageRecord", "attach", "attachment_of", "delta_for",
+           "detach", "generate", "generate_jobs", "generate_planned", "image_jobs", "plan_generation", "window_deltas"]

@@ -23,7 +23,8 @@ from hsteer.fileio import atomic_png
 from hsteer.gate import GateConfig
 from hsteer.generation.deltas import window_deltas
 from hsteer.generation.draws import draw_for, prompt_gate
-from hsteer.generation.guard import Guard, GuardConfig, build_guard, without_group
+from hsteer.generation.guard import Guard, GuardConfig, without_group
+from hsteer.generation.plan import GenerationPlan, plan_generation
 from hsteer.generation.x0 import X0Capture, check_x0_readable
 from hsteer.generation.records import GenerationOutput, ImageJob, ImageRecord
 from hsteer.steering.attach import Layer, only_layer, steering_of
@@ -35,10 +36,9 @@ from hsteer.steering.siteshape import site_shape
 from hsteer.model.denoisers import call_defaults
 from hsteer.model.geometry import resolve_resolution
 from hsteer.model.sites import denoiser_of
-from hsteer.checks import check_flags, check_pipeline, check_steering_args, check_strength, prompt_list
-from hsteer.steering.bankcheck import check_bank_windows
+from hsteer.checks import check_pipeline
 from hsteer.outputs import OutputFolder, check_generate_settings, check_images_finite
-from hsteer.policies import Policy, PlainPolicy, check_policy_object, require_bank
+from hsteer.policies import Policy
 
 if TYPE_CHECKING:
     from hsteer.model.pipeline import Pipeline
@@ -47,6 +47,11 @@ if TYPE_CHECKING:
 def image_jobs(prompts: Sequence[str], num_images: int, seed: int) -> Iterator[tuple[str, int, int]]:
     """(prompt, index, seed) per image, streamed: the i-th image of any prompt has seed `seed + i`."""
     check_generate_settings(prompts, num_images, seed, 1, 0.0, 1, None, None)
+    return _seeded(prompts, num_images, seed)
+
+
+def _seeded(prompts: Sequence[str], num_images: int, seed: int) -> Iterator[tuple[str, int, int]]:
+    """`image_jobs` on checked settings."""
     return ((p, i, seed + i) for p in prompts for i in range(num_images))
 
 
@@ -115,51 +120,52 @@ def generate(pipe: Pipeline, prompts: str | Sequence[str], *, num_images_per_pro
     drawn as always and safety is added to flagged images. Each manifest row's `guard` says the detector,
     its score, the decision and whether the image was redrawn.
     """
-    prompts = prompt_list("prompts", prompts)
-    steps, guidance, sampled_from = sampling_for(pipe, steps, guidance)
-    policy = check_policy_object(policy or PlainPolicy())
-    window = check_steering_args(pipe, bank, window=window, steer_unconditional=steer_unconditional,
-                                 allow_other_model=allow_other_model)
-    check_flags(overwrite=overwrite, resume=resume, keep_images=keep_images, progress=progress,
-                respect_prompt=respect_prompt)
-    strength = check_strength("strength", strength)
-    check_generate_settings(prompts, num_images_per_prompt, seed, steps, guidance, batch_size, height, width,
-                            negative_prompt=negative_prompt)
-    height, width = _check_against_bank(pipe, bank, policy, steps, window, height, width, image, strength,
-                                        allow_other_model)
-    inputs = _prompt_inputs(prompts, image, mask_image)
-    prompt_reader = prompt_gate(pipe, bank, policy, respect_prompt, gate)
-    guarded = guard_for_run(guard, bank, policy, steps)
-    if guarded is not None:
+    run_steps, run_guidance, _ = sampling_for(pipe, steps, guidance)  # the model's defaults, for the checks
+    plan = plan_generation(prompts, sampling=(run_steps, run_guidance), num_images_per_prompt=num_images_per_prompt,
+                           seed=seed, bank=bank, policy=policy, steps=steps, guidance=guidance, height=height,
+                           width=width, batch_size=batch_size, steer_unconditional=steer_unconditional,
+                           allow_other_model=allow_other_model, out_dir=out_dir, progress=progress,
+                           negative_prompt=negative_prompt, overwrite=overwrite, resume=resume,
+                           keep_images=keep_images, window=window, image=image, strength=strength,
+                           mask_image=mask_image, pipe_kwargs=pipe_kwargs, respect_prompt=respect_prompt, gate=gate,
+                           guard=guard)
+    return generate_planned(pipe, plan)
+
+
+def generate_planned(pipe: Pipeline, plan: GenerationPlan) -> GenerationOutput:
+    """Run a checked plan (`hsteer.generation.plan.plan_generation`) on `pipe`, trusting it: only what needs
+    the pipeline is resolved here, once (its default sampling, the site, the image size and the concept
+    shape there, the bank's fit to the model), then the images are made as `generate` describes."""
+    check_pipeline(pipe)
+    steps, guidance, sampled_from = sampling_for(pipe, plan.steps, plan.guidance)
+    plan = plan.at_steps(steps)
+    bank, policy = plan.bank, plan.policy
+    prompt_reader = prompt_gate(pipe, bank, policy, plan.respect_prompt, plan.gate)
+    if plan.guard is not None:
         check_x0_readable(pipe.scheduler)
     prepared = policy.prepare(pipe)  # the pipeline the policy's images are made with (SLD: its safe pipeline)
-    folder = OutputFolder(out_dir, overwrite=overwrite, resume=resume) if out_dir is not None else None
-    work = _job_stream(prompts, num_images_per_prompt, seed, policy, bank, prompt_reader, inputs,
-                       guard.group if guarded is not None else None, folder is not None, sampled_from)
-    settings = dict(steps=steps, guidance=guidance, height=height, width=width, window=window, strength=strength)
-    return _generate_into(folder, prepared, work, bank, policy.name, settings, len(prompts) * num_images_per_prompt,
-                          batch_size=batch_size, steer_unconditional=steer_unconditional, progress=progress,
-                          negative_prompt=negative_prompt, keep_images=keep_images, pipe_kwargs=pipe_kwargs,
-                          guard=guarded)
+    site = _site(prepared, bank)
+    height, width, shape = _resolution_and_shape(prepared, plan.height, plan.width, plan.image, site)
+    if policy.needs_bank:
+        bank.check_compatible(pipe, shape, allow_other_model=plan.allow_other_model)
+    folder = OutputFolder(plan.out_dir, overwrite=plan.overwrite, resume=plan.resume) if plan.out_dir else None
+    work = _job_stream(plan, prompt_reader, folder is not None, sampled_from)
+    settings = dict(steps=steps, guidance=guidance, height=height, width=width, window=plan.window,
+                    strength=plan.strength)
+    return _generate_into(folder, prepared, work, bank, policy.name, settings, plan.total,
+                          _Where(site, shape), batch_size=plan.batch_size,
+                          steer_unconditional=plan.steer_unconditional, progress=plan.progress,
+                          negative_prompt=plan.negative_prompt, keep_images=plan.keep_images,
+                          pipe_kwargs=dict(plan.pipe_kwargs) if plan.pipe_kwargs is not None else None,
+                          guard=plan.guard)
 
 
-def _prompt_inputs(prompts: list[str], image: Any, mask_image: Any) -> dict[str, dict[str, Any]]:
-    """Each prompt's img2img / inpaint inputs (`image`, `mask_image`): checked (one, or one per prompt) before
-    any folder is touched or any image is made."""
-    images, masks = _per_prompt(image, prompts, "image"), _per_prompt(mask_image, prompts, "mask_image")
-    inputs = {p: ({"image": images[p]} if image is not None else {}) for p in prompts}
-    if mask_image is not None:
-        for p in prompts:
-            inputs[p]["mask_image"] = masks[p]
-    return inputs
-
-
-def _job_stream(prompts: list[str], num_images: int, seed: int, policy: Policy, bank: ConceptBank | None,
-                prompt_reader, inputs: dict[str, dict[str, Any]], guarded_group: str | None, numbered: bool,
-                sampled_from: dict[str, Any]) -> Iterator[ImageJob]:
+def _job_stream(plan: GenerationPlan, prompt_reader, numbered: bool, sampled_from: dict[str, Any]) -> Iterator[ImageJob]:
     """Each image's job, streamed (a run too large to hold is never listed): its seed, its concepts drawn
     under the prompt gate (without the guarded group, which the guard adds to flagged images only), its
     per-prompt inputs and, with an output folder, its file name."""
+    policy, bank = plan.policy, plan.bank
+    guarded_group = plan.guard.group if plan.guard is not None else None
 
     def job(n: int, prompt: str, index: int, image_seed: int) -> ImageJob:
         concepts, notes = draw_for(policy, bank, prompt_reader, prompt, image_seed)
@@ -168,13 +174,24 @@ def _job_stream(prompts: list[str], num_images: int, seed: int, policy: Policy, 
             notes = [n for n in notes if not n.startswith(guarded_group)]
         return ImageJob(prompt, index, image_seed, concepts, f"{n:05d}.png" if numbered else None,
                         extra={**({"gate": notes} if notes else {}), "defaults": sampled_from},
-                        inputs=dict(inputs[prompt]))
+                        inputs=dict(plan.inputs[prompt]))
 
-    return (job(n, *spec) for n, spec in enumerate(image_jobs(prompts, num_images, seed)))
+    jobs = _seeded(plan.prompts, plan.num_images_per_prompt, plan.seed)
+    return (job(n, *spec) for n, spec in enumerate(jobs))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Where:
+    """Where a run steers, resolved once on its pipeline: the site (None: nowhere) and one image's concept
+    shape there at the run's size."""
+
+    site: SteeringSite | None
+    shape: tuple[int, ...] | None
 
 
 def _generate_into(folder: OutputFolder | None, pipe, work: Iterable[ImageJob], bank: ConceptBank | None,
-                   policy_name: str, settings: dict[str, Any], planned: int, **options) -> GenerationOutput:
+                   policy_name: str, settings: dict[str, Any], planned: int, where: _Where,
+                   **options) -> GenerationOutput:
     """`generate_jobs` on the run's jobs, into `folder` where there is one: a resumed folder makes only the
     images it lacks (a done image made with other settings stops the run), and its lock goes at once when
     the run ends, on an error too."""
@@ -182,52 +199,11 @@ def _generate_into(folder: OutputFolder | None, pipe, work: Iterable[ImageJob], 
         work = folder.pending(work, lambda job: _record(job, policy_name, **settings).to_dict())
     total = planned - (len(folder.done) if folder else 0)
     try:
-        return generate_jobs(pipe, work, bank, policy_name, total=total, sink=folder.add if folder else None,
-                             **options, **settings)
+        return _run_jobs(pipe, iter(work), bank, policy_name, where, total=total,
+                         sink=folder.add if folder else None, **options, **settings)
     finally:
         if folder is not None:
             folder.close()
-
-
-def guard_for_run(config: GuardConfig | None, bank: ConceptBank | None, policy: Policy, steps: int) -> Guard | None:
-    """The run's guard: flagged images get the guarded group at the policy's scale for it (1 if the policy
-    does not draw the group, e.g. fair generation with a guard)."""
-    if config is None:
-        return None
-    if not isinstance(config, GuardConfig):
-        raise HsteerError(f"guard must be a GuardConfig (e.g. GuardConfig() for the bank's learned detector), "
-                          f"got {type(config).__name__}")
-    if bank is None:
-        raise HsteerError("the guard adds the bank's safety concepts to flagged images: pass a bank (CLI: --bank)")
-    members = {c.name for c in bank.group(config.group)}
-    drawn = policy.assign(bank, 0) if policy.needs_bank else []
-    scales = [s for n, s in drawn if n in members]
-    return build_guard(config, bank, steps, scales[0] if scales else 1.0)
-
-
-def _check_against_bank(pipe, bank: ConceptBank | None, policy: Policy, steps: int,
-                        window: tuple[float, float] | None, height: int | None, width: int | None, image: Any,
-                        strength: float | None, allow_other_model: bool) -> tuple[int, int]:
-    """The call's resolution, once the bank fits the model at its site there and its concepts, groups,
-    ratios and windows are valid (a window that steers no step fails here, before any folder is touched)."""
-    site = require_bank(bank, policy).site_of(pipe) if policy.needs_bank else None
-    height, width, shape = _resolution_and_shape(pipe, height, width, image, site)
-    if policy.needs_bank:
-        bank.check_compatible(pipe, shape, allow_other_model=allow_other_model)
-        check_bank_windows(bank, policy.drawable(bank), steps, window, strength if image is not None else None,
-                           label="window")
-    return height, width
-
-
-def _per_prompt(value: Any, prompts: list[str], what: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if isinstance(value, (list, tuple)):
-        if len(value) != len(prompts):
-            raise HsteerError(f"{what}: give one for every prompt, or one list entry per prompt "
-                              f"({len(value)} for {len(prompts)} prompts)")
-        return dict(zip(prompts, value))
-    return {p: value for p in prompts}
 
 
 def _record(job: ImageJob, policy_name: str, *, steps: int, guidance: float, height: int, width: int,
@@ -259,22 +235,38 @@ def generate_jobs(pipe: Pipeline, jobs: Iterable[ImageJob], bank: ConceptBank | 
     `enable_model_cpu_offload()`). With `guard` (`build_guard`), each batch is decided image by image
     (`hsteer.generation.guard`) and each row records the decision.
     """
-    from tqdm.auto import tqdm
-
     check_pipeline(pipe)
     stream = iter(jobs)
-    batch = list(itertools.islice(stream, batch_size))
-    first_image = next((job.inputs["image"] for job in batch if "image" in job.inputs), None)
+    first = list(itertools.islice(stream, batch_size))
+    first_image = next((job.inputs["image"] for job in first if "image" in job.inputs), None)
     site = _site(pipe, bank)
     height, width, shape = _resolution_and_shape(pipe, height, width, first_image, site)
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    total = len(jobs) if total is None and isinstance(jobs, Sequence) else total
+    return _run_jobs(pipe, itertools.chain(first, stream), bank, policy_name, _Where(site, shape), steps=steps,
+                     guidance=guidance, height=height, width=width, batch_size=batch_size,
+                     steer_unconditional=steer_unconditional, out_dir=out_dir, progress=progress,
+                     negative_prompt=negative_prompt, sink=sink, total=total, keep_images=keep_images,
+                     window=window, strength=strength, pipe_kwargs=pipe_kwargs, guard=guard)
+
+
+def _run_jobs(pipe, stream: Iterator[ImageJob], bank: ConceptBank | None, policy_name: str, where: _Where, *,
+              steps: int, guidance: float, height: int, width: int, batch_size: int, steer_unconditional: bool,
+              progress: bool, negative_prompt: str | None, total: int | None, keep_images: bool,
+              window: tuple[float, float] | None, strength: float | None, pipe_kwargs: dict[str, Any] | None,
+              guard: Guard | None, sink: Callable[[dict[str, Any], Any], None] | None = None,
+              out_dir: str | Path | None = None) -> GenerationOutput:
+    """The batch loop of `generate_jobs` and `generate`, on a site, size and shape already resolved."""
+    from tqdm.auto import tqdm
+
     out_path = Path(out_dir) if out_dir is not None else None
-    if out_path is not None:
-        out_path.mkdir(parents=True, exist_ok=True)
     images, records, count = [], [], 0
     call = _call_kwargs(pipe, steps, guidance, height, width, strength, pipe_kwargs)
-    run = _batch_runner(pipe, bank, site, shape, window, call, steer_unconditional, policy_name, negative_prompt)
-    total = len(jobs) if total is None and isinstance(jobs, Sequence) else total
+    run = _batch_runner(pipe, bank, where.site, where.shape, window, call, steer_unconditional, policy_name,
+                        negative_prompt)
     bar = tqdm(total=total, disable=not progress, desc=f"generate ({policy_name})", unit="img")
+    batch = list(itertools.islice(stream, batch_size))
     while batch:
         if guard is None:
             pixels = run(batch)

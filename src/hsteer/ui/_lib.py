@@ -26,7 +26,8 @@ from hsteer.steering.siteshape import site_shape
 from hsteer.model.geometry import resolve_resolution
 from hsteer.model.loading import BUNDLED_NAMES, model_location
 from hsteer.model.sites import denoiser_of, family_of, site_for
-from hsteer.policies import Policy, parse_window
+from hsteer.policies import Policy
+from hsteer.policy_forms import parse_window
 from hsteer.training.config import OBJECTIVES, config_class
 from hsteer.training.registry import METHODS
 
