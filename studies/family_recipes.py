@@ -1,7 +1,8 @@
 """Step windows and scales of the fair recipe, per model family, measured on the held-out templates.
 
     OMP_NUM_THREADS=1 python studies/family_recipes.py --model unet|dit [--group colour] \
-        [--window colour=0,0.25 ...] [--scale 1.0 --scale 1.5] [--iterations 150] [--images 8] [--json OUT]
+        [--window colour=0,0.25 ...] [--scale 1.0 --scale 1.5] [--iterations 150] [--lr 0.1] [--site S] [--images 8]
+        [--json OUT]
 
 For each group and step window: the group's concepts learned with the recipe (`world_train_config`) in that
 window; for each scale, fair over that group alone on the held-out templates (`world.held_out`:
@@ -33,19 +34,24 @@ def _window(text: str) -> tuple[str, tuple[float, float]]:
     return group, (start, end)
 
 
-def train_bank(pipe, group: str, window: tuple[float, float], iterations: int, work: Path) -> Path:
-    """The group's concepts learned with the recipe in `window` (reused if the bank exists)."""
+def train_bank(pipe, group: str, window: tuple[float, float], iterations: int, work: Path,
+               lr: float | None = None, site: str | None = None) -> Path:
+    """The group's concepts learned with the recipe in `window` (learning rate `lr` and steering site `site`;
+    None: the recipe's), reused if the bank exists."""
     from hsteer.apps.recipes import WORLD_CONCEPTS, world_train_config
     from hsteer.training import train_into_bank
 
-    path = work / f"{group}_{window[0]:g}_{window[1]:g}_{iterations}.safetensors"
+    rate = f"_lr{lr:g}" if lr is not None else ""
+    where = f"_{site.replace(',', '+')}" if site is not None else ""
+    path = work / f"{group}_{window[0]:g}_{window[1]:g}_{iterations}{rate}{where}.safetensors"
     if path.exists():
         return path
     partial = path.with_suffix(".partial.safetensors")
     for name, concept_group, *_ in WORLD_CONCEPTS:
         if concept_group == group:
-            train_into_bank(pipe, world_train_config(name, iterations, 0, window=window), partial, resume=True,
-                            checkpoint_every=50, progress=False)
+            extra = {k: v for k, v in (("lr", lr), ("site", site)) if v is not None}
+            train_into_bank(pipe, world_train_config(name, iterations, 0, window=window, **extra), partial,
+                            resume=True, checkpoint_every=50, progress=False)
     partial.rename(path)
     return path
 
@@ -72,6 +78,8 @@ def main() -> None:
     parser.add_argument("--window", action="append", type=_window, metavar="GROUP=START,END")
     parser.add_argument("--scale", action="append", type=float)
     parser.add_argument("--iterations", type=int, default=150)
+    parser.add_argument("--lr", type=float, default=None, help="default: the recipe's")
+    parser.add_argument("--site", default=None, help="a site or set of sites (default: the model's)")
     parser.add_argument("--images", type=int, default=12, help="held-out images per prompt (a multiple of 6)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", type=Path, default=Path("family_recipes_work"))
@@ -91,7 +99,8 @@ def main() -> None:
     for group in groups:
         for window in windows[group]:
             began = time.perf_counter()
-            bank = ConceptBank.load(train_bank(pipe, group, window, args.iterations, work))
+            bank = ConceptBank.load(train_bank(pipe, group, window, args.iterations, work, args.lr,
+                                                     args.site))
             trained = time.perf_counter() - began
             for scale in args.scale or [1.0]:
                 figures = measure(pipe, bank, group, scale, args.images)

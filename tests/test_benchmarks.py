@@ -376,3 +376,22 @@ def test_the_group_knobs_study_warms_up_and_jumps_only_the_unsteered_start(sd_pi
     jumped._start_pool()
     exact._start_pool()
     assert torch.equal(jumped.k, exact.k) and not torch.allclose(jumped.x, exact.x)
+
+
+def test_the_family_recipes_study_trains_at_the_rate_and_site_asked(tmp_path):
+    """studies/family_recipes.py: a group's bank trained at another learning rate or set of sites is its own
+    file (a bank of the recipe's settings is never reused for it), at that site, learned at that rate."""
+    import torch
+
+    from hsteer.model import load_quietly
+    from hsteer.steering.bank import ConceptBank
+
+    torch.set_num_threads(THREADS)
+    study = _load("family_recipes")
+    pipe = load_quietly(None)
+    path = study.train_bank(pipe, "shape", (0.5, 1.0), 1, tmp_path, lr=0.2, site="mid_block,text")
+    assert path.name == "shape_0.5_1_1_lr0.2_mid_block+text.safetensors"
+    bank = ConceptBank.load(path)
+    assert bank.site_spec == "mid_block,text" and sorted(c.name for c in bank) == ["circle", "square"]
+    assert all(c.meta["lr"] == 0.2 and c.meta["window"] == [0.5, 1.0] for c in bank)
+    assert study.train_bank(pipe, "shape", (0.5, 1.0), 1, tmp_path, lr=0.2, site="mid_block,text") == path
