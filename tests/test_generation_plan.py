@@ -133,3 +133,10 @@ def test_the_plan_refuses_before_the_model_loads(bank_path, tmp_path, monkeypatc
     assert_handled(cli("generate", "--prompt", "a scene", "--bank", bank_path, "--fair", "shape", *args, "--out",
                        out), fragment)
     assert not out.exists()
+
+
+def test_only_a_plan_runs(world):
+    from hsteer.errors import HsteerError
+
+    with pytest.raises(HsteerError, match="plan must be a GenerationPlan, made by hsteer.generation.plan_generation"):
+        generate_planned(world, {"prompts": ["a scene"]})

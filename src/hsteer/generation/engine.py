@@ -136,6 +136,9 @@ def generate_planned(pipe: Pipeline, plan: GenerationPlan) -> GenerationOutput:
     """Run a checked plan (`hsteer.generation.plan.plan_generation`) on `pipe`, trusting it: only what needs
     the pipeline is resolved here, once (its default sampling, the site, the image size and the concept
     shape there, the bank's fit to the model), then the images are made as `generate` describes."""
+    if not isinstance(plan, GenerationPlan):
+        raise HsteerError(f"plan must be a GenerationPlan, made by hsteer.generation.plan_generation(...); got "
+                          f"{type(plan).__name__}")
     check_pipeline(pipe)
     steps, guidance, sampled_from = sampling_for(pipe, plan.steps, plan.guidance)
     plan = plan.at_steps(steps)
@@ -148,7 +151,8 @@ def generate_planned(pipe: Pipeline, plan: GenerationPlan) -> GenerationOutput:
     height, width, shape = _resolution_and_shape(prepared, plan.height, plan.width, plan.image, site)
     if policy.needs_bank:
         bank.check_compatible(pipe, shape, allow_other_model=plan.allow_other_model)
-    folder = OutputFolder(plan.out_dir, overwrite=plan.overwrite, resume=plan.resume) if plan.out_dir else None
+    folder = (OutputFolder(plan.out_dir, overwrite=plan.overwrite, resume=plan.resume) if plan.out_dir is not None
+              else None)
     work = _job_stream(plan, prompt_reader, folder is not None, sampled_from)
     settings = dict(steps=steps, guidance=guidance, height=height, width=width, window=plan.window,
                     strength=plan.strength)
