@@ -140,3 +140,12 @@ def test_only_a_plan_runs(world):
 
     with pytest.raises(HsteerError, match="plan must be a GenerationPlan, made by hsteer.generation.plan_generation"):
         generate_planned(world, {"prompts": ["a scene"]})
+
+
+@pytest.mark.parametrize("sampling", [None, "20", (20,), (0, 4.0), (20.5, 4.0), (True, 4.0), (20, float("nan")),
+                                      (20, "4")])
+def test_a_plan_needs_the_models_sampling_as_a_pair(sampling):
+    from hsteer.errors import HsteerError
+
+    with pytest.raises(HsteerError, match=r"sampling must be the model's \(steps, guidance\)"):
+        plan_generation("a scene", sampling=sampling)

@@ -10,6 +10,7 @@ the pipeline (its sampling defaults, site, size and concept shape) and checks no
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -94,6 +95,7 @@ def plan_generation(prompts: str | Sequence[str], *, sampling: tuple[int, float]
     `sampling`: the (steps, guidance) the model uses where none are given (`hsteer.model.sampling_for` on
     a loaded pipeline, `hsteer.model.sampling_defaults` on a model folder), so that windows and the guard's
     decision step are checked against the steps the run will take."""
+    _check_sampling(sampling)
     prompts = prompt_list("prompts", prompts)
     policy = check_policy_object(policy or PlainPolicy())
     check_bank_object(bank, "bank")
@@ -116,6 +118,16 @@ def plan_generation(prompts: str | Sequence[str], *, sampling: tuple[int, float]
                           steer_unconditional=steer_unconditional, allow_other_model=allow_other_model,
                           respect_prompt=respect_prompt, gate=gate, negative_prompt=negative_prompt,
                           pipe_kwargs=pipe_kwargs)
+
+
+def _check_sampling(sampling: object) -> None:
+    """`sampling` is the model's (steps, guidance) pair: an integer count and a finite number."""
+    ok = (isinstance(sampling, (tuple, list)) and len(sampling) == 2 and isinstance(sampling[0], int)
+          and not isinstance(sampling[0], bool) and sampling[0] >= 1 and isinstance(sampling[1], (int, float))
+          and not isinstance(sampling[1], bool) and math.isfinite(sampling[1]))
+    if not ok:
+        raise HsteerError(f"sampling must be the model's (steps, guidance) where none are given, e.g. (20, 4.0) or "
+                          f"hsteer.model.sampling_defaults(model) as a pair; got {sampling!r}", field="sampling")
 
 
 def _check_windows(bank: ConceptBank | None, policy: Policy, steps: int, window: tuple[float, float] | None,
