@@ -75,3 +75,25 @@ def good_header(**changes):
               "concepts": {"square": {"group": "shape", "objective": "codsma", "tensors": ["c"], "meta": {}}}}
     header.update(changes)
     return header
+
+
+def random_detector(size: int, step: int = 4, steps: int = 20, **kw):
+    """A learned harm detector over `size` features with fixed random weights (seed 0): what it flags does not
+    matter to the tests that take it, only that it is stored, read and run like a fitted one."""
+    from hsteer.steering.detectors import LinearDetector
+
+    g = torch.Generator().manual_seed(0)
+    return LinearDetector(torch.randn(size, generator=g), torch.zeros(1), torch.zeros(size), torch.ones(size),
+                          step=step, steps=steps, **kw)
+
+
+def safety_bank(folder: Path, meta: dict | None = None):
+    """A bank (in memory; its shape group also saved as `folder/plain.safetensors`) of the world model's shape
+    group {circle, square} and a 'safety' concept `anti_harm` with `meta`."""
+    from hsteer import ConceptBank
+    from hsteer.steering.bank import Concept
+
+    make_bank(folder / "plain.safetensors", names=("circle", "square"))
+    bank = ConceptBank.load(folder / "plain.safetensors")
+    bank.add(Concept("anti_harm", "safety", "codsma", {"c": torch.full(HSPACE, 0.02)}, meta or {}))
+    return bank

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from hostile_helpers import HSPACE, assert_handled, cli, make_bank
+from hostile_helpers import assert_handled, cli, random_detector, safety_bank
 from hsteer import generate
 from hsteer.generation import generate_planned, plan_generation
 from hsteer.generation import guard as guard_module
@@ -19,8 +19,7 @@ from hsteer.model.loading import load_pipeline
 from hsteer import outputs
 from hsteer.policies import FairPolicy, SafePolicy
 from hsteer.steering import bankcheck, siteshape
-from hsteer.steering.bank import Concept, ConceptBank
-from hsteer.steering.detectors import LinearDetector
+from hsteer.steering.bank import ConceptBank
 from hsteer.generation.guard import GuardConfig
 
 COUNTED = {"check_generate_settings": outputs, "check_bank_windows": bankcheck, "build_guard": guard_module,
@@ -37,12 +36,8 @@ def world():
 def bank_path(tmp_path_factory):
     """A shape group with stored windows, a safety concept and a (random) learned detector for it."""
     folder = tmp_path_factory.mktemp("plan")
-    make_bank(folder / "shape.safetensors", names=("circle", "square"))
-    bank = ConceptBank.load(folder / "shape.safetensors")
-    bank.add(Concept("anti_harm", "safety", "codsma", {"c": torch.full(HSPACE, 0.02)}))
-    g = torch.Generator().manual_seed(0)
-    bank.detectors["safety"] = LinearDetector(torch.randn(1024, generator=g), torch.zeros(1), torch.zeros(1024),
-                                              torch.ones(1024), step=4, steps=20)
+    bank = safety_bank(folder)
+    bank.detectors["safety"] = random_detector(1024)  # the world model's latent at its 32 px: 4 x 16 x 16
     bank.save(folder / "bank.safetensors")
     return folder / "bank.safetensors"
 

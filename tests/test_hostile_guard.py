@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from hostile_helpers import HSPACE, assert_handled, cli, make_bank
+from hostile_helpers import HSPACE, assert_handled, cli, random_detector, safety_bank
 from hsteer.errors import BankError, HsteerError
 from hsteer.generation.guard import GuardConfig, build_guard
 from hsteer.generation.guard_fit import DetectorFitConfig, check_fit_prompts
@@ -27,18 +27,14 @@ P = "detector:safety/"
 
 
 def _detector(size: int = SIZE, **kw) -> LinearDetector:
-    g = torch.Generator().manual_seed(0)
-    return LinearDetector(torch.randn(size, generator=g), torch.zeros(1), torch.zeros(size), torch.ones(size),
-                          step=kw.pop("step", 4), steps=kw.pop("steps", 20), **kw)
+    return random_detector(size, **kw)
 
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory):
     """A bank of a 'safety' and a 'shape' group whose safety group has a (random) learned detector."""
     folder = tmp_path_factory.mktemp("guarded")
-    make_bank(folder / "plain.safetensors", names=("circle", "square"))
-    bank = ConceptBank.load(folder / "plain.safetensors")
-    bank.add(Concept("anti_harm", "safety", "codsma", {"c": torch.full(HSPACE, 0.02)}))
+    bank = safety_bank(folder)
     bank.save(folder / "nodet.safetensors")
     bank.detectors["safety"] = _detector()
     bank.save(folder / "det.safetensors")

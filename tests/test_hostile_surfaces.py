@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from hostile_helpers import HSPACE, assert_handled, cli, make_bank
+from hostile_helpers import HSPACE, assert_handled, cli, random_detector, safety_bank
 from hsteer.errors import BankError, HsteerError
 from hsteer.generation.guard import GuardConfig, build_guard, checked_scores
 from hsteer.steering.bank import Concept, ConceptBank
@@ -27,9 +27,7 @@ SET_SIZE = 64 * 128 + 17 * 160
 
 
 def _detector(size: int = SIZE) -> LinearDetector:
-    g = torch.Generator().manual_seed(0)
-    return LinearDetector(torch.randn(size, generator=g), torch.zeros(1), torch.zeros(size), torch.ones(size),
-                          step=1, steps=4)
+    return random_detector(size, step=1, steps=4)
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +35,11 @@ def guarded(tmp_path_factory):
     """A U-Net bank of a 'safety' group (with training pairs) and a 'shape' group; det.safetensors adds a
     learned detector for safety."""
     folder = tmp_path_factory.mktemp("surfaces")
-    make_bank(folder / "plain.safetensors", names=("circle", "square"))
-    bank = ConceptBank.load(folder / "plain.safetensors")
-    bank.add(Concept("anti_harm", "safety", "codsma", {"c": torch.full(HSPACE, 0.02)},
-                     {"pairs": [["a gory figure", "a figure"], ["a figure", "a figure"]]}))
+    bank = safety_bank(folder, {"pairs": [["a gory figure", "a figure"], ["a figure", "a figure"]]})
     bank.save(folder / "nodet.safetensors")
     bank.detectors["safety"] = _detector()
     bank.save(folder / "det.safetensors")
-    nopairs = ConceptBank.load(folder / "plain.safetensors")
-    nopairs.add(Concept("anti_harm", "safety", "codsma", {"c": torch.full(HSPACE, 0.02)}))
-    nopairs.save(folder / "nopairs.safetensors")
+    safety_bank(folder).save(folder / "nopairs.safetensors")
     return folder
 
 
